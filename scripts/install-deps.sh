@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install the system dependencies the libcluster test suite needs on Debian
+# bookworm: cmake (+ ninja), and Julia 1.5.3 from bullseye together with the
+# libunwind it was built against (used via scripts/julia). Idempotent; run as root.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+BULLSEYE_LIST=/etc/apt/sources.list.d/libcluster-bullseye.list
+BULLSEYE_PREF=/etc/apt/preferences.d/libcluster-bullseye
+LIBUNWIND_VERSION=1.3.2-2
+LIBUNWIND_DIR=/opt/libcluster-julia-libunwind
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: must run as root" >&2
+    exit 1
+fi
+
+apt_updated=0
+apt_update_once() {
+    if [ "$apt_updated" -eq 0 ]; then
+        apt-get update -q
+        apt_updated=1
+    fi
+}
+
+# Reuse whichever Debian mirror this machine is already configured with.
+debian_mirror() {
+    local m
+    m=$( { grep -hsE '^[[:space:]]*URIs:' /etc/apt/sources.list.d/*.sources \
+             | awk '{print $2}';
+           grep -hsE '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+             | sed -E 's/\[[^]]*\]//' | awk '{print $2}'; } \
+         | grep -E '/debian/?$' | head -n1 || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+
+# 1. Build tools.
+pkgs=()
+command -v cmake      >/dev/null 2>&1 || pkgs+=(cmake)
+command -v ninja      >/dev/null 2>&1 || pkgs+=(ninja-build)
+command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+command -v g++        >/dev/null 2>&1 || pkgs+=(g++)
+if [ "${#pkgs[@]}" -gt 0 ]; then
+    apt_update_once
+    apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+fi
+
+# 2. Julia 1.5.3 from bullseye, pinned low so nothing else is pulled from it.
+if [ ! -f "$BULLSEYE_LIST" ]; then
+    mirror=$(debian_mirror)
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror%/} bullseye main" > "$BULLSEYE_LIST"
+    apt_updated=0
+fi
+if [ ! -f "$BULLSEYE_PREF" ]; then
+    cat > "$BULLSEYE_PREF" <<'PREF'
+# Only use bullseye for packages explicitly requested (julia and its deps).
+Package: *
+Pin: release n=bullseye
+Pin-Priority: 100
+PREF
+fi
+
+if ! dpkg-query -W -f='${Status}' julia 2>/dev/null | grep -q 'install ok installed'; then
+    apt_update_once
+    apt-get install -y -q --no-install-recommends julia
+fi
+
+# Julia 1.5's exception handling crashes with bookworm's libunwind 1.6;
+# unpack bullseye's libunwind8 privately (scripts/julia puts it on LD_LIBRARY_PATH).
+if [ ! -e "$LIBUNWIND_DIR/usr/lib/x86_64-linux-gnu/libunwind.so.8" ]; then
+    apt_update_once
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "libunwind8=$LIBUNWIND_VERSION")
+    rm -rf "$LIBUNWIND_DIR"
+    mkdir -p "$LIBUNWIND_DIR"
+    dpkg -x "$tmp"/libunwind8_*.deb "$LIBUNWIND_DIR"
+fi
+
+echo "install-deps.sh: done"
