@@ -1,0 +1,224 @@
+//! The few operating-system calls std does not offer: poll, writev on a
+//! non-blocking socket, eventfd, signals and random bytes. Each wrapper is
+//! safe to call; the `unsafe` blocks only pass valid, owned buffers to libc.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::time::{Duration, Instant};
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Waits until `fd` is readable (or has hung up) or `timeout` passes.
+/// Returns whether it is ready.
+pub fn poll_in(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    poll_one(fd, libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` accepts writes or `timeout` passes.
+pub fn poll_out(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    poll_one(fd, libc::POLLOUT, timeout)
+}
+
+fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    loop {
+        // SAFETY: `p` is a valid pollfd for the duration of the call.
+        match cvt(unsafe { libc::poll(&mut p, 1, ms) }) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes every byte of `parts`, in order, to a non-blocking socket,
+/// waiting for room when the socket buffer is full. One syscall in the
+/// common case, and no copy of the parts.
+pub fn write_all_vectored(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        if parts[idx].len() == off {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut iov: [libc::iovec; 4] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4];
+        let mut n = 0;
+        for (k, p) in parts[idx..].iter().enumerate() {
+            if n == iov.len() {
+                break;
+            }
+            let s = if k == 0 { &p[off..] } else { &p[..] };
+            if s.is_empty() {
+                continue;
+            }
+            iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+            n += 1;
+        }
+        // SAFETY: every iovec points into a live slice borrowed for this call.
+        // MSG_NOSIGNAL: a closed peer must give EPIPE, not kill the process.
+        let msg = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: 0,
+            msg_iov: iov.as_mut_ptr(),
+            msg_iovlen: n,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
+        let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    poll_out(fd, Some(Duration::from_millis(200)))?;
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        let mut wrote = rc as usize;
+        while wrote > 0 && idx < parts.len() {
+            let left = parts[idx].len() - off;
+            if wrote >= left {
+                wrote -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += wrote;
+                wrote = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf` without blocking. `Ok(None)` means no data now;
+/// `Ok(Some(0))` means the peer closed.
+pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `buf` is a valid, writable slice.
+        let rc = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if rc >= 0 {
+            return Ok(Some(rc as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// An eventfd used to tell a host event loop that work is waiting.
+pub struct EventFd(RawFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall; the fd is owned by the returned value.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        Ok(EventFd(fd))
+    }
+    pub fn fd(&self) -> RawFd {
+        self.0
+    }
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. A full counter only means
+        // the host has not drained yet, which is fine.
+        unsafe { libc::write(self.0, &one as *const u64 as *const libc::c_void, 8) };
+    }
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64.
+        unsafe { libc::read(self.0, &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this value and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Sends `sig` to process `pid`; false when it no longer exists.
+pub fn kill(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: plain syscall with integer arguments.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+pub const SIGTERM: libc::c_int = libc::SIGTERM;
+pub const SIGKILL: libc::c_int = libc::SIGKILL;
+
+/// Fills `buf` with bytes from the kernel's random source.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: writes into the unfilled tail of a live slice.
+        let rc = unsafe {
+            libc::getrandom(buf[filled..].as_mut_ptr() as *mut libc::c_void, buf.len() - filled, 0)
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += rc as usize;
+    }
+    Ok(())
+}
+
+/// Resident set size of process `pid`, in bytes, from /proc.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Spins until `done()` or `budget` elapses; true when `done()` held.
+/// Used before parking, since a wake-up here costs tens of microseconds.
+pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
+    if done() {
+        return true;
+    }
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+        if done() {
+            return true;
+        }
+        i += 1;
+        if i % 16 == 0 && start.elapsed() >= budget {
+            return false;
+        }
+    }
+}
+
+/// Unblocks a thread sitting in `accept` on `fd` (Linux returns EINVAL).
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: plain syscall on an fd owned by the caller.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}

@@ -1,0 +1,389 @@
+//! Connections. Each authenticated TCP connection has a reader role that
+//! one thread holds at a time:
+//!
+//! - normally its background reader thread, which spins briefly on the
+//!   socket after traffic and then blocks in `poll`;
+//! - a caller waiting for a reply on this connection, which reads the
+//!   socket itself instead of parking, so a round trip needs no wake-up;
+//! - the background reader runs a short incoming call itself rather than
+//!   waking another thread, and a rescuer thread takes over the reading
+//!   when such a call runs long.
+//!
+//! Frames are dispatched in arrival order while the reader role is held;
+//! writers share a mutex and write straight from the caller's buffers.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+use crate::wire::{self, FrameReader, Header, ReadOutcome};
+use parking_lot::{Condvar, Mutex};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the owner of connections does with frames and lost connections.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Handles one frame; runs under the reader role, so it must be quick.
+    /// May return a job to run after the role is released.
+    fn on_frame(self: &Arc<Self>, conn: &Arc<Conn>, frame: wire::Frame) -> Option<Job>;
+    fn on_closed(self: &Arc<Self>, conn: &Arc<Conn>, why: Option<Error>);
+    fn spin(&self) -> Duration;
+    fn is_shutting_down(&self) -> bool;
+    fn rescuer(&self) -> &Rescuer;
+}
+
+/// Work released by the reader role, run on the same thread.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+pub struct Conn {
+    stream: TcpStream,
+    fd: RawFd,
+    /// The process at the other end; 0 until it is known.
+    pub peer: AtomicU32,
+    write: Mutex<()>,
+    read: Mutex<FrameReader>,
+    drivers: AtomicU32,
+    gate: Mutex<()>,
+    gate_cv: Condvar,
+    closed: AtomicBool,
+    /// When the background reader started running a job (ns since `epoch`), 0 when not.
+    job_since: AtomicU64,
+    reader_gen: AtomicU64,
+    epoch: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, max_payload: u64) -> Result<Arc<Conn>> {
+        stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        Ok(Arc::new(Conn {
+            stream,
+            fd,
+            peer: AtomicU32::new(0),
+            write: Mutex::new(()),
+            read: Mutex::new(FrameReader::new(max_payload)),
+            drivers: AtomicU32::new(0),
+            gate: Mutex::new(()),
+            gate_cv: Condvar::new(),
+            closed: AtomicBool::new(false),
+            job_since: AtomicU64::new(0),
+            reader_gen: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }))
+    }
+
+    pub fn peer(&self) -> u32 {
+        self.peer.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends one frame. Blocks only while the socket buffer is full.
+    pub fn send(&self, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::exited(self.peer()));
+        }
+        let _w = self.write.lock();
+        wire::write_frame(self.fd, header, meta, payload).map_err(|e| {
+            self.close();
+            Error::at(ErrorKind::ProcessExited, self.peer(), format!("worker {} exited ({e})", self.peer()))
+        })
+    }
+
+    /// Reads one frame, blocking until `deadline`: for connection setup,
+    /// before any reader thread runs.
+    pub fn read_frame_blocking(&self, deadline: Instant) -> Result<wire::Frame> {
+        let mut reader = self.read.lock();
+        loop {
+            match reader.read_frame(self.fd)? {
+                ReadOutcome::Frame(f) => return Ok(f),
+                ReadOutcome::Closed => return Err(Error::new(ErrorKind::Io, "connection closed during setup")),
+                ReadOutcome::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::new(ErrorKind::Timeout, "no first message in time"));
+                    }
+                    sys::poll_in(self.fd, Some(left)).map_err(|e| Error::io("poll", e))?;
+                }
+            }
+        }
+    }
+
+    /// Closes the socket; the reader notices and reports the loss once.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+        self.wake_reader();
+    }
+
+    fn wake_reader(&self) {
+        let _g = self.gate.lock();
+        self.gate_cv.notify_all();
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Starts the background reader thread.
+    pub fn spawn_reader<D: Dispatch>(self: &Arc<Self>, owner: Arc<D>) {
+        let gen = self.reader_gen.load(Ordering::Acquire);
+        let conn = self.clone();
+        let name = format!("cluster-rd-{}", self.peer());
+        std::thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn(move || conn.reader_loop(&owner, gen))
+            .expect("spawn reader thread");
+    }
+
+    fn reader_loop<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, gen: u64) {
+        loop {
+            if self.reader_gen.load(Ordering::Acquire) != gen {
+                return; // replaced by the rescuer while running a job
+            }
+            if self.is_closed() || owner.is_shutting_down() {
+                break;
+            }
+            if self.drivers.load(Ordering::Acquire) > 0 {
+                // A waiting caller reads for now; check back soon.
+                let mut g = self.gate.lock();
+                if self.drivers.load(Ordering::Acquire) > 0 && !self.is_closed() {
+                    self.gate_cv.wait_for(&mut g, Duration::from_millis(1));
+                }
+                continue;
+            }
+            match sys::poll_in(self.fd, Some(Duration::from_millis(250))) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.fail(owner, Some(Error::io("poll", e)));
+                    return;
+                }
+            }
+            match self.pump(owner, owner.spin(), Some(gen)) {
+                Pump::Continue => {}
+                Pump::Replaced => return,
+                Pump::Closed(why) => {
+                    self.fail(owner, why);
+                    return;
+                }
+            }
+        }
+        self.fail(owner, None);
+    }
+
+    fn fail<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, why: Option<Error>) {
+        self.close();
+        owner.on_closed(self, why);
+    }
+
+    /// Reads and dispatches frames while they come, spinning up to `spin`
+    /// after the last one. `gen` is set when called by the background reader.
+    fn pump<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, gen: Option<u64>) -> Pump {
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if gen.is_some() && self.drivers.load(Ordering::Acquire) > 0 {
+                return Pump::Continue;
+            }
+            let job = match self.read_one(owner) {
+                Step::Job(job) => job,
+                Step::Dispatched => {
+                    idle_since = None;
+                    continue;
+                }
+                Step::Busy => return Pump::Continue,
+                Step::Empty => {
+                    let t = *idle_since.get_or_insert_with(Instant::now);
+                    if t.elapsed() >= spin {
+                        return Pump::Continue;
+                    }
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Step::Closed(why) => return Pump::Closed(why),
+            };
+            idle_since = None;
+            match gen {
+                Some(g) => {
+                    self.job_since.store(self.now_ns(), Ordering::Release);
+                    owner.rescuer().job_started();
+                    job();
+                    self.job_since.store(0, Ordering::Release);
+                    owner.rescuer().job_finished();
+                    if self.reader_gen.load(Ordering::Acquire) != g {
+                        return Pump::Replaced;
+                    }
+                }
+                None => job(),
+            }
+        }
+    }
+
+    fn read_one<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>) -> Step {
+        let Some(mut reader) = self.read.try_lock() else {
+            return Step::Busy;
+        };
+        if self.is_closed() {
+            return Step::Closed(None);
+        }
+        match reader.read_frame(self.fd) {
+            Ok(ReadOutcome::Frame(f)) => match owner.on_frame(self, f) {
+                Some(job) => Step::Job(job),
+                None => Step::Dispatched,
+            },
+            Ok(ReadOutcome::WouldBlock) => Step::Empty,
+            Ok(ReadOutcome::Closed) => Step::Closed(None),
+            Err(e) => Step::Closed(Some(e)),
+        }
+    }
+
+    /// Waits for `done()` by reading this connection on the caller's
+    /// thread for up to `spin`; false when it is still not done.
+    pub fn drive<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> bool {
+        if spin.is_zero() || self.is_closed() {
+            return done();
+        }
+        self.drivers.fetch_add(1, Ordering::AcqRel);
+        let start = Instant::now();
+        let mut finished = false;
+        let mut n = 0u32;
+        loop {
+            if done() {
+                finished = true;
+                break;
+            }
+            match self.read_one(owner) {
+                Step::Job(job) => {
+                    // Let the background reader serve while this thread runs it.
+                    self.drivers.fetch_sub(1, Ordering::AcqRel);
+                    self.wake_reader();
+                    job();
+                    self.drivers.fetch_add(1, Ordering::AcqRel);
+                }
+                Step::Dispatched => {}
+                Step::Closed(why) => {
+                    self.drivers.fetch_sub(1, Ordering::AcqRel);
+                    self.fail(owner, why);
+                    return done();
+                }
+                Step::Busy | Step::Empty => std::hint::spin_loop(),
+            }
+            n += 1;
+            if n % 8 == 0 && start.elapsed() >= spin {
+                break;
+            }
+        }
+        self.drivers.fetch_sub(1, Ordering::AcqRel);
+        if !finished {
+            self.wake_reader();
+        }
+        finished
+    }
+
+    /// Called by the rescuer: a job has held this connection's reader role
+    /// for longer than `after`; start a fresh reader thread.
+    fn rescue_if_stuck<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, after: Duration) {
+        let since = self.job_since.load(Ordering::Acquire);
+        if since == 0 || self.is_closed() {
+            return;
+        }
+        if self.now_ns().saturating_sub(since) < after.as_nanos() as u64 {
+            return;
+        }
+        if self.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.reader_gen.fetch_add(1, Ordering::AcqRel);
+            self.spawn_reader(owner.clone());
+        }
+    }
+}
+
+enum Step {
+    Job(Job),
+    Dispatched,
+    Busy,
+    Empty,
+    Closed(Option<Error>),
+}
+
+enum Pump {
+    Continue,
+    Replaced,
+    Closed(Option<Error>),
+}
+
+/// Watches for background readers stuck in a long job. It ticks only
+/// while jobs run (and briefly after), so an idle process stays asleep.
+pub struct Rescuer {
+    running: AtomicU32,
+    idle: AtomicBool,
+    last_job: Mutex<Instant>,
+    thread: Mutex<Option<std::thread::Thread>>,
+}
+
+impl Default for Rescuer {
+    fn default() -> Self {
+        Rescuer {
+            running: AtomicU32::new(0),
+            idle: AtomicBool::new(true),
+            last_job: Mutex::new(Instant::now()),
+            thread: Mutex::new(None),
+        }
+    }
+}
+
+const RESCUE_AFTER: Duration = Duration::from_millis(2);
+
+impl Rescuer {
+    fn job_started(&self) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        if self.idle.load(Ordering::Acquire) {
+            if let Some(t) = self.thread.lock().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    fn job_finished(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        *self.last_job.lock() = Instant::now();
+    }
+
+    /// Runs the rescuer on a new thread; `conns` lists live connections.
+    pub fn start<D: Dispatch>(owner: &Arc<D>, conns: impl Fn(&D) -> Vec<Arc<Conn>> + Send + 'static) {
+        let weak = Arc::downgrade(owner);
+        let handle = std::thread::Builder::new()
+            .name("cluster-rescue".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                let Some(owner) = weak.upgrade() else { return };
+                if owner.is_shutting_down() {
+                    return;
+                }
+                let r = owner.rescuer();
+                let quiet = r.running.load(Ordering::Acquire) == 0
+                    && r.last_job.lock().elapsed() > Duration::from_millis(100);
+                if quiet {
+                    r.idle.store(true, Ordering::Release);
+                    if r.running.load(Ordering::Acquire) == 0 {
+                        drop(owner);
+                        std::thread::park_timeout(Duration::from_millis(500));
+                    }
+                    continue;
+                }
+                r.idle.store(false, Ordering::Release);
+                for c in conns(&owner) {
+                    c.rescue_if_stuck(&owner, RESCUE_AFTER);
+                }
+                drop(owner);
+                std::thread::park_timeout(RESCUE_AFTER);
+            })
+            .expect("spawn rescuer thread");
+        *owner.rescuer().thread.lock() = Some(handle.thread().clone());
+    }
+}

@@ -1,0 +1,309 @@
+//! Framing. After the handshake every message is one frame:
+//!
+//! ```text
+//! fixed header, 32 bytes, little endian:
+//!   u32 magic | u8 kind | u8 status | u16 service | u16 op | u16 meta_len
+//!   u32 aux   | u64 id  | u64 payload_len
+//! meta     (meta_len bytes: op-specific, bincode or raw)
+//! payload  (payload_len bytes: user data, never copied into the header)
+//! ```
+//!
+//! `service` names the module that owns the request type (control, rpc,
+//! and later channels, dictionaries ...), so a new capability adds a
+//! service number and its ops without touching the transport.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+use serde::{de::DeserializeOwned, Serialize};
+use std::os::unix::io::RawFd;
+
+pub const MAGIC: u32 = 0x4C43_4C31; // "LCL1"
+pub const HEADER_LEN: usize = 32;
+pub const MAX_META: usize = u16::MAX as usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Expects a `Response` carrying the same id.
+    Request = 1,
+    Response = 2,
+    /// Fire and forget.
+    Oneway = 3,
+}
+
+/// Service numbers. Each module of request types owns one.
+pub mod service {
+    pub const CONTROL: u16 = 0;
+    pub const RPC: u16 = 1;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    /// 0 for success, else an `ErrorKind` code (responses only).
+    pub status: u8,
+    pub service: u16,
+    pub op: u16,
+    pub meta_len: u16,
+    /// Op-specific small value (for error responses: the failing process).
+    pub aux: u32,
+    pub id: u64,
+    pub payload_len: u64,
+}
+
+impl Header {
+    pub fn new(kind: Kind, service: u16, op: u16, id: u64) -> Header {
+        Header { kind, status: 0, service, op, meta_len: 0, aux: 0, id, payload_len: 0 }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4] = self.kind as u8;
+        b[5] = self.status;
+        b[6..8].copy_from_slice(&self.service.to_le_bytes());
+        b[8..10].copy_from_slice(&self.op.to_le_bytes());
+        b[10..12].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.aux.to_le_bytes());
+        b[16..24].copy_from_slice(&self.id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8], max_payload: u64) -> Result<Header> {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        if b.len() < HEADER_LEN || u32_at(0) != MAGIC {
+            return Err(Error::new(ErrorKind::Protocol, "bad frame magic"));
+        }
+        let kind = match b[4] {
+            1 => Kind::Request,
+            2 => Kind::Response,
+            3 => Kind::Oneway,
+            k => return Err(Error::new(ErrorKind::Protocol, format!("bad frame kind {k}"))),
+        };
+        let payload_len = u64_at(24);
+        if payload_len > max_payload {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("frame of {payload_len} bytes exceeds the maximum of {max_payload}"),
+            ));
+        }
+        Ok(Header {
+            kind,
+            status: b[5],
+            service: u16_at(6),
+            op: u16_at(8),
+            meta_len: u16_at(10),
+            aux: u32_at(12),
+            id: u64_at(16),
+            payload_len,
+        })
+    }
+}
+
+/// One received frame.
+#[derive(Debug)]
+pub struct Frame {
+    pub header: Header,
+    pub meta: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn meta_as<T: DeserializeOwned>(&self) -> Result<T> {
+        decode_meta(&self.meta)
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ MAX_META }>()
+}
+
+pub fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode_config()).expect("meta values always encode")
+}
+
+pub fn decode_meta<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(v, _)| v)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
+}
+
+/// Writes one frame with a single vectored write; `payload` is not copied.
+pub fn write_frame(fd: RawFd, mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    header.meta_len = meta.len() as u16;
+    header.payload_len = payload.len() as u64;
+    let h = header.encode();
+    sys::write_all_vectored(fd, &[&h, meta, payload])
+}
+
+pub enum ReadOutcome {
+    Frame(Frame),
+    WouldBlock,
+    Closed,
+}
+
+struct Partial {
+    header: Header,
+    meta: Vec<u8>,
+    payload: Vec<u8>,
+    filled: usize,
+}
+
+/// Incremental reader of frames from a non-blocking socket. Small frames
+/// come through a staging buffer; a large payload is read straight into
+/// its own allocation.
+pub struct FrameReader {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    partial: Option<Partial>,
+    max_payload: u64,
+}
+
+const STAGING: usize = 64 * 1024;
+
+impl FrameReader {
+    pub fn new(max_payload: u64) -> FrameReader {
+        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload }
+    }
+
+    /// True when bytes of a next frame are already buffered.
+    pub fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// Reads the next whole frame if one can be had without blocking.
+    pub fn read_frame(&mut self, fd: RawFd) -> Result<ReadOutcome> {
+        loop {
+            if let Some(p) = self.partial.as_mut() {
+                // Fill meta, then payload, from buffered bytes first.
+                let want_meta = p.header.meta_len as usize - p.meta.len();
+                if want_meta > 0 {
+                    let n = want_meta.min(self.end - self.start);
+                    p.meta.extend_from_slice(&self.buf[self.start..self.start + n]);
+                    self.start += n;
+                }
+                if p.meta.len() == p.header.meta_len as usize {
+                    let need = p.payload.len() - p.filled;
+                    let n = need.min(self.end - self.start);
+                    p.payload[p.filled..p.filled + n].copy_from_slice(&self.buf[self.start..self.start + n]);
+                    p.filled += n;
+                    self.start += n;
+                    if p.filled == p.payload.len() {
+                        let p = self.partial.take().unwrap();
+                        return Ok(ReadOutcome::Frame(Frame { header: p.header, meta: p.meta, payload: p.payload }));
+                    }
+                    if need - n >= STAGING {
+                        // Large remainder: read directly into the payload.
+                        match sys::read_nonblocking(fd, &mut p.payload[p.filled..]) {
+                            Ok(Some(0)) => return Ok(ReadOutcome::Closed),
+                            Ok(Some(k)) => {
+                                p.filled += k;
+                                continue;
+                            }
+                            Ok(None) => return Ok(ReadOutcome::WouldBlock),
+                            Err(e) => return Err(Error::io("read", e)),
+                        }
+                    }
+                }
+            } else if self.end - self.start >= HEADER_LEN {
+                let header = Header::decode(&self.buf[self.start..self.start + HEADER_LEN], self.max_payload)?;
+                self.start += HEADER_LEN;
+                self.partial = Some(Partial {
+                    header,
+                    meta: Vec::with_capacity(header.meta_len as usize),
+                    // Zeroed allocation: large ones come from fresh pages,
+                    // so this costs no extra pass over the memory.
+                    payload: vec![0u8; header.payload_len as usize],
+                    filled: 0,
+                });
+                continue;
+            }
+            // Need more bytes in the staging buffer.
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 && self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match sys::read_nonblocking(fd, &mut self.buf[self.end..]) {
+                Ok(Some(0)) => return Ok(ReadOutcome::Closed),
+                Ok(Some(k)) => self.end += k,
+                Ok(None) => return Ok(ReadOutcome::WouldBlock),
+                Err(e) => return Err(Error::io("read", e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn header_round_trips() {
+        let mut h = Header::new(Kind::Request, 7, 9, 0xDEAD_BEEF_1234);
+        h.status = 5;
+        h.aux = 42;
+        h.meta_len = 3;
+        h.payload_len = 99;
+        assert_eq!(Header::decode(&h.encode(), 100).unwrap(), h);
+    }
+
+    #[test]
+    fn oversized_and_garbage_headers_are_rejected() {
+        let mut h = Header::new(Kind::Oneway, 1, 1, 1);
+        h.payload_len = 1 << 40;
+        let err = Header::decode(&h.encode(), 1 << 20).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::TooLarge);
+        let err = Header::decode(&[0xAB; HEADER_LEN], 1 << 20).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn reader_reassembles_frames_split_anywhere() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let big = vec![7u8; 200_000];
+        let mut bytes = Vec::new();
+        for (i, payload) in [&b"hi"[..], &big[..], &b""[..]].iter().enumerate() {
+            let mut h = Header::new(Kind::Request, 1, 1, i as u64);
+            h.meta_len = 2;
+            h.payload_len = payload.len() as u64;
+            bytes.extend_from_slice(&h.encode());
+            bytes.extend_from_slice(b"mm");
+            bytes.extend_from_slice(payload);
+        }
+        let writer = std::thread::spawn(move || {
+            let mut a = a;
+            for chunk in bytes.chunks(777) {
+                a.write_all(chunk).unwrap();
+            }
+        });
+        let mut r = FrameReader::new(1 << 20);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match r.read_frame(b.as_raw_fd()).unwrap() {
+                ReadOutcome::Frame(f) => got.push(f),
+                ReadOutcome::WouldBlock => {
+                    sys::poll_in(b.as_raw_fd(), None).unwrap();
+                }
+                ReadOutcome::Closed => panic!("closed early"),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got[0].payload, b"hi");
+        assert_eq!(got[1].payload, big);
+        assert!(got[2].payload.is_empty());
+        assert!(got.iter().all(|f| f.meta == b"mm"));
+        assert_eq!(got[2].header.id, 2);
+    }
+}
