@@ -1,1 +1,23 @@
-fn main() {}
+//! Generates include/cluster.h from the FFI layer with cbindgen.
+//! A stale committed header is caught by tests/header_is_current.rs.
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read cbindgen.toml");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("cluster.h");
+    match cbindgen::Builder::new().with_crate(&root).with_config(config).generate() {
+        Ok(bindings) => {
+            bindings.write_to_file(&out);
+            // Write the committed copy only when asked, so a build never
+            // dirties the tree behind the developer's back.
+            if std::env::var_os("CLUSTER_UPDATE_HEADER").is_some() {
+                bindings.write_to_file(root.join("include/cluster.h"));
+            }
+        }
+        Err(e) => panic!("cbindgen failed: {e}"),
+    }
+}

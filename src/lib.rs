@@ -25,6 +25,31 @@ pub use host::Event;
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
 pub use rpc::{Call, Future, FutureRef, Handler, Value, ANY_WORKER};
 
-pub const VERSION_MAJOR: u32 = 0;
-pub const VERSION_MINOR: u32 = 1;
-pub const VERSION_PATCH: u32 = 0;
+/// The header cbindgen generated in this build, to check the committed copy.
+#[doc(hidden)]
+pub const GENERATED_HEADER: &str = include_str!(concat!(env!("OUT_DIR"), "/cluster.h"));
+
+#[cfg(test)]
+mod header_tests {
+    #[test]
+    fn committed_header_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/include/cluster.h");
+        let committed = std::fs::read_to_string(path).expect("include/cluster.h exists");
+        assert!(
+            committed == super::GENERATED_HEADER,
+            "include/cluster.h is stale: rebuild with CLUSTER_UPDATE_HEADER=1 cargo build and commit it"
+        );
+    }
+
+    #[test]
+    fn header_version_matches_the_crate() {
+        let v = env!("CARGO_PKG_VERSION");
+        let want = format!(
+            "{}.{}.{}",
+            crate::ffi::CLUSTER_VERSION_MAJOR,
+            crate::ffi::CLUSTER_VERSION_MINOR,
+            crate::ffi::CLUSTER_VERSION_PATCH
+        );
+        assert_eq!(v, want);
+    }
+}

@@ -183,6 +183,7 @@ impl Dispatcher {
         s.resumers -= 1;
     }
 
+    #[allow(dead_code)]
     pub fn queued(&self) -> usize {
         self.slots.lock().queue.len()
     }
@@ -197,7 +198,6 @@ pub struct FutureRef {
 }
 
 impl FutureRef {
-    pub const BYTES: usize = 12;
     pub fn to_bytes(&self) -> [u8; 12] {
         let mut b = [0u8; 12];
         b[..4].copy_from_slice(&self.owner.to_le_bytes());
