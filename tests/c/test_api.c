@@ -1,0 +1,1101 @@
+/*
+ * Single-process tests of the C API: every exported function, its
+ * arguments and its misuse (NULL, freed, stale, wrong-kind and garbage
+ * handles; NULL out pointers; small buffers), versions and status strings.
+ * No workers are started here except by the launch-error case, whose
+ * launches are meant to fail.
+ *
+ * Usage: test_api <case>; see `cases` at the bottom.
+ */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static cluster_ctx *new_head(int32_t dispatch) {
+    cluster_config cfg;
+    REQUIRE_OK(cluster_config_init(&cfg));
+    cfg.dispatch = dispatch;
+    cluster_ctx *ctx = NULL;
+    REQUIRE_OK(cluster_init(&cfg, &ctx));
+    REQUIRE(ctx != NULL);
+    return ctx;
+}
+
+/* A handle value no table entry can match: a plausible heap-like address. */
+#define GARBAGE_CTX ((cluster_ctx *)(uintptr_t)0x00005555deadbee0ULL)
+#define GARBAGE_FUT ((cluster_future *)(uintptr_t)0x00007fffcafe0010ULL)
+#define GARBAGE_CALL ((cluster_call *)(uintptr_t)0x0000000000001234ULL)
+
+static cluster_status h_echo(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    cluster_status st = cluster_call_args(call, &d, &n);
+    if (st != CLUSTER_OK) return st;
+    return cluster_call_reply(call, d, n);
+}
+
+static cluster_status h_empty(void *ud, cluster_call *call) {
+    (void)ud;
+    (void)call;
+    return CLUSTER_OK; /* no reply: the library replies with no bytes */
+}
+
+static cluster_status h_io_error(void *ud, cluster_call *call) {
+    (void)ud;
+    (void)call;
+    return CLUSTER_ERR_IO; /* fails the call with the status description */
+}
+
+static cluster_status h_fail(void *ud, cluster_call *call) {
+    (void)ud;
+    return cluster_call_fail(call, "boom from handler");
+}
+
+static cluster_status h_sleep(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    cluster_call_args(call, &d, &n);
+    int32_t ms = payload_i32(d, n);
+    for (int32_t t = 0; t < ms; t += 10) {
+        bool c = false;
+        cluster_call_cancelled(call, &c);
+        if (c) break;
+        sleep_ms(10);
+    }
+    return cluster_call_reply(call, (const uint8_t *)"slept", 5);
+}
+
+/* ---- version ------------------------------------------------------------ */
+
+static void case_version(void) {
+    EXPECT(cluster_version() == CLUSTER_VERSION);
+    EXPECT(CLUSTER_VERSION == (((uint32_t)CLUSTER_VERSION_MAJOR << 16) | ((uint32_t)CLUSTER_VERSION_MINOR << 8) |
+                               (uint32_t)CLUSTER_VERSION_PATCH));
+    const char *s = cluster_version_string();
+    REQUIRE(s != NULL);
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", CLUSTER_VERSION_MAJOR, CLUSTER_VERSION_MINOR, CLUSTER_VERSION_PATCH);
+    EXPECTF(strcmp(s, want) == 0, "version string \"%s\" vs macros \"%s\"", s, want);
+    EXPECT(s == cluster_version_string()); /* static storage */
+    unsigned ma, mi, pa;
+    EXPECT(sscanf(s, "%u.%u.%u", &ma, &mi, &pa) == 3);
+    EXPECT(((ma << 16) | (mi << 8) | pa) == cluster_version());
+    /* Constants the header promises. */
+    EXPECT(CLUSTER_ANY_WORKER == 0);
+    EXPECT(CLUSTER_FOREVER == -1);
+    EXPECT(CLUSTER_HEAD == 1);
+}
+
+/* ---- status strings and last error -------------------------------------- */
+
+static void *fresh_thread_last_error(void *arg) {
+    (void)arg;
+    /* A thread that never failed sees "" and pid 0. */
+    const char *e = cluster_last_error();
+    bool ok = e != NULL && e[0] == '\0' && cluster_last_error_pid() == 0;
+    /* A failure on this thread does not leak into another. */
+    cluster_is_head(NULL, NULL);
+    return (void *)(uintptr_t)ok;
+}
+
+static void case_status(void) {
+    const char *seen[21];
+    for (int i = 0; i <= 20; i++) {
+        const char *s = cluster_status_str((cluster_status)i);
+        REQUIRE(s != NULL);
+        EXPECTF(s[0] != '\0', "status %d has an empty description", i);
+        EXPECTF(strcmp(s, "unknown status") != 0, "status %d is unknown", i);
+        for (int j = 0; j < i; j++) EXPECTF(strcmp(s, seen[j]) != 0, "status %d and %d share \"%s\"", i, j, s);
+        seen[i] = s;
+        EXPECT(s == cluster_status_str((cluster_status)i)); /* static */
+    }
+    EXPECT(strcmp(cluster_status_str(CLUSTER_OK), "ok") == 0);
+    EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_BUFFER_TOO_SMALL), "buffer too small") == 0);
+    /* Out-of-range values: never NULL, never a crash. Checked in a child
+     * process, since a crash here is a known bug (KI-1). */
+    int odd[] = {21, 22, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        fflush(NULL);
+        pid_t child = fork();
+        REQUIRE(child >= 0);
+        if (child == 0) {
+            const char *s = cluster_status_str((cluster_status)odd[i]);
+            _exit(s != NULL && s[0] != '\0' && strcmp(s, "unknown status") == 0 ? 0 : 1);
+        }
+        int wst = 0;
+        REQUIRE(waitpid(child, &wst, 0) == child);
+        bool ok = WIFEXITED(wst) && WEXITSTATUS(wst) == 0;
+        if (!ok) {
+            char what[128];
+            snprintf(what, sizeof what, "cluster_status_str(%d) %s", odd[i],
+                     WIFSIGNALED(wst) ? "crashed" : "gave a wrong string");
+            harness_known("KI-1", __FILE__, __LINE__, what);
+        }
+    }
+
+    pthread_t t;
+    void *ok = NULL;
+    REQUIRE(pthread_create(&t, NULL, fresh_thread_last_error, NULL) == 0);
+    pthread_join(t, &ok);
+    EXPECT(ok != NULL);
+
+    /* The last error describes the last failure, with its pid. */
+    EXPECT_ST(cluster_is_head(NULL, NULL), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT(cluster_last_error()[0] != '\0');
+    EXPECT(cluster_last_error_pid() == 0);
+    bool b;
+    EXPECT_ST(cluster_is_head(GARBAGE_CTX, &b), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_LAST_ERROR_HAS("cluster_ctx");
+    EXPECT_ST(cluster_config_init(NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_LAST_ERROR_HAS("config");
+}
+
+/* ---- configuration and init --------------------------------------------- */
+
+static void case_config(void) {
+    EXPECT_ST(cluster_config_init(NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_config cfg;
+    memset(&cfg, 0xab, sizeof cfg);
+    REQUIRE_OK(cluster_config_init(&cfg));
+    EXPECT(cfg.struct_size == sizeof(cluster_config));
+    EXPECT(cfg.listen_host == NULL && cfg.cookie == NULL && cfg.join == NULL);
+    EXPECT(cfg.topology == CLUSTER_TOPOLOGY_ALL_TO_ALL);
+    EXPECT(cfg.dispatch == CLUSTER_DISPATCH_THREADS);
+    EXPECT(cfg.handler_threads == 1);
+    EXPECT(cfg.startup_timeout_ms == 60000);
+    EXPECT(cfg.max_message_bytes == (uint64_t)1 << 30);
+    EXPECT(cfg.log_level == -1);
+    EXPECT(cfg.exit_on_head_loss == true);
+
+    cluster_ctx *ctx = NULL;
+    EXPECT_ST(cluster_init(NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_init(&cfg, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    cluster_config bad = cfg;
+    bad.struct_size = 12;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.topology = 7;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.dispatch = 9;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.log_level = 5;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.log_level = -2;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.handler_threads = 0;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.cookie = "";
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.cookie = "\xff\xfe not utf-8";
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.listen_host = "256.300.1.1";
+    cluster_status st = cluster_init(&bad, &ctx);
+    EXPECTF(st != CLUSTER_OK, "listening on 256.300.1.1 succeeded");
+    if (st == CLUSTER_OK) cluster_free(ctx);
+
+    /* NULL config: defaults, a head. */
+    ctx = NULL;
+    REQUIRE_OK(cluster_init(NULL, &ctx));
+    bool head = false;
+    EXPECT_OK(cluster_is_head(ctx, &head));
+    EXPECT(head);
+    EXPECT_OK(cluster_free(ctx));
+
+    /* A given cookie and listen host are used. */
+    cluster_config c2 = cfg;
+    c2.cookie = "my-secret-cookie";
+    c2.listen_host = "127.0.0.1";
+    c2.log_level = CLUSTER_LOG_OFF;
+    REQUIRE_OK(cluster_init(&c2, &ctx));
+    char buf[64];
+    size_t len = 0;
+    EXPECT_OK(cluster_cookie(ctx, buf, sizeof buf, &len));
+    EXPECT(len == strlen("my-secret-cookie") && strcmp(buf, "my-secret-cookie") == 0);
+    EXPECT_OK(cluster_address(ctx, buf, sizeof buf, &len));
+    EXPECTF(strncmp(buf, "127.0.0.1:", 10) == 0 && len == strlen(buf), "address \"%s\"", buf);
+    EXPECT_OK(cluster_free(ctx));
+
+    /* Independent clusters in one process. */
+    cluster_ctx *a = NULL, *b = NULL;
+    REQUIRE_OK(cluster_init(NULL, &a));
+    REQUIRE_OK(cluster_init(NULL, &b));
+    EXPECT(a != b);
+    char ca[128], cb[128];
+    EXPECT_OK(cluster_cookie(a, ca, sizeof ca, &len));
+    EXPECT_OK(cluster_cookie(b, cb, sizeof cb, &len));
+    EXPECT(strcmp(ca, cb) != 0); /* random cookies */
+    EXPECT(len > 8);
+    EXPECT_OK(cluster_free(a));
+    EXPECT_OK(cluster_free(b));
+}
+
+/* ---- a lone head: membership queries, small buffers, lifetime ---------- */
+
+typedef cluster_status (*ids_fn)(cluster_ctx *, int32_t *, size_t, size_t *);
+
+static void check_ids(const char *what, ids_fn fn, cluster_ctx *ctx, const int32_t *want, size_t nwant) {
+    int32_t ids[8];
+    size_t count = 999;
+    EXPECTF(cluster_last_error() != NULL, "%s", what);
+    EXPECT_OK(fn(ctx, ids, 8, &count));
+    EXPECTF(count == nwant, "%s: count %zu, want %zu", what, count, nwant);
+    for (size_t i = 0; i < nwant && i < count; i++) EXPECTF(ids[i] == want[i], "%s[%zu] = %d", what, i, ids[i]);
+    /* NULL count */
+    EXPECT_ST(fn(ctx, ids, 8, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    if (nwant > 0) {
+        /* too small: the count is still reported, to size a retry */
+        count = 0;
+        EXPECT_ST(fn(ctx, ids, nwant - 1, &count), CLUSTER_ERR_BUFFER_TOO_SMALL);
+        EXPECTF(count == nwant, "%s: count on BUFFER_TOO_SMALL %zu", what, count);
+        count = 0;
+        EXPECT_ST(fn(ctx, NULL, 0, &count), CLUSTER_ERR_BUFFER_TOO_SMALL);
+        EXPECT(count == nwant);
+        /* enough capacity but a NULL array */
+        EXPECT_ST(fn(ctx, NULL, 8, &count), CLUSTER_ERR_INVALID_ARGUMENT);
+    } else {
+        count = 99;
+        EXPECT_OK(fn(ctx, NULL, 0, &count));
+        EXPECT(count == 0);
+    }
+}
+
+struct serve_arg {
+    cluster_ctx *ctx;
+    _Atomic int done;
+    cluster_status st;
+};
+
+static void *serve_thread(void *p) {
+    struct serve_arg *a = p;
+    a->st = cluster_serve(a->ctx);
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+static void case_lone_head(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    bool head = false;
+    EXPECT_OK(cluster_is_head(ctx, &head));
+    EXPECT(head);
+    EXPECT_ST(cluster_is_head(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    int32_t id = 0;
+    EXPECT_OK(cluster_myid(ctx, &id));
+    EXPECT(id == CLUSTER_HEAD);
+    EXPECT_ST(cluster_myid(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    size_t n = 0;
+    EXPECT_OK(cluster_nprocs(ctx, &n));
+    EXPECT(n == 1);
+    EXPECT_ST(cluster_nprocs(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    n = 0;
+    EXPECT_OK(cluster_nworkers(ctx, &n));
+    EXPECT(n == 1); /* as Distributed: the head counts as the worker when alone */
+    EXPECT_ST(cluster_nworkers(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    const int32_t one[] = {1};
+    check_ids("procs", cluster_procs, ctx, one, 1);
+    check_ids("workers", cluster_workers, ctx, one, 1);
+    check_ids("other_procs", cluster_other_procs, ctx, NULL, 0);
+    check_ids("other_workers", cluster_other_workers, ctx, NULL, 0);
+
+    /* cookie / address: small buffers report the needed length */
+    char big[256];
+    size_t len = 0, cookie_len = 0;
+    EXPECT_OK(cluster_cookie(ctx, big, sizeof big, &cookie_len));
+    EXPECT(cookie_len == strlen(big) && cookie_len > 0);
+    char small[4] = {'x', 'x', 'x', 'x'};
+    len = 0;
+    EXPECT_ST(cluster_cookie(ctx, small, sizeof small, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT(len == cookie_len);
+    len = 0;
+    EXPECT_ST(cluster_cookie(ctx, NULL, 0, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT(len == cookie_len);
+    /* exactly strlen: no room for the NUL */
+    EXPECT_ST(cluster_cookie(ctx, big, cookie_len, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT_OK(cluster_cookie(ctx, big, cookie_len + 1, &len));
+    EXPECT(big[cookie_len] == '\0');
+    EXPECT_ST(cluster_cookie(ctx, big, sizeof big, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_cookie(ctx, NULL, 100, &len), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    size_t alen = 0;
+    EXPECT_OK(cluster_address(ctx, big, sizeof big, &alen));
+    EXPECT(alen == strlen(big));
+    EXPECTF(strchr(big, ':') != NULL, "address \"%s\"", big);
+    EXPECT_ST(cluster_address(ctx, small, sizeof small, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT(len == alen);
+    EXPECT_ST(cluster_address(ctx, big, sizeof big, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_address(ctx, NULL, 64, &len), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* ready is a no-op on the head */
+    EXPECT_OK(cluster_ready(ctx));
+
+    /* serve on the head blocks until the cluster is shut down */
+    struct serve_arg sa = {.ctx = ctx, .done = 0, .st = -1};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, serve_thread, &sa) == 0);
+    sleep_ms(100);
+    EXPECT(atomic_load(&sa.done) == 0);
+    EXPECT_OK(cluster_shutdown(ctx, 2000));
+    int64_t t0 = now_ms();
+    while (!atomic_load(&sa.done) && now_ms() - t0 < 3000) sleep_ms(5);
+    REQUIRE(atomic_load(&sa.done));
+    pthread_join(t, NULL);
+    EXPECT_OK(sa.st);
+
+    /* After shutdown: the handle is valid but the cluster is closed, and
+     * "later calls fail with CLUSTER_ERR_SHUTDOWN" -- calls to this very
+     * process included (KI-3: they still run). */
+    EXPECT_OK(cluster_is_head(ctx, &head));
+    int32_t ids[1];
+    EXPECT_ST(cluster_addprocs(ctx, 1, NULL, ids), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_ST(cluster_remotecall(ctx, 2, "echo", NULL, 0, &(cluster_future *){NULL}), CLUSTER_ERR_SHUTDOWN);
+    cluster_future *f = NULL;
+    if (!EXPECT_ST_KNOWN("KI-3", cluster_remotecall(ctx, 1, "echo", NULL, 0, &f), CLUSTER_ERR_SHUTDOWN)) {
+        cluster_future_wait(f, 1000);
+        cluster_future_free(f);
+    }
+    cluster_buffer out = {0};
+    if (!EXPECT_ST_KNOWN("KI-3", cluster_remotecall_fetch(ctx, 1, "echo", NULL, 0, &out), CLUSTER_ERR_SHUTDOWN))
+        cluster_buffer_free(&out);
+    EXPECT_ST_KNOWN("KI-3", cluster_remote_do(ctx, 1, "echo", NULL, 0), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_ST_KNOWN("KI-3", cluster_everywhere(ctx, NULL, 0, "echo", NULL, 0, 1000), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_OK(cluster_shutdown(ctx, 100)); /* again: harmless */
+
+    EXPECT_OK(cluster_free(ctx));
+    EXPECT_ST(cluster_free(ctx), CLUSTER_ERR_BAD_HANDLE); /* double free */
+    EXPECT_OK(cluster_free(NULL));
+}
+
+/* ---- bad handles everywhere --------------------------------------------- */
+
+static cluster_call *g_stashed_call;
+static _Atomic int g_probe_ran;
+
+/* Runs misuse checks against a live call, then keeps the handle to check
+ * it is refused once the handler has returned. */
+static cluster_status h_probe(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    EXPECT_ST(cluster_call_args(call, NULL, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_call_args(call, &d, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_call_args(call, &d, &n));
+    EXPECT(n == 3 && memcmp(d, "abc", 3) == 0);
+    int32_t caller = 0;
+    EXPECT_OK(cluster_call_caller(call, &caller));
+    EXPECT(caller == 1);
+    EXPECT_ST(cluster_call_caller(call, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    char name[16];
+    size_t len = 0;
+    EXPECT_OK(cluster_call_name(call, name, sizeof name, &len));
+    EXPECT(len == 5 && strcmp(name, "probe") == 0);
+    len = 0;
+    EXPECT_ST(cluster_call_name(call, name, 3, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT(len == 5);
+    EXPECT_ST(cluster_call_name(call, name, 5, &len), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT_ST(cluster_call_name(call, name, sizeof name, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    bool c = true;
+    EXPECT_OK(cluster_call_cancelled(call, &c));
+    EXPECT(!c);
+    EXPECT_ST(cluster_call_cancelled(call, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* A non-deferred call is not the host's to free. */
+    EXPECT_ST(cluster_call_free(call), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* reply with NULL data and a length */
+    EXPECT_ST(cluster_call_reply(call, NULL, 4), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_call_reply(call, (const uint8_t *)"pong", 4));
+    /* Answered once: later answers and reads are refused. */
+    EXPECT_ST(cluster_call_reply(call, (const uint8_t *)"again", 5), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_call_fail(call, "late"), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_call_args(call, &d, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    g_stashed_call = call;
+    atomic_store(&g_probe_ran, 1);
+    return CLUSTER_OK;
+}
+
+static void expect_bad_ctx(cluster_ctx *ctx, const char *what) {
+    harness_logf("bad ctx: %s", what);
+    bool b;
+    int32_t i32, ids[4] = {2, 3, 4, 5};
+    size_t sz;
+    char buf[64];
+    int fd;
+    cluster_future *f = NULL;
+    cluster_buffer out = {0};
+    cluster_event ev[4];
+    cluster_future_ref ref = {1, 1};
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    EXPECT_ST(cluster_shutdown(ctx, 0), B);
+    EXPECT_ST(cluster_ready(ctx), B);
+    EXPECT_ST(cluster_serve(ctx), B);
+    EXPECT_ST(cluster_is_head(ctx, &b), B);
+    EXPECT_ST(cluster_cookie(ctx, buf, sizeof buf, &sz), B);
+    EXPECT_ST(cluster_address(ctx, buf, sizeof buf, &sz), B);
+    EXPECT_ST(cluster_myid(ctx, &i32), B);
+    EXPECT_ST(cluster_nprocs(ctx, &sz), B);
+    EXPECT_ST(cluster_nworkers(ctx, &sz), B);
+    EXPECT_ST(cluster_procs(ctx, ids, 4, &sz), B);
+    EXPECT_ST(cluster_workers(ctx, ids, 4, &sz), B);
+    EXPECT_ST(cluster_other_procs(ctx, ids, 4, &sz), B);
+    EXPECT_ST(cluster_other_workers(ctx, ids, 4, &sz), B);
+    EXPECT_ST(cluster_addprocs(ctx, 1, NULL, ids), B);
+    EXPECT_ST(cluster_rmprocs(ctx, ids, 1, 10), B);
+    EXPECT_ST(cluster_set_topology(ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL), B);
+    EXPECT_ST(cluster_set_lifecycle_callback(ctx, NULL, NULL), B);
+    EXPECT_ST(cluster_set_log_callback(ctx, NULL, NULL), B);
+    EXPECT_ST(cluster_set_log_level(ctx, CLUSTER_LOG_ERROR), B);
+    EXPECT_ST(cluster_register(ctx, "x", h_echo, NULL), B);
+    EXPECT_ST(cluster_unregister(ctx, "x"), B);
+    EXPECT_ST(cluster_remotecall(ctx, 1, "x", NULL, 0, &f), B);
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "x", NULL, 0, &out), B);
+    EXPECT_ST(cluster_remotecall_wait(ctx, 1, "x", NULL, 0, &f), B);
+    EXPECT_ST(cluster_remote_do(ctx, 1, "x", NULL, 0), B);
+    EXPECT_ST(cluster_everywhere(ctx, NULL, 0, "x", NULL, 0, 100), B);
+    EXPECT_ST(cluster_interrupt(ctx, ids, 1), B);
+    EXPECT_ST(cluster_future_import(ctx, &ref, &f), B);
+    EXPECT_ST(cluster_event_fd(ctx, &fd), B);
+    EXPECT_ST(cluster_set_notify(ctx, NULL, NULL), B);
+    EXPECT_ST(cluster_poll(ctx, ev, 4, &sz), B);
+    if (ctx != NULL) EXPECT_ST(cluster_free(ctx), B); /* NULL is accepted by free */
+}
+
+static void expect_bad_future(cluster_future *f, const char *what) {
+    harness_logf("bad future: %s", what);
+    bool b;
+    const uint8_t *d;
+    size_t n;
+    int32_t pid;
+    const char *msg;
+    uint64_t id;
+    cluster_future_ref ref;
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    EXPECT_ST(cluster_future_wait(f, 0), B);
+    EXPECT_ST(cluster_future_wait(f, CLUSTER_FOREVER), B);
+    EXPECT_ST(cluster_future_isready(f, &b), B);
+    EXPECT_ST(cluster_future_fetch(f, 0, &d, &n), B);
+    EXPECT_ST(cluster_future_error(f, &pid, &msg), B);
+    EXPECT_ST(cluster_future_id(f, &id), B);
+    EXPECT_ST(cluster_future_pid(f, &pid), B);
+    EXPECT_ST(cluster_future_export(f, &ref), B);
+    if (f != NULL) EXPECT_ST(cluster_future_free(f), B);
+}
+
+static void expect_bad_call(cluster_call *c, const char *what) {
+    harness_logf("bad call: %s", what);
+    const uint8_t *d;
+    size_t n;
+    int32_t i;
+    char buf[16];
+    bool b;
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    EXPECT_ST(cluster_call_args(c, &d, &n), B);
+    EXPECT_ST(cluster_call_caller(c, &i), B);
+    EXPECT_ST(cluster_call_name(c, buf, sizeof buf, &n), B);
+    EXPECT_ST(cluster_call_cancelled(c, &b), B);
+    EXPECT_ST(cluster_call_reply(c, (const uint8_t *)"x", 1), B);
+    EXPECT_ST(cluster_call_fail(c, "x"), B);
+    EXPECT_ST(cluster_call_defer(c), B);
+    if (c != NULL) EXPECT_ST(cluster_call_free(c), B);
+}
+
+static void case_handles(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    REQUIRE_OK(cluster_register(ctx, "echo", h_echo, NULL));
+    REQUIRE_OK(cluster_register(ctx, "probe", h_probe, NULL));
+
+    /* A live future, to cast to the wrong kinds. */
+    cluster_future *live = NULL;
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "echo", (const uint8_t *)"hi", 2, &live));
+    REQUIRE_OK(cluster_future_wait(live, 5000));
+
+    expect_bad_ctx(NULL, "NULL");
+    expect_bad_ctx(GARBAGE_CTX, "garbage pointer");
+    expect_bad_ctx((cluster_ctx *)live, "a future cast to cluster_ctx*");
+    /* The wrong-kind free above must not have freed the future. */
+    const uint8_t *d;
+    size_t n;
+    EXPECT_OK(cluster_future_fetch(live, 0, &d, &n));
+    EXPECT(n == 2 && memcmp(d, "hi", 2) == 0);
+
+    expect_bad_future(NULL, "NULL");
+    expect_bad_future(GARBAGE_FUT, "garbage pointer");
+    expect_bad_future((cluster_future *)ctx, "a ctx cast to cluster_future*");
+    EXPECT_OK(cluster_is_head(ctx, &(bool){false})); /* ctx survived */
+
+    /* A call handle: misuse inside the handler, stale after it. */
+    cluster_buffer out = {0};
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "probe", (const uint8_t *)"abc", 3, &out));
+    EXPECT(out.len == 4 && memcmp(out.data, "pong", 4) == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+    /* The reply is sent before the handler returns: wait for its end. */
+    for (int64_t t0 = now_ms(); !atomic_load(&g_probe_ran) && now_ms() - t0 < 3000;) sleep_ms(2);
+    REQUIRE(atomic_load(&g_probe_ran));
+    sleep_ms(20); /* the library releases the call handle right after the handler returns */
+    expect_bad_call(NULL, "NULL");
+    expect_bad_call(GARBAGE_CALL, "garbage pointer");
+    expect_bad_call(g_stashed_call, "stale (handler returned)");
+    expect_bad_call((cluster_call *)live, "a future cast to cluster_call*");
+    expect_bad_future((cluster_future *)g_stashed_call, "a call cast to cluster_future*");
+    EXPECT_OK(cluster_call_free(NULL));
+
+    /* Buffers: double free through a copy; a forged handle. */
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "echo", (const uint8_t *)"xyz", 3, &out));
+    cluster_buffer copy = out;
+    EXPECT_OK(cluster_buffer_free(&out));
+    EXPECT(out.data == NULL && out.len == 0 && out.handle == 0);
+    EXPECT_OK(cluster_buffer_free(&out)); /* zeroed: accepted */
+    EXPECT_ST(cluster_buffer_free(&copy), CLUSTER_ERR_BAD_HANDLE);
+    cluster_buffer forged = {.data = NULL, .len = 0, .handle = (uint64_t)(uintptr_t)live};
+    EXPECT_ST(cluster_buffer_free(&forged), CLUSTER_ERR_BAD_HANDLE); /* a future's handle */
+    EXPECT_OK(cluster_future_isready(live, &(bool){false}));          /* still alive */
+    forged.handle = 0x0400000100000063ULL; /* buffer kind, absurd slot */
+    EXPECT_ST(cluster_buffer_free(&forged), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_buffer_free(NULL));
+
+    /* Freed future: every use is refused; double free too. */
+    cluster_future *dead = live;
+    EXPECT_OK(cluster_future_free(live));
+    expect_bad_future(dead, "freed");
+    EXPECT_OK(cluster_future_free(NULL));
+    /* A freed slot that was reused still refuses the old handle. */
+    cluster_future *again = NULL;
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "echo", NULL, 0, &again));
+    expect_bad_future(dead, "freed, slot possibly reused");
+    EXPECT_OK(cluster_future_wait(again, 5000));
+    EXPECT_OK(cluster_future_free(again));
+
+    /* Freed ctx. */
+    cluster_ctx *gone = ctx;
+    EXPECT_OK(cluster_free(ctx));
+    expect_bad_ctx(gone, "freed");
+}
+
+/* ---- calls within one process ------------------------------------------- */
+
+static void case_local_calls(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    REQUIRE_OK(cluster_register(ctx, "echo", h_echo, NULL));
+    REQUIRE_OK(cluster_register(ctx, "empty", h_empty, NULL));
+    REQUIRE_OK(cluster_register(ctx, "io_error", h_io_error, NULL));
+    REQUIRE_OK(cluster_register(ctx, "fail", h_fail, NULL));
+    REQUIRE_OK(cluster_register(ctx, "sleep", h_sleep, NULL));
+
+    /* register / unregister misuse */
+    EXPECT_ST(cluster_register(ctx, NULL, h_echo, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_register(ctx, "", h_echo, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_register(ctx, "nohandler", NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_unregister(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_unregister(ctx, "never-registered"), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* call misuse */
+    cluster_future *f = NULL;
+    cluster_buffer out = {0};
+    EXPECT_ST(cluster_remotecall(ctx, 1, NULL, NULL, 0, &f), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall(ctx, 1, "", NULL, 0, &f), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall(ctx, 1, "echo", NULL, 5, &f), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall(ctx, 1, "echo", NULL, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall(ctx, -3, "echo", NULL, 0, &f), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall(ctx, 99, "echo", NULL, 0, &f), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT(cluster_last_error_pid() == 99);
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "echo", NULL, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, NULL, NULL, 0, &out), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 99, "echo", NULL, 0, &out), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_remotecall_wait(ctx, 1, "echo", NULL, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remotecall_wait(ctx, 99, "echo", NULL, 0, &f), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_remote_do(ctx, 1, NULL, NULL, 0), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remote_do(ctx, 1, "echo", NULL, 1), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remote_do(ctx, -1, "echo", NULL, 0), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_remote_do(ctx, 99, "echo", NULL, 0), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_everywhere(ctx, NULL, 0, NULL, NULL, 0, 1000), CLUSTER_ERR_INVALID_ARGUMENT);
+    int32_t neg = -5;
+    EXPECT_ST(cluster_everywhere(ctx, &neg, 1, "echo", NULL, 0, 1000), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_interrupt(ctx, NULL, 2), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_interrupt(ctx, NULL, 0));
+
+    /* A call to the head itself, alone: runs on a library thread here. */
+    const char msg[] = "hello";
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "echo", (const uint8_t *)msg, 5, &f));
+    EXPECT_OK(cluster_future_wait(f, 5000));
+    bool ready = false;
+    EXPECT_OK(cluster_future_isready(f, &ready));
+    EXPECT(ready);
+    EXPECT_ST(cluster_future_isready(f, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    EXPECT_OK(cluster_future_fetch(f, 0, &d, &n));
+    EXPECT(n == 5 && memcmp(d, "hello", 5) == 0);
+    const uint8_t *d2 = NULL;
+    EXPECT_OK(cluster_future_fetch(f, CLUSTER_FOREVER, &d2, &n));
+    EXPECT(d2 == d); /* cached: same bytes */
+    EXPECT_ST(cluster_future_fetch(f, 0, NULL, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_future_fetch(f, 0, &d, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    int32_t pid = -1;
+    const char *emsg = NULL;
+    EXPECT_OK(cluster_future_error(f, &pid, &emsg));
+    EXPECT(pid == 0 && emsg != NULL && emsg[0] == '\0');
+    EXPECT_OK(cluster_future_error(f, NULL, NULL));
+    uint64_t id1 = 0, id2 = 0;
+    EXPECT_OK(cluster_future_id(f, &id1));
+    EXPECT_ST(cluster_future_id(f, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_future_pid(f, &pid));
+    EXPECT(pid == 1);
+    EXPECT_ST(cluster_future_pid(f, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* export / import on the owner itself */
+    cluster_future_ref ref = {0, 0};
+    EXPECT_ST(cluster_future_export(f, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_future_export(f, &ref));
+    EXPECT(ref.owner == 1);
+    cluster_future *imp = NULL;
+    EXPECT_ST(cluster_future_import(ctx, NULL, &imp), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_future_import(ctx, &ref, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_future_free(f)); /* the exported reference keeps the value */
+    REQUIRE_OK(cluster_future_import(ctx, &ref, &imp));
+    EXPECT_OK(cluster_future_fetch(imp, 1000, &d, &n));
+    EXPECT(n == 5 && memcmp(d, "hello", 5) == 0);
+    EXPECT_OK(cluster_future_id(imp, &id2));
+    EXPECT_OK(cluster_future_free(imp));
+    /* Imported once and freed: the reference is released. */
+    EXPECT_ST(cluster_future_import(ctx, &ref, &imp), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_future_ref bogus = {.owner = 1, .id = 0xfffffff0ULL};
+    EXPECT_ST(cluster_future_import(ctx, &bogus, &imp), CLUSTER_ERR_INVALID_ARGUMENT);
+    bogus.owner = 77;
+    EXPECT_ST(cluster_future_import(ctx, &bogus, &imp), CLUSTER_ERR_NO_SUCH_PROCESS);
+    bogus.owner = -2;
+    EXPECT_ST(cluster_future_import(ctx, &bogus, &imp), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* ANY_WORKER on a lone head is the head. */
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, CLUSTER_ANY_WORKER, "echo", (const uint8_t *)"any", 3, &out));
+    EXPECT(out.len == 3 && memcmp(out.data, "any", 3) == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+
+    /* remotecall_wait: a completed future */
+    REQUIRE_OK(cluster_remotecall_wait(ctx, 1, "echo", (const uint8_t *)"w", 1, &f));
+    EXPECT_OK(cluster_future_isready(f, &ready));
+    EXPECT(ready);
+    EXPECT_OK(cluster_future_fetch(f, 0, &d, &n));
+    EXPECT(n == 1 && d[0] == 'w');
+    EXPECT_OK(cluster_future_free(f));
+
+    /* Empty args and empty replies */
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "empty", NULL, 0, &out));
+    EXPECT(out.len == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+
+    /* Handler failures: status return, explicit fail, unregistered. */
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "io_error", NULL, 0, &out), CLUSTER_ERR_REMOTE);
+    EXPECT(cluster_last_error_pid() == 1);
+    EXPECT_LAST_ERROR_HAS("I/O error");
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "fail", NULL, 0, &out), CLUSTER_ERR_REMOTE);
+    EXPECT_LAST_ERROR_HAS("boom from handler");
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "nope", NULL, 0, &out), CLUSTER_ERR_REMOTE);
+    EXPECT_LAST_ERROR_HAS("nope");
+    EXPECT(cluster_last_error_pid() == 1);
+    EXPECT_ST(cluster_remotecall_wait(ctx, 1, "nope", NULL, 0, &f), CLUSTER_ERR_REMOTE);
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "fail", NULL, 0, &f));
+    EXPECT_ST(cluster_future_wait(f, 5000), CLUSTER_ERR_REMOTE);
+    EXPECT_ST(cluster_future_fetch(f, 0, &d, &n), CLUSTER_ERR_REMOTE);
+    pid = 0;
+    emsg = NULL;
+    EXPECT_OK(cluster_future_error(f, &pid, &emsg));
+    EXPECT(pid == 1);
+    EXPECTF(emsg && strstr(emsg, "boom from handler"), "future error \"%s\"", emsg ? emsg : "(null)");
+    EXPECT_OK(cluster_future_free(f));
+
+    /* Unregister: later calls fail remotely. Re-register replaces. */
+    EXPECT_OK(cluster_unregister(ctx, "fail"));
+    EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "fail", NULL, 0, &out), CLUSTER_ERR_REMOTE);
+    EXPECT_LAST_ERROR_HAS("not registered");
+    EXPECT_OK(cluster_register(ctx, "fail", h_echo, NULL));
+    EXPECT_OK(cluster_remotecall_fetch(ctx, 1, "fail", (const uint8_t *)"z", 1, &out));
+    EXPECT(out.len == 1);
+    EXPECT_OK(cluster_buffer_free(&out));
+
+    /* Pending futures: TIMEOUT and NOT_READY, then interrupt ourselves. */
+    int32_t ms = 5000;
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "sleep", (const uint8_t *)&ms, sizeof ms, &f));
+    EXPECT_ST(cluster_future_wait(f, 0), CLUSTER_ERR_TIMEOUT);
+    int64_t t0 = now_ms();
+    EXPECT_ST(cluster_future_wait(f, 100), CLUSTER_ERR_TIMEOUT);
+    int64_t waited = now_ms() - t0;
+    EXPECTF(waited >= 90 && waited < 2000, "wait(100) took %" PRId64 " ms", waited);
+    EXPECT_ST(cluster_future_fetch(f, 0, &d, &n), CLUSTER_ERR_TIMEOUT);
+    EXPECT_OK(cluster_future_isready(f, &ready));
+    EXPECT(!ready);
+    EXPECT_ST(cluster_future_error(f, &pid, &emsg), CLUSTER_ERR_NOT_READY);
+    int32_t me = 1;
+    t0 = now_ms();
+    EXPECT_OK(cluster_interrupt(ctx, &me, 1));
+    EXPECT_ST(cluster_future_wait(f, 3000), CLUSTER_ERR_INTERRUPTED);
+    EXPECTF(now_ms() - t0 < 2000, "interrupt took %" PRId64 " ms", now_ms() - t0);
+    EXPECT_OK(cluster_future_error(f, &pid, &emsg));
+    EXPECT(pid == 1);
+    EXPECT_OK(cluster_future_free(f));
+    /* The interrupt does not stick: the next call runs to completion. */
+    ms = 20;
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "sleep", (const uint8_t *)&ms, sizeof ms, &out));
+    EXPECT(out.len == 5);
+    EXPECT_OK(cluster_buffer_free(&out));
+
+    /* everywhere on a lone head: just the head */
+    EXPECT_OK(cluster_everywhere(ctx, NULL, 0, "echo", NULL, 0, 5000));
+    int32_t only_head = 1;
+    EXPECT_OK(cluster_everywhere(ctx, &only_head, 1, "echo", NULL, 0, 5000));
+    EXPECT_OK(cluster_everywhere(ctx, NULL, 0, "echo", NULL, 0, CLUSTER_FOREVER));
+    EXPECT_ST(cluster_everywhere(ctx, NULL, 0, "nope", NULL, 0, 5000), CLUSTER_ERR_COMPOSITE);
+    EXPECT_LAST_ERROR_HAS("process 1");
+
+    /* Large payload round trip through the local path. */
+    size_t big = 4u << 20;
+    uint8_t *buf = malloc(big);
+    REQUIRE(buf != NULL);
+    for (size_t i = 0; i < big; i++) buf[i] = (uint8_t)(i * 31u + 7u);
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "echo", buf, big, &out));
+    EXPECT(out.len == big && memcmp(out.data, buf, big) == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+    free(buf);
+
+    EXPECT_OK(cluster_shutdown(ctx, 1000));
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- deferred calls in one process -------------------------------------- */
+
+struct deferred {
+    cluster_call *call;
+    bool reply;
+};
+
+static void *answer_later(void *p) {
+    struct deferred *df = p;
+    sleep_ms(50);
+    if (df->reply) {
+        const uint8_t *d;
+        size_t n;
+        EXPECT_OK(cluster_call_args(df->call, &d, &n)); /* still valid while deferred */
+        uint8_t out[64];
+        memcpy(out, "late:", 5);
+        memcpy(out + 5, d, n < 59 ? n : 59);
+        EXPECT_OK(cluster_call_reply(df->call, out, 5 + (n < 59 ? n : 59)));
+        EXPECT_ST(cluster_call_reply(df->call, out, 1), CLUSTER_ERR_INVALID_ARGUMENT);
+    }
+    EXPECT_OK(cluster_call_free(df->call));
+    EXPECT_ST(cluster_call_free(df->call), CLUSTER_ERR_BAD_HANDLE); /* double free */
+    free(df);
+    return NULL;
+}
+
+static cluster_status h_defer(void *ud, cluster_call *call) {
+    bool reply = ud != NULL;
+    EXPECT_OK(cluster_call_defer(call));
+    EXPECT_OK(cluster_call_defer(call)); /* idempotent */
+    struct deferred *df = malloc(sizeof *df);
+    df->call = call;
+    df->reply = reply;
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, answer_later, df) == 0);
+    pthread_detach(t);
+    return CLUSTER_OK; /* deferred: returning does not answer */
+}
+
+static void case_defer_local(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    REQUIRE_OK(cluster_register(ctx, "defer_reply", h_defer, (void *)1));
+    REQUIRE_OK(cluster_register(ctx, "defer_drop", h_defer, NULL));
+    cluster_buffer out = {0};
+    REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "defer_reply", (const uint8_t *)"abc", 3, &out));
+    EXPECT(out.len == 8 && memcmp(out.data, "late:abc", 8) == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+    /* Freed without an answer: the caller gets an error, not a hang. */
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "defer_drop", NULL, 0, &f));
+    EXPECT_ST(cluster_future_wait(f, 5000), CLUSTER_ERR_REMOTE);
+    EXPECT_OK(cluster_future_free(f));
+    sleep_ms(100); /* let the answering threads finish their checks */
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- launch errors (no worker ever becomes ready) ------------------------ */
+
+static void case_launch_errors(void) {
+    /* KI-2: the head writes the cookie to a worker's stdin without guarding
+     * against SIGPIPE, so a worker that exits at once can kill the head. */
+    if (!harness_strict()) {
+        harness_logf("KNOWN ISSUE KI-2: ignoring SIGPIPE around launches of short-lived programs (TODO: remove once fixed)");
+        signal(SIGPIPE, SIG_IGN);
+    }
+    cluster_config cfg;
+    REQUIRE_OK(cluster_config_init(&cfg));
+    cfg.startup_timeout_ms = 1000;
+    cluster_ctx *ctx = NULL;
+    REQUIRE_OK(cluster_init(&cfg, &ctx));
+    int32_t ids[2] = {0, 0};
+
+    EXPECT_ST(cluster_addprocs(ctx, 1, NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_addprocs(ctx, 0, NULL, NULL));
+    EXPECT_OK(cluster_addprocs(ctx, 0, NULL, ids));
+
+    cluster_launch_options o = {0};
+    const char *badenv[] = {"NO_EQUALS_SIGN", NULL};
+    o.program = "/bin/true";
+    o.env = badenv;
+    EXPECT_ST(cluster_addprocs(ctx, 1, &o, ids), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    memset(&o, 0, sizeof o);
+    o.program = "/nonexistent/libcluster-no-such-program";
+    EXPECT_ST(cluster_addprocs(ctx, 2, &o, ids), CLUSTER_ERR_LAUNCH);
+    EXPECT_LAST_ERROR_HAS("libcluster-no-such-program");
+
+    /* A program that exits at once: all or nothing, with the reason. */
+    o.program = "/bin/true";
+    int64_t t0 = now_ms();
+    EXPECT_ST(cluster_addprocs(ctx, 2, &o, ids), CLUSTER_ERR_LAUNCH);
+    EXPECT_LAST_ERROR_HAS("exited");
+    EXPECTF(now_ms() - t0 < 3000, "took %" PRId64 " ms", now_ms() - t0);
+
+    /* A program that never connects: the startup timeout, then it is killed. */
+    const char *args[] = {"30", NULL};
+    o.program = "/bin/sleep";
+    o.argv = args;
+    t0 = now_ms();
+    EXPECT_ST(cluster_addprocs(ctx, 1, &o, ids), CLUSTER_ERR_LAUNCH);
+    int64_t took = now_ms() - t0;
+    EXPECTF(took >= 900 && took < 8000, "startup timeout took %" PRId64 " ms", took);
+    EXPECT_LAST_ERROR_HAS("worker");
+
+    /* None of that left a process in the cluster. */
+    size_t n = 0;
+    EXPECT_OK(cluster_nprocs(ctx, &n));
+    EXPECT(n == 1);
+
+    /* rmprocs / set_topology misuse on the head */
+    int32_t one = 1, ninety = 90;
+    EXPECT_ST(cluster_rmprocs(ctx, &one, 1, 100), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_rmprocs(ctx, &ninety, 1, 100), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_rmprocs(ctx, NULL, 1, 100), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_rmprocs(ctx, NULL, 0, 100));
+    EXPECT_ST(cluster_set_topology(ctx, 2), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_set_topology(ctx, -1), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    EXPECT_OK(cluster_shutdown(ctx, 2000));
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- set_topology on a fresh head ---------------------------------------- */
+
+static void case_topology_args(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    EXPECT_OK(cluster_set_topology(ctx, CLUSTER_TOPOLOGY_MASTER_WORKER));
+    EXPECT_OK(cluster_set_topology(ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL));
+    EXPECT_ST(cluster_set_topology(ctx, 2), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- log callback and level --------------------------------------------- */
+
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char g_log_text[4096];
+static int g_log_count;
+static int g_log_max_level;
+
+static void on_log(void *ud, cluster_log_level level, const char *message) {
+    int *tag = ud;
+    EXPECT(tag != NULL && *tag == 4242);
+    EXPECT(message != NULL);
+    pthread_mutex_lock(&g_log_mu);
+    g_log_count++;
+    if ((int)level > g_log_max_level) g_log_max_level = (int)level;
+    size_t used = strlen(g_log_text);
+    snprintf(g_log_text + used, sizeof g_log_text - used, "%d:%s\n", (int)level, message ? message : "");
+    pthread_mutex_unlock(&g_log_mu);
+}
+
+static bool log_has(const char *needle, int64_t within_ms) {
+    int64_t t0 = now_ms();
+    for (;;) {
+        pthread_mutex_lock(&g_log_mu);
+        bool has = strstr(g_log_text, needle) != NULL;
+        pthread_mutex_unlock(&g_log_mu);
+        if (has) return true;
+        if (now_ms() - t0 > within_ms) return false;
+        sleep_ms(5);
+    }
+}
+
+static void case_log(void) {
+    cluster_config cfg;
+    REQUIRE_OK(cluster_config_init(&cfg));
+    cfg.log_level = CLUSTER_LOG_ERROR;
+    cluster_ctx *ctx = NULL;
+    REQUIRE_OK(cluster_init(&cfg, &ctx));
+    static int tag = 4242;
+    EXPECT_OK(cluster_set_log_callback(ctx, on_log, &tag));
+    EXPECT_ST(cluster_set_log_level(ctx, 5), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_set_log_level(ctx, -1), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* remote_do failures are logged on the callee: here. */
+    EXPECT_OK(cluster_remote_do(ctx, 1, "no_such_fn", NULL, 0));
+    EXPECTF(log_has("no_such_fn", 3000), "log so far: %s", g_log_text);
+    EXPECT(g_log_max_level == CLUSTER_LOG_ERROR);
+
+    /* OFF: nothing more arrives. */
+    EXPECT_OK(cluster_set_log_level(ctx, CLUSTER_LOG_OFF));
+    pthread_mutex_lock(&g_log_mu);
+    int before = g_log_count;
+    pthread_mutex_unlock(&g_log_mu);
+    EXPECT_OK(cluster_remote_do(ctx, 1, "silent_fn", NULL, 0));
+    sleep_ms(200);
+    pthread_mutex_lock(&g_log_mu);
+    EXPECT(g_log_count == before);
+    pthread_mutex_unlock(&g_log_mu);
+
+    /* DEBUG: info and debug records flow too (the interrupt is logged at info). */
+    EXPECT_OK(cluster_set_log_level(ctx, CLUSTER_LOG_DEBUG));
+    EXPECT_OK(cluster_remote_do(ctx, 1, "loud_fn", NULL, 0));
+    EXPECT(log_has("loud_fn", 3000));
+
+    /* NULL restores stderr; the callback is no longer called. */
+    EXPECT_OK(cluster_set_log_callback(ctx, NULL, NULL));
+    EXPECT_OK(cluster_set_log_level(ctx, CLUSTER_LOG_OFF));
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- modes: host-only functions in threads mode and vice versa ---------- */
+
+static _Atomic int g_notified;
+static int on_notify(void *ud) {
+    EXPECT(ud == (void *)&g_notified);
+    atomic_fetch_add(&g_notified, 1);
+    return 0;
+}
+
+static pthread_t g_main_thread;
+static _Atomic int g_handler_on_main;
+
+static cluster_status h_echo_thread(void *ud, cluster_call *call) {
+    if (pthread_equal(pthread_self(), g_main_thread)) atomic_fetch_add(&g_handler_on_main, 1);
+    return h_echo(ud, call);
+}
+
+static void case_modes(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    int fd = -1;
+    cluster_event ev[4];
+    size_t count;
+    EXPECT_ST(cluster_event_fd(ctx, &fd), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_ST(cluster_set_notify(ctx, on_notify, NULL), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_ST(cluster_poll(ctx, ev, 4, &count), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_ST(cluster_event_fd(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_free(ctx));
+
+    g_main_thread = pthread_self();
+    ctx = new_head(CLUSTER_DISPATCH_HOST);
+    EXPECT_ST(cluster_serve(ctx), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_OK(cluster_event_fd(ctx, &fd));
+    EXPECT(fd >= 0);
+    EXPECT_ST(cluster_event_fd(ctx, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_set_notify(ctx, on_notify, &g_notified));
+    EXPECT_ST(cluster_poll(ctx, ev, 4, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_poll(ctx, NULL, 4, &count), CLUSTER_ERR_INVALID_ARGUMENT);
+    count = 99;
+    EXPECT_OK(cluster_poll(ctx, NULL, 0, &count));
+    EXPECT(count == 0);
+    REQUIRE_OK(cluster_register(ctx, "echo", h_echo_thread, NULL));
+
+    /* A call to ourselves runs only inside cluster_poll, on this thread. */
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_remotecall(ctx, 1, "echo", (const uint8_t *)"hm", 2, &f));
+    uint64_t fid = 0;
+    EXPECT_OK(cluster_future_id(f, &fid));
+    sleep_ms(50);
+    bool ready = true;
+    EXPECT_OK(cluster_future_isready(f, &ready));
+    EXPECT(!ready); /* nobody polled yet */
+    EXPECT(atomic_load(&g_notified) > 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    EXPECT(poll(&p, 1, 1000) == 1);
+    bool got_ready_event = false;
+    int64_t t0 = now_ms();
+    while (!got_ready_event && now_ms() - t0 < 5000) {
+        p.revents = 0;
+        poll(&p, 1, 100);
+        count = 0;
+        EXPECT_OK(cluster_poll(ctx, ev, 4, &count));
+        for (size_t i = 0; i < count; i++)
+            if (ev[i].kind == CLUSTER_EVENT_FUTURE_READY && ev[i].future_id == fid) got_ready_event = true;
+    }
+    EXPECT(got_ready_event);
+    EXPECT(atomic_load(&g_handler_on_main) == 1);
+    const uint8_t *d;
+    size_t n;
+    EXPECT_OK(cluster_future_fetch(f, 0, &d, &n));
+    EXPECT(n == 2 && memcmp(d, "hm", 2) == 0);
+    EXPECT_OK(cluster_future_free(f));
+
+    /* Events beyond cap stay queued and the fd stays readable. */
+    cluster_future *fs[3];
+    for (int i = 0; i < 3; i++) REQUIRE_OK(cluster_remotecall(ctx, 1, "echo", NULL, 0, &fs[i]));
+    /* First poll runs the handlers; their completions queue 3 events. */
+    EXPECT_OK(cluster_poll(ctx, NULL, 0, &count));
+    EXPECT(count == 0);
+    int total = 0;
+    t0 = now_ms();
+    while (total < 3 && now_ms() - t0 < 3000) {
+        p.revents = 0;
+        if (poll(&p, 1, 200) != 1) continue;
+        count = 0;
+        EXPECT_OK(cluster_poll(ctx, ev, 1, &count)); /* one at a time */
+        EXPECT(count <= 1);
+        total += (int)count;
+    }
+    EXPECT(total == 3);
+    for (int i = 0; i < 3; i++) EXPECT_OK(cluster_future_free(fs[i]));
+
+    EXPECT_OK(cluster_set_notify(ctx, NULL, NULL));
+    EXPECT_OK(cluster_free(ctx));
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+struct test_case {
+    const char *name;
+    void (*fn)(void);
+};
+
+static const struct test_case cases[] = {
+    {"version", case_version},
+    {"status", case_status},
+    {"config", case_config},
+    {"lone_head", case_lone_head},
+    {"handles", case_handles},
+    {"local_calls", case_local_calls},
+    {"defer_local", case_defer_local},
+    {"launch_errors", case_launch_errors},
+    {"topology_args", case_topology_args},
+    {"log", case_log},
+    {"modes", case_modes},
+};
+
+int main(int argc, char **argv) {
+    harness_name = argc > 1 ? argv[1] : "test_api";
+    harness_watchdog(40);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (argc > 1 && strcmp(argv[1], cases[i].name) != 0) continue;
+        harness_logf("case %s", cases[i].name);
+        cases[i].fn();
+    }
+    return harness_finish();
+}
