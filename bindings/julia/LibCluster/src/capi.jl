@@ -1,0 +1,479 @@
+# The raw C layer: finding and loading libcluster.so, the constants and
+# structs of include/cluster.h, one thin wrapper per exported function, and
+# turning a failed status into a Julia exception via cluster_last_error().
+#
+# Nothing above this file calls `ccall` directly. Every wrapper here is a
+# non-blocking call unless its comment says otherwise; blocking ones are only
+# used through `@threadcall` (see `blocking_call`) or at process exit.
+
+module CAPI
+
+import Libdl
+
+# ---------------------------------------------------------------- constants
+
+"The C API version this package was written for (major, minor)."
+const WRITTEN_FOR = (0, 1)
+
+const CLUSTER_ANY_WORKER = Int32(0)
+const CLUSTER_FOREVER = Int64(-1)
+const CLUSTER_HEAD = Int32(1)
+
+# cluster_status
+const CLUSTER_OK = Int32(0)
+const CLUSTER_ERR_INVALID_ARGUMENT = Int32(1)
+const CLUSTER_ERR_BAD_HANDLE = Int32(2)
+const CLUSTER_ERR_NOT_HEAD = Int32(3)
+const CLUSTER_ERR_NO_SUCH_PROCESS = Int32(4)
+const CLUSTER_ERR_REMOTE = Int32(5)
+const CLUSTER_ERR_PROCESS_EXITED = Int32(6)
+const CLUSTER_ERR_INTERRUPTED = Int32(7)
+const CLUSTER_ERR_TIMEOUT = Int32(8)
+const CLUSTER_ERR_TOPOLOGY = Int32(9)
+const CLUSTER_ERR_LAUNCH = Int32(10)
+const CLUSTER_ERR_AUTH = Int32(11)
+const CLUSTER_ERR_IO = Int32(12)
+const CLUSTER_ERR_PROTOCOL = Int32(13)
+const CLUSTER_ERR_TOO_LARGE = Int32(14)
+const CLUSTER_ERR_SHUTDOWN = Int32(15)
+const CLUSTER_ERR_PANIC = Int32(16)
+const CLUSTER_ERR_NOT_READY = Int32(17)
+const CLUSTER_ERR_COMPOSITE = Int32(18)
+const CLUSTER_ERR_WRONG_MODE = Int32(19)
+const CLUSTER_ERR_BUFFER_TOO_SMALL = Int32(20)
+
+const STATUS_NAMES = Dict{Int32,Symbol}(
+    0 => :CLUSTER_OK, 1 => :CLUSTER_ERR_INVALID_ARGUMENT, 2 => :CLUSTER_ERR_BAD_HANDLE,
+    3 => :CLUSTER_ERR_NOT_HEAD, 4 => :CLUSTER_ERR_NO_SUCH_PROCESS, 5 => :CLUSTER_ERR_REMOTE,
+    6 => :CLUSTER_ERR_PROCESS_EXITED, 7 => :CLUSTER_ERR_INTERRUPTED, 8 => :CLUSTER_ERR_TIMEOUT,
+    9 => :CLUSTER_ERR_TOPOLOGY, 10 => :CLUSTER_ERR_LAUNCH, 11 => :CLUSTER_ERR_AUTH,
+    12 => :CLUSTER_ERR_IO, 13 => :CLUSTER_ERR_PROTOCOL, 14 => :CLUSTER_ERR_TOO_LARGE,
+    15 => :CLUSTER_ERR_SHUTDOWN, 16 => :CLUSTER_ERR_PANIC, 17 => :CLUSTER_ERR_NOT_READY,
+    18 => :CLUSTER_ERR_COMPOSITE, 19 => :CLUSTER_ERR_WRONG_MODE, 20 => :CLUSTER_ERR_BUFFER_TOO_SMALL)
+
+# cluster_lifecycle
+const CLUSTER_WORKER_STARTED = Int32(0)
+const CLUSTER_WORKER_EXITED = Int32(1)
+const CLUSTER_WORKER_DIED = Int32(2)
+
+# cluster_log_level
+const CLUSTER_LOG_OFF = Int32(0)
+const CLUSTER_LOG_ERROR = Int32(1)
+const CLUSTER_LOG_WARN = Int32(2)
+const CLUSTER_LOG_INFO = Int32(3)
+const CLUSTER_LOG_DEBUG = Int32(4)
+
+# cluster_topology
+const CLUSTER_TOPOLOGY_ALL_TO_ALL = Int32(0)
+const CLUSTER_TOPOLOGY_MASTER_WORKER = Int32(1)
+
+# cluster_dispatch
+const CLUSTER_DISPATCH_THREADS = Int32(0)
+const CLUSTER_DISPATCH_HOST = Int32(1)
+
+# cluster_event_kind
+const CLUSTER_EVENT_FUTURE_READY = Int32(0)
+const CLUSTER_EVENT_WORKER = Int32(1)
+const CLUSTER_EVENT_INTERRUPT = Int32(2)
+const CLUSTER_EVENT_SHUTDOWN = Int32(3)
+
+# ------------------------------------------------------------------ structs
+# Field for field the layout of include/cluster.h (x86_64 / aarch64 SysV).
+
+"`cluster_config`. Immutable: fill with `config_init()` and rebuild with `with_fields`."
+struct ClusterConfig
+    struct_size::UInt32
+    listen_host::Ptr{UInt8}
+    cookie::Ptr{UInt8}
+    join::Ptr{UInt8}
+    topology::Int32
+    dispatch::Int32
+    handler_threads::UInt32
+    startup_timeout_ms::UInt32
+    max_message_bytes::UInt64
+    spin_us::UInt32
+    log_level::Int32
+    exit_on_head_loss::Bool
+end
+
+"`cluster_launch_options`: every pointer borrowed for the duration of the call."
+struct LaunchOptions
+    program::Ptr{UInt8}
+    argv::Ptr{Ptr{UInt8}}
+    env::Ptr{Ptr{UInt8}}
+    dir::Ptr{UInt8}
+end
+
+"`cluster_buffer`: bytes owned by the library until `cluster_buffer_free`."
+mutable struct Buffer
+    data::Ptr{UInt8}
+    len::Csize_t
+    handle::UInt64
+end
+Buffer() = Buffer(C_NULL, 0, 0)
+
+"`cluster_future_ref`: what crosses to another process for a future."
+struct FutureRef
+    owner::Int32
+    id::UInt64
+end
+
+"`cluster_event`, as written by `cluster_poll`."
+struct Event
+    kind::Int32
+    lifecycle::Int32
+    pid::Int32
+    future_id::UInt64
+end
+
+"Copy of `c` with the named fields replaced."
+function with_fields(c::T; kw...) where {T}
+    vals = map(fieldnames(T)) do f
+        haskey(kw, f) ? convert(fieldtype(T, f), kw[f]) : getfield(c, f)
+    end
+    T(vals...)
+end
+
+# ------------------------------------------------------------ the library
+
+"Where the loaded library came from, and its dlopen handle."
+const LIB_PATH = Ref{String}("")
+const LIB_HANDLE = Ref{Ptr{Cvoid}}(C_NULL)
+
+"Package root: bindings/julia/LibCluster."
+const PKG_ROOT = normpath(joinpath(@__DIR__, ".."))
+
+"""
+    library_candidates() -> Vector{String}
+
+Where `libcluster.so` is looked for, in order: `\$LIBCLUSTER_PATH` (a file,
+or a directory holding libcluster.so), the repository's `target/release`
+then `target/debug` (relative to this package), then the system library
+path (`LD_LIBRARY_PATH`, ld.so.cache) by the name `libcluster`.
+"""
+function library_candidates()
+    c = String[]
+    p = get(ENV, "LIBCLUSTER_PATH", "")
+    if !isempty(p)
+        push!(c, isdir(p) ? joinpath(p, "libcluster." * Libdl.dlext) : p)
+    end
+    repo = normpath(joinpath(PKG_ROOT, "..", "..", ".."))
+    for profile in ("release", "debug")
+        push!(c, joinpath(repo, "target", profile, "libcluster." * Libdl.dlext))
+    end
+    push!(c, "libcluster")   # the system search path
+    c
+end
+
+# Function pointers, filled by `load_library!`.
+const FUNCS = Tuple{Symbol,Base.RefValue{Ptr{Cvoid}}}[]
+
+"""
+    @cfunc name(arg::T, ...)::R
+
+Declares the C function `name` of libcluster: a pointer slot filled when the
+library is loaded, and a Julia function of the same name calling through it.
+"""
+macro cfunc(sig)
+    sig.head === :(::) || error("@cfunc: expected name(args...)::Ret")
+    call, R = sig.args
+    name = call.args[1]
+    args = call.args[2:end]
+    argnames = Symbol[a.args[1] for a in args]
+    argtypes = Any[a.args[2] for a in args]
+    fp = Symbol("fp_", name)
+    quote
+        const $(esc(fp)) = Ref{Ptr{Cvoid}}(C_NULL)
+        push!(FUNCS, ($(QuoteNode(name)), $(esc(fp))))
+        @inline function $(esc(name))($(map(esc, argnames)...))
+            ccall($(esc(fp))[], $(esc(R)), ($(map(esc, argtypes)...),), $(map(esc, argnames)...))
+        end
+    end
+end
+
+@cfunc cluster_version()::UInt32
+@cfunc cluster_version_string()::Ptr{UInt8}
+@cfunc cluster_status_str(status::Int32)::Ptr{UInt8}
+@cfunc cluster_last_error()::Ptr{UInt8}
+@cfunc cluster_last_error_pid()::Int32
+@cfunc cluster_config_init(config::Ptr{ClusterConfig})::Int32
+# Blocking on a worker (until joined): only called by `serve` at startup.
+@cfunc cluster_init(config::Ptr{ClusterConfig}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_free(ctx::Ptr{Cvoid})::Int32
+# Blocking up to timeout_ms: through @threadcall, or at exit.
+@cfunc cluster_shutdown(ctx::Ptr{Cvoid}, timeout_ms::Int64)::Int32
+@cfunc cluster_ready(ctx::Ptr{Cvoid})::Int32
+@cfunc cluster_is_head(ctx::Ptr{Cvoid}, out::Ptr{Bool})::Int32
+@cfunc cluster_cookie(ctx::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
+@cfunc cluster_address(ctx::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
+@cfunc cluster_myid(ctx::Ptr{Cvoid}, out::Ptr{Int32})::Int32
+@cfunc cluster_nprocs(ctx::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_nworkers(ctx::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_procs(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_other_procs(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_other_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+# Blocking until the workers are ready: through @threadcall.
+@cfunc cluster_addprocs(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{LaunchOptions}, out_ids::Ptr{Int32})::Int32
+# Blocking until the workers are gone: through @threadcall.
+@cfunc cluster_rmprocs(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t, timeout_ms::Int64)::Int32
+@cfunc cluster_set_topology(ctx::Ptr{Cvoid}, topology::Int32)::Int32
+@cfunc cluster_set_lifecycle_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+@cfunc cluster_set_log_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+@cfunc cluster_set_log_level(ctx::Ptr{Cvoid}, level::Int32)::Int32
+@cfunc cluster_register(ctx::Ptr{Cvoid}, name::Cstring, handler::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+@cfunc cluster_unregister(ctx::Ptr{Cvoid}, name::Cstring)::Int32
+# Returns at once (writes the arguments to the socket before returning).
+@cfunc cluster_remotecall(ctx::Ptr{Cvoid}, pid::Int32, name::Cstring, args::Ptr{UInt8}, len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_remote_do(ctx::Ptr{Cvoid}, pid::Int32, name::Cstring, args::Ptr{UInt8}, len::Csize_t)::Int32
+@cfunc cluster_interrupt(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t)::Int32
+# Only ever called with timeout 0 on a future known to be ready.
+@cfunc cluster_future_wait(f::Ptr{Cvoid}, timeout_ms::Int64)::Int32
+@cfunc cluster_future_isready(f::Ptr{Cvoid}, out::Ptr{Bool})::Int32
+@cfunc cluster_future_fetch(f::Ptr{Cvoid}, timeout_ms::Int64, data::Ptr{Ptr{UInt8}}, len::Ptr{Csize_t})::Int32
+@cfunc cluster_future_error(f::Ptr{Cvoid}, pid::Ptr{Int32}, message::Ptr{Ptr{UInt8}})::Int32
+@cfunc cluster_future_id(f::Ptr{Cvoid}, out::Ptr{UInt64})::Int32
+@cfunc cluster_future_pid(f::Ptr{Cvoid}, out::Ptr{Int32})::Int32
+# A round trip when the future was itself imported: through @threadcall then.
+@cfunc cluster_future_export(f::Ptr{Cvoid}, out::Ptr{FutureRef})::Int32
+@cfunc cluster_future_import(ctx::Ptr{Cvoid}, r::Ptr{FutureRef}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_future_free(f::Ptr{Cvoid})::Int32
+@cfunc cluster_buffer_free(buf::Ptr{Cvoid})::Int32
+@cfunc cluster_call_args(c::Ptr{Cvoid}, data::Ptr{Ptr{UInt8}}, len::Ptr{Csize_t})::Int32
+@cfunc cluster_call_caller(c::Ptr{Cvoid}, out::Ptr{Int32})::Int32
+@cfunc cluster_call_name(c::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
+@cfunc cluster_call_cancelled(c::Ptr{Cvoid}, out::Ptr{Bool})::Int32
+@cfunc cluster_call_reply(c::Ptr{Cvoid}, data::Ptr{UInt8}, len::Csize_t)::Int32
+@cfunc cluster_call_fail(c::Ptr{Cvoid}, message::Cstring)::Int32
+@cfunc cluster_call_defer(c::Ptr{Cvoid})::Int32
+@cfunc cluster_call_free(c::Ptr{Cvoid})::Int32
+@cfunc cluster_event_fd(ctx::Ptr{Cvoid}, out::Ptr{Cint})::Int32
+@cfunc cluster_set_notify(ctx::Ptr{Cvoid}, notify::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+@cfunc cluster_poll(ctx::Ptr{Cvoid}, events::Ptr{Event}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+
+"""
+    load_library!()
+
+Finds and opens libcluster, resolves every function and checks the runtime
+version. Throws an error listing every place it looked if none worked.
+"""
+function load_library!()
+    LIB_HANDLE[] != C_NULL && return LIB_PATH[]
+    tried = String[]
+    handle = C_NULL
+    path = ""
+    for cand in library_candidates()
+        if cand != "libcluster" && !isfile(cand)
+            push!(tried, "$cand (no such file)")
+            continue
+        end
+        h = Libdl.dlopen(cand, Libdl.RTLD_NOW | Libdl.RTLD_LOCAL; throw_error = false)
+        if h === nothing || h == C_NULL
+            push!(tried, cand == "libcluster" ? "libcluster.$(Libdl.dlext) on the system library path (not found)" :
+                                                "$cand (dlopen failed)")
+            continue
+        end
+        handle, path = h, cand
+        break
+    end
+    if handle == C_NULL
+        error("LibCluster: cannot find libcluster.$(Libdl.dlext). Looked at:\n  " *
+              join(tried, "\n  ") *
+              "\nBuild it with `cargo build --release` in the repository, or set LIBCLUSTER_PATH " *
+              "to the library file or its directory.")
+    end
+    missing_syms = String[]
+    for (name, slot) in FUNCS
+        p = Libdl.dlsym(handle, name; throw_error = false)
+        if p === nothing || p == C_NULL
+            push!(missing_syms, String(name))
+        else
+            slot[] = p
+        end
+    end
+    if !isempty(missing_syms)
+        error("LibCluster: $(path) lacks $(join(missing_syms, ", ")); it is not a libcluster " *
+              "$(WRITTEN_FOR[1]).$(WRITTEN_FOR[2]).x library")
+    end
+    v = cluster_version()
+    major, minor = Int(v >> 16), Int((v >> 8) & 0xff)
+    if major != WRITTEN_FOR[1] || minor < WRITTEN_FOR[2]
+        error("LibCluster: $(path) is libcluster $(version_string()); this package was written " *
+              "for $(WRITTEN_FOR[1]).$(WRITTEN_FOR[2]).x")
+    end
+    LIB_HANDLE[] = handle
+    LIB_PATH[] = Libdl.dlpath(handle)
+    return LIB_PATH[]
+end
+
+version_string() = unsafe_string(cluster_version_string())
+library_version() = (v = cluster_version(); VersionNumber(Int(v >> 16), Int((v >> 8) & 0xff), Int(v & 0xff)))
+
+# ------------------------------------------------------------------- errors
+
+"""
+    ClusterError(status, message, pid)
+
+A libcluster call failed with `status` (a `cluster_status` value); `message`
+is `cluster_last_error()` and `pid` the process it concerns (0 if none).
+The Distributed-style exceptions (`RemoteException`, `ProcessExitedException`)
+are made from these one layer up.
+"""
+struct ClusterError <: Exception
+    status::Int32
+    msg::String
+    pid::Int
+end
+
+status_name(s::Integer) = get(STATUS_NAMES, Int32(s), Symbol("status_", s))
+status_text(s::Integer) = unsafe_string(cluster_status_str(Int32(s)))
+
+function Base.showerror(io::IO, e::ClusterError)
+    print(io, "ClusterError(", status_name(e.status), "): ", isempty(e.msg) ? status_text(e.status) : e.msg)
+end
+
+"The error of the last failed call on this thread, as a `ClusterError`."
+function last_error(status::Integer)
+    msg = unsafe_string(cluster_last_error())
+    ClusterError(Int32(status), msg, Int(cluster_last_error_pid()))
+end
+
+"Throws the `ClusterError` for `status` unless it is CLUSTER_OK."
+@inline function check(status::Int32)
+    status == CLUSTER_OK || throw(last_error(status))
+    nothing
+end
+
+# ---------------------------------------------------------- blocking calls
+#
+# A few functions block by design (addprocs until the workers are ready,
+# rmprocs/shutdown until they are gone, export of an imported future for a
+# round trip). They run on libuv's thread pool through `@threadcall`, so only
+# the calling task waits. `cluster_last_error` is thread-local, so a small
+# trampoline (Julia code compiled ahead, run on the pool thread: no
+# allocation, no task switch) makes the call and copies the error message
+# and pid out before the thread is reused.
+
+const OP_ADDPROCS = Int32(1)
+const OP_RMPROCS = Int32(2)
+const OP_SHUTDOWN = Int32(3)
+const OP_EXPORT = Int32(4)
+
+struct BlockingCall
+    op::Int32
+    a1::UInt64
+    a2::UInt64
+    a3::UInt64
+    a4::UInt64
+    errbuf::Ptr{UInt8}
+    errcap::Csize_t
+    errlen::Ptr{Csize_t}
+    errpid::Ptr{Int32}
+end
+
+function trampoline(p::Ptr{BlockingCall})::Int32
+    c = unsafe_load(p)
+    st = Int32(CLUSTER_ERR_INVALID_ARGUMENT)
+    if c.op == OP_ADDPROCS
+        st = ccall(fp_cluster_addprocs[], Int32, (Ptr{Cvoid}, Csize_t, Ptr{LaunchOptions}, Ptr{Int32}),
+                   Ptr{Cvoid}(c.a1), Csize_t(c.a2), Ptr{LaunchOptions}(c.a3), Ptr{Int32}(c.a4))
+    elseif c.op == OP_RMPROCS
+        st = ccall(fp_cluster_rmprocs[], Int32, (Ptr{Cvoid}, Ptr{Int32}, Csize_t, Int64),
+                   Ptr{Cvoid}(c.a1), Ptr{Int32}(c.a2), Csize_t(c.a3), reinterpret(Int64, c.a4))
+    elseif c.op == OP_SHUTDOWN
+        st = ccall(fp_cluster_shutdown[], Int32, (Ptr{Cvoid}, Int64),
+                   Ptr{Cvoid}(c.a1), reinterpret(Int64, c.a2))
+    elseif c.op == OP_EXPORT
+        st = ccall(fp_cluster_future_export[], Int32, (Ptr{Cvoid}, Ptr{FutureRef}),
+                   Ptr{Cvoid}(c.a1), Ptr{FutureRef}(c.a2))
+    end
+    if st != CLUSTER_OK
+        m = ccall(fp_cluster_last_error[], Ptr{UInt8}, ())
+        n = ccall(:strlen, Csize_t, (Ptr{UInt8},), m)
+        if n > c.errcap
+            n = c.errcap
+        end
+        ccall(:memcpy, Ptr{Cvoid}, (Ptr{UInt8}, Ptr{UInt8}, Csize_t), c.errbuf, m, n)
+        unsafe_store!(c.errlen, n)
+        unsafe_store!(c.errpid, ccall(fp_cluster_last_error_pid[], Int32, ()))
+    end
+    return st
+end
+
+const TRAMPOLINE = Ref{Ptr{Cvoid}}(C_NULL)
+
+"Whether blocking calls go through `@threadcall` (else they block the thread)."
+const USE_THREADCALL = Ref(true)
+
+function init_trampoline!()
+    TRAMPOLINE[] = @cfunction(trampoline, Int32, (Ptr{BlockingCall},))
+    USE_THREADCALL[] = get(ENV, "LIBCLUSTER_JULIA_THREADCALL", "1") != "0"
+    nothing
+end
+
+"""
+    blocking(op, a1, a2=0, a3=0, a4=0)
+
+Runs the blocking operation `op` off Julia's thread (only the calling task
+waits) and throws its `ClusterError` on failure. Pointer arguments must be
+kept alive (`GC.@preserve`) by the caller.
+"""
+function blocking(op::Int32, a1, a2 = 0, a3 = 0, a4 = 0)
+    u(x::Ptr) = UInt64(UInt(x))
+    u(x::Integer) = x < 0 ? reinterpret(UInt64, Int64(x)) : UInt64(x)
+    errbuf = Vector{UInt8}(undef, 4096)
+    errlen = Ref{Csize_t}(0)
+    errpid = Ref{Int32}(0)
+    call = Ref(BlockingCall(op, u(a1), u(a2), u(a3), u(a4), pointer(errbuf), Csize_t(length(errbuf)),
+                            Base.unsafe_convert(Ptr{Csize_t}, errlen), Base.unsafe_convert(Ptr{Int32}, errpid)))
+    st = GC.@preserve errbuf errlen errpid call begin
+        if USE_THREADCALL[]
+            @threadcall(TRAMPOLINE[], Int32, (Ptr{BlockingCall},), call)
+        else
+            trampoline(Base.unsafe_convert(Ptr{BlockingCall}, call))
+        end
+    end
+    if st != CLUSTER_OK
+        throw(ClusterError(st, String(errbuf[1:Int(errlen[])]), Int(errpid[])))
+    end
+    nothing
+end
+
+"Reads an id list (`cluster_procs` and friends), sizing the buffer as needed."
+function read_ids(fn, ctx::Ptr{Cvoid})
+    buf = Vector{Int32}(undef, 16)
+    count = Ref{Csize_t}(0)
+    while true
+        st = fn(ctx, pointer(buf), Csize_t(length(buf)), count)
+        if st == CLUSTER_ERR_BUFFER_TOO_SMALL
+            resize!(buf, Int(count[]) + 16)
+            continue
+        end
+        check(st)
+        return Int[buf[i] for i in 1:Int(count[])]
+    end
+end
+
+"Reads a string (`cluster_cookie`, `cluster_address`, `cluster_call_name`)."
+function read_string(fn, h::Ptr{Cvoid})
+    buf = Vector{UInt8}(undef, 128)
+    len = Ref{Csize_t}(0)
+    while true
+        st = fn(h, pointer(buf), Csize_t(length(buf)), len)
+        if st == CLUSTER_ERR_BUFFER_TOO_SMALL
+            resize!(buf, Int(len[]) + 1)
+            continue
+        end
+        check(st)
+        return String(buf[1:Int(len[])])
+    end
+end
+
+"Default configuration, from `cluster_config_init`."
+function config_init()
+    r = Ref{ClusterConfig}()
+    check(cluster_config_init(r))
+    r[]
+end
+
+end # module CAPI

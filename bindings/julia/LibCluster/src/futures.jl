@@ -1,0 +1,224 @@
+# Future: the result of a remote call, over a libcluster future handle.
+#
+# Waiting never blocks the thread: `isready` is a non-blocking ccall, and a
+# task that must wait spins briefly (isready + yield) and then parks on a
+# Condition that the event loop notifies on CLUSTER_EVENT_FUTURE_READY.
+# The outcome is cached in the Future and the handle released as soon as it
+# has been fetched, so a second `fetch` costs no ccall. Finalizers release
+# handles of futures dropped unfetched (`cluster_future_free` never blocks).
+
+"Supertype of references to values held by (or computed on) another process."
+abstract type AbstractRemoteRef end
+
+"""
+    Future
+
+The result of [`remotecall`](@ref) (or `@spawnat`, `@spawn`...): `fetch` waits
+for the value and caches it, `wait` waits without moving it, `isready` checks.
+A Future can be passed inside the arguments of a remote call; the receiving
+process can then `fetch` it itself. Fields as Distributed's: `where` is the
+process computing the value, `whence` the one that made the call.
+"""
+mutable struct Future <: AbstractRemoteRef
+    where::Int
+    whence::Int
+    id::UInt64                      # libcluster's id of the handle (0: none)
+    handle::Ptr{Cvoid}              # C_NULL once released
+    v::Union{Nothing,Some{Any}}     # the cached value
+    err::Any                        # the cached exception, or nothing
+    raw::Bool                       # value is raw bytes (a call by name)
+    imported::Bool                  # handle came from cluster_future_import
+
+    function Future(handle::Ptr{Cvoid}, where::Integer, whence::Integer; raw::Bool = false, imported::Bool = false)
+        id = Ref{UInt64}(0)
+        CAPI.check(CAPI.cluster_future_id(handle, id))
+        f = new(Int(where), Int(whence), id[], handle, nothing, nothing, raw, imported)
+        finalizer(release!, f)
+        f
+    end
+    # A Future that already holds its outcome (received by value).
+    function Future(where::Integer, whence::Integer, v::Union{Nothing,Some{Any}}, err, raw::Bool)
+        new(Int(where), Int(whence), UInt64(0), C_NULL, v, err, raw, false)
+    end
+end
+
+function Base.show(io::IO, f::Future)
+    print(io, "Future(", f.where, ", ", f.whence, ", ", f.id, ", ")
+    f.v === nothing ? print(io, "nothing") : show(io, f.v)
+    print(io, ")")
+end
+
+"Releases the library handle (idempotent; safe from a finalizer)."
+function release!(f::Future)
+    h = f.handle
+    if h != C_NULL
+        f.handle = C_NULL
+        CAPI.LIB_HANDLE[] != C_NULL && CAPI.cluster_future_free(h)
+    end
+    nothing
+end
+
+@inline has_outcome(f::Future) = f.v !== nothing || f.err !== nothing
+
+@inline function handle_isready(h::Ptr{Cvoid})
+    r = Ref(false)
+    st = CAPI.cluster_future_isready(h, r)
+    st == CAPI.CLUSTER_OK || CAPI.check(st)
+    r[]
+end
+
+@inline done_now(f::Future) = has_outcome(f) || f.handle == C_NULL || handle_isready(f.handle)
+
+"""
+    Base.isready(f::Future) -> Bool
+
+Whether the value (or error) of `f` is available; never waits.
+"""
+Base.isready(f::Future) = done_now(f)
+
+"Waits until the outcome of `f` is available, letting other tasks run."
+function wait_ready(f::Future)
+    done_now(f) && return
+    spin = RT.spin_ns
+    if spin > 0
+        t0 = time_ns()
+        while time_ns() - t0 < spin
+            yield()
+            done_now(f) && return
+        end
+    end
+    lock(RT.lock)
+    try
+        while !done_now(f)
+            RT.ctx == C_NULL && error("LibCluster: the cluster was shut down")
+            c = get!(() -> Threads.Condition(RT.lock), RT.waiters, f.id)
+            wait(c)
+        end
+    finally
+        unlock(RT.lock)
+    end
+    nothing
+end
+
+"""
+    take_outcome!(f)
+
+Reads the completed outcome of `f` from the library into the Future (value
+or exception) and releases the handle.
+"""
+function take_outcome!(f::Future)
+    has_outcome(f) && return
+    h = f.handle
+    h == C_NULL && return
+    data = Ref{Ptr{UInt8}}(C_NULL)
+    len = Ref{Csize_t}(0)
+    st = CAPI.cluster_future_fetch(h, 0, data, len)
+    if st == CAPI.CLUSTER_OK
+        n = Int(len[])
+        bytes = n == 0 ? UInt8[] : unsafe_wrap(Array, data[], n)  # valid until release!
+        if f.raw
+            f.v = Some{Any}(copy(bytes))
+        else
+            ok, v = decode_reply(bytes, f.where)
+            ok ? (f.v = Some{Any}(v)) : (f.err = v)
+        end
+    else
+        f.err = library_exception(CAPI.last_error(st), f.where)
+    end
+    release!(f)
+    nothing
+end
+
+"""
+    fetch(f::Future)
+
+Waits for and returns the value of `f`, cached after the first call. A
+remote failure throws `RemoteException`; a worker that died throws
+`ProcessExitedException`.
+"""
+function Base.fetch(f::Future)
+    v = f.v
+    v !== nothing && return something(v)
+    f.err === nothing || throw(f.err)
+    wait_ready(f)
+    take_outcome!(f)
+    v = f.v
+    v !== nothing && return something(v)
+    throw(f.err === nothing ? ErrorException("LibCluster: future without outcome") : f.err)
+end
+
+"""
+    wait(f::Future) -> f
+
+Waits until `f` has completed, without fetching its value. Throws the
+remote error, as Distributed does.
+"""
+function Base.wait(f::Future)
+    f.v !== nothing && return f
+    f.err === nothing || throw(f.err)
+    wait_ready(f)
+    check_failed!(f)
+    f.err === nothing || throw(f.err)
+    f
+end
+
+# After completion: caches the outcome if it is an error, without moving a value.
+function check_failed!(f::Future)
+    has_outcome(f) && return
+    h = f.handle
+    h == C_NULL && return
+    data = Ref{Ptr{UInt8}}(C_NULL)
+    len = Ref{Csize_t}(0)
+    st = CAPI.cluster_future_fetch(h, 0, data, len)
+    if st != CAPI.CLUSTER_OK
+        f.err = library_exception(CAPI.last_error(st), f.where)
+        release!(f)
+    elseif !f.raw && len[] > 0 && unsafe_load(data[]) == TAG_ERR
+        take_outcome!(f)
+    end
+    nothing
+end
+
+# ------------------------------------------------------- passing futures on
+
+"The reference another process imports (one per export)."
+function export_ref(f::Future)
+    r = Ref(CAPI.FutureRef(0, 0))
+    if f.imported
+        # A round trip to the owner: off the thread.
+        GC.@preserve r CAPI.blocking(CAPI.OP_EXPORT, f.handle, Base.unsafe_convert(Ptr{CAPI.FutureRef}, r))
+    else
+        CAPI.check(CAPI.cluster_future_export(f.handle, r))
+    end
+    r[]
+end
+
+const FUT_BY_REF = 0x00
+const FUT_VALUE = 0x01
+const FUT_ERROR = 0x02
+
+function Serialization.serialize(s::AbstractSerializer, f::Future)
+    Serialization.serialize_type(s, Future, false)
+    if f.v !== nothing
+        serialize(s, (f.where, f.whence, f.raw, FUT_VALUE, something(f.v)))
+    elseif f.err !== nothing
+        serialize(s, (f.where, f.whence, f.raw, FUT_ERROR, f.err))
+    else
+        r = export_ref(f)
+        serialize(s, (f.where, f.whence, f.raw, FUT_BY_REF, (Int(r.owner), r.id)))
+    end
+end
+
+function Serialization.deserialize(s::AbstractSerializer, ::Type{Future})
+    where, whence, raw, kind, payload = deserialize(s)
+    if kind == FUT_VALUE
+        return Future(where, whence, Some{Any}(payload), nothing, raw)
+    elseif kind == FUT_ERROR
+        return Future(where, whence, nothing, payload, raw)
+    end
+    owner, id = payload
+    r = Ref(CAPI.FutureRef(Int32(owner), UInt64(id)))
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    check_call(CAPI.cluster_future_import(context(), r, out), owner)
+    Future(out[], where, whence; raw = raw, imported = true)
+end

@@ -1,0 +1,284 @@
+# This process's cluster: starting it (as the head, lazily, or as a worker in
+# `serve`), the event loop that drives libcluster in host-dispatch mode, the
+# table of tasks waiting for futures, and shutdown.
+#
+# Host dispatch: libcluster never runs Julia code on its own threads. Its
+# threads queue incoming calls and events and wake us through the notify hook
+# (`uv_async_send` on a `Base.AsyncCondition`). One task, the event loop,
+# calls `cluster_poll` (non-blocking): the registered handlers run inside it,
+# on Julia's thread, and only defer the calls, which then run as tasks.
+
+mutable struct Runtime
+    ctx::Ptr{Cvoid}
+    role::Symbol                        # :none, :head or :worker
+    myid::Int
+    async::Any                          # Base.AsyncCondition once started
+    loop::Union{Task,Nothing}
+    lock::ReentrantLock                 # guards `waiters`
+    waiters::Dict{UInt64,Threads.Condition}
+    incoming::Vector{Tuple{Int,Ptr{Cvoid}}}   # (handler kind, call) deferred in a poll
+    running::Dict{Ptr{Cvoid},Task}      # calls being served
+    stop::Threads.Condition             # notified on a shutdown event
+    stopping::Bool
+    closed::Bool
+    spin_ns::UInt64                     # how long the event loop and fetch spin
+    dead::Dict{Int,Symbol}              # pid => :exited or :died
+    pid_lock::ReentrantLock             # serialises add/remove of processes
+end
+
+Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
+                    Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[],
+                    Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
+                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock())
+
+const RT = Runtime()
+const INIT_LOCK = ReentrantLock()
+
+"Spin time of fetch and of the event loop, in microseconds (`LIBCLUSTER_JULIA_SPIN_US`, default 200)."
+spin_us_from_env() = something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_SPIN_US", "200")), 200)
+
+# The variables a launcher sets for a worker; a worker removes them once it
+# has joined, so that processes it starts do not inherit them.
+const LAUNCH_ENV = ("LIBCLUSTER_HEAD", "LIBCLUSTER_ID", "LIBCLUSTER_COOKIE_STDIN",
+                    "LIBCLUSTER_STARTUP_TIMEOUT_MS")
+
+"""
+    context() -> Ptr{Cvoid}
+
+This process's `cluster_ctx`, starting the cluster as its head (process 1)
+on first use.
+"""
+@inline function context()
+    ctx = RT.ctx
+    ctx != C_NULL && return ctx
+    return init()
+end
+
+"""
+    LibCluster.init(; topology=:all_to_all, listen_host=nothing, log_level=nothing)
+
+Starts this process as the head of a cluster (process 1). Called implicitly
+by the first use of the API; call it first to choose the topology
+(`:all_to_all` or `:master_worker`) or the listening address. A worker
+process calls [`LibCluster.serve`](@ref) instead.
+"""
+function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,AbstractString} = nothing,
+              log_level::Union{Nothing,Integer} = nothing)
+    lock(INIT_LOCK) do
+        RT.ctx != C_NULL && return RT.ctx
+        RT.closed && error("LibCluster: the cluster of this process was shut down")
+        # Inherited launch variables would turn this process into a worker.
+        for k in LAUNCH_ENV
+            delete!(ENV, k)
+        end
+        start!(:head; topology = topology, listen_host = listen_host, log_level = log_level)
+        atexit(shutdown_at_exit)
+        RT.ctx
+    end
+end
+
+topology_code(t::Symbol) =
+    t === :all_to_all ? CAPI.CLUSTER_TOPOLOGY_ALL_TO_ALL :
+    t === :master_worker ? CAPI.CLUSTER_TOPOLOGY_MASTER_WORKER :
+    throw(ArgumentError("topology must be :all_to_all or :master_worker, got :$t"))
+
+function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = nothing, log_level = nothing)
+    CAPI.LIB_HANDLE[] == C_NULL && CAPI.load_library!()
+    cfg = CAPI.with_fields(CAPI.config_init();
+                           dispatch = CAPI.CLUSTER_DISPATCH_HOST,
+                           topology = topology_code(topology))
+    # The Julia thread spins (event loop, fetch); library reader threads
+    # spinning as well would compete for the CPUs, so they block unless
+    # LIBCLUSTER_SPIN_US asks otherwise.
+    haskey(ENV, "LIBCLUSTER_SPIN_US") || (cfg = CAPI.with_fields(cfg; spin_us = UInt32(0)))
+    if log_level !== nothing
+        cfg = CAPI.with_fields(cfg; log_level = Int32(log_level))
+    end
+    host = listen_host === nothing ? nothing : String(listen_host)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve host begin
+        if host !== nothing
+            cfg = CAPI.with_fields(cfg; listen_host = pointer(host))
+        end
+        # On a worker this blocks until it has joined its head (startup only).
+        CAPI.check(CAPI.cluster_init(Ref(cfg), out))
+    end
+    ctx = out[]
+    is_head = Ref(false)
+    CAPI.check(CAPI.cluster_is_head(ctx, is_head))
+    if role === :worker && is_head[]
+        CAPI.cluster_free(ctx)
+        error("LibCluster.serve: this process was not started by addprocs (no LIBCLUSTER_HEAD); " *
+              "it would become a head, not a worker")
+    end
+    id = Ref{Int32}(0)
+    CAPI.check(CAPI.cluster_myid(ctx, id))
+    RT.spin_ns = UInt64(max(spin_us_from_env(), 0)) * 1000
+    RT.role = role
+    RT.myid = Int(id[])
+    RT.closed = false
+    RT.stopping = false
+    register_builtin_handlers(ctx)
+    # Wake-ups: the library calls uv_async_send(handle) from its threads.
+    async = Base.AsyncCondition()
+    RT.async = async
+    CAPI.check(CAPI.cluster_set_notify(ctx, cglobal(:uv_async_send), async.handle))
+    RT.ctx = ctx
+    RT.loop = @async event_loop()
+    ctx
+end
+
+# ------------------------------------------------------------- event loop
+
+const POLL_CAP = 64
+
+function event_loop()
+    evs = Vector{CAPI.Event}(undef, POLL_CAP)
+    cnt = Ref{Csize_t}(0)
+    last = time_ns()
+    while !RT.closed
+        n = try
+            poll!(evs, cnt)
+        catch err
+            RT.closed && break
+            @error "LibCluster event loop" exception = (err, catch_backtrace())
+            0
+        end
+        if n > 0
+            last = time_ns()
+            yield()
+        elseif time_ns() - last < RT.spin_ns
+            yield()
+        else
+            async = RT.async
+            async === nothing && break
+            try
+                wait(async)
+            catch
+                break       # closed
+            end
+            last = time_ns()
+        end
+    end
+end
+
+"""
+    poll!(evs, cnt) -> Int
+
+One `cluster_poll`: runs the handlers of queued calls (they defer them),
+handles the events, then starts a task for each deferred call. Returns the
+number of events and calls seen.
+"""
+function poll!(evs::Vector{CAPI.Event}, cnt::Ref{Csize_t})
+    ctx = RT.ctx
+    ctx == C_NULL && return 0
+    st = CAPI.cluster_poll(ctx, evs, Csize_t(length(evs)), cnt)
+    if st != CAPI.CLUSTER_OK
+        st == CAPI.CLUSTER_ERR_SHUTDOWN && return 0
+        CAPI.check(st)
+    end
+    n = Int(cnt[])
+    for i in 1:n
+        handle_event(@inbounds evs[i])
+    end
+    m = length(RT.incoming)
+    if m > 0
+        calls = copy(RT.incoming)
+        empty!(RT.incoming)
+        for (kind, call) in calls
+            start_call(kind, call)
+        end
+    end
+    n + m
+end
+
+function handle_event(ev::CAPI.Event)
+    k = ev.kind
+    if k == CAPI.CLUSTER_EVENT_FUTURE_READY
+        wake_waiters(ev.future_id)
+    elseif k == CAPI.CLUSTER_EVENT_WORKER
+        on_lifecycle(Int(ev.pid), ev.lifecycle)
+    elseif k == CAPI.CLUSTER_EVENT_INTERRUPT
+        interrupt_running_calls()
+    elseif k == CAPI.CLUSTER_EVENT_SHUTDOWN
+        lock(RT.stop) do
+            RT.stopping = true
+            notify(RT.stop)
+        end
+    end
+    nothing
+end
+
+# ---------------------------------------------------------------- waiting
+
+function wake_waiters(id::UInt64)
+    lock(RT.lock)
+    try
+        c = pop!(RT.waiters, id, nothing)
+        c === nothing || notify(c)
+    finally
+        unlock(RT.lock)
+    end
+end
+
+# --------------------------------------------------------------- shutdown
+
+"""
+    LibCluster.shutdown(; timeout=5.0)
+
+Stops this process's cluster: on the head every worker is asked to leave
+(then terminated, then killed, within `timeout` seconds); on a worker its
+connections close. Registered with `atexit` on the head.
+"""
+function shutdown(; timeout::Real = 5.0)
+    ctx = RT.ctx
+    ctx == C_NULL && return nothing
+    ms = round(Int64, timeout * 1000)
+    try
+        if RT.role === :head
+            CAPI.blocking(CAPI.OP_SHUTDOWN, ctx, ms)
+        else
+            CAPI.cluster_shutdown(ctx, 0)
+        end
+    catch err
+        err isa CAPI.ClusterError || rethrow()
+    finally
+        close_runtime!()
+    end
+    nothing
+end
+
+function close_runtime!()
+    ctx = RT.ctx
+    ctx == C_NULL && return
+    RT.closed = true
+    CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
+    RT.ctx = C_NULL
+    CAPI.cluster_free(ctx)
+    async = RT.async
+    RT.async = nothing
+    async === nothing || close(async)
+    # Tasks waiting on futures see them failed (the library failed them).
+    lock(RT.lock) do
+        for c in values(RT.waiters)
+            notify(c)
+        end
+        empty!(RT.waiters)
+    end
+    nothing
+end
+
+function shutdown_at_exit()
+    ctx = RT.ctx
+    ctx == C_NULL && return
+    try
+        # At exit nothing else runs: call directly (bounded by the timeout).
+        CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
+        RT.role === :head && CAPI.cluster_shutdown(ctx, 5000)
+    catch
+    end
+    RT.closed = true
+    RT.ctx = C_NULL
+    CAPI.cluster_free(ctx)
+    nothing
+end

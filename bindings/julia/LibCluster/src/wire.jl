@@ -1,0 +1,190 @@
+# What LibCluster puts in libcluster's byte payloads. Everything Julia
+# travels through `Serialization`:
+#
+#   call   = serialize((globals, f, args, kwargs))
+#   reply  = TAG_OK  * serialize(value)
+#          | TAG_ERR * serialize(CapturedException)      (-> RemoteException)
+#
+# `globals` carries the `Main` globals an anonymous function refers to, as
+# Distributed does: `a = 1; remotecall_fetch(() -> a + 1, 2)` works, and a
+# global is sent again only when it changed since it was last sent to that
+# process.
+
+const TAG_OK = 0x00
+const TAG_ERR = 0x01
+
+# ------------------------------------------------------------------ calls
+
+function encode_call(pid::Integer, f, args::Tuple, kwargs)
+    io = IOBuffer()
+    s = Serializer(io)
+    kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
+    serialize(s, (globals_to_send(pid, f, args), f, args, kw))
+    io
+end
+
+"Deserializes a call: defines the globals it carries, returns `(f, args, kwargs)`."
+function decode_call(bytes::AbstractVector{UInt8})
+    globs, f, args, kw = deserialize(Serializer(IOBuffer(bytes)))
+    globs === nothing || define_globals(globs)
+    f, args, kw === nothing ? () : kw
+end
+
+# ---------------------------------------------------------------- replies
+
+function encode_ok(v)
+    io = IOBuffer()
+    write(io, TAG_OK)
+    serialize(Serializer(io), v)
+    io
+end
+
+"The error reply for exception `e` with backtrace `bt`; never throws."
+function encode_err(e, bt)
+    for attempt in 1:3
+        io = IOBuffer()
+        write(io, TAG_ERR)
+        try
+            ce = attempt == 1 ? capture(e, bt) :
+                 attempt == 2 ? CapturedException(ErrorException(safe_showerror(e)), portable_backtrace(bt)) :
+                                CapturedException(ErrorException(safe_showerror(e)), Any[])
+            serialize(Serializer(io), ce)
+            return io
+        catch
+        end
+    end
+    io = IOBuffer()
+    write(io, TAG_ERR)
+    serialize(Serializer(io), CapturedException(ErrorException("remote error (unprintable)"), Any[]))
+    io
+end
+
+safe_showerror(e) = try
+    sprint(showerror, e)
+catch
+    string(typeof(e))
+end
+
+"""
+    decode_reply(bytes, pid) -> (ok::Bool, value_or_exception)
+
+Reads a reply written by `encode_ok`/`encode_err` from process `pid`.
+"""
+function decode_reply(bytes::AbstractVector{UInt8}, pid::Integer)
+    isempty(bytes) && return (true, nothing)
+    io = IOBuffer(bytes)
+    tag = read(io, UInt8)
+    v = try
+        deserialize(Serializer(io))
+    catch err
+        # e.g. the result's type is not defined here
+        return (false, RemoteException(pid, CapturedException(
+            ErrorException("the result from process $pid cannot be deserialized here: " * safe_showerror(err)),
+            Any[])))
+    end
+    if tag == TAG_OK
+        return (true, v)
+    elseif v isa CapturedException
+        return (false, RemoteException(pid, v))
+    else
+        return (false, RemoteException(pid, CapturedException(ErrorException(string(v)), Any[])))
+    end
+end
+
+# ----------------------------------------------------------- Main globals
+
+const GLOBALS_SENT = Dict{Tuple{Int,Symbol},Tuple{UInt64,UInt64}}()
+
+forget_process(pid::Int) = filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
+
+is_main_anon(@nospecialize(T)) =
+    T isa DataType && T <: Function && T.name.module === Main && startswith(String(T.name.name), "#")
+
+"""
+    globals_to_send(pid, f, args) -> Union{Nothing,Vector}
+
+The `Main` globals referred to by `f` (and by function arguments) when they
+are anonymous functions defined in `Main`: `(name, isconst, value)` for each
+that process `pid` has not received with this value yet. Named functions,
+types and modules are not sent (define them with `@everywhere`).
+"""
+function globals_to_send(pid::Integer, @nospecialize(f), args::Tuple)
+    syms = Symbol[]
+    seen = Set{Any}()
+    collect_main_globals!(syms, seen, typeof(f))
+    for a in args
+        a isa Function && collect_main_globals!(syms, seen, typeof(a))
+    end
+    isempty(syms) && return nothing
+    out = Tuple{Symbol,Bool,Any}[]
+    for sym in syms
+        isdefined(Main, sym) || continue
+        v = getfield(Main, sym)
+        (v isa Module || v isa Type) && continue
+        (v isa Function && !is_main_anon(typeof(v))) && continue
+        if pid > 0 && !isbits(v)
+            stamp = (UInt64(objectid(v)), UInt64(hash(v)))
+            get(GLOBALS_SENT, (Int(pid), sym), nothing) == stamp && continue
+            GLOBALS_SENT[(Int(pid), sym)] = stamp
+        end
+        push!(out, (sym, isconst(Main, sym), v))
+    end
+    isempty(out) ? nothing : out
+end
+
+function collect_main_globals!(syms::Vector{Symbol}, seen::Set{Any}, @nospecialize(T))
+    is_main_anon(T) || return
+    T in seen && return
+    push!(seen, T)
+    ms = try
+        Base.MethodList(T.name.mt)
+    catch
+        return
+    end
+    for m in ms
+        ci = try
+            Base.uncompressed_ast(m)
+        catch
+            continue
+        end
+        scan_code!(syms, seen, ci.code)
+    end
+end
+
+function scan_code!(syms, seen, x)
+    if x isa GlobalRef
+        x.mod === Main || return
+        s = x.name
+        isdefined(Main, s) || return
+        if startswith(String(s), "#")
+            v = getfield(Main, s)
+            v isa DataType && collect_main_globals!(syms, seen, v)
+            v isa Function && collect_main_globals!(syms, seen, typeof(v))
+        elseif Base.binding_module(Main, s) === Main && !(s in syms)
+            push!(syms, s)
+        end
+    elseif x isa Expr
+        for a in x.args
+            scan_code!(syms, seen, a)
+        end
+    elseif x isa AbstractVector
+        for a in x
+            scan_code!(syms, seen, a)
+        end
+    end
+    nothing
+end
+
+function define_globals(globs)
+    for (sym, isc, v) in globs
+        if isdefined(Main, sym) && (isc || isconst(Main, sym))
+            isequal(getfield(Main, sym), v) || @warn "Cannot transfer global variable $sym; it already has a value."
+            continue
+        end
+        if isc
+            Core.eval(Main, Expr(:const, Expr(:(=), sym, QuoteNode(v))))
+        else
+            Core.eval(Main, Expr(:global, Expr(:(=), sym, QuoteNode(v))))
+        end
+    end
+end
