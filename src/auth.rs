@@ -2,7 +2,8 @@
 //! greeting with a fresh nonce, then proves it holds the cookie with
 //! HMAC-SHA256(cookie, role || client nonce || server nonce); the role
 //! byte differs per direction so a proof cannot be reflected. The cookie
-//! itself never crosses the wire and proofs are compared in constant time.
+//! itself never crosses the wire, proofs are compared in constant time,
+//! and the server proves itself only to a client that proved itself first.
 //! Nothing else is read from a peer before both proofs check out.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -60,13 +61,26 @@ pub fn handshake(stream: &mut TcpStream, cookie: &[u8], side: Side, timeout: Dur
     };
     let other = if side == Side::Client { Side::Server } else { Side::Client };
 
+    // The client proves first; the server answers only after checking it,
+    // so a stranger learns nothing computed with the cookie.
     let my_proof = proof(cookie, side, client_nonce, server_nonce).finalize().into_bytes();
-    stream.write_all(&my_proof).map_err(|e| fail("write", e))?;
-    let mut their_proof = [0u8; PROOF];
-    stream.read_exact(&mut their_proof).map_err(|e| fail("read", e))?;
-    proof(cookie, other, client_nonce, server_nonce)
-        .verify_slice(&their_proof)
-        .map_err(|_| Error::new(ErrorKind::Auth, "peer failed to prove the cluster cookie"))?;
+    let check_theirs = |stream: &mut TcpStream| -> Result<()> {
+        let mut their_proof = [0u8; PROOF];
+        stream.read_exact(&mut their_proof).map_err(|e| fail("read", e))?;
+        proof(cookie, other, client_nonce, server_nonce)
+            .verify_slice(&their_proof)
+            .map_err(|_| Error::new(ErrorKind::Auth, "peer failed to prove the cluster cookie"))
+    };
+    match side {
+        Side::Client => {
+            stream.write_all(&my_proof).map_err(|e| fail("write", e))?;
+            check_theirs(stream)?;
+        }
+        Side::Server => {
+            check_theirs(stream)?;
+            stream.write_all(&my_proof).map_err(|e| fail("write", e))?;
+        }
+    }
 
     stream.set_read_timeout(None).map_err(|e| fail("setup", e))?;
     stream.set_write_timeout(None).map_err(|e| fail("setup", e))?;

@@ -854,6 +854,13 @@ impl Node {
     /// The connection to `pid`, made now if this is a first worker-to-worker use.
     pub(crate) fn conn_for(self: &Arc<Self>, pid: u32) -> Result<(Arc<Peer>, Arc<Conn>)> {
         self.check_open()?;
+        if !self.head && pid != HEAD_ID && self.topology() == Topology::MasterWorker {
+            return Err(Error::at(
+                ErrorKind::Topology,
+                pid,
+                format!("worker {} cannot call worker {pid}: topology is master_worker", self.myid()),
+            ));
+        }
         let peer = self
             .peers
             .read()
@@ -869,13 +876,6 @@ impl Node {
         }
         if self.head {
             return Err(Error::at(ErrorKind::NotReady, pid, format!("worker {pid} is not connected yet")));
-        }
-        if self.topology() == Topology::MasterWorker {
-            return Err(Error::at(
-                ErrorKind::Topology,
-                pid,
-                format!("worker {} cannot call worker {pid}: topology is master_worker", self.myid()),
-            ));
         }
         let conn = {
             let _g = peer.connecting.lock();
@@ -1021,11 +1021,16 @@ impl Node {
                 if peer.state.compare_exchange(CONNECTED, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
                     return Ok(None);
                 }
+                // Introduce the new worker and the ready ones to each other:
+                // its welcome may predate workers that became ready since.
+                let joined = Header::new(Kind::Oneway, service::CONTROL, op::PEER_JOINED, 0);
                 let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone() });
                 for p in self.peers.read().values().filter(|p| p.is_ready() && p.id != from) {
                     if let Some(c) = p.conn.lock().clone() {
-                        let _ = c.send(Header::new(Kind::Oneway, service::CONTROL, op::PEER_JOINED, 0), &meta, &[]);
+                        let _ = c.send(joined, &meta, &[]);
                     }
+                    let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
+                    let _ = conn.send(joined, &theirs, &[]);
                 }
                 {
                     let _g = self.membership.lock();

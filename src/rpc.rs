@@ -232,6 +232,12 @@ pub struct Future {
 /// A fetched value, kept alive without a copy.
 pub struct Value(Arc<Slot>);
 
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Value({} bytes)", self.len())
+    }
+}
+
 impl std::ops::Deref for Value {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

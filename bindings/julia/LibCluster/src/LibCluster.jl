@@ -45,6 +45,8 @@ export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, o
 # LibCluster's own.
 export ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
 
+include("precompile.jl")
+
 "Path of the libcluster library in use."
 library_path() = CAPI.LIB_PATH[]
 

@@ -221,7 +221,9 @@ end
 @cfunc cluster_set_lifecycle_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_set_log_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_set_log_level(ctx::Ptr{Cvoid}, level::Int32)::Int32
-@cfunc cluster_register(ctx::Ptr{Cvoid}, name::Cstring, handler::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+# user_data as an integer: a Ptr constant would not survive precompilation
+# (pointers in cached code are saved as NULL).
+@cfunc cluster_register(ctx::Ptr{Cvoid}, name::Cstring, handler::Ptr{Cvoid}, user_data::UInt)::Int32
 @cfunc cluster_unregister(ctx::Ptr{Cvoid}, name::Cstring)::Int32
 # Returns at once (writes the arguments to the socket before returning).
 @cfunc cluster_remotecall(ctx::Ptr{Cvoid}, pid::Int32, name::Cstring, args::Ptr{UInt8}, len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32

@@ -75,9 +75,14 @@ function library_exception(err::CAPI.ClusterError, target::Integer = 0)
     elseif st == CAPI.CLUSTER_ERR_NO_SUCH_PROCESS
         return ErrorException("no process with id $(target != 0 ? target : pid) exists")
     elseif st == CAPI.CLUSTER_ERR_REMOTE
-        return RemoteException(pid, CapturedException(ErrorException(strip_remote_prefix(err.msg)), Any[]))
+        msg = strip_remote_prefix(err.msg)
+        if occursin(r"function LibCluster\.(call|do) is not registered", msg)
+            msg = "process $pid is not a Julia (LibCluster) worker: $msg; " *
+                  "call the functions it registered with remotecall_fetch_raw"
+        end
+        return RemoteException(pid, CapturedException(ErrorException(msg), Any[]))
     elseif st == CAPI.CLUSTER_ERR_INTERRUPTED
-        return RemoteException(pid, CapturedException(InterruptException(), Any[]), err.msg)
+        return RemoteException(pid, CapturedException(InterruptException(), Any[]), "")
     elseif st == CAPI.CLUSTER_ERR_NOT_HEAD
         return ErrorException("Only process 1 can add and remove workers")
     elseif st == CAPI.CLUSTER_ERR_TOPOLOGY
@@ -100,11 +105,18 @@ end
 
 # Frames without their MethodInstance: plain data that any process can
 # deserialize, even where the remote method does not exist.
+# LibCluster's own frames below the user's code are dropped.
+const SERVE_FRAMES = (:run_julia_call, :run_raw_call, :run_call)
+
 function portable_backtrace(bt)
     out = Any[]
     try
         for (fr, n) in Base.process_backtrace(bt, 100)
+            fr.func in SERVE_FRAMES && break
             push!(out, (Base.StackTraces.StackFrame(fr.func, fr.file, fr.line, nothing, fr.from_c, fr.inlined, fr.pointer), n))
+        end
+        while !isempty(out) && occursin("invokelatest", String(out[end][1].func))
+            pop!(out)
         end
     catch
         empty!(out)

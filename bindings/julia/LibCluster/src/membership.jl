@@ -158,6 +158,7 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     run_callbacks("worker-starting", STARTING_CBS, LocalManager(n), params)
     n == 0 && return Int[]
     program, args = worker_command(exename, exeflags)
+    WARMED_UP[] || @async warmup()    # compiles while the workers start
     ids = lock(RT.pid_lock) do
         set_topology(topology)
         launch(n, program, args, worker_env(env), dir)

@@ -26,7 +26,7 @@ at once. `f` may be any function, including an anonymous function or a
 closure; it and the arguments travel by `Serialization`. Calls to one
 process run there in the order they were made.
 """
-function remotecall(f, pid::Integer, args...; kwargs...)
+function remotecall(@nospecialize(f), pid::Integer, @nospecialize(args...); kwargs...)
     check_pid(pid)
     ctx = context()
     io = encode_call(pid, f, args, kwargs)
@@ -40,7 +40,7 @@ end
 `fetch(remotecall(f, pid, args...; kwargs...))` in one round trip: the value,
 or a `RemoteException` / `ProcessExitedException`.
 """
-function remotecall_fetch(f, pid::Integer, args...; kwargs...)
+function remotecall_fetch(@nospecialize(f), pid::Integer, @nospecialize(args...); kwargs...)
     fetch(remotecall(f, pid, args...; kwargs...))
 end
 
@@ -50,7 +50,7 @@ end
 Calls and waits for completion without moving the value; throws the remote
 error if the call failed.
 """
-function remotecall_wait(f, pid::Integer, args...; kwargs...)
+function remotecall_wait(@nospecialize(f), pid::Integer, @nospecialize(args...); kwargs...)
     wait(remotecall(f, pid, args...; kwargs...))
 end
 
@@ -60,7 +60,7 @@ end
 Fire and forget: runs `f(args...; kwargs...)` on `pid`. Nothing comes back; a
 failure is printed on that process's standard error.
 """
-function remote_do(f, pid::Integer, args...; kwargs...)
+function remote_do(@nospecialize(f), pid::Integer, @nospecialize(args...); kwargs...)
     check_pid(pid)
     ctx = context()
     io = encode_call(pid, f, args, kwargs)

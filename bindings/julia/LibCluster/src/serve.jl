@@ -33,10 +33,10 @@ function init_handlers!()
 end
 
 function register_builtin_handlers(ctx::Ptr{Cvoid})
-    CAPI.check(CAPI.cluster_register(ctx, CALL_FN, HANDLER_PTR[], Ptr{Cvoid}(KIND_CALL)))
-    CAPI.check(CAPI.cluster_register(ctx, DO_FN, HANDLER_PTR[], Ptr{Cvoid}(KIND_DO)))
+    CAPI.check(CAPI.cluster_register(ctx, CALL_FN, HANDLER_PTR[], UInt(KIND_CALL)))
+    CAPI.check(CAPI.cluster_register(ctx, DO_FN, HANDLER_PTR[], UInt(KIND_DO)))
     for (kind, (name, _)) in RAW_HANDLERS
-        CAPI.check(CAPI.cluster_register(ctx, name, HANDLER_PTR[], Ptr{Cvoid}(kind)))
+        CAPI.check(CAPI.cluster_register(ctx, name, HANDLER_PTR[], UInt(kind)))
     end
 end
 
@@ -61,9 +61,11 @@ function register(f, name::AbstractString)
         RAW_KINDS[name] = kind
     end
     RAW_HANDLERS[kind] = (name, f)
-    CAPI.check(CAPI.cluster_register(context(), name, HANDLER_PTR[], Ptr{Cvoid}(kind)))
+    CAPI.check(CAPI.cluster_register(context(), name, HANDLER_PTR[], UInt(kind)))
     nothing
 end
+
+register(name::AbstractString, f) = register(f, name)
 
 "Removes the function registered as `name`; later calls to it fail remotely."
 function unregister(name::AbstractString)
@@ -228,6 +230,7 @@ function serve()
         delete!(ENV, k)
     end
     CAPI.check(CAPI.cluster_ready(RT.ctx))
+    @async warmup()
     lock(RT.stop)
     try
         while !RT.stopping && !RT.closed

@@ -15,24 +15,29 @@ const TAG_ERR = 0x01
 
 # ------------------------------------------------------------------ calls
 
-function encode_call(pid::Integer, f, args::Tuple, kwargs)
+# The message is a Vector{Any}: one compiled serializer method for every call,
+# whatever the types of the function and arguments.
+function encode_call(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
     io = IOBuffer()
     s = Serializer(io)
     kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
-    serialize(s, (globals_to_send(pid, f, args), f, args, kw))
+    msg = Any[globals_to_send(pid, f, args), f, Any[args...], kw]
+    serialize(s, msg)
     io
 end
 
 "Deserializes a call: defines the globals it carries, returns `(f, args, kwargs)`."
 function decode_call(bytes::AbstractVector{UInt8})
-    globs, f, args, kw = deserialize(Serializer(IOBuffer(bytes)))
+    msg = deserialize(Serializer(IOBuffer(bytes)))::Vector{Any}
+    globs = msg[1]
     globs === nothing || define_globals(globs)
-    f, args, kw === nothing ? () : kw
+    kw = msg[4]
+    msg[2], (msg[3]::Vector{Any}), kw === nothing ? () : kw
 end
 
 # ---------------------------------------------------------------- replies
 
-function encode_ok(v)
+function encode_ok(@nospecialize(v))
     io = IOBuffer()
     write(io, TAG_OK)
     serialize(Serializer(io), v)
@@ -108,7 +113,7 @@ are anonymous functions defined in `Main`: `(name, isconst, value)` for each
 that process `pid` has not received with this value yet. Named functions,
 types and modules are not sent (define them with `@everywhere`).
 """
-function globals_to_send(pid::Integer, @nospecialize(f), args::Tuple)
+function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple))
     syms = Symbol[]
     seen = Set{Any}()
     collect_main_globals!(syms, seen, typeof(f))

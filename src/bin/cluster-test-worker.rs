@@ -1,0 +1,101 @@
+//! A worker program for the integration tests and benchmarks: registers a
+//! set of functions and serves until the head stops it.
+
+use cluster::{Call, Cluster, Config, FutureRef};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+static SEQ_BROKEN: AtomicBool = AtomicBool::new(false);
+
+fn u32_arg(call: &Call) -> Result<u32, String> {
+    call.args().get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| "expected a u32".to_string())
+}
+
+pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
+    c.register_fn("echo", |call| Ok(call.args().to_vec()))?;
+    c.register_fn("noop", |_| Ok(Vec::new()))?;
+    c.register_fn("myid", |call| Ok(call.node().myid().to_le_bytes().to_vec()))?;
+    c.register_fn("getpid", |_| Ok(std::process::id().to_le_bytes().to_vec()))?;
+    c.register_fn("caller", |call| Ok(call.caller().to_le_bytes().to_vec()))?;
+    c.register_fn("len", |call| Ok((call.args().len() as u64).to_le_bytes().to_vec()))?;
+    c.register_fn("fail", |call| Err(format!("failing on purpose: {}", String::from_utf8_lossy(call.args()))))?;
+    c.register_fn("panic", |_| panic!("panicking on purpose"))?;
+    c.register_fn("sleep_ms", |call| {
+        std::thread::sleep(Duration::from_millis(u32_arg(call)? as u64));
+        Ok(b"slept".to_vec())
+    })?;
+    c.register_fn("wait_cancel", |call| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !call.is_cancelled() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(b"not cancelled".to_vec())
+    })?;
+    c.register_fn("big", |call| Ok(vec![0xA5; u32_arg(call)? as usize]))?;
+    c.register_fn("procs", |call| Ok(call.node().procs().iter().flat_map(|p| p.to_le_bytes()).collect()))?;
+    c.register_fn("call_peer", |call| {
+        let pid = u32_arg(call)?;
+        let v = call.node().remotecall_fetch(pid, "myid", &[]).map_err(|e| e.to_string())?;
+        Ok(v.to_vec())
+    })?;
+    c.register_fn("call_head_echo", |call| {
+        let v = call.node().remotecall_fetch(1, "echo", call.args()).map_err(|e| e.to_string())?;
+        Ok(v.to_vec())
+    })?;
+    c.register_fn("fetch_ref", |call| {
+        let b = call.args();
+        let r = FutureRef { owner: u32::from_le_bytes(b[..4].try_into().unwrap()), id: u64::from_le_bytes(b[4..12].try_into().unwrap()) };
+        let f = call.node().import(r).map_err(|e| e.to_string())?;
+        let v = f.fetch(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        Ok(v.to_vec())
+    })?;
+    c.register_fn("exit", |call| std::process::exit(u32_arg(call).unwrap_or(7) as i32))?;
+    c.register_fn("seq", |call| {
+        let n = u64::from_le_bytes(call.args().try_into().map_err(|_| "expected a u64")?);
+        let prev = SEQ.fetch_add(1, Ordering::SeqCst);
+        if prev != n {
+            SEQ_BROKEN.store(true, Ordering::SeqCst);
+        }
+        Ok(Vec::new())
+    })?;
+    c.register_fn("seq_state", |_| {
+        let mut v = SEQ.load(Ordering::SeqCst).to_le_bytes().to_vec();
+        v.push(SEQ_BROKEN.load(Ordering::SeqCst) as u8);
+        Ok(v)
+    })?;
+    c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
+    Ok(())
+}
+
+fn main() {
+    let c = match Cluster::init(Config::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cluster-test-worker: {e}");
+            std::process::exit(2);
+        }
+    };
+    if c.is_head() {
+        if std::env::var("TEST_AS_HEAD").is_ok() {
+            // A head for the head-death test: start two workers, print
+            // their process ids, then wait to be killed.
+            let opts = cluster::LaunchOptions { args: Some(vec![]), ..Default::default() };
+            let ids = c.addprocs(2, &opts).expect("addprocs");
+            for id in ids {
+                let v = c.remotecall_fetch(id, "getpid", &[]).expect("getpid");
+                println!("{}", u32::from_le_bytes(v[..4].try_into().unwrap()));
+            }
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(0);
+        }
+        eprintln!("cluster-test-worker is started by a head's addprocs");
+        std::process::exit(2);
+    }
+    register_test_functions(&c).expect("register");
+    if std::env::var("TEST_WORKER_NO_READY").is_ok() {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+    let _ = c.serve();
+}

@@ -1,0 +1,461 @@
+//! Multi-process integration tests of the core: real worker processes
+//! (src/bin/cluster-test-worker.rs) on loopback.
+
+use cluster::{Cluster, Config, DispatchMode, ErrorKind, Event, LaunchOptions, Lifecycle, Topology, ANY_WORKER};
+use parking_lot::Mutex;
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_cluster-test-worker");
+
+fn opts() -> LaunchOptions {
+    LaunchOptions { program: Some(WORKER.into()), args: Some(vec![]), ..Default::default() }
+}
+
+fn head_with(cfg: Config) -> Cluster {
+    let c = Cluster::init(cfg).expect("init head");
+    assert!(c.is_head());
+    c.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
+    c.register_fn("noop", |_| Ok(Vec::new())).unwrap();
+    c
+}
+
+fn head() -> Cluster {
+    head_with(Config::default())
+}
+
+fn u32_of(v: &[u8]) -> u32 {
+    u32::from_le_bytes(v[..4].try_into().unwrap())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+#[test]
+fn a_lone_head_has_distributed_values() {
+    let c = head();
+    assert_eq!(c.myid(), 1);
+    assert_eq!(c.procs(), vec![1]);
+    assert_eq!(c.workers(), vec![1]);
+    assert_eq!(c.nprocs(), 1);
+    assert_eq!(c.nworkers(), 1);
+    assert!(c.other_procs().is_empty());
+    assert!(c.other_workers().is_empty());
+    // A call on "any" worker runs on the head itself when it is alone.
+    assert_eq!(&*c.remotecall_fetch(ANY_WORKER, "echo", b"x").unwrap(), b"x");
+}
+
+#[test]
+fn workers_join_answer_calls_and_leave() {
+    let c = head();
+    let ids = c.addprocs(2, &opts()).unwrap();
+    assert_eq!(ids, vec![2, 3]);
+    assert_eq!(c.procs(), vec![1, 2, 3]);
+    assert_eq!(c.workers(), vec![2, 3]);
+    assert_eq!(c.other_procs(), vec![2, 3]);
+    assert_eq!(c.nworkers(), 2);
+
+    for &w in &ids {
+        assert_eq!(u32_of(&c.remotecall_fetch(w, "myid", &[]).unwrap()), w);
+        assert_eq!(u32_of(&c.remotecall_fetch(w, "caller", &[]).unwrap()), 1);
+    }
+    // Futures: ready after wait, value cached.
+    let f = c.remotecall(2, "echo", b"hello").unwrap();
+    assert_eq!(f.fetch(None).unwrap(), b"hello");
+    assert!(f.is_ready());
+    assert_eq!(f.fetch(Some(Duration::ZERO)).unwrap(), b"hello");
+    let f = c.remotecall_wait(3, "sleep_ms", &20u32.to_le_bytes()).unwrap();
+    assert!(f.is_ready());
+    assert_eq!(f.fetch(None).unwrap(), b"slept");
+    // Wait with a timeout that expires.
+    let slow = c.remotecall(2, "sleep_ms", &300u32.to_le_bytes()).unwrap();
+    assert_eq!(slow.wait(Some(Duration::from_millis(10))).unwrap_err().kind, ErrorKind::Timeout);
+    assert!(!slow.is_ready());
+    slow.wait(None).unwrap();
+
+    // Round-robin over workers.
+    let a = u32_of(&c.remotecall_fetch(ANY_WORKER, "myid", &[]).unwrap());
+    let b = u32_of(&c.remotecall_fetch(ANY_WORKER, "myid", &[]).unwrap());
+    assert_ne!(a, b);
+
+    // Workers see the whole cluster.
+    let procs: Vec<u32> = c.remotecall_fetch(2, "procs", &[]).unwrap().chunks(4).map(u32_of).collect();
+    assert_eq!(procs, vec![1, 2, 3]);
+
+    // remote_do runs, in order with later calls.
+    for i in 0..500u64 {
+        c.remote_do(3, "seq", &i.to_le_bytes()).unwrap();
+    }
+    let st = c.remotecall_fetch(3, "seq_state", &[]).unwrap();
+    assert_eq!(u64::from_le_bytes(st[..8].try_into().unwrap()), 500);
+    assert_eq!(st[8], 0, "calls ran out of order");
+
+    c.rmprocs(&[2], Duration::from_secs(10)).unwrap();
+    assert_eq!(c.procs(), vec![1, 3]);
+    let e = c.remotecall(2, "myid", &[]).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::ProcessExited);
+    assert_eq!(e.pid, 2);
+    // Ids are never reused.
+    assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![4]);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn remote_failures_name_the_worker() {
+    let c = head();
+    let ids = c.addprocs(2, &opts()).unwrap();
+    let e = c.remotecall_fetch(2, "fail", b"because").err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Remote);
+    assert_eq!(e.pid, 2);
+    assert!(e.message.contains("failing on purpose: because"), "{e}");
+
+    let e = c.remotecall_fetch(3, "no_such_function", &[]).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Remote);
+    assert_eq!(e.pid, 3);
+    assert!(e.message.contains("not registered"), "{e}");
+
+    let e = c.remotecall_fetch(2, "panic", &[]).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Remote);
+    assert!(e.message.contains("panicked"), "{e}");
+
+    // The worker keeps serving after all of that.
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"ok").unwrap(), b"ok");
+
+    let e = c.remotecall(99, "echo", &[]).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::NoSuchProcess);
+
+    // everywhere: all succeed, then one failure is listed per process.
+    c.everywhere(None, "noop", &[], Some(Duration::from_secs(10))).unwrap();
+    let e = c.everywhere(None, "myid", &[], Some(Duration::from_secs(10))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Composite);
+    assert!(e.message.contains("process 1:"), "{e}");
+    assert!(!e.message.contains("process 2:"), "{e}");
+    let e = c.everywhere(Some(&ids), "fail", b"x", Some(Duration::from_secs(10))).unwrap_err();
+    assert!(e.message.contains("process 2:") && e.message.contains("process 3:"), "{e}");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_killed_worker_fails_its_pending_calls_promptly() {
+    let c = head();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    c.set_lifecycle_hook(Some(Arc::new(move |pid, e| ev.lock().push((pid, e)))));
+    let ids = c.addprocs(2, &opts()).unwrap();
+    assert!(events.lock().contains(&(2, Lifecycle::Started)));
+    let os_pid = u32_of(&c.remotecall_fetch(2, "getpid", &[]).unwrap());
+    let pending = c.remotecall(2, "sleep_ms", &20_000u32.to_le_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    cluster::sys::kill(os_pid, cluster::sys::SIGKILL);
+    let e = pending.wait(Some(Duration::from_secs(5))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ProcessExited);
+    assert_eq!(e.pid, 2);
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(wait_until(Duration::from_secs(2), || events.lock().contains(&(2, Lifecycle::Exited { graceful: false }))));
+    assert_eq!(c.remotecall(2, "echo", &[]).err().unwrap().kind, ErrorKind::ProcessExited);
+    assert_eq!(c.procs(), vec![1, 3]);
+    // The other worker is unaffected.
+    assert_eq!(u32_of(&c.remotecall_fetch(ids[1], "myid", &[]).unwrap()), 3);
+    c.rmprocs(&[3], Duration::from_secs(10)).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || events.lock().contains(&(3, Lifecycle::Exited { graceful: true }))));
+}
+
+#[test]
+fn interrupt_cancels_running_calls_only() {
+    let c = head();
+    c.addprocs(1, &opts()).unwrap();
+    c.interrupt(&[2]).unwrap(); // idle: ignored
+    let f = c.remotecall(2, "wait_cancel", &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.interrupt(&[2]).unwrap();
+    let e = f.wait(Some(Duration::from_secs(5))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Interrupted);
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"still here").unwrap(), b"still here");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn workers_call_each_other_and_back_into_the_head() {
+    let c = head();
+    c.addprocs(3, &opts()).unwrap();
+    eprintln!("step1");
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "call_peer", &3u32.to_le_bytes()).unwrap()), 3);
+    eprintln!("step2");
+    assert_eq!(u32_of(&c.remotecall_fetch(4, "call_peer", &2u32.to_le_bytes()).unwrap()), 2);
+    eprintln!("step3");
+    assert_eq!(&*c.remotecall_fetch(3, "call_head_echo", b"round").unwrap(), b"round");
+    eprintln!("step4");
+    // A worker calling itself while it serves the head must not deadlock.
+    assert_eq!(u32_of(&c.remotecall_fetch(3, "call_peer", &3u32.to_le_bytes()).unwrap()), 3);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn master_worker_topology_refuses_worker_to_worker_calls() {
+    let c = head_with(Config { topology: Topology::MasterWorker, ..Config::default() });
+    c.addprocs(2, &opts()).unwrap();
+    let e = c.remotecall_fetch(2, "call_peer", &3u32.to_le_bytes()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Remote);
+    assert!(e.message.contains("master_worker"), "{e}");
+    assert_eq!(&*c.remotecall_fetch(2, "call_head_echo", b"ok").unwrap(), b"ok");
+    assert_eq!(c.set_topology(Topology::AllToAll).unwrap_err().kind, ErrorKind::InvalidArgument);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn futures_travel_by_reference_and_are_freed() {
+    let c = head();
+    c.addprocs(2, &opts()).unwrap();
+    let f = c.remotecall(2, "big", &1000u32.to_le_bytes()).unwrap();
+    let r = f.export().unwrap();
+    assert_eq!(r.owner, 1);
+    assert_eq!(c.owned_refs(), 1);
+    let v = c.remotecall_fetch(3, "fetch_ref", &r.to_bytes()).unwrap();
+    assert_eq!(v.len(), 1000);
+    assert!(v.iter().all(|&b| b == 0xA5));
+    // The importer freed its reference when its future dropped.
+    assert!(wait_until(Duration::from_secs(2), || c.owned_refs() == 0));
+    // Importing at home gives the same value.
+    let r = f.export().unwrap();
+    let g = c.import(r).unwrap();
+    assert_eq!(g.fetch(None).unwrap().len(), 1000);
+    drop(g);
+    assert_eq!(c.owned_refs(), 0);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn large_payloads_round_trip() {
+    let c = head();
+    c.addprocs(1, &opts()).unwrap();
+    let big = vec![7u8; 64 << 20];
+    let n = c.remotecall_fetch(2, "len", &big).unwrap();
+    assert_eq!(u64::from_le_bytes(n[..8].try_into().unwrap()), big.len() as u64);
+    let v = c.remotecall_fetch(2, "echo", &big).unwrap();
+    assert!(v.len() == big.len() && *v == big[..]);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn oversized_messages_close_only_that_connection() {
+    let c = head();
+    c.addprocs(1, &opts()).unwrap();
+    // The worker's limit is the default (1 GiB); the head refuses to send
+    // nothing, so exercise the limit on the receiving side of a small node.
+    let small = Cluster::init(Config { max_message_bytes: 1024, ..Config::default() }).unwrap();
+    small.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
+    small.addprocs(1, &opts()).unwrap();
+    let e = small.remotecall_fetch(2, "big", &4096u32.to_le_bytes()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ProcessExited, "{e}");
+    // The other cluster is unaffected.
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"fine").unwrap(), b"fine");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+    small.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn strangers_are_dropped_and_the_head_keeps_serving() {
+    let c = head();
+    c.addprocs(1, &opts()).unwrap();
+    let addr = c.address().to_string();
+    // Wrong cookie.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let r = cluster::auth::handshake(&mut s, b"not the cookie", cluster::auth::Side::Client, Duration::from_secs(5));
+    assert_eq!(r.unwrap_err().kind, ErrorKind::Auth);
+    // Random bytes, then a huge length prefix.
+    for junk in [vec![0x5Au8; 4096], [b"LCLUSTR1".to_vec(), vec![0xFF; 64]].concat()] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(&junk);
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 256];
+        // The head answers with its greeting at most, then closes.
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                // Unread junk makes the close a reset: closed all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("connection was not closed: {e}"),
+            }
+        }
+        assert!(total <= 40);
+    }
+    // The right cookie gets through the handshake.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    cluster::auth::handshake(&mut s, c.cookie().as_bytes(), cluster::auth::Side::Client, Duration::from_secs(5)).unwrap();
+    drop(s);
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"alive").unwrap(), b"alive");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_worker_without_a_head_exits_within_its_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener); // nothing listens there now
+    let t = Instant::now();
+    let mut child = Command::new(WORKER)
+        .env("LIBCLUSTER_HEAD", addr.to_string())
+        .env("LIBCLUSTER_ID", "2")
+        .env("LIBCLUSTER_COOKIE_STDIN", "1")
+        .env("LIBCLUSTER_STARTUP_TIMEOUT_MS", "500")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"cookie\n").unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("could not reach the head"), "{err}");
+}
+
+#[test]
+fn failed_launches_name_the_worker_and_leave_no_orphans() {
+    let c = head_with(Config { startup_timeout: Duration::from_millis(1500), ..Config::default() });
+    let bad = LaunchOptions { program: Some("/nonexistent/worker".into()), args: Some(vec![]), ..Default::default() };
+    let e = c.addprocs(1, &bad).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Launch);
+    assert!(e.message.contains("worker 2"), "{e}");
+
+    let exits = LaunchOptions { program: Some("/bin/false".into()), args: Some(vec![]), ..Default::default() };
+    let e = c.addprocs(1, &exits).unwrap_err();
+    assert!(e.message.contains("worker 3") && e.message.contains("status 1"), "{e}");
+
+    let mut never_ready = opts();
+    never_ready.env.push(("TEST_WORKER_NO_READY".into(), "1".into()));
+    let e = c.addprocs(1, &never_ready).unwrap_err();
+    assert!(e.message.contains("worker 4") && e.message.contains("not ready"), "{e}");
+    assert_eq!(c.procs(), vec![1]);
+    // No child of this test is left running the worker program.
+    let me = std::process::id();
+    let orphans = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(") ").next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
+            ppid == Some(me) && !stat.contains(") Z ") && stat.contains("cluster-test-wo")
+        })
+        .count();
+    assert_eq!(orphans, 0);
+    assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![5]);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn elastic_workers_join_with_the_cookie() {
+    let c = head();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    c.set_lifecycle_hook(Some(Arc::new(move |pid, e| ev.lock().push((pid, e)))));
+    let mut child = Command::new(WORKER)
+        .env("LIBCLUSTER_HEAD", c.address())
+        .env("LIBCLUSTER_COOKIE", c.cookie())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || c.nprocs() == 2));
+    assert!(events.lock().contains(&(2, Lifecycle::Started)));
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "myid", &[]).unwrap()), 2);
+    // A wrong cookie does not join.
+    let mut intruder = Command::new(WORKER)
+        .env("LIBCLUSTER_HEAD", c.address())
+        .env("LIBCLUSTER_COOKIE", "wrong")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let st = intruder.wait().unwrap();
+    assert!(!st.success());
+    assert_eq!(c.nprocs(), 2);
+    c.rmprocs(&[2], Duration::from_secs(10)).unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn workers_exit_when_the_head_dies() {
+    let mut head = Command::new(WORKER).env("TEST_AS_HEAD", "1").stdout(Stdio::piped()).spawn().unwrap();
+    let out = std::io::BufReader::new(head.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        pids.push(line.parse::<u32>().unwrap());
+    }
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    head.kill().unwrap();
+    head.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|&p| !pid_alive(p))), "workers outlived their head");
+}
+
+#[test]
+fn host_mode_runs_handlers_only_inside_poll() {
+    let c = head_with(Config { dispatch: DispatchMode::Host, ..Config::default() });
+    let main_thread = std::thread::current().id();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    c.register_fn("where", move |call| {
+        s.lock().push(std::thread::current().id());
+        Ok(call.args().to_vec())
+    })
+    .unwrap();
+    let notified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = notified.clone();
+    c.set_notify(Some(Arc::new(move || {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    })))
+    .unwrap();
+    let fd = c.event_fd().unwrap();
+    assert!(fd >= 0);
+    c.addprocs(1, &opts()).unwrap();
+    let mut started = false;
+    // The worker calls back into the head, which must poll to answer.
+    let f = c.remotecall(2, "call_head_echo", b"via poll").unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut ready_seen = false;
+    while Instant::now() < end && !(ready_seen && f.is_ready()) {
+        cluster::sys::poll_in(fd, Some(Duration::from_millis(100))).unwrap();
+        for e in c.poll(64).unwrap() {
+            match e {
+                Event::FutureReady(id) if id == f.id() => ready_seen = true,
+                Event::WorkerStarted(2) => started = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(ready_seen);
+    assert!(started);
+    assert_eq!(f.fetch(None).unwrap(), b"via poll");
+    assert!(notified.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // A handler of the head called by the worker ran on this thread.
+    c.remotecall(1, "where", b"local").unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while seen.lock().is_empty() && Instant::now() < end {
+        c.poll(64).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(seen.lock().iter().all(|t| *t == main_thread));
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
