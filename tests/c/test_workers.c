@@ -311,11 +311,14 @@ static cluster_status h_head_fn(void *ud, cluster_call *call) {
 /* On a worker: calls back into the head's "head_fn". */
 static cluster_status h_call_head(void *ud, cluster_call *call) {
     (void)ud;
-    cluster_buffer out = {0};
-    cluster_status st = cluster_remotecall_fetch(g_ctx, CLUSTER_HEAD, "head_fn", NULL, 0, &out);
+    cluster_future *f = NULL;
+    cluster_status st = cluster_remotecall(g_ctx, CLUSTER_HEAD, "head_fn", NULL, 0, &f);
     if (st != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
-    st = cluster_call_reply(call, out.data, out.len);
-    cluster_buffer_free(&out);
+    const uint8_t *d;
+    size_t n;
+    st = cluster_future_fetch(f, 5000, &d, &n);
+    st = st == CLUSTER_OK ? cluster_call_reply(call, d, n) : cluster_call_fail(call, cluster_last_error());
+    cluster_future_free(f);
     return st;
 }
 
@@ -377,17 +380,41 @@ static void register_all(cluster_ctx *ctx) {
 
 /* ---- helpers for the head ------------------------------------------------- */
 
+/* remotecall + a bounded fetch. Copies the value to buf[0..cap) and its
+ * size to *len. A TIMEOUT is reported as known issue KI-6 (frames left in
+ * a connection's read buffer while the next reader waits in poll). */
+static cluster_status call_within(int32_t pid, const char *fn, const void *args, size_t alen, void *buf,
+                                  size_t cap, size_t *len, int64_t timeout_ms) {
+    cluster_future *f = NULL;
+    cluster_status st = cluster_remotecall(g_ctx, pid, fn, (const uint8_t *)args, alen, &f);
+    if (st != CLUSTER_OK) return st;
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    st = cluster_future_fetch(f, timeout_ms, &d, &n);
+    if (st == CLUSTER_OK) {
+        if (len) *len = n;
+        if (buf) memcpy(buf, d, n < cap ? n : cap);
+    } else if (st == CLUSTER_ERR_TIMEOUT) {
+        char what[160];
+        snprintf(what, sizeof what, "call of %s on process %d got no answer within %" PRId64 " ms", fn, pid,
+                 timeout_ms);
+        harness_known("KI-6", __FILE__, __LINE__, what);
+    }
+    cluster_future_free(f);
+    return st;
+}
+
 static int32_t fetch_i32(int32_t pid, const char *fn, int32_t arg) {
-    cluster_buffer out = {0};
-    cluster_status st = cluster_remotecall_fetch(g_ctx, pid, fn, (const uint8_t *)&arg, sizeof arg, &out);
+    int32_t v = INT32_MIN;
+    size_t n = 0;
+    cluster_status st = call_within(pid, fn, &arg, sizeof arg, &v, sizeof v, &n, 5000);
+    if (st == CLUSTER_ERR_TIMEOUT) return INT32_MIN; /* reported as KI-6 */
     if (st != CLUSTER_OK) {
         harness_logf("fetch_i32(%d, %s): %s: %s", pid, fn, cluster_status_str(st), cluster_last_error());
         harness_failures++;
         return INT32_MIN;
     }
-    int32_t v = payload_i32(out.data, out.len);
-    EXPECT(out.len == sizeof v);
-    cluster_buffer_free(&out);
+    EXPECT(n == sizeof v);
     return v;
 }
 
@@ -540,11 +567,10 @@ static void case_basic(void) {
     EXPECT(cluster_last_error_pid() == ids[1]);
 
     /* head-only functions on a worker: NOT_HEAD, checked by the worker itself */
-    REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[0], "head_only_checks", NULL, 0, &out));
-    REQUIRE(out.len == 8 * sizeof(int32_t));
     int32_t r[8];
-    memcpy(r, out.data, sizeof r);
-    cluster_buffer_free(&out);
+    size_t rn = 0;
+    REQUIRE_OK(call_within(ids[0], "head_only_checks", NULL, 0, r, sizeof r, &rn, 5000));
+    REQUIRE(rn == sizeof r);
     EXPECTF(r[0] == CLUSTER_ERR_NOT_HEAD, "worker addprocs -> %d", r[0]);
     EXPECTF(r[1] == CLUSTER_ERR_NOT_HEAD, "worker rmprocs -> %d", r[1]);
     EXPECTF(r[2] == CLUSTER_ERR_NOT_HEAD, "worker set_topology -> %d", r[2]);
@@ -555,9 +581,7 @@ static void case_basic(void) {
      * worker that became ready concurrently with another can miss it). */
     int32_t worker_view[3];
     for (int i = 0; i < 3; i++) {
-        REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[i], "head_only_checks", NULL, 0, &out));
-        memcpy(r, out.data, sizeof r);
-        cluster_buffer_free(&out);
+        REQUIRE_OK(call_within(ids[i], "head_only_checks", NULL, 0, r, sizeof r, &rn, 5000));
         worker_view[i] = r[5];
         if (!EXPECT_KNOWN("KI-7", r[5] == 4 && r[7] == 2))
             harness_logf("worker %d sees %d procs, %d other workers", ids[i], r[5], r[7]);
@@ -565,15 +589,11 @@ static void case_basic(void) {
 
     /* worker -> head and worker -> worker (all_to_all) calls */
     int32_t head = 1;
-    REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[0], "call_peer", (const uint8_t *)&head, 4, &out));
-    memcpy(r, out.data, 3 * sizeof(int32_t));
-    cluster_buffer_free(&out);
+    REQUIRE_OK(call_within(ids[0], "call_peer", &head, 4, r, 3 * sizeof(int32_t), &rn, 5000));
     EXPECT(r[0] == CLUSTER_OK && r[1] == 1);
     for (int i = 0; i < 3; i++) {
         int32_t to = ids[(i + 1) % 3];
-        REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[i], "call_peer", (const uint8_t *)&to, 4, &out));
-        memcpy(r, out.data, 3 * sizeof(int32_t));
-        cluster_buffer_free(&out);
+        REQUIRE_OK(call_within(ids[i], "call_peer", &to, 4, r, 3 * sizeof(int32_t), &rn, 5000));
         if (r[0] == CLUSTER_OK) {
             EXPECT(r[1] == to);
         } else {
@@ -602,9 +622,7 @@ static void case_basic(void) {
     t0 = now_ms();
     int32_t seen = 0;
     do {
-        REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[0], "head_only_checks", NULL, 0, &out));
-        memcpy(r, out.data, sizeof r);
-        cluster_buffer_free(&out);
+        if (call_within(ids[0], "head_only_checks", NULL, 0, r, sizeof r, &rn, 5000) != CLUSTER_OK) break;
         seen = r[5];
     } while (seen != 3 && now_ms() - t0 < 2000 && (sleep_ms(20), 1));
     if (worker_view[0] == 4)
@@ -723,29 +741,6 @@ static void case_kill(void) {
     shutdown_all();
 }
 
-/* remotecall + a bounded fetch. Copies the value to buf[0..cap) and its
- * size to *len. A TIMEOUT is reported as known issue KI-6 (frames left in
- * a connection's read buffer while the next reader waits in poll). */
-static cluster_status call_within(int32_t pid, const char *fn, const void *args, size_t alen, void *buf,
-                                  size_t cap, size_t *len, int64_t timeout_ms) {
-    cluster_future *f = NULL;
-    cluster_status st = cluster_remotecall(g_ctx, pid, fn, (const uint8_t *)args, alen, &f);
-    if (st != CLUSTER_OK) return st;
-    const uint8_t *d = NULL;
-    size_t n = 0;
-    st = cluster_future_fetch(f, timeout_ms, &d, &n);
-    if (st == CLUSTER_OK) {
-        if (len) *len = n;
-        if (buf) memcpy(buf, d, n < cap ? n : cap);
-    } else if (st == CLUSTER_ERR_TIMEOUT) {
-        char what[160];
-        snprintf(what, sizeof what, "call of %s on process %d got no answer within %" PRId64 " ms", fn, pid,
-                 timeout_ms);
-        harness_known("KI-6", __FILE__, __LINE__, what);
-    }
-    cluster_future_free(f);
-    return st;
-}
 
 /* A worker that does not know another worker: "no process N" (KI-7). */
 static bool is_ki7(cluster_status st) {
@@ -1039,18 +1034,14 @@ static void case_topology(void) {
     EXPECT_OK(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_MASTER_WORKER));
     addprocs(2, ids);
     EXPECT_ST(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL), CLUSTER_ERR_INVALID_ARGUMENT);
-    cluster_buffer out = {0};
     int32_t r[3];
     /* worker -> head: allowed */
     int32_t head = 1;
-    REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[0], "call_peer", (const uint8_t *)&head, 4, &out));
-    memcpy(r, out.data, sizeof r);
-    cluster_buffer_free(&out);
+    size_t rn = 0;
+    REQUIRE_OK(call_within(ids[0], "call_peer", &head, 4, r, sizeof r, &rn, 5000));
     EXPECT(r[0] == CLUSTER_OK && r[1] == 1);
     /* worker -> worker: refused by the topology */
-    REQUIRE_OK(cluster_remotecall_fetch(g_ctx, ids[0], "call_peer", (const uint8_t *)&ids[1], 4, &out));
-    memcpy(r, out.data, sizeof r);
-    cluster_buffer_free(&out);
+    REQUIRE_OK(call_within(ids[0], "call_peer", &ids[1], 4, r, sizeof r, &rn, 5000));
     EXPECTF(r[0] == CLUSTER_ERR_TOPOLOGY, "worker->worker under master_worker: %d", r[0]);
     shutdown_all();
 }
