@@ -25,6 +25,7 @@ using .CAPI: ClusterError
 
 include("errors.jl")        # RemoteException, ProcessExitedException, status -> exception
 include("runtime.jl")       # init, event loop (cluster_poll), shutdown
+include("fastwire.jl")      # compact encoding of common calls and values
 include("wire.jl")          # payload formats, Main globals shipped with closures
 include("futures.jl")       # Future: isready / wait / fetch, passing futures on
 include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, lifecycle callbacks

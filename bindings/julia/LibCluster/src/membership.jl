@@ -158,10 +158,16 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     run_callbacks("worker-starting", STARTING_CBS, LocalManager(n), params)
     n == 0 && return Int[]
     program, args = worker_command(exename, exeflags)
-    WARMED_UP[] || @async warmup()    # compiles while the workers start
-    ids = lock(RT.pid_lock) do
-        set_topology(topology)
-        launch(n, program, args, worker_env(env), dir)
+    launched = Ref(false)
+    # Compile the call path while the workers start, if a core is free for it.
+    (WARMED_UP[] || Sys.CPU_THREADS <= n) || @async warmup(until = () -> launched[])
+    ids = try
+        lock(RT.pid_lock) do
+            set_topology(topology)
+            launch(n, program, args, worker_env(env), dir)
+        end
+    finally
+        launched[] = true
     end
     for id in ids
         run_callbacks("worker-started", STARTED_CBS, id)

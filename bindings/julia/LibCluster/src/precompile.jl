@@ -1,39 +1,70 @@
-# Compile ahead what every process runs, so that the first addprocs and the
-# first remote call spend less time in the compiler: a small serialization
-# workload (no C calls) and precompile directives for the rest.
+# Compiling ahead. Julia 1.5 caches inferred code for the package but not
+# native code, and Serialization's methods for an IOBuffer are not in the
+# system image: the first call would spend about a second in the compiler.
+# So the serialization paths are exercised (no C calls) at precompile time,
+# and again at run time in the background (`warmup`): on the head while it
+# waits for new workers, on a worker once it is ready.
 
-"""
-    warmup()
-
-Runs the serialization paths of a call once (no C calls), so that the
-compiler has done its work before the first real call. Run at precompile
-time, and at run time in a task while the head waits for new workers and
-while a new worker waits for its first call.
-"""
-function warmup()
-    WARMED_UP[] && return
-    WARMED_UP[] = true
-    _precompile_workload()
-end
-const WARMED_UP = Ref(false)
-
-function _precompile_workload()
-    kw = pairs(NamedTuple())
-    for (f, args) in ((myid, ()), (+, (1, 2)), (identity, ("x",)), (sum, ([1.0, 2.0],)),
-                      (Core.eval, (Main, :(1 + 1))))
-        io = encode_call(0, f, args, kw)
-        decode_call(take!(io))
+# A call of a named function, and its reply.
+function warmup_named_call()
+    for args in ((), (1, 2.5), ("s", :x, nothing, true), ([1.0], [1], UInt8[1], (1, (2.0,))))
+        decode_call(take!(encode_call(0, myid, args, pairs(NamedTuple()))))
     end
-    for v in (1, 1.0, "s", nothing, [1.0, 2.0], [1, 2], (1, 2), Dict(1 => 2), :sym, true, Any[1, "a"])
+    for v in (1, 1.0, nothing, "s", [1.0], (1, 2))
         decode_reply(take!(encode_ok(v)), 2)
     end
-    decode_reply(take!(encode_err(ErrorException("x"), backtrace())), 2)
+end
+
+# An anonymous function defined in Main (sent whole, with its code).
+function warmup_closure()
+    f = Core.eval(Main, :(x -> x + 1))
+    decode_call(take!(encode_call(0, f, (1,), pairs(NamedTuple()))))
+end
+
+# A remote error.
+warmup_error() = decode_reply(take!(encode_err(ErrorException("x"), backtrace())), 2)
+
+# At run time only the common path: the others cost as much again.
+const WARMUP_STAGES = (warmup_named_call,)
+
+const WARMED_UP = Ref(false)
+
+"""
+    warmup(; until=() -> false)
+
+Runs the warm-up stages once per process, yielding between stages and
+stopping early when `until()` becomes true.
+"""
+function warmup(; until = () -> false)
+    WARMED_UP[] && return
+    WARMED_UP[] = true
+    for stage in WARMUP_STAGES
+        until() && return
+        try
+            Base.invokelatest(stage)
+        catch
+        end
+        yield()
+    end
+end
+
+function _precompile_workload()
+    # Not stage 2: a package being precompiled cannot evaluate into Main.
+    warmup_named_call()
+    warmup_error()
+    kw = pairs(NamedTuple())
+    for (f, args) in ((identity, ("x",)), (sum, ([1.0, 2.0],)), (Core.eval, (Main, :(1 + 1)))),
+        kwargs in (kw, pairs((a = 1,)))
+        decode_call(take!(encode_call(0, f, args, kwargs)))
+    end
+    for v in (1.0, "s", [1.0, 2.0], [1, 2], (1, 2), Dict(1 => 2), :sym, true, Any[1, "a"])
+        decode_reply(take!(encode_ok(v)), 2)
+    end
     decode_reply(take!(encode_err(UndefVarError(:x), backtrace())), 2)
     nothing
 end
 
 _precompile_workload()
-WARMED_UP[] = false
 
 for (f, types) in (
         (context, ()), (init, ()), (start!, (Symbol,)), (event_loop, ()),
@@ -41,9 +72,9 @@ for (f, types) in (
         (wake_waiters, (UInt64,)), (on_lifecycle, (Int, Int32)), (interrupt_running_calls, ()),
         (start_call, (Int, Ptr{Cvoid})), (run_call, (Int, Ptr{Cvoid})),
         (run_julia_call, (Int, Ptr{Cvoid})), (run_raw_call, (Int, Ptr{Cvoid})),
-        (call_args, (Ptr{Cvoid},)), (reply, (Ptr{Cvoid}, IOBuffer)),
+        (call_args, (Ptr{Cvoid},)), (reply, (Ptr{Cvoid}, IOBuffer)), (handler_entry, (Ptr{Cvoid}, Ptr{Cvoid})),
         (register_builtin_handlers, (Ptr{Cvoid},)), (serve, ()), (shutdown, ()), (close_runtime!, ()),
-        (shutdown_at_exit, ()),
+        (shutdown_at_exit, ()), (warmup, ()),
         (myid, ()), (nprocs, ()), (nworkers, ()), (procs, ()), (workers, ()), (other_procs, ()), (other_workers, ()),
         (addprocs, (Int,)), (addprocs, ()), (launch, (Int, String, Vector{String}, Vector{String}, String)),
         (worker_command, (Nothing, Cmd)), (worker_env, (Vector{Any},)), (set_topology, (Symbol,)),
@@ -65,5 +96,3 @@ for (f, types) in (
     )
     precompile(f, types)
 end
-precompile(Tuple{typeof(Core.kwfunc(remotecall)), NamedTuple{(),Tuple{}}, typeof(remotecall), Function, Int})
-precompile(Tuple{typeof(Core.kwfunc(addprocs)), NamedTuple{(:exeflags,),Tuple{Cmd}}, typeof(addprocs), Int})

@@ -148,10 +148,10 @@ function run_julia_call(kind::Int, call::Ptr{Cvoid})
     catch err
         bt = catch_backtrace()
         if kind == KIND_DO
-            print_remote_do_error(err, bt)
+            Base.invokelatest(print_remote_do_error, err, bt)
             nothing
         else
-            encode_err(err, bt)
+            Base.invokelatest(encode_err, err, bt)::IOBuffer
         end
     end
     if out === nothing

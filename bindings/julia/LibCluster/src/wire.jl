@@ -1,8 +1,10 @@
 # What LibCluster puts in libcluster's byte payloads. Everything Julia
 # travels through `Serialization`:
 #
-#   call   = serialize((globals, f, args, kwargs))
+#   call   = MSG_SERIALIZED * serialize(Any[globals, f, args, kwargs])
+#          | MSG_FAST * fast call (fastwire.jl: named function, plain values)
 #   reply  = TAG_OK  * serialize(value)
+#          | TAG_OK_FAST * fast value
 #          | TAG_ERR * serialize(CapturedException)      (-> RemoteException)
 #
 # `globals` carries the `Main` globals an anonymous function refers to, as
@@ -12,6 +14,10 @@
 
 const TAG_OK = 0x00
 const TAG_ERR = 0x01
+const TAG_OK_FAST = 0x02
+
+const MSG_SERIALIZED = 0x00
+const MSG_FAST = 0x01
 
 # ------------------------------------------------------------------ calls
 
@@ -19,16 +25,36 @@ const TAG_ERR = 0x01
 # whatever the types of the function and arguments.
 function encode_call(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
     io = IOBuffer()
-    s = Serializer(io)
+    if fast_call(f, args, kwargs)
+        write(io, MSG_FAST)
+        write_fast_call(io, f, args)
+        return io
+    end
+    write(io, MSG_SERIALIZED)
+    # Behind a dynamic call: code that uses only the fast encoding then never
+    # compiles Serialization's machinery.
+    Base.invokelatest(serialize_call, io, pid, f, args, kwargs)
+    io
+end
+
+function serialize_call(io::IO, pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
     kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
     msg = Any[globals_to_send(pid, f, args), f, Any[args...], kw]
-    serialize(s, msg)
-    io
+    serialize(Serializer(io), msg)
 end
 
 "Deserializes a call: defines the globals it carries, returns `(f, args, kwargs)`."
 function decode_call(bytes::AbstractVector{UInt8})
-    msg = deserialize(Serializer(IOBuffer(bytes)))::Vector{Any}
+    io = IOBuffer(bytes)
+    if read(io, UInt8) == MSG_FAST
+        f, args = read_fast_call(io)
+        return f, args, ()
+    end
+    Base.invokelatest(deserialize_call, io)
+end
+
+function deserialize_call(io::IO)
+    msg = deserialize(Serializer(io))::Vector{Any}
     globs = msg[1]
     globs === nothing || define_globals(globs)
     kw = msg[4]
@@ -39,10 +65,17 @@ end
 
 function encode_ok(@nospecialize(v))
     io = IOBuffer()
-    write(io, TAG_OK)
-    serialize(Serializer(io), v)
+    if fast_value(v)
+        write(io, TAG_OK_FAST)
+        write_value(io, v)
+    else
+        write(io, TAG_OK)
+        Base.invokelatest(serialize_value, io, v)
+    end
     io
 end
+
+serialize_value(io::IO, @nospecialize(v)) = serialize(Serializer(io), v)
 
 "The error reply for exception `e` with backtrace `bt`; never throws."
 function encode_err(e, bt)
@@ -79,6 +112,11 @@ function decode_reply(bytes::AbstractVector{UInt8}, pid::Integer)
     isempty(bytes) && return (true, nothing)
     io = IOBuffer(bytes)
     tag = read(io, UInt8)
+    tag == TAG_OK_FAST && return (true, read_value(io))
+    Base.invokelatest(decode_serialized_reply, io, tag, Int(pid))::Tuple{Bool,Any}
+end
+
+function decode_serialized_reply(io::IO, tag::UInt8, pid::Int)
     v = try
         deserialize(Serializer(io))
     catch err
