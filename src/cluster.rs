@@ -139,6 +139,8 @@ pub(crate) struct Peer {
     pub pending: Mutex<HashMap<u64, Arc<Slot>>>,
     state: AtomicU8,
     graceful: AtomicBool,
+    /// Set once the started callback ran: addprocs returns after it.
+    announced: AtomicBool,
     os_pid: AtomicU32,
     child_alive: AtomicBool,
     exit_note: Mutex<Option<String>>,
@@ -155,6 +157,7 @@ impl Peer {
             pending: Mutex::new(HashMap::new()),
             state: AtomicU8::new(state),
             graceful: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
             os_pid: AtomicU32::new(0),
             child_alive: AtomicBool::new(false),
             exit_note: Mutex::new(None),
@@ -689,7 +692,7 @@ impl Node {
         {
             let mut g = self.membership.lock();
             loop {
-                if peers.iter().all(|p| p.is_ready() || p.is_gone()) || self.is_closing() {
+                if peers.iter().all(|p| p.announced.load(Ordering::Acquire) || p.is_gone()) || self.is_closing() {
                     break;
                 }
                 if self.membership_cv.wait_until(&mut g, deadline).timed_out() {
@@ -1018,6 +1021,9 @@ impl Node {
         match f.header.op {
             op::READY if self.head => {
                 let Some(peer) = self.peers.read().get(&from).cloned() else { return Ok(None) };
+                // Under the membership lock, so addprocs sees a worker ready
+                // only once the others have been told about it.
+                let membership = self.membership.lock();
                 if peer.state.compare_exchange(CONNECTED, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
                     return Ok(None);
                 }
@@ -1032,12 +1038,12 @@ impl Node {
                     let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
                     let _ = conn.send(joined, &theirs, &[]);
                 }
-                {
-                    let _g = self.membership.lock();
-                    self.membership_cv.notify_all();
-                }
+                drop(membership);
                 self.log.info(format!("worker {from} is ready"));
                 self.lifecycle_event(from, Lifecycle::Started);
+                peer.announced.store(true, Ordering::Release);
+                let _g = self.membership.lock();
+                self.membership_cv.notify_all();
             }
             op::PEER_JOINED if !self.head => {
                 let info: PeerInfo = f.meta_as()?;

@@ -158,7 +158,8 @@ impl Conn {
                 }
                 continue;
             }
-            match sys::poll_in(self.fd, Some(Duration::from_millis(250))) {
+            let buffered = self.read.try_lock().map(|r| r.may_have_frames()).unwrap_or(false);
+            match if buffered { Ok(true) } else { sys::poll_in(self.fd, Some(Duration::from_millis(250))) } {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -280,6 +281,23 @@ impl Conn {
             }
         }
         self.drivers.fetch_sub(1, Ordering::AcqRel);
+        // Frames read along with the reply may sit in the buffer, where the
+        // background reader's poll cannot see them: dispatch them now.
+        loop {
+            match self.read.try_lock().map(|r| r.may_have_frames()) {
+                Some(true) => {}
+                _ => break,
+            }
+            match self.read_one(owner) {
+                Step::Job(job) => job(),
+                Step::Dispatched => {}
+                Step::Closed(why) => {
+                    self.fail(owner, why);
+                    break;
+                }
+                Step::Busy | Step::Empty => break,
+            }
+        }
         if !finished {
             self.wake_reader();
         }

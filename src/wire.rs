@@ -161,22 +161,32 @@ pub struct FrameReader {
     end: usize,
     partial: Option<Partial>,
     max_payload: u64,
+    /// False after a frame was returned: more whole frames may be buffered,
+    /// so read again before waiting for the socket.
+    drained: bool,
 }
 
 const STAGING: usize = 64 * 1024;
 
 impl FrameReader {
     pub fn new(max_payload: u64) -> FrameReader {
-        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload }
+        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true }
     }
 
-    /// True when bytes of a next frame are already buffered.
-    pub fn has_buffered(&self) -> bool {
-        self.end > self.start
+    /// True when frames may be waiting in the buffer: the socket alone
+    /// cannot tell, so callers read again before they poll.
+    pub fn may_have_frames(&self) -> bool {
+        !self.drained
     }
 
     /// Reads the next whole frame if one can be had without blocking.
     pub fn read_frame(&mut self, fd: RawFd) -> Result<ReadOutcome> {
+        let r = self.read_frame_inner(fd);
+        self.drained = !matches!(r, Ok(ReadOutcome::Frame(_)));
+        r
+    }
+
+    fn read_frame_inner(&mut self, fd: RawFd) -> Result<ReadOutcome> {
         loop {
             if let Some(p) = self.partial.as_mut() {
                 // Fill meta, then payload, from buffered bytes first.

@@ -146,16 +146,19 @@ const PKG_ROOT = normpath(joinpath(@__DIR__, ".."))
 """
     library_candidates() -> Vector{String}
 
-Where `libcluster.so` is looked for, in order: `\$LIBCLUSTER_PATH` (a file,
-or a directory holding libcluster.so), the repository's `target/release`
-then `target/debug` (relative to this package), then the system library
-path (`LD_LIBRARY_PATH`, ld.so.cache) by the name `libcluster`.
+Where `libcluster.so` is looked for: `\$LIBCLUSTER_PATH` (a file, or a
+directory holding libcluster.so) when it is set, and nowhere else then;
+otherwise the repository's `target/release` then `target/debug` (relative to
+this package), then the system library path (`LD_LIBRARY_PATH`,
+ld.so.cache) by the name `libcluster`.
 """
 function library_candidates()
     c = String[]
     p = get(ENV, "LIBCLUSTER_PATH", "")
     if !isempty(p)
+        # Asked for explicitly: that library or none.
         push!(c, isdir(p) ? joinpath(p, "libcluster." * Libdl.dlext) : p)
+        return c
     end
     repo = normpath(joinpath(PKG_ROOT, "..", "..", ".."))
     for profile in ("release", "debug")
@@ -298,8 +301,7 @@ function load_library!()
               "$(WRITTEN_FOR[1]).$(WRITTEN_FOR[2]).x library")
     end
     v = cluster_version()
-    major, minor = Int(v >> 16), Int((v >> 8) & 0xff)
-    if major != WRITTEN_FOR[1] || minor < WRITTEN_FOR[2]
+    if !version_compatible(v)
         error("LibCluster: $(path) is libcluster $(version_string()); this package was written " *
               "for $(WRITTEN_FOR[1]).$(WRITTEN_FOR[2]).x")
     end
@@ -307,6 +309,15 @@ function load_library!()
     LIB_PATH[] = Libdl.dlpath(handle)
     return LIB_PATH[]
 end
+
+"""
+    version_compatible(v::UInt32) -> Bool
+
+Whether a library reporting `cluster_version() == v` can be used: the same
+major version, and a minor version at least the one this package was
+written for (minor versions only add).
+"""
+version_compatible(v::Integer) = Int(v >> 16) == WRITTEN_FOR[1] && Int((v >> 8) & 0xff) >= WRITTEN_FOR[2]
 
 version_string() = unsafe_string(cluster_version_string())
 library_version() = (v = cluster_version(); VersionNumber(Int(v >> 16), Int((v >> 8) & 0xff), Int(v & 0xff)))

@@ -1,0 +1,538 @@
+# LibCluster's tests: the Distributed API over libcluster with real Julia
+# worker processes. Expected results are Distributed's documented behaviour.
+#
+# Run: scripts/test-julia.sh (or julia --project=bindings/julia/LibCluster test/runtests.jl)
+
+using Test
+using Serialization
+using LibCluster
+const LC = LibCluster
+
+const JULIA = Base.julia_cmd()
+const PROJECT = dirname(Base.active_project())
+const T0 = time()
+
+# The whole suite is bounded: a stuck test fails the run instead of hanging CI.
+const WATCHDOG = Timer(get(ENV, "LIBCLUSTER_TEST_TIMEOUT", "240") |> x -> parse(Int, x)) do _
+    println(stderr, "\nLibCluster tests: timed out after $(round(Int, time() - T0)) s")
+    ccall(:_exit, Cvoid, (Cint,), 3)
+end
+
+"Runs `f` and fails the test if it takes longer than `secs`."
+function within(f, secs, what)
+    t = @async f()
+    if timedwait(() -> istaskdone(t), secs; pollint = 0.01) === :timed_out
+        error("$what did not finish within $secs s")
+    end
+    fetch(t)
+end
+
+"Runs a Julia script in a fresh process with this project; returns (ok, output)."
+function run_script(code::String; env = Dict{String,String}())
+    file = tempname() * ".jl"
+    write(file, code)
+    out = IOBuffer()
+    cmd = setenv(`$JULIA --startup-file=no --project=$PROJECT $file`, merge(copy(ENV), env))
+    p = run(pipeline(ignorestatus(cmd); stdout = out, stderr = out); wait = true)
+    (p.exitcode == 0, String(take!(out)))
+end
+
+# The C worker used to test calls by name with raw bytes.
+function build_c_worker()
+    cc = Sys.which("cc")
+    cc === nothing && return nothing
+    repo = normpath(joinpath(@__DIR__, "..", "..", "..", ".."))
+    libdir = dirname(LC.library_path())
+    exe = joinpath(mktempdir(), "c_worker")
+    cmd = `$cc -O2 -I$(joinpath(repo, "include")) -o $exe $(joinpath(@__DIR__, "c_worker.c")) -L$libdir -lcluster -Wl,-rpath,$libdir`
+    success(pipeline(cmd; stderr = devnull)) ? exe : nothing
+end
+
+struct OnlyOnHead
+    x::Int
+end
+
+@testset "LibCluster" begin
+
+@testset "library" begin
+    @test isfile(LC.library_path())
+    @test LC.library_version() >= v"0.1.0"
+    @test LC.CAPI.version_compatible(0x000100)
+    @test LC.CAPI.version_compatible(0x000205)
+    @test !LC.CAPI.version_compatible(0x010000)
+    @test !LC.CAPI.version_compatible(0x000000)
+    e = ClusterError(LC.CAPI.CLUSTER_ERR_TIMEOUT, "too slow", 0)
+    @test occursin("CLUSTER_ERR_TIMEOUT", sprint(showerror, e))
+    # A library that cannot be found fails `using` with where it looked.
+    ok, out = run_script("using LibCluster"; env = Dict("LIBCLUSTER_PATH" => "/nonexistent/libcluster.so"))
+    @test !ok
+    @test occursin("cannot find libcluster", out)
+    @test occursin("/nonexistent/libcluster.so", out)
+end
+
+@testset "a head alone" begin
+    @test myid() == 1
+    @test nprocs() == 1
+    @test nworkers() == 1
+    @test procs() == [1]
+    @test workers() == [1]
+    @test other_procs() == Int[]
+    @test other_workers() == [1]
+    # Calls to itself go through the same path.
+    @test remotecall_fetch(myid, 1) == 1
+    @test remotecall_fetch((a, b) -> a * b, 1, 6, 7) == 42
+    @test fetch(@spawnat 1 myid()) == 1
+    @test (@fetchfrom 1 myid()) == 1
+end
+
+starting = Any[]
+started = Int[]
+exiting = Int[]
+exited = Tuple{Int,WorkerState}[]
+k1 = add_worker_starting_callback((mgr, params) -> push!(starting, (mgr, params)))
+k2 = add_worker_started_callback(pid -> push!(started, pid))
+k3 = add_worker_exiting_callback(pid -> push!(exiting, pid))
+k4 = add_worker_exited_callback((pid, state) -> push!(exited, (pid, state)))
+workdir = realpath(mktempdir())
+
+@testset "addprocs" begin
+    t = @elapsed ids = addprocs(3; env = ["LIBCLUSTER_TEST_VAR" => "hello"], dir = workdir,
+                                exeflags = `--depwarn=yes`)
+    @info "addprocs(3) took $(round(t, digits = 2)) s"
+    @test ids == [2, 3, 4]
+    @test length(starting) == 1 && starting[1][2][:np] == 3
+    @test started == [2, 3, 4]
+    @test remotecall_fetch(() -> ENV["LIBCLUSTER_TEST_VAR"], 2) == "hello"
+    @test remotecall_fetch(pwd, 3) == workdir
+    @test remotecall_fetch(() -> Base.JLOptions().depwarn, 4) == 1
+    # Launch variables are not left for the worker's own children.
+    @test remotecall_fetch(() -> haskey(ENV, "LIBCLUSTER_HEAD"), 2) == false
+    # Same project as the head.
+    @test remotecall_fetch(() -> Base.active_project(), 2) == Base.active_project()
+    # Only process 1 adds or removes workers.
+    err = try
+        remotecall_fetch(() -> LibCluster.addprocs(1), 2)
+    catch e
+        e
+    end
+    @test err isa RemoteException
+    @test err.captured.ex isa ErrorException
+    @test occursin("Only process 1 can add and remove workers", err.captured.ex.msg)
+    @test_throws RemoteException remotecall_fetch(() -> LibCluster.rmprocs(3), 2)
+end
+
+@testset "membership" begin
+    @test nprocs() == 4
+    @test nworkers() == 3
+    @test procs() == [1, 2, 3, 4]
+    @test workers() == [2, 3, 4]
+    @test other_procs() == [2, 3, 4]
+    @test other_workers() == [2, 3, 4]
+    @test remotecall_fetch(myid, 3) == 3
+    @test remotecall_fetch(procs, 2) == [1, 2, 3, 4]
+    @test remotecall_fetch(workers, 2) == [2, 3, 4]
+    @test remotecall_fetch(nprocs, 4) == 4
+    @test remotecall_fetch(nworkers, 4) == 3
+    @test remotecall_fetch(other_procs, 2) == [1, 3, 4]
+    @test remotecall_fetch(other_workers, 3) == [2, 4]
+    @test [remotecall_fetch(myid, p) for p in workers()] == [2, 3, 4]
+end
+
+@testset "remotecall, fetch, wait, isready" begin
+    f = remotecall(+, 2, 1, 2)
+    @test f isa Future
+    @test f.where == 2 && f.whence == 1
+    @test fetch(f) == 3
+    # The value is cached and the library handle released: fetching again
+    # makes no call into the library.
+    @test f.handle == C_NULL
+    @test fetch(f) == 3
+    @test isready(f)
+    g = remotecall(() -> (sleep(0.5); :slept), 3)
+    @test !isready(g)
+    @test wait(g) === g
+    @test isready(g)
+    @test fetch(g) === :slept
+    h = remotecall_wait(() -> 11, 4)
+    @test h isa Future && isready(h) && fetch(h) == 11
+    @test remotecall_fetch(x -> x .* 2, 2, [1, 2, 3]) == [2, 4, 6]
+    # keyword arguments
+    @test remotecall_fetch((x; y = 1, z = 2) -> x + y + z, 3, 1; z = 10) == 12
+    @test fetch(remotecall(round, 2, 2.567; digits = 1)) == 2.6
+    # Values keep their types both ways.
+    for v in (1, Int32(2), 3.5, Float32(1.5), "str", :sym, nothing, missing, true, 'c', big(2)^100,
+              [1.0, 2.0], [1, 2], UInt8[1, 2], ["a", "b"], (1, "a", 2.0), (a = 1, b = "x"),
+              Dict("k" => [1, 2]), Set([1, 2]), 1:10, [1 2; 3 4], (1, (2.0, (3, "x"))), Int[], "")
+        r = remotecall_fetch(identity, 2, v)
+        @test isequal(r, v) && typeof(r) == typeof(v)
+    end
+    big_array = rand(10^6)
+    @test remotecall_fetch(sum, 3, big_array) ≈ sum(big_array)
+    @test remotecall_fetch(n -> ones(n), 4, 10^6) == ones(10^6)
+    # Calls to one process run in the order they were made.
+    remotecall_fetch(() -> (global ORDER = Int[]; nothing), 2)
+    futs = [remotecall(i -> (push!(ORDER, i); i), 2, i) for i in 1:50]
+    @test [fetch(f) for f in futs] == 1:50
+    @test remotecall_fetch(() -> ORDER, 2) == 1:50
+    @test sprint(show, Future(2, 1, Some{Any}(5), nothing, false)) == "Future(2, 1, 0, Some(5))"
+end
+
+@testset "closures and globals" begin
+    data = [1, 2, 3]
+    scale = 10
+    @test remotecall_fetch(() -> sum(data) * scale, 2) == 60
+    adder = let k = 5
+        x -> x + k
+    end
+    @test remotecall_fetch(adder, 3, 1) == 6
+    @test remotecall_fetch(f -> f(2), 4, adder) == 7       # a closure as an argument
+    @test remotecall_fetch(() -> map(x -> x * scale, data), 2) == [10, 20, 30]
+    # Globals of Main referred to by an anonymous function travel with it,
+    # and are sent again when they change (Distributed's behaviour).
+    global shared_global = 100
+    @test remotecall_fetch(() -> shared_global + 1, 2) == 101
+    global shared_global = 200
+    @test remotecall_fetch(() -> shared_global + 1, 2) == 201
+    global shared_vec = [1, 2]
+    @test remotecall_fetch(() -> sum(shared_vec), 3) == 3
+    push!(shared_vec, 3)
+    @test remotecall_fetch(() -> sum(shared_vec), 3) == 6
+    @test remotecall_fetch(() -> isdefined(Main, :shared_vec), 4) == false
+end
+
+@testset "remote_do" begin
+    @test remote_do(() -> (global DONE_FLAG = 42; nothing), 2) === nothing
+    # Messages to one process arrive in order: this call sees the flag.
+    @test remotecall_fetch(() -> DONE_FLAG, 2) == 42
+    # A failure is only printed on the worker; the worker carries on.
+    remote_do(error, 2, "remote_do failure (expected in this test)")
+    @test remotecall_fetch(myid, 2) == 2
+end
+
+@testset "macros" begin
+    @test fetch(@spawnat 3 myid()) == 3
+    r = @spawnat :any myid()
+    @test r isa Future
+    @test fetch(r) in workers()
+    seen = [fetch(@spawnat :any myid()) for _ in 1:6]
+    @test sort(unique(seen)) == [2, 3, 4]              # round-robin covers every worker
+    @test fetch(@spawn myid()) in workers()
+    @test (@fetch myid()) in workers()
+    @test (@fetchfrom 4 myid()) == 4
+    x = 21
+    @test (@fetchfrom 2 x * 2) == 42
+    # @sync waits for the futures made inside it.
+    futs = Future[]
+    @sync begin
+        push!(futs, @spawnat 2 (sleep(0.2); 1))
+        push!(futs, @spawnat 3 (sleep(0.2); 2))
+    end
+    @test all(isready, futs)
+    @test fetch.(futs) == [1, 2]
+end
+
+@testset "@everywhere" begin
+    @everywhere everywhere_fn(x) = x + myid()
+    @test everywhere_fn(1) == 2
+    @test remotecall_fetch(everywhere_fn, 3, 10) == 13            # used later by remotecall
+    @test [remotecall_fetch(everywhere_fn, p, 0) for p in workers()] == [2, 3, 4]
+    @everywhere struct EverywhereType
+        v::Int
+    end
+    @test remotecall_fetch(x -> EverywhereType(x.v * 2), 2, EverywhereType(4)) == EverywhereType(8)
+    @everywhere [2, 3] only_some = myid() * 100
+    @test remotecall_fetch(() -> only_some, 2) == 200
+    @test remotecall_fetch(() -> only_some, 3) == 300
+    @test remotecall_fetch(() -> isdefined(Main, :only_some), 4) == false
+    @test !isdefined(Main, :only_some)
+    val = 7
+    @everywhere interpolated = $val
+    @test remotecall_fetch(() -> interpolated, 4) == 7
+    @everywhere using Statistics
+    @test remotecall_fetch(() -> isdefined(Main, :mean) && mean([1, 2, 3]) == 2, 2)
+    @test isdefined(Main, :mean)
+    @everywhere import Dates
+    @test remotecall_fetch(() -> Dates.year(Dates.Date(2020, 1, 1)), 3) == 2020
+    @everywhere begin
+        module EverywhereMod
+            f() = :from_module
+        end
+    end
+    @test remotecall_fetch(() -> EverywhereMod.f(), 4) === :from_module
+    @test remotecall_eval(Main, 2, :(myid() + 1)) == 3
+end
+
+@testset "errors" begin
+    err = try
+        remotecall_fetch(x -> error("bad value $x"), 2, 5)
+    catch e
+        e
+    end
+    @test err isa RemoteException
+    @test err.pid == 2
+    @test err.captured.ex isa ErrorException
+    @test err.captured.ex.msg == "bad value 5"
+    @test !isempty(err.backtrace)
+    msg = sprint(showerror, err)
+    @test occursin("On worker 2", msg) && occursin("bad value 5", msg)
+    # wait and fetch throw; the future is ready; every fetch throws again.
+    f = remotecall(() -> throw(ArgumentError("nope")), 3)
+    @test_throws RemoteException wait(f)
+    @test isready(f)
+    e1 = try fetch(f) catch e; e end
+    e2 = try fetch(f) catch e; e end
+    @test e1 isa RemoteException && e1.captured.ex isa ArgumentError && e1.pid == 3
+    @test e2 isa RemoteException
+    @test_throws RemoteException remotecall_wait(error, 4, "x")
+    # @everywhere: every failure, one per process.
+    ce = try
+        @everywhere [1, 2, 3] error("failed on $(myid())")
+    catch e
+        e
+    end
+    @test ce isa CompositeException
+    @test length(ce.exceptions) == 3
+    @test all(e -> e isa RemoteException, ce.exceptions)
+    @test sort([e.pid for e in ce.exceptions]) == [1, 2, 3]
+    @test all(e -> e.captured.ex.msg == "failed on $(e.pid)", ce.exceptions)
+    # A process that does not exist.
+    e = try remotecall_fetch(myid, 99) catch e; e end
+    @test e isa ErrorException && e.msg == "no process with id 99 exists"
+    @test_throws ErrorException remotecall(myid, 0)
+    @test_throws ErrorException remote_do(myid, 42)
+    # An argument that cannot be serialized fails on the caller.
+    running = @async sleep(10)
+    yield()
+    e = try remotecall_fetch(identity, 2, running) catch e; e end
+    @test e isa ErrorException && occursin("cannot serialize a running Task", e.msg)
+    @test remotecall_fetch(myid, 2) == 2                  # still usable
+    # A function that is not defined on the worker.
+    defined_only_here(x) = x
+    e = try remotecall_fetch(defined_only_here, 3, 1) catch e; e end
+    @test e isa RemoteException && e.captured.ex isa UndefVarError && e.pid == 3
+    e = try remotecall_fetch(() -> not_defined_anywhere(1), 3) catch e; e end
+    @test e isa RemoteException && e.captured.ex isa UndefVarError
+    @test remotecall_fetch(myid, 3) == 3
+    # A type the worker does not know.
+    e = try remotecall_fetch(identity, 4, OnlyOnHead(1)) catch e; e end
+    @test e isa RemoteException && e.captured.ex isa UndefVarError
+    # A result the head cannot deserialize.
+    @everywhere [2] struct OnlyOnWorker end
+    e = try remotecall_fetch(() -> OnlyOnWorker(), 2) catch e; e end
+    @test e isa RemoteException && occursin("cannot be deserialized", e.captured.ex.msg)
+    # An unserializable result.
+    e = try remotecall_fetch(() -> current_task(), 2) catch e; e end
+    @test e isa RemoteException && occursin("cannot serialize", e.captured.ex.msg)
+    @test remotecall_fetch(+, 2, 2, 2) == 4
+    # rmprocs never removes process 1.
+    @test_logs (:warn, r"process 1 not removed") rmprocs(1)
+    @test nprocs() == 4
+end
+
+@testset "futures passed to other processes" begin
+    f = remotecall(() -> (sleep(0.3); 42), 2)
+    # Passed before it is ready, fetched by a third process.
+    @test remotecall_fetch(x -> fetch(x) + myid(), 3, f) == 45
+    @test fetch(f) == 42
+    # Passed after it was fetched: travels with its value.
+    @test remotecall_fetch(x -> fetch(x) * 2, 4, f) == 84
+    # Fetched on the process that computes it.
+    g = remotecall(() -> :here, 2)
+    @test remotecall_fetch(x -> fetch(x), 2, g) === :here
+    # Back to its owner.
+    h = remotecall(() -> [1, 2], 3)
+    @test remotecall_fetch(x -> remotecall_fetch(y -> fetch(y), 1, x), 4, h) == [1, 2]
+    # Passed on twice (an imported future exported again).
+    k = remotecall(() -> (sleep(0.2); "deep"), 2)
+    @test remotecall_fetch(x -> remotecall_fetch(y -> fetch(y), 4, x), 3, k) == "deep"
+    # A worker can return a future made there.
+    inner = remotecall_fetch(() -> remotecall(myid, 4), 3)
+    @test inner isa Future && fetch(inner) == 4
+    # A failed future passed on fails there too.
+    bad = remotecall(() -> error("inner failure"), 2)
+    e = try remotecall_fetch(x -> fetch(x), 3, bad) catch e; e end
+    @test e isa RemoteException && e.pid == 3
+    @test e.captured.ex isa RemoteException && e.captured.ex.pid == 2
+end
+
+@testset "tasks keep running during a wait" begin
+    ticks = Ref(0)
+    ticker = @async for i in 1:40
+        ticks[] += 1
+        sleep(0.01)
+    end
+    v = remotecall_fetch(() -> (sleep(1.0); :done), 2)
+    @test v === :done
+    @test ticks[] >= 20                     # the other task made progress meanwhile
+    wait(ticker)
+    # Many concurrent calls from many tasks.
+    results = Vector{Int}(undef, 60)
+    @sync for i in 1:60
+        @async results[i] = remotecall_fetch(x -> x^2, workers()[mod1(i, 3)], i)
+    end
+    @test results == [i^2 for i in 1:60]
+    # Worker to worker, and back to the head while it waits.
+    @test remotecall_fetch(() -> remotecall_fetch(myid, 3), 2) == 3
+    @test remotecall_fetch(() -> remotecall_fetch(() -> remotecall_fetch(myid, 1), 4), 2) == 1
+    # A call that waits on another call of the same worker does not deadlock.
+    @test remotecall_fetch(() -> fetch(@spawnat myid() 5), 3) == 5
+end
+
+@testset "interrupt" begin
+    f = remotecall(() -> (sleep(30); :not_interrupted), 2)
+    sleep(0.3)
+    t = @elapsed begin
+        interrupt(2)
+        e = try fetch(f) catch e; e end
+    end
+    @test e isa RemoteException && e.captured.ex isa InterruptException && e.pid == 2
+    @test t < 5
+    @test remotecall_fetch(myid, 2) == 2             # the worker carries on
+    interrupt(3)                                      # an idle worker ignores it
+    @test remotecall_fetch(myid, 3) == 3
+    # A computation that polls LibCluster.interrupted() can stop early.
+    g = remotecall(() -> (t0 = time(); while !LibCluster.interrupted() && time() - t0 < 20; sleep(0.01); end; time() - t0), 4)
+    sleep(0.3)
+    interrupt([4])
+    e = try fetch(g) catch e; e end
+    @test e isa RemoteException && e.captured.ex isa InterruptException
+end
+
+@testset "calls by name with raw bytes" begin
+    LibCluster.register("reverse_bytes", (b, caller) -> reverse(b))
+    @test remotecall_fetch_raw(1, "reverse_bytes", "abc") == Vector{UInt8}("cba")
+    remotecall_fetch(() -> LibCluster.register("twice", (b, c) -> vcat(b, b, UInt8[c])), 2)
+    @test remotecall_fetch_raw(2, "twice", UInt8[7]) == UInt8[7, 7, 1]
+    e = try remotecall_fetch_raw(2, "not_registered", UInt8[]) catch e; e end
+    @test e isa RemoteException && occursin("not registered", e.captured.ex.msg)
+    exe = build_c_worker()
+    if exe === nothing
+        @warn "no C compiler: skipping the C worker tests"
+    else
+        c = addprocs_exec(1, `$exe`)
+        @test c == [5]
+        @test remotecall_fetch_raw(5, "echo", "hello") == Vector{UInt8}("hello")
+        @test String(remotecall_fetch_raw(5, "upper", b"hello")) == "HELLO"
+        @test String(fetch(remotecall_raw(5, "upper", "abc"))) == "ABC"
+        e = try remotecall_fetch_raw(5, "fail", "x") catch e; e end
+        @test e isa RemoteException && e.pid == 5 && e.captured.ex.msg == "fail was called"
+        e = try remotecall_fetch(myid, 5) catch e; e end
+        @test e isa RemoteException && occursin("not a Julia (LibCluster) worker", e.captured.ex.msg)
+        rmprocs(5)
+        @test 5 ∉ procs()
+        empty!(exiting); empty!(exited)
+    end
+end
+
+@testset "finalizers release handles" begin
+    for i in 1:500
+        remotecall(myid, 2)                     # dropped unfetched
+    end
+    fs = [remotecall(identity, 3, i) for i in 1:100]
+    @test sum(fetch.(fs)) == sum(1:100)
+    fs = nothing
+    GC.gc(); GC.gc()
+    f = remotecall(myid, 4)
+    finalize(f)                                 # explicit, then again by the GC
+    GC.gc()
+    @test remotecall_fetch(myid, 4) == 4
+end
+
+@testset "a worker killed mid-call" begin
+    ospid = remotecall_fetch(getpid, 4)
+    pending = remotecall(() -> (sleep(60); :never), 4)
+    sleep(0.2)
+    run(`kill -9 $ospid`)
+    e = within(10, "fetch from a killed worker") do
+        try fetch(pending) catch e; e end
+    end
+    @test e isa ProcessExitedException && e.worker_id == 4
+    @test occursin("4", sprint(showerror, e))
+    e = try remotecall_fetch(myid, 4) catch e; e end
+    @test e isa ProcessExitedException && e.worker_id == 4
+    @test_throws ProcessExitedException remotecall(myid, 4)
+    within(10, "the death to be noticed") do
+        while !(4 ∉ procs() && (4, WorkerState_exterminated) in exited)
+            sleep(0.05)
+        end
+    end
+    @test workers() == [2, 3]
+    @test remotecall_fetch(myid, 3) == 3          # the others carry on
+end
+
+@testset "rmprocs and new ids" begin
+    @test rmprocs(3) isa Task
+    @test 3 in exiting
+    within(10, "the exit to be reported") do
+        while !((3, WorkerState_terminated) in exited)
+            sleep(0.05)
+        end
+    end
+    @test workers() == [2]
+    @test_throws ProcessExitedException remotecall_fetch(myid, 3)
+    new = addprocs(1)
+    @test new[1] > 5                              # ids are never reused
+    @test remotecall_fetch(myid, new[1]) == new[1]
+    t = rmprocs(new; waitfor = 0)
+    @test t isa Task
+    wait(t)
+    @test workers() == [2]
+    remove_worker_starting_callback(k1); remove_worker_started_callback(k2)
+    remove_worker_exiting_callback(k3); remove_worker_exited_callback(k4)
+end
+
+@testset "with Distributed in the same process" begin
+    mod = Module(:WithDistributed)
+    Core.eval(mod, quote
+        using Distributed, LibCluster
+        d = Distributed.addprocs(1)
+        a = Distributed.remotecall_fetch(Distributed.myid, d[1])
+        b = LibCluster.remotecall_fetch(LibCluster.myid, 2)
+        Distributed.rmprocs(d)
+    end)
+    @test Core.eval(mod, :a) == 2
+    @test Core.eval(mod, :b) == 2
+end
+
+@testset "topology master_worker" begin
+    ok, out = run_script("""
+        using LibCluster
+        ids = addprocs(2; topology = :master_worker)
+        println("ids ", ids)
+        println("head->worker ", remotecall_fetch(myid, 3))
+        try
+            remotecall_fetch(() -> remotecall_fetch(myid, 3), 2)
+            println("worker->worker allowed")
+        catch e
+            println("worker->worker ", typeof(e), " ", e.captured.ex.msg)
+        end
+        println("worker->head ", remotecall_fetch(() -> remotecall_fetch(myid, 1), 2))
+        try
+            addprocs(1; topology = :all_to_all)
+        catch e
+            println("change: ", e.msg)
+        end
+        """)
+    @test ok
+    @test occursin("ids [2, 3]", out)
+    @test occursin("head->worker 3", out)
+    @test occursin(r"worker->worker RemoteException .*master_worker", out)
+    @test occursin("worker->head 1", out)
+    @test occursin("change: Workers with Topology master_worker already exist", out)
+end
+
+@testset "shutdown" begin
+    ospid = remotecall_fetch(getpid, 2)
+    LibCluster.shutdown()
+    within(10, "the workers to exit") do
+        while success(`kill -0 $ospid`)
+            sleep(0.05)
+        end
+    end
+    @test !success(`kill -0 $ospid`)
+end
+
+end # testset
+
+close(WATCHDOG)
+@info "LibCluster tests took $(round(time() - T0, digits = 1)) s"
