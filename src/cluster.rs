@@ -110,6 +110,7 @@ struct Join {
     id: u32,
     listen_addr: String,
     os_pid: u32,
+    max_message: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,12 +118,14 @@ struct Welcome {
     id: u32,
     topology: Topology,
     peers: Vec<(u32, String)>,
+    max_message: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PeerInfo {
     pub id: u32,
     pub addr: String,
+    pub max_message: u64,
 }
 
 const LAUNCHING: u8 = 0;
@@ -367,13 +370,14 @@ impl Node {
         let node = Arc::new(Node::blank(cfg, log, false, cookie, &listener)?);
         let conn = Conn::new(stream, max)?;
         conn.peer.store(HEAD_ID, Ordering::Release);
-        let join = Join { id, listen_addr: node.listen_addr.clone(), os_pid: std::process::id() };
+        let join = Join { id, listen_addr: node.listen_addr.clone(), os_pid: std::process::id(), max_message: max };
         conn.send(Header::new(Kind::Request, service::CONTROL, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
         let reply = read_first_frame(&conn, deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
         if reply.header.status != 0 {
             return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
         }
         let welcome: Welcome = reply.meta_as()?;
+        conn.peer_max.store(welcome.max_message, Ordering::Relaxed);
         node.myid.store(welcome.id, Ordering::Release);
         node.topology.store(welcome.topology as u8, Ordering::Release);
         node.log.set_who(format!("worker {}", welcome.id));
@@ -517,9 +521,15 @@ impl Node {
         *peer.addr.lock() = join.listen_addr;
         peer.os_pid.store(join.os_pid, Ordering::Release);
         conn.peer.store(peer.id, Ordering::Release);
+        conn.peer_max.store(join.max_message, Ordering::Relaxed);
         *peer.conn.lock() = Some(conn.clone());
         peer.state.store(CONNECTED, Ordering::Release);
-        let welcome = Welcome { id: peer.id, topology: self.topology(), peers: self.ready_worker_addrs() };
+        let welcome = Welcome {
+            id: peer.id,
+            topology: self.topology(),
+            peers: self.ready_worker_addrs(),
+            max_message: self.cfg.max_message_bytes,
+        };
         let h = Header::new(Kind::Response, service::CONTROL, op::JOIN, f.header.id);
         conn.send(h, &wire::encode_meta(&welcome), &[])
     }
@@ -530,6 +540,7 @@ impl Node {
         }
         let info: PeerInfo = f.meta_as()?;
         conn.peer.store(info.id, Ordering::Release);
+        conn.peer_max.store(info.max_message, Ordering::Relaxed);
         let peer = {
             let mut peers = self.peers.write();
             peers.entry(info.id).or_insert_with(|| Peer::new(info.id, READY)).clone()
@@ -837,7 +848,7 @@ impl Node {
         }
         if self.head {
             if was == READY {
-                let meta = wire::encode_meta(&PeerInfo { id, addr: String::new() });
+                let meta = wire::encode_meta(&PeerInfo { id, addr: String::new(), max_message: 0 });
                 for p in self.peers.read().values().filter(|p| p.is_ready()) {
                     if let Some(c) = p.conn.lock().clone() {
                         let _ = c.send(Header::new(Kind::Oneway, service::CONTROL, op::PEER_LEFT, 0), &meta, &[]);
@@ -907,7 +918,7 @@ impl Node {
         auth::handshake(&mut s, self.cookie.as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
         let conn = Conn::new(s, self.cfg.max_message_bytes)?;
         conn.peer.store(pid, Ordering::Release);
-        let hello = PeerInfo { id: self.myid(), addr: self.listen_addr.clone() };
+        let hello = PeerInfo { id: self.myid(), addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes };
         conn.send(Header::new(Kind::Oneway, service::CONTROL, op::HELLO, 0), &wire::encode_meta(&hello), &[])?;
         conn.spawn_reader(self.clone());
         Ok(conn)
@@ -955,7 +966,7 @@ impl Node {
         self.closing.load(Ordering::Acquire)
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.is_closing() {
             Err(Error::new(ErrorKind::Shutdown, "the cluster is shut down"))
         } else {
@@ -1030,12 +1041,12 @@ impl Node {
                 // Introduce the new worker and the ready ones to each other:
                 // its welcome may predate workers that became ready since.
                 let joined = Header::new(Kind::Oneway, service::CONTROL, op::PEER_JOINED, 0);
-                let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone() });
+                let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone(), max_message: 0 });
                 for p in self.peers.read().values().filter(|p| p.is_ready() && p.id != from) {
                     if let Some(c) = p.conn.lock().clone() {
                         let _ = c.send(joined, &meta, &[]);
                     }
-                    let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
+                    let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone(), max_message: 0 });
                     let _ = conn.send(joined, &theirs, &[]);
                 }
                 drop(membership);
@@ -1095,14 +1106,21 @@ impl Node {
 
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
-        let mut r = Header::new(Kind::Response, h.service, h.op, h.id);
+        let r = Header::new(Kind::Response, h.service, h.op, h.id);
+        let send_err = |mut r: Header, e: &Error| {
+            r.status = e.kind as u8;
+            r.aux = if e.pid != 0 { e.pid } else { self.myid() };
+            conn.send(r, &[], e.message.as_bytes())
+        };
         let sent = match outcome {
-            Ok(v) => conn.send(r, &[], v),
-            Err(e) => {
-                r.status = e.kind as u8;
-                r.aux = if e.pid != 0 { e.pid } else { self.myid() };
-                conn.send(r, &[], e.message.as_bytes())
-            }
+            Ok(v) => match conn.send(r, &[], v) {
+                // The value is too large for the caller: tell it so.
+                Err(e) if e.kind == ErrorKind::TooLarge => {
+                    send_err(r, &Error::at(ErrorKind::TooLarge, self.myid(), format!("the result {}", e.message)))
+                }
+                other => other,
+            },
+            Err(e) => send_err(r, &e),
         };
         if let Err(e) = sent {
             self.log.debug(format!("response to process {} not sent: {e}", conn.peer()));

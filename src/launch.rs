@@ -8,7 +8,9 @@
 //! environment of the process.
 
 use crate::error::{Error, ErrorKind, Result};
-use std::io::Write;
+use crate::sys;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -95,8 +97,12 @@ pub struct LocalLauncher;
 
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        // The cookie goes through a socket as stdin: a write to a child that
+        // already exited then fails with EPIPE instead of raising SIGPIPE
+        // in the host process.
+        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
         let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args).stdin(Stdio::piped()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.args(&spec.args).stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::inherit()).stderr(Stdio::inherit());
         for (k, v) in spec.worker_env().into_iter().chain(spec.env.iter().cloned()) {
             cmd.env(k, v);
         }
@@ -104,16 +110,16 @@ impl Launcher for LocalLauncher {
         if let Some(d) = &spec.dir {
             cmd.current_dir(d);
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             Error::at(ErrorKind::Launch, spec.id, format!("worker {}: cannot start {}: {e}", spec.id, spec.program.display()))
         })?;
+        drop(cmd);
         let os_pid = child.id();
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let wrote = stdin.write_all(format!("{}\n", spec.cookie).as_bytes());
-        drop(stdin);
         // A failed write means the child closed its stdin or exited; the
         // head then reports how it exited, which says more than EPIPE.
-        let _ = wrote;
+        let line = format!("{}\n", spec.cookie);
+        let _ = sys::write_all_vectored(ours.as_raw_fd(), &[line.as_bytes()]);
+        drop(ours);
         Ok(Launched { child: Some(child), os_pid: Some(os_pid) })
     }
 }

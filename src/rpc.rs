@@ -395,6 +395,7 @@ impl Node {
     /// Calls `name` on `pid` (or `ANY_WORKER`) and returns at once. The
     /// arguments are written to the socket before it returns, uncopied.
     pub fn remotecall(self: &Arc<Self>, pid: u32, name: &str, args: &[u8]) -> Result<Future> {
+        self.check_open()?;
         self.check_name(name)?;
         let pid = if pid == ANY_WORKER { self.pick_worker() } else { pid };
         let slot = Arc::new(Slot::new(self.next_request_id(), pid));
@@ -407,8 +408,10 @@ impl Node {
         if peer.expect(&slot) {
             let h = Header::new(Kind::Request, service::RPC, CALL, slot.id);
             if let Err(e) = conn.send(h, name.as_bytes(), args) {
+                // Never sent: say so now rather than through the future.
                 peer.pending.lock().remove(&slot.id);
-                slot.complete(Err(e));
+                slot.complete(Err(e.clone()));
+                return Err(e);
             }
         }
         Ok(self.new_future(slot, Some(conn), Origin::Local))
@@ -428,6 +431,7 @@ impl Node {
 
     /// Fire and forget; a failure is logged on the callee.
     pub fn remote_do(self: &Arc<Self>, pid: u32, name: &str, args: &[u8]) -> Result<()> {
+        self.check_open()?;
         self.check_name(name)?;
         let pid = if pid == ANY_WORKER { self.pick_worker() } else { pid };
         if pid == self.myid() {

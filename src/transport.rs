@@ -41,6 +41,8 @@ pub struct Conn {
     fd: RawFd,
     /// The process at the other end; 0 until it is known.
     pub peer: AtomicU32,
+    /// The largest message the other end accepts (told at connection setup).
+    pub peer_max: AtomicU64,
     write: Mutex<()>,
     read: Mutex<FrameReader>,
     drivers: AtomicU32,
@@ -62,6 +64,7 @@ impl Conn {
             stream,
             fd,
             peer: AtomicU32::new(0),
+            peer_max: AtomicU64::new(max_payload),
             write: Mutex::new(()),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
@@ -86,6 +89,15 @@ impl Conn {
     pub fn send(&self, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
         if self.is_closed() {
             return Err(Error::exited(self.peer()));
+        }
+        let size = (meta.len() + payload.len()) as u64;
+        let max = self.peer_max.load(Ordering::Relaxed);
+        if size > max {
+            return Err(Error::at(
+                ErrorKind::TooLarge,
+                self.peer(),
+                format!("a message of {size} bytes exceeds the maximum of {max} bytes of process {}", self.peer()),
+            ));
         }
         let _w = self.write.lock();
         wire::write_frame(self.fd, header, meta, payload).map_err(|e| {

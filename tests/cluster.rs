@@ -254,20 +254,20 @@ fn large_payloads_round_trip() {
 }
 
 #[test]
-fn oversized_messages_close_only_that_connection() {
-    let c = head();
-    c.addprocs(1, &opts()).unwrap();
-    // The worker's limit is the default (1 GiB); the head refuses to send
-    // nothing, so exercise the limit on the receiving side of a small node.
-    let small = Cluster::init(Config { max_message_bytes: 1024, ..Config::default() }).unwrap();
-    small.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
-    small.addprocs(1, &opts()).unwrap();
-    let e = small.remotecall_fetch(2, "big", &4096u32.to_le_bytes()).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::ProcessExited, "{e}");
-    // The other cluster is unaffected.
+fn oversized_messages_are_refused_with_too_large() {
+    let c = head_with(Config { max_message_bytes: 1024, ..Config::default() });
+    let mut small = opts();
+    small.env.push(("TEST_MAX_MESSAGE".into(), "2048".into()));
+    c.addprocs(1, &small).unwrap();
+    // A result above the head's limit: refused by the worker, which lives on.
+    let e = c.remotecall_fetch(2, "big", &4096u32.to_le_bytes()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooLarge, "{e}");
+    assert_eq!(e.pid, 2);
+    // An argument above the worker's limit: refused by the sender.
+    let e = c.remotecall(2, "len", &[0u8; 4096]).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::TooLarge, "{e}");
     assert_eq!(&*c.remotecall_fetch(2, "echo", b"fine").unwrap(), b"fine");
     c.shutdown(Duration::from_secs(10)).unwrap();
-    small.shutdown(Duration::from_secs(10)).unwrap();
 }
 
 #[test]
@@ -298,10 +298,16 @@ fn strangers_are_dropped_and_the_head_keeps_serving() {
         }
         assert!(total <= 40);
     }
-    // The right cookie gets through the handshake.
+    // The right cookie gets through the handshake; a huge length prefix
+    // after it closes that connection.
     let mut s = TcpStream::connect(&addr).unwrap();
     cluster::auth::handshake(&mut s, c.cookie().as_bytes(), cluster::auth::Side::Client, Duration::from_secs(5)).unwrap();
-    drop(s);
+    let mut h = cluster::wire::Header::new(cluster::wire::Kind::Request, 0, 1, 1);
+    h.payload_len = 1 << 40;
+    s.write_all(&h.encode()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "the connection stayed open");
     assert_eq!(&*c.remotecall_fetch(2, "echo", b"alive").unwrap(), b"alive");
     c.shutdown(Duration::from_secs(10)).unwrap();
 }

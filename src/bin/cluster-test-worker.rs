@@ -69,7 +69,11 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
 }
 
 fn main() {
-    let c = match Cluster::init(Config::default()) {
+    let mut cfg = Config::default();
+    if let Some(max) = std::env::var("TEST_MAX_MESSAGE").ok().and_then(|v| v.parse().ok()) {
+        cfg.max_message_bytes = max;
+    }
+    let c = match Cluster::init(cfg) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cluster-test-worker: {e}");

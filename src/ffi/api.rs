@@ -129,8 +129,8 @@ pub extern "C" fn cluster_version_string() -> *const c_char {
 
 /// A static, NUL-terminated description of `status`. Never NULL.
 #[no_mangle]
-pub extern "C" fn cluster_status_str(status: cluster_status) -> *const c_char {
-    let s: &'static str = match status as i32 {
+pub extern "C" fn cluster_status_str(status: i32) -> *const c_char {
+    let s: &'static str = match status {
         0 => "ok\0",
         1 => "invalid argument\0",
         2 => "invalid, freed or wrong-kind handle\0",
@@ -550,7 +550,7 @@ pub unsafe extern "C" fn cluster_register(ctx: *mut cluster_ctx, name: *const c_
     })
 }
 
-fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_call) -> cluster_status, ud: UserData, call: Call) {
+fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_call) -> i32, ud: UserData, call: Call) {
     let obj = Arc::new(CallObj { call: Mutex::new(Some(call)), deferred: AtomicBool::new(false) });
     let handle = handles::insert(Kind::Call, obj.clone());
     // SAFETY: the host registered `h` with `ud`; the handle is valid for the call.
@@ -561,7 +561,7 @@ fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_call) -> clus
     let _ = handles::remove(Kind::Call, handle);
     let rest = obj.call.lock().take();
     if let Some(call) = rest {
-        if status == cluster_status::CLUSTER_OK {
+        if status == cluster_status::CLUSTER_OK as i32 {
             call.reply(&[]);
         } else {
             // SAFETY: a static string.

@@ -253,7 +253,7 @@ pub struct cluster_call {
 /// `cluster_call_reply` or `cluster_call_fail`; returning CLUSTER_OK
 /// without either replies with no bytes, returning an error status fails
 /// the call with that status's description.
-pub type cluster_handler = Option<unsafe extern "C" fn(user_data: *mut c_void, call: *mut cluster_call) -> cluster_status>;
+pub type cluster_handler = Option<unsafe extern "C" fn(user_data: *mut c_void, call: *mut cluster_call) -> i32>;
 
 /// Receives worker lifecycle changes. Threads mode: on a library thread.
 /// Host mode: inside `cluster_poll`.
