@@ -7,6 +7,7 @@ fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=CLUSTER_UPDATE_HEADER");
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read cbindgen.toml");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("cluster.h");
     match cbindgen::Builder::new().with_crate(&root).with_config(config).generate() {

@@ -403,7 +403,7 @@ typedef void (*cluster_log_fn)(void *user_data, cluster_log_level level, const c
  * without either replies with no bytes, returning an error status fails
  * the call with that status's description.
  */
-typedef cluster_status (*cluster_handler)(void *user_data, cluster_call *call);
+typedef int32_t (*cluster_handler)(void *user_data, cluster_call *call);
 
 /**
  * Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
@@ -474,7 +474,7 @@ const char *cluster_version_string(void);
 /**
  * A static, NUL-terminated description of `status`. Never NULL.
  */
-const char *cluster_status_str(cluster_status status);
+const char *cluster_status_str(int32_t status);
 
 /**
  * The message of the last failed call on this thread ("" if none).
