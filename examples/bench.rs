@@ -1,0 +1,284 @@
+//! Benchmarks: each libcluster figure next to a baseline measured in the
+//! same run on this machine, and the ratio.
+//!
+//!     cargo run --release --example bench [-- --quick]
+//!
+//! The same binary serves as worker (launched by addprocs) and as the raw
+//! TCP peers of the baselines (chosen by BENCH_ROLE).
+
+use cluster::{Cluster, Config, LaunchOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB64: usize = 64 << 20;
+
+fn main() {
+    match std::env::var("BENCH_ROLE").as_deref() {
+        Ok("tcp-echo") => return tcp_echo(&std::env::var("BENCH_ADDR").unwrap()),
+        Ok("tcp-sink") => return tcp_sink(&std::env::var("BENCH_ADDR").unwrap()),
+        Ok("exit") => return,
+        Ok("idle") => {
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        _ => {}
+    }
+    let c = Cluster::init(Config::default()).expect("init");
+    if !c.is_head() {
+        c.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
+        c.register_fn("noop", |_| Ok(Vec::new())).unwrap();
+        c.register_fn("len", |call| Ok((call.args().len() as u64).to_le_bytes().to_vec())).unwrap();
+        c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))
+            .unwrap();
+        let _ = c.serve();
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 2_000 } else { 20_000 };
+    let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
+
+    let mut rows: Vec<Row> = Vec::new();
+
+    // Round trip, 8-byte argument and result.
+    let tcp_rtt = tcp_ping_pong(rounds);
+    c.addprocs(1, &own_args).unwrap();
+    let arg = 42u64.to_le_bytes();
+    for _ in 0..1000 {
+        c.remotecall_fetch(2, "echo", &arg).unwrap();
+    }
+    let ours_rtt = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..rounds / 5 {
+            let v = c.remotecall_fetch(2, "echo", &arg).unwrap();
+            assert_eq!(v.len(), 8);
+        }
+        t.elapsed().as_secs_f64() / (rounds / 5) as f64
+    });
+    rows.push(Row::lower("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.5x"));
+    if let Some(jl) = julia_rtt(rounds.min(5000)) {
+        rows.push(Row::lower("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
+    }
+
+    // 64 MiB argument, one way.
+    let raw_64 = tcp_one_way(MIB64, if quick { 3 } else { 7 });
+    let big = vec![1u8; MIB64];
+    c.remotecall_fetch(2, "len", &big).unwrap();
+    let ours_64 = median_of(if quick { 3 } else { 7 }, || {
+        let t = Instant::now();
+        let n = c.remotecall_fetch(2, "len", &big).unwrap();
+        assert_eq!(u64::from_le_bytes(n[..8].try_into().unwrap()), MIB64 as u64);
+        t.elapsed().as_secs_f64()
+    });
+    rows.push(Row::higher("64 MiB argument (GB/s)", gbps(MIB64, ours_64), gbps(MIB64, raw_64), "TCP one-way", ">= 0.8x"));
+
+    // Idle worker memory.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = u64::from_le_bytes(c.remotecall_fetch(2, "rss", &[]).unwrap()[..8].try_into().unwrap());
+    let base_rss = idle_process_rss();
+    rows.push(Row::lower("idle worker resident memory (MiB)", mib(rss), mib(base_rss), "same binary, no cluster", "<= 10 MiB"));
+
+    // Pipelined throughput over two workers.
+    c.addprocs(1, &own_args).unwrap();
+    let n = if quick { 20_000 } else { 100_000 };
+    let ours_tp = median_of(3, || {
+        let t = Instant::now();
+        let futures: Vec<_> = (0..n).map(|i| c.remotecall(2 + (i % 2) as u32, "noop", &[]).unwrap()).collect();
+        for f in &futures {
+            f.wait(None).unwrap();
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    });
+    rows.push(Row::higher("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
+    c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
+
+    // addprocs(4) until ready.
+    let spawn4 = median_of(3, spawn_and_wait_4);
+    let add4 = median_of(3, || {
+        let t = Instant::now();
+        let ids = c.addprocs(4, &own_args).unwrap();
+        let d = t.elapsed().as_secs_f64();
+        c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+        d
+    });
+    rows.push(Row::lower("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
+    c.shutdown(Duration::from_secs(10)).unwrap();
+
+    println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} {}", "figure", "libcluster", "baseline", "ratio", "baseline is", "target");
+    for r in &rows {
+        println!(
+            "{:<38} {:>12.2} {:>12.2}  {:>6.2}x  {:<26} {}",
+            r.name, r.ours, r.base, r.ours / r.base, r.base_name, r.target
+        );
+    }
+}
+
+struct Row {
+    name: &'static str,
+    ours: f64,
+    base: f64,
+    base_name: &'static str,
+    target: &'static str,
+}
+
+impl Row {
+    fn lower(name: &'static str, ours: f64, base: f64, base_name: &'static str, target: &'static str) -> Row {
+        Row { name, ours, base, base_name, target }
+    }
+    fn higher(name: &'static str, ours: f64, base: f64, base_name: &'static str, target: &'static str) -> Row {
+        Row { name, ours, base, base_name, target }
+    }
+}
+
+fn us(s: f64) -> f64 {
+    s * 1e6
+}
+fn gbps(bytes: usize, s: f64) -> f64 {
+    bytes as f64 / s / 1e9
+}
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn median_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..n).map(|_| f()).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn self_exe() -> std::path::PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+fn spawn_role(role: &str, addr: &str) -> std::process::Child {
+    Command::new(self_exe()).env("BENCH_ROLE", role).env("BENCH_ADDR", addr).spawn().unwrap()
+}
+
+/// Busy-polls `fd` until `buf` is full.
+fn read_exact_spin(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        match cluster::sys::read_nonblocking(s.as_raw_fd(), &mut buf[got..]) {
+            Ok(Some(0)) | Err(_) => return false,
+            Ok(Some(n)) => got += n,
+            Ok(None) => std::hint::spin_loop(),
+        }
+    }
+    true
+}
+
+fn tcp_echo(addr: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 8];
+    while read_exact_spin(&mut s, &mut b) {
+        cluster::sys::write_all_vectored(s.as_raw_fd(), &[&b]).unwrap();
+    }
+}
+
+fn tcp_sink(addr: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut left = MIB64;
+        while left > 0 {
+            match s.read(&mut buf[..left.min(1 << 20)]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left -= n,
+            }
+        }
+        if s.write_all(&[1]).is_err() {
+            return;
+        }
+    }
+}
+
+fn tcp_ping_pong(rounds: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = spawn_role("tcp-echo", &l.local_addr().unwrap().to_string());
+    let (mut s, _) = l.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut b = [7u8; 8];
+    let mut one = || {
+        cluster::sys::write_all_vectored(s.as_raw_fd(), &[&b.clone()]).unwrap();
+        assert!(read_exact_spin(&mut s, &mut b));
+    };
+    for _ in 0..1000 {
+        one();
+    }
+    let r = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..rounds / 5 {
+            one();
+        }
+        t.elapsed().as_secs_f64() / (rounds / 5) as f64
+    });
+    drop(s);
+    let _ = child.wait();
+    r
+}
+
+fn tcp_one_way(bytes: usize, reps: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = spawn_role("tcp-sink", &l.local_addr().unwrap().to_string());
+    let (mut s, _) = l.accept().unwrap();
+    let data = vec![1u8; bytes];
+    let mut ack = [0u8; 1];
+    let r = median_of(reps, || {
+        let t = Instant::now();
+        s.write_all(&data).unwrap();
+        s.read_exact(&mut ack).unwrap();
+        t.elapsed().as_secs_f64()
+    });
+    drop(s);
+    let _ = child.wait();
+    r
+}
+
+fn spawn_and_wait_4() -> f64 {
+    let t = Instant::now();
+    let kids: Vec<_> = (0..4).map(|_| Command::new(self_exe()).env("BENCH_ROLE", "exit").spawn().unwrap()).collect();
+    for mut k in kids {
+        k.wait().unwrap();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn idle_process_rss() -> u64 {
+    let mut k = Command::new(self_exe()).env("BENCH_ROLE", "idle").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = cluster::sys::resident_bytes(k.id()).unwrap_or(0);
+    let _ = k.kill();
+    let _ = k.wait();
+    r
+}
+
+/// Julia Distributed's round trip, when a `julia` is available.
+fn julia_rtt(rounds: usize) -> Option<f64> {
+    let repo_wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/julia");
+    let julia = std::env::var("BENCH_JULIA").ok().or_else(|| {
+        let on_path = Command::new("julia").arg("--version").stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        if !on_path {
+            return None;
+        }
+        Some(if std::path::Path::new(repo_wrapper).exists() { repo_wrapper.to_string() } else { "julia".to_string() })
+    })?;
+    let script = format!(
+        "using Distributed; addprocs(1); x = UInt64(42); \
+         for i in 1:2000; remotecall_fetch(identity, 2, x); end; \
+         ts = Float64[]; for k in 1:5; t = time_ns(); for i in 1:{n}; remotecall_fetch(identity, 2, x); end; \
+         push!(ts, (time_ns() - t) / 1e9 / {n}); end; sort!(ts); println(ts[3]); rmprocs(workers())",
+        n = rounds / 5
+    );
+    let out = Command::new(julia).arg("-e").arg(script).stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
+}
+
+#[allow(dead_code)]
+fn flush() {
+    std::io::stdout().flush().unwrap();
+}
