@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust core and multi-process tests, C and C++ tests
+# (plus an ASan/UBSan configuration), and the Julia package under Julia
+# 1.5.3. Installs what a fresh machine lacks first. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "dependencies"
+./scripts/install-deps.sh
+
+step "Rust: unit and multi-process integration tests"
+cargo test --all-targets 2>&1
+cargo test --doc 2>&1
+
+step "Rust: the tour example"
+cargo run --release --quiet --example tour
+
+step "C and C++ (ctest, plus ASan/UBSan)"
+./scripts/test-c.sh
+
+step "Julia package LibCluster"
+./scripts/test-julia.sh
+
+step "all suites passed"
