@@ -90,7 +90,10 @@ impl Call {
             outcome
         };
         match call.reply {
-            ReplyTo::Remote { conn, header } => self.node.respond(&conn, &header, outcome),
+            ReplyTo::Remote { conn, header } => {
+                self.node.respond(&conn, &header, outcome);
+                conn.recycle(call.args);
+            }
             ReplyTo::Local(slot) => {
                 slot.complete(outcome.map(|v| v.to_vec()));
             }

@@ -123,6 +123,31 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
+/// Reads without blocking into the spare capacity of `v` (at most `max`
+/// bytes), growing its length by what was read: no zero-filling pass over
+/// a large buffer. Results as `read_nonblocking`.
+pub fn read_into_spare(fd: RawFd, v: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
+    let room = (v.capacity() - v.len()).min(max);
+    if room == 0 {
+        return Ok(Some(0));
+    }
+    loop {
+        // SAFETY: the kernel writes at most `room` bytes into the spare
+        // capacity, and only the bytes it reports are added to the length.
+        let rc = unsafe { libc::read(fd, v.as_mut_ptr().add(v.len()) as *mut libc::c_void, room) };
+        if rc >= 0 {
+            unsafe { v.set_len(v.len() + rc as usize) };
+            return Ok(Some(rc as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// An eventfd used to tell a host event loop that work is waiting.
 pub struct EventFd(RawFd);
 

@@ -125,6 +125,15 @@ impl Conn {
         }
     }
 
+    /// Hands a large received payload back for reuse by the next one.
+    pub fn recycle(&self, v: Vec<u8>) {
+        if v.capacity() >= 1 << 20 {
+            if let Some(mut r) = self.read.try_lock() {
+                r.recycle(v);
+            }
+        }
+    }
+
     /// Closes the socket; the reader notices and reports the loss once.
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {

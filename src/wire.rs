@@ -148,8 +148,8 @@ pub enum ReadOutcome {
 struct Partial {
     header: Header,
     meta: Vec<u8>,
+    /// Filled up to its length; its capacity is the payload size.
     payload: Vec<u8>,
-    filled: usize,
 }
 
 /// Incremental reader of frames from a non-blocking socket. Small frames
@@ -164,13 +164,34 @@ pub struct FrameReader {
     /// False after a frame was returned: more whole frames may be buffered,
     /// so read again before waiting for the socket.
     drained: bool,
+    /// A large payload buffer handed back for reuse: its pages are already
+    /// mapped, which a fresh allocation's are not.
+    spare: Vec<u8>,
 }
+
+/// Payloads from this size up are read straight from the socket.
+const DIRECT: usize = 1 << 20;
 
 const STAGING: usize = 64 * 1024;
 
 impl FrameReader {
     pub fn new(max_payload: u64) -> FrameReader {
-        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true }
+        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new() }
+    }
+
+    /// Keeps `v` for the next large payload, if it is worth keeping.
+    pub fn recycle(&mut self, mut v: Vec<u8>) {
+        if v.capacity() >= DIRECT && v.capacity() > self.spare.capacity() {
+            v.clear();
+            self.spare = v;
+        }
+    }
+
+    fn payload_buffer(&mut self, n: usize) -> Vec<u8> {
+        if n >= DIRECT && self.spare.capacity() >= n && self.spare.capacity() <= 2 * n {
+            return std::mem::take(&mut self.spare);
+        }
+        Vec::with_capacity(n)
     }
 
     /// True when frames may be waiting in the buffer: the socket alone
@@ -197,23 +218,21 @@ impl FrameReader {
                     self.start += n;
                 }
                 if p.meta.len() == p.header.meta_len as usize {
-                    let need = p.payload.len() - p.filled;
+                    let want = p.header.payload_len as usize;
+                    let need = want - p.payload.len();
                     let n = need.min(self.end - self.start);
-                    p.payload[p.filled..p.filled + n].copy_from_slice(&self.buf[self.start..self.start + n]);
-                    p.filled += n;
+                    p.payload.extend_from_slice(&self.buf[self.start..self.start + n]);
                     self.start += n;
-                    if p.filled == p.payload.len() {
+                    if p.payload.len() == want {
                         let p = self.partial.take().unwrap();
                         return Ok(ReadOutcome::Frame(Frame { header: p.header, meta: p.meta, payload: p.payload }));
                     }
                     if need - n >= STAGING {
                         // Large remainder: read directly into the payload.
-                        match sys::read_nonblocking(fd, &mut p.payload[p.filled..]) {
+                        let left = want - p.payload.len();
+                        match sys::read_into_spare(fd, &mut p.payload, left) {
                             Ok(Some(0)) => return Ok(ReadOutcome::Closed),
-                            Ok(Some(k)) => {
-                                p.filled += k;
-                                continue;
-                            }
+                            Ok(Some(_)) => continue,
                             Ok(None) => return Ok(ReadOutcome::WouldBlock),
                             Err(e) => return Err(Error::io("read", e)),
                         }
@@ -222,14 +241,8 @@ impl FrameReader {
             } else if self.end - self.start >= HEADER_LEN {
                 let header = Header::decode(&self.buf[self.start..self.start + HEADER_LEN], self.max_payload)?;
                 self.start += HEADER_LEN;
-                self.partial = Some(Partial {
-                    header,
-                    meta: Vec::with_capacity(header.meta_len as usize),
-                    // Zeroed allocation: large ones come from fresh pages,
-                    // so this costs no extra pass over the memory.
-                    payload: vec![0u8; header.payload_len as usize],
-                    filled: 0,
-                });
+                let payload = self.payload_buffer(header.payload_len as usize);
+                self.partial = Some(Partial { header, meta: Vec::with_capacity(header.meta_len as usize), payload });
                 continue;
             }
             // Need more bytes in the staging buffer.
@@ -315,5 +328,38 @@ mod tests {
         assert!(got[2].payload.is_empty());
         assert!(got.iter().all(|f| f.meta == b"mm"));
         assert_eq!(got[2].header.id, 2);
+    }
+
+    #[test]
+    fn a_recycled_large_buffer_never_reads_past_its_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let big = vec![3u8; 2 << 20];
+        let mut bytes = Vec::new();
+        for (i, payload) in [&big[..], &b"next"[..]].iter().enumerate() {
+            let mut h = Header::new(Kind::Oneway, 1, 1, i as u64);
+            h.payload_len = payload.len() as u64;
+            bytes.extend_from_slice(&h.encode());
+            bytes.extend_from_slice(payload);
+        }
+        let writer = std::thread::spawn(move || {
+            let mut a = a;
+            a.write_all(&bytes).unwrap();
+        });
+        let mut r = FrameReader::new(1 << 30);
+        r.recycle(Vec::with_capacity(3 << 20));
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match r.read_frame(b.as_raw_fd()).unwrap() {
+                ReadOutcome::Frame(f) => got.push(f),
+                ReadOutcome::WouldBlock => {
+                    sys::poll_in(b.as_raw_fd(), None).unwrap();
+                }
+                ReadOutcome::Closed => panic!("closed early"),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got[0].payload, big);
+        assert_eq!(got[1].payload, b"next");
     }
 }
