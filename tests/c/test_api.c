@@ -120,7 +120,7 @@ static void case_status(void) {
     EXPECT(strcmp(cluster_status_str(CLUSTER_OK), "ok") == 0);
     EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_BUFFER_TOO_SMALL), "buffer too small") == 0);
     /* Out-of-range values: never NULL, never a crash. Checked in a child
-     * process, since a crash here is a known bug (KI-1). */
+     * process, so a crash (KI-1, fixed) fails this check, not the binary. */
     int odd[] = {21, 22, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         fflush(NULL);
@@ -133,12 +133,8 @@ static void case_status(void) {
         int wst = 0;
         REQUIRE(waitpid(child, &wst, 0) == child);
         bool ok = WIFEXITED(wst) && WEXITSTATUS(wst) == 0;
-        if (!ok) {
-            char what[128];
-            snprintf(what, sizeof what, "cluster_status_str(%d) %s", odd[i],
-                     WIFSIGNALED(wst) ? "crashed" : "gave a wrong string");
-            harness_known("KI-1", __FILE__, __LINE__, what);
-        }
+        EXPECTF(ok, "cluster_status_str(%d) %s (regression of KI-1)", odd[i],
+                WIFSIGNALED(wst) ? "crashed" : "gave a wrong string");
     }
 
     pthread_t t;
@@ -359,20 +355,22 @@ static void case_lone_head(void) {
 
     /* After shutdown: the handle is valid but the cluster is closed, and
      * "later calls fail with CLUSTER_ERR_SHUTDOWN" -- calls to this very
-     * process included (KI-3: they still run). */
+     * process included (KI-3, fixed but for everywhere). */
     EXPECT_OK(cluster_is_head(ctx, &head));
     int32_t ids[1];
     EXPECT_ST(cluster_addprocs(ctx, 1, NULL, ids), CLUSTER_ERR_SHUTDOWN);
     EXPECT_ST(cluster_remotecall(ctx, 2, "echo", NULL, 0, &(cluster_future *){NULL}), CLUSTER_ERR_SHUTDOWN);
     cluster_future *f = NULL;
-    if (!EXPECT_ST_KNOWN("KI-3", cluster_remotecall(ctx, 1, "echo", NULL, 0, &f), CLUSTER_ERR_SHUTDOWN)) {
+    if (!EXPECT_ST(cluster_remotecall(ctx, 1, "echo", NULL, 0, &f), CLUSTER_ERR_SHUTDOWN)) {
         cluster_future_wait(f, 1000);
         cluster_future_free(f);
     }
     cluster_buffer out = {0};
-    if (!EXPECT_ST_KNOWN("KI-3", cluster_remotecall_fetch(ctx, 1, "echo", NULL, 0, &out), CLUSTER_ERR_SHUTDOWN))
+    if (!EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "echo", NULL, 0, &out), CLUSTER_ERR_SHUTDOWN))
         cluster_buffer_free(&out);
-    EXPECT_ST_KNOWN("KI-3", cluster_remote_do(ctx, 1, "echo", NULL, 0), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_ST(cluster_remote_do(ctx, 1, "echo", NULL, 0), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_ST(cluster_remotecall(ctx, CLUSTER_ANY_WORKER, "echo", NULL, 0, &f), CLUSTER_ERR_SHUTDOWN);
+    /* everywhere reports COMPOSITE ("process 1: the cluster is shut down"). */
     EXPECT_ST_KNOWN("KI-3", cluster_everywhere(ctx, NULL, 0, "echo", NULL, 0, 1000), CLUSTER_ERR_SHUTDOWN);
     EXPECT_OK(cluster_shutdown(ctx, 100)); /* again: harmless */
 
@@ -832,12 +830,8 @@ static void case_defer_local(void) {
 /* ---- launch errors (no worker ever becomes ready) ------------------------ */
 
 static void case_launch_errors(void) {
-    /* KI-2: the head writes the cookie to a worker's stdin without guarding
-     * against SIGPIPE, so a worker that exits at once can kill the head. */
-    if (!harness_strict()) {
-        harness_logf("KNOWN ISSUE KI-2: ignoring SIGPIPE around launches of short-lived programs (TODO: remove once fixed)");
-        signal(SIGPIPE, SIG_IGN);
-    }
+    /* SIGPIPE keeps its default action: a worker that exits before reading
+     * its cookie must not kill the head (KI-2, fixed). */
     cluster_config cfg;
     REQUIRE_OK(cluster_config_init(&cfg));
     cfg.startup_timeout_ms = 1000;
@@ -865,6 +859,7 @@ static void case_launch_errors(void) {
     int64_t t0 = now_ms();
     EXPECT_ST(cluster_addprocs(ctx, 2, &o, ids), CLUSTER_ERR_LAUNCH);
     EXPECT_LAST_ERROR_HAS("exited");
+    for (int i = 0; i < 5; i++) EXPECT_ST(cluster_addprocs(ctx, 2, &o, ids), CLUSTER_ERR_LAUNCH);
     EXPECTF(now_ms() - t0 < 3000, "took %" PRId64 " ms", now_ms() - t0);
 
     /* A program that never connects: the startup timeout, then it is killed. */

@@ -1,0 +1,933 @@
+// cluster.hpp: header-only C++17 wrapper of libcluster's C API (cluster.h).
+//
+//   #include <cluster.hpp>
+//   cluster::Cluster c;                                   // head, unless launched as a worker
+//   c.register_function("square", [](cluster::Call& call) { auto x = call.args_as<int>(); return x * x; });
+//   if (!c.is_head()) { c.serve(); return 0; }
+//   auto ids = c.addprocs(4);
+//   int y = c.remotecall_fetch_as<int>(ids[0], "square", 7);   // 49
+//   c.shutdown(10000);
+//
+// Ownership. Every C handle has one move-only owner: `Cluster` (cluster_ctx),
+// `Future` (cluster_future), `Buffer` (cluster_buffer) and a deferred `Call`
+// (cluster_call). Destructors release the handle and never throw; a moved-from
+// owner is empty and safe to destroy. `Bytes` is a non-owning view (pointer +
+// length), like std::span<const std::uint8_t>: it is only valid while what it
+// points into lives (a std::string, a Buffer, a Future, a Call's arguments).
+//
+// Errors. Failures throw `cluster::Error`, carrying the C status (`status()`),
+// the library's message (`message()`) and the process it concerns (`pid()`,
+// e.g. the worker a remote error came from). Waiting with a timeout reports a
+// timeout as `false` instead of throwing where noted.
+//
+// Threading. As the C API: any method may be called from any thread, except
+// that a single owner object must not be destroyed, moved or assigned while
+// another thread uses it. Handlers run on library threads (threads dispatch,
+// `handler_threads` at a time) or inside `Cluster::poll` on the polling thread
+// (host dispatch); a callable shared by several handler threads must be
+// thread-safe. Exceptions thrown by a handler are caught in the trampoline and
+// turned into `cluster_call_fail` (the caller gets CLUSTER_ERR_REMOTE with the
+// exception's text); exceptions from lifecycle/log/notify callbacks are
+// swallowed (they cannot cross the C boundary).
+//
+// Callback lifetime. The Cluster keeps every registered callable alive until it
+// is closed, including ones replaced by a later registration (a library thread
+// may still be running the old one). `close()` / the destructor unregisters the
+// handlers, clears the callbacks, frees the cluster, then waits for callables
+// already running to return before destroying them.
+#ifndef LIBCLUSTER_CLUSTER_HPP
+#define LIBCLUSTER_CLUSTER_HPP
+
+#include "cluster.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace cluster {
+
+// ---- versions and status ---------------------------------------------------
+
+/// The version this header was generated with (CLUSTER_VERSION encoding).
+inline constexpr std::uint32_t header_version = CLUSTER_VERSION;
+
+/// The loaded library's version, encoded as CLUSTER_VERSION.
+inline std::uint32_t version() noexcept { return cluster_version(); }
+
+/// The loaded library's version as "major.minor.patch".
+inline const char *version_string() noexcept { return cluster_version_string(); }
+
+/// True when the loaded library can serve this header: same major version and
+/// at least this header's minor (minor versions only add).
+inline bool version_compatible() noexcept {
+    const std::uint32_t lib = cluster_version();
+    return (lib >> 16) == (header_version >> 16) && ((lib >> 8) & 0xff) >= ((header_version >> 8) & 0xff);
+}
+
+/// Static description of a status (any value; unknown ones say so).
+inline const char *status_str(std::int32_t st) noexcept { return cluster_status_str(st); }
+
+/// The calling thread's last error message and process ("" and 0 if none).
+inline std::string last_error() { return cluster_last_error(); }
+inline std::int32_t last_error_pid() noexcept { return cluster_last_error_pid(); }
+
+inline constexpr std::int32_t any_worker = CLUSTER_ANY_WORKER;
+inline constexpr std::int32_t head_id = CLUSTER_HEAD;
+inline constexpr std::int64_t forever = CLUSTER_FOREVER;
+
+// ---- errors ------------------------------------------------------------------
+
+/// A failed libcluster call.
+class Error : public std::runtime_error {
+public:
+    Error(cluster_status status, std::string message, std::int32_t pid = 0)
+        : std::runtime_error(compose(status, message, pid)), status_(status), message_(std::move(message)),
+          pid_(pid) {}
+
+    /// Builds the error from this thread's last error (call right after the failure).
+    static Error last(cluster_status status) { return Error(status, cluster_last_error(), cluster_last_error_pid()); }
+
+    cluster_status status() const noexcept { return status_; }
+    const std::string &message() const noexcept { return message_; }
+    /// The process the error came from or concerns, or 0.
+    std::int32_t pid() const noexcept { return pid_; }
+
+private:
+    static std::string compose(cluster_status st, const std::string &msg, std::int32_t pid) {
+        std::string s = cluster_status_str(st);
+        if (!msg.empty()) s += ": " + msg;
+        if (pid != 0) s += " (process " + std::to_string(pid) + ")";
+        return s;
+    }
+    cluster_status status_;
+    std::string message_;
+    std::int32_t pid_;
+};
+
+/// Throws `Error::last(st)` unless `st` is CLUSTER_OK.
+inline void check(cluster_status st) {
+    if (st != CLUSTER_OK) throw Error::last(st);
+}
+
+// ---- byte views ----------------------------------------------------------------
+
+/// A non-owning view of bytes: a pointer and a length.
+class Bytes {
+public:
+    constexpr Bytes() noexcept = default;
+    constexpr Bytes(const std::uint8_t *data, std::size_t size) noexcept : data_(data), size_(size) {}
+    Bytes(const void *data, std::size_t size) noexcept : data_(static_cast<const std::uint8_t *>(data)), size_(size) {}
+    Bytes(const std::string &s) noexcept : Bytes(s.data(), s.size()) {}
+    Bytes(std::string_view s) noexcept : Bytes(s.data(), s.size()) {}
+    Bytes(const char *s) noexcept : Bytes(s, s ? std::strlen(s) : 0) {}
+    Bytes(const std::vector<std::uint8_t> &v) noexcept : Bytes(v.data(), v.size()) {}
+
+    /// The object representation of a trivially copyable value.
+    template <class T> static Bytes of(const T &value) noexcept {
+        static_assert(std::is_trivially_copyable_v<T>, "Bytes::of needs a trivially copyable type");
+        return Bytes(&value, sizeof(T));
+    }
+
+    const std::uint8_t *data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+    bool empty() const noexcept { return size_ == 0; }
+    const std::uint8_t *begin() const noexcept { return data_; }
+    const std::uint8_t *end() const noexcept { return data_ + size_; }
+    std::uint8_t operator[](std::size_t i) const noexcept { return data_[i]; }
+
+    std::string_view view() const noexcept { return {reinterpret_cast<const char *>(data_), size_}; }
+    std::string str() const { return std::string(view()); }
+    std::vector<std::uint8_t> vec() const { return std::vector<std::uint8_t>(begin(), end()); }
+
+    /// Copies the bytes into a T; throws Error(CLUSTER_ERR_PROTOCOL) unless
+    /// the size is exactly sizeof(T).
+    template <class T> T as(std::int32_t pid = 0) const {
+        static_assert(std::is_trivially_copyable_v<T>, "Bytes::as needs a trivially copyable type");
+        static_assert(std::is_default_constructible_v<T>, "Bytes::as needs a default-constructible type");
+        if (size_ != sizeof(T))
+            throw Error(CLUSTER_ERR_PROTOCOL,
+                        "expected a value of " + std::to_string(sizeof(T)) + " bytes, got " + std::to_string(size_),
+                        pid);
+        T v{};
+        if (size_) std::memcpy(&v, data_, sizeof(T));
+        return v;
+    }
+
+private:
+    const std::uint8_t *data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+// ---- buffers ----------------------------------------------------------------------
+
+/// Owns a cluster_buffer (bytes owned by the library, e.g. a fetched result).
+class Buffer {
+public:
+    Buffer() noexcept = default;
+    /// Adopts `b`; it is released by this object.
+    explicit Buffer(cluster_buffer b) noexcept : b_(b) {}
+    Buffer(Buffer &&o) noexcept : b_(o.b_) { o.b_ = cluster_buffer{}; }
+    Buffer &operator=(Buffer &&o) noexcept {
+        if (this != &o) {
+            reset();
+            b_ = o.b_;
+            o.b_ = cluster_buffer{};
+        }
+        return *this;
+    }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    ~Buffer() { reset(); }
+
+    const std::uint8_t *data() const noexcept { return b_.data; }
+    std::size_t size() const noexcept { return b_.len; }
+    bool empty() const noexcept { return b_.len == 0; }
+    /// True while it holds a library buffer.
+    explicit operator bool() const noexcept { return b_.handle != 0; }
+    Bytes bytes() const noexcept { return Bytes(b_.data, b_.len); }
+    std::string_view view() const noexcept { return bytes().view(); }
+    std::string str() const { return bytes().str(); }
+    std::vector<std::uint8_t> vec() const { return bytes().vec(); }
+    template <class T> T as(std::int32_t pid = 0) const { return bytes().as<T>(pid); }
+
+    /// Releases the buffer now (cluster_buffer_free).
+    void reset() noexcept {
+        if (b_.handle != 0) cluster_buffer_free(&b_);
+        b_ = cluster_buffer{};
+    }
+    /// Gives up ownership; the caller must cluster_buffer_free the result.
+    cluster_buffer release() noexcept {
+        cluster_buffer b = b_;
+        b_ = cluster_buffer{};
+        return b;
+    }
+    /// For C calls that fill a cluster_buffer: releases the current one first.
+    cluster_buffer *out() noexcept {
+        reset();
+        return &b_;
+    }
+
+private:
+    cluster_buffer b_{};
+};
+
+// ---- futures ---------------------------------------------------------------------
+
+/// Why a future failed: the process the error came from and its text.
+struct FutureError {
+    std::int32_t pid = 0;
+    std::string message;
+};
+
+/// Owns a cluster_future: a pending or completed remote call result.
+class Future {
+public:
+    Future() noexcept = default;
+    /// Adopts `f`; it is released by this object.
+    explicit Future(cluster_future *f) noexcept : f_(f) {}
+    Future(Future &&o) noexcept : f_(std::exchange(o.f_, nullptr)) {}
+    Future &operator=(Future &&o) noexcept {
+        if (this != &o) {
+            reset();
+            f_ = std::exchange(o.f_, nullptr);
+        }
+        return *this;
+    }
+    Future(const Future &) = delete;
+    Future &operator=(const Future &) = delete;
+    ~Future() { reset(); }
+
+    bool valid() const noexcept { return f_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_future *get() const noexcept { return f_; }
+    /// Gives up ownership; the caller must cluster_future_free the result.
+    cluster_future *release() noexcept { return std::exchange(f_, nullptr); }
+    /// Releases the future now (cluster_future_free); never blocks.
+    void reset() noexcept {
+        if (f_) cluster_future_free(f_);
+        f_ = nullptr;
+    }
+
+    /// Waits up to `timeout_ms` (0: just check). Returns false on timeout;
+    /// throws the call's own error if it failed.
+    bool wait_for(std::int64_t timeout_ms) const {
+        cluster_status st = cluster_future_wait(f_, timeout_ms);
+        if (st == CLUSTER_ERR_TIMEOUT) return false;
+        check(st);
+        return true;
+    }
+    template <class Rep, class Period> bool wait_for(std::chrono::duration<Rep, Period> d) const {
+        return wait_for(static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()));
+    }
+    /// Waits without limit; throws the call's error if it failed.
+    void wait() const { check(cluster_future_wait(f_, CLUSTER_FOREVER)); }
+
+    /// Whether it completed (successfully or not). Never blocks.
+    bool ready() const {
+        bool r = false;
+        check(cluster_future_isready(f_, &r));
+        return r;
+    }
+
+    /// Waits (CLUSTER_ERR_TIMEOUT is thrown on timeout) and views the value.
+    /// The bytes belong to this future: valid until it is reset/destroyed.
+    Bytes fetch(std::int64_t timeout_ms = CLUSTER_FOREVER) const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_future_fetch(f_, timeout_ms, &d, &n));
+        return Bytes(d, n);
+    }
+    std::string fetch_string(std::int64_t timeout_ms = CLUSTER_FOREVER) const { return fetch(timeout_ms).str(); }
+    std::vector<std::uint8_t> fetch_vector(std::int64_t timeout_ms = CLUSTER_FOREVER) const {
+        return fetch(timeout_ms).vec();
+    }
+    /// Fetches a trivially copyable value; size checked (CLUSTER_ERR_PROTOCOL).
+    template <class T> T fetch_as(std::int64_t timeout_ms = CLUSTER_FOREVER) const {
+        return fetch(timeout_ms).template as<T>(pid());
+    }
+
+    /// nullopt if it succeeded; the failure otherwise. Throws
+    /// Error(CLUSTER_ERR_NOT_READY) while it is pending.
+    std::optional<FutureError> error() const {
+        std::int32_t pid = 0;
+        const char *msg = nullptr;
+        check(cluster_future_error(f_, &pid, &msg));
+        if (pid == 0 && (msg == nullptr || msg[0] == '\0')) return std::nullopt;
+        return FutureError{pid, msg ? msg : ""};
+    }
+
+    /// Unique among this process's futures; names it in host-mode events.
+    std::uint64_t id() const {
+        std::uint64_t v = 0;
+        check(cluster_future_id(f_, &v));
+        return v;
+    }
+    /// The process computing or holding the value.
+    std::int32_t pid() const {
+        std::int32_t v = 0;
+        check(cluster_future_pid(f_, &v));
+        return v;
+    }
+    /// A reference another process can import (Cluster::import_future).
+    /// Each exported reference must be imported exactly once.
+    cluster_future_ref export_ref() const {
+        cluster_future_ref r{};
+        check(cluster_future_export(f_, &r));
+        return r;
+    }
+
+private:
+    cluster_future *f_ = nullptr;
+};
+
+// ---- incoming calls ------------------------------------------------------------------
+
+/// An incoming call. A handler receives a borrowed `Call&`, valid until it
+/// returns. `defer()` moves the call into a new owning `Call` that may be
+/// answered later from any thread; destroying an owning Call releases it
+/// (cluster_call_free: an unanswered call fails for its caller).
+class Call {
+public:
+    Call() noexcept = default;
+    /// Wraps `c`; `owned` only for deferred calls (released on destruction).
+    Call(cluster_call *c, bool owned) noexcept : c_(c), owned_(owned) {}
+    Call(Call &&o) noexcept
+        : c_(std::exchange(o.c_, nullptr)), owned_(std::exchange(o.owned_, false)),
+          answered_(o.answered_.load()) {}
+    Call &operator=(Call &&o) noexcept {
+        if (this != &o) {
+            reset();
+            c_ = std::exchange(o.c_, nullptr);
+            owned_ = std::exchange(o.owned_, false);
+            answered_ = o.answered_.load();
+        }
+        return *this;
+    }
+    Call(const Call &) = delete;
+    Call &operator=(const Call &) = delete;
+    ~Call() { reset(); }
+
+    bool valid() const noexcept { return c_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    bool owned() const noexcept { return owned_; }
+    /// True once reply() or fail() succeeded through this object.
+    bool answered() const noexcept { return answered_; }
+    cluster_call *get() const noexcept { return c_; }
+
+    /// The arguments; valid until the call is answered (or freed, if deferred).
+    Bytes args() const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_call_args(c_, &d, &n));
+        return Bytes(d, n);
+    }
+    std::string args_string() const { return args().str(); }
+    /// The arguments as a trivially copyable value; size checked.
+    template <class T> T args_as() const { return args().template as<T>(caller()); }
+
+    /// The calling process.
+    std::int32_t caller() const {
+        std::int32_t v = 0;
+        check(cluster_call_caller(c_, &v));
+        return v;
+    }
+    /// The called function's name.
+    std::string name() const {
+        std::string s(32, '\0');
+        for (;;) {
+            std::size_t len = 0;
+            cluster_status st = cluster_call_name(c_, s.data(), s.size(), &len);
+            if (st == CLUSTER_ERR_BUFFER_TOO_SMALL) {
+                s.assign(len + 1, '\0');
+                continue;
+            }
+            check(st);
+            s.resize(len);
+            return s;
+        }
+    }
+    /// Whether cluster_interrupt cancelled this call: a long handler should
+    /// poll it and return early.
+    bool cancelled() const {
+        bool v = false;
+        check(cluster_call_cancelled(c_, &v));
+        return v;
+    }
+
+    /// Answers with `data` (copied or sent before return). Answer once.
+    void reply(Bytes data) {
+        check(cluster_call_reply(c_, data.data(), data.size()));
+        answered_ = true;
+    }
+    /// Answers with the bytes of a trivially copyable value.
+    template <class T> void reply_value(const T &value) {
+        static_assert(std::is_trivially_copyable_v<T>, "reply_value needs a trivially copyable type");
+        reply(Bytes::of(value));
+    }
+    /// Fails the call: the caller gets CLUSTER_ERR_REMOTE with `message`.
+    void fail(const std::string &message) {
+        check(cluster_call_fail(c_, message.c_str()));
+        answered_ = true;
+    }
+
+    /// From inside a handler: keeps the call past the handler's return and
+    /// returns its owner; this object becomes empty.
+    Call defer() {
+        check(cluster_call_defer(c_));
+        Call owner(std::exchange(c_, nullptr), true);
+        owner.answered_ = answered_.load();
+        owned_ = false;
+        return owner;
+    }
+
+    /// Releases an owned (deferred) call now; forgets a borrowed one.
+    void reset() noexcept {
+        if (c_ && owned_) cluster_call_free(c_);
+        c_ = nullptr;
+        owned_ = false;
+    }
+
+private:
+    cluster_call *c_ = nullptr;
+    bool owned_ = false;
+    std::atomic<bool> answered_{false};
+};
+
+// ---- configuration ------------------------------------------------------------------------
+
+/// cluster_config with owned strings; set fields with the chaining setters.
+class Config {
+public:
+    Config() { check(cluster_config_init(&c_)); }
+
+    Config &listen_host(std::string v) { return set(listen_host_, std::move(v)); }
+    Config &cookie(std::string v) { return set(cookie_, std::move(v)); }
+    Config &join(std::string v) { return set(join_, std::move(v)); }
+    Config &topology(cluster_topology t) { return c_.topology = static_cast<std::int32_t>(t), *this; }
+    Config &dispatch(cluster_dispatch d) { return c_.dispatch = static_cast<std::int32_t>(d), *this; }
+    Config &handler_threads(std::uint32_t n) { return c_.handler_threads = n, *this; }
+    Config &startup_timeout_ms(std::uint32_t ms) { return c_.startup_timeout_ms = ms, *this; }
+    Config &max_message_bytes(std::uint64_t n) { return c_.max_message_bytes = n, *this; }
+    Config &spin_us(std::uint32_t us) { return c_.spin_us = us, *this; }
+    /// A cluster_log_level, or -1 for LIBCLUSTER_LOG.
+    Config &log_level(std::int32_t level) { return c_.log_level = level, *this; }
+    Config &exit_on_head_loss(bool v) { return c_.exit_on_head_loss = v, *this; }
+
+    /// The C struct, with string fields pointing into this object.
+    const cluster_config *get() const noexcept {
+        c_.listen_host = listen_host_ ? listen_host_->c_str() : nullptr;
+        c_.cookie = cookie_ ? cookie_->c_str() : nullptr;
+        c_.join = join_ ? join_->c_str() : nullptr;
+        return &c_;
+    }
+    /// Direct access to the non-string fields.
+    cluster_config &raw() noexcept { return c_; }
+
+private:
+    Config &set(std::optional<std::string> &field, std::string v) {
+        field = std::move(v);
+        return *this;
+    }
+    mutable cluster_config c_{};
+    std::optional<std::string> listen_host_, cookie_, join_;
+};
+
+/// How addprocs starts workers; empty fields mean the library's defaults.
+struct LaunchOptions {
+    std::string program;                          ///< empty: the current executable
+    std::optional<std::vector<std::string>> argv; ///< without argv[0]; nullopt: default
+    std::vector<std::string> env;                 ///< "NAME=value" entries
+    std::string dir;                              ///< empty: the head's working directory
+};
+
+namespace detail {
+
+/// The registered callables of one Cluster, and how many are running.
+struct State {
+    std::mutex mu;
+    std::vector<std::shared_ptr<void>> keep; // every callable ever registered
+    std::vector<std::string> names;          // registered function names
+    std::atomic<int> inflight{0};
+};
+
+struct Inflight {
+    explicit Inflight(State *s) noexcept : s_(s) { s_->inflight.fetch_add(1, std::memory_order_acq_rel); }
+    ~Inflight() { s_->inflight.fetch_sub(1, std::memory_order_acq_rel); }
+    State *s_;
+};
+
+struct HandlerBox {
+    State *state;
+    std::function<void(Call &)> fn;
+};
+
+struct LifecycleBox {
+    State *state;
+    std::function<void(std::int32_t, cluster_lifecycle)> fn;
+};
+
+struct LogBox {
+    State *state;
+    std::function<void(cluster_log_level, std::string_view)> fn;
+};
+
+struct NotifyBox {
+    State *state;
+    std::function<void()> fn;
+};
+
+inline void fail_quietly(Call &call, const char *message) noexcept {
+    if (call.valid() && !call.answered()) cluster_call_fail(call.get(), message);
+}
+
+// Returns int32_t, as cluster_handler does (a status value).
+inline std::int32_t handler_trampoline(void *ud, cluster_call *c) noexcept {
+    auto *box = static_cast<HandlerBox *>(ud);
+    Inflight guard(box->state);
+    Call call(c, false);
+    try {
+        box->fn(call);
+    } catch (const Error &e) {
+        fail_quietly(call, e.message().empty() ? e.what() : e.message().c_str());
+    } catch (const std::exception &e) {
+        fail_quietly(call, e.what());
+    } catch (...) {
+        fail_quietly(call, "unknown C++ exception in handler");
+    }
+    return CLUSTER_OK;
+}
+
+inline void lifecycle_trampoline(void *ud, std::int32_t pid, cluster_lifecycle what) noexcept {
+    auto *box = static_cast<LifecycleBox *>(ud);
+    Inflight guard(box->state);
+    try {
+        box->fn(pid, what);
+    } catch (...) {
+    }
+}
+
+inline void log_trampoline(void *ud, cluster_log_level level, const char *message) noexcept {
+    auto *box = static_cast<LogBox *>(ud);
+    Inflight guard(box->state);
+    try {
+        box->fn(level, message ? std::string_view(message) : std::string_view());
+    } catch (...) {
+    }
+}
+
+inline int notify_trampoline(void *ud) noexcept {
+    auto *box = static_cast<NotifyBox *>(ud);
+    Inflight guard(box->state);
+    try {
+        box->fn();
+    } catch (...) {
+    }
+    return 0;
+}
+
+/// What a handler's return value becomes: its reply bytes.
+template <class R> void reply_with(Call &call, R &&r) {
+    using T = std::decay_t<R>;
+    if (!call.valid() || call.answered()) return; // answered, failed or deferred by the handler
+    if constexpr (std::is_same_v<T, Buffer>) {
+        call.reply(r.bytes());
+    } else if constexpr (std::is_convertible_v<R, Bytes>) {
+        call.reply(Bytes(r));
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "a handler returns void, bytes (std::string, std::vector<uint8_t>, Bytes, Buffer) "
+                      "or a trivially copyable value");
+        call.reply(Bytes::of(r));
+    }
+}
+
+template <class Fn> std::vector<std::int32_t> ids(Fn fn) {
+    std::vector<std::int32_t> v(8);
+    for (;;) {
+        std::size_t count = 0;
+        cluster_status st = fn(v.data(), v.size(), &count);
+        if (st == CLUSTER_ERR_BUFFER_TOO_SMALL) {
+            v.resize(count + 4);
+            continue;
+        }
+        check(st);
+        v.resize(count);
+        return v;
+    }
+}
+
+template <class Fn> std::string text(Fn fn) {
+    std::string s(64, '\0');
+    for (;;) {
+        std::size_t len = 0;
+        cluster_status st = fn(s.data(), s.size(), &len);
+        if (st == CLUSTER_ERR_BUFFER_TOO_SMALL) {
+            s.assign(len + 1, '\0');
+            continue;
+        }
+        check(st);
+        s.resize(len);
+        return s;
+    }
+}
+
+} // namespace detail
+
+// ---- the cluster ------------------------------------------------------------------------------
+
+/// Owns a cluster_ctx: this process's part of a cluster.
+class Cluster {
+public:
+    /// Starts with the default configuration: the head, or a worker when this
+    /// process was launched by cluster_addprocs.
+    Cluster() : Cluster(nullptr) {}
+    explicit Cluster(const Config &config) : Cluster(config.get()) {}
+    explicit Cluster(const cluster_config *config) : state_(std::make_unique<detail::State>()) {
+        check(cluster_init(config, &ctx_));
+    }
+    Cluster(Cluster &&o) noexcept : ctx_(std::exchange(o.ctx_, nullptr)), state_(std::move(o.state_)) {}
+    Cluster &operator=(Cluster &&o) noexcept {
+        if (this != &o) {
+            close();
+            ctx_ = std::exchange(o.ctx_, nullptr);
+            state_ = std::move(o.state_);
+        }
+        return *this;
+    }
+    Cluster(const Cluster &) = delete;
+    Cluster &operator=(const Cluster &) = delete;
+    ~Cluster() { close(); }
+
+    /// Frees the cluster (without the orderly stop of shutdown(); workers of a
+    /// head exit when they see it gone), then waits up to `wait` for callables
+    /// already running on library threads. If some still run after that, the
+    /// callables are leaked rather than destroyed under them. Idempotent.
+    void close(std::chrono::milliseconds wait = std::chrono::seconds(30)) noexcept {
+        if (!ctx_) return;
+        if (state_) {
+            std::vector<std::string> names;
+            {
+                std::lock_guard<std::mutex> g(state_->mu);
+                names = state_->names;
+            }
+            for (const auto &n : names) cluster_unregister(ctx_, n.c_str());
+            cluster_set_lifecycle_callback(ctx_, nullptr, nullptr);
+            cluster_set_log_callback(ctx_, nullptr, nullptr);
+            cluster_set_notify(ctx_, nullptr, nullptr); // CLUSTER_ERR_WRONG_MODE in threads mode: fine
+        }
+        cluster_free(ctx_);
+        ctx_ = nullptr;
+        if (state_) {
+            auto deadline = std::chrono::steady_clock::now() + wait;
+            while (state_->inflight.load(std::memory_order_acquire) > 0) {
+                if (std::chrono::steady_clock::now() > deadline) {
+                    (void)state_.release(); // still in use by a library thread: leak, never free under it
+                    return;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+            state_.reset();
+        }
+    }
+
+    bool valid() const noexcept { return ctx_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_ctx *get() const noexcept { return ctx_; }
+
+    // -- identity and membership --
+    bool is_head() const {
+        bool v = false;
+        check(cluster_is_head(ctx_, &v));
+        return v;
+    }
+    std::int32_t myid() const {
+        std::int32_t v = 0;
+        check(cluster_myid(ctx_, &v));
+        return v;
+    }
+    std::size_t nprocs() const {
+        std::size_t v = 0;
+        check(cluster_nprocs(ctx_, &v));
+        return v;
+    }
+    std::size_t nworkers() const {
+        std::size_t v = 0;
+        check(cluster_nworkers(ctx_, &v));
+        return v;
+    }
+    std::vector<std::int32_t> procs() const {
+        return detail::ids([&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_procs(ctx_, o, c, n); });
+    }
+    std::vector<std::int32_t> workers() const {
+        return detail::ids(
+            [&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_workers(ctx_, o, c, n); });
+    }
+    std::vector<std::int32_t> other_procs() const {
+        return detail::ids(
+            [&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_other_procs(ctx_, o, c, n); });
+    }
+    std::vector<std::int32_t> other_workers() const {
+        return detail::ids(
+            [&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_other_workers(ctx_, o, c, n); });
+    }
+    /// The cluster secret (keep it secret: it lets a process join).
+    std::string cookie() const {
+        return detail::text([&](char *b, std::size_t c, std::size_t *n) { return cluster_cookie(ctx_, b, c, n); });
+    }
+    /// This process's "host:port".
+    std::string address() const {
+        return detail::text([&](char *b, std::size_t c, std::size_t *n) { return cluster_address(ctx_, b, c, n); });
+    }
+
+    // -- lifecycle --
+    /// Worker: tells the head this process registered its functions.
+    void ready() { check(cluster_ready(ctx_)); }
+    /// Worker, threads mode: ready(), then serves until asked to stop.
+    void serve() { check(cluster_serve(ctx_)); }
+    /// Head: stops every worker, then closes; worker: closes. The object
+    /// stays valid (later calls throw CLUSTER_ERR_SHUTDOWN) until close().
+    void shutdown(std::int64_t timeout_ms = CLUSTER_FOREVER) { check(cluster_shutdown(ctx_, timeout_ms)); }
+
+    /// Head: starts `n` workers (the current executable, same argv) and
+    /// returns their ids once all are ready.
+    std::vector<std::int32_t> addprocs(std::size_t n) {
+        std::vector<std::int32_t> ids(n);
+        check(cluster_addprocs(ctx_, n, nullptr, ids.data()));
+        return ids;
+    }
+    std::vector<std::int32_t> addprocs(std::size_t n, const LaunchOptions &o) {
+        std::vector<const char *> argv, env;
+        if (o.argv) {
+            for (const auto &a : *o.argv) argv.push_back(a.c_str());
+            argv.push_back(nullptr);
+        }
+        for (const auto &e : o.env) env.push_back(e.c_str());
+        env.push_back(nullptr);
+        cluster_launch_options c{};
+        c.program = o.program.empty() ? nullptr : o.program.c_str();
+        c.argv = o.argv ? argv.data() : nullptr;
+        c.env = env.data();
+        c.dir = o.dir.empty() ? nullptr : o.dir.c_str();
+        std::vector<std::int32_t> ids(n);
+        check(cluster_addprocs(ctx_, n, &c, ids.data()));
+        return ids;
+    }
+    /// Head: stops the given workers (ask, then SIGTERM, then SIGKILL).
+    void rmprocs(const std::vector<std::int32_t> &ids, std::int64_t timeout_ms = 10000) {
+        check(cluster_rmprocs(ctx_, ids.data(), ids.size(), timeout_ms));
+    }
+    void rmprocs(std::int32_t id, std::int64_t timeout_ms = 10000) { rmprocs(std::vector<std::int32_t>{id}, timeout_ms); }
+    /// Head, before the first addprocs.
+    void set_topology(cluster_topology t) { check(cluster_set_topology(ctx_, static_cast<std::int32_t>(t))); }
+
+    // -- callbacks --
+    /// Worker lifecycle changes (library thread in threads mode, inside poll()
+    /// in host mode). An empty function clears it.
+    void on_lifecycle(std::function<void(std::int32_t, cluster_lifecycle)> fn) {
+        if (!fn) {
+            check(cluster_set_lifecycle_callback(ctx_, nullptr, nullptr));
+            return;
+        }
+        auto box = keep(std::make_shared<detail::LifecycleBox>(detail::LifecycleBox{state_.get(), std::move(fn)}));
+        check(cluster_set_lifecycle_callback(ctx_, &detail::lifecycle_trampoline, box));
+    }
+    /// Log records instead of stderr. An empty function restores stderr.
+    void on_log(std::function<void(cluster_log_level, std::string_view)> fn) {
+        if (!fn) {
+            check(cluster_set_log_callback(ctx_, nullptr, nullptr));
+            return;
+        }
+        auto box = keep(std::make_shared<detail::LogBox>(detail::LogBox{state_.get(), std::move(fn)}));
+        check(cluster_set_log_callback(ctx_, &detail::log_trampoline, box));
+    }
+    void set_log_level(cluster_log_level level) { check(cluster_set_log_level(ctx_, static_cast<std::int32_t>(level))); }
+
+    // -- functions --
+    /// Registers a callable under `name`, replacing an earlier one. It is
+    /// called with a `Call&` and may return void (answer with call.reply /
+    /// call.fail / call.defer, or nothing for an empty reply), bytes
+    /// (std::string, std::vector<uint8_t>, Bytes, Buffer) or a trivially
+    /// copyable value, which becomes the reply. A thrown exception fails the
+    /// call with its message.
+    template <class F> void register_function(const std::string &name, F &&f) {
+        static_assert(std::is_invocable_v<F &, Call &>, "a handler is called as f(cluster::Call&)");
+        std::function<void(Call &)> fn;
+        if constexpr (std::is_void_v<std::invoke_result_t<F &, Call &>>) {
+            fn = std::forward<F>(f);
+        } else {
+            fn = [g = std::forward<F>(f)](Call &call) mutable { detail::reply_with(call, g(call)); };
+        }
+        auto box = keep(std::make_shared<detail::HandlerBox>(detail::HandlerBox{state_.get(), std::move(fn)}));
+        check(cluster_register(ctx_, name.c_str(), &detail::handler_trampoline, box));
+        std::lock_guard<std::mutex> g(state_->mu);
+        state_->names.push_back(name);
+    }
+    /// Registers a raw C handler; `user_data` must outlive the registration.
+    void register_raw(const std::string &name, cluster_handler handler, void *user_data) {
+        check(cluster_register(ctx_, name.c_str(), handler, user_data));
+    }
+    void unregister(const std::string &name) { check(cluster_unregister(ctx_, name.c_str())); }
+
+    // -- calls --
+    /// Calls `name` on `pid` (any_worker: round robin); returns at once.
+    Future remotecall(std::int32_t pid, const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_remotecall(ctx_, pid, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    /// Calls and waits for the value (one round trip).
+    Buffer remotecall_fetch(std::int32_t pid, const std::string &name, Bytes args = {}) {
+        Buffer b;
+        check(cluster_remotecall_fetch(ctx_, pid, name.c_str(), args.data(), args.size(), b.out()));
+        return b;
+    }
+    /// Calls and waits for completion; returns the completed future.
+    Future remotecall_wait(std::int32_t pid, const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_remotecall_wait(ctx_, pid, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    /// Fire and forget.
+    void remote_do(std::int32_t pid, const std::string &name, Bytes args = {}) {
+        check(cluster_remote_do(ctx_, pid, name.c_str(), args.data(), args.size()));
+    }
+    /// Calls `name` on every process (this one included) and waits for all;
+    /// throws CLUSTER_ERR_COMPOSITE listing every failed process.
+    void everywhere(const std::string &name, Bytes args = {}, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        check(cluster_everywhere(ctx_, nullptr, 0, name.c_str(), args.data(), args.size(), timeout_ms));
+    }
+    void everywhere(const std::vector<std::int32_t> &pids, const std::string &name, Bytes args = {},
+                    std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        // An empty list means no process; the C API's NULL means all of them.
+        static const std::int32_t none = 0;
+        check(cluster_everywhere(ctx_, pids.empty() ? &none : pids.data(), pids.size(), name.c_str(), args.data(),
+                                 args.size(), timeout_ms));
+    }
+    /// Cancels the calls running on `pids` (their handlers see Call::cancelled()).
+    void interrupt(const std::vector<std::int32_t> &pids) { check(cluster_interrupt(ctx_, pids.data(), pids.size())); }
+    void interrupt(std::int32_t pid) { interrupt(std::vector<std::int32_t>{pid}); }
+
+    /// Typed one round trip: sends the bytes of `value`, returns the reply as
+    /// an R. Both must be trivially copyable; the reply size is checked at
+    /// run time (Error with CLUSTER_ERR_PROTOCOL and the callee's id).
+    template <class R, class A> R remotecall_fetch_as(std::int32_t pid, const std::string &name, const A &value) {
+        static_assert(std::is_trivially_copyable_v<A>, "remotecall_fetch_as: the argument must be trivially copyable");
+        static_assert(std::is_trivially_copyable_v<R>, "remotecall_fetch_as: the result must be trivially copyable");
+        Future f = remotecall(pid, name, Bytes::of(value));
+        return f.fetch_as<R>();
+    }
+    template <class R> R remotecall_fetch_as(std::int32_t pid, const std::string &name) {
+        static_assert(std::is_trivially_copyable_v<R>, "remotecall_fetch_as: the result must be trivially copyable");
+        Future f = remotecall(pid, name);
+        return f.fetch_as<R>();
+    }
+
+    /// Turns a reference from Future::export_ref (possibly made by another
+    /// process) into a future of this process.
+    Future import_future(const cluster_future_ref &r) {
+        cluster_future *f = nullptr;
+        check(cluster_future_import(ctx_, &r, &f));
+        return Future(f);
+    }
+
+    // -- host-driven dispatch (Config::dispatch(CLUSTER_DISPATCH_HOST)) --
+    /// An fd that becomes readable when poll() has work. Owned by the cluster.
+    int event_fd() const {
+        int fd = -1;
+        check(cluster_event_fd(ctx_, &fd));
+        return fd;
+    }
+    /// Raw notify hook, called from a library thread: it must only signal.
+    void set_notify(cluster_notify_fn fn, void *user_data) { check(cluster_set_notify(ctx_, fn, user_data)); }
+    /// As set_notify, with a callable (which must only signal the host).
+    void on_notify(std::function<void()> fn) {
+        if (!fn) {
+            check(cluster_set_notify(ctx_, nullptr, nullptr));
+            return;
+        }
+        auto box = keep(std::make_shared<detail::NotifyBox>(detail::NotifyBox{state_.get(), std::move(fn)}));
+        check(cluster_set_notify(ctx_, &detail::notify_trampoline, box));
+    }
+    /// Runs pending handlers and callbacks on this thread; returns up to
+    /// `max_events` events (more stay queued, the fd stays readable).
+    std::vector<cluster_event> poll(std::size_t max_events = 64) {
+        std::vector<cluster_event> ev(max_events);
+        std::size_t n = 0;
+        check(cluster_poll(ctx_, ev.data(), ev.size(), &n));
+        ev.resize(n);
+        return ev;
+    }
+    std::size_t poll(cluster_event *events, std::size_t cap) {
+        std::size_t n = 0;
+        check(cluster_poll(ctx_, events, cap, &n));
+        return n;
+    }
+
+private:
+    template <class Box> Box *keep(std::shared_ptr<Box> box) {
+        if (!state_) throw Error(CLUSTER_ERR_BAD_HANDLE, "the cluster was closed or moved from");
+        std::lock_guard<std::mutex> g(state_->mu);
+        state_->keep.push_back(box);
+        return box.get();
+    }
+
+    cluster_ctx *ctx_ = nullptr;
+    std::unique_ptr<detail::State> state_;
+};
+
+} // namespace cluster
+
+#endif // LIBCLUSTER_CLUSTER_HPP

@@ -1,0 +1,584 @@
+// Tests of the C++ wrapper (bindings/cpp/cluster.hpp): RAII owners, moves,
+// exceptions, byte views, typed calls, callable handlers (state, return
+// values, exceptions), deferred calls, callbacks, host mode and workers.
+//
+// Usage: test_cpp <case>. Like the C tests, the binary is its own worker.
+#include "harness.h"
+
+#include <cluster.hpp>
+
+#include <poll.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// Runs `f`, expecting a cluster::Error with status `want`; returns it.
+template <class F>
+std::optional<cluster::Error> expect_error(const char *file, int line, const char *expr, cluster_status want, F &&f) {
+    try {
+        f();
+    } catch (const cluster::Error &e) {
+        if (e.status() == want) return e;
+        harness_logf("%s:%d: %s threw status %d (%s), expected %d: %s", file, line, expr, (int)e.status(),
+                     cluster_status_str(e.status()), (int)want, e.what());
+        harness_failures++;
+        return e;
+    } catch (const std::exception &e) {
+        harness_logf("%s:%d: %s threw a non-cluster exception: %s", file, line, expr, e.what());
+        harness_failures++;
+        return std::nullopt;
+    }
+    harness_logf("%s:%d: %s did not throw (expected %s)", file, line, expr, cluster_status_str(want));
+    harness_failures++;
+    return std::nullopt;
+}
+
+#define EXPECT_THROWS(expr, want) expect_error(__FILE__, __LINE__, #expr, want, [&] { (void)(expr); })
+
+template <class F> bool no_throw(const char *file, int line, const char *expr, F &&f) {
+    try {
+        f();
+        return true;
+    } catch (const std::exception &e) {
+        harness_logf("%s:%d: %s threw: %s", file, line, expr, e.what());
+        harness_failures++;
+        return false;
+    }
+}
+#define EXPECT_NO_THROW(expr) no_throw(__FILE__, __LINE__, #expr, [&] { (void)(expr); })
+
+cluster::Cluster *g_cluster = nullptr; // for handlers that call out
+std::atomic<int> g_calls{0};
+
+struct Point {
+    std::int32_t x, y;
+};
+
+// Every process registers the same functions.
+void register_all(cluster::Cluster &c) {
+    c.register_function("echo", [](cluster::Call &call) { return call.args(); });
+    c.register_function("upper", [](cluster::Call &call) {
+        std::string s = call.args_string();
+        for (auto &ch : s) ch = (char)toupper((unsigned char)ch);
+        return s;
+    });
+    c.register_function("square", [](cluster::Call &call) { return call.args_as<std::int32_t>() * call.args_as<std::int32_t>(); });
+    c.register_function("swap", [](cluster::Call &call) {
+        auto p = call.args_as<Point>();
+        return Point{p.y, p.x};
+    });
+    c.register_function("vec", [](cluster::Call &call) {
+        std::vector<std::uint8_t> v(call.args_as<std::int32_t>());
+        for (std::size_t i = 0; i < v.size(); i++) v[i] = (std::uint8_t)i;
+        return v;
+    });
+    c.register_function("whoami", [](cluster::Call &) { return g_cluster->myid(); });
+    c.register_function("getpid", [](cluster::Call &) { return (std::int32_t)getpid(); });
+    c.register_function("nothing", [](cluster::Call &) { g_calls++; });
+    c.register_function("throw_runtime", [](cluster::Call &) -> int { throw std::runtime_error("runtime trouble"); });
+    c.register_function("throw_int", [](cluster::Call &) { throw 42; });
+    c.register_function("throw_cluster", [](cluster::Call &) {
+        throw cluster::Error(CLUSTER_ERR_INVALID_ARGUMENT, "bad input from C++");
+    });
+    c.register_function("explicit_fail", [](cluster::Call &call) { call.fail("explicit failure"); });
+    c.register_function("reply_then_throw", [](cluster::Call &call) {
+        call.reply(cluster::Bytes("ok"));
+        throw std::runtime_error("after the reply: ignored");
+    });
+    c.register_function("fail_on", [](cluster::Call &call) {
+        if (call.args_as<std::int32_t>() == g_cluster->myid()) throw std::runtime_error("failing on purpose");
+    });
+    c.register_function("introspect", [](cluster::Call &call) {
+        std::string s = call.name() + "|" + std::to_string(call.caller()) + "|" + (call.cancelled() ? "c" : "-");
+        return s;
+    });
+    c.register_function("sleep", [](cluster::Call &call) {
+        auto ms = call.args_as<std::int32_t>();
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+        while (std::chrono::steady_clock::now() < until) {
+            if (call.cancelled()) throw std::runtime_error("cancelled");
+            std::this_thread::sleep_for(5ms);
+        }
+        return std::string("slept");
+    });
+    // Deferred: answered from another thread after args ms.
+    c.register_function("deferred", [](cluster::Call &call) {
+        cluster::Call owned = call.defer();
+        EXPECT(!call.valid());
+        EXPECT(owned.valid() && owned.owned());
+        std::thread([c = std::move(owned)]() mutable {
+            auto ms = c.args_as<std::int32_t>();
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            c.reply(cluster::Bytes("deferred " + std::to_string(ms)));
+            EXPECT(c.answered());
+        }).detach(); // the owner frees the call when the thread ends
+        return 0;    // ignored: the call was deferred
+    });
+    c.register_function("deferred_drop", [](cluster::Call &call) {
+        std::thread([c = call.defer()]() mutable {
+            std::this_thread::sleep_for(20ms);
+            c.reset(); // unanswered: the caller gets an error
+        }).detach();
+    });
+}
+
+// ---- single-process cases ----------------------------------------------------------------
+
+void case_basics() {
+    // versions
+    EXPECT(cluster::version() == CLUSTER_VERSION);
+    EXPECT(cluster::header_version == cluster::version());
+    EXPECT(cluster::version_compatible());
+    EXPECT(std::string(cluster::version_string()) == std::to_string(CLUSTER_VERSION_MAJOR) + "." +
+                                                          std::to_string(CLUSTER_VERSION_MINOR) + "." +
+                                                          std::to_string(CLUSTER_VERSION_PATCH));
+    EXPECT(std::string(cluster::status_str(CLUSTER_OK)) == "ok");
+
+    // Error carries status, message, pid; what() composes them.
+    cluster::Error e(CLUSTER_ERR_REMOTE, "boom", 7);
+    EXPECT(e.status() == CLUSTER_ERR_REMOTE && e.message() == "boom" && e.pid() == 7);
+    EXPECT(std::string(e.what()).find("boom") != std::string::npos);
+    EXPECT(std::string(e.what()).find("7") != std::string::npos);
+    EXPECT_THROWS(cluster::check(CLUSTER_ERR_TIMEOUT), CLUSTER_ERR_TIMEOUT);
+    EXPECT_NO_THROW(cluster::check(CLUSTER_OK));
+    // Error::last reads this thread's last error.
+    EXPECT(cluster_is_head(nullptr, nullptr) == CLUSTER_ERR_BAD_HANDLE);
+    EXPECT(cluster::Error::last(CLUSTER_ERR_BAD_HANDLE).message() == cluster::last_error());
+    EXPECT(cluster::last_error_pid() == 0);
+
+    // Bytes: views of strings, vectors, raw memory, values.
+    std::string s = "hello";
+    cluster::Bytes b1(s);
+    EXPECT(b1.size() == 5 && b1.data() == (const std::uint8_t *)s.data());
+    EXPECT(b1.str() == "hello" && b1.view() == "hello" && b1[1] == 'e');
+    std::vector<std::uint8_t> v{1, 2, 3};
+    cluster::Bytes b2(v);
+    EXPECT(b2.size() == 3 && b2.vec() == v);
+    EXPECT(cluster::Bytes("lit").size() == 3);
+    EXPECT(cluster::Bytes(static_cast<const char *>(nullptr)).empty());
+    std::int64_t big = 0x0102030405060708;
+    auto b3 = cluster::Bytes::of(big);
+    EXPECT(b3.size() == 8 && b3.as<std::int64_t>() == big);
+    EXPECT_THROWS(b3.as<std::int32_t>(), CLUSTER_ERR_PROTOCOL);
+    int sum = 0;
+    for (auto byte : b2) sum += byte;
+    EXPECT(sum == 6);
+
+    // Empty owners are harmless; using them throws BAD_HANDLE.
+    cluster::Future nf;
+    EXPECT(!nf.valid());
+    EXPECT_THROWS(nf.ready(), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(nf.wait(), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(nf.fetch(0), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(nf.id(), CLUSTER_ERR_BAD_HANDLE);
+    cluster::Buffer nb;
+    EXPECT(!nb && nb.size() == 0);
+    cluster::Call ncall;
+    EXPECT_THROWS(ncall.args(), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(ncall.reply(cluster::Bytes("x")), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(ncall.defer(), CLUSTER_ERR_BAD_HANDLE);
+
+    // Config: bad values are refused by cluster_init.
+    EXPECT_THROWS(cluster::Cluster(cluster::Config().handler_threads(0)), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(cluster::Cluster(cluster::Config().cookie("")), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(cluster::Cluster(cluster::Config().log_level(17)), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster::Config cfg;
+    cfg.cookie("cpp-cookie").listen_host("127.0.0.1").handler_threads(2).log_level(CLUSTER_LOG_OFF);
+    EXPECT(std::string(cfg.get()->cookie) == "cpp-cookie");
+    cluster::Cluster c(cfg);
+    EXPECT(c.cookie() == "cpp-cookie");
+    EXPECT(c.address().rfind("127.0.0.1:", 0) == 0);
+    EXPECT(c.is_head() && c.myid() == 1 && c.nprocs() == 1 && c.nworkers() == 1);
+    EXPECT(c.procs() == std::vector<std::int32_t>{1});
+    EXPECT(c.workers() == std::vector<std::int32_t>{1});
+    EXPECT(c.other_procs().empty() && c.other_workers().empty());
+    EXPECT_NO_THROW(c.ready());
+    EXPECT_NO_THROW(c.set_log_level(CLUSTER_LOG_OFF));
+    EXPECT_NO_THROW(c.set_topology(CLUSTER_TOPOLOGY_ALL_TO_ALL));
+
+    // Moves: the Cluster moves with its handlers; the source is empty.
+    cluster::Cluster moved(std::move(c));
+    EXPECT(!c.valid() && moved.valid());
+    EXPECT_THROWS(c.myid(), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_THROWS(c.register_function("x", [](cluster::Call &) {}), CLUSTER_ERR_BAD_HANDLE);
+    c.close(); // harmless on an empty object
+    g_cluster = &moved;
+    register_all(moved);
+    EXPECT(moved.remotecall_fetch(1, "echo", "abc").str() == "abc");
+    cluster::Cluster other;
+    other = std::move(moved); // move-assign
+    g_cluster = &other;
+    EXPECT(other.remotecall_fetch_as<std::int32_t>(1, "whoami") == 1);
+    other.close();
+    other.close(); // idempotent
+    EXPECT(!other.valid());
+    g_cluster = nullptr;
+}
+
+void case_calls() {
+    cluster::Cluster c;
+    g_cluster = &c;
+    register_all(c);
+
+    // return types become replies
+    EXPECT(c.remotecall_fetch(1, "upper", "shout").str() == "SHOUT");
+    EXPECT(c.remotecall_fetch(1, "echo", std::string("str")).str() == "str");
+    std::vector<std::uint8_t> raw{9, 8, 7};
+    EXPECT(c.remotecall_fetch(1, "echo", raw).vec() == raw);
+    EXPECT(c.remotecall_fetch(1, "echo", cluster::Bytes(raw.data(), 2)).size() == 2);
+    EXPECT(c.remotecall_fetch(1, "echo").empty());
+    EXPECT(c.remotecall_fetch_as<std::int32_t>(1, "square", 12) == 144);
+    Point p = c.remotecall_fetch_as<Point>(1, "swap", Point{3, 4});
+    EXPECT(p.x == 4 && p.y == 3);
+    auto vb = c.remotecall_fetch(1, "vec", cluster::Bytes::of(std::int32_t(1000)));
+    EXPECT(vb.size() == 1000 && vb.data()[999] == (std::uint8_t)999);
+    int before = g_calls;
+    EXPECT(c.remotecall_fetch(1, "nothing").empty());
+    EXPECT(g_calls == before + 1);
+    EXPECT(c.remotecall_fetch(1, "introspect").str() == "introspect|1|-");
+
+    // size mismatch on the typed path: PROTOCOL, naming the callee
+    auto err = EXPECT_THROWS(c.remotecall_fetch_as<std::int64_t>(1, "square", 3), CLUSTER_ERR_PROTOCOL);
+    EXPECT(err && err->pid() == 1);
+    // argument of the wrong size for the handler: its args_as throws -> remote error
+    err = EXPECT_THROWS(c.remotecall_fetch_as<std::int32_t>(1, "square", std::int64_t(3)), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("bytes") != std::string::npos);
+
+    // exceptions in handlers become remote errors with their text
+    err = EXPECT_THROWS(c.remotecall_fetch(1, "throw_runtime"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->pid() == 1 && err->message().find("runtime trouble") != std::string::npos);
+    err = EXPECT_THROWS(c.remotecall_fetch(1, "throw_int"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("unknown C++ exception") != std::string::npos);
+    err = EXPECT_THROWS(c.remotecall_fetch(1, "throw_cluster"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("bad input from C++") != std::string::npos);
+    err = EXPECT_THROWS(c.remotecall_fetch(1, "explicit_fail"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("explicit failure") != std::string::npos);
+    EXPECT(c.remotecall_fetch(1, "reply_then_throw").str() == "ok");
+    err = EXPECT_THROWS(c.remotecall_fetch(1, "not_registered"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->pid() == 1);
+    EXPECT_THROWS(c.remotecall_fetch(99, "echo"), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_THROWS(c.remotecall_fetch(1, ""), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(c.unregister("not_registered"), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    // futures
+    cluster::Future f = c.remotecall(1, "sleep", cluster::Bytes::of(std::int32_t(150)));
+    EXPECT(f.valid() && f.pid() == 1);
+    EXPECT(!f.wait_for(0));
+    EXPECT(!f.wait_for(10ms));
+    EXPECT_THROWS(f.error(), CLUSTER_ERR_NOT_READY);
+    EXPECT_THROWS(f.fetch(0), CLUSTER_ERR_TIMEOUT);
+    EXPECT(f.wait_for(5s));
+    EXPECT(f.ready());
+    EXPECT(f.fetch_string() == "slept");
+    EXPECT(!f.error().has_value());
+    std::uint64_t id = f.id();
+    cluster::Future g = std::move(f);
+    EXPECT(!f.valid() && g.id() == id);
+    // A failed future: error() names the process and the text.
+    cluster::Future bad = c.remotecall(1, "throw_runtime");
+    EXPECT_THROWS(bad.wait(), CLUSTER_ERR_REMOTE);
+    auto fe = bad.error();
+    EXPECT(fe && fe->pid == 1 && fe->message.find("runtime trouble") != std::string::npos);
+    EXPECT_THROWS(bad.fetch(), CLUSTER_ERR_REMOTE);
+    // remotecall_wait returns a completed future
+    cluster::Future w = c.remotecall_wait(1, "square", cluster::Bytes::of(std::int32_t(5)));
+    EXPECT(w.ready() && w.fetch_as<std::int32_t>(0) == 25);
+    // export / import on the owner
+    cluster_future_ref ref = w.export_ref();
+    EXPECT(ref.owner == 1);
+    w.reset();
+    cluster::Future imp = c.import_future(ref);
+    EXPECT(imp.fetch_as<std::int32_t>(1000) == 25);
+    // release / adopt
+    cluster_future *rawf = imp.release();
+    EXPECT(!imp.valid());
+    cluster::Future adopted(rawf);
+    EXPECT(adopted.fetch_as<std::int32_t>(0) == 25);
+
+    // Buffer ownership: move, release, out()
+    cluster::Buffer b1 = c.remotecall_fetch(1, "echo", "buffer");
+    cluster::Buffer b2 = std::move(b1);
+    EXPECT(!b1 && b2 && b2.str() == "buffer");
+    cluster_buffer rawb = b2.release();
+    EXPECT(!b2 && rawb.handle != 0);
+    cluster::Buffer b3(rawb); // adopt again; freed by b3
+    EXPECT(b3.view() == "buffer");
+    b3 = c.remotecall_fetch(1, "echo", "again"); // move-assign frees the old one
+    EXPECT(b3.str() == "again");
+    EXPECT(cluster_buffer_free(&rawb) == CLUSTER_ERR_BAD_HANDLE); // b3 already freed that one
+
+    // remote_do, everywhere on a lone head
+    before = g_calls;
+    c.remote_do(1, "nothing");
+    for (int i = 0; i < 200 && g_calls == before; i++) std::this_thread::sleep_for(5ms);
+    EXPECT(g_calls == before + 1);
+    EXPECT_NO_THROW(c.everywhere("nothing"));
+    EXPECT_NO_THROW(c.everywhere(std::vector<std::int32_t>{}, "nothing"));
+    EXPECT_NO_THROW(c.everywhere(std::vector<std::int32_t>{1}, "nothing", {}, 5000));
+    err = EXPECT_THROWS(c.everywhere("throw_runtime", {}, 5000), CLUSTER_ERR_COMPOSITE);
+    EXPECT(err && err->message().find("process 1") != std::string::npos);
+
+    // deferred calls, answered from a std::thread
+    EXPECT(c.remotecall_fetch(1, "deferred", cluster::Bytes::of(std::int32_t(30))).str() == "deferred 30");
+    EXPECT_THROWS(c.remotecall_fetch(1, "deferred_drop"), CLUSTER_ERR_REMOTE);
+
+    // interrupt our own long call
+    cluster::Future longf = c.remotecall(1, "sleep", cluster::Bytes::of(std::int32_t(10000)));
+    std::this_thread::sleep_for(50ms);
+    c.interrupt(1);
+    EXPECT_THROWS(longf.wait_for(3s), CLUSTER_ERR_INTERRUPTED);
+
+    // re-registering replaces; the old callable stays alive until close
+    c.register_function("echo", [](cluster::Call &) { return std::string("replaced"); });
+    EXPECT(c.remotecall_fetch(1, "echo", "x").str() == "replaced");
+    c.unregister("echo");
+    EXPECT_THROWS(c.remotecall_fetch(1, "echo"), CLUSTER_ERR_REMOTE);
+
+    // raw registration
+    static int raw_ud = 5;
+    c.register_raw("raw", [](void *ud, cluster_call *call) -> std::int32_t {
+        int v = *static_cast<int *>(ud);
+        return cluster_call_reply(call, reinterpret_cast<const std::uint8_t *>(&v), sizeof v);
+    }, &raw_ud);
+    EXPECT(c.remotecall_fetch_as<int>(1, "raw") == 5);
+
+    c.shutdown(2000);
+    EXPECT_THROWS(c.addprocs(1), CLUSTER_ERR_SHUTDOWN);
+    c.close();
+    g_cluster = nullptr;
+}
+
+void case_callbacks() {
+    cluster::Cluster c(cluster::Config().log_level(CLUSTER_LOG_ERROR));
+    g_cluster = &c;
+    std::mutex mu;
+    std::vector<std::string> logs;
+    c.on_log([&](cluster_log_level level, std::string_view msg) {
+        std::lock_guard<std::mutex> g(mu);
+        logs.push_back(std::to_string((int)level) + ":" + std::string(msg));
+        if (msg.find("throw in log") != std::string_view::npos) throw std::runtime_error("swallowed");
+    });
+    c.remote_do(1, "no_such_fn");
+    c.remote_do(1, "throw in log"); // the callback throws: swallowed
+    auto has = [&](const char *needle) {
+        for (int i = 0; i < 400; i++) {
+            {
+                std::lock_guard<std::mutex> g(mu);
+                for (auto &l : logs)
+                    if (l.find(needle) != std::string::npos) return true;
+            }
+            std::this_thread::sleep_for(5ms);
+        }
+        return false;
+    };
+    EXPECT(has("no_such_fn"));
+    EXPECT(has("throw in log"));
+    c.on_log(nullptr); // back to stderr
+    c.set_log_level(CLUSTER_LOG_OFF);
+    c.on_lifecycle([](std::int32_t, cluster_lifecycle) {});
+    c.on_lifecycle(nullptr);
+    // threads mode: host-only functions refuse
+    EXPECT_THROWS(c.event_fd(), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_THROWS(c.poll(), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_THROWS(c.on_notify([] {}), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_THROWS(c.set_notify(nullptr, nullptr), CLUSTER_ERR_WRONG_MODE);
+    g_cluster = nullptr;
+}
+
+// Destroying a Cluster waits for its running handlers before freeing them.
+void case_close_waits() {
+    std::atomic<bool> started{false}, finished{false};
+    {
+        cluster::Cluster c;
+        c.register_function("slow", [&](cluster::Call &) {
+            started = true;
+            std::this_thread::sleep_for(300ms);
+            finished = true;
+        });
+        cluster::Future f = c.remotecall(1, "slow");
+        while (!started) std::this_thread::sleep_for(1ms);
+        auto t0 = std::chrono::steady_clock::now();
+        c.close();
+        auto took = std::chrono::steady_clock::now() - t0;
+        EXPECT(finished);
+        EXPECT(took >= 200ms);
+        // the future of a freed cluster is still a valid handle; it fails or holds the value
+        bool r = false;
+        EXPECT(cluster_future_isready(f.get(), &r) == CLUSTER_OK);
+    }
+}
+
+void case_host() {
+    cluster::Cluster c(cluster::Config().dispatch(CLUSTER_DISPATCH_HOST));
+    g_cluster = &c;
+    register_all(c);
+    std::atomic<int> notified{0};
+    c.on_notify([&] { notified++; });
+    const auto main_thread = std::this_thread::get_id();
+    std::thread::id ran_on;
+    c.register_function("where", [&](cluster::Call &) {
+        ran_on = std::this_thread::get_id();
+        return std::string("here");
+    });
+    EXPECT_THROWS(c.serve(), CLUSTER_ERR_WRONG_MODE);
+    int fd = c.event_fd();
+    EXPECT(fd >= 0);
+    cluster::Future f = c.remotecall(1, "where");
+    std::uint64_t want = f.id();
+    bool got = false;
+    for (int i = 0; i < 100 && !got; i++) {
+        struct pollfd p = {fd, POLLIN, 0};
+        ::poll(&p, 1, 50);
+        for (const cluster_event &ev : c.poll(4))
+            if (ev.kind == CLUSTER_EVENT_FUTURE_READY && ev.future_id == want) got = true;
+    }
+    EXPECT(got);
+    EXPECT(ran_on == main_thread);
+    EXPECT(notified > 0);
+    EXPECT(f.fetch_string(0) == "here");
+    cluster_event evs[2];
+    EXPECT(c.poll(evs, 2) <= 2);
+    c.on_notify(nullptr);
+    c.set_notify(nullptr, nullptr);
+    g_cluster = nullptr;
+}
+
+// ---- multi-process cases -----------------------------------------------------------------
+
+void case_workers() {
+    cluster::Cluster &c = *g_cluster;
+    std::mutex mu;
+    std::map<std::int32_t, std::vector<cluster_lifecycle>> seen;
+    c.on_lifecycle([&](std::int32_t pid, cluster_lifecycle what) {
+        std::lock_guard<std::mutex> g(mu);
+        seen[pid].push_back(what);
+    });
+    auto ids = c.addprocs(3);
+    EXPECT(ids.size() == 3);
+    EXPECT(c.nprocs() == 4 && c.workers() == ids);
+    for (auto id : ids) EXPECT(c.remotecall_fetch_as<std::int32_t>(id, "whoami") == id);
+    EXPECT(c.remotecall_fetch(ids[0], "upper", "worker").str() == "WORKER");
+    Point p = c.remotecall_fetch_as<Point>(ids[1], "swap", Point{1, 2});
+    EXPECT(p.x == 2 && p.y == 1);
+    // round robin through any_worker
+    std::map<std::int32_t, int> hits;
+    for (int i = 0; i < 6; i++) hits[c.remotecall_fetch_as<std::int32_t>(cluster::any_worker, "whoami")]++;
+    EXPECT(hits.size() == 3 && hits[ids[0]] == 2 && hits[ids[2]] == 2);
+    // many futures
+    std::vector<cluster::Future> fs;
+    for (std::int32_t i = 0; i < 20; i++) fs.push_back(c.remotecall(ids[i % 3], "square", cluster::Bytes::of(i)));
+    for (std::int32_t i = 0; i < 20; i++) EXPECT(fs[i].fetch_as<std::int32_t>(5000) == i * i);
+    fs.clear();
+    // remote errors name the worker
+    auto err = EXPECT_THROWS(c.remotecall_fetch(ids[2], "throw_runtime"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->pid() == ids[2]);
+    err = EXPECT_THROWS(c.everywhere("fail_on", cluster::Bytes::of(ids[1]), 5000), CLUSTER_ERR_COMPOSITE);
+    EXPECT(err && err->message().find("process " + std::to_string(ids[1])) != std::string::npos);
+    // deferred on a worker
+    EXPECT(c.remotecall_fetch(ids[0], "deferred", cluster::Bytes::of(std::int32_t(20))).str() == "deferred 20");
+    // interrupt a worker's long call
+    cluster::Future longf = c.remotecall(ids[1], "sleep", cluster::Bytes::of(std::int32_t(10000)));
+    std::this_thread::sleep_for(100ms);
+    auto t0 = std::chrono::steady_clock::now();
+    c.interrupt(ids[1]);
+    EXPECT_THROWS(longf.wait_for(3s), CLUSTER_ERR_INTERRUPTED);
+    EXPECT(std::chrono::steady_clock::now() - t0 < 1500ms);
+    // a worker killed mid-call
+    auto os_pid = c.remotecall_fetch_as<std::int32_t>(ids[2], "getpid");
+    cluster::Future dying = c.remotecall(ids[2], "sleep", cluster::Bytes::of(std::int32_t(10000)));
+    std::this_thread::sleep_for(50ms);
+    ::kill(os_pid, SIGKILL);
+    err = EXPECT_THROWS(dying.wait_for(3s), CLUSTER_ERR_PROCESS_EXITED);
+    EXPECT(err && err->pid() == ids[2]);
+    // export a worker-computed future and fetch it through another worker
+    cluster::Future sq = c.remotecall(ids[0], "square", cluster::Bytes::of(std::int32_t(9)));
+    cluster_future_ref ref = sq.export_ref();
+    sq.reset();
+    cluster::Future back = c.import_future(ref);
+    EXPECT(back.fetch_as<std::int32_t>(5000) == 81);
+    // rmprocs
+    c.rmprocs(ids[0], 5000);
+    EXPECT_THROWS(c.remotecall_fetch(ids[0], "whoami"), CLUSTER_ERR_PROCESS_EXITED);
+    // launch options
+    cluster::LaunchOptions o;
+    o.env = {"CPP_TEST_VAR=1"};
+    auto more = c.addprocs(1, o);
+    EXPECT(more.size() == 1 && c.remotecall_fetch_as<std::int32_t>(more[0], "whoami") == more[0]);
+    c.shutdown(10000);
+    auto deadline = std::chrono::steady_clock::now() + 2s;
+    auto count = [&](std::int32_t pid, cluster_lifecycle what) {
+        std::lock_guard<std::mutex> g(mu);
+        int n = 0;
+        for (auto w : seen[pid]) n += w == what;
+        return n;
+    };
+    while (std::chrono::steady_clock::now() < deadline && count(more[0], CLUSTER_WORKER_EXITED) == 0)
+        std::this_thread::sleep_for(5ms);
+    EXPECT(count(ids[0], CLUSTER_WORKER_STARTED) == 1);
+    EXPECT(count(ids[0], CLUSTER_WORKER_EXITED) == 1);
+    EXPECT(count(ids[2], CLUSTER_WORKER_DIED) == 1);
+    EXPECT(count(more[0], CLUSTER_WORKER_EXITED) == 1);
+    // worker-side checks ran through head-only functions in this same binary:
+    EXPECT_THROWS(c.addprocs(1), CLUSTER_ERR_SHUTDOWN);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    const std::string which = argc > 1 ? argv[1] : "";
+    harness_name = argc > 1 ? argv[1] : "test_cpp";
+    if (which == "workers") {
+        try {
+            cluster::Cluster c(cluster::Config().startup_timeout_ms(20000));
+            g_cluster = &c;
+            register_all(c);
+            if (!c.is_head()) {
+                harness_watchdog(60);
+                // head-only functions refuse on a worker
+                EXPECT_THROWS(c.addprocs(1), CLUSTER_ERR_NOT_HEAD);
+                EXPECT_THROWS(c.rmprocs(1), CLUSTER_ERR_NOT_HEAD);
+                EXPECT_THROWS(c.set_topology(CLUSTER_TOPOLOGY_ALL_TO_ALL), CLUSTER_ERR_NOT_HEAD);
+                c.serve();
+                g_cluster = nullptr;
+                return harness_failures ? 1 : 0;
+            }
+            harness_watchdog(45);
+            case_workers();
+            g_cluster = nullptr;
+        } catch (const std::exception &e) {
+            harness_logf("uncaught exception: %s", e.what());
+            return 1;
+        }
+        return harness_finish();
+    }
+    harness_watchdog(30);
+    const std::map<std::string, void (*)()> cases = {
+        {"basics", case_basics}, {"calls", case_calls}, {"callbacks", case_callbacks},
+        {"close_waits", case_close_waits}, {"host", case_host},
+    };
+    auto it = cases.find(which);
+    if (it == cases.end()) {
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers\n", argv[0]);
+        return 2;
+    }
+    try {
+        it->second();
+    } catch (const std::exception &e) {
+        harness_logf("uncaught exception: %s", e.what());
+        return 1;
+    }
+    return harness_finish();
+}
