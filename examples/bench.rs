@@ -74,8 +74,9 @@ fn main() {
     });
     rows.push(Row::higher("64 MiB argument (GB/s)", gbps(MIB64, ours_64), gbps(MIB64, raw_64), "TCP one-way", ">= 0.8x"));
 
-    // Idle worker memory.
-    std::thread::sleep(Duration::from_millis(300));
+    // Idle worker memory (an idle reader gives back its large buffers
+    // after 250 ms).
+    std::thread::sleep(Duration::from_millis(600));
     let rss = u64::from_le_bytes(c.remotecall_fetch(2, "rss", &[]).unwrap()[..8].try_into().unwrap());
     let base_rss = idle_process_rss();
     rows.push(Row::lower("idle worker resident memory (MiB)", mib(rss), mib(base_rss), "same binary, no cluster", "<= 10 MiB"));

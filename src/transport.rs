@@ -43,7 +43,9 @@ pub struct Conn {
     pub peer: AtomicU32,
     /// The largest message the other end accepts (told at connection setup).
     pub peer_max: AtomicU64,
-    write: Mutex<()>,
+    /// Held while writing; holds responses corked while a batch of
+    /// requests is served, written together at the end of the batch.
+    write: Mutex<Vec<u8>>,
     read: Mutex<FrameReader>,
     drivers: AtomicU32,
     gate: Mutex<()>,
@@ -65,7 +67,7 @@ impl Conn {
             fd,
             peer: AtomicU32::new(0),
             peer_max: AtomicU64::new(max_payload),
-            write: Mutex::new(()),
+            write: Mutex::new(Vec::new()),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
             gate: Mutex::new(()),
@@ -99,11 +101,42 @@ impl Conn {
                 format!("a message of {size} bytes exceeds the maximum of {max} bytes of process {}", self.peer()),
             ));
         }
-        let _w = self.write.lock();
-        wire::write_frame(self.fd, header, meta, payload).map_err(|e| {
+        let mut out = self.write.lock();
+        let corked = CORKED.with(|c| c.get()) == self as *const Conn as usize;
+        if corked && header.kind == wire::Kind::Response && size <= CORK_FRAME_MAX && out.len() < CORK_MAX {
+            let mut h = header;
+            h.meta_len = meta.len() as u16;
+            h.payload_len = payload.len() as u64;
+            out.extend_from_slice(&h.encode());
+            out.extend_from_slice(meta);
+            out.extend_from_slice(payload);
+            return Ok(());
+        }
+        let r = if out.is_empty() {
+            wire::write_frame(self.fd, header, meta, payload)
+        } else {
+            let r = wire::write_frame_after(self.fd, &out, header, meta, payload);
+            out.clear();
+            r
+        };
+        r.map_err(|e| {
             self.close();
             Error::at(ErrorKind::ProcessExited, self.peer(), format!("worker {} exited ({e})", self.peer()))
         })
+    }
+
+    /// Writes corked responses now.
+    pub fn flush(&self) {
+        let mut out = self.write.lock();
+        if out.is_empty() {
+            return;
+        }
+        let r = sys::write_all_vectored(self.fd, &[&out]);
+        out.clear();
+        if r.is_err() {
+            drop(out);
+            self.close();
+        }
     }
 
     /// Reads one frame, blocking until `deadline`: for connection setup,
@@ -182,7 +215,13 @@ impl Conn {
             let buffered = self.read.try_lock().map(|r| r.may_have_frames()).unwrap_or(false);
             match if buffered { Ok(true) } else { sys::poll_in(self.fd, Some(Duration::from_millis(250))) } {
                 Ok(true) => {}
-                Ok(false) => continue,
+                Ok(false) => {
+                    // Idle: give back the large-payload buffer kept for reuse.
+                    if let Some(mut r) = self.read.try_lock() {
+                        r.release_spare();
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.fail(owner, Some(Error::io("poll", e)));
                     return;
@@ -211,6 +250,7 @@ impl Conn {
         let mut idle_since: Option<Instant> = None;
         loop {
             if gen.is_some() && self.drivers.load(Ordering::Acquire) > 0 {
+                self.flush();
                 return Pump::Continue;
             }
             let job = match self.read_one(owner) {
@@ -219,8 +259,14 @@ impl Conn {
                     idle_since = None;
                     continue;
                 }
-                Step::Busy => return Pump::Continue,
+                Step::Busy => {
+                    self.flush();
+                    return Pump::Continue;
+                }
                 Step::Empty => {
+                    if idle_since.is_none() {
+                        self.flush();
+                    }
                     let t = *idle_since.get_or_insert_with(Instant::now);
                     if t.elapsed() >= spin {
                         return Pump::Continue;
@@ -228,17 +274,28 @@ impl Conn {
                     std::hint::spin_loop();
                     continue;
                 }
-                Step::Closed(why) => return Pump::Closed(why),
+                Step::Closed(why) => {
+                    self.flush();
+                    return Pump::Closed(why);
+                }
             };
             idle_since = None;
             match gen {
                 Some(g) => {
+                    // More requests already read: cork the responses and
+                    // write them together once the batch is served.
+                    let batch = self.read.try_lock().map(|r| r.may_have_frames()).unwrap_or(false);
                     self.job_since.store(self.now_ns(), Ordering::Release);
                     owner.rescuer().job_started();
+                    if batch {
+                        CORKED.with(|c| c.set(Arc::as_ptr(self) as usize));
+                    }
                     job();
+                    CORKED.with(|c| c.set(0));
                     self.job_since.store(0, Ordering::Release);
                     owner.rescuer().job_finished();
                     if self.reader_gen.load(Ordering::Acquire) != g {
+                        self.flush();
                         return Pump::Replaced;
                     }
                 }
@@ -336,11 +393,21 @@ impl Conn {
             return;
         }
         if self.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.flush();
             self.reader_gen.fetch_add(1, Ordering::AcqRel);
             self.spawn_reader(owner.clone());
         }
     }
 }
+
+thread_local! {
+    /// The connection whose responses this thread corks, while it serves
+    /// a batch of requests read together.
+    static CORKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+const CORK_FRAME_MAX: u64 = 4096;
+const CORK_MAX: usize = 256 * 1024;
 
 enum Step {
     Job(Job),

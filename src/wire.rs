@@ -139,6 +139,14 @@ pub fn write_frame(fd: RawFd, mut header: Header, meta: &[u8], payload: &[u8]) -
     sys::write_all_vectored(fd, &[&h, meta, payload])
 }
 
+/// Writes `before` (already-encoded frames), then one frame, in one go.
+pub fn write_frame_after(fd: RawFd, before: &[u8], mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    header.meta_len = meta.len() as u16;
+    header.payload_len = payload.len() as u64;
+    let h = header.encode();
+    sys::write_all_vectored(fd, &[before, &h, meta, payload])
+}
+
 pub enum ReadOutcome {
     Frame(Frame),
     WouldBlock,
@@ -185,6 +193,10 @@ impl FrameReader {
             v.clear();
             self.spare = v;
         }
+    }
+
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
     }
 
     fn payload_buffer(&mut self, n: usize) -> Vec<u8> {
