@@ -22,14 +22,14 @@
 
 static cluster_ctx *ctx;
 
-static cluster_status whoami(void *ud, cluster_call *call) {
+static int32_t whoami(void *ud, cluster_call *call) {
     (void)ud;
     int32_t id = 0;
     cluster_myid(ctx, &id);
     return cluster_call_reply(call, (const uint8_t *)&id, sizeof id);
 }
 
-static cluster_status nprocs(void *ud, cluster_call *call) {
+static int32_t nprocs(void *ud, cluster_call *call) {
     (void)ud;
     size_t n = 0;
     cluster_nprocs(ctx, &n);
@@ -38,7 +38,7 @@ static cluster_status nprocs(void *ud, cluster_call *call) {
 }
 
 /* Calls whoami on the worker named in args, waits at most 3 s. */
-static cluster_status call_peer(void *ud, cluster_call *call) {
+static int32_t call_peer(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;

@@ -32,7 +32,7 @@ static cluster_ctx *new_head(int32_t dispatch) {
 #define GARBAGE_FUT ((cluster_future *)(uintptr_t)0x00007fffcafe0010ULL)
 #define GARBAGE_CALL ((cluster_call *)(uintptr_t)0x0000000000001234ULL)
 
-static cluster_status h_echo(void *ud, cluster_call *call) {
+static int32_t h_echo(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;
@@ -41,24 +41,24 @@ static cluster_status h_echo(void *ud, cluster_call *call) {
     return cluster_call_reply(call, d, n);
 }
 
-static cluster_status h_empty(void *ud, cluster_call *call) {
+static int32_t h_empty(void *ud, cluster_call *call) {
     (void)ud;
     (void)call;
     return CLUSTER_OK; /* no reply: the library replies with no bytes */
 }
 
-static cluster_status h_io_error(void *ud, cluster_call *call) {
+static int32_t h_io_error(void *ud, cluster_call *call) {
     (void)ud;
     (void)call;
     return CLUSTER_ERR_IO; /* fails the call with the status description */
 }
 
-static cluster_status h_fail(void *ud, cluster_call *call) {
+static int32_t h_fail(void *ud, cluster_call *call) {
     (void)ud;
     return cluster_call_fail(call, "boom from handler");
 }
 
-static cluster_status h_sleep(void *ud, cluster_call *call) {
+static int32_t h_sleep(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;
@@ -386,7 +386,7 @@ static _Atomic int g_probe_ran;
 
 /* Runs misuse checks against a live call, then keeps the handle to check
  * it is refused once the handler has returned. */
-static cluster_status h_probe(void *ud, cluster_call *call) {
+static int32_t h_probe(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d = NULL;
     size_t n = 0;
@@ -797,7 +797,7 @@ static void *answer_later(void *p) {
     return NULL;
 }
 
-static cluster_status h_defer(void *ud, cluster_call *call) {
+static int32_t h_defer(void *ud, cluster_call *call) {
     bool reply = ud != NULL;
     EXPECT_OK(cluster_call_defer(call));
     EXPECT_OK(cluster_call_defer(call)); /* idempotent */
@@ -980,7 +980,7 @@ static int on_notify(void *ud) {
 static pthread_t g_main_thread;
 static _Atomic int g_handler_on_main;
 
-static cluster_status h_echo_thread(void *ud, cluster_call *call) {
+static int32_t h_echo_thread(void *ud, cluster_call *call) {
     if (pthread_equal(pthread_self(), g_main_thread)) atomic_fetch_add(&g_handler_on_main, 1);
     return h_echo(ud, call);
 }

@@ -69,7 +69,7 @@ static int64_t wait_lifecycle(int32_t pid, cluster_lifecycle what, int64_t timeo
 
 /* ---- handlers (registered in every process) ------------------------------- */
 
-static cluster_status reply_i32(cluster_call *call, int32_t v) {
+static int32_t reply_i32(cluster_call *call, int32_t v) {
     return cluster_call_reply(call, (const uint8_t *)&v, sizeof v);
 }
 
@@ -80,19 +80,19 @@ static int32_t arg_i32(cluster_call *call) {
     return payload_i32(d, n);
 }
 
-static cluster_status h_whoami(void *ud, cluster_call *call) {
+static int32_t h_whoami(void *ud, cluster_call *call) {
     (void)ud;
     int32_t id = 0;
     cluster_myid(g_ctx, &id);
     return reply_i32(call, id);
 }
 
-static cluster_status h_getpid(void *ud, cluster_call *call) {
+static int32_t h_getpid(void *ud, cluster_call *call) {
     (void)ud;
     return reply_i32(call, (int32_t)getpid());
 }
 
-static cluster_status h_echo(void *ud, cluster_call *call) {
+static int32_t h_echo(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;
@@ -100,7 +100,7 @@ static cluster_status h_echo(void *ud, cluster_call *call) {
     return st ? st : cluster_call_reply(call, d, n);
 }
 
-static cluster_status h_square(void *ud, cluster_call *call) {
+static int32_t h_square(void *ud, cluster_call *call) {
     int32_t delay = (int32_t)(intptr_t)ud;
     int32_t x = arg_i32(call);
     if (delay) sleep_ms(delay);
@@ -108,7 +108,7 @@ static cluster_status h_square(void *ud, cluster_call *call) {
 }
 
 /* Sleeps args ms (polling for cancellation every 5 ms). */
-static cluster_status h_sleep_long(void *ud, cluster_call *call) {
+static int32_t h_sleep_long(void *ud, cluster_call *call) {
     (void)ud;
     int32_t ms = arg_i32(call);
     int64_t t0 = now_ms();
@@ -121,18 +121,18 @@ static cluster_status h_sleep_long(void *ud, cluster_call *call) {
     return cluster_call_reply(call, (const uint8_t *)"done", 4);
 }
 
-static cluster_status h_counter_add(void *ud, cluster_call *call) {
+static int32_t h_counter_add(void *ud, cluster_call *call) {
     (void)ud;
     g_counter += arg_i32(call);
     return CLUSTER_OK;
 }
 
-static cluster_status h_counter_get(void *ud, cluster_call *call) {
+static int32_t h_counter_get(void *ud, cluster_call *call) {
     (void)ud;
     return reply_i32(call, g_counter);
 }
 
-static cluster_status h_fail_on(void *ud, cluster_call *call) {
+static int32_t h_fail_on(void *ud, cluster_call *call) {
     (void)ud;
     int32_t id = 0;
     cluster_myid(g_ctx, &id);
@@ -141,7 +141,7 @@ static cluster_status h_fail_on(void *ud, cluster_call *call) {
 }
 
 /* On a worker: head-only functions must refuse with NOT_HEAD. */
-static cluster_status h_head_only_checks(void *ud, cluster_call *call) {
+static int32_t h_head_only_checks(void *ud, cluster_call *call) {
     (void)ud;
     int32_t r[8] = {0};
     int32_t ids[1] = {0};
@@ -165,7 +165,7 @@ static cluster_status h_head_only_checks(void *ud, cluster_call *call) {
 }
 
 /* Calls "whoami" on process args[0]; replies {status, value, last_error_pid}. */
-static cluster_status h_call_peer(void *ud, cluster_call *call) {
+static int32_t h_call_peer(void *ud, cluster_call *call) {
     (void)ud;
     int32_t target = arg_i32(call);
     int32_t r[3] = {0, 0, 0};
@@ -184,7 +184,7 @@ static cluster_status h_call_peer(void *ud, cluster_call *call) {
 }
 
 /* Imports the future reference in args, fetches it, replies with its bytes. */
-static cluster_status h_import_fetch(void *ud, cluster_call *call) {
+static int32_t h_import_fetch(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;
@@ -211,7 +211,7 @@ static cluster_status h_import_fetch(void *ud, cluster_call *call) {
 
 /* Starts slow_square(9) on process args[0], exports the future (owned
  * here), frees the local handle and replies with the reference. */
-static cluster_status h_make_ref(void *ud, cluster_call *call) {
+static int32_t h_make_ref(void *ud, cluster_call *call) {
     (void)ud;
     int32_t target = arg_i32(call), nine = 9;
     cluster_future *f = NULL;
@@ -226,7 +226,7 @@ static cluster_status h_make_ref(void *ud, cluster_call *call) {
 
 /* Imports a reference owned elsewhere and exports it again (a round trip
  * to the owner), then drops the import; replies with the new reference. */
-static cluster_status h_reexport(void *ud, cluster_call *call) {
+static int32_t h_reexport(void *ud, cluster_call *call) {
     (void)ud;
     const uint8_t *d;
     size_t n;
@@ -263,7 +263,7 @@ static void *answer_later(void *p) {
     return NULL;
 }
 
-static cluster_status h_defer(void *ud, cluster_call *call) {
+static int32_t h_defer(void *ud, cluster_call *call) {
     cluster_status st = cluster_call_defer(call);
     if (st != CLUSTER_OK) return st;
     struct deferred *df = malloc(sizeof *df);
@@ -276,7 +276,7 @@ static cluster_status h_defer(void *ud, cluster_call *call) {
     return CLUSTER_OK;
 }
 
-static cluster_status h_getenv(void *ud, cluster_call *call) {
+static int32_t h_getenv(void *ud, cluster_call *call) {
     (void)ud;
     char name[128];
     size_t len;
@@ -291,7 +291,7 @@ static cluster_status h_getenv(void *ud, cluster_call *call) {
     return cluster_call_reply(call, (const uint8_t *)v, strlen(v));
 }
 
-static cluster_status h_getcwd(void *ud, cluster_call *call) {
+static int32_t h_getcwd(void *ud, cluster_call *call) {
     (void)ud;
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) return cluster_call_fail(call, "getcwd failed");
@@ -301,7 +301,7 @@ static cluster_status h_getcwd(void *ud, cluster_call *call) {
 /* Host-driven head: runs only inside the head's cluster_poll. */
 static _Atomic int g_head_fn_off_main;
 static _Atomic int g_head_fn_calls;
-static cluster_status h_head_fn(void *ud, cluster_call *call) {
+static int32_t h_head_fn(void *ud, cluster_call *call) {
     (void)ud;
     if (!pthread_equal(pthread_self(), g_main_thread)) atomic_fetch_add(&g_head_fn_off_main, 1);
     atomic_fetch_add(&g_head_fn_calls, 1);
@@ -309,7 +309,7 @@ static cluster_status h_head_fn(void *ud, cluster_call *call) {
 }
 
 /* On a worker: calls back into the head's "head_fn". */
-static cluster_status h_call_head(void *ud, cluster_call *call) {
+static int32_t h_call_head(void *ud, cluster_call *call) {
     (void)ud;
     cluster_future *f = NULL;
     cluster_status st = cluster_remotecall(g_ctx, CLUSTER_HEAD, "head_fn", NULL, 0, &f);
@@ -323,7 +323,7 @@ static cluster_status h_call_head(void *ud, cluster_call *call) {
 }
 
 /* A handler returning a status outside the enum (KI-1). */
-static cluster_status h_bad_status(void *ud, cluster_call *call) {
+static int32_t h_bad_status(void *ud, cluster_call *call) {
     (void)ud;
     (void)call;
     int32_t v = 99;
@@ -333,7 +333,7 @@ static cluster_status h_bad_status(void *ud, cluster_call *call) {
 }
 
 /* Replies with args[0] bytes. */
-static cluster_status h_make_bytes(void *ud, cluster_call *call) {
+static int32_t h_make_bytes(void *ud, cluster_call *call) {
     (void)ud;
     int32_t n = arg_i32(call);
     if (n < 0 || n > (64 << 20)) return cluster_call_fail(call, "bad size");
