@@ -12,7 +12,6 @@ step "dependencies"
 
 step "Rust: unit and multi-process integration tests"
 cargo test --all-targets 2>&1
-cargo test --doc 2>&1
 
 step "Rust: the tour example"
 cargo run --release --quiet --example tour
