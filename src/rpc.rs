@@ -447,6 +447,8 @@ impl Node {
     /// Calls `name` on every process of `pids` (all when `None`) and waits
     /// for all; every failure is listed in one `Composite` error.
     pub fn everywhere(self: &Arc<Self>, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<()> {
+        self.check_open()?;
+        self.check_name(name)?;
         let targets = pids.map(|p| p.to_vec()).unwrap_or_else(|| self.procs());
         let deadline = timeout.map(|t| Instant::now() + t);
         let started: Vec<(u32, Result<Future>)> = targets.iter().map(|&p| (p, self.remotecall(p, name, args))).collect();
