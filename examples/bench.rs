@@ -107,7 +107,7 @@ fn main() {
     rows.push(Row::lower("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
     c.shutdown(Duration::from_secs(10)).unwrap();
 
-    println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} {}", "figure", "libcluster", "baseline", "ratio", "baseline is", "target");
+    println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} target", "figure", "libcluster", "baseline", "ratio", "baseline is");
     for r in &rows {
         println!(
             "{:<38} {:>12.2} {:>12.2}  {:>6.2}x  {:<26} {}",

@@ -236,7 +236,7 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
             return true;
         }
         i += 1;
-        if i % 16 == 0 && start.elapsed() >= budget {
+        if i.is_multiple_of(16) && start.elapsed() >= budget {
             return false;
         }
     }

@@ -354,18 +354,14 @@ impl Conn {
                 Step::Busy | Step::Empty => std::hint::spin_loop(),
             }
             n += 1;
-            if n % 8 == 0 && start.elapsed() >= spin {
+            if n.is_multiple_of(8) && start.elapsed() >= spin {
                 break;
             }
         }
         self.drivers.fetch_sub(1, Ordering::AcqRel);
         // Frames read along with the reply may sit in the buffer, where the
         // background reader's poll cannot see them: dispatch them now.
-        loop {
-            match self.read.try_lock().map(|r| r.may_have_frames()) {
-                Some(true) => {}
-                _ => break,
-            }
+        while self.read.try_lock().map(|r| r.may_have_frames()) == Some(true) {
             match self.read_one(owner) {
                 Step::Job(job) => job(),
                 Step::Dispatched => {}

@@ -65,7 +65,7 @@ fn timeout_arg(ms: i64) -> Option<Duration> {
     }
 }
 
-unsafe fn pid_list<'a>(ids: *const i32, n: usize) -> Result<Vec<u32>, Error> {
+unsafe fn pid_list(ids: *const i32, n: usize) -> Result<Vec<u32>, Error> {
     if n == 0 {
         return Ok(Vec::new());
     }
