@@ -73,9 +73,12 @@ int main(void) {
         const uint8_t *data;
         size_t len;
         check(cluster_future_fetch(futures[i], 10000, &data, &len), "cluster_future_fetch");
-        printf("  %.*s\n", (int)len, (const char *)data);
-        answered += strstr((const char *)data, "from worker") != NULL;
-        cluster_future_free(futures[i]);
+        /* The bytes are not NUL-terminated: copy them into a string. */
+        char text[256];
+        snprintf(text, sizeof text, "%.*s", (int)len, (const char *)data);
+        printf("  %s\n", text);
+        answered += strstr(text, "from worker") != NULL;
+        cluster_future_free(futures[i]); /* also releases `data` */
     }
 
     /* A remote error: the function does not exist on the worker. */

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The C and C++ test suite (tests/c, the C++ wrapper, the examples and the
+# install/packaging test), in two configurations:
+#
+#   1. release: `cargo build --release`, tests built with -O2     (build/c-release)
+#   2. sanitizers: `cargo build` (debug library), tests built with
+#      -fsanitize=address,undefined                               (build/c-asan)
+#
+# Each: configure with CMake, build, run ctest with --output-on-failure and a
+# per-test timeout. Exits non-zero if anything fails.
+#
+# Usage: scripts/test-c.sh [--release-only | --sanitize-only] [--strict]
+#   --strict   known-issue checks (tests/KNOWN_ISSUES.md) fail instead of logging
+# Environment: CTEST_PARALLEL_LEVEL (default: 4), CLUSTER_TEST_TIMEOUT
+# (per-test seconds, default 120), CMAKE_GENERATOR (default: Ninja if present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+run_release=1
+run_sanitize=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --release-only) run_sanitize=0 ;;
+        --sanitize-only) run_release=0 ;;
+        --strict) export CLUSTER_STRICT=1 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "test-c.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+jobs=${CTEST_PARALLEL_LEVEL:-4}
+timeout=${CLUSTER_TEST_TIMEOUT:-120}
+generator=()
+if [ -z "${CMAKE_GENERATOR:-}" ] && command -v ninja >/dev/null 2>&1; then
+    generator=(-G Ninja)
+fi
+command -v cmake >/dev/null 2>&1 || { echo "test-c.sh: cmake not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+# run_config <name> <build dir> <library dir> <cmake args...>
+run_config() {
+    local name=$1 dir=$2 lib=$3
+    shift 3
+    step "C/C++ ($name): configure"
+    # A build dir configured by another generator cannot be reused.
+    if [ -f "$dir/CMakeCache.txt" ] && [ ${#generator[@]} -gt 0 ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=Ninja" "$dir/CMakeCache.txt"; then
+        rm -rf "$dir"
+    fi
+    cmake -S tests/c -B "$dir" "${generator[@]}" -DLIBCLUSTER_DIR="$lib" -DCLUSTER_TEST_TIMEOUT="$timeout" "$@"
+    step "C/C++ ($name): build"
+    cmake --build "$dir" --parallel "$(nproc 2>/dev/null || echo 2)"
+    step "C/C++ ($name): ctest"
+    local start=$SECONDS
+    (cd "$dir" && ctest --output-on-failure --timeout "$timeout" --parallel "$jobs" "${ctest_args[@]}")
+    echo "C/C++ ($name): passed in $((SECONDS - start)) s"
+}
+
+if [ "$run_release" -eq 1 ]; then
+    step "library: cargo build --release"
+    cargo build --release --lib
+    ctest_args=()
+    run_config release "$root/build/c-release" "$root/target/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fi
+
+if [ "$run_sanitize" -eq 1 ]; then
+    step "library: cargo build (debug, for the sanitizer run)"
+    cargo build --lib
+    # The compile-failure and packaging tests do not depend on the sanitizers:
+    # they ran in the release configuration.
+    ctest_args=(-LE build)
+    if [ "$run_release" -eq 0 ]; then ctest_args=(); fi
+    run_config "ASan+UBSan" "$root/build/c-asan" "$root/target/debug" -DCMAKE_BUILD_TYPE=Debug -DCLUSTER_SANITIZE=ON
+fi
+
+step "C/C++ tests passed"
