@@ -46,6 +46,10 @@ pub struct Conn {
     /// Held while writing; holds responses corked while a batch of
     /// requests is served, written together at the end of the batch.
     write: Mutex<Vec<u8>>,
+    has_corked: AtomicBool,
+    /// The background reader is spinning on this connection and will write
+    /// corked requests within microseconds: senders may cork small ones.
+    reader_active: AtomicBool,
     read: Mutex<FrameReader>,
     drivers: AtomicU32,
     gate: Mutex<()>,
@@ -68,6 +72,8 @@ impl Conn {
             peer: AtomicU32::new(0),
             peer_max: AtomicU64::new(max_payload),
             write: Mutex::new(Vec::new()),
+            has_corked: AtomicBool::new(false),
+            reader_active: AtomicBool::new(false),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
             gate: Mutex::new(()),
@@ -102,8 +108,15 @@ impl Conn {
             ));
         }
         let mut out = self.write.lock();
-        let corked = CORKED.with(|c| c.get()) == self as *const Conn as usize;
-        if corked && header.kind == wire::Kind::Response && size <= CORK_FRAME_MAX && out.len() < CORK_MAX {
+        // Cork responses to a batch being served, and requests while the
+        // reader is spinning here (it writes them out on its next turn):
+        // many small messages then cost one write, not one each.
+        let cork = match header.kind {
+            wire::Kind::Response => CORKED.with(|c| c.get()) == self as *const Conn as usize,
+            _ => self.reader_active.load(Ordering::SeqCst),
+        };
+        if cork && size <= CORK_FRAME_MAX && out.len() < CORK_MAX {
+            self.has_corked.store(true, Ordering::Release);
             let mut h = header;
             h.meta_len = meta.len() as u16;
             h.payload_len = payload.len() as u64;
@@ -117,6 +130,7 @@ impl Conn {
         } else {
             let r = wire::write_frame_after(self.fd, &out, header, meta, payload);
             out.clear();
+            self.has_corked.store(false, Ordering::Release);
             r
         };
         r.map_err(|e| {
@@ -127,7 +141,11 @@ impl Conn {
 
     /// Writes corked responses now.
     pub fn flush(&self) {
+        if !self.has_corked.load(Ordering::Acquire) {
+            return;
+        }
         let mut out = self.write.lock();
+        self.has_corked.store(false, Ordering::Release);
         if out.is_empty() {
             return;
         }
@@ -247,8 +265,22 @@ impl Conn {
     /// Reads and dispatches frames while they come, spinning up to `spin`
     /// after the last one. `gen` is set when called by the background reader.
     fn pump<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, gen: Option<u64>) -> Pump {
+        if gen.is_none() {
+            return self.pump_inner(owner, spin, gen);
+        }
+        self.reader_active.store(true, Ordering::SeqCst);
+        let r = self.pump_inner(owner, spin, gen);
+        // Stop corking before the last flush: a sender that saw the flag
+        // set corked under the write lock, which the flush then takes.
+        self.reader_active.store(false, Ordering::SeqCst);
+        self.flush();
+        r
+    }
+
+    fn pump_inner<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, gen: Option<u64>) -> Pump {
         let mut idle_since: Option<Instant> = None;
         loop {
+            self.flush();
             if gen.is_some() && self.drivers.load(Ordering::Acquire) > 0 {
                 self.flush();
                 return Pump::Continue;
@@ -290,7 +322,10 @@ impl Conn {
                     if batch {
                         CORKED.with(|c| c.set(Arc::as_ptr(self) as usize));
                     }
+                    self.reader_active.store(false, Ordering::SeqCst);
+                    self.flush();
                     job();
+                    self.reader_active.store(true, Ordering::SeqCst);
                     CORKED.with(|c| c.set(0));
                     self.job_since.store(0, Ordering::Release);
                     owner.rescuer().job_finished();
@@ -325,6 +360,7 @@ impl Conn {
     /// Waits for `done()` by reading this connection on the caller's
     /// thread for up to `spin`; false when it is still not done.
     pub fn drive<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> bool {
+        self.flush();
         if spin.is_zero() || self.is_closed() {
             return done();
         }
