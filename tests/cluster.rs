@@ -192,6 +192,30 @@ fn interrupt_cancels_running_calls_only() {
 }
 
 #[test]
+fn handler_threads_bound_concurrent_calls() {
+    let c = head();
+    let mut one = opts();
+    one.env.push(("TEST_HANDLER_THREADS".into(), "1".into()));
+    let mut two = opts();
+    two.env.push(("TEST_HANDLER_THREADS".into(), "2".into()));
+    c.addprocs(1, &one).unwrap();
+    c.addprocs(1, &two).unwrap();
+    let timed = |w: u32| {
+        let t = Instant::now();
+        let fs: Vec<_> = (0..2).map(|_| c.remotecall(w, "sleep_ms", &300u32.to_le_bytes()).unwrap()).collect();
+        for f in &fs {
+            f.wait(Some(Duration::from_secs(10))).unwrap();
+        }
+        t.elapsed()
+    };
+    let serial = timed(2);
+    let parallel = timed(3);
+    assert!(serial >= Duration::from_millis(600), "one handler thread ran calls at once: {serial:?}");
+    assert!(parallel < Duration::from_millis(550), "two handler threads ran calls one at a time: {parallel:?}");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
 fn workers_call_each_other_and_back_into_the_head() {
     let c = head();
     c.addprocs(3, &opts()).unwrap();

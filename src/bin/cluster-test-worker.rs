@@ -73,6 +73,9 @@ fn main() {
     if let Some(max) = std::env::var("TEST_MAX_MESSAGE").ok().and_then(|v| v.parse().ok()) {
         cfg.max_message_bytes = max;
     }
+    if let Some(n) = std::env::var("TEST_HANDLER_THREADS").ok().and_then(|v| v.parse().ok()) {
+        cfg.handler_threads = n;
+    }
     let c = match Cluster::init(cfg) {
         Ok(c) => c,
         Err(e) => {
