@@ -91,6 +91,10 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     # spinning as well would compete for the CPUs, so they block unless
     # LIBCLUSTER_SPIN_US asks otherwise.
     haskey(ENV, "LIBCLUSTER_SPIN_US") || (cfg = CAPI.with_fields(cfg; spin_us = UInt32(0)))
+    # A worker whose head goes away leaves through its serve loop (a shutdown
+    # event): the library's own exit from one of its threads would run the
+    # process's exit handlers under Julia's feet.
+    role === :worker && (cfg = CAPI.with_fields(cfg; exit_on_head_loss = false))
     if log_level !== nothing
         cfg = CAPI.with_fields(cfg; log_level = Int32(log_level))
     end

@@ -165,7 +165,8 @@ function print_remote_do_error(err, bt)
     try
         msg = sprint() do io
             print(io, "Error in remote_do on process ", RT.myid, ": ")
-            showerror(io, err, bt)
+            showerror(io, err)
+            Base.show_backtrace(io, portable_backtrace(bt))
             println(io)
         end
         print(stderr, msg)
