@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define ADD_CLIENT 11
+
 
 
 

@@ -103,6 +103,7 @@ pub(crate) mod op {
     pub const ADD_REF: u16 = 8;
     pub const DEL_REF: u16 = 9;
     pub const FETCH_REF: u16 = 10;
+    pub const ADD_CLIENT: u16 = 11;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -185,7 +186,10 @@ impl Peer {
     }
 }
 
+/// Messages that must not block their sender (finalizers, imports): a
+/// thread sends them, in order.
 enum Housekeeping {
+    AddClient { owner: u32, id: u64 },
     DelRef { owner: u32, id: u64 },
 }
 
@@ -206,7 +210,7 @@ pub struct Node {
     membership_cv: Condvar,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) host: Option<HostQueue>,
-    pub(crate) owned: Mutex<HashMap<u64, (Arc<Slot>, u64)>>,
+    pub(crate) owned: Mutex<HashMap<u64, crate::rpc::Owned>>,
     closing: AtomicBool,
     stop: Mutex<bool>,
     stop_cv: Condvar,
@@ -410,13 +414,13 @@ impl Node {
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
                     let Some(node) = weak.upgrade() else { return };
-                    match job {
-                        Housekeeping::DelRef { owner, id } => {
-                            if let Ok((_, conn)) = node.conn_for(owner) {
-                                let h = Header::new(Kind::Oneway, service::CONTROL, op::DEL_REF, 0);
-                                let _ = conn.send(h, &wire::encode_meta(&id), &[]);
-                            }
-                        }
+                    let (owner, id, op) = match job {
+                        Housekeeping::AddClient { owner, id } => (owner, id, op::ADD_CLIENT),
+                        Housekeeping::DelRef { owner, id } => (owner, id, op::DEL_REF),
+                    };
+                    if let Ok((_, conn)) = node.conn_for(owner) {
+                        let h = Header::new(Kind::Oneway, service::CONTROL, op, 0);
+                        let _ = conn.send(h, &wire::encode_meta(&id), &[]);
                     }
                 }
             })
@@ -426,6 +430,12 @@ impl Node {
     pub(crate) fn defer_del_ref(&self, owner: u32, id: u64) {
         if let Some(tx) = self.housekeeping.lock().as_ref() {
             let _ = tx.send(Housekeeping::DelRef { owner, id });
+        }
+    }
+
+    pub(crate) fn defer_add_client(&self, owner: u32, id: u64) {
+        if let Some(tx) = self.housekeeping.lock().as_ref() {
+            let _ = tx.send(Housekeeping::AddClient { owner, id });
         }
     }
 
@@ -840,6 +850,7 @@ impl Node {
         for s in pending {
             s.complete(Err(Error::exited(id)));
         }
+        self.drop_holder(id);
         let graceful = peer.graceful.load(Ordering::Acquire);
         self.log.info(format!("process {id} left ({})", if graceful { "stopped" } else { "died" }));
         {
@@ -1073,20 +1084,16 @@ impl Node {
             op::INTERRUPT => self.interrupt_local(),
             op::ADD_REF => {
                 let ref_id: u64 = f.meta_as()?;
-                let known = match self.owned.lock().get_mut(&ref_id) {
-                    Some(e) => {
-                        e.1 += 1;
-                        true
-                    }
-                    None => false,
-                };
-                let r = if known { Ok(&[][..]) } else { Err(self.freed_ref(ref_id)) };
+                let r = if self.add_transit(ref_id) { Ok(&[][..]) } else { Err(self.freed_ref(ref_id)) };
                 self.respond(conn, &f.header, r);
             }
-            op::DEL_REF => self.release_ref(f.meta_as()?),
+            op::ADD_CLIENT => {
+                self.claim_ref(f.meta_as()?, from);
+            }
+            op::DEL_REF => self.release_ref(f.meta_as()?, from),
             op::FETCH_REF => {
                 let ref_id: u64 = f.meta_as()?;
-                let slot = self.owned.lock().get(&ref_id).map(|e| e.0.clone());
+                let slot = self.owned.lock().get(&ref_id).map(|e| e.slot.clone());
                 match slot {
                     None => self.respond(conn, &f.header, Err(self.freed_ref(ref_id))),
                     Some(slot) => {

@@ -192,6 +192,24 @@ impl Dispatcher {
     }
 }
 
+/// A value this process keeps for references to it: those exported and not
+/// yet imported, and those held, per process, until released or the
+/// holder dies.
+pub(crate) struct Owned {
+    pub slot: Arc<Slot>,
+    pub in_transit: u64,
+    pub holders: HashMap<u32, u64>,
+}
+
+impl Owned {
+    fn new(slot: Arc<Slot>) -> Owned {
+        Owned { slot, in_transit: 0, holders: HashMap::new() }
+    }
+    fn unreferenced(&self) -> bool {
+        self.in_transit == 0 && self.holders.is_empty()
+    }
+}
+
 /// A reference to a future that another process can wait on and fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FutureRef {
@@ -295,7 +313,8 @@ impl Future {
         match &self.origin {
             Origin::Local | Origin::Imported => {
                 let mut owned = self.node.owned.lock();
-                owned.entry(self.slot.id).or_insert_with(|| (self.slot.clone(), 0)).1 += 1;
+                let e = owned.entry(self.slot.id).or_insert_with(|| Owned::new(self.slot.clone()));
+                e.in_transit += 1;
                 Ok(FutureRef { owner: self.node.myid(), id: self.slot.id })
             }
             Origin::Remote { owner, id, .. } => {
@@ -336,7 +355,7 @@ impl Drop for Future {
     fn drop(&mut self) {
         match &self.origin {
             Origin::Local => {}
-            Origin::Imported => self.node.release_ref(self.slot.id),
+            Origin::Imported => self.node.release_ref(self.slot.id, self.node.myid()),
             Origin::Remote { owner, id, .. } => self.node.defer_del_ref(*owner, *id),
         }
     }
@@ -497,12 +516,13 @@ impl Node {
     /// A reference made by `Future::export`, here or in another process.
     pub fn import(self: &Arc<Self>, r: FutureRef) -> Result<Future> {
         if r.owner == self.myid() {
-            let slot = self.owned.lock().get(&r.id).map(|e| e.0.clone()).ok_or_else(|| self.freed(r.id))?;
+            let slot = self.claim_ref(r.id, r.owner).ok_or_else(|| self.freed(r.id))?;
             return Ok(self.new_future(slot, None, Origin::Imported));
         }
         if !self.peers.read().contains_key(&r.owner) {
             return Err(Error::at(ErrorKind::NoSuchProcess, r.owner, format!("no process {}", r.owner)));
         }
+        self.defer_add_client(r.owner, r.id);
         let slot = Arc::new(Slot::new(self.next_request_id(), r.owner));
         self.watch(&slot);
         let origin = Origin::Remote { owner: r.owner, id: r.id, requested: AtomicBool::new(false) };
@@ -513,14 +533,48 @@ impl Node {
         Error::new(ErrorKind::InvalidArgument, format!("future {id} of process {} was freed", self.myid()))
     }
 
-    pub(crate) fn release_ref(&self, id: u64) {
+    /// An exported reference is on its way to some process.
+    pub(crate) fn add_transit(&self, id: u64) -> bool {
+        match self.owned.lock().get_mut(&id) {
+            Some(e) => {
+                e.in_transit += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `holder` imported a reference: it now holds it until it releases it
+    /// or dies.
+    pub(crate) fn claim_ref(&self, id: u64, holder: u32) -> Option<Arc<Slot>> {
+        let mut owned = self.owned.lock();
+        let e = owned.get_mut(&id)?;
+        e.in_transit = e.in_transit.saturating_sub(1);
+        *e.holders.entry(holder).or_insert(0) += 1;
+        Some(e.slot.clone())
+    }
+
+    pub(crate) fn release_ref(&self, id: u64, holder: u32) {
         let mut owned = self.owned.lock();
         if let Some(e) = owned.get_mut(&id) {
-            e.1 = e.1.saturating_sub(1);
-            if e.1 == 0 {
+            if let Some(n) = e.holders.get_mut(&holder) {
+                *n -= 1;
+                if *n == 0 {
+                    e.holders.remove(&holder);
+                }
+            }
+            if e.unreferenced() {
                 owned.remove(&id);
             }
         }
+    }
+
+    /// A process died: the references it held are gone with it.
+    pub(crate) fn drop_holder(&self, holder: u32) {
+        self.owned.lock().retain(|_, e| {
+            e.holders.remove(&holder);
+            !e.unreferenced()
+        });
     }
 
     /// Number of values this process keeps for references held elsewhere.

@@ -256,6 +256,14 @@ fn futures_travel_by_reference_and_are_freed() {
     assert!(v.iter().all(|&b| b == 0xA5));
     // The importer freed its reference when its future dropped.
     assert!(wait_until(Duration::from_secs(2), || c.owned_refs() == 0));
+    // A holder that dies releases what it held.
+    let r = f.export().unwrap();
+    c.remotecall_fetch(2, "hold_ref", &r.to_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(c.owned_refs(), 1);
+    let os_pid = u32_of(&c.remotecall_fetch(2, "getpid", &[]).unwrap());
+    cluster::sys::kill(os_pid, cluster::sys::SIGKILL);
+    assert!(wait_until(Duration::from_secs(3), || c.owned_refs() == 0), "a dead holder kept its reference");
     // Importing at home gives the same value.
     let r = f.export().unwrap();
     let g = c.import(r).unwrap();

@@ -5,6 +5,7 @@ use cluster::{Call, Cluster, Config, FutureRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+static HELD: std::sync::Mutex<Vec<cluster::Future>> = std::sync::Mutex::new(Vec::new());
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SEQ_BROKEN: AtomicBool = AtomicBool::new(false);
 
@@ -50,6 +51,13 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         let v = f.fetch(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         Ok(v.to_vec())
     })?;
+    c.register_fn("hold_ref", |call| {
+        let b = call.args();
+        let r = FutureRef { owner: u32::from_le_bytes(b[..4].try_into().unwrap()), id: u64::from_le_bytes(b[4..12].try_into().unwrap()) };
+        let f = call.node().import(r).map_err(|e| e.to_string())?;
+        HELD.lock().unwrap().push(f);
+        Ok(Vec::new())
+    })?;
     c.register_fn("exit", |call| std::process::exit(u32_arg(call).unwrap_or(7) as i32))?;
     c.register_fn("seq", |call| {
         let n = u64::from_le_bytes(call.args().try_into().map_err(|_| "expected a u64")?);
@@ -69,6 +77,8 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
 }
 
 fn main() {
+    // One line per panic: the tests panic handlers on purpose.
+    std::panic::set_hook(Box::new(|info| eprintln!("cluster-test-worker: {info}")));
     let mut cfg = Config::default();
     if let Some(max) = std::env::var("TEST_MAX_MESSAGE").ok().and_then(|v| v.parse().ok()) {
         cfg.max_message_bytes = max;
