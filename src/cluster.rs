@@ -1123,7 +1123,9 @@ impl Node {
             Ok(v) => match conn.send(r, &[], v) {
                 // The value is too large for the caller: tell it so.
                 Err(e) if e.kind == ErrorKind::TooLarge => {
-                    send_err(r, &Error::at(ErrorKind::TooLarge, self.myid(), format!("the result {}", e.message)))
+                    let max = conn.peer_max.load(Ordering::Relaxed);
+                    let msg = format!("the result of {} bytes exceeds the caller's maximum message size of {max} bytes", v.len());
+                    send_err(r, &Error::at(ErrorKind::TooLarge, self.myid(), msg))
                 }
                 other => other,
             },
