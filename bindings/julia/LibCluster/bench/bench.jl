@@ -1,0 +1,106 @@
+# LibCluster against Distributed, in the same run on the same machine:
+#
+#   - remotecall_fetch round trip of a no-op (target: at most 0.5x Distributed)
+#   - pipelined remotecall + fetch (information)
+#   - addprocs(2) of Julia workers until ready (target: no slower)
+#
+# Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
+# Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5).
+#
+# Both libraries export the same names: each is used qualified here.
+
+import Distributed
+import LibCluster
+using Printf
+using Statistics: median
+
+const CALLS = parse(Int, get(ENV, "BENCH_CALLS", "5000"))
+const ROUNDS = parse(Int, get(ENV, "BENCH_ROUNDS", "5"))
+
+noop() = nothing
+
+function time_addprocs(add, rm)
+    t = @elapsed ids = add(2)
+    t, ids
+end
+
+"Median over rounds of the mean time of one `remotecall_fetch` round trip, in µs."
+function rtt(fetchcall, pid)
+    for _ in 1:1000                      # warm up (compilation, connections)
+        fetchcall(pid)
+    end
+    per_round = Float64[]
+    for _ in 1:ROUNDS
+        t = time_ns()
+        for _ in 1:CALLS
+            fetchcall(pid)
+        end
+        push!(per_round, (time_ns() - t) / CALLS / 1000)
+    end
+    median(per_round)
+end
+
+"Calls per second of `n` remotecalls issued at once, then fetched."
+function pipelined(call, pid, n)
+    futs = [call(pid) for _ in 1:100]
+    foreach(fetch, futs)
+    best = 0.0
+    for _ in 1:3
+        t = @elapsed begin
+            futs = [call(pid) for _ in 1:n]
+            foreach(fetch, futs)
+        end
+        best = max(best, n / t)
+    end
+    best
+end
+
+function row(what, ours, theirs, unit; lower_is_better = true)
+    ratio = ours / theirs
+    @printf("%-44s %12.2f %12.2f %9.2fx  %s\n", what, ours, theirs, ratio, unit)
+    ratio
+end
+
+println("LibCluster $(LibCluster.library_version()) ($(LibCluster.library_path()))")
+println("Julia $(VERSION), $(Sys.CPU_THREADS) CPU threads; $(CALLS) calls x $(ROUNDS) rounds\n")
+
+# addprocs: the first in this process for each, then a second one.
+t_dist1, dids = time_addprocs(Distributed.addprocs, Distributed.rmprocs)
+t_lc1, lids = time_addprocs(LibCluster.addprocs, LibCluster.rmprocs)
+Distributed.rmprocs(dids)
+LibCluster.rmprocs(lids)
+t_lc2, lids = time_addprocs(LibCluster.addprocs, LibCluster.rmprocs)
+t_dist2, dids = time_addprocs(Distributed.addprocs, Distributed.rmprocs)
+
+dw, lw = dids[1], lids[1]
+Distributed.@everywhere dids noop() = nothing
+LibCluster.@everywhere lids noop() = nothing
+
+# Round trips, alternating so that both see the same machine conditions.
+r_dist = Float64[]
+r_lc = Float64[]
+for _ in 1:2
+    push!(r_dist, rtt(p -> Distributed.remotecall_fetch(noop, p), dw))
+    push!(r_lc, rtt(p -> LibCluster.remotecall_fetch(noop, p), lw))
+end
+rt_dist, rt_lc = minimum(r_dist), minimum(r_lc)
+
+rc_dist = rtt(p -> Distributed.remotecall_fetch(x -> x, p, 1), dw)
+rc_lc = rtt(p -> LibCluster.remotecall_fetch(x -> x, p, 1), lw)
+
+pl_dist = pipelined(p -> Distributed.remotecall(noop, p), dw, 20_000)
+pl_lc = pipelined(p -> LibCluster.remotecall(noop, p), lw, 20_000)
+
+println(@sprintf("%-44s %12s %12s %10s", "", "LibCluster", "Distributed", "ratio"))
+r1 = row("remotecall_fetch no-op round trip", rt_lc, rt_dist, "µs (target <= 0.5x)")
+row("remotecall_fetch of a closure, round trip", rc_lc, rc_dist, "µs")
+row("pipelined remotecall + fetch (20k)", pl_lc, pl_dist, "calls/s (higher is better)")
+r2 = row("addprocs(2) until ready, first in process", t_lc1, t_dist1, "s (target <= 1x)")
+row("addprocs(2) until ready, again", t_lc2, t_dist2, "s")
+
+println()
+println("round trip target (<= 0.5x): ", r1 <= 0.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", r1))
+println("addprocs target (<= 1x):     ", r2 <= 1.0 ? "met" : "NOT met", @sprintf(" (%.2fx)", r2))
+
+Distributed.rmprocs(dids)
+LibCluster.rmprocs(lids)
