@@ -105,12 +105,14 @@ pub fn write_all_vectored(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads into `buf` without blocking. `Ok(None)` means no data now;
-/// `Ok(Some(0))` means the peer closed.
-pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+/// One non-blocking `read(2)` of up to `len` bytes at `ptr`, retried on
+/// EINTR. `Ok(None)` means no data now; `Ok(Some(0))` means the peer closed.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<Option<usize>> {
     loop {
-        // SAFETY: `buf` is a valid, writable slice.
-        let rc = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        let rc = libc::read(fd, ptr as *mut libc::c_void, len);
         if rc >= 0 {
             return Ok(Some(rc as usize));
         }
@@ -123,29 +125,25 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
+/// Reads into `buf` without blocking; results as `read_raw`.
+pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is a valid, writable slice.
+    unsafe { read_raw(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
 /// Reads without blocking into the spare capacity of `v` (at most `max`
-/// bytes), growing its length by what was read: no zero-filling pass over
-/// a large buffer. Results as `read_nonblocking`.
+/// bytes, and at least one must fit), growing its length by what was read:
+/// no zero-filling pass over a large buffer. Results as `read_raw`.
 pub fn read_into_spare(fd: RawFd, v: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
     let room = (v.capacity() - v.len()).min(max);
-    if room == 0 {
-        return Ok(Some(0));
+    assert!(room > 0, "read_into_spare needs room");
+    // SAFETY: the kernel writes at most `room` bytes into the spare
+    // capacity, and only the bytes it reports are added to the length.
+    let r = unsafe { read_raw(fd, v.as_mut_ptr().add(v.len()), room) }?;
+    if let Some(n) = r {
+        unsafe { v.set_len(v.len() + n) };
     }
-    loop {
-        // SAFETY: the kernel writes at most `room` bytes into the spare
-        // capacity, and only the bytes it reports are added to the length.
-        let rc = unsafe { libc::read(fd, v.as_mut_ptr().add(v.len()) as *mut libc::c_void, room) };
-        if rc >= 0 {
-            unsafe { v.set_len(v.len() + rc as usize) };
-            return Ok(Some(rc as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
+    Ok(r)
 }
 
 /// An eventfd used to tell a host event loop that work is waiting.

@@ -283,6 +283,21 @@ mod tests {
     use std::os::unix::io::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    /// Reads `n` frames, waiting for the socket as needed.
+    fn read_frames(r: &mut FrameReader, fd: RawFd, n: usize) -> Vec<Frame> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match r.read_frame(fd).unwrap() {
+                ReadOutcome::Frame(f) => got.push(f),
+                ReadOutcome::WouldBlock => {
+                    sys::poll_in(fd, None).unwrap();
+                }
+                ReadOutcome::Closed => panic!("closed early"),
+            }
+        }
+        got
+    }
+
     #[test]
     fn header_round_trips() {
         let mut h = Header::new(Kind::Request, 7, 9, 0xDEAD_BEEF_1234);
@@ -323,17 +338,7 @@ mod tests {
                 a.write_all(chunk).unwrap();
             }
         });
-        let mut r = FrameReader::new(1 << 20);
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            match r.read_frame(b.as_raw_fd()).unwrap() {
-                ReadOutcome::Frame(f) => got.push(f),
-                ReadOutcome::WouldBlock => {
-                    sys::poll_in(b.as_raw_fd(), None).unwrap();
-                }
-                ReadOutcome::Closed => panic!("closed early"),
-            }
-        }
+        let got = read_frames(&mut FrameReader::new(1 << 20), b.as_raw_fd(), 3);
         writer.join().unwrap();
         assert_eq!(got[0].payload, b"hi");
         assert_eq!(got[1].payload, big);
@@ -360,16 +365,7 @@ mod tests {
         });
         let mut r = FrameReader::new(1 << 30);
         r.recycle(Vec::with_capacity(3 << 20));
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            match r.read_frame(b.as_raw_fd()).unwrap() {
-                ReadOutcome::Frame(f) => got.push(f),
-                ReadOutcome::WouldBlock => {
-                    sys::poll_in(b.as_raw_fd(), None).unwrap();
-                }
-                ReadOutcome::Closed => panic!("closed early"),
-            }
-        }
+        let got = read_frames(&mut r, b.as_raw_fd(), 2);
         writer.join().unwrap();
         assert_eq!(got[0].payload, big);
         assert_eq!(got[1].payload, b"next");
