@@ -92,10 +92,39 @@ function wait_ready(f::Future)
         while !done_now(f)
             RT.ctx == C_NULL && error("LibCluster: the cluster was shut down")
             c = get!(() -> Threads.Condition(RT.lock), RT.waiters, f.id)
-            wait(c)
+            # Woken by the event loop (CLUSTER_EVENT_FUTURE_READY), or by this
+            # timer to nudge the library: see `kick`.
+            t = Timer(_ -> lock(() -> notify(c), RT.lock), KICK_INTERVAL)
+            try
+                wait(c)
+            finally
+                close(t)
+            end
+            done_now(f) || kick(f)
         end
     finally
         unlock(RT.lock)
+    end
+    nothing
+end
+
+const KICK_INTERVAL = 0.005
+
+"""
+    kick(f)
+
+Workaround for a libcluster bug (KNOWN_ISSUES.md, "corked request"): a
+request written while the connection's reader thread finishes a batch can
+stay in the library's write buffer until more traffic comes. A waiting task
+calls `cluster_future_wait(f, 0)` now and then, which flushes the future's
+connection. It does not block: the library's spin is 0 in LibCluster's
+processes (when LIBCLUSTER_SPIN_US is set, it could spin that long, so it
+is skipped then).
+"""
+function kick(f::Future)
+    h = f.handle
+    if h != C_NULL && RT.lib_spin_zero
+        CAPI.cluster_future_wait(h, 0)
     end
     nothing
 end

@@ -24,12 +24,13 @@ mutable struct Runtime
     spin_ns::UInt64                     # how long the event loop and fetch spin
     dead::Dict{Int,Symbol}              # pid => :exited or :died
     pid_lock::ReentrantLock             # serialises add/remove of processes
+    lib_spin_zero::Bool                 # the library's spin_us is 0 here
 end
 
 Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
                     Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[],
                     Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
-                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock())
+                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock(), true)
 
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
@@ -91,6 +92,7 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     # spinning as well would compete for the CPUs, so they block unless
     # LIBCLUSTER_SPIN_US asks otherwise.
     haskey(ENV, "LIBCLUSTER_SPIN_US") || (cfg = CAPI.with_fields(cfg; spin_us = UInt32(0)))
+    RT.lib_spin_zero = cfg.spin_us == 0
     # A worker whose head goes away leaves through its serve loop (a shutdown
     # event): the library's own exit from one of its threads would run the
     # process's exit handlers under Julia's feet.
