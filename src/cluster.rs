@@ -9,7 +9,7 @@ use crate::launch::{self, LaunchOptions, LaunchSpec, Launcher, LocalLauncher};
 use crate::log::{Level, Logger};
 use crate::rpc::{Dispatcher, IncomingCall};
 use crate::sys;
-use crate::transport::{Conn, Dispatch, Job, Rescuer};
+use crate::transport::{Conn, Dispatch, Flusher, Job, Rescuer};
 use crate::wire::{self, service, Frame, Header, Kind};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -218,6 +218,7 @@ pub struct Node {
     lifecycle: RwLock<Option<LifecycleHook>>,
     rr: AtomicUsize,
     rescuer: Rescuer,
+    flusher: Arc<Flusher>,
     housekeeping: Mutex<Option<mpsc::Sender<Housekeeping>>>,
     launcher: RwLock<Arc<dyn Launcher>>,
 }
@@ -323,6 +324,7 @@ impl Node {
             lifecycle: RwLock::new(None),
             rr: AtomicUsize::new(0),
             rescuer: Rescuer::default(),
+            flusher: Flusher::start(),
             housekeeping: Mutex::new(None),
             launcher: RwLock::new(Arc::new(LocalLauncher)),
         })
@@ -372,7 +374,7 @@ impl Node {
         let listener = Node::bind(&cfg)?;
         let max = cfg.max_message_bytes;
         let node = Arc::new(Node::blank(cfg, log, false, cookie, &listener)?);
-        let conn = Conn::new(stream, max)?;
+        let conn = Conn::new(stream, max, node.flusher.clone())?;
         conn.peer.store(HEAD_ID, Ordering::Release);
         let join = Join { id, listen_addr: node.listen_addr.clone(), os_pid: std::process::id(), max_message: max };
         conn.send(Header::new(Kind::Request, service::CONTROL, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
@@ -487,7 +489,7 @@ impl Node {
             self.log.warn(format!("rejected connection from {from}: {e}"));
             return;
         }
-        let conn = match Conn::new(stream, self.cfg.max_message_bytes) {
+        let conn = match Conn::new(stream, self.cfg.max_message_bytes, self.flusher.clone()) {
             Ok(c) => c,
             Err(e) => return self.log.warn(format!("connection from {from}: {e}")),
         };
@@ -927,7 +929,7 @@ impl Node {
         let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
             .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
         auth::handshake(&mut s, self.cookie.as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
-        let conn = Conn::new(s, self.cfg.max_message_bytes)?;
+        let conn = Conn::new(s, self.cfg.max_message_bytes, self.flusher.clone())?;
         conn.peer.store(pid, Ordering::Release);
         let hello = PeerInfo { id: self.myid(), addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes };
         conn.send(Header::new(Kind::Oneway, service::CONTROL, op::HELLO, 0), &wire::encode_meta(&hello), &[])?;
@@ -1009,6 +1011,7 @@ impl Node {
         }
         sys::shutdown_socket(self.listener_fd);
         *self.housekeeping.lock() = None;
+        self.flusher.stop();
         let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
         for p in &peers {
             p.state.store(GONE, Ordering::Release);

@@ -59,10 +59,15 @@ pub struct Conn {
     job_since: AtomicU64,
     reader_gen: AtomicU64,
     epoch: Instant,
+    /// When a request was last sent (ns since `epoch`): back-to-back
+    /// requests are corked and written together.
+    last_send: AtomicU64,
+    corked_frames: AtomicU32,
+    flusher: Arc<Flusher>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, max_payload: u64) -> Result<Arc<Conn>> {
+    pub fn new(stream: TcpStream, max_payload: u64, flusher: Arc<Flusher>) -> Result<Arc<Conn>> {
         stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
@@ -82,6 +87,9 @@ impl Conn {
             job_since: AtomicU64::new(0),
             reader_gen: AtomicU64::new(0),
             epoch: Instant::now(),
+            last_send: AtomicU64::new(0),
+            corked_frames: AtomicU32::new(0),
+            flusher,
         }))
     }
 
@@ -94,7 +102,7 @@ impl Conn {
     }
 
     /// Sends one frame. Blocks only while the socket buffer is full.
-    pub fn send(&self, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
+    pub fn send(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
         if self.is_closed() {
             return Err(Error::exited(self.peer()));
         }
@@ -111,12 +119,26 @@ impl Conn {
         // Cork responses to a batch being served, and requests while the
         // reader is spinning here (it writes them out on its next turn):
         // many small messages then cost one write, not one each.
+        let mut schedule = false;
         let cork = match header.kind {
-            wire::Kind::Response => CORKED.with(|c| c.get()) == self as *const Conn as usize,
-            _ => self.reader_active.load(Ordering::SeqCst),
+            wire::Kind::Response => CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize,
+            _ if self.reader_active.load(Ordering::SeqCst) => true,
+            _ => {
+                // Back-to-back requests: cork them, and have the flusher
+                // write them out shortly unless a wait or a full batch does.
+                let now = self.now_ns();
+                let last = self.last_send.swap(now, Ordering::Relaxed);
+                let back_to_back = last != 0 && now.saturating_sub(last) < BACK_TO_BACK_NS;
+                schedule = back_to_back && out.is_empty();
+                back_to_back && self.corked_frames.load(Ordering::Relaxed) < CORK_FRAMES
+            }
         };
         if cork && size <= CORK_FRAME_MAX && out.len() < CORK_MAX {
             self.has_corked.store(true, Ordering::Release);
+            self.corked_frames.fetch_add(1, Ordering::Relaxed);
+            if schedule {
+                self.flusher.schedule(self);
+            }
             let mut h = header;
             h.meta_len = meta.len() as u16;
             h.payload_len = payload.len() as u64;
@@ -131,6 +153,7 @@ impl Conn {
             let r = wire::write_frame_after(self.fd, &out, header, meta, payload);
             out.clear();
             self.has_corked.store(false, Ordering::Release);
+            self.corked_frames.store(0, Ordering::Relaxed);
             r
         };
         r.map_err(|e| {
@@ -146,6 +169,7 @@ impl Conn {
         }
         let mut out = self.write.lock();
         self.has_corked.store(false, Ordering::Release);
+        self.corked_frames.store(0, Ordering::Relaxed);
         if out.is_empty() {
             return;
         }
@@ -361,6 +385,9 @@ impl Conn {
     /// thread for up to `spin`; false when it is still not done.
     pub fn drive<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> bool {
         self.flush();
+        // A caller that waits between requests is not pipelining: its next
+        // request goes out at once.
+        self.last_send.store(0, Ordering::Relaxed);
         if spin.is_zero() || self.is_closed() {
             return done();
         }
@@ -440,6 +467,62 @@ thread_local! {
 
 const CORK_FRAME_MAX: u64 = 4096;
 const CORK_MAX: usize = 256 * 1024;
+const CORK_FRAMES: u32 = 64;
+const BACK_TO_BACK_NS: u64 = 20_000;
+const FLUSH_DELAY: Duration = Duration::from_micros(30);
+
+/// Writes out requests corked by senders that went on with other work.
+/// Its thread sleeps until a sender corks into an empty buffer, so the
+/// wake-up is paid once per batch, not per message.
+pub struct Flusher {
+    queue: Mutex<Vec<std::sync::Weak<Conn>>>,
+    thread: Mutex<Option<std::thread::Thread>>,
+    stop: AtomicBool,
+}
+
+impl Flusher {
+    pub fn start() -> Arc<Flusher> {
+        let f = Arc::new(Flusher { queue: Mutex::new(Vec::new()), thread: Mutex::new(None), stop: AtomicBool::new(false) });
+        let weak = Arc::downgrade(&f);
+        let t = std::thread::Builder::new()
+            .name("cluster-flush".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                std::thread::park_timeout(Duration::from_millis(500));
+                let Some(f) = weak.upgrade() else { return };
+                if f.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                loop {
+                    if f.queue.lock().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(FLUSH_DELAY);
+                    let conns: Vec<_> = std::mem::take(&mut *f.queue.lock());
+                    for c in conns.iter().filter_map(|w| w.upgrade()) {
+                        c.flush();
+                    }
+                }
+            })
+            .expect("spawn flusher thread");
+        *f.thread.lock() = Some(t.thread().clone());
+        f
+    }
+
+    fn schedule(&self, conn: &Arc<Conn>) {
+        self.queue.lock().push(Arc::downgrade(conn));
+        if let Some(t) = self.thread.lock().as_ref() {
+            t.unpark();
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().as_ref() {
+            t.unpark();
+        }
+    }
+}
 
 enum Step {
     Job(Job),

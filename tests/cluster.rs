@@ -192,6 +192,22 @@ fn interrupt_cancels_running_calls_only() {
 }
 
 #[test]
+fn corked_requests_go_out_without_a_wait() {
+    let c = head();
+    c.addprocs(2, &opts()).unwrap();
+    // Back-to-back one-way calls are corked; nothing here waits on the
+    // connection to worker 2, so the flusher must write them out.
+    for i in 0..100u64 {
+        c.remote_do(2, "seq", &i.to_le_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = c.remotecall_fetch(3, "peer_seq_state", &2u32.to_le_bytes()).unwrap();
+    assert_eq!(u64::from_le_bytes(st[..8].try_into().unwrap()), 100);
+    assert_eq!(st[8], 0, "calls ran out of order");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
 fn handler_threads_bound_concurrent_calls() {
     let c = head();
     let mut one = opts();

@@ -72,6 +72,10 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         v.push(SEQ_BROKEN.load(Ordering::SeqCst) as u8);
         Ok(v)
     })?;
+    c.register_fn("peer_seq_state", |call| {
+        let v = call.node().remotecall_fetch(u32_arg(call)?, "seq_state", &[]).map_err(|e| e.to_string())?;
+        Ok(v.to_vec())
+    })?;
     c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
     Ok(())
 }
