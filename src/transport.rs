@@ -162,11 +162,19 @@ impl Conn {
         })
     }
 
-    /// Writes corked responses now.
+    /// Writes corked messages now. The unlocked check is only for threads
+    /// that corked themselves; see `flush_locked`.
     pub fn flush(&self) {
         if !self.has_corked.load(Ordering::Acquire) {
             return;
         }
+        self.flush_locked();
+    }
+
+    /// Writes corked messages after taking the write lock, so a sender that
+    /// decided to cork (under that lock) before `reader_active` was cleared
+    /// has its message written too.
+    fn flush_locked(&self) {
         let mut out = self.write.lock();
         self.has_corked.store(false, Ordering::Release);
         self.corked_frames.store(0, Ordering::Relaxed);
@@ -297,7 +305,7 @@ impl Conn {
         // Stop corking before the last flush: a sender that saw the flag
         // set corked under the write lock, which the flush then takes.
         self.reader_active.store(false, Ordering::SeqCst);
-        self.flush();
+        self.flush_locked();
         r
     }
 
@@ -347,7 +355,7 @@ impl Conn {
                         CORKED.with(|c| c.set(Arc::as_ptr(self) as usize));
                     }
                     self.reader_active.store(false, Ordering::SeqCst);
-                    self.flush();
+                    self.flush_locked();
                     job();
                     self.reader_active.store(true, Ordering::SeqCst);
                     CORKED.with(|c| c.set(0));

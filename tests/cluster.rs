@@ -208,6 +208,25 @@ fn corked_requests_go_out_without_a_wait() {
 }
 
 #[test]
+fn no_request_stays_corked_when_nobody_spins() {
+    // Without spinning, a reader leaves its loop after every frame, racing
+    // senders that decided to cork while it was still there.
+    let c = head_with(Config { spin: Duration::ZERO, ..Config::default() });
+    let mut o = opts();
+    o.env.push(("LIBCLUSTER_SPIN_US".into(), "0".into()));
+    c.addprocs(1, &o).unwrap();
+    for i in 0..3000 {
+        let f = c.remotecall(2, "echo", b"x").unwrap();
+        let t = Instant::now();
+        while !f.is_ready() {
+            assert!(t.elapsed() < Duration::from_secs(5), "call {i} stuck");
+            std::hint::spin_loop();
+        }
+    }
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
 fn handler_threads_bound_concurrent_calls() {
     let c = head();
     let mut one = opts();
