@@ -246,21 +246,27 @@ function worker_command(exename, exeflags)
     if proj !== nothing && !any(f -> startswith(f, "--project"), flags)
         push!(flags, "--project=" * proj)
     end
-    code = "let d = $(repr(CAPI.PKG_ROOT)); " *
-           "Base.find_package(\"LibCluster\") === nothing && push!(LOAD_PATH, d); end; " *
-           "using LibCluster; LibCluster.serve()"
-    (exec[1], vcat(exec[2:end], flags, ["-e", code]))
+    args = exec[2:end]
+    append!(args, flags)
+    push!(args, "-e", WORKER_CODE)
+    (exec[1], args)
 end
+
+# What a Julia worker runs (finds this package even if the project lacks it).
+const WORKER_CODE = "let d = $(repr(CAPI.PKG_ROOT)); " *
+                    "Base.find_package(\"LibCluster\") === nothing && push!(LOAD_PATH, d); end; " *
+                    "using LibCluster; LibCluster.serve()"
 
 env_strings(env) = String[e isa Pair ? "$(first(e))=$(last(e))" : String(e) for e in env]
 
 "Environment for Julia workers: the caller's, plus what keeps them like this process."
 function worker_env(env)
     out = env_strings(env)
-    has(k) = any(s -> startswith(s, k * "="), out)
-    has("JULIA_LOAD_PATH") || push!(out, "JULIA_LOAD_PATH=" * join(LOAD_PATH, Sys.iswindows() ? ';' : ':'))
-    has("JULIA_DEPOT_PATH") || push!(out, "JULIA_DEPOT_PATH=" * join(DEPOT_PATH, Sys.iswindows() ? ';' : ':'))
-    has("LIBCLUSTER_PATH") || push!(out, "LIBCLUSTER_PATH=" * CAPI.LIB_PATH[])
+    names = Set{String}(first(split(e, '='; limit = 2)) for e in out)
+    sep = Sys.iswindows() ? ";" : ":"
+    "JULIA_LOAD_PATH" in names || push!(out, "JULIA_LOAD_PATH=" * join(LOAD_PATH, sep))
+    "JULIA_DEPOT_PATH" in names || push!(out, "JULIA_DEPOT_PATH=" * join(DEPOT_PATH, sep))
+    "LIBCLUSTER_PATH" in names || push!(out, "LIBCLUSTER_PATH=" * CAPI.LIB_PATH[])
     out
 end
 

@@ -61,6 +61,7 @@ function _precompile_workload()
         decode_reply(take!(encode_ok(v)), 2)
     end
     decode_reply(take!(encode_err(UndefVarError(:x), backtrace())), 2)
+    empty!(KNOWN_OBJECTS)
     nothing
 end
 

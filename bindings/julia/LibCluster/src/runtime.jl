@@ -85,27 +85,29 @@ topology_code(t::Symbol) =
 
 function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = nothing, log_level = nothing)
     CAPI.LIB_HANDLE[] == C_NULL && CAPI.load_library!()
-    cfg = CAPI.with_fields(CAPI.config_init();
-                           dispatch = CAPI.CLUSTER_DISPATCH_HOST,
-                           topology = topology_code(topology))
+    d = CAPI.config_init()
     # The Julia thread spins (event loop, fetch); library reader threads
     # spinning as well would compete for the CPUs, so they block unless
     # LIBCLUSTER_SPIN_US asks otherwise.
-    haskey(ENV, "LIBCLUSTER_SPIN_US") || (cfg = CAPI.with_fields(cfg; spin_us = UInt32(0)))
-    RT.lib_spin_zero = cfg.spin_us == 0
-    # A worker whose head goes away leaves through its serve loop (a shutdown
-    # event): the library's own exit from one of its threads would run the
-    # process's exit handlers under Julia's feet.
-    role === :worker && (cfg = CAPI.with_fields(cfg; exit_on_head_loss = false))
-    if log_level !== nothing
-        cfg = CAPI.with_fields(cfg; log_level = Int32(log_level))
-    end
+    spin_us = haskey(ENV, "LIBCLUSTER_SPIN_US") ? d.spin_us : UInt32(0)
+    RT.lib_spin_zero = spin_us == 0
     host = listen_host === nothing ? nothing : String(listen_host)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     GC.@preserve host begin
-        if host !== nothing
-            cfg = CAPI.with_fields(cfg; listen_host = pointer(host))
-        end
+        # (Built field by field: cheaper to compile than a generic update.)
+        cfg = CAPI.ClusterConfig(d.struct_size,
+                                 host === nothing ? d.listen_host : pointer(host),
+                                 d.cookie, d.join,
+                                 topology_code(topology),
+                                 CAPI.CLUSTER_DISPATCH_HOST,
+                                 d.handler_threads, d.startup_timeout_ms, d.max_message_bytes,
+                                 spin_us,
+                                 log_level === nothing ? d.log_level : Int32(log_level),
+                                 # A worker whose head goes away leaves through its
+                                 # serve loop (a shutdown event): the library's own
+                                 # exit from one of its threads would run the
+                                 # process's exit handlers under Julia's feet.
+                                 role === :worker ? false : d.exit_on_head_loss)
         # On a worker this blocks until it has joined its head (startup only).
         CAPI.check(CAPI.cluster_init(Ref(cfg), out))
     end

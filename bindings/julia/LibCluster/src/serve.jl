@@ -141,8 +141,10 @@ end
 
 function run_julia_call(kind::Int, call::Ptr{Cvoid})
     bytes = call_args(call)
+    caller = Ref{Int32}(0)
+    CAPI.cluster_call_caller(call, caller)
     out = try
-        f, args, kw = decode_call(bytes)
+        f, args, kw = decode_call(bytes, caller[])
         v = Base.invokelatest(f, args...; kw...)
         kind == KIND_DO ? nothing : encode_ok(v)
     catch err

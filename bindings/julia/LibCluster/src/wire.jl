@@ -37,24 +37,38 @@ function encode_call(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple),
     io
 end
 
+# Object numbers (of anonymous types and methods) are per sending process:
+# the receiver keeps what it deserialized from each sender, so that sending
+# the same closure again reuses the type and its compiled code instead of
+# making (and compiling) a new one each time.
+const KNOWN_OBJECTS = Dict{Int,Dict{UInt64,Any}}()
+
+function serializer_from(pid::Integer, io::IO)
+    s = Serializer(io)
+    if hasfield(typeof(s), :known_object_data)
+        s.known_object_data = get!(() -> Dict{UInt64,Any}(), KNOWN_OBJECTS, Int(pid))
+    end
+    s
+end
+
 function serialize_call(io::IO, pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
     kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
     msg = Any[globals_to_send(pid, f, args), f, Any[args...], kw]
     serialize(Serializer(io), msg)
 end
 
-"Deserializes a call: defines the globals it carries, returns `(f, args, kwargs)`."
-function decode_call(bytes::AbstractVector{UInt8})
+"Deserializes a call from process `caller`: defines the globals it carries, returns `(f, args, kwargs)`."
+function decode_call(bytes::AbstractVector{UInt8}, caller::Integer = 0)
     io = IOBuffer(bytes)
     if read(io, UInt8) == MSG_FAST
         f, args = read_fast_call(io)
         return f, args, ()
     end
-    Base.invokelatest(deserialize_call, io)
+    Base.invokelatest(deserialize_call, io, Int(caller))
 end
 
-function deserialize_call(io::IO)
-    msg = deserialize(Serializer(io))::Vector{Any}
+function deserialize_call(io::IO, caller::Int)
+    msg = deserialize(serializer_from(caller, io))::Vector{Any}
     globs = msg[1]
     globs === nothing || define_globals(globs)
     kw = msg[4]
@@ -118,7 +132,7 @@ end
 
 function decode_serialized_reply(io::IO, tag::UInt8, pid::Int)
     v = try
-        deserialize(Serializer(io))
+        deserialize(serializer_from(pid, io))
     catch err
         # e.g. the result's type is not defined here
         return (false, RemoteException(pid, CapturedException(
@@ -138,7 +152,10 @@ end
 
 const GLOBALS_SENT = Dict{Tuple{Int,Symbol},Tuple{UInt64,UInt64}}()
 
-forget_process(pid::Int) = filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
+function forget_process(pid::Int)
+    filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
+    delete!(KNOWN_OBJECTS, pid)
+end
 
 is_main_anon(@nospecialize(T)) =
     T isa DataType && T <: Function && T.name.module === Main && startswith(String(T.name.name), "#")
