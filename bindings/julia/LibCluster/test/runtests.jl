@@ -316,6 +316,12 @@ end
     @test all(e -> e isa RemoteException, ce.exceptions)
     @test sort([e.pid for e in ce.exceptions]) == [1, 2, 3]
     @test all(e -> e.captured.ex.msg == "failed on $(e.pid)", ce.exceptions)
+    ce = try
+        @everywhere [2, 3] myid() == 3 && error("only 3 fails")
+    catch e
+        e
+    end
+    @test ce isa CompositeException && length(ce.exceptions) == 1 && ce.exceptions[1].pid == 3
     # A process that does not exist.
     e = try remotecall_fetch(myid, 99) catch e; e end
     @test e isa ErrorException && e.msg == "no process with id 99 exists"
@@ -459,8 +465,12 @@ end
     fs = nothing
     GC.gc(); GC.gc()
     f = remotecall(myid, 4)
+    h = f.handle
     finalize(f)                                 # explicit, then again by the GC
     GC.gc()
+    # The handle is gone from the library; using it is an error, not a crash.
+    @test LibCluster.CAPI.cluster_future_isready(h, Ref(false)) == LibCluster.CAPI.CLUSTER_ERR_BAD_HANDLE
+    @test LibCluster.CAPI.cluster_future_free(h) == LibCluster.CAPI.CLUSTER_ERR_BAD_HANDLE
     @test remotecall_fetch(myid, 4) == 4
 end
 
@@ -498,6 +508,12 @@ end
     end
     @test workers() == [2]
     @test_throws ProcessExitedException remotecall_fetch(myid, 3)
+    # A worker that cannot start: a clear error, its id is used up, and the
+    # cluster carries on.
+    e = try addprocs(1; exeflags = `--no-such-julia-flag`) catch e; e end
+    @test e isa ErrorException && occursin("addprocs", e.msg) && occursin("worker $(LAST_ID[] + 1)", e.msg)
+    @test workers() == [2]
+    LAST_ID[] += 1
     new = addprocs(1)
     @test new[1] == LAST_ID[] + 1                 # ids are never reused
     @test remotecall_fetch(myid, new[1]) == new[1]
