@@ -142,16 +142,16 @@ and returns their ids once every one is ready. Only process 1 may add workers.
 - `exeflags`: extra command-line flags for `julia` (a `Cmd`, string or vector).
 - `env`: extra environment variables, as pairs or `"NAME=value"` strings.
 - `dir`: the workers' working directory.
-- `topology`: `:all_to_all` (workers call each other, connecting on first
-  use) or `:master_worker` (workers talk only to the head); fixed by the
-  first `addprocs`.
+- `topology`: `:all_to_all` (the default: workers call each other,
+  connecting on first use) or `:master_worker` (workers talk only to the
+  head); fixed once workers exist.
 """
 function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::AbstractString = pwd(),
-                  topology::Symbol = :all_to_all, exename = nothing, kwargs...)
+                  topology::Union{Symbol,Nothing} = nothing, exename = nothing, kwargs...)
     n >= 0 || throw(ArgumentError("addprocs: n must be >= 0"))
     check_head()
     params = Dict{Symbol,Any}(:np => n, :exeflags => exeflags, :env => env, :dir => dir,
-                              :topology => topology, :exename => exename)
+                              :topology => something(topology, TOPOLOGY[]), :exename => exename)
     for (k, v) in kwargs
         params[k] = v
     end
@@ -163,7 +163,7 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     (WARMED_UP[] || Sys.CPU_THREADS <= n) || @async warmup(until = () -> launched[])
     ids = try
         lock(RT.pid_lock) do
-            set_topology(topology)
+            topology === nothing || set_topology(topology)
             launch(n, program, args, worker_env(env), dir)
         end
     finally

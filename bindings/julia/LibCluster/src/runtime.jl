@@ -73,6 +73,7 @@ function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,Abstr
             delete!(ENV, k)
         end
         start!(:head; topology = topology, listen_host = listen_host, log_level = log_level)
+        TOPOLOGY[] = topology
         atexit(shutdown_at_exit)
         RT.ctx
     end

@@ -543,7 +543,8 @@ end
     @progress "topology master_worker"
     ok, out = run_script("""
         using LibCluster
-        ids = addprocs(2; topology = :master_worker)
+        LibCluster.init(topology = :master_worker)
+        ids = addprocs(2)
         println("ids ", ids)
         println("head->worker ", remotecall_fetch(myid, 3))
         try
