@@ -283,7 +283,7 @@ function shutdown_at_exit()
     try
         # At exit nothing else runs: call directly (bounded by the timeout).
         CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
-        RT.role === :head && CAPI.cluster_shutdown(ctx, 5000)
+        RT.role === :head && CAPI.cluster_shutdown(ctx, 3000)
     catch
     end
     RT.closed = true
