@@ -43,6 +43,9 @@ end
 # making (and compiling) a new one each time.
 const KNOWN_OBJECTS = Dict{Int,Dict{UInt64,Any}}()
 
+# Guards KNOWN_OBJECTS and GLOBALS_SENT for callers on several threads.
+const SERIAL_LOCK = ReentrantLock()
+
 function serializer_from(pid::Integer, io::IO)
     s = Serializer(io)
     if hasfield(typeof(s), :known_object_data)
@@ -53,7 +56,8 @@ end
 
 function serialize_call(io::IO, pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
     kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
-    msg = Any[globals_to_send(pid, f, args), f, Any[args...], kw]
+    globs = lock(() -> globals_to_send(pid, f, args), SERIAL_LOCK)
+    msg = Any[globs, f, Any[args...], kw]
     serialize(Serializer(io), msg)
 end
 
@@ -68,7 +72,7 @@ function decode_call(bytes::AbstractVector{UInt8}, caller::Integer = 0)
 end
 
 function deserialize_call(io::IO, caller::Int)
-    msg = deserialize(serializer_from(caller, io))::Vector{Any}
+    msg = lock(() -> deserialize(serializer_from(caller, io)), SERIAL_LOCK)::Vector{Any}
     globs = msg[1]
     globs === nothing || define_globals(globs)
     kw = msg[4]
@@ -132,7 +136,7 @@ end
 
 function decode_serialized_reply(io::IO, tag::UInt8, pid::Int)
     v = try
-        deserialize(serializer_from(pid, io))
+        lock(() -> deserialize(serializer_from(pid, io)), SERIAL_LOCK)
     catch err
         # e.g. the result's type is not defined here
         return (false, RemoteException(pid, CapturedException(
@@ -153,8 +157,10 @@ end
 const GLOBALS_SENT = Dict{Tuple{Int,Symbol},Tuple{UInt64,UInt64}}()
 
 function forget_process(pid::Int)
-    filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
-    delete!(KNOWN_OBJECTS, pid)
+    lock(SERIAL_LOCK) do
+        filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
+        delete!(KNOWN_OBJECTS, pid)
+    end
 end
 
 is_main_anon(@nospecialize(T)) =
