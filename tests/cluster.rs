@@ -415,23 +415,24 @@ fn failed_launches_name_the_worker_and_leave_no_orphans() {
     let e = c.addprocs(1, &exits).unwrap_err();
     assert!(e.message.contains("worker 3") && e.message.contains("status 1"), "{e}");
 
+    // Tagged by an argument the worker ignores, to find its process later
+    // among the workers of tests running alongside.
+    let tag = format!("orphan-check-{}", std::process::id());
     let mut never_ready = opts();
+    never_ready.args = Some(vec![tag.clone()]);
     never_ready.env.push(("TEST_WORKER_NO_READY".into(), "1".into()));
     let e = c.addprocs(1, &never_ready).unwrap_err();
     assert!(e.message.contains("worker 4") && e.message.contains("not ready"), "{e}");
     assert_eq!(c.procs(), vec![1]);
-    // No child of this test is left running the worker program.
-    let me = std::process::id();
     let orphans = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(") ").next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
-            ppid == Some(me) && !stat.contains(") Z ") && stat.contains("cluster-test-wo")
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&tag) && pid_alive(*p)
         })
         .count();
-    assert_eq!(orphans, 0);
+    assert_eq!(orphans, 0, "the worker that never became ready is still running");
     assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![5]);
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
