@@ -24,7 +24,9 @@ function time_addprocs(add, rm)
     t, ids
 end
 
-"Median over rounds of the mean time of one `remotecall_fetch` round trip, in µs."
+"Median over rounds of the mean time of one `remotecall_fetch` round trip, in µs.
+The round trips are measured three times, alternating LibCluster and
+Distributed, and the best of the three is kept for each."
 function rtt(fetchcall, pid)
     for _ in 1:1000                      # warm up (compilation, connections)
         fetchcall(pid)
@@ -79,7 +81,7 @@ LibCluster.@everywhere lids noop() = nothing
 # Round trips, alternating so that both see the same machine conditions.
 r_dist = Float64[]
 r_lc = Float64[]
-for _ in 1:2
+for _ in 1:3
     push!(r_dist, rtt(p -> Distributed.remotecall_fetch(noop, p), dw))
     push!(r_lc, rtt(p -> LibCluster.remotecall_fetch(noop, p), lw))
 end
