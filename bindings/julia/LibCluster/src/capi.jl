@@ -361,11 +361,12 @@ end
 #
 # A few functions block by design (addprocs until the workers are ready,
 # rmprocs/shutdown until they are gone, export of an imported future for a
-# round trip). They run on libuv's thread pool through `@threadcall`, so only
-# the calling task waits. `cluster_last_error` is thread-local, so a small
-# trampoline (Julia code compiled ahead, run on the pool thread: no
-# allocation, no task switch) makes the call and copies the error message
-# and pid out before the thread is reused.
+# round trip). Each runs on a thread of its own so that only the calling task
+# waits: a small trampoline (Julia code compiled ahead, which neither
+# allocates nor switches tasks) makes the call, copies `cluster_last_error()`
+# out (it is thread-local) and wakes the task with `uv_async_send`.
+# (`@threadcall` would do, but costs the first call a quarter of a second
+# of compilation.)
 
 const OP_ADDPROCS = Int32(1)
 const OP_RMPROCS = Int32(2)
@@ -382,6 +383,8 @@ struct BlockingCall
     errcap::Csize_t
     errlen::Ptr{Csize_t}
     errpid::Ptr{Int32}
+    status::Ptr{Int32}      # where the outcome is stored
+    wake::Ptr{Cvoid}        # uv_async_t to signal when done, or C_NULL
 end
 
 function trampoline(p::Ptr{BlockingCall})::Int32
@@ -410,47 +413,78 @@ function trampoline(p::Ptr{BlockingCall})::Int32
         unsafe_store!(c.errlen, n)
         unsafe_store!(c.errpid, ccall(fp_cluster_last_error_pid[], Int32, ()))
     end
+    unsafe_store!(c.status, st)
     return st
 end
 
-const TRAMPOLINE = Ref{Ptr{Cvoid}}(C_NULL)
+# The body of a blocking call's own thread.
+function thread_main(p::Ptr{Cvoid})::Ptr{Cvoid}
+    c = Ptr{BlockingCall}(p)
+    trampoline(c)
+    wake = unsafe_load(c).wake
+    if wake != C_NULL
+        ccall(:uv_async_send, Cint, (Ptr{Cvoid},), wake)
+    end
+    return C_NULL
+end
 
-"Whether blocking calls go through `@threadcall` (else they block the thread)."
-const USE_THREADCALL = Ref(true)
+const TRAMPOLINE = Ref{Ptr{Cvoid}}(C_NULL)
+const THREAD_MAIN = Ref{Ptr{Cvoid}}(C_NULL)
+
+"Whether blocking calls run on a thread of their own (else they block Julia's thread)."
+const USE_THREAD = Ref(true)
 
 function init_trampoline!()
     TRAMPOLINE[] = @cfunction(trampoline, Int32, (Ptr{BlockingCall},))
-    USE_THREADCALL[] = get(ENV, "LIBCLUSTER_JULIA_THREADCALL", "1") != "0"
+    THREAD_MAIN[] = @cfunction(thread_main, Ptr{Cvoid}, (Ptr{Cvoid},))
+    USE_THREAD[] = get(ENV, "LIBCLUSTER_JULIA_THREADCALL", "1") != "0" && Sys.isunix()
     nothing
 end
 
 """
     blocking(op, a1, a2=0, a3=0, a4=0)
 
-Runs the blocking operation `op` off Julia's thread (only the calling task
-waits) and throws its `ClusterError` on failure. Pointer arguments must be
-kept alive (`GC.@preserve`) by the caller.
+Runs the blocking operation `op` on a thread of its own (only the calling
+task waits) and throws its `ClusterError` on failure. Pointer arguments must
+be kept alive (`GC.@preserve`) by the caller.
 """
 function blocking(op::Int32, a1, a2 = 0, a3 = 0, a4 = 0)
-    u(x::Ptr) = UInt64(UInt(x))
-    u(x::Integer) = x < 0 ? reinterpret(UInt64, Int64(x)) : UInt64(x)
     errbuf = Vector{UInt8}(undef, 4096)
     errlen = Ref{Csize_t}(0)
     errpid = Ref{Int32}(0)
-    call = Ref(BlockingCall(op, u(a1), u(a2), u(a3), u(a4), pointer(errbuf), Csize_t(length(errbuf)),
-                            Base.unsafe_convert(Ptr{Csize_t}, errlen), Base.unsafe_convert(Ptr{Int32}, errpid)))
-    st = GC.@preserve errbuf errlen errpid call begin
-        if USE_THREADCALL[]
-            @threadcall(TRAMPOLINE[], Int32, (Ptr{BlockingCall},), call)
+    status = Ref{Int32}(CLUSTER_ERR_PANIC)
+    async = USE_THREAD[] ? Base.AsyncCondition() : nothing
+    call = Ref(BlockingCall(op, u64(a1), u64(a2), u64(a3), u64(a4), pointer(errbuf), Csize_t(length(errbuf)),
+                            Base.unsafe_convert(Ptr{Csize_t}, errlen), Base.unsafe_convert(Ptr{Int32}, errpid),
+                            Base.unsafe_convert(Ptr{Int32}, status),
+                            async === nothing ? C_NULL : async.handle))
+    GC.@preserve errbuf errlen errpid status async call begin
+        p = Base.unsafe_convert(Ptr{BlockingCall}, call)
+        tid = Ref{UInt}(0)
+        if async === nothing ||
+           ccall(:pthread_create, Cint, (Ptr{UInt}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}),
+                 tid, C_NULL, THREAD_MAIN[], p) != 0
+            trampoline(p)          # no thread: call here
         else
-            trampoline(Base.unsafe_convert(Ptr{BlockingCall}, call))
+            try
+                wait(async)
+            finally
+                # At once when the call is done; if this task was interrupted,
+                # waits for the call to end (its buffers are still in use).
+                ccall(:pthread_join, Cint, (UInt, Ptr{Cvoid}), tid[], C_NULL)
+            end
         end
+        async === nothing || close(async)
     end
+    st = status[]
     if st != CLUSTER_OK
         throw(ClusterError(st, String(errbuf[1:Int(errlen[])]), Int(errpid[])))
     end
     nothing
 end
+
+u64(x::Ptr) = UInt64(UInt(x))
+u64(x::Integer) = x < 0 ? reinterpret(UInt64, Int64(x)) : UInt64(x)
 
 "Reads an id list (`cluster_procs` and friends), sizing the buffer as needed."
 function read_ids(fn, ctx::Ptr{Cvoid})

@@ -101,6 +101,11 @@ remove_worker_exited_callback(key) = (delete!(EXITED_CBS, key); nothing)
 "Runs the callbacks concurrently; rethrows the first failure unless `catch_all`."
 function run_callbacks(what, cbs, args...; catch_all = false)
     isempty(cbs) && return
+    # Compiled only when there are callbacks to run.
+    Base.invokelatest(run_callbacks_now, what, cbs, args, catch_all)
+end
+
+function run_callbacks_now(what, cbs, args, catch_all)
     tasks = [(k, @async f(args...)) for (k, f) in collect(cbs)]
     for (k, t) in tasks
         try
@@ -150,12 +155,14 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
                   topology::Union{Symbol,Nothing} = nothing, exename = nothing, kwargs...)
     n >= 0 || throw(ArgumentError("addprocs: n must be >= 0"))
     check_head()
-    params = Dict{Symbol,Any}(:np => n, :exeflags => exeflags, :env => env, :dir => dir,
-                              :topology => something(topology, TOPOLOGY[]), :exename => exename)
-    for (k, v) in kwargs
-        params[k] = v
+    if !isempty(STARTING_CBS)
+        params = Dict{Symbol,Any}(:np => n, :exeflags => exeflags, :env => env, :dir => dir,
+                                  :topology => something(topology, TOPOLOGY[]), :exename => exename)
+        for (k, v) in kwargs
+            params[k] = v
+        end
+        run_callbacks("worker-starting", STARTING_CBS, LocalManager(n), params)
     end
-    run_callbacks("worker-starting", STARTING_CBS, LocalManager(n), params)
     n == 0 && return Int[]
     program, args = worker_command(exename, exeflags)
     launched = Ref(false)
@@ -169,8 +176,10 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     finally
         launched[] = true
     end
-    for id in ids
-        run_callbacks("worker-started", STARTED_CBS, id)
+    if !isempty(STARTED_CBS)
+        for id in ids
+            run_callbacks("worker-started", STARTED_CBS, id)
+        end
     end
     ids
 end
@@ -234,39 +243,47 @@ end
 
 "The program and arguments that start a Julia worker."
 function worker_command(exename, exeflags)
-    base = Base.julia_cmd()
-    exec = collect(String, base.exec)
-    if exename !== nothing
-        exec[1] = String(exename)
+    exec = Base.julia_cmd().exec
+    program = exename === nothing ? exec[1] : String(exename)
+    args = String[exec[i] for i in 2:length(exec)]
+    has_project = false
+    for f in flag_strings(exeflags)
+        push!(args, f)
+        has_project |= startswith(f, "--project")
     end
-    flags = exeflags isa Cmd ? collect(String, exeflags.exec) :
-            exeflags isa AbstractString ? collect(String, Base.shell_split(exeflags)) :
-            collect(String, exeflags)
     proj = Base.active_project()
-    if proj !== nothing && !any(f -> startswith(f, "--project"), flags)
-        push!(flags, "--project=" * proj)
+    if proj !== nothing && !has_project
+        push!(args, "--project=" * proj)
     end
-    args = exec[2:end]
-    append!(args, flags)
     push!(args, "-e", WORKER_CODE)
-    (exec[1], args)
+    (program, args)
 end
+
+flag_strings(f::Cmd) = f.exec
+flag_strings(f::AbstractString) = String[String(x) for x in Base.shell_split(f)]
+flag_strings(f) = String[String(x) for x in f]
 
 # What a Julia worker runs (finds this package even if the project lacks it).
 const WORKER_CODE = "let d = $(repr(CAPI.PKG_ROOT)); " *
                     "Base.find_package(\"LibCluster\") === nothing && push!(LOAD_PATH, d); end; " *
                     "using LibCluster; LibCluster.serve()"
 
-env_strings(env) = String[e isa Pair ? "$(first(e))=$(last(e))" : String(e) for e in env]
+function env_strings(env)
+    out = String[]
+    for e in env
+        push!(out, e isa Pair ? string(first(e), "=", last(e)) : String(e))
+    end
+    out
+end
 
 "Environment for Julia workers: the caller's, plus what keeps them like this process."
 function worker_env(env)
     out = env_strings(env)
-    names = Set{String}(first(split(e, '='; limit = 2)) for e in out)
+    given(name) = any(e -> startswith(e, name * "="), out)
     sep = Sys.iswindows() ? ";" : ":"
-    "JULIA_LOAD_PATH" in names || push!(out, "JULIA_LOAD_PATH=" * join(LOAD_PATH, sep))
-    "JULIA_DEPOT_PATH" in names || push!(out, "JULIA_DEPOT_PATH=" * join(DEPOT_PATH, sep))
-    "LIBCLUSTER_PATH" in names || push!(out, "LIBCLUSTER_PATH=" * CAPI.LIB_PATH[])
+    given("JULIA_LOAD_PATH") || push!(out, "JULIA_LOAD_PATH=" * join(LOAD_PATH, sep))
+    given("JULIA_DEPOT_PATH") || push!(out, "JULIA_DEPOT_PATH=" * join(DEPOT_PATH, sep))
+    given("LIBCLUSTER_PATH") || push!(out, "LIBCLUSTER_PATH=" * CAPI.LIB_PATH[])
     out
 end
 
