@@ -3,7 +3,7 @@
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/examples/hello.jl
 
-using LibCluster
+using LibCluster, LibCluster.API   # LibCluster.API: the Distributed names
 
 ids = addprocs(4)
 println("started workers ", ids, "; procs() = ", procs())

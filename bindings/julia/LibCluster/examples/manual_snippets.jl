@@ -1,9 +1,10 @@
 # Snippets from the Julia manual's "Multi-processing and Distributed
-# Computing" chapter, run with LibCluster: only the `using` line changes.
+# Computing" chapter, run with LibCluster: only the `using` line changes
+# (`using Distributed` becomes `using LibCluster.API`).
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/examples/manual_snippets.jl
 
-using LibCluster
+using LibCluster.API
 
 addprocs(2)
 

@@ -10,9 +10,9 @@ Layout: `capi.jl` is the only file that calls C (constants, structs, one
 wrapper per function, errors from `cluster_last_error`); each concept above
 it has its own file.
 
-With `using Distributed, LibCluster` both modules export the same names:
-qualify them (`LibCluster.remotecall`, `Distributed.remotecall`), or load one
-of the two with `import` only.
+Its Distributed-named API is not exported (so that `using Distributed,
+LibCluster` keeps Distributed's names unqualified): call it qualified
+(`LibCluster.remotecall`), or `using LibCluster.API` to have the names.
 """
 module LibCluster
 
@@ -32,8 +32,33 @@ include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, life
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
 include("serve.jl")         # incoming calls as tasks, worker serve loop
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
+include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
 
-# The Distributed names.
+# Only LibCluster's own names are exported: the Distributed-named API is
+# used qualified (`LibCluster.remotecall`) or brought in with
+# `using LibCluster.API`, so that `using Distributed, LibCluster` leaves every
+# unqualified name to Distributed.
+export ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+
+"""
+    LibCluster.API
+
+Distributed's names over LibCluster, exported: after `using LibCluster.API`,
+`addprocs`, `remotecall_fetch`, `@everywhere`, `Future`... are LibCluster's.
+Do not combine with `using Distributed` in the same module (the names would
+clash): there, use `LibCluster.remotecall` & co. qualified.
+"""
+module API
+import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers,
+       remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
+       Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
+       @spawnat, @spawn, @fetch, @fetchfrom, @everywhere, interrupt,
+       WorkerState, WorkerState_terminated, WorkerState_exterminated,
+       add_worker_starting_callback, add_worker_started_callback,
+       add_worker_exiting_callback, add_worker_exited_callback,
+       remove_worker_starting_callback, remove_worker_started_callback,
+       remove_worker_exiting_callback, remove_worker_exited_callback,
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
 export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
@@ -42,11 +67,9 @@ export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, o
        add_worker_starting_callback, add_worker_started_callback,
        add_worker_exiting_callback, add_worker_exited_callback,
        remove_worker_starting_callback, remove_worker_started_callback,
-       remove_worker_exiting_callback, remove_worker_exited_callback
-# LibCluster's own.
-export ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
-
-include("precompile.jl")
+       remove_worker_exiting_callback, remove_worker_exited_callback,
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+end
 
 "Path of the libcluster library in use."
 library_path() = CAPI.LIB_PATH[]

@@ -264,9 +264,11 @@ flag_strings(f::AbstractString) = String[String(x) for x in Base.shell_split(f)]
 flag_strings(f) = String[String(x) for x in f]
 
 # What a Julia worker runs (finds this package even if the project lacks it).
+# Its Main gets the Distributed names, as a Distributed worker's does, so
+# that closures sent to it can call `myid()`, `remotecall_fetch`...
 const WORKER_CODE = "let d = $(repr(CAPI.PKG_ROOT)); " *
                     "Base.find_package(\"LibCluster\") === nothing && push!(LOAD_PATH, d); end; " *
-                    "using LibCluster; LibCluster.serve()"
+                    "using LibCluster, LibCluster.API; LibCluster.serve()"
 
 function env_strings(env)
     out = String[]

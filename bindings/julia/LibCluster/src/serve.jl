@@ -222,7 +222,7 @@ end
 
 The entry point of a worker started by [`addprocs`](@ref): joins the head,
 serves calls until the head asks it to stop (or goes away), then returns.
-Julia workers run `julia -e 'using LibCluster; LibCluster.serve()'`.
+Julia workers run `julia -e 'using LibCluster, LibCluster.API; LibCluster.serve()'`.
 """
 function serve()
     RT.ctx == C_NULL || error("LibCluster.serve: this process already belongs to a cluster")

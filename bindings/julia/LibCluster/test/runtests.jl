@@ -5,7 +5,7 @@
 
 using Test
 using Serialization
-using LibCluster
+using LibCluster, LibCluster.API    # the API submodule: Distributed's names
 const LC = LibCluster
 
 const JULIA = Base.julia_cmd()
@@ -527,22 +527,36 @@ end
 
 @testset "with Distributed in the same process" begin
     @progress "with Distributed in the same process"
-    mod = Module(:WithDistributed)
-    Core.eval(mod, quote
+    ok, out = run_script("""
         using Distributed, LibCluster
-        d = Distributed.addprocs(1)
-        a = Distributed.remotecall_fetch(Distributed.myid, d[1])
-        b = LibCluster.remotecall_fetch(LibCluster.myid, 2)
-        Distributed.rmprocs(d)
-    end)
-    @test Core.eval(mod, :a) == 2
-    @test Core.eval(mod, :b) == 2
+        # Unqualified names are Distributed's; LibCluster's are qualified.
+        println("same ", addprocs === Distributed.addprocs && remotecall === Distributed.remotecall && myid === Distributed.myid)
+        d = addprocs(1)
+        println("distributed ", remotecall_fetch(myid, d[1]))
+        l = LibCluster.addprocs(2)
+        println("libcluster ", l, " ", LibCluster.remotecall_fetch(LibCluster.myid, l[2]))
+        println("closure ", LibCluster.remotecall_fetch(() -> (myid(), nworkers()), l[1]))
+        println("macro ", fetch(LibCluster.@spawnat l[2] myid()))
+        LibCluster.@everywhere l shared_name = 5
+        println("everywhere ", LibCluster.remotecall_fetch(() -> shared_name, l[1]))
+        println("distributed again ", remotecall_fetch(() -> myid(), d[1]), " ", nprocs(), " ", LibCluster.nprocs())
+        rmprocs(d)
+        """)
+    @test ok
+    @test occursin("same true", out)
+    @test occursin("distributed 2", out)
+    @test occursin("libcluster [2, 3] 3", out)
+    @test occursin("closure (2, 2)", out)            # on LibCluster's worker 2
+    @test occursin("macro 3", out)
+    @test occursin("everywhere 5", out)
+    @test occursin("distributed again 2 2 3", out)
+    ok || println(out)
 end
 
 @testset "topology master_worker" begin
     @progress "topology master_worker"
     ok, out = run_script("""
-        using LibCluster
+        using LibCluster, LibCluster.API
         LibCluster.init(topology = :master_worker)
         ids = addprocs(2)
         println("ids ", ids)
