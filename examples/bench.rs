@@ -57,9 +57,9 @@ fn main() {
         }
         t.elapsed().as_secs_f64() / (rounds / 5) as f64
     });
-    rows.push(Row::lower("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.5x"));
+    rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.5x"));
     if let Some(jl) = julia_rtt(rounds.min(5000)) {
-        rows.push(Row::lower("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
+        rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
     }
 
     // 64 MiB argument, one way.
@@ -72,14 +72,14 @@ fn main() {
         assert_eq!(u64::from_le_bytes(n[..8].try_into().unwrap()), MIB64 as u64);
         t.elapsed().as_secs_f64()
     });
-    rows.push(Row::higher("64 MiB argument (GB/s)", gbps(MIB64, ours_64), gbps(MIB64, raw_64), "TCP one-way", ">= 0.8x"));
+    rows.push(Row::new("64 MiB argument (GB/s)", gbps(MIB64, ours_64), gbps(MIB64, raw_64), "TCP one-way", ">= 0.8x"));
 
     // Idle worker memory (an idle reader gives back its large buffers
     // after 250 ms).
     std::thread::sleep(Duration::from_millis(600));
     let rss = u64::from_le_bytes(c.remotecall_fetch(2, "rss", &[]).unwrap()[..8].try_into().unwrap());
     let base_rss = idle_process_rss();
-    rows.push(Row::lower("idle worker resident memory (MiB)", mib(rss), mib(base_rss), "same binary, no cluster", "<= 10 MiB"));
+    rows.push(Row::new("idle worker resident memory (MiB)", mib(rss), mib(base_rss), "same binary, no cluster", "<= 10 MiB"));
 
     // Pipelined throughput over two workers.
     c.addprocs(1, &own_args).unwrap();
@@ -92,7 +92,7 @@ fn main() {
         }
         n as f64 / t.elapsed().as_secs_f64()
     });
-    rows.push(Row::higher("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
+    rows.push(Row::new("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
 
     // addprocs(4) until ready.
@@ -104,7 +104,7 @@ fn main() {
         c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
         d
     });
-    rows.push(Row::lower("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
+    rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
     c.shutdown(Duration::from_secs(10)).unwrap();
 
     println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} target", "figure", "libcluster", "baseline", "ratio", "baseline is");
@@ -125,10 +125,7 @@ struct Row {
 }
 
 impl Row {
-    fn lower(name: &'static str, ours: f64, base: f64, base_name: &'static str, target: &'static str) -> Row {
-        Row { name, ours, base, base_name, target }
-    }
-    fn higher(name: &'static str, ours: f64, base: f64, base_name: &'static str, target: &'static str) -> Row {
+    fn new(name: &'static str, ours: f64, base: f64, base_name: &'static str, target: &'static str) -> Row {
         Row { name, ours, base, base_name, target }
     }
 }
@@ -277,9 +274,4 @@ fn julia_rtt(rounds: usize) -> Option<f64> {
     );
     let out = Command::new(julia).arg("-e").arg(script).stderr(Stdio::null()).output().ok()?;
     String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
-}
-
-#[allow(dead_code)]
-fn flush() {
-    std::io::stdout().flush().unwrap();
 }

@@ -378,7 +378,7 @@ impl Node {
         conn.peer.store(HEAD_ID, Ordering::Release);
         let join = Join { id, listen_addr: node.listen_addr.clone(), os_pid: std::process::id(), max_message: max };
         conn.send(Header::new(Kind::Request, service::CONTROL, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
-        let reply = read_first_frame(&conn, deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
         if reply.header.status != 0 {
             return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
         }
@@ -493,7 +493,7 @@ impl Node {
             Ok(c) => c,
             Err(e) => return self.log.warn(format!("connection from {from}: {e}")),
         };
-        let outcome = read_first_frame(&conn, Instant::now() + HANDSHAKE_TIMEOUT).and_then(|f| {
+        let outcome = conn.read_frame_blocking(Instant::now() + HANDSHAKE_TIMEOUT).and_then(|f| {
             match (f.header.service, f.header.op) {
                 (service::CONTROL, op::JOIN) if self.head => self.on_join(&conn, &f),
                 (service::CONTROL, op::HELLO) if !self.head => self.on_hello(&conn, &f),
@@ -1217,9 +1217,4 @@ impl Dispatch for Node {
     fn rescuer(&self) -> &Rescuer {
         &self.rescuer
     }
-}
-
-/// Reads the first frame of a connection, blocking up to `deadline`.
-fn read_first_frame(conn: &Arc<Conn>, deadline: Instant) -> Result<Frame> {
-    conn.read_frame_blocking(deadline)
 }

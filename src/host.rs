@@ -104,8 +104,4 @@ impl HostQueue {
         }
         (calls, events)
     }
-
-    pub fn pending(&self) -> usize {
-        self.items.lock().len()
-    }
 }

@@ -185,11 +185,6 @@ impl Dispatcher {
         s.free -= 1;
         s.resumers -= 1;
     }
-
-    #[allow(dead_code)]
-    pub fn queued(&self) -> usize {
-        self.slots.lock().queue.len()
-    }
 }
 
 /// A value this process keeps for references to it: those exported and not
