@@ -10,7 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CLUSTER_UPDATE_HEADER");
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read cbindgen.toml");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("cluster.h");
-    match cbindgen::Builder::new().with_crate(&root).with_config(config).generate() {
+    match cbindgen::Builder::new().with_src(root.join("src/ffi/mod.rs")).with_config(config).generate() {
         Ok(bindings) => {
             bindings.write_to_file(&out);
             // Write the committed copy only when asked, so a build never

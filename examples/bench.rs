@@ -6,6 +6,7 @@
 //! The same binary serves as worker (launched by addprocs) and as the raw
 //! TCP peers of the baselines (chosen by BENCH_ROLE).
 
+use cluster::prelude::*;
 use cluster::{Cluster, Config, LaunchOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

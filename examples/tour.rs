@@ -6,6 +6,7 @@
 //! The program is its own worker: `addprocs` starts this executable again,
 //! and `Cluster::init` makes that copy a worker.
 
+use cluster::prelude::*;
 use cluster::{Cluster, Config, ErrorKind, LaunchOptions, Lifecycle, ANY_WORKER};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -22,12 +22,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ADD_CLIENT 11
-
-
-
-
-
 /**
  * Major version of this header and library.
  */
@@ -145,6 +139,10 @@ enum cluster_status
    * An output buffer is too small; the needed size was reported.
    */
   CLUSTER_ERR_BUFFER_TOO_SMALL = 20,
+  /**
+   * This worker's head went away (`cluster_serve` returns it).
+   */
+  CLUSTER_ERR_HEAD_LOST = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

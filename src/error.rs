@@ -26,6 +26,7 @@ pub enum ErrorKind {
     Composite = 18,
     WrongMode = 19,
     BufferTooSmall = 20,
+    HeadLost = 21,
 }
 
 impl ErrorKind {
@@ -52,6 +53,7 @@ impl ErrorKind {
             18 => Composite,
             19 => WrongMode,
             20 => BufferTooSmall,
+            21 => HeadLost,
             _ => return None,
         })
     }
@@ -79,6 +81,7 @@ impl ErrorKind {
             Composite => "several processes failed",
             WrongMode => "not available in this dispatch mode",
             BufferTooSmall => "buffer too small",
+            HeadLost => "the head went away",
         }
     }
 }

@@ -1,29 +1,45 @@
 //! libcluster: a cluster of processes with remote calls and futures,
 //! exported as a C ABI (see `include/cluster.h`).
 //!
-//! The core is safe Rust, one module per concern; `ffi` is the only
-//! layer that deals in C types. A `Cluster` owns all of its state: there
-//! are no process globals in the core.
+//! Layers, each depending only on those above it:
+//!
+//! - `error`, `log`, `sys`: errors, logging, the few syscalls std lacks;
+//! - `wire`: frames and their encoding;
+//! - `net`: the handshake and connections;
+//! - `node`: the node core (identity, peers, messaging, futures, events,
+//!   the service interface);
+//! - `service`: one module per capability (control, rpc, refs, ...);
+//! - `launch`: starting workers;
+//! - `cluster`: a node with the standard services;
+//! - `ffi`: the C ABI, the only layer that deals in C types.
+//!
+//! A `Cluster` owns all of its state: there are no process globals in the
+//! core.
 
-pub mod auth;
-pub mod cluster;
 pub mod error;
-pub mod future;
-pub mod host;
-pub mod launch;
 pub mod log;
-pub mod rpc;
 pub mod sys;
-pub mod transport;
 pub mod wire;
+pub mod net;
+pub mod node;
+pub mod service;
+pub mod launch;
+pub mod cluster;
 
 pub mod ffi;
 
-pub use cluster::{Cluster, Config, DispatchMode, Lifecycle, Node, Topology, HEAD_ID};
+pub use cluster::Cluster;
 pub use error::{Error, ErrorKind, Result};
-pub use host::Event;
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
-pub use rpc::{Call, Future, FutureRef, Handler, Value, ANY_WORKER};
+pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
+pub use service::rpc::{Call, Handler, ANY_WORKER};
+
+/// The services' operations on a node: `use cluster::prelude::*`.
+pub mod prelude {
+    pub use crate::service::control::ControlExt;
+    pub use crate::service::refs::{FutureExt, RefsExt};
+    pub use crate::service::rpc::RpcExt;
+}
 
 /// The header cbindgen generated in this build, to check the committed copy.
 #[doc(hidden)]

@@ -245,3 +245,51 @@ pub fn shutdown_socket(fd: RawFd) {
     // SAFETY: plain syscall on an fd owned by the caller.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
+
+/// The parent process's id.
+pub fn parent_pid() -> u32 {
+    // SAFETY: plain syscall, cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// A file descriptor that becomes readable when process `pid` exits.
+pub struct PidFd(RawFd);
+
+impl PidFd {
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        // SAFETY: plain syscall; the fd is owned by the returned value.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PidFd(fd as RawFd))
+    }
+    pub fn fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Drop for PidFd {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this value and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; returns the
+/// indexes of the readable ones.
+pub fn poll_many(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    loop {
+        // SAFETY: `p` is a live array of pollfds of the given length.
+        match cvt(unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) }) {
+            Ok(_) => return Ok(p.iter().enumerate().filter(|(_, x)| x.revents != 0).map(|(i, _)| i).collect()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

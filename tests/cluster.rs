@@ -1,7 +1,9 @@
 //! Multi-process integration tests of the core: real worker processes
 //! (src/bin/cluster-test-worker.rs) on loopback.
 
-use cluster::{Cluster, Config, DispatchMode, ErrorKind, Event, LaunchOptions, Lifecycle, Topology, ANY_WORKER};
+use cluster::prelude::*;
+use cluster::node::events;
+use cluster::{Cluster, Config, DispatchMode, ErrorKind, LaunchOptions, Lifecycle, Topology, ANY_WORKER};
 use parking_lot::Mutex;
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
@@ -344,7 +346,7 @@ fn strangers_are_dropped_and_the_head_keeps_serving() {
     let addr = c.address().to_string();
     // Wrong cookie.
     let mut s = TcpStream::connect(&addr).unwrap();
-    let r = cluster::auth::handshake(&mut s, b"not the cookie", cluster::auth::Side::Client, Duration::from_secs(5));
+    let r = cluster::net::auth::handshake(&mut s, b"not the cookie", cluster::net::auth::Side::Client, Duration::from_secs(5));
     assert_eq!(r.unwrap_err().kind, ErrorKind::Auth);
     // Random bytes, then a huge length prefix.
     for junk in [vec![0x5Au8; 4096], [b"LCLUSTR1".to_vec(), vec![0xFF; 64]].concat()] {
@@ -368,7 +370,7 @@ fn strangers_are_dropped_and_the_head_keeps_serving() {
     // The right cookie gets through the handshake; a huge length prefix
     // after it closes that connection.
     let mut s = TcpStream::connect(&addr).unwrap();
-    cluster::auth::handshake(&mut s, c.cookie().as_bytes(), cluster::auth::Side::Client, Duration::from_secs(5)).unwrap();
+    cluster::net::auth::handshake(&mut s, c.cookie().as_bytes(), cluster::net::auth::Side::Client, Duration::from_secs(5)).unwrap();
     let mut h = cluster::wire::Header::new(cluster::wire::Kind::Request, 0, 1, 1);
     h.payload_len = 1 << 40;
     s.write_all(&h.encode()).unwrap();
@@ -512,10 +514,11 @@ fn host_mode_runs_handlers_only_inside_poll() {
     while Instant::now() < end && !(ready_seen && f.is_ready()) {
         cluster::sys::poll_in(fd, Some(Duration::from_millis(100))).unwrap();
         for e in c.poll(64).unwrap() {
-            match e {
-                Event::FutureReady(id) if id == f.id() => ready_seen = true,
-                Event::WorkerStarted(2) => started = true,
-                _ => {}
+            if e.is(events::core::SERVICE, events::core::FUTURE_READY) && e.id == f.id() {
+                ready_seen = true;
+            }
+            if Lifecycle::of(&e) == Some((2, Lifecycle::Started)) {
+                started = true;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A worker program for the integration tests and benchmarks: registers a
 //! set of functions and serves until the head stops it.
 
+use cluster::prelude::*;
 use cluster::{Call, Cluster, Config, FutureRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

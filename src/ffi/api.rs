@@ -7,12 +7,14 @@
 use super::handles::{self, Kind};
 use super::types::*;
 use super::*;
-use crate::cluster::{Cluster, Config, DispatchMode, Lifecycle, Topology};
+use crate::cluster::Cluster;
+use crate::node::{Config, DispatchMode, Lifecycle, Topology};
+use crate::prelude::*;
 use crate::error::{Error, ErrorKind};
-use crate::host::Event;
 use crate::launch::LaunchOptions;
 use crate::log::Level;
-use crate::rpc::{Call, Future, FutureRef, Value};
+use crate::node::{Future, FutureRef, Value};
+use crate::service::rpc::Call;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +154,7 @@ pub extern "C" fn cluster_status_str(status: i32) -> *const c_char {
         18 => "several processes failed\0",
         19 => "not available in this dispatch mode\0",
         20 => "buffer too small\0",
+        21 => "the head went away\0",
         _ => "unknown status\0",
     };
     s.as_ptr() as *const c_char
@@ -478,7 +481,7 @@ pub extern "C" fn cluster_set_lifecycle_callback(ctx: *mut cluster_ctx, callback
                 let ud = ud;
                 // SAFETY: the host registered `cb` with this user data.
                 unsafe { cb(ud.0, pid as i32, lifecycle_code(ev)) }
-            }) as crate::cluster::LifecycleHook
+            }) as crate::node::LifecycleHook
         });
         c.set_lifecycle_hook(hook);
         Ok(())
@@ -981,7 +984,7 @@ pub extern "C" fn cluster_set_notify(ctx: *mut cluster_ctx, notify: cluster_noti
                 let ud = ud;
                 // SAFETY: the host registered `n` with this user data.
                 unsafe { n(ud.0) };
-            }) as crate::host::Notify
+            }) as crate::node::Notify
         });
         c.set_notify(hook)
     })
@@ -1003,26 +1006,17 @@ pub unsafe extern "C" fn cluster_poll(ctx: *mut cluster_ctx, events: *mut cluste
         let node = Arc::clone(&c);
         drop(c);
         let evs = node.poll(cap)?;
-        let hook = node.lifecycle_hook();
         for (i, e) in evs.iter().enumerate() {
-            let ev = match *e {
-                Event::FutureReady(id) => cluster_event { kind: 0, lifecycle: 0, pid: 0, future_id: id },
-                Event::WorkerStarted(pid) => {
-                    if let Some(h) = &hook {
-                        h(pid, Lifecycle::Started);
-                    }
-                    cluster_event { kind: 1, lifecycle: 0, pid: pid as i32, future_id: 0 }
-                }
-                Event::WorkerExited { pid, graceful } => {
-                    if let Some(h) = &hook {
-                        h(pid, Lifecycle::Exited { graceful });
-                    }
-                    let l = lifecycle_code(Lifecycle::Exited { graceful }) as i32;
-                    cluster_event { kind: 1, lifecycle: l, pid: pid as i32, future_id: 0 }
-                }
-                Event::Interrupt => cluster_event { kind: 2, lifecycle: 0, pid: 0, future_id: 0 },
-                Event::Shutdown => cluster_event { kind: 3, lifecycle: 0, pid: 0, future_id: 0 },
+            use crate::node::events::core;
+            let (kind, lifecycle, pid, future_id) = match (e.service, e.kind) {
+                (core::SERVICE, core::FUTURE_READY) => (0, 0, 0, e.id),
+                (core::SERVICE, core::WORKER_STARTED) => (1, 0, e.pid as i32, 0),
+                (core::SERVICE, core::WORKER_EXITED) => (1, 1, e.pid as i32, 0),
+                (core::SERVICE, core::WORKER_DIED) => (1, 2, e.pid as i32, 0),
+                (core::SERVICE, _) => (3, 0, 0, 0),
+                _ => (2, 0, 0, 0),
             };
+            let ev = cluster_event { kind, lifecycle, pid, future_id };
             events.add(i).write(ev);
         }
         put(count, "count", evs.len())

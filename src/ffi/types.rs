@@ -64,6 +64,8 @@ pub enum cluster_status {
     CLUSTER_ERR_WRONG_MODE = 19,
     /// An output buffer is too small; the needed size was reported.
     CLUSTER_ERR_BUFFER_TOO_SMALL = 20,
+    /// This worker's head went away (`cluster_serve` returns it).
+    CLUSTER_ERR_HEAD_LOST = 21,
 }
 
 impl cluster_status {
@@ -90,6 +92,7 @@ impl cluster_status {
             ErrorKind::Composite => CLUSTER_ERR_COMPOSITE,
             ErrorKind::WrongMode => CLUSTER_ERR_WRONG_MODE,
             ErrorKind::BufferTooSmall => CLUSTER_ERR_BUFFER_TOO_SMALL,
+            ErrorKind::HeadLost => CLUSTER_ERR_HEAD_LOST,
         }
     }
 }

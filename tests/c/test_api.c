@@ -121,7 +121,7 @@ static void case_status(void) {
     EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_BUFFER_TOO_SMALL), "buffer too small") == 0);
     /* Out-of-range values: never NULL, never a crash. Checked in a child
      * process, so a crash (KI-1, fixed) fails this check, not the binary. */
-    int odd[] = {21, 22, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
+    int odd[] = {CLUSTER_ERR_HEAD_LOST + 1, CLUSTER_ERR_HEAD_LOST + 2, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         fflush(NULL);
         pid_t child = fork();

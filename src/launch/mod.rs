@@ -20,6 +20,8 @@ pub const ENV_ID: &str = "LIBCLUSTER_ID";
 pub const ENV_COOKIE_STDIN: &str = "LIBCLUSTER_COOKIE_STDIN";
 pub const ENV_COOKIE: &str = "LIBCLUSTER_COOKIE";
 pub const ENV_STARTUP_TIMEOUT_MS: &str = "LIBCLUSTER_STARTUP_TIMEOUT_MS";
+/// The launching process: a worker that finds it gone before joining gives up.
+pub const ENV_PARENT: &str = "LIBCLUSTER_PARENT_PID";
 
 /// What the caller of `addprocs` may set per launch.
 #[derive(Clone, Debug, Default)]
@@ -77,6 +79,7 @@ impl LaunchSpec {
             (ENV_ID.into(), self.id.to_string()),
             (ENV_COOKIE_STDIN.into(), "1".into()),
             (ENV_STARTUP_TIMEOUT_MS.into(), self.startup_timeout.as_millis().to_string()),
+            (ENV_PARENT.into(), std::process::id().to_string()),
         ]
     }
 }

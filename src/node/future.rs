@@ -1,0 +1,214 @@
+//! Futures: the caller's side of any request, whichever service made it.
+
+use super::slot::{self, Slot};
+use super::Node;
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::Conn;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A reference to a value held by `owner`, which another process can
+/// wait on and fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FutureRef {
+    /// The process holding the value.
+    pub owner: u32,
+    pub id: u64,
+}
+
+impl FutureRef {
+    pub fn to_bytes(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.owner.to_le_bytes());
+        b[4..].copy_from_slice(&self.id.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8]) -> Option<FutureRef> {
+        if b.len() != 12 {
+            return None;
+        }
+        Some(FutureRef { owner: u32::from_le_bytes(b[..4].try_into().ok()?), id: u64::from_le_bytes(b[4..].try_into().ok()?) })
+    }
+}
+
+type Start = Box<dyn FnOnce(&Future) + Send>;
+type OnDrop = Box<dyn FnOnce() + Send + Sync>;
+
+/// The outcome of a request, to wait on and fetch. A service may make it
+/// lazy (the request goes out on the first wait) and give it a hook to
+/// run when it is dropped (e.g. releasing a reference).
+pub struct Future {
+    pub(crate) node: Arc<Node>,
+    pub(crate) slot: Arc<Slot>,
+    conn: OnceLock<Arc<Conn>>,
+    /// The value this future refers to, when it is a reference to another
+    /// process's value; services use it to pass the reference on.
+    pub(crate) source: Option<FutureRef>,
+    start_pending: AtomicBool,
+    start: Mutex<Option<Start>>,
+    on_drop: Option<OnDrop>,
+}
+
+/// A fetched value, kept alive without a copy.
+pub struct Value(pub(crate) Arc<Slot>);
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Value({} bytes)", self.len())
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self.0.get() {
+            Some(Ok(v)) => v,
+            _ => &[],
+        }
+    }
+}
+
+impl Future {
+    pub(crate) fn new(node: &Arc<Node>, slot: Arc<Slot>, conn: Option<Arc<Conn>>) -> Future {
+        let cell = OnceLock::new();
+        if let Some(c) = conn {
+            let _ = cell.set(c);
+        }
+        Future {
+            node: node.clone(),
+            slot,
+            conn: cell,
+            source: None,
+            start_pending: AtomicBool::new(false),
+            start: Mutex::new(None),
+            on_drop: None,
+        }
+    }
+
+    /// A future over an existing slot (e.g. a value this process owns).
+    pub(crate) fn from_slot(node: &Arc<Node>, slot: Arc<Slot>) -> Future {
+        Future::new(node, slot, None)
+    }
+
+    /// Makes the request go out on the first wait or readiness check.
+    pub(crate) fn lazy(mut self, start: impl FnOnce(&Future) + Send + 'static) -> Future {
+        *self.start.get_mut() = Some(Box::new(start));
+        self.start_pending = AtomicBool::new(true);
+        self
+    }
+
+    pub(crate) fn with_source(mut self, r: FutureRef) -> Future {
+        self.source = Some(r);
+        self
+    }
+
+    pub(crate) fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Future {
+        self.on_drop = Some(Box::new(f));
+        self
+    }
+
+    /// The connection the reply comes on, read by waiters.
+    pub(crate) fn set_conn(&self, conn: Arc<Conn>) {
+        let _ = self.conn.set(conn);
+    }
+
+    /// Unique among this process's futures; names it in host events.
+    pub fn id(&self) -> u64 {
+        self.slot.id
+    }
+    /// The process that computes (or holds) the value.
+    pub fn pid(&self) -> u32 {
+        self.slot.pid
+    }
+    /// The remote value this future refers to, if it is a reference.
+    pub fn source(&self) -> Option<FutureRef> {
+        self.source
+    }
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn start(&self) {
+        if self.start_pending.load(Ordering::Acquire) && self.start_pending.swap(false, Ordering::AcqRel) {
+            if let Some(f) = self.start.lock().take() {
+                f(self);
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        if !self.slot.is_done() {
+            self.start();
+        }
+        self.slot.is_done()
+    }
+
+    /// Waits for completion; the request's own failure is returned as the error.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
+        self.start();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if !self.node.wait_slot(&self.slot, self.conn.get(), deadline) {
+            return Err(Error::at(ErrorKind::Timeout, self.slot.pid, "timed out waiting for the future"));
+        }
+        slot::outcome(&self.slot).map(|_| ())
+    }
+
+    /// Waits, then borrows the value, which stays cached in the future.
+    pub fn fetch(&self, timeout: Option<Duration>) -> Result<&[u8]> {
+        self.wait(timeout)?;
+        slot::outcome(&self.slot)
+    }
+
+    pub fn value(&self) -> Result<Value> {
+        self.wait(None)?;
+        Ok(Value(self.slot.clone()))
+    }
+
+    /// The outcome if done, without waiting or starting anything.
+    pub fn peek(&self) -> Option<std::result::Result<&[u8], Error>> {
+        self.slot.get().map(|r| r.as_ref().map(|v| &v[..]).map_err(|e| e.clone()))
+    }
+
+    /// Runs `k` once the future completes (now, if it has), on the
+    /// completing thread: it must be quick and must not block.
+    pub fn on_complete(&self, k: impl FnOnce(&Result<Vec<u8>>) + Send + 'static) {
+        self.start();
+        self.slot.on_complete(k);
+    }
+}
+
+impl Drop for Future {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+/// A future completed by the code that made it (e.g. an operation run on
+/// a thread of the library, or a composite of other futures).
+pub struct Promise {
+    slot: Arc<Slot>,
+}
+
+impl Promise {
+    pub fn complete(&self, outcome: Result<Vec<u8>>) -> bool {
+        self.slot.complete(outcome)
+    }
+}
+
+impl Node {
+    /// A future with its promise: complete the promise to complete it.
+    pub fn promise(self: &Arc<Self>, pid: u32) -> (Future, Promise) {
+        let slot = self.new_slot(pid);
+        (Future::new(self, slot.clone(), None), Promise { slot })
+    }
+}
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        self.slot.complete(Err(Error::new(ErrorKind::Shutdown, "the operation was abandoned")));
+    }
+}

@@ -1,0 +1,892 @@
+//! The node core: this process's identity, its peers and their
+//! connections, and generic request / response / one-way messaging with
+//! one pending-request table. Frames are routed by service id to the
+//! services installed on the node (`service/`); the core knows none of
+//! them. Its own small protocol (service 0, the session) identifies a
+//! peer's connection and carries heartbeats.
+
+mod config;
+pub mod events;
+mod future;
+mod peer;
+mod pending;
+pub mod service;
+pub(crate) mod slot;
+mod timer;
+
+pub use config::{Config, DispatchMode, Topology};
+pub use events::{Event, Lifecycle, LifecycleHook, Notify};
+pub use future::{Future, FutureRef, Promise, Value};
+pub use peer::Peer;
+pub use service::{Departure, Incoming, ReplyTo, Service};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::log::Logger;
+use crate::net::auth::{self, Side};
+use crate::net::{Conn, Dispatch, Flusher, Job, Rescuer};
+use crate::sys;
+use crate::wire::{self, Frame, Header, Kind, ServiceId};
+use events::HostQueue;
+use parking_lot::{Condvar, Mutex, RwLock};
+use peer::{GONE, READY};
+use pending::PendingTable;
+use serde::{Deserialize, Serialize};
+use service::Services;
+use slot::Slot;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const HEAD_ID: u32 = 1;
+
+/// The session: the core's own messages.
+pub mod session {
+    use crate::wire::ServiceId;
+    pub const ID: ServiceId = 0;
+    /// First message of a worker-to-worker connection: who is calling.
+    pub const HELLO: u16 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub id: u32,
+    pub addr: String,
+    pub max_message: u64,
+}
+
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A waiter about to park may lend what it holds (a handler slot) so the
+/// work it waits for can run; `reclaim` takes it back after.
+pub trait Lender: Send + Sync {
+    fn lend(&self, node: &Arc<Node>) -> bool;
+    fn reclaim(&self);
+}
+
+/// One process's view and share of the cluster.
+pub struct Node {
+    pub(crate) cfg: Config,
+    myid: AtomicU32,
+    head: bool,
+    cookie: String,
+    listen_addr: String,
+    listener: Mutex<Option<TcpListener>>,
+    listener_fd: i32,
+    topology: AtomicU8,
+    peers: RwLock<HashMap<u32, Arc<Peer>>>,
+    /// The largest process id this node has known: an unknown id at or
+    /// below it belonged to a process that has left.
+    max_known: AtomicU32,
+    next_req: AtomicU64,
+    pending: PendingTable,
+    membership: Mutex<()>,
+    membership_cv: Condvar,
+    pub(crate) host: Option<HostQueue>,
+    closing: AtomicBool,
+    stop: Mutex<Stop>,
+    stop_cv: Condvar,
+    pub log: Logger,
+    lifecycle: RwLock<Option<LifecycleHook>>,
+    rescuer: Rescuer,
+    pub(crate) flusher: Arc<Flusher>,
+    installing: Mutex<Services>,
+    services: OnceLock<Services>,
+    lender: OnceLock<Arc<dyn Lender>>,
+    timers: timer::Timers,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Asked,
+    HeadLost,
+}
+
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("bad address {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, format!("bad address {addr}")))
+}
+
+impl Node {
+    /// A node listening on `cfg.listen_host`, with no services and no
+    /// threads yet: install services, then `start`.
+    pub fn new(cfg: Config, head: bool, cookie: String) -> Result<Arc<Node>> {
+        if cfg.handler_threads == 0 {
+            return Err(Error::new(ErrorKind::InvalidArgument, "handler_threads must be at least 1"));
+        }
+        let log = Logger::new(cfg.log_level.unwrap_or_else(Logger::level_from_env));
+        let listener = TcpListener::bind((cfg.listen_host.as_str(), 0))
+            .map_err(|e| Error::io(&format!("listen on {}", cfg.listen_host), e))?;
+        let listen_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?.to_string();
+        let host = match cfg.dispatch {
+            DispatchMode::Host => Some(HostQueue::new()?),
+            DispatchMode::Threads => None,
+        };
+        if host.is_some() {
+            log.set_hold(true);
+        }
+        if head {
+            log.set_who("head".into());
+        }
+        Ok(Arc::new(Node {
+            topology: AtomicU8::new(cfg.topology as u8),
+            cfg,
+            myid: AtomicU32::new(if head { HEAD_ID } else { 0 }),
+            head,
+            cookie,
+            listen_addr,
+            listener_fd: listener.as_raw_fd(),
+            listener: Mutex::new(Some(listener)),
+            peers: RwLock::new(HashMap::new()),
+            max_known: AtomicU32::new(HEAD_ID),
+            next_req: AtomicU64::new(1),
+            pending: PendingTable::new(),
+            membership: Mutex::new(()),
+            membership_cv: Condvar::new(),
+            host,
+            closing: AtomicBool::new(false),
+            stop: Mutex::new(Stop::Running),
+            stop_cv: Condvar::new(),
+            log,
+            lifecycle: RwLock::new(None),
+            rescuer: Rescuer::default(),
+            flusher: Flusher::start(),
+            installing: Mutex::new(Services::default()),
+            services: OnceLock::new(),
+            lender: OnceLock::new(),
+            timers: timer::Timers::default(),
+        }))
+    }
+
+    /// Adds a service; only before `start`.
+    pub fn install<S: Service>(&self, s: Arc<S>) -> Result<()> {
+        if self.services.get().is_some() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "services are installed before start"));
+        }
+        self.installing.lock().add(s)
+    }
+
+    pub fn set_lender(&self, l: Arc<dyn Lender>) {
+        let _ = self.lender.set(l);
+    }
+
+    /// Starts the services (a worker joins here), then serves connections.
+    pub fn start(self: &Arc<Self>) -> Result<()> {
+        let services = std::mem::take(&mut *self.installing.lock());
+        if self.services.set(services).is_err() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "the node was already started"));
+        }
+        for s in self.services().all() {
+            s.on_start(self)?;
+        }
+        Rescuer::start(self, |n: &Node| n.all_conns());
+        if let Some(l) = self.listener.lock().take() {
+            self.spawn_acceptor(l);
+        }
+        Ok(())
+    }
+
+    fn services(&self) -> &Services {
+        static EMPTY: OnceLock<Services> = OnceLock::new();
+        self.services.get().unwrap_or_else(|| EMPTY.get_or_init(Services::default))
+    }
+
+    /// The installed service of type `S`.
+    pub fn service<S: Service>(&self) -> Option<Arc<S>> {
+        self.services().get::<S>()
+    }
+
+    // ---- identity ------------------------------------------------------
+
+    pub fn myid(&self) -> u32 {
+        self.myid.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_myid(&self, id: u32) {
+        self.myid.store(id, Ordering::Release);
+        self.log.set_who(format!("worker {id}"));
+    }
+    pub fn is_head(&self) -> bool {
+        self.head
+    }
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+    /// The address workers and peers connect to.
+    pub fn address(&self) -> &str {
+        &self.listen_addr
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn topology(&self) -> Topology {
+        if self.topology.load(Ordering::Acquire) == 1 {
+            Topology::MasterWorker
+        } else {
+            Topology::AllToAll
+        }
+    }
+    pub(crate) fn store_topology(&self, t: Topology) {
+        self.topology.store(t as u8, Ordering::Release);
+    }
+
+    pub(crate) fn require_head(&self) -> Result<()> {
+        if self.head {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::NotHead, ErrorKind::NotHead.describe()))
+        }
+    }
+
+    // ---- membership ----------------------------------------------------
+
+    /// Every live process, sorted, this one included.
+    pub fn procs(&self) -> Vec<u32> {
+        let me = self.myid();
+        let mut v: Vec<u32> = self.peers.read().values().filter(|p| p.is_ready()).map(|p| p.id).collect();
+        v.push(me);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+    /// All processes but the head; `[1]` when the head is alone.
+    pub fn workers(&self) -> Vec<u32> {
+        let v: Vec<u32> = self.procs().into_iter().filter(|&p| p != HEAD_ID).collect();
+        if v.is_empty() {
+            vec![HEAD_ID]
+        } else {
+            v
+        }
+    }
+    pub fn nprocs(&self) -> usize {
+        self.procs().len()
+    }
+    pub fn nworkers(&self) -> usize {
+        self.workers().len()
+    }
+    pub fn other_procs(&self) -> Vec<u32> {
+        let me = self.myid();
+        self.procs().into_iter().filter(|&p| p != me).collect()
+    }
+    pub fn other_workers(&self) -> Vec<u32> {
+        let me = self.myid();
+        self.workers().into_iter().filter(|&p| p != me).collect()
+    }
+
+    pub(crate) fn peer(&self, id: u32) -> Option<Arc<Peer>> {
+        self.peers.read().get(&id).cloned()
+    }
+
+    pub(crate) fn peers_where(&self, f: impl Fn(&Peer) -> bool) -> Vec<Arc<Peer>> {
+        self.peers.read().values().filter(|p| f(p)).cloned().collect()
+    }
+
+    /// The peer `id`, made with `state` if this node did not know it.
+    pub(crate) fn add_peer(&self, id: u32, state: u8) -> Arc<Peer> {
+        self.max_known.fetch_max(id, Ordering::AcqRel);
+        self.peers.write().entry(id).or_insert_with(|| Peer::new(id, state)).clone()
+    }
+
+    /// The error for a process this node does not hold a peer for.
+    pub(crate) fn unknown_process(&self, pid: u32) -> Error {
+        if pid != 0 && pid <= self.max_known.load(Ordering::Acquire) {
+            Error::exited(pid)
+        } else {
+            Error::at(ErrorKind::NoSuchProcess, pid, format!("no process {pid} in this cluster"))
+        }
+    }
+
+    /// Wakes what waits for a membership change.
+    pub(crate) fn membership_changed(&self) {
+        let _g = self.membership.lock();
+        self.membership_cv.notify_all();
+    }
+
+    /// Waits until `done()` or `deadline`, woken by membership changes.
+    pub(crate) fn wait_membership(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        let mut g = self.membership.lock();
+        loop {
+            if done() || self.is_closing() {
+                return done();
+            }
+            let step = Instant::now() + Duration::from_millis(20);
+            if self.membership_cv.wait_until(&mut g, step.min(deadline)).timed_out() && Instant::now() >= deadline {
+                return done();
+            }
+        }
+    }
+
+    /// Marks `peer` ready and announces it, under the membership lock so
+    /// `introduce` runs before anyone sees it ready.
+    pub(crate) fn mark_ready(self: &Arc<Self>, peer: &Arc<Peer>, from: u8, introduce: impl FnOnce()) -> bool {
+        let g = self.membership.lock();
+        if peer.state.compare_exchange(from, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        introduce();
+        drop(g);
+        for s in self.services().all() {
+            s.on_peer_joined(self, peer.id);
+        }
+        true
+    }
+
+    pub fn set_lifecycle_hook(&self, hook: Option<LifecycleHook>) {
+        *self.lifecycle.write() = hook;
+    }
+
+    pub(crate) fn lifecycle_hook(&self) -> Option<LifecycleHook> {
+        self.lifecycle.read().clone()
+    }
+
+    /// Reports an event: queued for the host in host mode, else the
+    /// lifecycle hook (if it is a lifecycle change) runs now.
+    pub fn emit(&self, ev: Event) {
+        match &self.host {
+            Some(h) => h.push_event(ev),
+            None => {
+                if let Some((pid, l)) = Lifecycle::of(&ev) {
+                    if let Some(hook) = self.lifecycle_hook() {
+                        hook(pid, l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a peer gone, once: fails what waits on it, closes its
+    /// connections and tells the services.
+    pub(crate) fn peer_lost(self: &Arc<Self>, id: u32) {
+        let Some(peer) = self.peer(id) else { return };
+        let was = peer.state.swap(GONE, Ordering::AcqRel);
+        if was == GONE {
+            return;
+        }
+        // Dropping the connections here (not only closing them) releases
+        // their sockets once their readers let go.
+        let conns: Vec<Arc<Conn>> = peer.conn.lock().take().into_iter().chain(peer.extra_conns.lock().drain(..)).collect();
+        for c in &conns {
+            c.close();
+        }
+        drop(conns);
+        self.pending.fail_peer(id, || Error::exited(id));
+        let graceful = peer.graceful.load(Ordering::Acquire);
+        self.log.info(format!("process {id} left ({})", if graceful { "stopped" } else { "died" }));
+        // Keep launched children listed until reaped; forget the rest.
+        if !peer.child_alive.load(Ordering::Acquire) {
+            self.peers.write().remove(&id);
+        }
+        self.membership_changed();
+        let how = Departure { graceful, was_ready: was == READY };
+        for s in self.services().all() {
+            s.on_peer_left(self, id, how);
+        }
+        if self.head {
+            if was == READY {
+                self.emit(Lifecycle::Exited { graceful }.event(id));
+            }
+        } else if id == HEAD_ID && !self.is_closing() {
+            self.log.warn("the head went away");
+            self.stop_with(Stop::HeadLost);
+        }
+    }
+
+    /// A launched child was reaped: forget its peer if it is gone.
+    pub(crate) fn child_reaped(self: &Arc<Self>, peer: &Arc<Peer>) {
+        peer.child_alive.store(false, Ordering::Release);
+        if peer.is_gone() {
+            self.peers.write().remove(&peer.id);
+            self.membership_changed();
+        } else {
+            self.peer_lost(peer.id);
+        }
+    }
+
+    // ---- connections -------------------------------------------------
+
+    fn all_conns(&self) -> Vec<Arc<Conn>> {
+        self.peers.read().values().flat_map(|p| p.conns()).collect()
+    }
+
+    /// Adopts an authenticated connection to `peer` and starts reading it.
+    pub(crate) fn adopt(self: &Arc<Self>, conn: &Arc<Conn>) {
+        conn.spawn_reader(self.clone());
+    }
+
+    /// A new connection over an authenticated stream.
+    pub(crate) fn new_conn(&self, stream: TcpStream) -> Result<Arc<Conn>> {
+        Conn::new(stream, self.cfg.max_message_bytes, self.flusher.clone())
+    }
+
+    /// The connection to `pid`, made now on a first worker-to-worker use.
+    pub fn conn_for(self: &Arc<Self>, pid: u32) -> Result<Arc<Conn>> {
+        self.check_open()?;
+        if !self.head && pid != HEAD_ID && self.topology() == Topology::MasterWorker {
+            return Err(Error::at(
+                ErrorKind::Topology,
+                pid,
+                format!("worker {} cannot call worker {pid}: topology is master_worker", self.myid()),
+            ));
+        }
+        let peer = self.peer(pid).ok_or_else(|| self.unknown_process(pid))?;
+        if peer.is_gone() {
+            return Err(Error::exited(pid));
+        }
+        let existing = peer.conn.lock().clone();
+        if let Some(c) = existing {
+            return Ok(c);
+        }
+        if self.head {
+            return Err(Error::at(ErrorKind::NotReady, pid, format!("worker {pid} is not connected yet")));
+        }
+        let conn = {
+            let _g = peer.connecting.lock();
+            let existing = peer.conn.lock().clone();
+            match existing {
+                Some(c) => c,
+                None => {
+                    let addr = peer.addr.lock().clone();
+                    let c = self.connect_peer(pid, &addr)?;
+                    *peer.conn.lock() = Some(c.clone());
+                    c
+                }
+            }
+        };
+        if peer.is_gone() {
+            conn.close();
+            return Err(Error::exited(pid));
+        }
+        Ok(conn)
+    }
+
+    fn connect_peer(self: &Arc<Self>, pid: u32, addr: &str) -> Result<Arc<Conn>> {
+        let sa = resolve(addr)?;
+        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+            .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
+        auth::handshake(&mut s, self.cookie.as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
+        let conn = self.new_conn(s)?;
+        conn.peer.store(pid, Ordering::Release);
+        let hello = Hello { id: self.myid(), addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes };
+        conn.send(Header::new(Kind::Oneway, session::ID, session::HELLO, 0), &wire::encode_meta(&hello), &[])?;
+        self.adopt(&conn);
+        Ok(conn)
+    }
+
+    fn spawn_acceptor(self: &Arc<Self>, listener: TcpListener) {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("cluster-accept".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for incoming in listener.incoming() {
+                    let Some(node) = weak.upgrade() else { return };
+                    if node.is_closing() {
+                        return;
+                    }
+                    match incoming {
+                        Ok(stream) => {
+                            let n = node.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("cluster-join".into())
+                                .stack_size(256 * 1024)
+                                .spawn(move || n.serve_incoming(stream));
+                        }
+                        Err(e) => {
+                            node.log.warn(format!("accept failed: {e}"));
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+            .expect("spawn accept thread");
+    }
+
+    /// Authenticates a new connection and admits it by its first frame.
+    fn serve_incoming(self: &Arc<Self>, mut stream: TcpStream) {
+        let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        if let Err(e) = auth::handshake(&mut stream, self.cookie.as_bytes(), Side::Server, HANDSHAKE_TIMEOUT) {
+            self.log.warn(format!("rejected connection from {from}: {e}"));
+            return;
+        }
+        let conn = match self.new_conn(stream) {
+            Ok(c) => c,
+            Err(e) => return self.log.warn(format!("connection from {from}: {e}")),
+        };
+        let outcome = conn.read_frame_blocking(Instant::now() + HANDSHAKE_TIMEOUT).and_then(|f| {
+            if (f.header.service, f.header.op) == (session::ID, session::HELLO) && !self.head {
+                return self.on_hello(&conn, &f);
+            }
+            self.services()
+                .by_id(f.header.service)
+                .and_then(|s| s.on_admit(self, &conn, &f))
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Protocol, "unexpected first message")))
+        });
+        match outcome {
+            Ok(()) => self.adopt(&conn),
+            Err(e) => {
+                self.log.error(format!("dropping connection from {from}: {e}"));
+                conn.close();
+            }
+        }
+    }
+
+    fn on_hello(self: &Arc<Self>, conn: &Arc<Conn>, f: &Frame) -> Result<()> {
+        if self.topology() == Topology::MasterWorker {
+            return Err(Error::new(ErrorKind::Topology, "worker-to-worker connections are disabled (topology master_worker)"));
+        }
+        let info: Hello = f.meta_as()?;
+        if info.id == HEAD_ID || info.id == self.myid() || info.id == 0 {
+            return Err(Error::new(ErrorKind::Protocol, format!("a peer claimed id {}", info.id)));
+        }
+        conn.peer.store(info.id, Ordering::Release);
+        conn.peer_max.store(info.max_message, Ordering::Relaxed);
+        let peer = self.add_peer(info.id, READY);
+        if peer.is_gone() {
+            return Err(Error::exited(info.id));
+        }
+        let mut primary = peer.conn.lock();
+        if primary.is_none() {
+            *primary = Some(conn.clone());
+        } else {
+            peer.extra_conns.lock().push(conn.clone());
+        }
+        Ok(())
+    }
+
+    // ---- messaging -----------------------------------------------------
+
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_slot(self: &Arc<Self>, pid: u32) -> Arc<Slot> {
+        let slot = Arc::new(Slot::new(self.next_request_id(), pid));
+        self.watch(&slot);
+        slot
+    }
+
+    /// In host mode, completion of `slot` becomes a FUTURE_READY event.
+    fn watch(self: &Arc<Self>, slot: &Arc<Slot>) {
+        if self.host.is_some() {
+            let weak = Arc::downgrade(self);
+            let id = slot.id;
+            slot.on_complete(move |r| {
+                if let Some(h) = weak.upgrade().as_ref().and_then(|n| n.host.as_ref()) {
+                    h.push_event(Event::future_ready(id, r.as_ref().err().map(|e| e.kind as i32).unwrap_or(0)));
+                }
+            });
+        }
+    }
+
+    /// A future completed here, with its slot.
+    pub(crate) fn local_future(self: &Arc<Self>, pid: u32) -> (Future, Arc<Slot>) {
+        let slot = self.new_slot(pid);
+        (Future::new(self, slot.clone(), None), slot)
+    }
+
+    /// Runs `action` after `delay` on the node's timer thread; it must be quick.
+    pub fn after(&self, delay: Duration, action: impl FnOnce() + Send + 'static) {
+        self.timers.after(delay, action);
+    }
+
+    /// Sends a request and returns its future at once. `payload` is
+    /// written to the socket before this returns, uncopied.
+    pub fn request(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+        let conn = self.conn_for(pid)?;
+        let slot = self.new_slot(pid);
+        self.send_request(&conn, &slot, service, op, meta, payload)?;
+        Ok(Future::new(self, slot, Some(conn)))
+    }
+
+    /// Sends a request for `slot` on `conn`: registered as pending first,
+    /// removed and failed if it cannot be sent.
+    pub(crate) fn send_request(&self, conn: &Arc<Conn>, slot: &Arc<Slot>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
+        self.pending.insert(slot);
+        let gone = self.peer(slot.pid).is_none_or(|p| p.is_gone());
+        let sent = if gone { Err(Error::exited(slot.pid)) } else { conn.send(Header::new(Kind::Request, service, op, slot.id), meta, payload) };
+        if let Err(e) = sent {
+            self.pending.remove(slot.id);
+            slot.complete(Err(e.clone()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Sends a request whose future goes out lazily, on its first wait.
+    pub(crate) fn lazy_request(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: Vec<u8>) -> Future {
+        let slot = self.new_slot(pid);
+        Future::new(self, slot, None).lazy(move |f| match f.node.conn_for(pid) {
+            Err(e) => {
+                f.slot.complete(Err(e));
+            }
+            Ok(conn) => {
+                f.set_conn(conn.clone());
+                let _ = f.node.send_request(&conn, &f.slot, service, op, &meta, &[]);
+            }
+        })
+    }
+
+    /// Sends a one-way message.
+    pub fn send_oneway(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
+        let conn = self.conn_for(pid)?;
+        conn.send(Header::new(Kind::Oneway, service, op, 0), meta, payload)
+    }
+
+    /// Sends the response to request `h` on `conn`.
+    pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
+        let r = Header::new(Kind::Response, h.service, h.op, h.id);
+        let send_err = |mut r: Header, e: &Error| {
+            r.status = e.kind as u8;
+            r.aux = if e.pid != 0 { e.pid } else { self.myid() };
+            conn.send(r, &[], e.message.as_bytes())
+        };
+        let sent = match outcome {
+            Ok(v) => match conn.send(r, &[], v) {
+                // The value is too large for the caller: tell it so.
+                Err(e) if e.kind == ErrorKind::TooLarge => {
+                    let max = conn.peer_max.load(Ordering::Relaxed);
+                    let msg = format!("the result of {} bytes exceeds the caller's maximum message size of {max} bytes", v.len());
+                    send_err(r, &Error::at(ErrorKind::TooLarge, self.myid(), msg))
+                }
+                other => other,
+            },
+            Err(e) => send_err(r, &e),
+        };
+        if let Err(e) = sent {
+            self.log.debug(format!("response to process {} not sent: {e}", conn.peer()));
+        }
+    }
+
+    fn on_response(&self, conn: &Arc<Conn>, f: Frame) {
+        let from = conn.peer();
+        let Some(slot) = self.pending.take(f.header.id, from) else {
+            return self.log.debug(format!("late or unknown response {} from {from}", f.header.id));
+        };
+        let outcome = if f.header.status == 0 {
+            Ok(f.payload)
+        } else {
+            let kind = ErrorKind::from_code(f.header.status).unwrap_or(ErrorKind::Remote);
+            let pid = if f.header.aux != 0 { f.header.aux } else { from };
+            Err(Error::at(kind, pid, String::from_utf8_lossy(&f.payload).into_owned()))
+        };
+        slot.complete(outcome);
+    }
+
+    /// Waits for `slot`: reads the reply connection itself for a while,
+    /// then parks, lending what this thread holds meanwhile.
+    pub(crate) fn wait_slot(self: &Arc<Self>, slot: &Arc<Slot>, conn: Option<&Arc<Conn>>, deadline: Option<Instant>) -> bool {
+        if slot.is_done() {
+            return true;
+        }
+        let spin = self.cfg.spin;
+        let done = match conn {
+            Some(c) => c.drive(self, spin, &|| slot.is_done()),
+            None => sys::spin_until(spin, || slot.is_done()),
+        };
+        if done {
+            return true;
+        }
+        let lender = self.lender.get().filter(|l| l.lend(self));
+        let done = slot.park_until(deadline);
+        if let Some(l) = lender {
+            l.reclaim();
+        }
+        done
+    }
+
+    // ---- host-driven mode ------------------------------------------------
+
+    pub(crate) fn host_or_err(&self) -> Result<&HostQueue> {
+        self.host.as_ref().ok_or_else(|| Error::new(ErrorKind::WrongMode, "only in host-driven dispatch mode"))
+    }
+
+    /// Host-driven mode: runs queued tasks (incoming calls) on this
+    /// thread, delivers held log records and lifecycle hooks, and returns
+    /// up to `max_events` events. Never blocks.
+    pub fn poll(self: &Arc<Self>, max_events: usize) -> Result<Vec<Event>> {
+        let host = self.host_or_err()?;
+        let (tasks, events) = host.take(max_events);
+        for t in tasks {
+            t();
+        }
+        self.log.drain_held();
+        if let Some(hook) = self.lifecycle_hook() {
+            for (pid, l) in events.iter().filter_map(Lifecycle::of) {
+                hook(pid, l);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The eventfd a host event loop watches (host-driven mode).
+    pub fn event_fd(&self) -> Result<i32> {
+        Ok(self.host_or_err()?.event_fd())
+    }
+
+    pub fn set_notify(&self, notify: Option<Notify>) -> Result<()> {
+        self.host_or_err()?.set_notify(notify);
+        Ok(())
+    }
+
+    /// Runs `task` on the host's thread (host mode) or returns it.
+    pub(crate) fn to_host(&self, task: events::Task) -> Option<events::Task> {
+        match &self.host {
+            Some(h) => {
+                h.push_task(task);
+                None
+            }
+            None => Some(task),
+        }
+    }
+
+    // ---- stopping ----------------------------------------------------------
+
+    /// Blocks until asked to stop (Ok) or the head goes away (HeadLost).
+    pub fn wait_stop(&self) -> Result<()> {
+        let mut g = self.stop.lock();
+        while *g == Stop::Running {
+            self.stop_cv.wait(&mut g);
+        }
+        match *g {
+            Stop::HeadLost => Err(Error::at(ErrorKind::HeadLost, HEAD_ID, "the head went away")),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        *self.stop.lock() != Stop::Running
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stop_with(Stop::Asked);
+    }
+
+    fn stop_with(&self, why: Stop) {
+        let mut g = self.stop.lock();
+        if *g != Stop::Running {
+            return;
+        }
+        *g = why;
+        self.stop_cv.notify_all();
+        drop(g);
+        self.emit(Event::core(if why == Stop::HeadLost { events::core::HEAD_LOST } else { events::core::SHUTDOWN }, 0));
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closing() {
+            Err(Error::new(ErrorKind::Shutdown, "the cluster is shut down"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes every connection and fails what is pending; never blocks.
+    /// Workers notice their head is gone.
+    pub fn close(&self) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        sys::shutdown_socket(self.listener_fd);
+        self.flusher.stop();
+        self.timers.stop();
+        let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
+        for p in &peers {
+            p.state.store(GONE, Ordering::Release);
+            for c in p.conns() {
+                c.close();
+            }
+        }
+        self.pending.fail_all(|| Error::new(ErrorKind::Shutdown, "the cluster was shut down"));
+        for s in self.services().all() {
+            s.on_close(self);
+        }
+        self.request_stop();
+        self.membership_changed();
+    }
+}
+
+impl Dispatch for Node {
+    fn on_frame(self: &Arc<Self>, conn: &Arc<Conn>, f: Frame) -> Option<Job> {
+        if f.header.kind == Kind::Response {
+            self.on_response(conn, f);
+            return None;
+        }
+        let Some(svc) = self.services().by_id(f.header.service) else {
+            let e = Error::at(ErrorKind::Protocol, self.myid(), format!("no service {} on process {}", f.header.service, self.myid()));
+            if f.header.kind == Kind::Request {
+                self.respond(conn, &f.header, Err(e));
+            }
+            return None;
+        };
+        let reply = match f.header.kind {
+            Kind::Request => ReplyTo::Remote { conn: conn.clone(), header: f.header },
+            _ => ReplyTo::Nobody,
+        };
+        let msg = Incoming { from: conn.peer(), header: f.header, meta: f.meta, payload: f.payload, reply };
+        match svc.on_message(self, msg) {
+            Ok(job) => job,
+            Err(e) => {
+                self.log.error(format!("closing connection to process {}: {e}", conn.peer()));
+                conn.close();
+                None
+            }
+        }
+    }
+
+    fn on_closed(self: &Arc<Self>, conn: &Arc<Conn>, why: Option<Error>) {
+        let pid = conn.peer();
+        if let Some(e) = &why {
+            if !self.is_closing() {
+                self.log.error(format!("connection to process {pid} closed: {e}"));
+            }
+        }
+        if pid == 0 {
+            return;
+        }
+        // Only the primary connection speaks for the peer: a second one
+        // it opened (or a stranger claiming its id) going away does not.
+        let primary = self.peer(pid).and_then(|p| p.conn.lock().clone()).is_some_and(|c| Arc::ptr_eq(&c, conn));
+        if primary && (self.head || pid == HEAD_ID) {
+            self.peer_lost(pid);
+        } else if primary {
+            // A worker believes only the head about who left: the peer
+            // may still live (the head says when it does not), so only the
+            // requests sent on this connection fail, and the next use
+            // connects again.
+            if let Some(p) = self.peer(pid) {
+                let mut c = p.conn.lock();
+                if c.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                    *c = None;
+                }
+            }
+            self.pending.fail_peer(pid, || Error::exited(pid));
+        } else if let Some(p) = self.peer(pid) {
+            p.extra_conns.lock().retain(|c| !Arc::ptr_eq(c, conn));
+        }
+    }
+
+    fn spin(&self) -> Duration {
+        self.cfg.spin
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.is_closing()
+    }
+
+    fn rescuer(&self) -> &Rescuer {
+        &self.rescuer
+    }
+}
+
+/// Peer states, for services that drive membership.
+pub(crate) mod peer_state {
+    pub(crate) use super::peer::{CONNECTED, LAUNCHING, READY};
+}

@@ -1,0 +1,156 @@
+//! Joining: how a process learns whether it is the head or a worker, how
+//! a worker joins its head, and how the head admits it.
+
+use super::{op, Control, Join, Welcome, ID};
+use crate::error::{Error, ErrorKind, Result};
+use crate::launch;
+use crate::net::auth::{self, Side};
+use crate::net::Conn;
+use crate::node::peer_state::{CONNECTED, LAUNCHING, READY};
+use crate::node::{resolve, Config, Node, HANDSHAKE_TIMEOUT, HEAD_ID};
+use crate::wire::{self, Frame, Header, Kind};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What this process is in its cluster.
+#[derive(Clone, Debug)]
+pub enum Role {
+    Head { cookie: String },
+    Worker {
+        head_addr: String,
+        /// The id the head launched it as; 0 for an elastic worker.
+        id: u32,
+        cookie: String,
+        /// The launching process (the head, or the launcher that started
+        /// it): when it is gone before the worker joins, the worker gives up.
+        parent: Option<u32>,
+    },
+}
+
+impl Role {
+    /// A worker when `cfg.join` is set or the process was launched as one
+    /// (`LIBCLUSTER_HEAD`), else the head.
+    pub fn from_env(cfg: &Config) -> Result<Role> {
+        let head_addr = cfg.join.clone().or_else(|| std::env::var(launch::ENV_HEAD).ok());
+        let Some(head_addr) = head_addr else {
+            let cookie = match &cfg.cookie {
+                Some(c) if !c.is_empty() => c.clone(),
+                Some(_) => return Err(Error::new(ErrorKind::InvalidArgument, "the cookie must not be empty")),
+                None => auth::random_cookie()?,
+            };
+            return Ok(Role::Head { cookie });
+        };
+        let launched_id = std::env::var(launch::ENV_ID).ok().and_then(|v| v.parse::<u32>().ok());
+        let launched = cfg.join.is_none() && launched_id.is_some();
+        let cookie = if std::env::var(launch::ENV_COOKIE_STDIN).is_ok() && cfg.join.is_none() {
+            launch::read_cookie_from_stdin()?
+        } else if let Some(c) = cfg.cookie.clone().or_else(|| std::env::var(launch::ENV_COOKIE).ok()) {
+            c
+        } else {
+            return Err(Error::new(ErrorKind::Auth, "no cookie: set it in the config or LIBCLUSTER_COOKIE"));
+        };
+        let parent = if launched { std::env::var(launch::ENV_PARENT).ok().and_then(|v| v.parse().ok()) } else { None };
+        Ok(Role::Worker { head_addr, id: if launched { launched_id.unwrap_or(0) } else { 0 }, cookie, parent })
+    }
+
+    pub fn is_head(&self) -> bool {
+        matches!(self, Role::Head { .. })
+    }
+    pub fn cookie(&self) -> &str {
+        match self {
+            Role::Head { cookie } | Role::Worker { cookie, .. } => cookie,
+        }
+    }
+    /// Launched by a head (not an elastic worker).
+    pub fn launched(&self) -> bool {
+        matches!(self, Role::Worker { id, .. } if *id != 0)
+    }
+}
+
+fn parent_gone(parent: Option<u32>) -> bool {
+    parent.is_some_and(|p| crate::sys::parent_pid() != p)
+}
+
+impl Control {
+    pub(super) fn start(&self, node: &Arc<Node>) -> Result<()> {
+        let Role::Worker { head_addr, id, parent, .. } = &self.role else {
+            return Ok(());
+        };
+        let cfg = node.config();
+        let addr = resolve(head_addr)?;
+        let deadline = Instant::now() + cfg.startup_timeout;
+        let mut stream = loop {
+            if parent_gone(*parent) {
+                return Err(Error::new(ErrorKind::Launch, "the process that launched this worker is gone"));
+            }
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::new(
+                        ErrorKind::Launch,
+                        format!("could not reach the head at {head_addr} within {:?}: {e}", cfg.startup_timeout),
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        auth::handshake(&mut stream, node.cookie().as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
+        let max = cfg.max_message_bytes;
+        let conn = node.new_conn(stream)?;
+        conn.peer.store(HEAD_ID, Ordering::Release);
+        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max };
+        conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
+        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        if reply.header.status != 0 {
+            return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
+        }
+        let welcome: Welcome = reply.meta_as()?;
+        conn.peer_max.store(welcome.max_message, Ordering::Relaxed);
+        node.set_myid(welcome.id);
+        node.store_topology(welcome.topology);
+        let head = node.add_peer(HEAD_ID, READY);
+        *head.conn.lock() = Some(conn.clone());
+        for (pid, addr) in welcome.peers {
+            if pid != welcome.id {
+                *node.add_peer(pid, READY).addr.lock() = addr;
+            }
+        }
+        node.adopt(&conn);
+        Ok(())
+    }
+
+    /// The head admits a worker by its JOIN.
+    pub(super) fn admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, f: &Frame) -> Result<()> {
+        let join: Join = f.meta_as()?;
+        let peer = if join.id == 0 {
+            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+            node.log.info(format!("elastic worker {id} joining from {}", join.listen_addr));
+            node.add_peer(id, LAUNCHING)
+        } else {
+            match node.peer(join.id) {
+                Some(p) if p.state() == LAUNCHING && p.conn.lock().is_none() => p,
+                _ => {
+                    let msg = format!("unknown or already joined worker id {}", join.id);
+                    let mut h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
+                    h.status = ErrorKind::Launch as u8;
+                    let _ = conn.send(h, &[], msg.as_bytes());
+                    return Err(Error::new(ErrorKind::Protocol, msg));
+                }
+            }
+        };
+        *peer.addr.lock() = join.listen_addr;
+        if peer.os_pid.load(Ordering::Acquire) == 0 {
+            peer.os_pid.store(join.os_pid, Ordering::Release);
+        }
+        conn.peer.store(peer.id, Ordering::Release);
+        conn.peer_max.store(join.max_message, Ordering::Relaxed);
+        *peer.conn.lock() = Some(conn.clone());
+        peer.state.store(CONNECTED, Ordering::Release);
+        let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| (p.id, p.addr.lock().clone())).collect();
+        let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes };
+        let h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
+        conn.send(h, &wire::encode_meta(&welcome), &[])
+    }
+}

@@ -1,0 +1,178 @@
+//! The control service: who is in the cluster. A worker joins its head
+//! (JOIN, answered with a welcome listing the ready peers), says it is
+//! ready (READY); the head introduces members to each other (PEER_JOINED,
+//! PEER_LEFT) and asks workers to stop (SHUTDOWN). The head's side of
+//! launching and removing workers is in `procs`.
+
+mod join;
+mod procs;
+
+pub use join::Role;
+pub use procs::ControlExt;
+
+use crate::error::{Error, Result};
+use crate::launch::{Launcher, LocalLauncher};
+use crate::net::{Conn, Job};
+use crate::node::service::unknown_op;
+use crate::node::{Departure, Incoming, Node, Service, HEAD_ID};
+use crate::wire::{self, Frame, Header, Kind, ServiceId};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+pub const ID: ServiceId = 1;
+
+pub(crate) mod op {
+    pub const JOIN: u16 = 1;
+    pub const READY: u16 = 2;
+    pub const PEER_JOINED: u16 = 3;
+    pub const PEER_LEFT: u16 = 4;
+    pub const SHUTDOWN: u16 = 5;
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Join {
+    /// The id the head launched this worker as; 0 for an elastic worker.
+    pub id: u32,
+    pub listen_addr: String,
+    pub os_pid: u32,
+    pub max_message: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Welcome {
+    pub id: u32,
+    pub topology: crate::node::Topology,
+    pub peers: Vec<(u32, String)>,
+    pub max_message: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PeerInfo {
+    pub id: u32,
+    pub addr: String,
+}
+
+pub struct Control {
+    role: Role,
+    /// Head: the next worker id (ids are never reused).
+    next_id: AtomicU32,
+    workers_added: AtomicBool,
+    launcher: RwLock<Arc<dyn Launcher>>,
+    /// Head: launched children to reap.
+    reaper: Mutex<Option<procs::Reaper>>,
+}
+
+impl Control {
+    pub fn new(role: Role) -> Arc<Control> {
+        Arc::new(Control {
+            role,
+            next_id: AtomicU32::new(2),
+            workers_added: AtomicBool::new(false),
+            launcher: RwLock::new(Arc::new(LocalLauncher)),
+            reaper: Mutex::new(None),
+        })
+    }
+
+    pub fn set_launcher(&self, launcher: Arc<dyn Launcher>) {
+        *self.launcher.write() = launcher;
+    }
+
+    /// The head introduces a worker that became ready to the others, and
+    /// them to it: its welcome may predate workers that became ready since.
+    fn on_ready(&self, node: &Arc<Node>, from: u32) {
+        let Some(peer) = node.peer(from) else { return };
+        let Some(conn) = peer.conn.lock().clone() else { return };
+        let ready = node.mark_ready(&peer, crate::node::peer_state::CONNECTED, || {
+            let joined = Header::new(Kind::Oneway, ID, op::PEER_JOINED, 0);
+            let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone() });
+            for p in node.peers_where(|p| p.is_ready() && p.id != from) {
+                if let Some(c) = p.conn.lock().clone() {
+                    let _ = c.send(joined, &meta, &[]);
+                }
+                let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
+                let _ = conn.send(joined, &theirs, &[]);
+            }
+        });
+        if !ready {
+            return;
+        }
+        node.log.info(format!("worker {from} is ready"));
+        node.emit(crate::node::Lifecycle::Started.event(from));
+        peer.announced.store(true, Ordering::Release);
+        node.membership_changed();
+    }
+}
+
+impl Service for Control {
+    fn id(&self) -> ServiceId {
+        ID
+    }
+    fn name(&self) -> &'static str {
+        "control"
+    }
+
+    fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
+        match msg.op() {
+            op::READY if node.is_head() => self.on_ready(node, msg.from),
+            // Only the head speaks for membership.
+            op::PEER_JOINED if !node.is_head() && msg.from == HEAD_ID => {
+                let info: PeerInfo = msg.meta_as()?;
+                if info.id != node.myid() {
+                    let p = node.add_peer(info.id, crate::node::peer_state::READY);
+                    *p.addr.lock() = info.addr;
+                }
+            }
+            op::PEER_LEFT if !node.is_head() && msg.from == HEAD_ID => {
+                let info: PeerInfo = msg.meta_as()?;
+                node.peer_lost(info.id);
+            }
+            op::SHUTDOWN if !node.is_head() && msg.from == HEAD_ID => {
+                node.log.info("asked to stop");
+                node.request_stop();
+            }
+            op::READY | op::PEER_JOINED | op::PEER_LEFT | op::SHUTDOWN => {
+                return Err(Error::new(crate::error::ErrorKind::Protocol, format!("control op {} from process {} refused", msg.op(), msg.from)))
+            }
+            o => return Err(unknown_op("control", o)),
+        }
+        Ok(None)
+    }
+
+    fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame) -> Option<Result<()>> {
+        (first.header.op == op::JOIN && node.is_head()).then(|| self.admit(node, conn, first))
+    }
+
+    fn on_start(&self, node: &Arc<Node>) -> Result<()> {
+        self.start(node)
+    }
+
+    fn on_peer_left(&self, node: &Arc<Node>, pid: u32, how: Departure) {
+        if node.is_head() && how.was_ready {
+            let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new() });
+            for p in node.peers_where(|p| p.is_ready()) {
+                if let Some(c) = p.conn.lock().clone() {
+                    let _ = c.send(Header::new(Kind::Oneway, ID, op::PEER_LEFT, 0), &meta, &[]);
+                }
+            }
+        }
+    }
+
+    fn on_close(&self, _node: &Node) {
+        if let Some(r) = self.reaper.lock().take() {
+            r.stop();
+        }
+    }
+}
+
+/// Decodes a control message exactly as the service does (for fuzzing).
+#[doc(hidden)]
+pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
+    match op {
+        op::JOIN => wire::decode_meta::<Join>(meta).map(drop),
+        op::PEER_JOINED | op::PEER_LEFT => wire::decode_meta::<PeerInfo>(meta).map(drop),
+        op::READY | op::SHUTDOWN => Ok(()),
+        o => Err(unknown_op("control", o)),
+    }
+}

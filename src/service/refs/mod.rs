@@ -1,0 +1,257 @@
+//! References to futures: a future's value kept by its owner for as long
+//! as any reference to it is in flight or held. The owner counts, per
+//! holder process, the references it holds, so a holder that dies
+//! releases what it held.
+//!
+//! Protocol: the exporter adds an in-flight count (ADD_REF, a round trip
+//! when it is not the owner); the importer claims it (ADD_CLIENT: in
+//! flight -> held by the importer), fetches the value (FETCH_REF, answered
+//! when the value is there) and releases it when its future is dropped
+//! (DEL_REF).
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::Job;
+use crate::node::service::unknown_op;
+use crate::node::{Departure, Future, FutureRef, Incoming, Node, Service};
+use crate::node::slot::Slot;
+use crate::wire::{self, ServiceId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ID: ServiceId = 3;
+
+pub(crate) mod op {
+    pub const ADD_REF: u16 = 1;
+    pub const DEL_REF: u16 = 2;
+    pub const FETCH_REF: u16 = 3;
+    pub const ADD_CLIENT: u16 = 4;
+}
+
+/// A value this process keeps for references to it.
+struct Owned {
+    slot: Arc<Slot>,
+    in_transit: u64,
+    holders: HashMap<u32, u64>,
+}
+
+impl Owned {
+    fn unreferenced(&self) -> bool {
+        self.in_transit == 0 && self.holders.is_empty()
+    }
+}
+
+/// Messages that must not block their sender (finalizers, imports): one
+/// thread sends them, in order.
+enum Housekeeping {
+    Send { owner: u32, op: u16, id: u64 },
+}
+
+pub struct Refs {
+    owned: Mutex<HashMap<u64, Owned>>,
+    housekeeping: Mutex<Option<mpsc::Sender<Housekeeping>>>,
+}
+
+impl Refs {
+    pub fn new() -> Arc<Refs> {
+        Arc::new(Refs { owned: Mutex::new(HashMap::new()), housekeeping: Mutex::new(None) })
+    }
+
+    fn defer(&self, owner: u32, op: u16, id: u64) {
+        if let Some(tx) = self.housekeeping.lock().as_ref() {
+            let _ = tx.send(Housekeeping::Send { owner, op, id });
+        }
+    }
+
+    /// An exported reference is on its way to some process.
+    fn add_transit(&self, id: u64) -> bool {
+        match self.owned.lock().get_mut(&id) {
+            Some(e) => {
+                e.in_transit += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `holder` imported a reference: it now holds it until it releases it or dies.
+    fn claim(&self, id: u64, holder: u32) -> Option<Arc<Slot>> {
+        let mut owned = self.owned.lock();
+        let e = owned.get_mut(&id)?;
+        e.in_transit = e.in_transit.saturating_sub(1);
+        *e.holders.entry(holder).or_insert(0) += 1;
+        Some(e.slot.clone())
+    }
+
+    fn release(&self, id: u64, holder: u32) {
+        let mut owned = self.owned.lock();
+        if let Some(e) = owned.get_mut(&id) {
+            if let Some(n) = e.holders.get_mut(&holder) {
+                *n -= 1;
+                if *n == 0 {
+                    e.holders.remove(&holder);
+                }
+            }
+            if e.unreferenced() {
+                owned.remove(&id);
+            }
+        }
+    }
+
+    /// Number of values this process keeps for references held elsewhere.
+    pub fn owned_count(&self) -> usize {
+        self.owned.lock().len()
+    }
+}
+
+fn freed(node: &Node, id: u64) -> Error {
+    Error::at(ErrorKind::InvalidArgument, node.myid(), format!("future {id} on process {} was freed", node.myid()))
+}
+
+impl Service for Refs {
+    fn id(&self) -> ServiceId {
+        ID
+    }
+    fn name(&self) -> &'static str {
+        "refs"
+    }
+
+    fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
+        let ref_id: u64 = msg.meta_as()?;
+        match msg.op() {
+            op::ADD_REF => {
+                let r = if self.add_transit(ref_id) { Ok(&[][..]) } else { Err(freed(node, ref_id)) };
+                msg.respond(node, r);
+            }
+            op::ADD_CLIENT => {
+                self.claim(ref_id, msg.from);
+            }
+            op::DEL_REF => self.release(ref_id, msg.from),
+            op::FETCH_REF => {
+                let slot = self.owned.lock().get(&ref_id).map(|e| e.slot.clone());
+                match slot {
+                    None => msg.respond(node, Err(freed(node, ref_id))),
+                    Some(slot) => {
+                        let n = node.clone();
+                        let reply = msg.reply;
+                        slot.on_complete(move |r| {
+                            let _ = reply.send(&n, r.as_ref().map(|v| &v[..]).map_err(|e| e.clone()));
+                        });
+                    }
+                }
+            }
+            o => return Err(unknown_op("refs", o)),
+        }
+        Ok(None)
+    }
+
+    fn on_start(&self, node: &Arc<Node>) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<Housekeeping>();
+        *self.housekeeping.lock() = Some(tx);
+        let weak = Arc::downgrade(node);
+        std::thread::Builder::new()
+            .name("cluster-refs".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while let Ok(Housekeeping::Send { owner, op, id }) = rx.recv() {
+                    let Some(node) = weak.upgrade() else { return };
+                    let _ = node.send_oneway(owner, ID, op, &wire::encode_meta(&id), &[]);
+                }
+            })
+            .map_err(|e| Error::io("spawn", e))?;
+        Ok(())
+    }
+
+    /// A process died: the references it held are gone with it.
+    fn on_peer_left(&self, _node: &Arc<Node>, pid: u32, _how: Departure) {
+        self.owned.lock().retain(|_, e| {
+            e.holders.remove(&pid);
+            !e.unreferenced()
+        });
+    }
+
+    fn on_close(&self, _node: &Node) {
+        *self.housekeeping.lock() = None;
+    }
+}
+
+/// Decodes a refs message exactly as the service does (for fuzzing).
+#[doc(hidden)]
+pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
+    match op {
+        op::ADD_REF | op::DEL_REF | op::FETCH_REF | op::ADD_CLIENT => wire::decode_meta::<u64>(meta).map(drop),
+        o => Err(unknown_op("refs", o)),
+    }
+}
+
+fn refs(node: &Node) -> Result<Arc<Refs>> {
+    node.service::<Refs>().ok_or_else(|| Error::new(ErrorKind::WrongMode, "no refs service on this node"))
+}
+
+/// Passing futures between processes.
+pub trait RefsExt {
+    /// A reference made by `export`, here or in another process.
+    fn import(&self, r: FutureRef) -> Result<Future>;
+    /// Number of values this process keeps for references held elsewhere.
+    fn owned_refs(&self) -> usize;
+}
+
+/// A future's side of references.
+pub trait FutureExt {
+    /// A reference another process can import. The owner keeps the value
+    /// until every reference made this way has been freed by its importer.
+    fn export(&self) -> Result<FutureRef>;
+}
+
+impl FutureExt for Future {
+    fn export(&self) -> Result<FutureRef> {
+        let node = self.node();
+        let r = refs(node)?;
+        match self.source() {
+            None => {
+                let mut owned = r.owned.lock();
+                let e = owned.entry(self.id()).or_insert_with(|| Owned { slot: self.slot.clone(), in_transit: 0, holders: HashMap::new() });
+                e.in_transit += 1;
+                Ok(FutureRef { owner: node.myid(), id: self.id() })
+            }
+            Some(src) => {
+                let ack = node.request(src.owner, ID, op::ADD_REF, &wire::encode_meta(&src.id), &[])?;
+                ack.wait(Some(Duration::from_secs(30)))?;
+                Ok(src)
+            }
+        }
+    }
+}
+
+impl RefsExt for Arc<Node> {
+    fn import(&self, r: FutureRef) -> Result<Future> {
+        let refs = refs(self)?;
+        if r.owner == self.myid() {
+            let slot = refs.claim(r.id, r.owner).ok_or_else(|| freed(self, r.id))?;
+            let weak = Arc::downgrade(&refs);
+            let (id, me) = (r.id, r.owner);
+            return Ok(Future::from_slot(self, slot).on_drop(move || {
+                if let Some(refs) = weak.upgrade() {
+                    refs.release(id, me);
+                }
+            }));
+        }
+        if self.peer(r.owner).is_none() {
+            return Err(self.unknown_process(r.owner));
+        }
+        refs.defer(r.owner, op::ADD_CLIENT, r.id);
+        let weak = Arc::downgrade(&refs);
+        let f = self.lazy_request(r.owner, ID, op::FETCH_REF, wire::encode_meta(&r.id));
+        Ok(f.with_source(r).on_drop(move || {
+            if let Some(refs) = weak.upgrade() {
+                refs.defer(r.owner, op::DEL_REF, r.id);
+            }
+        }))
+    }
+
+    fn owned_refs(&self) -> usize {
+        refs(self).map(|r| r.owned_count()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,522 @@
+//! Remote calls: functions registered by name, incoming calls and their
+//! replies, handler slots, interrupts. `RpcExt` gives a node the calls.
+
+mod dispatch;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::Job;
+use crate::node::service::unknown_op;
+use crate::node::{Event, Future, Incoming, Lender, Node, ReplyTo, Service, Value};
+use crate::wire::{self, ServiceId};
+use dispatch::Dispatcher;
+use parking_lot::{Mutex, RwLock};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const ID: ServiceId = 2;
+
+pub(crate) mod op {
+    pub const CALL: u16 = 1;
+    pub const INTERRUPT: u16 = 2;
+}
+
+/// Host events of this service.
+pub mod events {
+    /// `interrupt` reached this process: cancel the running calls.
+    pub const INTERRUPT: u16 = 0;
+}
+
+/// Pass as the target process to pick the next worker round-robin.
+pub const ANY_WORKER: u32 = 0;
+
+/// A registered function. It receives the call by value and answers it
+/// with `Call::reply` or `Call::fail`, now or later from any thread.
+pub type Handler = Arc<dyn Fn(Call) + Send + Sync>;
+
+/// A call as it arrives, before it runs.
+pub struct IncomingCall {
+    caller: u32,
+    name: String,
+    args: Vec<u8>,
+    reply: ReplyTo,
+    cancel: Arc<AtomicBool>,
+    token: u64,
+}
+
+/// A running call, handed to its handler. Dropping it unanswered answers
+/// with an error, so a caller never waits for a reply that cannot come.
+pub struct Call {
+    inner: Option<IncomingCall>,
+    node: Arc<Node>,
+    rpc: Arc<Rpc>,
+}
+
+impl Call {
+    pub fn args(&self) -> &[u8] {
+        &self.live().args
+    }
+    pub fn caller(&self) -> u32 {
+        self.live().caller
+    }
+    pub fn name(&self) -> &str {
+        &self.live().name
+    }
+    fn live(&self) -> &IncomingCall {
+        self.inner.as_ref().expect("live call")
+    }
+    /// True once `interrupt` reached this process during the call.
+    pub fn is_cancelled(&self) -> bool {
+        self.live().cancel.load(Ordering::Acquire)
+    }
+    /// The cancellation flag, to watch from elsewhere.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.live().cancel.clone()
+    }
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+    pub fn reply(mut self, value: &[u8]) {
+        self.finish(Ok(value));
+    }
+    pub fn fail(mut self, message: &str) {
+        let e = Error::at(ErrorKind::Remote, self.node.myid(), message);
+        self.finish(Err(e));
+    }
+
+    fn finish(&mut self, outcome: std::result::Result<&[u8], Error>) {
+        let Some(call) = self.inner.take() else { return };
+        self.rpc.running.lock().remove(&call.token);
+        let outcome = if call.cancel.load(Ordering::Acquire) {
+            Err(Error::at(
+                ErrorKind::Interrupted,
+                self.node.myid(),
+                format!("call to {} interrupted on process {}", call.name, self.node.myid()),
+            ))
+        } else {
+            outcome
+        };
+        let conn = match &call.reply {
+            ReplyTo::Remote { conn, .. } => Some(conn.clone()),
+            _ => None,
+        };
+        if let Some(e) = call.reply.send(&self.node, outcome) {
+            self.node.log.error(format!("remote_do {} from process {} failed: {}", call.name, call.caller, e.message));
+        }
+        if let Some(c) = conn {
+            c.recycle(call.args);
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            let why = if std::thread::panicking() { "the handler panicked" } else { "the handler returned without replying" };
+            let name = self.name().to_string();
+            let e = Error::at(ErrorKind::Remote, self.node.myid(), format!("{name}: {why}"));
+            self.finish(Err(e));
+        }
+    }
+}
+
+thread_local! {
+    /// The rpc service whose handler slot this thread holds, if any.
+    static IN_HANDLER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The rpc service of one node.
+pub struct Rpc {
+    functions: RwLock<HashMap<String, Handler>>,
+    running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    dispatcher: Dispatcher<IncomingCall>,
+    next_token: AtomicU64,
+    host_mode: bool,
+    rr: AtomicUsize,
+}
+
+impl Rpc {
+    pub fn new(handler_threads: usize, host_mode: bool) -> Arc<Rpc> {
+        Arc::new(Rpc {
+            functions: RwLock::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            dispatcher: Dispatcher::new(handler_threads),
+            next_token: AtomicU64::new(1),
+            host_mode,
+            rr: AtomicUsize::new(0),
+        })
+    }
+
+    fn new_incoming(&self, caller: u32, name: String, args: Vec<u8>, reply: ReplyTo) -> IncomingCall {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        IncomingCall { caller, name, args, reply, cancel: Arc::new(AtomicBool::new(false)), token }
+    }
+
+    /// Queues `call` to run: on the host's thread in host mode, else a job
+    /// that runs it (and the calls queued behind it) when a slot is free.
+    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, call: IncomingCall) -> Option<Job> {
+        if self.host_mode {
+            let (rpc, n) = (self.clone(), node.clone());
+            let _ = node.to_host(Box::new(move || rpc.run_call(&n, call)));
+            return None;
+        }
+        self.dispatcher.offer(call).map(|c| {
+            let (rpc, n) = (self.clone(), node.clone());
+            Box::new(move || rpc.run_calls(&n, c)) as Job
+        })
+    }
+
+    fn call_here(self: &Arc<Self>, node: &Arc<Node>, name: &str, args: Vec<u8>, reply: ReplyTo) -> Result<()> {
+        let call = self.new_incoming(node.myid(), name.to_string(), args, reply);
+        if let Some(job) = self.enqueue(node, call) {
+            std::thread::Builder::new().name("cluster-local".into()).spawn(job).map_err(|e| Error::io("spawn", e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `first`, then queued calls while this thread holds the slot.
+    fn run_calls(self: &Arc<Self>, node: &Arc<Node>, first: IncomingCall) {
+        let me = Arc::as_ptr(self) as usize;
+        let outer = IN_HANDLER.with(|h| h.replace(me));
+        let mut next = Some(first);
+        while let Some(call) = next {
+            self.run_call(node, call);
+            next = self.dispatcher.finish();
+        }
+        IN_HANDLER.with(|h| h.set(outer));
+    }
+
+    fn run_call(self: &Arc<Self>, node: &Arc<Node>, call: IncomingCall) {
+        self.running.lock().insert(call.token, call.cancel.clone());
+        let handler = self.functions.read().get(&call.name).cloned();
+        let call = Call { inner: Some(call), node: node.clone(), rpc: self.clone() };
+        match handler {
+            None => {
+                let msg = format!("function {} is not registered on process {}", call.name(), node.myid());
+                call.fail(&msg);
+            }
+            Some(h) => {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call))) {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    node.log.error(format!("a handler panicked: {what}"));
+                }
+            }
+        }
+    }
+
+    fn interrupt_local(&self, node: &Node) {
+        let running = self.running.lock();
+        if running.is_empty() {
+            return;
+        }
+        for flag in running.values() {
+            flag.store(true, Ordering::Release);
+        }
+        drop(running);
+        node.log.info("interrupt: cancelling running calls");
+        if node.host.is_some() {
+            node.emit(Event { service: ID, kind: events::INTERRUPT, id: 0, pid: 0, status: 0 });
+        }
+    }
+
+    /// Calls waiting for a slot right now (a gauge for tests).
+    pub fn running_calls(&self) -> usize {
+        self.running.lock().len()
+    }
+}
+
+/// A thread parked on a future inside a handler lends its slot.
+struct SlotLender(std::sync::Weak<Rpc>);
+
+impl Lender for SlotLender {
+    fn lend(&self, node: &Arc<Node>) -> bool {
+        let Some(rpc) = self.0.upgrade() else { return false };
+        if rpc.host_mode || IN_HANDLER.with(|h| h.get()) != Arc::as_ptr(&rpc) as usize {
+            return false;
+        }
+        if let Some(next) = rpc.dispatcher.finish() {
+            let n = node.clone();
+            let r = rpc.clone();
+            std::thread::spawn(move || r.run_calls(&n, next));
+        }
+        true
+    }
+    fn reclaim(&self) {
+        if let Some(rpc) = self.0.upgrade() {
+            rpc.dispatcher.reclaim();
+        }
+    }
+}
+
+impl Rpc {
+    /// Lets handlers that wait on futures lend their slot.
+    pub fn lender(self: &Arc<Self>) -> Arc<dyn Lender> {
+        Arc::new(SlotLender(Arc::downgrade(self)))
+    }
+}
+
+fn decode_call(meta: Vec<u8>) -> Result<String> {
+    String::from_utf8(meta).map_err(|_| Error::new(ErrorKind::Protocol, "function name is not UTF-8"))
+}
+
+impl Service for Rpc {
+    fn id(&self) -> ServiceId {
+        ID
+    }
+    fn name(&self) -> &'static str {
+        "rpc"
+    }
+    fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
+        let me = node.service::<Rpc>().expect("rpc is installed");
+        match msg.op() {
+            op::CALL => {
+                let name = decode_call(msg.meta)?;
+                let call = me.new_incoming(msg.from, name, msg.payload, msg.reply);
+                Ok(me.enqueue(node, call))
+            }
+            op::INTERRUPT => {
+                self.interrupt_local(node);
+                Ok(None)
+            }
+            o => Err(unknown_op("rpc", o)),
+        }
+    }
+    fn on_close(&self, _node: &Node) {
+        drop(self.dispatcher.drain());
+    }
+}
+
+/// Decodes an rpc message exactly as the service does (for fuzzing).
+#[doc(hidden)]
+pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
+    match op {
+        op::CALL => decode_call(meta.to_vec()).map(drop),
+        op::INTERRUPT => Ok(()),
+        o => Err(unknown_op("rpc", o)),
+    }
+}
+
+fn rpc(node: &Node) -> Result<Arc<Rpc>> {
+    node.service::<Rpc>().ok_or_else(|| Error::new(ErrorKind::WrongMode, "no rpc service on this node"))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > wire::MAX_META {
+        return Err(Error::new(ErrorKind::InvalidArgument, "function names are 1 to 65535 bytes"));
+    }
+    Ok(())
+}
+
+/// Remote calls, on any node with the rpc service.
+pub trait RpcExt {
+    /// Registers `handler` under `name`, replacing any earlier one.
+    fn register(&self, name: &str, handler: Handler) -> Result<()>;
+    /// Registers a plain function of the arguments.
+    fn register_fn<F>(&self, name: &str, f: F) -> Result<()>
+    where
+        F: Fn(&Call) -> std::result::Result<Vec<u8>, String> + Send + Sync + 'static;
+    fn unregister(&self, name: &str) -> bool;
+    /// Calls `name` on `pid` (or `ANY_WORKER`) and returns at once. The
+    /// arguments are written to the socket before it returns, uncopied.
+    fn remotecall(&self, pid: u32, name: &str, args: &[u8]) -> Result<Future>;
+    /// One round trip: call and wait for the value.
+    fn remotecall_fetch(&self, pid: u32, name: &str, args: &[u8]) -> Result<Value>;
+    /// Call and wait for completion; the value stays in the future.
+    fn remotecall_wait(&self, pid: u32, name: &str, args: &[u8]) -> Result<Future>;
+    /// Fire and forget; a failure is logged on the callee.
+    fn remote_do(&self, pid: u32, name: &str, args: &[u8]) -> Result<()>;
+    /// Calls `name` on every process of `pids` (all when `None`) and waits
+    /// for all; every failure is listed in one `Composite` error.
+    fn everywhere(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<()>;
+    /// `everywhere` as a future, completed once every call is done.
+    fn everywhere_async(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<Future>;
+    /// Cancels the calls running on `pids`; idle processes ignore it.
+    fn interrupt(&self, pids: &[u32]) -> Result<()>;
+}
+
+impl RpcExt for Arc<Node> {
+    fn register(&self, name: &str, handler: Handler) -> Result<()> {
+        check_name(name)?;
+        rpc(self)?.functions.write().insert(name.to_string(), handler);
+        Ok(())
+    }
+
+    fn register_fn<F>(&self, name: &str, f: F) -> Result<()>
+    where
+        F: Fn(&Call) -> std::result::Result<Vec<u8>, String> + Send + Sync + 'static,
+    {
+        self.register(
+            name,
+            Arc::new(move |call: Call| match f(&call) {
+                Ok(v) => call.reply(&v),
+                Err(m) => call.fail(&m),
+            }),
+        )
+    }
+
+    fn unregister(&self, name: &str) -> bool {
+        rpc(self).map(|r| r.functions.write().remove(name).is_some()).unwrap_or(false)
+    }
+
+    fn remotecall(&self, pid: u32, name: &str, args: &[u8]) -> Result<Future> {
+        self.check_open()?;
+        check_name(name)?;
+        let r = rpc(self)?;
+        let pid = if pid == ANY_WORKER { pick_worker(self, &r) } else { pid };
+        if pid == self.myid() {
+            let (fut, slot) = self.local_future(pid);
+            r.call_here(self, name, args.to_vec(), ReplyTo::Local(slot))?;
+            return Ok(fut);
+        }
+        self.request(pid, ID, op::CALL, name.as_bytes(), args)
+    }
+
+    fn remotecall_fetch(&self, pid: u32, name: &str, args: &[u8]) -> Result<Value> {
+        self.remotecall(pid, name, args)?.value()
+    }
+
+    fn remotecall_wait(&self, pid: u32, name: &str, args: &[u8]) -> Result<Future> {
+        let f = self.remotecall(pid, name, args)?;
+        f.wait(None)?;
+        Ok(f)
+    }
+
+    fn remote_do(&self, pid: u32, name: &str, args: &[u8]) -> Result<()> {
+        self.check_open()?;
+        check_name(name)?;
+        let r = rpc(self)?;
+        let pid = if pid == ANY_WORKER { pick_worker(self, &r) } else { pid };
+        if pid == self.myid() {
+            return r.call_here(self, name, args.to_vec(), ReplyTo::Nobody);
+        }
+        self.send_oneway(pid, ID, op::CALL, name.as_bytes(), args)
+    }
+
+    fn everywhere(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let (all, parts) = everywhere_parts(self, pids, name, args, timeout)?;
+        // Waiting on each part reads its connection on this thread: no
+        // wake-up per reply.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        for p in &parts {
+            let _ = p.wait(deadline.map(|d| d.saturating_duration_since(Instant::now())));
+        }
+        all.wait(None)
+    }
+
+    fn everywhere_async(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<Future> {
+        everywhere_parts(self, pids, name, args, timeout).map(|(f, _)| f)
+    }
+
+    fn interrupt(&self, pids: &[u32]) -> Result<()> {
+        let r = rpc(self)?;
+        for &p in pids {
+            if p == self.myid() {
+                r.interrupt_local(self);
+                continue;
+            }
+            self.send_oneway(p, ID, op::INTERRUPT, &[], &[])?;
+        }
+        Ok(())
+    }
+}
+
+fn everywhere_parts(node: &Arc<Node>, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<(Future, Vec<Future>)> {
+    node.check_open()?;
+    check_name(name)?;
+    let targets = pids.map(|p| p.to_vec()).unwrap_or_else(|| node.procs());
+    let calls: Vec<(u32, Result<Future>)> = targets.iter().map(|&p| (p, node.remotecall(p, name, args))).collect();
+    Ok(all_of(node, calls, timeout))
+}
+
+fn pick_worker(node: &Node, r: &Rpc) -> u32 {
+    let ws = node.workers();
+    ws[r.rr.fetch_add(1, Ordering::Relaxed) % ws.len()]
+}
+
+/// One future completed once every part is done: Ok when all succeeded,
+/// else one `Composite` error listing each failure in target order. After
+/// `timeout` it fails with `Timeout` (the parts go on).
+fn all_of(node: &Arc<Node>, parts: Vec<(u32, Result<Future>)>, timeout: Option<Duration>) -> (Future, Vec<Future>) {
+    struct Gather {
+        left: Mutex<usize>,
+        failures: Mutex<Vec<(usize, String)>>,
+        done: Mutex<Vec<bool>>,
+        targets: Vec<u32>,
+        total: usize,
+        promise: crate::node::Promise,
+    }
+    let (fut, promise) = node.promise(node.myid());
+    let total = parts.len();
+    let targets: Vec<u32> = parts.iter().map(|(p, _)| *p).collect();
+    let g = Arc::new(Gather {
+        left: Mutex::new(total + 1),
+        failures: Mutex::new(Vec::new()),
+        done: Mutex::new(vec![false; total]),
+        targets,
+        total,
+        promise,
+    });
+    fn finish_one(g: &Gather) {
+        let mut left = g.left.lock();
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        drop(left);
+        let mut f = std::mem::take(&mut *g.failures.lock());
+        if f.is_empty() {
+            g.promise.complete(Ok(Vec::new()));
+        } else {
+            f.sort_by_key(|(i, _)| *i);
+            let list: Vec<String> = f.into_iter().map(|(_, m)| m).collect();
+            let msg = format!("{} of {} processes failed: {}", list.len(), g.total, list.join("; "));
+            g.promise.complete(Err(Error::new(ErrorKind::Composite, msg)));
+        }
+    }
+    let mut held = Vec::new();
+    for (i, (p, r)) in parts.into_iter().enumerate() {
+        match r {
+            Err(e) => {
+                g.failures.lock().push((i, format!("process {p}: {}", e.message)));
+                finish_one(&g);
+            }
+            Ok(f) => {
+                let g2 = g.clone();
+                f.on_complete(move |r| {
+                    if let Err(e) = r {
+                        g2.failures.lock().push((i, format!("process {p}: {}", e.message)));
+                    }
+                    g2.done.lock()[i] = true;
+                    finish_one(&g2);
+                });
+                held.push(f);
+            }
+        }
+    }
+    finish_one(&g);
+    if let Some(t) = timeout {
+        let weak = Arc::downgrade(&g);
+        node.after(t, move || {
+            if let Some(g) = weak.upgrade() {
+                // Every process not done yet failed, by timing out.
+                let mut f = g.failures.lock().clone();
+                for (i, done) in g.done.lock().iter().enumerate() {
+                    if !done && !f.iter().any(|(j, _)| *j == i) {
+                        f.push((i, format!("process {}: timed out after {t:?}", g.targets[i])));
+                    }
+                }
+                f.sort_by_key(|(i, _)| *i);
+                let list: Vec<String> = f.into_iter().map(|(_, m)| m).collect();
+                let msg = format!("{} of {} processes failed: {}", list.len(), g.total, list.join("; "));
+                g.promise.complete(Err(Error::new(ErrorKind::Composite, msg)));
+            }
+        });
+    }
+    (fut, held)
+}
