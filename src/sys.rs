@@ -293,3 +293,152 @@ pub fn poll_many(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<usi
         }
     }
 }
+
+/// One non-blocking `sendmsg` of `parts` from byte `skip` on (counted
+/// across the parts). Returns the bytes written, 0 when the socket is full.
+pub fn write_some_vectored(fd: RawFd, parts: &[&[u8]], mut skip: usize) -> io::Result<usize> {
+    let mut iov: [libc::iovec; 8] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 8];
+    let mut n = 0;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        if n == iov.len() {
+            break;
+        }
+        let s = &p[skip..];
+        skip = 0;
+        iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let msg = libc::msghdr {
+        msg_name: std::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: iov.as_mut_ptr(),
+        msg_iovlen: n,
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    };
+    loop {
+        // SAFETY: every iovec points into a live slice borrowed for this call.
+        // MSG_NOSIGNAL: a closed peer must give EPIPE, not kill the process.
+        let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// An epoll instance: idle connections are watched here.
+pub struct Epoll(RawFd);
+
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+pub const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall; the fd is owned by the returned value.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(Epoll(fd))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a live epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.0, op, fd, &mut ev) }).map(drop)
+    }
+    pub fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+    pub fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+    pub fn delete(&self, fd: RawFd) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    /// Waits for events into `buf`; returns how many. `None` waits without limit.
+    pub fn wait(&self, buf: &mut EpollEvents, timeout: Option<Duration>) -> io::Result<usize> {
+        let ms = match timeout {
+            None => -1,
+            Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+        };
+        loop {
+            // SAFETY: `buf.0` is a live array of epoll_events of its length.
+            let rc = unsafe { libc::epoll_wait(self.0, buf.0.as_mut_ptr(), buf.0.len() as libc::c_int, ms) };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Room for the events of one `Epoll::wait`.
+pub struct EpollEvents(Vec<libc::epoll_event>);
+
+impl EpollEvents {
+    pub fn new(max: usize) -> EpollEvents {
+        EpollEvents(vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)])
+    }
+    /// Event `i` as (token, event bits).
+    pub fn get(&self, i: usize) -> (u64, u32) {
+        let e = self.0[i];
+        (e.u64, e.events)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this value and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// The number of threads of this process, from /proc.
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// The number of open file descriptors of this process, from /proc.
+pub fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// Waits until `fds[..first_out]` are readable or `fds[first_out..]`
+/// writable, or `timeout` passes.
+pub fn poll_many_out(fds: &[RawFd], first_out: usize, timeout: Option<Duration>) -> io::Result<usize> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .enumerate()
+        .map(|(i, &fd)| libc::pollfd { fd, events: if i < first_out { libc::POLLIN } else { libc::POLLOUT }, revents: 0 })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    loop {
+        // SAFETY: `p` is a live array of pollfds of the given length.
+        match cvt(unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

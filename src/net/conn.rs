@@ -1,16 +1,18 @@
-//! Connections. Each authenticated TCP connection has a reader role that
-//! one thread holds at a time:
+//! Connections. Each authenticated TCP connection is read by one thread
+//! at a time:
 //!
-//! - normally its background reader thread, which spins briefly on the
-//!   socket after traffic and then blocks in `poll`;
+//! - while idle, by the node's reactor (`reactor.rs`), which watches every
+//!   idle connection with one epoll and runs a short incoming call itself
+//!   rather than waking another thread;
 //! - a caller waiting for a reply on this connection, which reads the
-//!   socket itself instead of parking, so a round trip needs no wake-up;
-//! - the background reader runs a short incoming call itself rather than
-//!   waking another thread, and a rescuer thread takes over the reading
-//!   when such a call runs long.
+//!   socket itself instead of parking, so a round trip needs no wake-up.
 //!
-//! Frames are dispatched in arrival order while the reader role is held;
-//! writers share a mutex and write straight from the caller's buffers.
+//! Frames are dispatched in arrival order by whoever reads. Writers never
+//! hold a lock while a write waits: a sender finding the socket full
+//! either queues the rest of its frame behind what is queued (responses,
+//! library messages: they never wait) or, for a caller's own request,
+//! marks itself the writer and waits for room with the lock released
+//! (its payload is never copied); others queue behind it meanwhile.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -19,22 +21,40 @@ use parking_lot::{Condvar, Mutex};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// What the owner of connections does with frames and lost connections.
 pub trait Dispatch: Send + Sync + 'static {
-    /// Handles one frame; runs under the reader role, so it must be quick.
-    /// May return a job to run after the role is released.
+    /// Handles one frame; runs while reading, so it must be quick.
+    /// May return a job to run once the frame is out of the way.
     fn on_frame(self: &Arc<Self>, conn: &Arc<Conn>, frame: wire::Frame) -> Option<Job>;
     fn on_closed(self: &Arc<Self>, conn: &Arc<Conn>, why: Option<Error>);
     fn spin(&self) -> Duration;
     fn is_shutting_down(&self) -> bool;
-    fn rescuer(&self) -> &Rescuer;
 }
 
-/// Work released by the reader role, run on the same thread.
+/// Work released by a reader, run on the same thread.
 pub type Job = Box<dyn FnOnce() + Send>;
+
+/// Who watches a connection while nobody reads it.
+pub(crate) trait Watcher: Send + Sync {
+    /// Watch `conn` again (it was read to empty, or needs a look now).
+    fn rearm(&self, conn: &Arc<Conn>);
+    /// `conn` has bytes queued for the socket: wake when it takes them.
+    fn want_write(&self, conn: &Arc<Conn>);
+    fn forget(&self, conn: &Conn);
+}
+
+/// Bytes waiting for the socket, in order: corked frames and the rest of
+/// frames the socket did not take.
+struct Out {
+    buf: Vec<u8>,
+    /// A sender owns the socket and waits for room (lock released).
+    writer: bool,
+    /// Bytes of `buf` the socket did not take: wait for writability.
+    backlog: bool,
+}
 
 pub struct Conn {
     stream: TcpStream,
@@ -43,54 +63,79 @@ pub struct Conn {
     pub peer: AtomicU32,
     /// The largest message the other end accepts (told at connection setup).
     pub peer_max: AtomicU64,
-    /// Held while writing; holds responses corked while a batch of
-    /// requests is served, written together at the end of the batch.
-    write: Mutex<Vec<u8>>,
+    out: Mutex<Out>,
+    out_cv: Condvar,
     has_corked: AtomicBool,
-    /// The background reader is spinning on this connection and will write
-    /// corked requests within microseconds: senders may cork small ones.
+    /// A reader is pumping this connection and will flush corked
+    /// requests within microseconds: senders may cork small ones.
     reader_active: AtomicBool,
     read: Mutex<FrameReader>,
-    drivers: AtomicU32,
-    gate: Mutex<()>,
-    gate_cv: Condvar,
+    pub(crate) drivers: AtomicU32,
+    /// When a driver last stopped (ns since `epoch`).
+    pub(crate) last_drive: AtomicU64,
     closed: AtomicBool,
-    /// When the background reader started running a job (ns since `epoch`), 0 when not.
-    job_since: AtomicU64,
-    reader_gen: AtomicU64,
+    failed: AtomicBool,
     epoch: Instant,
+    /// When a whole frame last arrived (ns since `epoch`): liveness.
+    last_recv: AtomicU64,
     /// When a request was last sent (ns since `epoch`): back-to-back
     /// requests are corked and written together.
     last_send: AtomicU64,
     corked_frames: AtomicU32,
     flusher: Arc<Flusher>,
+    pub(crate) watcher: OnceLock<Weak<dyn Watcher>>,
+    pub(crate) token: AtomicU64,
+    /// The reactor left it unwatched because a driver was reading it.
+    pub(crate) deferred: AtomicBool,
 }
+
+/// How a sender treats a full socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Wait for room, lock released, writing straight from the caller's buffers.
+    Wait,
+    /// Never wait: queue what the socket does not take.
+    Queue,
+}
+
+/// Frames up to this size queue behind a waiting writer instead of waiting.
+const QUEUE_MAX: usize = 1 << 20;
+/// A waiting sender of a large frame holds back while this much is queued.
+const BACKLOG_MAX: usize = 64 << 20;
 
 impl Conn {
     pub fn new(stream: TcpStream, max_payload: u64, flusher: Arc<Flusher>) -> Result<Arc<Conn>> {
         stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
+        let epoch = Instant::now();
         Ok(Arc::new(Conn {
             stream,
             fd,
             peer: AtomicU32::new(0),
             peer_max: AtomicU64::new(max_payload),
-            write: Mutex::new(Vec::new()),
+            out: Mutex::new(Out { buf: Vec::new(), writer: false, backlog: false }),
+            out_cv: Condvar::new(),
             has_corked: AtomicBool::new(false),
             reader_active: AtomicBool::new(false),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
-            gate: Mutex::new(()),
-            gate_cv: Condvar::new(),
+            last_drive: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            job_since: AtomicU64::new(0),
-            reader_gen: AtomicU64::new(0),
-            epoch: Instant::now(),
+            failed: AtomicBool::new(false),
+            epoch,
+            last_recv: AtomicU64::new(1),
             last_send: AtomicU64::new(0),
             corked_frames: AtomicU32::new(0),
             flusher,
+            watcher: OnceLock::new(),
+            token: AtomicU64::new(0),
+            deferred: AtomicBool::new(false),
         }))
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
     }
 
     pub fn peer(&self) -> u32 {
@@ -101,12 +146,43 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends one frame. Blocks only while the socket buffer is full.
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// How long since a whole frame last arrived.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_nanos(self.now_ns().saturating_sub(self.last_recv.load(Ordering::Relaxed)))
+    }
+
+    /// True while part of a frame has arrived and the rest has not.
+    pub fn mid_frame(&self) -> bool {
+        self.read.try_lock().map(|r| r.mid_frame()).unwrap_or(false)
+    }
+
+    /// Bytes queued for the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.lock().buf.len()
+    }
+
+    fn watcher(&self) -> Option<Arc<dyn Watcher>> {
+        self.watcher.get().and_then(|w| w.upgrade())
+    }
+
+    /// Sends one frame. A request or one-way message waits (without
+    /// holding any lock) while the socket is full; a response never waits.
     pub fn send(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
-        if self.is_closed() {
-            return Err(Error::exited(self.peer()));
-        }
-        let size = (meta.len() + payload.len()) as u64;
+        let mode = if header.kind == wire::Kind::Response { Mode::Queue } else { Mode::Wait };
+        self.send_mode(header, meta, payload, mode)
+    }
+
+    /// Sends one frame without ever waiting: what the socket does not take
+    /// now is queued and written when it has room.
+    pub fn send_nowait(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
+        self.send_mode(header, meta, payload, Mode::Queue)
+    }
+
+    fn check_size(&self, size: u64) -> Result<()> {
         let max = self.peer_max.load(Ordering::Relaxed);
         if size > max {
             return Err(Error::at(
@@ -115,9 +191,27 @@ impl Conn {
                 format!("a message of {size} bytes exceeds the maximum of {max} bytes of process {}", self.peer()),
             ));
         }
-        let mut out = self.write.lock();
-        // Cork responses to a batch being served, and requests while the
-        // reader is spinning here (it writes them out on its next turn):
+        Ok(())
+    }
+
+    fn exited(&self, e: impl std::fmt::Display) -> Error {
+        Error::at(ErrorKind::ProcessExited, self.peer(), format!("worker {} exited ({e})", self.peer()))
+    }
+
+    fn send_mode(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8], mode: Mode) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::exited(self.peer()));
+        }
+        let size = (meta.len() + payload.len()) as u64;
+        self.check_size(size)?;
+        let mut h = header;
+        h.meta_len = meta.len() as u16;
+        h.payload_len = payload.len() as u64;
+        let hb = h.encode();
+        let frame_len = hb.len() + meta.len() + payload.len();
+        let mut out = self.out.lock();
+        // Cork responses to a batch being served, and requests while a
+        // reader is pumping here (it writes them out on its next turn):
         // many small messages then cost one write, not one each.
         let mut schedule = false;
         let cork = match header.kind {
@@ -129,68 +223,146 @@ impl Conn {
                 let now = self.now_ns();
                 let last = self.last_send.swap(now, Ordering::Relaxed);
                 let back_to_back = last != 0 && now.saturating_sub(last) < BACK_TO_BACK_NS;
-                schedule = back_to_back && out.is_empty();
+                schedule = back_to_back && out.buf.is_empty();
                 back_to_back && self.corked_frames.load(Ordering::Relaxed) < CORK_FRAMES
             }
         };
-        if cork && size <= CORK_FRAME_MAX && out.len() < CORK_MAX {
+        if cork && size <= CORK_FRAME_MAX && out.buf.len() < CORK_MAX && !out.backlog && !out.writer {
             self.has_corked.store(true, Ordering::Release);
             self.corked_frames.fetch_add(1, Ordering::Relaxed);
             if schedule {
                 self.flusher.schedule(self);
             }
-            let mut h = header;
-            h.meta_len = meta.len() as u16;
-            h.payload_len = payload.len() as u64;
-            out.extend_from_slice(&h.encode());
-            out.extend_from_slice(meta);
-            out.extend_from_slice(payload);
+            push_frame(&mut out.buf, &hb, meta, payload);
             return Ok(());
         }
-        let r = if out.is_empty() {
-            wire::write_frame(self.fd, header, meta, payload)
-        } else {
-            let r = wire::write_frame_after(self.fd, &out, header, meta, payload);
-            out.clear();
-            self.has_corked.store(false, Ordering::Release);
-            self.corked_frames.store(0, Ordering::Relaxed);
-            r
+        if out.writer || out.backlog {
+            // Someone waits for room, or bytes wait for writability:
+            // queue behind them, or (a large request) wait for them.
+            if mode == Mode::Queue || frame_len <= QUEUE_MAX {
+                push_frame(&mut out.buf, &hb, meta, payload);
+                return Ok(());
+            }
+            while (out.writer || out.buf.len() > BACKLOG_MAX) && !self.is_closed() {
+                self.out_cv.wait_for(&mut out, Duration::from_millis(100));
+            }
+            if self.is_closed() {
+                return Err(Error::exited(self.peer()));
+            }
+        }
+        // Nobody writes now: what is queued goes first, then this frame.
+        out.backlog = false;
+        let corked = std::mem::take(&mut out.buf);
+        self.has_corked.store(false, Ordering::Release);
+        self.corked_frames.store(0, Ordering::Relaxed);
+        let parts: [&[u8]; 4] = [&corked, &hb, meta, payload];
+        let total = corked.len() + frame_len;
+        let wrote = match sys::write_some_vectored(self.fd, &parts, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                drop(out);
+                self.close();
+                return Err(self.exited(e));
+            }
         };
-        r.map_err(|e| {
-            self.close();
-            Error::at(ErrorKind::ProcessExited, self.peer(), format!("worker {} exited ({e})", self.peer()))
-        })
+        if wrote == total {
+            out.buf = recycle_buf(corked);
+            return Ok(());
+        }
+        if mode == Mode::Queue || total - wrote <= QUEUE_MAX {
+            out.buf = rest_of(&parts, wrote);
+            out.backlog = true;
+            drop(out);
+            self.want_write();
+            return Ok(());
+        }
+        // A large request: wait for room ourselves, with the lock released.
+        out.writer = true;
+        drop(out);
+        let r = self.write_rest(&parts, wrote);
+        let mut out = self.out.lock();
+        out.writer = false;
+        self.out_cv.notify_all();
+        let queued = !out.buf.is_empty();
+        drop(out);
+        if queued {
+            self.flush();
+        }
+        r
     }
 
-    /// Writes corked messages now. The unlocked check is only for threads
-    /// that corked themselves; see `flush_locked`.
-    pub fn flush(&self) {
-        if !self.has_corked.load(Ordering::Acquire) {
+    /// Writes `parts` from byte `skip` on, waiting for room; gives up
+    /// when the connection is closed (e.g. its peer was declared dead).
+    fn write_rest(self: &Arc<Self>, parts: &[&[u8]], mut skip: usize) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        while skip < total {
+            if self.is_closed() {
+                return Err(Error::exited(self.peer()));
+            }
+            match sys::write_some_vectored(self.fd, parts, skip) {
+                Ok(0) => {
+                    let _ = sys::poll_out(self.fd, Some(Duration::from_millis(100)));
+                }
+                Ok(n) => skip += n,
+                Err(e) => {
+                    self.close();
+                    return Err(self.exited(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn want_write(self: &Arc<Self>) {
+        match self.watcher() {
+            Some(w) => w.want_write(self),
+            // Not watched (being set up): the flusher retries.
+            None => self.flusher.schedule(self),
+        }
+    }
+
+    /// Writes queued bytes that the socket takes now; never waits. The
+    /// unlocked check is only for threads that corked themselves.
+    pub fn flush(self: &Arc<Self>) {
+        if !self.has_corked.load(Ordering::Acquire) && !self.out.try_lock().is_some_and(|o| o.backlog) {
             return;
         }
         self.flush_locked();
     }
 
-    /// Writes corked messages after taking the write lock, so a sender that
-    /// decided to cork (under that lock) before `reader_active` was cleared
-    /// has its message written too.
-    fn flush_locked(&self) {
-        let mut out = self.write.lock();
+    /// Writes queued bytes after taking the lock, so a sender that decided
+    /// to cork (under that lock) before `reader_active` was cleared has
+    /// its message written too.
+    fn flush_locked(self: &Arc<Self>) {
+        let mut out = self.out.lock();
         self.has_corked.store(false, Ordering::Release);
         self.corked_frames.store(0, Ordering::Relaxed);
-        if out.is_empty() {
+        if out.buf.is_empty() || out.writer {
             return;
         }
-        let r = sys::write_all_vectored(self.fd, &[&out]);
-        out.clear();
-        if r.is_err() {
-            drop(out);
-            self.close();
+        match sys::write_some_vectored(self.fd, &[&out.buf], 0) {
+            Ok(n) if n == out.buf.len() => {
+                out.buf.clear();
+                out.backlog = false;
+                self.out_cv.notify_all();
+            }
+            Ok(n) => {
+                out.buf.drain(..n);
+                out.backlog = true;
+                drop(out);
+                self.want_write();
+            }
+            Err(_) => {
+                out.buf.clear();
+                out.backlog = false;
+                drop(out);
+                self.close();
+            }
         }
     }
 
     /// Reads one frame, blocking until `deadline`: for connection setup,
-    /// before any reader thread runs.
+    /// before anyone else reads.
     pub fn read_frame_blocking(&self, deadline: Instant) -> Result<wire::Frame> {
         let mut reader = self.read.lock();
         loop {
@@ -217,158 +389,79 @@ impl Conn {
         }
     }
 
-    /// Closes the socket; the reader notices and reports the loss once.
-    pub fn close(&self) {
+    /// Gives back the large-payload buffer kept for reuse (when idle).
+    pub(crate) fn release_spare(&self) {
+        if let Some(mut r) = self.read.try_lock() {
+            r.release_spare();
+        }
+    }
+
+    /// Closes the socket; its reader notices and reports the loss once.
+    pub fn close(self: &Arc<Self>) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.stream.shutdown(Shutdown::Both);
-        }
-        self.wake_reader();
-    }
-
-    fn wake_reader(&self) {
-        let _g = self.gate.lock();
-        self.gate_cv.notify_all();
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
-    }
-
-    /// Starts the background reader thread.
-    pub fn spawn_reader<D: Dispatch>(self: &Arc<Self>, owner: Arc<D>) {
-        let gen = self.reader_gen.load(Ordering::Acquire);
-        let conn = self.clone();
-        let name = format!("cluster-rd-{}", self.peer());
-        std::thread::Builder::new()
-            .name(name)
-            .stack_size(256 * 1024)
-            .spawn(move || conn.reader_loop(&owner, gen))
-            .expect("spawn reader thread");
-    }
-
-    fn reader_loop<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, gen: u64) {
-        loop {
-            if self.reader_gen.load(Ordering::Acquire) != gen {
-                return; // replaced by the rescuer while running a job
-            }
-            if self.is_closed() || owner.is_shutting_down() {
-                break;
-            }
-            if self.drivers.load(Ordering::Acquire) > 0 {
-                // A waiting caller reads for now; check back soon.
-                let mut g = self.gate.lock();
-                if self.drivers.load(Ordering::Acquire) > 0 && !self.is_closed() {
-                    self.gate_cv.wait_for(&mut g, Duration::from_millis(1));
-                }
-                continue;
-            }
-            let buffered = self.read.try_lock().map(|r| r.may_have_frames()).unwrap_or(false);
-            match if buffered { Ok(true) } else { sys::poll_in(self.fd, Some(Duration::from_millis(250))) } {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Idle: give back the large-payload buffer kept for reuse.
-                    if let Some(mut r) = self.read.try_lock() {
-                        r.release_spare();
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    self.fail(owner, Some(Error::io("poll", e)));
-                    return;
-                }
-            }
-            match self.pump(owner, owner.spin(), Some(gen)) {
-                Pump::Continue => {}
-                Pump::Replaced => return,
-                Pump::Closed(why) => {
-                    self.fail(owner, why);
-                    return;
-                }
+            self.out_cv.notify_all();
+            if let Some(w) = self.watcher() {
+                w.rearm(self);
             }
         }
-        self.fail(owner, None);
     }
 
-    fn fail<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, why: Option<Error>) {
+    /// Reports the connection lost to its owner, once.
+    pub(crate) fn fail<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, why: Option<Error>) {
         self.close();
+        if self.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(w) = self.watcher() {
+            w.forget(self);
+        }
         owner.on_closed(self, why);
     }
 
-    /// Reads and dispatches frames while they come, spinning up to `spin`
-    /// after the last one. `gen` is set when called by the background reader.
-    fn pump<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, gen: Option<u64>) -> Pump {
-        if gen.is_none() {
-            return self.pump_inner(owner, spin, gen);
-        }
-        self.reader_active.store(true, Ordering::SeqCst);
-        let r = self.pump_inner(owner, spin, gen);
-        // Stop corking before the last flush: a sender that saw the flag
-        // set corked under the write lock, which the flush then takes.
-        self.reader_active.store(false, Ordering::SeqCst);
-        self.flush_locked();
-        r
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
-    fn pump_inner<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, gen: Option<u64>) -> Pump {
-        let mut idle_since: Option<Instant> = None;
-        loop {
+    /// Reads and dispatches frames until the socket is empty; jobs run on
+    /// this thread, `run_job` around each. False when the connection ended.
+    pub(crate) fn pump<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, frames: &mut usize, run_job: &mut dyn FnMut(&Arc<Conn>, Job) -> bool) -> PumpEnd {
+        self.reader_active.store(true, Ordering::SeqCst);
+        let end = loop {
             self.flush();
-            if gen.is_some() && self.drivers.load(Ordering::Acquire) > 0 {
-                self.flush();
-                return Pump::Continue;
-            }
-            let job = match self.read_one(owner) {
-                Step::Job(job) => job,
-                Step::Dispatched => {
-                    idle_since = None;
-                    continue;
-                }
-                Step::Busy => {
-                    self.flush();
-                    return Pump::Continue;
-                }
-                Step::Empty => {
-                    if idle_since.is_none() {
-                        self.flush();
-                    }
-                    let t = *idle_since.get_or_insert_with(Instant::now);
-                    if t.elapsed() >= spin {
-                        return Pump::Continue;
-                    }
-                    std::hint::spin_loop();
-                    continue;
-                }
-                Step::Closed(why) => {
-                    self.flush();
-                    return Pump::Closed(why);
-                }
-            };
-            idle_since = None;
-            match gen {
-                Some(g) => {
+            match self.read_one(owner) {
+                Step::Dispatched => *frames += 1,
+                Step::Job(job) => {
+                    *frames += 1;
                     // More requests already read: cork the responses and
                     // write them together once the batch is served.
                     let batch = self.read.try_lock().map(|r| r.may_have_frames()).unwrap_or(false);
-                    self.job_since.store(self.now_ns(), Ordering::Release);
-                    owner.rescuer().job_started();
                     if batch {
                         CORKED.with(|c| c.set(Arc::as_ptr(self) as usize));
                     }
                     self.reader_active.store(false, Ordering::SeqCst);
                     self.flush_locked();
-                    job();
-                    self.reader_active.store(true, Ordering::SeqCst);
+                    let keep_going = run_job(self, job);
                     CORKED.with(|c| c.set(0));
-                    self.job_since.store(0, Ordering::Release);
-                    owner.rescuer().job_finished();
-                    if self.reader_gen.load(Ordering::Acquire) != g {
-                        self.flush();
-                        return Pump::Replaced;
+                    if !keep_going {
+                        break PumpEnd::Replaced;
                     }
+                    self.reader_active.store(true, Ordering::SeqCst);
                 }
-                None => job(),
+                Step::Empty => break PumpEnd::Empty,
+                Step::Busy => break PumpEnd::Busy,
+                Step::Closed(why) => {
+                    self.reader_active.store(false, Ordering::SeqCst);
+                    self.fail(owner, why);
+                    return PumpEnd::Closed;
+                }
             }
-        }
+        };
+        // Stop corking before the last flush: a sender that saw the flag
+        // set corked under the write lock, which the flush then takes.
+        self.reader_active.store(false, Ordering::SeqCst);
+        self.flush_locked();
+        end
     }
 
     fn read_one<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>) -> Step {
@@ -379,10 +472,14 @@ impl Conn {
             return Step::Closed(None);
         }
         match reader.read_frame(self.fd) {
-            Ok(ReadOutcome::Frame(f)) => match owner.on_frame(self, f) {
-                Some(job) => Step::Job(job),
-                None => Step::Dispatched,
-            },
+            Ok(ReadOutcome::Frame(f)) => {
+                self.last_recv.store(self.now_ns(), Ordering::Relaxed);
+                drop(reader);
+                match owner.on_frame(self, f) {
+                    Some(job) => Step::Job(job),
+                    None => Step::Dispatched,
+                }
+            }
             Ok(ReadOutcome::WouldBlock) => Step::Empty,
             Ok(ReadOutcome::Closed) => Step::Closed(None),
             Err(e) => Step::Closed(Some(e)),
@@ -410,9 +507,9 @@ impl Conn {
             }
             match self.read_one(owner) {
                 Step::Job(job) => {
-                    // Let the background reader serve while this thread runs it.
+                    // Let the reactor serve this connection while this thread runs it.
                     self.drivers.fetch_sub(1, Ordering::AcqRel);
-                    self.wake_reader();
+                    self.watch_now();
                     job();
                     self.drivers.fetch_add(1, Ordering::AcqRel);
                 }
@@ -429,9 +526,10 @@ impl Conn {
                 break;
             }
         }
+        self.last_drive.store(self.now_ns(), Ordering::Relaxed);
         self.drivers.fetch_sub(1, Ordering::AcqRel);
-        // Frames read along with the reply may sit in the buffer, where the
-        // background reader's poll cannot see them: dispatch them now.
+        // Frames read along with the reply may sit in the buffer, where
+        // epoll cannot see them: dispatch them now.
         while self.read.try_lock().map(|r| r.may_have_frames()) == Some(true) {
             match self.read_one(owner) {
                 Step::Job(job) => job(),
@@ -444,27 +542,52 @@ impl Conn {
             }
         }
         if !finished {
-            self.wake_reader();
+            // The caller parks: the reactor must watch this connection now.
+            self.watch_now();
         }
         finished
     }
 
-    /// Called by the rescuer: a job has held this connection's reader role
-    /// for longer than `after`; start a fresh reader thread.
-    fn rescue_if_stuck<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, after: Duration) {
-        let since = self.job_since.load(Ordering::Acquire);
-        if since == 0 || self.is_closed() {
-            return;
-        }
-        if self.now_ns().saturating_sub(since) < after.as_nanos() as u64 {
-            return;
-        }
-        if self.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.flush();
-            self.reader_gen.fetch_add(1, Ordering::AcqRel);
-            self.spawn_reader(owner.clone());
+    /// Asks the reactor to look at this connection now if it left it
+    /// unwatched for a driver.
+    fn watch_now(self: &Arc<Self>) {
+        if self.deferred.load(Ordering::Acquire) {
+            if let Some(w) = self.watcher() {
+                w.rearm(self);
+            }
         }
     }
+}
+
+fn push_frame(buf: &mut Vec<u8>, h: &[u8], meta: &[u8], payload: &[u8]) {
+    buf.reserve(h.len() + meta.len() + payload.len());
+    buf.extend_from_slice(h);
+    buf.extend_from_slice(meta);
+    buf.extend_from_slice(payload);
+}
+
+/// The bytes of `parts` from `skip` on, in one buffer.
+fn rest_of(parts: &[&[u8]], mut skip: usize) -> Vec<u8> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut v = Vec::with_capacity(total.saturating_sub(skip));
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        v.extend_from_slice(&p[skip..]);
+        skip = 0;
+    }
+    v
+}
+
+/// Keeps a small cork buffer's allocation for next time.
+fn recycle_buf(mut v: Vec<u8>) -> Vec<u8> {
+    if v.capacity() > CORK_MAX * 2 {
+        return Vec::new();
+    }
+    v.clear();
+    v
 }
 
 thread_local! {
@@ -483,7 +606,7 @@ const FLUSH_DELAY: Duration = Duration::from_micros(30);
 /// Its thread sleeps until a sender corks into an empty buffer, so the
 /// wake-up is paid once per batch, not per message.
 pub struct Flusher {
-    queue: Mutex<Vec<std::sync::Weak<Conn>>>,
+    queue: Mutex<Vec<Weak<Conn>>>,
     thread: Mutex<Option<std::thread::Thread>>,
     stop: AtomicBool,
 }
@@ -540,79 +663,13 @@ enum Step {
     Closed(Option<Error>),
 }
 
-enum Pump {
-    Continue,
+/// How a pump of one connection ended.
+pub(crate) enum PumpEnd {
+    /// Read to empty: watch it again.
+    Empty,
+    /// Someone else is reading it.
+    Busy,
+    /// This thread lost the reactor role while running a job.
     Replaced,
-    Closed(Option<Error>),
-}
-
-/// Watches for background readers stuck in a long job. It ticks only
-/// while jobs run (and briefly after), so an idle process stays asleep.
-pub struct Rescuer {
-    running: AtomicU32,
-    idle: AtomicBool,
-    last_job: Mutex<Instant>,
-    thread: Mutex<Option<std::thread::Thread>>,
-}
-
-impl Default for Rescuer {
-    fn default() -> Self {
-        Rescuer {
-            running: AtomicU32::new(0),
-            idle: AtomicBool::new(true),
-            last_job: Mutex::new(Instant::now()),
-            thread: Mutex::new(None),
-        }
-    }
-}
-
-const RESCUE_AFTER: Duration = Duration::from_millis(2);
-
-impl Rescuer {
-    fn job_started(&self) {
-        self.running.fetch_add(1, Ordering::AcqRel);
-        if self.idle.load(Ordering::Acquire) {
-            if let Some(t) = self.thread.lock().as_ref() {
-                t.unpark();
-            }
-        }
-    }
-
-    fn job_finished(&self) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
-        *self.last_job.lock() = Instant::now();
-    }
-
-    /// Runs the rescuer on a new thread; `conns` lists live connections.
-    pub fn start<D: Dispatch>(owner: &Arc<D>, conns: impl Fn(&D) -> Vec<Arc<Conn>> + Send + 'static) {
-        let weak = Arc::downgrade(owner);
-        let handle = std::thread::Builder::new()
-            .name("cluster-rescue".into())
-            .stack_size(128 * 1024)
-            .spawn(move || loop {
-                let Some(owner) = weak.upgrade() else { return };
-                if owner.is_shutting_down() {
-                    return;
-                }
-                let r = owner.rescuer();
-                let quiet = r.running.load(Ordering::Acquire) == 0
-                    && r.last_job.lock().elapsed() > Duration::from_millis(100);
-                if quiet {
-                    r.idle.store(true, Ordering::Release);
-                    if r.running.load(Ordering::Acquire) == 0 {
-                        drop(owner);
-                        std::thread::park_timeout(Duration::from_millis(500));
-                    }
-                    continue;
-                }
-                r.idle.store(false, Ordering::Release);
-                for c in conns(&owner) {
-                    c.rescue_if_stuck(&owner, RESCUE_AFTER);
-                }
-                drop(owner);
-                std::thread::park_timeout(RESCUE_AFTER);
-            })
-            .expect("spawn rescuer thread");
-        *owner.rescuer().thread.lock() = Some(handle.thread().clone());
-    }
+    Closed,
 }

@@ -1,7 +1,10 @@
-//! Connections between processes: the authentication handshake and the
-//! connection itself (reader role, caller-driven reads, corking).
+//! Connections between processes: the authentication handshake, the
+//! connection itself (caller-driven reads, corking, write queue) and the
+//! reactor that watches idle connections.
 
 pub mod auth;
 pub mod conn;
+pub mod reactor;
 
-pub use conn::{Conn, Dispatch, Flusher, Job, Rescuer};
+pub use conn::{Conn, Dispatch, Flusher, Job};
+pub use reactor::{Reactor, ReactorParts};

@@ -23,7 +23,7 @@ pub use service::{Departure, Incoming, ReplyTo, Service};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::Logger;
 use crate::net::auth::{self, Side};
-use crate::net::{Conn, Dispatch, Flusher, Job, Rescuer};
+use crate::net::{Conn, Dispatch, Flusher, Job, Reactor, ReactorParts};
 use crate::sys;
 use crate::wire::{self, Frame, Header, Kind, ServiceId};
 use events::HostQueue;
@@ -90,7 +90,7 @@ pub struct Node {
     stop_cv: Condvar,
     pub log: Logger,
     lifecycle: RwLock<Option<LifecycleHook>>,
-    rescuer: Rescuer,
+    pub(crate) reactor: Arc<Reactor<Node>>,
     pub(crate) flusher: Arc<Flusher>,
     installing: Mutex<Services>,
     services: OnceLock<Services>,
@@ -133,7 +133,8 @@ impl Node {
         if head {
             log.set_who("head".into());
         }
-        Ok(Arc::new(Node {
+        let parts = ReactorParts::new().map_err(|e| Error::io("epoll", e))?;
+        Ok(Arc::new_cyclic(|weak| Node {
             topology: AtomicU8::new(cfg.topology as u8),
             cfg,
             myid: AtomicU32::new(if head { HEAD_ID } else { 0 }),
@@ -154,7 +155,7 @@ impl Node {
             stop_cv: Condvar::new(),
             log,
             lifecycle: RwLock::new(None),
-            rescuer: Rescuer::default(),
+            reactor: Arc::new(Reactor::new(weak.clone(), parts)),
             flusher: Flusher::start(),
             installing: Mutex::new(Services::default()),
             services: OnceLock::new(),
@@ -184,7 +185,6 @@ impl Node {
         for s in self.services().all() {
             s.on_start(self)?;
         }
-        Rescuer::start(self, |n: &Node| n.all_conns());
         if let Some(l) = self.listener.lock().take() {
             self.spawn_acceptor(l);
         }
@@ -408,13 +408,9 @@ impl Node {
 
     // ---- connections -------------------------------------------------
 
-    fn all_conns(&self) -> Vec<Arc<Conn>> {
-        self.peers.read().values().flat_map(|p| p.conns()).collect()
-    }
-
     /// Adopts an authenticated connection to `peer` and starts reading it.
     pub(crate) fn adopt(self: &Arc<Self>, conn: &Arc<Conn>) {
-        conn.spawn_reader(self.clone());
+        self.reactor.register(conn);
     }
 
     /// A new connection over an authenticated stream.
@@ -797,6 +793,7 @@ impl Node {
         sys::shutdown_socket(self.listener_fd);
         self.flusher.stop();
         self.timers.stop();
+        self.reactor.stop();
         let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
         for p in &peers {
             p.state.store(GONE, Ordering::Release);
@@ -879,10 +876,6 @@ impl Dispatch for Node {
 
     fn is_shutting_down(&self) -> bool {
         self.is_closing()
-    }
-
-    fn rescuer(&self) -> &Rescuer {
-        &self.rescuer
     }
 }
 

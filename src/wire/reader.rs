@@ -66,6 +66,11 @@ impl FrameReader {
 
     /// True when frames may be waiting in the buffer: the socket alone
     /// cannot tell, so callers read again before they poll.
+    /// True while part of a frame has arrived and the rest has not.
+    pub fn mid_frame(&self) -> bool {
+        self.partial.is_some() || self.end > self.start
+    }
+
     pub fn may_have_frames(&self) -> bool {
         !self.drained
     }

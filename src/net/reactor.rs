@@ -1,0 +1,467 @@
+//! The reactor: one epoll watches every idle connection of a node, so
+//! threads do not grow with the number of peers.
+//!
+//! One thread at a time holds the reactor role. It reads a connection
+//! that becomes readable and runs a short incoming call itself rather than
+//! waking another thread; after traffic it keeps polling for `spin`
+//! before it blocks, so back-to-back requests pay no wake-up. When a call
+//! it runs takes longer than `RESCUE_AFTER`, the rescuer hands the role to
+//! a fresh thread; the old one finishes its call and ends. A connection a
+//! caller is reading itself (waiting for its reply) is left to that
+//! caller and watched again once the caller has been gone a while.
+//!
+//! Connections use EPOLLONESHOT: whoever reads one to empty re-arms it.
+//! Bytes a socket did not take are written by the drainer thread, which
+//! polls only connections that have such a backlog.
+
+use super::conn::{Conn, Dispatch, Job, PumpEnd, Watcher};
+use crate::sys::{self, Epoll, EpollEvents, EventFd};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+const WAKE: u64 = 0;
+const RESCUE_AFTER: Duration = Duration::from_millis(2);
+/// A connection left to a caller is watched again after this long
+/// without one.
+const DRIVER_QUIET_NS: u64 = 1_000_000;
+/// After this long without events, large buffers kept for reuse go back.
+const IDLE: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+struct Slab {
+    conns: Vec<Option<Arc<Conn>>>,
+    free: Vec<usize>,
+}
+
+pub struct Reactor<D: Dispatch> {
+    owner: Weak<D>,
+    epoll: Epoll,
+    wake: EventFd,
+    conns: Mutex<Slab>,
+    /// The role's generation: a thread whose generation is stale ends.
+    gen: AtomicU64,
+    /// When the role holder started its current job (ns since `epoch`), 0 when not.
+    job_since: AtomicU64,
+    /// The connection the role holder is reading.
+    current: Mutex<Option<Arc<Conn>>>,
+    deferred: Mutex<Vec<Arc<Conn>>>,
+    look_now: Mutex<Vec<Arc<Conn>>>,
+    started: AtomicBool,
+    stopped: AtomicBool,
+    epoch: Instant,
+    rescuer: Mutex<Option<std::thread::Thread>>,
+    rescuer_idle: AtomicBool,
+    last_job: AtomicU64,
+    drainer: Drainer,
+    /// Threads that ever held the role (for tests and figures).
+    pub threads_started: AtomicU32,
+}
+
+/// The system resources of a reactor, made before its owner exists.
+pub struct ReactorParts {
+    epoll: Epoll,
+    wake: EventFd,
+    drainer: Drainer,
+}
+
+impl ReactorParts {
+    pub fn new() -> std::io::Result<ReactorParts> {
+        let epoll = Epoll::new()?;
+        let wake = EventFd::new()?;
+        epoll.add(wake.fd(), WAKE, sys::EPOLLIN)?;
+        Ok(ReactorParts { epoll, wake, drainer: Drainer::new()? })
+    }
+}
+
+impl<D: Dispatch> Reactor<D> {
+    pub fn new(owner: Weak<D>, parts: ReactorParts) -> Reactor<D> {
+        let ReactorParts { epoll, wake, drainer } = parts;
+        Reactor {
+            owner,
+            epoll,
+            wake,
+            conns: Mutex::new(Slab::default()),
+            gen: AtomicU64::new(0),
+            job_since: AtomicU64::new(0),
+            current: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
+            look_now: Mutex::new(Vec::new()),
+            started: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            epoch: Instant::now(),
+            rescuer: Mutex::new(None),
+            rescuer_idle: AtomicBool::new(true),
+            last_job: AtomicU64::new(0),
+            drainer,
+            threads_started: AtomicU32::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Watches `conn` from now on; it must not be read by anyone else
+    /// but callers waiting for replies.
+    pub fn register(self: &Arc<Self>, conn: &Arc<Conn>) {
+        let token = {
+            let mut s = self.conns.lock();
+            let idx = match s.free.pop() {
+                Some(i) => i,
+                None => {
+                    s.conns.push(None);
+                    s.conns.len() - 1
+                }
+            };
+            s.conns[idx] = Some(conn.clone());
+            idx as u64 + 1
+        };
+        conn.token.store(token, Ordering::Release);
+        let weak: Weak<dyn Watcher> = Arc::downgrade(self) as Weak<dyn Watcher>;
+        let _ = conn.watcher.set(weak);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            self.spawn_role(0);
+            self.start_rescuer();
+        }
+        // Frames may already be buffered (read during setup): look now.
+        if self.epoll.add(conn.fd(), token, sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLONESHOT).is_err() {
+            self.forget(conn);
+            if let Some(owner) = self.owner.upgrade() {
+                conn.fail(&owner, None);
+            }
+            return;
+        }
+        self.rearm(conn);
+    }
+
+    /// Stops the reactor's threads; connections are dropped.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.signal();
+        self.drainer.stop();
+        if let Some(t) = self.rescuer.lock().as_ref() {
+            t.unpark();
+        }
+    }
+
+    /// Connections currently watched.
+    pub fn watched(&self) -> usize {
+        self.conns.lock().conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    fn spawn_role(self: &Arc<Self>, gen: u64) {
+        let r = self.clone();
+        self.threads_started.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("cluster-reactor".into())
+            .stack_size(512 * 1024)
+            .spawn(move || r.run(gen))
+            .expect("spawn reactor thread");
+    }
+
+    fn arm(&self, conn: &Conn) {
+        let token = conn.token.load(Ordering::Acquire);
+        if token != 0 && !conn.is_failed() {
+            let _ = self.epoll.modify(conn.fd(), token, sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLONESHOT);
+        }
+    }
+
+    fn defer(&self, conn: &Arc<Conn>) {
+        if !conn.deferred.swap(true, Ordering::AcqRel) {
+            self.deferred.lock().push(conn.clone());
+        }
+    }
+
+    fn lookup(&self, token: u64) -> Option<Arc<Conn>> {
+        self.conns.lock().conns.get(token as usize - 1).and_then(|c| c.clone())
+    }
+
+    fn run(self: Arc<Self>, gen: u64) {
+        let mut evs = EpollEvents::new(64);
+        let mut last_traffic: Option<Instant> = None;
+        loop {
+            if self.gen.load(Ordering::Acquire) != gen {
+                return;
+            }
+            let Some(owner) = self.owner.upgrade() else { return self.shut() };
+            if self.stopped.load(Ordering::Acquire) || owner.is_shutting_down() {
+                return self.shut();
+            }
+            let spin = owner.spin();
+            // Connections to look at now, and those callers left a while ago.
+            let mut work: Vec<Arc<Conn>> = std::mem::take(&mut *self.look_now.lock());
+            let now = self.now_ns();
+            self.deferred.lock().retain(|c| {
+                let quiet = c.drivers.load(Ordering::Acquire) == 0 && now.saturating_sub(c.last_drive.load(Ordering::Relaxed)) >= DRIVER_QUIET_NS;
+                if quiet || c.is_closed() {
+                    c.deferred.store(false, Ordering::Release);
+                    work.push(c.clone());
+                }
+                !(quiet || c.is_closed())
+            });
+            for c in work {
+                match self.serve(&owner, &c, gen) {
+                    Served::Replaced => return,
+                    Served::Traffic => last_traffic = Some(Instant::now()),
+                    Served::Idle => {}
+                }
+            }
+            let spinning = last_traffic.is_some_and(|t| t.elapsed() < spin);
+            let timeout = if spinning {
+                Some(Duration::ZERO)
+            } else if !self.deferred.lock().is_empty() {
+                Some(Duration::from_millis(1))
+            } else {
+                Some(IDLE)
+            };
+            drop(owner);
+            let n = match self.epoll.wait(&mut evs, timeout) {
+                Ok(n) => n,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if n == 0 {
+                if spinning {
+                    std::hint::spin_loop();
+                } else if timeout == Some(IDLE) {
+                    self.idle();
+                }
+                continue;
+            }
+            let Some(owner) = self.owner.upgrade() else { return self.shut() };
+            for i in 0..n {
+                let (token, _bits) = evs.get(i);
+                if token == WAKE {
+                    self.wake.drain();
+                    continue;
+                }
+                let Some(conn) = self.lookup(token) else { continue };
+                if conn.drivers.load(Ordering::Acquire) > 0 {
+                    self.defer(&conn);
+                    continue;
+                }
+                match self.serve(&owner, &conn, gen) {
+                    Served::Replaced => return,
+                    Served::Traffic => last_traffic = Some(Instant::now()),
+                    Served::Idle => {}
+                }
+            }
+        }
+    }
+
+    /// Reads `conn` to empty, running its jobs here, then watches it again.
+    fn serve(self: &Arc<Self>, owner: &Arc<D>, conn: &Arc<Conn>, gen: u64) -> Served {
+        if conn.is_failed() {
+            self.forget(conn);
+            return Served::Idle;
+        }
+        *self.current.lock() = Some(conn.clone());
+        let mut frames = 0usize;
+        let end = conn.pump(owner, &mut frames, &mut |_, job| self.run_job(job, gen));
+        match end {
+            PumpEnd::Replaced => return Served::Replaced,
+            PumpEnd::Empty => {
+                *self.current.lock() = None;
+                self.arm(conn);
+            }
+            PumpEnd::Busy => {
+                *self.current.lock() = None;
+                self.defer(conn);
+            }
+            PumpEnd::Closed => {
+                *self.current.lock() = None;
+            }
+        }
+        if frames > 0 {
+            Served::Traffic
+        } else {
+            Served::Idle
+        }
+    }
+
+    /// Runs a job under the role; false when the role was handed on meanwhile.
+    fn run_job(&self, job: Job, gen: u64) -> bool {
+        self.job_since.store(self.now_ns(), Ordering::Release);
+        if self.rescuer_idle.load(Ordering::Acquire) {
+            if let Some(t) = self.rescuer.lock().as_ref() {
+                t.unpark();
+            }
+        }
+        job();
+        self.last_job.store(self.now_ns(), Ordering::Relaxed);
+        let mine = self.job_since.swap(0, Ordering::AcqRel) != 0;
+        mine && self.gen.load(Ordering::Acquire) == gen
+    }
+
+    /// Idle for a while: give back the large-payload buffers kept for reuse.
+    fn idle(&self) {
+        let conns: Vec<Arc<Conn>> = self.conns.lock().conns.iter().flatten().cloned().collect();
+        for c in conns {
+            c.release_spare();
+        }
+    }
+
+    fn shut(&self) {
+        let all: Vec<Arc<Conn>> = {
+            let mut s = self.conns.lock();
+            s.free.clear();
+            s.conns.drain(..).flatten().collect()
+        };
+        for c in &all {
+            self.epoll.delete(c.fd());
+        }
+        self.deferred.lock().clear();
+        self.look_now.lock().clear();
+        *self.current.lock() = None;
+        drop(all);
+    }
+
+    fn start_rescuer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let t = std::thread::Builder::new()
+            .name("cluster-rescue".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                let Some(r) = weak.upgrade() else { return };
+                if r.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let since = r.job_since.load(Ordering::Acquire);
+                let now = r.now_ns();
+                if since == 0 {
+                    let quiet = now.saturating_sub(r.last_job.load(Ordering::Relaxed)) > 100_000_000;
+                    if quiet {
+                        r.rescuer_idle.store(true, Ordering::Release);
+                        if r.job_since.load(Ordering::Acquire) == 0 {
+                            drop(r);
+                            std::thread::park_timeout(Duration::from_millis(500));
+                            continue;
+                        }
+                    }
+                } else if now.saturating_sub(since) >= RESCUE_AFTER.as_nanos() as u64
+                    && r.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                {
+                    // The holder is stuck in a long job: a fresh thread takes the role.
+                    let gen = r.gen.fetch_add(1, Ordering::AcqRel) + 1;
+                    if let Some(c) = r.current.lock().take() {
+                        c.flush();
+                        r.look_now.lock().push(c);
+                    }
+                    r.spawn_role(gen);
+                }
+                r.rescuer_idle.store(false, Ordering::Release);
+                drop(r);
+                std::thread::park_timeout(RESCUE_AFTER);
+            })
+            .expect("spawn rescuer thread");
+        *self.rescuer.lock() = Some(t.thread().clone());
+    }
+}
+
+enum Served {
+    Traffic,
+    Idle,
+    Replaced,
+}
+
+impl<D: Dispatch> Watcher for Reactor<D> {
+    fn rearm(&self, conn: &Arc<Conn>) {
+        self.look_now.lock().push(conn.clone());
+        self.wake.signal();
+    }
+    fn want_write(&self, conn: &Arc<Conn>) {
+        self.drainer.add(conn);
+    }
+    fn forget(&self, conn: &Conn) {
+        let token = conn.token.swap(0, Ordering::AcqRel);
+        if token == 0 {
+            return;
+        }
+        self.epoll.delete(conn.fd());
+        let mut s = self.conns.lock();
+        let idx = token as usize - 1;
+        if let Some(slot) = s.conns.get_mut(idx) {
+            let old = slot.take();
+            s.free.push(idx);
+            drop(s);
+            drop(old);
+        }
+    }
+}
+
+/// Writes the bytes sockets did not take, when they have room. Its thread
+/// polls only the connections with such a backlog, and exists only while
+/// there are some.
+struct Drainer {
+    shared: Arc<DrainShared>,
+}
+
+struct DrainShared {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    wake: EventFd,
+    running: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Drainer {
+    fn new() -> std::io::Result<Drainer> {
+        Ok(Drainer {
+            shared: Arc::new(DrainShared {
+                conns: Mutex::new(Vec::new()),
+                wake: EventFd::new()?,
+                running: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn add(&self, conn: &Arc<Conn>) {
+        let s = &self.shared;
+        {
+            let mut c = s.conns.lock();
+            if !c.iter().any(|x| Arc::ptr_eq(x, conn)) {
+                c.push(conn.clone());
+            }
+        }
+        s.wake.signal();
+        if !s.running.swap(true, Ordering::AcqRel) {
+            let s = s.clone();
+            std::thread::Builder::new()
+                .name("cluster-drain".into())
+                .stack_size(128 * 1024)
+                .spawn(move || Drainer::run(&s))
+                .expect("spawn drain thread");
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.wake.signal();
+    }
+
+    fn run(s: &DrainShared) {
+        loop {
+            let conns: Vec<Arc<Conn>> = {
+                let mut c = s.conns.lock();
+                c.retain(|x| !x.is_closed() && x.queued_bytes() > 0);
+                if c.is_empty() || s.stopped.load(Ordering::Acquire) {
+                    c.clear();
+                    s.running.store(false, Ordering::Release);
+                    return;
+                }
+                c.clone()
+            };
+            let mut fds = vec![s.wake.fd()];
+            fds.extend(conns.iter().map(|c| c.fd()));
+            let _ = sys::poll_many_out(&fds, 1, Some(Duration::from_millis(100)));
+            s.wake.drain();
+            for c in &conns {
+                c.flush();
+            }
+        }
+    }
+}
