@@ -77,6 +77,22 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         let v = call.node().remotecall_fetch(u32_arg(call)?, "seq_state", &[]).map_err(|e| e.to_string())?;
         Ok(v.to_vec())
     })?;
+    c.register_fn("threads", |_| Ok((cluster::sys::thread_count().unwrap_or(0) as u32).to_le_bytes().to_vec()))?;
+    c.register_fn("fds", |_| Ok((cluster::sys::open_fds().unwrap_or(0) as u32).to_le_bytes().to_vec()))?;
+    c.register_fn("call_all", |call| {
+        // Calls every other worker: connections to all of them.
+        let node = call.node();
+        let me = node.myid();
+        let mut n = 0u32;
+        for p in node.workers().into_iter().filter(|&p| p != me) {
+            let v = node.remotecall_fetch(p, "myid", &[]).map_err(|e| e.to_string())?;
+            if u32::from_le_bytes(v[..4].try_into().unwrap()) != p {
+                return Err(format!("worker {p} answered as another"));
+            }
+            n += 1;
+        }
+        Ok(n.to_le_bytes().to_vec())
+    })?;
     c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
     Ok(())
 }

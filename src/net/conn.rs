@@ -76,8 +76,11 @@ pub struct Conn {
     closed: AtomicBool,
     failed: AtomicBool,
     epoch: Instant,
-    /// When a whole frame last arrived (ns since `epoch`): liveness.
+    /// When bytes last arrived (ns since `epoch`): liveness.
     last_recv: AtomicU64,
+    /// When a large frame or a backlog last went out in part: the peer
+    /// is reading, though it cannot answer a ping queued behind it.
+    last_out: AtomicU64,
     /// When a request was last sent (ns since `epoch`): back-to-back
     /// requests are corked and written together.
     last_send: AtomicU64,
@@ -125,6 +128,7 @@ impl Conn {
             failed: AtomicBool::new(false),
             epoch,
             last_recv: AtomicU64::new(1),
+            last_out: AtomicU64::new(0),
             last_send: AtomicU64::new(0),
             corked_frames: AtomicU32::new(0),
             flusher,
@@ -150,9 +154,11 @@ impl Conn {
         self.epoch.elapsed().as_nanos() as u64 + 1
     }
 
-    /// How long since a whole frame last arrived.
+    /// How long the peer has shown no sign of life: nothing received,
+    /// and no large write to it making progress.
     pub fn silent_for(&self) -> Duration {
-        Duration::from_nanos(self.now_ns().saturating_sub(self.last_recv.load(Ordering::Relaxed)))
+        let last = self.last_recv.load(Ordering::Relaxed).max(self.last_out.load(Ordering::Relaxed));
+        Duration::from_nanos(self.now_ns().saturating_sub(last))
     }
 
     /// True while part of a frame has arrived and the rest has not.
@@ -303,7 +309,10 @@ impl Conn {
                 Ok(0) => {
                     let _ = sys::poll_out(self.fd, Some(Duration::from_millis(100)));
                 }
-                Ok(n) => skip += n,
+                Ok(n) => {
+                    skip += n;
+                    self.last_out.store(self.now_ns(), Ordering::Relaxed);
+                }
                 Err(e) => {
                     self.close();
                     return Err(self.exited(e));
@@ -347,6 +356,9 @@ impl Conn {
                 self.out_cv.notify_all();
             }
             Ok(n) => {
+                if n > 0 && out.backlog {
+                    self.last_out.store(self.now_ns(), Ordering::Relaxed);
+                }
                 out.buf.drain(..n);
                 out.backlog = true;
                 drop(out);
@@ -471,9 +483,13 @@ impl Conn {
         if self.is_closed() {
             return Step::Closed(None);
         }
-        match reader.read_frame(self.fd) {
+        let before = reader.bytes_read();
+        let r = reader.read_frame(self.fd);
+        if reader.bytes_read() != before {
+            self.last_recv.store(self.now_ns(), Ordering::Relaxed);
+        }
+        match r {
             Ok(ReadOutcome::Frame(f)) => {
-                self.last_recv.store(self.now_ns(), Ordering::Relaxed);
                 drop(reader);
                 match owner.on_frame(self, f) {
                     Some(job) => Step::Job(job),

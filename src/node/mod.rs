@@ -48,6 +48,10 @@ pub mod session {
     pub const ID: ServiceId = 0;
     /// First message of a worker-to-worker connection: who is calling.
     pub const HELLO: u16 = 1;
+    /// Liveness: answered with PONG by the library itself, whatever the
+    /// host is doing.
+    pub const PING: u16 = 2;
+    pub const PONG: u16 = 3;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -188,7 +192,73 @@ impl Node {
         if let Some(l) = self.listener.lock().take() {
             self.spawn_acceptor(l);
         }
+        self.schedule_heartbeat();
         Ok(())
+    }
+
+    // ---- liveness ------------------------------------------------------
+
+    fn schedule_heartbeat(self: &Arc<Self>) {
+        let hb = self.cfg.heartbeat_timeout;
+        if hb.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        self.after((hb / 4).max(Duration::from_millis(20)), move || {
+            if let Some(n) = weak.upgrade() {
+                if !n.is_closing() {
+                    n.heartbeat();
+                    n.schedule_heartbeat();
+                }
+            }
+        });
+    }
+
+    /// The head watches every worker, a worker its head: a peer silent for
+    /// the heartbeat timeout is declared dead; one silent for a third of
+    /// it is pinged (the library answers, whatever its host is doing).
+    fn heartbeat(self: &Arc<Self>) {
+        let hb = self.cfg.heartbeat_timeout;
+        let watched = if self.head { self.peers_where(|p| !p.is_gone()) } else { self.peer(HEAD_ID).into_iter().collect() };
+        for p in watched {
+            let Some(conn) = p.conn.lock().clone() else { continue };
+            let silent = conn.silent_for();
+            if silent >= hb {
+                self.declare_dead(&p, &conn, silent);
+            } else if silent >= hb / 3 {
+                let _ = conn.send_nowait(Header::new(Kind::Oneway, session::ID, session::PING, 0), &[], &[]);
+            }
+        }
+        // A stranger's half-sent frame on any other connection is bounded too.
+        for p in self.peers_where(|_| true) {
+            for c in p.extra_conns.lock().iter() {
+                if c.mid_frame() && c.silent_for() >= hb {
+                    c.close();
+                }
+            }
+        }
+    }
+
+    fn declare_dead(self: &Arc<Self>, p: &Arc<Peer>, conn: &Arc<Conn>, silent: Duration) {
+        let what = if p.id == HEAD_ID { "the head".to_string() } else { format!("worker {}", p.id) };
+        let note = format!("{what} stopped answering (nothing received for {:.1} s) and was declared dead", silent.as_secs_f64());
+        self.log.warn(&note);
+        *p.exit_note.lock() = Some(note);
+        // A worker this head launched is killed, so it cannot come back.
+        let os_pid = p.os_pid.load(Ordering::Acquire);
+        if self.head && os_pid != 0 && p.child_alive.load(Ordering::Acquire) {
+            sys::kill(os_pid, sys::SIGKILL);
+        }
+        conn.close();
+        self.peer_lost(p.id);
+    }
+
+    /// The error for requests to a process that left, with why if known.
+    pub(crate) fn exited_error(&self, id: u32, note: Option<String>) -> Error {
+        match note {
+            Some(n) => Error::at(ErrorKind::ProcessExited, id, n),
+            None => Error::exited(id),
+        }
     }
 
     fn services(&self) -> &Services {
@@ -373,7 +443,8 @@ impl Node {
             c.close();
         }
         drop(conns);
-        self.pending.fail_peer(id, || Error::exited(id));
+        let note = peer.exit_note.lock().clone();
+        self.pending.fail_peer(id, || self.exited_error(id, note.clone()));
         let graceful = peer.graceful.load(Ordering::Acquire);
         self.log.info(format!("process {id} left ({})", if graceful { "stopped" } else { "died" }));
         // Keep launched children listed until reaped; forget the rest.
@@ -632,6 +703,12 @@ impl Node {
         conn.send(Header::new(Kind::Oneway, service, op, 0), meta, payload)
     }
 
+    /// Sends a one-way message without ever waiting for the socket.
+    pub(crate) fn send_oneway_nowait(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
+        let conn = self.conn_for(pid)?;
+        conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)
+    }
+
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
         let r = Header::new(Kind::Response, h.service, h.op, h.id);
@@ -814,6 +891,12 @@ impl Dispatch for Node {
     fn on_frame(self: &Arc<Self>, conn: &Arc<Conn>, f: Frame) -> Option<Job> {
         if f.header.kind == Kind::Response {
             self.on_response(conn, f);
+            return None;
+        }
+        if f.header.service == session::ID {
+            if f.header.op == session::PING {
+                let _ = conn.send_nowait(Header::new(Kind::Oneway, session::ID, session::PONG, 0), &[], &[]);
+            }
             return None;
         }
         let Some(svc) = self.services().by_id(f.header.service) else {

@@ -33,6 +33,8 @@ pub struct FrameReader {
     /// A large payload buffer handed back for reuse: its pages are already
     /// mapped, which a fresh allocation's are not.
     spare: Vec<u8>,
+    /// Bytes read from the socket so far.
+    bytes_read: u64,
 }
 
 /// Payloads from this size up are read straight from the socket.
@@ -42,7 +44,7 @@ const STAGING: usize = 64 * 1024;
 
 impl FrameReader {
     pub fn new(max_payload: u64) -> FrameReader {
-        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new() }
+        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new(), bytes_read: 0 }
     }
 
     /// Keeps `v` for the next large payload, if it is worth keeping.
@@ -66,6 +68,11 @@ impl FrameReader {
 
     /// True when frames may be waiting in the buffer: the socket alone
     /// cannot tell, so callers read again before they poll.
+    /// Bytes read from the socket so far (progress, for liveness).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
     /// True while part of a frame has arrived and the rest has not.
     pub fn mid_frame(&self) -> bool {
         self.partial.is_some() || self.end > self.start
@@ -107,7 +114,10 @@ impl FrameReader {
                         let left = want - p.payload.len();
                         match sys::read_into_spare(fd, &mut p.payload, left) {
                             Ok(Some(0)) => return Ok(ReadOutcome::Closed),
-                            Ok(Some(_)) => continue,
+                            Ok(Some(k)) => {
+                                self.bytes_read += k as u64;
+                                continue;
+                            }
                             Ok(None) => return Ok(ReadOutcome::WouldBlock),
                             Err(e) => return Err(Error::io("read", e)),
                         }
@@ -131,7 +141,10 @@ impl FrameReader {
             }
             match sys::read_nonblocking(fd, &mut self.buf[self.end..]) {
                 Ok(Some(0)) => return Ok(ReadOutcome::Closed),
-                Ok(Some(k)) => self.end += k,
+                Ok(Some(k)) => {
+                    self.end += k;
+                    self.bytes_read += k as u64;
+                }
                 Ok(None) => return Ok(ReadOutcome::WouldBlock),
                 Err(e) => return Err(Error::io("read", e)),
             }

@@ -89,10 +89,10 @@ impl Control {
             let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone() });
             for p in node.peers_where(|p| p.is_ready() && p.id != from) {
                 if let Some(c) = p.conn.lock().clone() {
-                    let _ = c.send(joined, &meta, &[]);
+                    let _ = c.send_nowait(joined, &meta, &[]);
                 }
                 let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
-                let _ = conn.send(joined, &theirs, &[]);
+                let _ = conn.send_nowait(joined, &theirs, &[]);
             }
         });
         if !ready {
@@ -153,7 +153,7 @@ impl Service for Control {
             let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new() });
             for p in node.peers_where(|p| p.is_ready()) {
                 if let Some(c) = p.conn.lock().clone() {
-                    let _ = c.send(Header::new(Kind::Oneway, ID, op::PEER_LEFT, 0), &meta, &[]);
+                    let _ = c.send_nowait(Header::new(Kind::Oneway, ID, op::PEER_LEFT, 0), &meta, &[]);
                 }
             }
         }

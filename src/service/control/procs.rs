@@ -215,7 +215,7 @@ impl Control {
         for p in &peers {
             p.graceful.store(true, Ordering::Release);
             if let Some(c) = p.conn.lock().clone() {
-                let _ = c.send(Header::new(Kind::Oneway, ID, op::SHUTDOWN, 0), &[], &[]);
+                let _ = c.send_nowait(Header::new(Kind::Oneway, ID, op::SHUTDOWN, 0), &[], &[]);
             }
         }
         let start = Instant::now();

@@ -157,7 +157,7 @@ impl Service for Refs {
             .spawn(move || {
                 while let Ok(Housekeeping::Send { owner, op, id }) = rx.recv() {
                     let Some(node) = weak.upgrade() else { return };
-                    let _ = node.send_oneway(owner, ID, op, &wire::encode_meta(&id), &[]);
+                    let _ = node.send_oneway_nowait(owner, ID, op, &wire::encode_meta(&id), &[]);
                 }
             })
             .map_err(|e| Error::io("spawn", e))?;

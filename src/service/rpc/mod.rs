@@ -420,7 +420,7 @@ impl RpcExt for Arc<Node> {
                 r.interrupt_local(self);
                 continue;
             }
-            self.send_oneway(p, ID, op::INTERRUPT, &[], &[])?;
+            self.send_oneway_nowait(p, ID, op::INTERRUPT, &[], &[])?;
         }
         Ok(())
     }
