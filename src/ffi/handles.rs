@@ -52,7 +52,7 @@ fn split(h: u64) -> Option<(u8, u32, usize)> {
     Some((kind, gen, idx - 1))
 }
 
-pub(crate) fn insert<T: Send + Sync + 'static>(kind: Kind, obj: Arc<T>) -> u64 {
+pub(crate) fn insert<T: Send + Sync + 'static>(kind: Kind, obj: Arc<T>) -> Result<u64, Error> {
     let mut t = TABLE.lock();
     let idx = match t.free.pop() {
         Some(i) => i as usize,
@@ -65,10 +65,10 @@ pub(crate) fn insert<T: Send + Sync + 'static>(kind: Kind, obj: Arc<T>) -> u64 {
     e.gen = (e.gen + 1) & 0x00FF_FFFF;
     e.kind = kind;
     e.obj = Some(obj);
-    ((kind as u64) << 56) | ((e.gen as u64) << 32) | (idx as u64 + 1)
+    Ok(((kind as u64) << 56) | ((e.gen as u64) << 32) | (idx as u64 + 1))
 }
 
-fn bad(kind: Kind, why: &str) -> Error {
+pub(crate) fn bad(kind: Kind, why: &str) -> Error {
     Error::new(ErrorKind::BadHandle, format!("invalid {} handle: {why}", kind.name()))
 }
 
@@ -110,13 +110,13 @@ mod tests {
 
     #[test]
     fn stale_wrong_kind_and_garbage_handles_are_refused() {
-        let h = insert(Kind::Future, Arc::new(5u32));
+        let h = insert(Kind::Future, Arc::new(5u32)).unwrap();
         assert_eq!(*get::<u32>(Kind::Future, h).unwrap(), 5);
         assert_eq!(get::<u32>(Kind::Call, h).unwrap_err().kind, ErrorKind::BadHandle);
         remove(Kind::Future, h).unwrap();
         assert_eq!(get::<u32>(Kind::Future, h).unwrap_err().kind, ErrorKind::BadHandle);
         assert!(remove(Kind::Future, h).is_err());
-        let h2 = insert(Kind::Future, Arc::new(6u32));
+        let h2 = insert(Kind::Future, Arc::new(6u32)).unwrap();
         assert!(get::<u32>(Kind::Future, h).is_err(), "a reused slot must not revive the old handle");
         assert_eq!(*get::<u32>(Kind::Future, h2).unwrap(), 6);
         assert!(get::<u32>(Kind::Future, 0xdead_beef).is_err());
