@@ -22,12 +22,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ADD_CLIENT 11
-
-
-
-
-
 /**
  * Major version of this header and library.
  */

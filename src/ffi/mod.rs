@@ -37,6 +37,9 @@ mod future;
 mod call;
 mod buffer;
 
+#[cfg(test)]
+mod header_checks;
+
 pub use buffer::*;
 pub use call::*;
 pub use config::*;
