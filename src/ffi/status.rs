@@ -1,9 +1,15 @@
 //! `cluster_status`, its descriptions, the calling thread's last error, and
 //! the library version.
+//!
+//! The status codes, names and descriptions are those of the core's
+//! `ErrorKind` table (`src/error.rs`); the enum below is written out for
+//! cbindgen, and the tests at the end of this file (plus the header and
+//! Julia checks in `header_checks.rs`) fail on any difference.
 
 use crate::{Error, ErrorKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
+use std::sync::OnceLock;
 
 /// Major version of this header and library.
 pub const CLUSTER_VERSION_MAJOR: u32 = 0;
@@ -88,6 +94,23 @@ impl cluster_status {
     }
 }
 
+/// `ErrorKind::describe` of every code, NUL-terminated, indexed by code.
+fn descriptions() -> &'static [CString] {
+    static TABLE: OnceLock<Vec<CString>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let top = ErrorKind::ALL.iter().map(|&k| k as usize).max().unwrap_or(0);
+        (0..=top)
+            .map(|code| {
+                let text = match code {
+                    0 => "ok",
+                    c => ErrorKind::from_code(c as u8).map(ErrorKind::describe).unwrap_or("unknown status"),
+                };
+                CString::new(text).expect("descriptions have no NUL")
+            })
+            .collect()
+    })
+}
+
 thread_local! {
     static LAST_ERROR: RefCell<(CString, i32)> = RefCell::new((CString::default(), 0));
 }
@@ -126,31 +149,9 @@ pub extern "C" fn cluster_version_string() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn cluster_status_str(status: i32) -> *const c_char {
     ffi!({
-        let s: &'static str = match status {
-            0 => "ok\0",
-            1 => "invalid argument\0",
-            2 => "invalid, freed or wrong-kind handle\0",
-            3 => "only process 1 can add and remove workers\0",
-            4 => "no such process\0",
-            5 => "remote error\0",
-            6 => "process exited\0",
-            7 => "interrupted\0",
-            8 => "timed out\0",
-            9 => "not allowed by the cluster topology\0",
-            10 => "worker launch failed\0",
-            11 => "authentication failed\0",
-            12 => "I/O error\0",
-            13 => "protocol error\0",
-            14 => "message too large\0",
-            15 => "cluster is shut down\0",
-            16 => "internal panic\0",
-            17 => "not ready\0",
-            18 => "several processes failed\0",
-            19 => "not available in this dispatch mode\0",
-            20 => "buffer too small\0",
-            _ => "unknown status\0",
-        };
-        s.as_ptr() as *const c_char
+        static UNKNOWN: &std::ffi::CStr = c"unknown status";
+        let table = descriptions();
+        usize::try_from(status).ok().and_then(|i| table.get(i)).map_or(UNKNOWN.as_ptr(), |s| s.as_ptr())
     })
 }
 
@@ -174,4 +175,74 @@ pub extern "C" fn cluster_last_error() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn cluster_last_error_pid() -> i32 {
     ffi!(LAST_ERROR.with(|l| l.borrow().1))
+}
+
+/// The C name of a kind's status: "InvalidArgument" gives
+/// "CLUSTER_ERR_INVALID_ARGUMENT".
+#[cfg(test)]
+pub(crate) fn c_name(kind: ErrorKind) -> String {
+    let mut s = String::from("CLUSTER_ERR_");
+    for (i, ch) in kind.name().chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            s.push('_');
+        }
+        s.push(ch.to_ascii_uppercase());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn status_text(code: i32) -> String {
+        // SAFETY: cluster_status_str never returns NULL.
+        unsafe { CStr::from_ptr(cluster_status_str(code)) }.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn error_codes_are_one_to_n_without_gaps_and_round_trip() {
+        for (i, &k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k as usize, i + 1, "{k:?} is out of order or leaves a gap");
+            assert_eq!(ErrorKind::from_code(k as u8), Some(k));
+        }
+        assert_eq!(ErrorKind::from_code(0), None);
+        assert_eq!(ErrorKind::from_code(ErrorKind::ALL.len() as u8 + 1), None);
+    }
+
+    #[test]
+    fn every_kind_has_its_status_with_the_same_code_name_and_text() {
+        for &k in ErrorKind::ALL {
+            let st = cluster_status::from_kind(k);
+            assert_eq!(st as i32, k as i32, "{k:?}");
+            assert_eq!(format!("{st:?}"), c_name(k), "{k:?}");
+            assert_eq!(status_text(st as i32), k.describe(), "{k:?}");
+        }
+        assert_eq!(status_text(0), "ok");
+    }
+
+    #[test]
+    fn unknown_statuses_have_a_text() {
+        let n = ErrorKind::ALL.len() as i32;
+        for code in [n + 1, n + 100, -1, i32::MIN, i32::MAX] {
+            assert_eq!(status_text(code), "unknown status");
+        }
+    }
+
+    #[test]
+    fn a_panic_is_a_status_with_a_message() {
+        let st: cluster_status = ffi!({
+            if ErrorKind::ALL.len() < 1000 {
+                panic!("on purpose");
+            }
+            Ok(())
+        });
+        assert_eq!(st, cluster_status::CLUSTER_ERR_PANIC);
+        // SAFETY: never NULL.
+        let msg = unsafe { CStr::from_ptr(cluster_last_error()) }.to_str().unwrap().to_string();
+        assert_eq!(msg, "internal panic: on purpose");
+        let v: u32 = ffi!(panic!("again"));
+        assert_eq!(v, 0);
+    }
 }
