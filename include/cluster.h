@@ -6,12 +6,15 @@
  * Conventions (see README "C API"):
  *  - Every function returns a cluster_status (CLUSTER_OK = 0) unless noted;
  *    on failure cluster_last_error() describes it, on the calling thread.
- *  - Handles (cluster_ctx, cluster_future, cluster_call) are opaque values
- *    checked on every use: a freed, stale or wrong-kind handle gives
- *    CLUSTER_ERR_BAD_HANDLE, never a crash. *_free functions accept NULL
- *    and never block.
+ *  - Handles (cluster_ctx, cluster_future, cluster_call, and the handle in
+ *    a cluster_buffer) are opaque values checked on every use: a freed,
+ *    stale or wrong-kind handle gives CLUSTER_ERR_BAD_HANDLE, never a
+ *    crash. *_free functions accept NULL and never wait for another
+ *    process.
  *  - Pointers passed in are borrowed for the duration of the call only.
- *  - All functions may be called from any thread unless noted.
+ *  - Every function's doc says, on lines starting "Ownership:",
+ *    "Blocking:" and "Threads:", who owns what it takes and returns,
+ *    whether it can wait, and from which threads it may be called.
  *  - Timeouts are in milliseconds; CLUSTER_FOREVER (-1) waits without limit.
  */
 

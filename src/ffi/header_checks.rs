@@ -6,7 +6,10 @@
 //!   (`cluster_*` / `CLUSTER_*`): nothing of the core leaks in;
 //! - the C status enum is the core's `ErrorKind` table, name for name and
 //!   number for number, and so are `CLUSTER_ERR_*` and `STATUS_NAMES` in
-//!   bindings/julia/LibCluster/src/capi.jl.
+//!   bindings/julia/LibCluster/src/capi.jl;
+//! - every function's doc states its ownership, whether it blocks, and
+//!   from which threads it may be called, on lines starting `Ownership:`,
+//!   `Blocking:` and `Threads:`.
 
 use super::status::c_name;
 use crate::ErrorKind;
@@ -272,4 +275,44 @@ fn the_julia_check_catches_a_difference() {
     assert_ne!(julia_constants(&bad), julia_constants(&src));
     let bad = src.replacen("8 => :CLUSTER_ERR_TIMEOUT", "8 => :CLUSTER_ERR_TIMED_OUT", 1);
     assert_ne!(julia_status_names(&bad), julia_status_names(&src));
+}
+
+/// The doc's text lines, without the leading ` * `.
+fn doc_lines(doc: &str) -> Vec<String> {
+    doc.lines()
+        .map(|l| l.trim_start().trim_start_matches('*').trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_function_states_ownership_blocking_and_threads() {
+    let h = header();
+    let fns = functions(&h);
+    assert!(fns.len() >= 50, "only {} functions found: the parser is out of date", fns.len());
+    let mut missing = Vec::new();
+    for (name, doc) in &fns {
+        let lines = doc_lines(doc);
+        for word in ["Ownership:", "Blocking:", "Threads:"] {
+            let stated = lines.iter().any(|l| l.strip_prefix(word).is_some_and(|r| !r.trim().is_empty()));
+            if !stated {
+                missing.push(format!("{name}: no `{word}` line"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "function docs in include/cluster.h must state each of these:\n  {}", missing.join("\n  "));
+}
+
+#[test]
+fn the_doc_check_catches_a_missing_line() {
+    let h = header().replacen(" * Blocking:", " * Waits:", 1);
+    let bad: Vec<String> = functions(&h)
+        .into_iter()
+        .filter(|(_, d)| !doc_lines(d).iter().any(|l| l.starts_with("Blocking:")))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let undocumented = h.replacen("cluster_status cluster_ready(cluster_ctx *ctx);", "cluster_status cluster_ready(cluster_ctx *ctx);\nint cluster_extra(void);", 1);
+    let extra = functions(&undocumented).into_iter().find(|(n, _)| n == "cluster_extra").expect("parsed");
+    assert!(extra.1.is_empty(), "a function without its own doc comment has none");
 }
