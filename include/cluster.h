@@ -9,8 +9,8 @@
  *  - Handles (cluster_ctx, cluster_future, cluster_call, and the handle in
  *    a cluster_buffer) are opaque values checked on every use: a freed,
  *    stale or wrong-kind handle gives CLUSTER_ERR_BAD_HANDLE, never a
- *    crash. *_free functions accept NULL and never wait for another
- *    process.
+ *    crash, however long the program runs. *_free functions accept NULL
+ *    and never wait for another process.
  *  - Pointers passed in are borrowed for the duration of the call only.
  *  - Every function's doc says, on lines starting "Ownership:",
  *    "Blocking:" and "Threads:", who owns what it takes and returns,
@@ -115,7 +115,8 @@ enum cluster_status
   CLUSTER_ERR_IO = 12,
   CLUSTER_ERR_PROTOCOL = 13,
   /**
-   * A message exceeds the configured maximum size.
+   * A message exceeds the configured maximum size (or, for handles, no
+   * handle is left to issue).
    */
   CLUSTER_ERR_TOO_LARGE = 14,
   /**

@@ -50,7 +50,8 @@ pub enum cluster_status {
     CLUSTER_ERR_AUTH = 11,
     CLUSTER_ERR_IO = 12,
     CLUSTER_ERR_PROTOCOL = 13,
-    /// A message exceeds the configured maximum size.
+    /// A message exceeds the configured maximum size (or, for handles, no
+    /// handle is left to issue).
     CLUSTER_ERR_TOO_LARGE = 14,
     /// The cluster was shut down.
     CLUSTER_ERR_SHUTDOWN = 15,
