@@ -1041,7 +1041,9 @@ cluster_status cluster_call_name(cluster_call *c, char *buf, size_t cap, size_t 
 cluster_status cluster_call_cancelled(cluster_call *c, bool *out);
 
 /**
- * Answers the call with `data[0..len)`. A call is answered once.
+ * Answers the call with `data[0..len)`. A call is answered once: a call
+ * that is not deferred is gone once answered (its handle then gives
+ * CLUSTER_ERR_BAD_HANDLE); a deferred one stays until `cluster_call_free`.
  *
  * Ownership: `data` is copied or sent before return, never kept.
  * Blocking: only while the reply is written to the caller's connection.
@@ -1060,7 +1062,8 @@ cluster_status cluster_call_reply(cluster_call *c, const uint8_t *data, size_t l
 cluster_status cluster_call_fail(cluster_call *c, const char *message);
 
 /**
- * From inside a handler: keep the call past the handler's return. The host then answers it later and must release it
+ * From inside a handler, before answering: keep the call past the
+ * handler's return. The host then answers it later and must release it
  * with `cluster_call_free`. The handler slot is freed when the handler
  * returns. Deferring again is a no-op.
  *

@@ -1,8 +1,12 @@
 //! `cluster_call`, an incoming call as a handler sees it, and the
 //! trampoline that runs a C handler.
 //!
-//! The handle lives until the handler returns, or, for a call the handler
-//! deferred, until `cluster_call_free`. Using a call once answered is
+//! The handle lives as long as the call can be used: until it is answered
+//! (reply or fail), or, for a call the handler deferred, until
+//! `cluster_call_free`. Answering a call that is not deferred removes its
+//! handle under the call's lock, in the same step that takes the call, so
+//! any use after the answer, from any thread, is CLUSTER_ERR_BAD_HANDLE.
+//! A deferred call keeps its handle until freed: using it once answered is
 //! CLUSTER_ERR_INVALID_ARGUMENT ("already answered").
 
 use super::args::*;
@@ -34,8 +38,14 @@ struct CallState {
 
 c_handle!(cluster_call, Kind::Call, CallObj);
 
-fn answered() -> Error {
-    invalid("the call was already answered")
+/// What using a call that was already answered gives: a deferred call's
+/// handle is still valid (until freed), any other call's is not.
+fn answered(deferred: bool) -> Error {
+    if deferred {
+        invalid("the call was already answered")
+    } else {
+        handles::bad(Kind::Call, "the call was already answered")
+    }
 }
 
 fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> Result<T, Error> {
@@ -43,12 +53,20 @@ fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> Result<T, E
     let st = obj.state.lock();
     match st.call.as_ref() {
         Some(call) => Ok(f(call)),
-        None => Err(answered()),
+        None => Err(answered(st.deferred)),
     }
 }
 
+/// Takes the call to answer it; a call not deferred loses its handle in
+/// the same step.
 fn take_call(c: *mut cluster_call) -> Result<Call, Error> {
-    c.object()?.state.lock().call.take().ok_or_else(answered)
+    let obj = c.object()?;
+    let mut st = obj.state.lock();
+    let call = st.call.take().ok_or_else(|| answered(st.deferred))?;
+    if !st.deferred {
+        let _ = c.remove();
+    }
+    Ok(call)
 }
 
 /// Runs the C handler `h` on `call` with a fresh handle, and answers the
@@ -71,7 +89,7 @@ pub(crate) fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_ca
         if st.deferred {
             return; // the host owns the handle now
         }
-        let _ = handle.remove();
+        let _ = handle.remove(); // gone already if the handler answered
         st.call.take()
     };
     if let Some(call) = rest {
@@ -143,7 +161,9 @@ pub unsafe extern "C" fn cluster_call_cancelled(c: *mut cluster_call, out: *mut 
     })
 }
 
-/// Answers the call with `data[0..len)`. A call is answered once.
+/// Answers the call with `data[0..len)`. A call is answered once: a call
+/// that is not deferred is gone once answered (its handle then gives
+/// CLUSTER_ERR_BAD_HANDLE); a deferred one stays until `cluster_call_free`.
 ///
 /// Ownership: `data` is copied or sent before return, never kept.
 /// Blocking: only while the reply is written to the caller's connection.
@@ -172,7 +192,8 @@ pub unsafe extern "C" fn cluster_call_fail(c: *mut cluster_call, message: *const
     })
 }
 
-/// From inside a handler: keep the call past the handler's return. The host then answers it later and must release it
+/// From inside a handler, before answering: keep the call past the
+/// handler's return. The host then answers it later and must release it
 /// with `cluster_call_free`. The handler slot is freed when the handler
 /// returns. Deferring again is a no-op.
 ///
@@ -182,7 +203,11 @@ pub unsafe extern "C" fn cluster_call_fail(c: *mut cluster_call, message: *const
 #[no_mangle]
 pub extern "C" fn cluster_call_defer(c: *mut cluster_call) -> cluster_status {
     ffi!([c => obj] {
-        obj.state.lock().deferred = true;
+        let mut st = obj.state.lock();
+        if st.call.is_none() && !st.deferred {
+            return Err(answered(false));
+        }
+        st.deferred = true;
         Ok(())
     })
 }
@@ -200,9 +225,19 @@ pub extern "C" fn cluster_call_free(c: *mut cluster_call) -> cluster_status {
         if c.is_null() {
             return Ok(());
         }
-        if !c.object()?.state.lock().deferred {
-            return Err(invalid("only deferred calls are freed by the host"));
-        }
-        c.remove() // an unanswered call fails for its caller
+        let obj = c.object()?;
+        let rest = {
+            let mut st = obj.state.lock();
+            if !st.deferred {
+                return Err(match st.call {
+                    Some(_) => invalid("only deferred calls are freed by the host"),
+                    None => answered(false),
+                });
+            }
+            c.remove()?;
+            st.call.take()
+        };
+        drop(rest); // an unanswered call fails for its caller
+        Ok(())
     })
 }
