@@ -1,11 +1,13 @@
-//! Generates include/cluster.h from the FFI layer with cbindgen.
-//! A stale committed header is caught by tests/header_is_current.rs.
+//! Generates include/cluster.h from the FFI layer with cbindgen. Only the
+//! `src/ffi` module tree is parsed, so nothing of the core can leak into
+//! the header. A stale committed header is caught by a unit test
+//! (`committed_header_is_current` in src/lib.rs).
 
 use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=CLUSTER_UPDATE_HEADER");
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read cbindgen.toml");

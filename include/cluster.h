@@ -6,12 +6,15 @@
  * Conventions (see README "C API"):
  *  - Every function returns a cluster_status (CLUSTER_OK = 0) unless noted;
  *    on failure cluster_last_error() describes it, on the calling thread.
- *  - Handles (cluster_ctx, cluster_future, cluster_call) are opaque values
- *    checked on every use: a freed, stale or wrong-kind handle gives
- *    CLUSTER_ERR_BAD_HANDLE, never a crash. *_free functions accept NULL
- *    and never block.
+ *  - Handles (cluster_ctx, cluster_future, cluster_call, and the handle in
+ *    a cluster_buffer) are opaque values checked on every use: a freed,
+ *    stale or wrong-kind handle gives CLUSTER_ERR_BAD_HANDLE, never a
+ *    crash, however long the program runs. *_free functions accept NULL
+ *    and never wait for another process.
  *  - Pointers passed in are borrowed for the duration of the call only.
- *  - All functions may be called from any thread unless noted.
+ *  - Every function's doc says, on lines starting "Ownership:",
+ *    "Blocking:" and "Threads:", who owns what it takes and returns,
+ *    whether it can wait, and from which threads it may be called.
  *  - Timeouts are in milliseconds; CLUSTER_FOREVER (-1) waits without limit.
  */
 
@@ -30,7 +33,7 @@
 /**
  * Minor version: additions only.
  */
-#define CLUSTER_VERSION_MINOR 1
+#define CLUSTER_VERSION_MINOR 2
 
 /**
  * Patch version: fixes only.
@@ -112,7 +115,8 @@ enum cluster_status
   CLUSTER_ERR_IO = 12,
   CLUSTER_ERR_PROTOCOL = 13,
   /**
-   * A message exceeds the configured maximum size.
+   * A message exceeds the configured maximum size (or, for handles, no
+   * handle is left to issue).
    */
   CLUSTER_ERR_TOO_LARGE = 14,
   /**
@@ -140,7 +144,7 @@ enum cluster_status
    */
   CLUSTER_ERR_BUFFER_TOO_SMALL = 20,
   /**
-   * This worker's head went away (`cluster_serve` returns it).
+   * This worker's head went away: `cluster_serve` returns it.
    */
   CLUSTER_ERR_HEAD_LOST = 21,
 };
@@ -255,7 +259,33 @@ typedef int32_t cluster_dispatch;
 #endif // __cplusplus
 
 /**
- * Kinds of `cluster_event`.
+ * Services, as named by `cluster_event.service`. Each service numbers
+ * its own event kinds; a new service adds kinds, never fields.
+ */
+enum cluster_service
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The node core: futures and membership.
+   */
+  CLUSTER_SERVICE_CORE = 0,
+  /**
+   * Remote calls.
+   */
+  CLUSTER_SERVICE_RPC = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_service cluster_service;
+#else
+typedef int32_t cluster_service;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Kinds of `cluster_event` of `CLUSTER_SERVICE_CORE`.
  */
 enum cluster_event_kind
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -263,27 +293,57 @@ enum cluster_event_kind
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /**
-   * `future_id` completed: its wait/fetch will not block now.
+   * The future `id` completed (`status`: CLUSTER_OK or its error): its
+   * wait and fetch no longer block. See `cluster_future_id`.
    */
   CLUSTER_EVENT_FUTURE_READY = 0,
   /**
-   * `pid` started; see `lifecycle`.
+   * Worker `pid` joined and is ready.
    */
-  CLUSTER_EVENT_WORKER = 1,
+  CLUSTER_EVENT_WORKER_STARTED = 1,
   /**
-   * `cluster_interrupt` reached this process: cancel running calls.
+   * Worker `pid` left when asked to (rmprocs, shutdown).
    */
-  CLUSTER_EVENT_INTERRUPT = 2,
+  CLUSTER_EVENT_WORKER_EXITED = 2,
   /**
-   * The head asked this worker to stop, or went away.
+   * Worker `pid` died: killed, crashed, hung, or its connection broke.
    */
-  CLUSTER_EVENT_SHUTDOWN = 3,
+  CLUSTER_EVENT_WORKER_DIED = 3,
+  /**
+   * The head asked this worker to stop.
+   */
+  CLUSTER_EVENT_SHUTDOWN = 4,
+  /**
+   * This worker's head went away.
+   */
+  CLUSTER_EVENT_HEAD_LOST = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum cluster_event_kind cluster_event_kind;
 #else
 typedef int32_t cluster_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Kinds of `cluster_event` of `CLUSTER_SERVICE_RPC`.
+ */
+enum cluster_rpc_event_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * `cluster_interrupt` reached this process: cancel running calls.
+   */
+  CLUSTER_EVENT_RPC_INTERRUPT = 0,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_rpc_event_kind cluster_rpc_event_kind;
+#else
+typedef int32_t cluster_rpc_event_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -419,6 +479,38 @@ typedef struct {
 } cluster_buffer;
 
 /**
+ * Called from a library thread when host-mode work becomes pending. It
+ * must only signal the host (its signature matches `uv_async_send`).
+ */
+typedef int (*cluster_notify_fn)(void *user_data);
+
+/**
+ * One event reported by `cluster_poll`: the same shape for every service.
+ */
+typedef struct {
+  /**
+   * A `cluster_service` value: whose event it is.
+   */
+  int32_t service;
+  /**
+   * The service's kind (`cluster_event_kind` for CLUSTER_SERVICE_CORE).
+   */
+  int32_t kind;
+  /**
+   * The object concerned (a future id for CLUSTER_EVENT_FUTURE_READY), or 0.
+   */
+  uint64_t id;
+  /**
+   * The process concerned, or 0.
+   */
+  int32_t pid;
+  /**
+   * CLUSTER_OK, or the error status of what the event reports.
+   */
+  int32_t status;
+} cluster_event;
+
+/**
  * The small, copyable form of a future that another process can import.
  */
 typedef struct {
@@ -429,68 +521,64 @@ typedef struct {
   uint64_t id;
 } cluster_future_ref;
 
-/**
- * Called from a library thread when host-mode work becomes pending. It
- * must only signal the host (its signature matches `uv_async_send`).
- */
-typedef int (*cluster_notify_fn)(void *user_data);
-
-/**
- * One event reported by `cluster_poll`.
- */
-typedef struct {
-  /**
-   * A `cluster_event_kind` value.
-   */
-  int32_t kind;
-  /**
-   * For `CLUSTER_EVENT_WORKER`: a `cluster_lifecycle` value.
-   */
-  int32_t lifecycle;
-  /**
-   * The worker concerned, or 0.
-   */
-  int32_t pid;
-  /**
-   * For `CLUSTER_EVENT_FUTURE_READY`: see `cluster_future_id`.
-   */
-  uint64_t future_id;
-} cluster_event;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
  * The library's version as `CLUSTER_VERSION` encodes it. Never fails.
+ *
+ * Ownership: returns a value.
+ * Blocking: no.
+ * Threads: any.
  */
 uint32_t cluster_version(void);
 
 /**
- * The library's version as "major.minor.patch". Static storage; never NULL.
+ * The library's version as "major.minor.patch". Never NULL.
+ *
+ * Ownership: static storage, never freed.
+ * Blocking: no.
+ * Threads: any.
  */
 const char *cluster_version_string(void);
 
 /**
- * A static, NUL-terminated description of `status`. Never NULL.
+ * A NUL-terminated description of `status`, for any value (unknown ones
+ * give "unknown status"). Never NULL.
+ *
+ * Ownership: static storage, never freed.
+ * Blocking: no.
+ * Threads: any.
  */
 const char *cluster_status_str(int32_t status);
 
 /**
  * The message of the last failed call on this thread ("" if none).
+ *
  * Ownership: thread-local storage, valid until the next failing call on
  * this thread; copy it to keep it.
+ * Blocking: no.
+ * Threads: any; each thread has its own last error.
  */
 const char *cluster_last_error(void);
 
 /**
  * The process the last error on this thread concerns (e.g. the worker a
  * remote error came from), or 0.
+ *
+ * Ownership: returns a value.
+ * Blocking: no.
+ * Threads: any; each thread has its own last error.
  */
 int32_t cluster_last_error_pid(void);
 
 /**
- * Fills `*config` with the defaults. Blocking: no. Threads: any.
+ * Fills `*config` with the defaults (string fields NULL).
+ *
+ * Ownership: `*config` is the caller's; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_config_init(cluster_config *config);
 
@@ -501,9 +589,11 @@ cluster_status cluster_config_init(cluster_config *config);
  * A launched worker that cannot reach its head within the startup
  * timeout exits the process (status 3) when `exit_on_head_loss` is set.
  *
- * Ownership: `config` (may be NULL for defaults) is read during the call;
- * `*out` receives a new handle, released with `cluster_free`.
- * Blocking: a worker blocks until it has joined (up to the startup timeout).
+ * Ownership: `config` (may be NULL for defaults) is read during the call,
+ * its strings copied; `*out` receives a new handle, released with
+ * `cluster_free`.
+ * Blocking: a worker blocks until it has joined (up to the startup
+ * timeout); a head does not.
  * Threads: any; each call makes an independent cluster.
  */
 cluster_status cluster_init(const cluster_config *config, cluster_ctx **out);
@@ -511,9 +601,13 @@ cluster_status cluster_init(const cluster_config *config, cluster_ctx **out);
 /**
  * Releases the handle and closes the cluster: connections close, pending
  * futures fail, and workers of a head exit when they see it gone. NULL is
- * accepted. Use `cluster_shutdown` first for an orderly stop.
- * Blocking: never; safe to call from a garbage-collector finalizer.
- * Threads: any. Futures of this cluster stay valid handles (they fail).
+ * accepted. Use `cluster_shutdown` first for an orderly stop. Futures of
+ * this cluster stay valid handles (they fail).
+ *
+ * Ownership: the handle is gone after the call; callbacks registered on
+ * it may still be running on library threads when it returns.
+ * Blocking: no; safe to call from a garbage-collector finalizer.
+ * Threads: any, once per cluster.
  */
 cluster_status cluster_free(cluster_ctx *ctx);
 
@@ -521,26 +615,41 @@ cluster_status cluster_free(cluster_ctx *ctx);
  * On the head: stops every worker (as `cluster_rmprocs`), then closes.
  * On a worker: closes its connections. The handle stays valid until
  * `cluster_free`; later calls fail with CLUSTER_ERR_SHUTDOWN.
- * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit). Threads: any.
+ *
+ * Ownership: `ctx` stays the caller's, to free.
+ * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit) while workers stop.
+ * Threads: any.
  */
 cluster_status cluster_shutdown(cluster_ctx *ctx, int64_t timeout_ms);
 
 /**
  * Worker: tells the head this process has registered its functions; the
  * head's `cluster_addprocs` returns once every new worker is ready.
- * No-op on the head. Blocking: no. Threads: any.
+ * No-op on the head.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: only while the message is written to the head.
+ * Threads: any.
  */
 cluster_status cluster_ready(cluster_ctx *ctx);
 
 /**
  * Worker, threads mode: `cluster_ready`, then serves calls until the head
- * asks this worker to stop (returns CLUSTER_OK) or goes away.
- * Blocking: yes, that is its purpose. Threads: any one thread.
+ * asks this worker to stop (returns CLUSTER_OK) or goes away. Host mode:
+ * CLUSTER_ERR_WRONG_MODE.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: yes, that is its purpose.
+ * Threads: any one thread.
  */
 cluster_status cluster_serve(cluster_ctx *ctx);
 
 /**
- * `*out` = whether this process is the head. Blocking: no. Threads: any.
+ * `*out` = whether this process is the head.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_is_head(cluster_ctx *ctx, bool *out);
 
@@ -548,48 +657,84 @@ cluster_status cluster_is_head(cluster_ctx *ctx, bool *out);
  * Copies the cluster cookie, NUL-terminated, into `buf[0..cap)`; `*len`
  * gets its length (also on CLUSTER_ERR_BUFFER_TOO_SMALL). Keep it secret:
  * it lets a process join (see `cluster_config.join`).
+ *
+ * Ownership: `buf` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_cookie(cluster_ctx *ctx, char *buf, size_t cap, size_t *len);
 
 /**
  * Copies this process's listening address ("host:port") into `buf`, as
  * `cluster_cookie`. Elastic workers join the head at this address.
+ *
+ * Ownership: `buf` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_address(cluster_ctx *ctx, char *buf, size_t cap, size_t *len);
 
 /**
- * `*out` = this process's id (1 on the head). Blocking: no. Threads: any.
+ * `*out` = this process's id (1 on the head).
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_myid(cluster_ctx *ctx, int32_t *out);
 
 /**
  * `*out` = number of processes, this one included.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_nprocs(cluster_ctx *ctx, size_t *out);
 
 /**
  * `*out` = number of workers (1 when the head is alone, as Distributed).
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_nworkers(cluster_ctx *ctx, size_t *out);
 
 /**
  * Writes the sorted ids of all processes to `out[0..cap)` and their number
  * to `*count` (also on CLUSTER_ERR_BUFFER_TOO_SMALL, to size a retry).
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_procs(cluster_ctx *ctx, int32_t *out, size_t cap, size_t *count);
 
 /**
  * As `cluster_procs`, for the workers (`[1]` when the head is alone).
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_workers(cluster_ctx *ctx, int32_t *out, size_t cap, size_t *count);
 
 /**
  * As `cluster_procs`, without this process.
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_other_procs(cluster_ctx *ctx, int32_t *out, size_t cap, size_t *count);
 
 /**
  * As `cluster_workers`, without this process.
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_other_workers(cluster_ctx *ctx, int32_t *out, size_t cap, size_t *count);
 
@@ -598,8 +743,10 @@ cluster_status cluster_other_workers(cluster_ctx *ctx, int32_t *out, size_t cap,
  * `out_ids[0..n)` once every one is connected and ready. Ids are never
  * reused. All or nothing: on failure no worker of this call is left
  * running and the error names each failed worker and why.
- * Ownership: `options` (may be NULL) is copied. Blocking: until ready or
- * the startup timeout. Threads: any, not from a handler of this process.
+ *
+ * Ownership: `options` (may be NULL) is copied; `out_ids` is the caller's.
+ * Blocking: until every worker is ready, or the startup timeout.
+ * Threads: any, not from a handler of this process.
  */
 cluster_status cluster_addprocs(cluster_ctx *ctx,
                                 size_t n,
@@ -609,20 +756,32 @@ cluster_status cluster_addprocs(cluster_ctx *ctx,
 /**
  * Head only: stops the workers `ids[0..n)`: asks them to leave, then
  * sends SIGTERM, then SIGKILL, each after a share of `timeout_ms`.
- * Blocking: until they are gone, or CLUSTER_ERR_TIMEOUT. Threads: any.
+ *
+ * Ownership: `ids` is read during the call.
+ * Blocking: until they are gone, or CLUSTER_ERR_TIMEOUT.
+ * Threads: any.
  */
 cluster_status cluster_rmprocs(cluster_ctx *ctx, const int32_t *ids, size_t n, int64_t timeout_ms);
 
 /**
  * Head only, before the first `cluster_addprocs`: sets the topology
  * (a `cluster_topology` value).
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_set_topology(cluster_ctx *ctx, int32_t topology);
 
 /**
  * Sets (or clears, with NULL `callback`) the worker lifecycle callback.
  * Threads mode: called on a library thread; host mode: inside
- * `cluster_poll`. `user_data` must stay valid until replaced.
+ * `cluster_poll`.
+ *
+ * Ownership: `user_data` is passed to every call and must stay valid until
+ * the callback is replaced or cleared and calls already running return.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_set_lifecycle_callback(cluster_ctx *ctx,
                                               cluster_lifecycle_fn callback,
@@ -632,19 +791,31 @@ cluster_status cluster_set_lifecycle_callback(cluster_ctx *ctx,
  * Routes log records to `callback` instead of stderr (NULL restores
  * stderr). Threads mode: any library thread may call it; host mode:
  * records are held and delivered inside `cluster_poll`.
+ *
+ * Ownership: `user_data` must stay valid until the callback is replaced or
+ * cleared and calls already running return; `message` is lent to each call.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_set_log_callback(cluster_ctx *ctx, cluster_log_fn callback, void *user_data);
 
 /**
- * Sets the log level (a `cluster_log_level`). Blocking: no. Threads: any.
+ * Sets the log level (a `cluster_log_level`).
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_set_log_level(cluster_ctx *ctx, int32_t level);
 
 /**
  * Registers `handler` under `name` in this process (replacing an earlier
- * one). Remote processes call it by name. `name` is copied; `user_data`
- * is passed to every call and must stay valid while registered.
- * Blocking: no. Threads: any.
+ * one). Remote processes call it by name.
+ *
+ * Ownership: `name` is copied; `user_data` is passed to every call and
+ * must stay valid while registered and calls already running return.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_register(cluster_ctx *ctx,
                                 const char *name,
@@ -652,7 +823,12 @@ cluster_status cluster_register(cluster_ctx *ctx,
                                 void *user_data);
 
 /**
- * Removes the function `name`; later calls to it fail remotely.
+ * Removes the function `name`; later calls to it fail remotely. Calls
+ * already running finish.
+ *
+ * Ownership: `name` is read during the call.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_unregister(cluster_ctx *ctx, const char *name);
 
@@ -660,9 +836,11 @@ cluster_status cluster_unregister(cluster_ctx *ctx, const char *name);
  * Calls `name` on process `pid` (CLUSTER_ANY_WORKER: next worker,
  * round-robin) with `args[0..len)` and returns a future at once.
  * Calls to one process run in the order they were made.
+ *
  * Ownership: `args` is written to the socket before return, never kept;
  * `*out` is a new future, released with `cluster_future_free`.
- * Blocking: only while a large argument is written. Threads: any.
+ * Blocking: only while a large argument is written.
+ * Threads: any.
  */
 cluster_status cluster_remotecall(cluster_ctx *ctx,
                                   int32_t pid,
@@ -673,11 +851,15 @@ cluster_status cluster_remotecall(cluster_ctx *ctx,
 
 /**
  * Calls and waits for the value: one round trip. On success `*out` holds
- * the result, owned by the caller until `cluster_buffer_free`. On
- * CLUSTER_ERR_REMOTE, `cluster_last_error_pid()` names the failing process.
+ * the result. On CLUSTER_ERR_REMOTE, `cluster_last_error_pid()` names the
+ * failing process.
+ *
+ * Ownership: `args` is never kept; `*out` is the caller's until
+ * `cluster_buffer_free`.
  * Blocking: until the result arrives (the caller's thread reads the reply
- * itself when it can). Threads: any; in host mode, not for calls that
- * need this process's own handlers.
+ * itself when it can).
+ * Threads: any; in host mode, not for calls that need this process's own
+ * handlers.
  */
 cluster_status cluster_remotecall_fetch(cluster_ctx *ctx,
                                         int32_t pid,
@@ -688,7 +870,13 @@ cluster_status cluster_remotecall_fetch(cluster_ctx *ctx,
 
 /**
  * Calls and waits for completion; `*out` is the completed future, whose
- * value can be fetched or passed on. Ownership and blocking as above.
+ * value can be fetched or passed on. On failure no future is made.
+ *
+ * Ownership: `args` is never kept; `*out` is a new future, released with
+ * `cluster_future_free`.
+ * Blocking: until the call completes.
+ * Threads: any; in host mode, not for calls that need this process's own
+ * handlers.
  */
 cluster_status cluster_remotecall_wait(cluster_ctx *ctx,
                                        int32_t pid,
@@ -699,7 +887,11 @@ cluster_status cluster_remotecall_wait(cluster_ctx *ctx,
 
 /**
  * Fire and forget: calls `name` on `pid`; no result, and a failure is
- * only logged on the callee. `args` is not kept. Blocking: no. Threads: any.
+ * only logged on the callee.
+ *
+ * Ownership: `args` is written before return, never kept.
+ * Blocking: only while a large argument is written.
+ * Threads: any.
  */
 cluster_status cluster_remote_do(cluster_ctx *ctx,
                                  int32_t pid,
@@ -711,8 +903,10 @@ cluster_status cluster_remote_do(cluster_ctx *ctx,
  * Calls `name` on each process of `pids[0..n)` (all processes, this one
  * included, when `pids` is NULL) and waits for all. If any fail, returns
  * CLUSTER_ERR_COMPOSITE with a message listing each failed process.
- * Blocking: up to `timeout_ms`. Threads: any; threads mode only when this
- * process is among the targets.
+ *
+ * Ownership: `pids` and `args` are read during the call, never kept.
+ * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit).
+ * Threads: any; threads mode only when this process is among the targets.
  */
 cluster_status cluster_everywhere(cluster_ctx *ctx,
                                   const int32_t *pids,
@@ -725,28 +919,77 @@ cluster_status cluster_everywhere(cluster_ctx *ctx,
 /**
  * Cancels the calls running on `ids[0..n)`: their handlers see
  * `cluster_call_cancelled` and the calls fail with CLUSTER_ERR_INTERRUPTED.
- * Idle processes ignore it. Blocking: no. Threads: any.
+ * Idle processes ignore it.
+ *
+ * Ownership: `ids` is read during the call.
+ * Blocking: only while the requests are written.
+ * Threads: any.
  */
 cluster_status cluster_interrupt(cluster_ctx *ctx, const int32_t *ids, size_t n);
 
 /**
+ * Host mode: `*out` = an eventfd that becomes readable when
+ * `cluster_poll` has work. Threads mode: CLUSTER_ERR_WRONG_MODE.
+ *
+ * Ownership: the fd is owned by the cluster; do not close it.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_event_fd(cluster_ctx *ctx, int *out);
+
+/**
+ * Host mode: `notify(user_data)` is called from a library thread whenever
+ * work becomes pending. It must only wake the host (e.g. `uv_async_send`
+ * with the async handle as `user_data`). NULL clears it.
+ *
+ * Ownership: `user_data` must stay valid until the hook is replaced or
+ * cleared and calls already running return.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_set_notify(cluster_ctx *ctx, cluster_notify_fn notify, void *user_data);
+
+/**
+ * Host mode: runs the handlers of pending incoming calls on this thread,
+ * delivers held log records and lifecycle callbacks, and writes up to
+ * `cap` events to `events`, their number to `*count`. Events beyond `cap`
+ * stay queued (the event fd stays signalled).
+ *
+ * Ownership: `events[0..cap)` is the caller's; nothing is kept.
+ * Blocking: no, apart from the handlers and callbacks it runs.
+ * Threads: the host's thread.
+ */
+cluster_status cluster_poll(cluster_ctx *ctx, cluster_event *events, size_t cap, size_t *count);
+
+/**
  * Waits until the future completes or `timeout_ms` passes (CLUSTER_FOREVER:
  * no limit; 0: just check). Returns CLUSTER_OK, CLUSTER_ERR_TIMEOUT, or the
- * call's own error. Blocking: yes, up to the timeout. Threads: any.
+ * call's own error.
+ *
+ * Ownership: `f` stays the caller's.
+ * Blocking: yes, up to `timeout_ms` (the waiting thread may read the
+ * reply from the connection itself).
+ * Threads: any; several threads may wait on one future.
  */
 cluster_status cluster_future_wait(cluster_future *f, int64_t timeout_ms);
 
 /**
  * `*out` = whether the future has completed (successfully or not).
- * Blocking: never. Threads: any.
+ *
+ * Ownership: `f` stays the caller's.
+ * Blocking: no (an imported future may send its fetch request).
+ * Threads: any.
  */
 cluster_status cluster_future_isready(cluster_future *f, bool *out);
 
 /**
  * Waits as `cluster_future_wait`, then points `*data`/`*len` at the
  * value. The value is cached: fetching again costs nothing.
+ *
  * Ownership: the bytes belong to the future and stay valid until
- * `cluster_future_free`. Threads: any.
+ * `cluster_future_free`.
+ * Blocking: yes, up to `timeout_ms`.
+ * Threads: any.
  */
 cluster_status cluster_future_fetch(cluster_future *f,
                                     int64_t timeout_ms,
@@ -755,20 +998,32 @@ cluster_status cluster_future_fetch(cluster_future *f,
 
 /**
  * For a future that failed: `*pid` = the process the error came from,
- * `*message` = its text (owned by the future, valid until it is freed).
- * Either out pointer may be NULL. CLUSTER_ERR_NOT_READY if still pending;
- * CLUSTER_OK with pid 0 and "" if it succeeded. Blocking: never.
+ * `*message` = its text. Either out pointer may be NULL.
+ * CLUSTER_ERR_NOT_READY if still pending; CLUSTER_OK with pid 0 and "" if
+ * it succeeded.
+ *
+ * Ownership: `*message` belongs to the future, valid until it is freed.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_future_error(cluster_future *f, int32_t *pid, const char **message);
 
 /**
  * `*out` = the future's id, unique in this process; host-mode
  * CLUSTER_EVENT_FUTURE_READY events name futures by it.
+ *
+ * Ownership: `f` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_future_id(cluster_future *f, uint64_t *out);
 
 /**
  * `*out` = the process computing or holding the future's value.
+ *
+ * Ownership: `f` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
  */
 cluster_status cluster_future_pid(cluster_future *f, int32_t *out);
 
@@ -776,100 +1031,132 @@ cluster_status cluster_future_pid(cluster_future *f, int32_t *out);
  * Makes a reference to send to another process (e.g. inside call
  * arguments), which imports it with `cluster_future_import`. The owner
  * keeps the value until every exported reference has been imported and
- * freed. Blocking: a round trip when this future is itself imported.
+ * freed.
+ *
+ * Ownership: `*out` is a plain value; it must be imported exactly once.
+ * Blocking: a round trip to the owner (up to 30 s) when this future is
+ * itself imported from another process; otherwise no.
+ * Threads: any.
  */
 cluster_status cluster_future_export(cluster_future *f, cluster_future_ref *out);
 
 /**
  * Turns a reference from `cluster_future_export` into a future of this
  * process. Import each exported reference once: freeing the imported
- * future releases it. Blocking: no. Threads: any.
+ * future releases it.
+ *
+ * Ownership: `*r` is read during the call; `*out` is a new future,
+ * released with `cluster_future_free`.
+ * Blocking: no (the owner is told in the background).
+ * Threads: any.
  */
 cluster_status cluster_future_import(cluster_ctx *ctx,
                                      const cluster_future_ref *r,
                                      cluster_future **out);
 
 /**
- * Releases a future. NULL is accepted; a second free is an error, not a
- * crash. Blocking: never (safe from a finalizer). Threads: any.
+ * Releases a future. NULL is accepted; a second free is
+ * CLUSTER_ERR_BAD_HANDLE, not a crash.
+ *
+ * Ownership: the handle, and bytes fetched from it, are gone after the call.
+ * Blocking: no (safe from a garbage-collector finalizer; an imported
+ * future's owner is told in the background).
+ * Threads: any, once per future.
  */
 cluster_status cluster_future_free(cluster_future *f);
 
 /**
- * Releases a buffer and zeroes `*buf`. NULL, and an already zeroed
- * buffer, are accepted. Blocking: never. Threads: any.
- */
-cluster_status cluster_buffer_free(cluster_buffer *buf);
-
-/**
- * Points `*data`/`*len` at the call's arguments. Ownership: the bytes
- * belong to the call and stay valid until it is answered (or, for a
- * deferred call, freed). Blocking: never.
+ * Points `*data`/`*len` at the call's arguments.
+ *
+ * Ownership: the bytes belong to the call and stay valid until it is
+ * answered (or, for a deferred call, freed).
+ * Blocking: no.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_args(cluster_call *c, const uint8_t **data, size_t *len);
 
 /**
  * `*out` = the id of the calling process.
+ *
+ * Ownership: `c` stays the library's (or, deferred, the host's).
+ * Blocking: no.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_caller(cluster_call *c, int32_t *out);
 
 /**
- * Copies the called function's name into `buf`, as `cluster_cookie`.
+ * Copies the called function's name, NUL-terminated, into `buf[0..cap)`;
+ * `*len` gets its length (also on CLUSTER_ERR_BUFFER_TOO_SMALL).
+ *
+ * Ownership: `buf` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_name(cluster_call *c, char *buf, size_t cap, size_t *len);
 
 /**
  * `*out` = whether `cluster_interrupt` cancelled this call; a long
- * handler should check it and return early. Blocking: never.
+ * handler should check it and return early.
+ *
+ * Ownership: `c` stays the library's (or, deferred, the host's).
+ * Blocking: no.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_cancelled(cluster_call *c, bool *out);
 
 /**
- * Answers the call with `data[0..len)` (copied or sent before return).
- * A call is answered once. Blocking: only while sending. Threads: any.
+ * Answers the call with `data[0..len)`. A call is answered once: a call
+ * that is not deferred is gone once answered (its handle then gives
+ * CLUSTER_ERR_BAD_HANDLE); a deferred one stays until `cluster_call_free`.
+ *
+ * Ownership: `data` is copied or sent before return, never kept.
+ * Blocking: only while the reply is written to the caller's connection.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_reply(cluster_call *c, const uint8_t *data, size_t len);
 
 /**
- * Fails the call; the caller gets CLUSTER_ERR_REMOTE with `message`
- * (copied) and this process's id.
+ * Fails the call; the caller gets CLUSTER_ERR_REMOTE with `message` (NULL:
+ * "failed") and this process's id. Answers the call as `cluster_call_reply`.
+ *
+ * Ownership: `message` is copied, never kept.
+ * Blocking: only while the answer is written to the caller's connection.
+ * Threads: any, while the handle is valid.
  */
 cluster_status cluster_call_fail(cluster_call *c, const char *message);
 
 /**
- * From inside a handler: keep the call past the handler's return. The
- * host then answers it later, from any thread, and must release it with
- * `cluster_call_free`. The handler slot is freed when the handler returns.
+ * From inside a handler, before answering: keep the call past the
+ * handler's return. The host then answers it later and must release it
+ * with `cluster_call_free`. The handler slot is freed when the handler
+ * returns. Deferring again is a no-op.
+ *
+ * Ownership: the handle becomes the host's, until `cluster_call_free`.
+ * Blocking: no.
+ * Threads: any, while the handle is valid (normally the handler's).
  */
 cluster_status cluster_call_defer(cluster_call *c);
 
 /**
  * Releases a deferred call; if it was not answered, the caller gets an
- * error. NULL is accepted. Blocking: never. Threads: any.
+ * error. NULL is accepted. A call that is not deferred is the library's:
+ * freeing it is CLUSTER_ERR_INVALID_ARGUMENT.
+ *
+ * Ownership: the handle, and the call's arguments, are gone after the call.
+ * Blocking: only while the error for an unanswered call is written.
+ * Threads: any, once per deferred call.
  */
 cluster_status cluster_call_free(cluster_call *c);
 
 /**
- * Host mode: `*out` = an eventfd that becomes readable when
- * `cluster_poll` has work. Owned by the cluster; do not close it.
+ * Releases a buffer and zeroes `*buf`. NULL, and an already zeroed
+ * buffer, are accepted; a copy of a freed buffer is CLUSTER_ERR_BAD_HANDLE.
+ *
+ * Ownership: the bytes `buf->data` pointed to are gone after the call.
+ * Blocking: no.
+ * Threads: any, once per buffer.
  */
-cluster_status cluster_event_fd(cluster_ctx *ctx, int *out);
-
-/**
- * Host mode: `notify(user_data)` is called from a library thread whenever
- * work becomes pending. It must only wake the host (e.g. `uv_async_send`
- * with the async handle as `user_data`). NULL clears it.
- */
-cluster_status cluster_set_notify(cluster_ctx *ctx, cluster_notify_fn notify, void *user_data);
-
-/**
- * Host mode: runs the handlers of pending incoming calls on this thread,
- * delivers held log records and lifecycle callbacks, and writes up to
- * `cap` events to `events`, their number to `*count`. Events beyond `cap`
- * stay queued (the event fd stays signalled). Blocking: never, apart from
- * the handlers it runs. Threads: the host's thread.
- */
-cluster_status cluster_poll(cluster_ctx *ctx, cluster_event *events, size_t cap, size_t *count);
+cluster_status cluster_buffer_free(cluster_buffer *buf);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -12,7 +12,8 @@
 # Usage: scripts/test-c.sh [--release-only | --sanitize-only] [--strict]
 #   --strict   known-issue checks (tests/KNOWN_ISSUES.md) fail instead of logging
 # Environment: CTEST_PARALLEL_LEVEL (default: 4), CLUSTER_TEST_TIMEOUT
-# (per-test seconds, default 120), CMAKE_GENERATOR (default: Ninja if present).
+# (per-test seconds, default 120), CMAKE_GENERATOR (default: Ninja if present),
+# CARGO_TARGET_DIR (where cargo builds the library; default: target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -31,6 +32,8 @@ while [ $# -gt 0 ]; do
 done
 
 jobs=${CTEST_PARALLEL_LEVEL:-4}
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 timeout=${CLUSTER_TEST_TIMEOUT:-120}
 generator=()
 if [ -z "${CMAKE_GENERATOR:-}" ] && command -v ninja >/dev/null 2>&1; then
@@ -62,7 +65,7 @@ if [ "$run_release" -eq 1 ]; then
     step "library: cargo build --release"
     cargo build --release --lib
     ctest_args=()
-    run_config release "$root/build/c-release" "$root/target/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    run_config release "$root/build/c-release" "$target_dir/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 fi
 
 if [ "$run_sanitize" -eq 1 ]; then
@@ -72,7 +75,7 @@ if [ "$run_sanitize" -eq 1 ]; then
     # they ran in the release configuration.
     ctest_args=(-LE build)
     if [ "$run_release" -eq 0 ]; then ctest_args=(); fi
-    run_config "ASan+UBSan" "$root/build/c-asan" "$root/target/debug" -DCMAKE_BUILD_TYPE=Debug -DCLUSTER_SANITIZE=ON
+    run_config "ASan+UBSan" "$root/build/c-asan" "$target_dir/debug" -DCMAKE_BUILD_TYPE=Debug -DCLUSTER_SANITIZE=ON
 fi
 
 step "C/C++ tests passed"

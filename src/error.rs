@@ -3,87 +3,66 @@
 
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ErrorKind {
-    InvalidArgument = 1,
-    BadHandle = 2,
-    NotHead = 3,
-    NoSuchProcess = 4,
-    Remote = 5,
-    ProcessExited = 6,
-    Interrupted = 7,
-    Timeout = 8,
-    Topology = 9,
-    Launch = 10,
-    Auth = 11,
-    Io = 12,
-    Protocol = 13,
-    TooLarge = 14,
-    Shutdown = 15,
-    Panic = 16,
-    NotReady = 17,
-    Composite = 18,
-    WrongMode = 19,
-    BufferTooSmall = 20,
-    HeadLost = 21,
+/// The one table of error kinds: code, name and description. The C
+/// status enum (`cluster_status` in `src/ffi/status.rs`), its strings and
+/// the Julia constants are checked against it by tests.
+macro_rules! error_kinds {
+    ($($kind:ident = $code:literal => $text:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum ErrorKind {
+            $($kind = $code,)*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in the order of the table.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$kind,)*];
+
+            pub fn from_code(code: u8) -> Option<ErrorKind> {
+                match code {
+                    $($code => Some(ErrorKind::$kind),)*
+                    _ => None,
+                }
+            }
+
+            pub fn describe(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => $text,)*
+                }
+            }
+
+            /// The variant's name, e.g. "InvalidArgument".
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => stringify!($kind),)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorKind {
-    pub fn from_code(code: u8) -> Option<ErrorKind> {
-        use ErrorKind::*;
-        Some(match code {
-            1 => InvalidArgument,
-            2 => BadHandle,
-            3 => NotHead,
-            4 => NoSuchProcess,
-            5 => Remote,
-            6 => ProcessExited,
-            7 => Interrupted,
-            8 => Timeout,
-            9 => Topology,
-            10 => Launch,
-            11 => Auth,
-            12 => Io,
-            13 => Protocol,
-            14 => TooLarge,
-            15 => Shutdown,
-            16 => Panic,
-            17 => NotReady,
-            18 => Composite,
-            19 => WrongMode,
-            20 => BufferTooSmall,
-            21 => HeadLost,
-            _ => return None,
-        })
-    }
-
-    pub fn describe(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidArgument => "invalid argument",
-            BadHandle => "invalid, freed or wrong-kind handle",
-            NotHead => "only process 1 can add and remove workers",
-            NoSuchProcess => "no such process",
-            Remote => "remote error",
-            ProcessExited => "process exited",
-            Interrupted => "interrupted",
-            Timeout => "timed out",
-            Topology => "not allowed by the cluster topology",
-            Launch => "worker launch failed",
-            Auth => "authentication failed",
-            Io => "I/O error",
-            Protocol => "protocol error",
-            TooLarge => "message too large",
-            Shutdown => "cluster is shut down",
-            Panic => "internal panic",
-            NotReady => "not ready",
-            Composite => "several processes failed",
-            WrongMode => "not available in this dispatch mode",
-            BufferTooSmall => "buffer too small",
-            HeadLost => "the head went away",
-        }
-    }
+error_kinds! {
+    InvalidArgument = 1 => "invalid argument",
+    BadHandle = 2 => "invalid, freed or wrong-kind handle",
+    NotHead = 3 => "only process 1 can add and remove workers",
+    NoSuchProcess = 4 => "no such process",
+    Remote = 5 => "remote error",
+    ProcessExited = 6 => "process exited",
+    Interrupted = 7 => "interrupted",
+    Timeout = 8 => "timed out",
+    Topology = 9 => "not allowed by the cluster topology",
+    Launch = 10 => "worker launch failed",
+    Auth = 11 => "authentication failed",
+    Io = 12 => "I/O error",
+    Protocol = 13 => "protocol error",
+    TooLarge = 14 => "message too large",
+    Shutdown = 15 => "cluster is shut down",
+    Panic = 16 => "internal panic",
+    NotReady = 17 => "not ready",
+    Composite = 18 => "several processes failed",
+    WrongMode = 19 => "not available in this dispatch mode",
+    BufferTooSmall = 20 => "buffer too small",
+    HeadLost = 21 => "the head went away",
 }
 
 /// An error with its kind, a message, and the process it concerns.

@@ -30,6 +30,13 @@
 // exception's text); exceptions from lifecycle/log/notify callbacks are
 // swallowed (they cannot cross the C boundary).
 //
+// Layout. One section per C object, as the C API is one file per object in
+// src/ffi: cluster_status (versions, status strings, last error, Error),
+// byte views (C++ only), cluster_buffer (Buffer), cluster_future (Future),
+// cluster_call (Call), cluster_config and cluster_launch_options (Config,
+// LaunchOptions), cluster_ctx (Cluster, with its callback trampolines). The
+// order is the one C++ needs: an object comes after those it uses.
+//
 // Callback lifetime. The Cluster keeps every registered callable alive until it
 // is closed, including ones replaced by a later registration (a library thread
 // may still be running the old one). `close()` / the destructor unregisters the
@@ -59,7 +66,7 @@
 
 namespace cluster {
 
-// ---- versions and status ---------------------------------------------------
+// ==== cluster_status: versions, status strings, the last error =============
 
 /// The version this header was generated with (CLUSTER_VERSION encoding).
 inline constexpr std::uint32_t header_version = CLUSTER_VERSION;
@@ -88,7 +95,7 @@ inline constexpr std::int32_t any_worker = CLUSTER_ANY_WORKER;
 inline constexpr std::int32_t head_id = CLUSTER_HEAD;
 inline constexpr std::int64_t forever = CLUSTER_FOREVER;
 
-// ---- errors ------------------------------------------------------------------
+// -- errors (a failed status, with the last error) --
 
 /// A failed libcluster call.
 class Error : public std::runtime_error {
@@ -122,7 +129,7 @@ inline void check(cluster_status st) {
     if (st != CLUSTER_OK) throw Error::last(st);
 }
 
-// ---- byte views ----------------------------------------------------------------
+// ==== byte views (C++ only, no C object) ====================================
 
 /// A non-owning view of bytes: a pointer and a length.
 class Bytes {
@@ -171,7 +178,7 @@ private:
     std::size_t size_ = 0;
 };
 
-// ---- buffers ----------------------------------------------------------------------
+// ==== cluster_buffer: Buffer ================================================
 
 /// Owns a cluster_buffer (bytes owned by the library, e.g. a fetched result).
 class Buffer {
@@ -224,7 +231,7 @@ private:
     cluster_buffer b_{};
 };
 
-// ---- futures ---------------------------------------------------------------------
+// ==== cluster_future, cluster_future_ref: Future ============================
 
 /// Why a future failed: the process the error came from and its text.
 struct FutureError {
@@ -333,7 +340,7 @@ private:
     cluster_future *f_ = nullptr;
 };
 
-// ---- incoming calls ------------------------------------------------------------------
+// ==== cluster_call: Call ====================================================
 
 /// An incoming call. A handler receives a borrowed `Call&`, valid until it
 /// returns. `defer()` moves the call into a new owning `Call` that may be
@@ -407,7 +414,9 @@ public:
         return v;
     }
 
-    /// Answers with `data` (copied or sent before return). Answer once.
+    /// Answers with `data` (copied or sent before return). Answer once: a call
+    /// that was not deferred is gone once answered (using it again throws
+    /// CLUSTER_ERR_BAD_HANDLE); a deferred one lives until it is released.
     void reply(Bytes data) {
         check(cluster_call_reply(c_, data.data(), data.size()));
         answered_ = true;
@@ -446,7 +455,7 @@ private:
     std::atomic<bool> answered_{false};
 };
 
-// ---- configuration ------------------------------------------------------------------------
+// ==== cluster_config, cluster_launch_options: Config, LaunchOptions =========
 
 /// cluster_config with owned strings; set fields with the chaining setters.
 class Config {
@@ -493,6 +502,9 @@ struct LaunchOptions {
     std::string dir;                              ///< empty: the head's working directory
 };
 
+// ==== cluster_ctx: Cluster ==================================================
+
+// -- callback boxes and trampolines (what the Cluster registers with C) --
 namespace detail {
 
 /// The registered callables of one Cluster, and how many are running.
@@ -626,7 +638,7 @@ template <class Fn> std::string text(Fn fn) {
 
 } // namespace detail
 
-// ---- the cluster ------------------------------------------------------------------------------
+// -- the cluster --
 
 /// Owns a cluster_ctx: this process's part of a cluster.
 class Cluster {

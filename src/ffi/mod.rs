@@ -1,114 +1,52 @@
-//! The C ABI. This layer only validates, converts and calls the core:
-//! every export catches panics, checks every pointer and handle, and
-//! returns a `cluster_status`; `cluster_last_error` gives the detail.
+//! The C ABI, one file per C object. This layer only validates, converts
+//! and calls the core through its public API.
 //!
-//! Handles are not pointers to memory: they encode (kind, generation,
-//! slot) into a table, so a freed, stale or wrong-kind handle is an
-//! error, never a dereference.
+//! - `boundary`: the `ffi!` macro every export's body goes through (panic
+//!   boundary, handle lookup, last error) and the `Handle` trait.
+//! - `handles`: the table behind the opaque handles. A handle is not a
+//!   pointer to memory: it encodes (kind, generation, slot), so a freed,
+//!   stale or wrong-kind handle is an error, never a dereference.
+//! - `args`: checked conversions of C arguments (strings, byte ranges, out
+//!   pointers, id lists, timeouts).
+//! - `status`: `cluster_status`, its strings, the last error, the version.
+//! - `types`: constants, enums and callback types shared by several objects.
+//! - `config`: `cluster_config` and `cluster_launch_options`.
+//! - `ctx`: `cluster_ctx`, the cluster (membership, launching, callbacks,
+//!   registration, remote calls, host-mode polling).
+//! - `future`: `cluster_future` and `cluster_future_ref`.
+//! - `call`: `cluster_call`, an incoming call, and the handler trampoline.
+//! - `buffer`: `cluster_buffer`.
+//!
+//! cbindgen reads this module tree only (see build.rs): whatever is `pub`
+//! here and reachable from an export is C API, nothing else is.
 
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
-mod api;
+#[macro_use]
+mod boundary;
+mod args;
 mod handles;
+
+// In this order in the header.
+mod status;
 mod types;
+mod config;
+mod ctx;
+mod future;
+mod call;
+mod buffer;
 
-pub use api::*;
+#[cfg(test)]
+mod header_checks;
+
+pub use buffer::*;
+pub use call::*;
+pub use config::*;
+pub use ctx::*;
+pub use future::*;
+pub use status::*;
 pub use types::*;
-
-use crate::error::{Error, ErrorKind};
-use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
-
-thread_local! {
-    static LAST_ERROR: RefCell<(CString, i32)> = RefCell::new((CString::default(), 0));
-}
-
-pub(crate) fn set_last_error(e: &Error) {
-    let text = e.to_string().replace('\0', " ");
-    LAST_ERROR.with(|l| *l.borrow_mut() = (CString::new(text).unwrap_or_default(), e.pid as i32));
-}
-
-pub(crate) fn last_error_ptr() -> *const c_char {
-    LAST_ERROR.with(|l| l.borrow().0.as_ptr())
-}
-
-pub(crate) fn last_error_pid() -> i32 {
-    LAST_ERROR.with(|l| l.borrow().1)
-}
-
-pub(crate) type FfiResult = Result<(), Error>;
-
-/// Runs `f` behind the panic boundary and turns its outcome into a status.
-pub(crate) fn guard(f: impl FnOnce() -> FfiResult) -> cluster_status {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(())) => cluster_status::CLUSTER_OK,
-        Ok(Err(e)) => {
-            set_last_error(&e);
-            cluster_status::from_kind(e.kind)
-        }
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&Error::new(ErrorKind::Panic, format!("internal panic: {what}")));
-            cluster_status::CLUSTER_ERR_PANIC
-        }
-    }
-}
-
-pub(crate) fn null_arg(name: &str) -> Error {
-    Error::new(ErrorKind::InvalidArgument, format!("{name} must not be NULL"))
-}
-
-/// Borrows a required NUL-terminated UTF-8 string.
-pub(crate) unsafe fn cstr<'a>(p: *const c_char, name: &str) -> Result<&'a str, Error> {
-    if p.is_null() {
-        return Err(null_arg(name));
-    }
-    CStr::from_ptr(p)
-        .to_str()
-        .map_err(|_| Error::new(ErrorKind::InvalidArgument, format!("{name} is not valid UTF-8")))
-}
-
-/// Borrows an optional string (NULL gives `None`).
-pub(crate) unsafe fn opt_cstr<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>, Error> {
-    if p.is_null() {
-        Ok(None)
-    } else {
-        cstr(p, name).map(Some)
-    }
-}
-
-/// Borrows `len` bytes at `p`; NULL is allowed only when `len` is 0.
-pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8], Error> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if p.is_null() {
-        return Err(null_arg(name));
-    }
-    Ok(std::slice::from_raw_parts(p, len))
-}
-
-/// Writes through an out pointer after checking it.
-pub(crate) unsafe fn put<T>(out: *mut T, name: &str, value: T) -> FfiResult {
-    if out.is_null() {
-        return Err(null_arg(name));
-    }
-    out.write(value);
-    Ok(())
-}
-
-pub(crate) fn check_out<T>(out: *mut T, name: &str) -> FfiResult {
-    if out.is_null() {
-        Err(null_arg(name))
-    } else {
-        Ok(())
-    }
-}
 
 /// A host pointer carried into closures that may run on other threads;
 /// the C contract makes the host responsible for its thread-safety.

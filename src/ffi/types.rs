@@ -1,18 +1,13 @@
-//! Types of the C API. Enum parameters cross the ABI as `int32_t` and are
-//! validated, so a stray value is an error rather than undefined behaviour.
+//! Constants, enums and callback types shared by several C objects. Enum
+//! parameters cross the ABI as `int32_t` and are validated, so a stray
+//! value is an error rather than undefined behaviour.
 
-use crate::error::ErrorKind;
+use crate::log::Level;
+use crate::{Error, Lifecycle, Topology};
 use std::ffi::{c_char, c_int, c_void};
 
-/// Major version of this header and library.
-pub const CLUSTER_VERSION_MAJOR: u32 = 0;
-/// Minor version: additions only.
-pub const CLUSTER_VERSION_MINOR: u32 = 1;
-/// Patch version: fixes only.
-pub const CLUSTER_VERSION_PATCH: u32 = 0;
-/// `CLUSTER_VERSION_MAJOR << 16 | CLUSTER_VERSION_MINOR << 8 | CLUSTER_VERSION_PATCH`;
-/// compare with `cluster_version()` to detect a header/library mismatch.
-pub const CLUSTER_VERSION: u32 = (CLUSTER_VERSION_MAJOR << 16) | (CLUSTER_VERSION_MINOR << 8) | CLUSTER_VERSION_PATCH;
+use super::args::invalid;
+use super::call::cluster_call;
 
 /// Target process for "any worker": the next one, round-robin.
 pub const CLUSTER_ANY_WORKER: i32 = 0;
@@ -20,82 +15,6 @@ pub const CLUSTER_ANY_WORKER: i32 = 0;
 pub const CLUSTER_FOREVER: i64 = -1;
 /// Id of the head process.
 pub const CLUSTER_HEAD: i32 = 1;
-
-/// Outcome of every call. Values are fixed and never renumbered.
-#[repr(i32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum cluster_status {
-    CLUSTER_OK = 0,
-    /// A NULL, out-of-range or malformed argument.
-    CLUSTER_ERR_INVALID_ARGUMENT = 1,
-    /// A NULL, freed, stale or wrong-kind handle.
-    CLUSTER_ERR_BAD_HANDLE = 2,
-    /// Only process 1 (the head) may add and remove workers.
-    CLUSTER_ERR_NOT_HEAD = 3,
-    /// No process with that id is, or was, in the cluster.
-    CLUSTER_ERR_NO_SUCH_PROCESS = 4,
-    /// The remote function failed or is not registered there; see
-    /// `cluster_future_error` / `cluster_last_error_pid` for the process.
-    CLUSTER_ERR_REMOTE = 5,
-    /// The process exited or died before answering.
-    CLUSTER_ERR_PROCESS_EXITED = 6,
-    /// The call was cancelled by `cluster_interrupt`.
-    CLUSTER_ERR_INTERRUPTED = 7,
-    CLUSTER_ERR_TIMEOUT = 8,
-    /// Not allowed by the topology (worker-to-worker under master_worker).
-    CLUSTER_ERR_TOPOLOGY = 9,
-    /// A worker could not be started or did not become ready.
-    CLUSTER_ERR_LAUNCH = 10,
-    /// The peer could not prove the cluster cookie, or none was given.
-    CLUSTER_ERR_AUTH = 11,
-    CLUSTER_ERR_IO = 12,
-    CLUSTER_ERR_PROTOCOL = 13,
-    /// A message exceeds the configured maximum size.
-    CLUSTER_ERR_TOO_LARGE = 14,
-    /// The cluster was shut down.
-    CLUSTER_ERR_SHUTDOWN = 15,
-    /// A bug in libcluster was caught at the API boundary.
-    CLUSTER_ERR_PANIC = 16,
-    /// The result is not available yet.
-    CLUSTER_ERR_NOT_READY = 17,
-    /// Several processes failed (`cluster_everywhere`); the message lists each.
-    CLUSTER_ERR_COMPOSITE = 18,
-    /// Not available in this dispatch mode.
-    CLUSTER_ERR_WRONG_MODE = 19,
-    /// An output buffer is too small; the needed size was reported.
-    CLUSTER_ERR_BUFFER_TOO_SMALL = 20,
-    /// This worker's head went away (`cluster_serve` returns it).
-    CLUSTER_ERR_HEAD_LOST = 21,
-}
-
-impl cluster_status {
-    pub(crate) fn from_kind(k: ErrorKind) -> cluster_status {
-        use cluster_status::*;
-        match k {
-            ErrorKind::InvalidArgument => CLUSTER_ERR_INVALID_ARGUMENT,
-            ErrorKind::BadHandle => CLUSTER_ERR_BAD_HANDLE,
-            ErrorKind::NotHead => CLUSTER_ERR_NOT_HEAD,
-            ErrorKind::NoSuchProcess => CLUSTER_ERR_NO_SUCH_PROCESS,
-            ErrorKind::Remote => CLUSTER_ERR_REMOTE,
-            ErrorKind::ProcessExited => CLUSTER_ERR_PROCESS_EXITED,
-            ErrorKind::Interrupted => CLUSTER_ERR_INTERRUPTED,
-            ErrorKind::Timeout => CLUSTER_ERR_TIMEOUT,
-            ErrorKind::Topology => CLUSTER_ERR_TOPOLOGY,
-            ErrorKind::Launch => CLUSTER_ERR_LAUNCH,
-            ErrorKind::Auth => CLUSTER_ERR_AUTH,
-            ErrorKind::Io => CLUSTER_ERR_IO,
-            ErrorKind::Protocol => CLUSTER_ERR_PROTOCOL,
-            ErrorKind::TooLarge => CLUSTER_ERR_TOO_LARGE,
-            ErrorKind::Shutdown => CLUSTER_ERR_SHUTDOWN,
-            ErrorKind::Panic => CLUSTER_ERR_PANIC,
-            ErrorKind::NotReady => CLUSTER_ERR_NOT_READY,
-            ErrorKind::Composite => CLUSTER_ERR_COMPOSITE,
-            ErrorKind::WrongMode => CLUSTER_ERR_WRONG_MODE,
-            ErrorKind::BufferTooSmall => CLUSTER_ERR_BUFFER_TOO_SMALL,
-            ErrorKind::HeadLost => CLUSTER_ERR_HEAD_LOST,
-        }
-    }
-}
 
 /// `cluster_config.topology` values.
 #[repr(i32)]
@@ -107,15 +26,12 @@ pub enum cluster_topology {
     CLUSTER_TOPOLOGY_MASTER_WORKER = 1,
 }
 
-/// `cluster_config.dispatch` values: where handlers run.
-#[repr(i32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum cluster_dispatch {
-    /// On library threads (`handler_threads` calls at a time).
-    CLUSTER_DISPATCH_THREADS = 0,
-    /// Only inside `cluster_poll`, on the host's thread. No foreign code is
-    /// ever called from a library thread, except the notify hook.
-    CLUSTER_DISPATCH_HOST = 1,
+pub(crate) fn topology_from(t: i32) -> Result<Topology, Error> {
+    match t {
+        0 => Ok(Topology::AllToAll),
+        1 => Ok(Topology::MasterWorker),
+        t => Err(invalid(format!("unknown topology {t}"))),
+    }
 }
 
 /// Log levels, for `cluster_config.log_level` and the log callback.
@@ -127,6 +43,23 @@ pub enum cluster_log_level {
     CLUSTER_LOG_WARN = 2,
     CLUSTER_LOG_INFO = 3,
     CLUSTER_LOG_DEBUG = 4,
+}
+
+pub(crate) fn level_from(level: i32) -> Result<Level, Error> {
+    match level {
+        0..=4 => Ok(Level::from_u8(level as u8)),
+        l => Err(invalid(format!("unknown log level {l}"))),
+    }
+}
+
+pub(crate) fn level_code(level: Level) -> cluster_log_level {
+    match level {
+        Level::Off => cluster_log_level::CLUSTER_LOG_OFF,
+        Level::Error => cluster_log_level::CLUSTER_LOG_ERROR,
+        Level::Warn => cluster_log_level::CLUSTER_LOG_WARN,
+        Level::Info => cluster_log_level::CLUSTER_LOG_INFO,
+        Level::Debug => cluster_log_level::CLUSTER_LOG_DEBUG,
+    }
 }
 
 /// What happened to a worker, for the lifecycle callback and events.
@@ -141,113 +74,72 @@ pub enum cluster_lifecycle {
     CLUSTER_WORKER_DIED = 2,
 }
 
-/// Kinds of `cluster_event`.
+pub(crate) fn lifecycle_code(ev: Lifecycle) -> cluster_lifecycle {
+    match ev {
+        Lifecycle::Started => cluster_lifecycle::CLUSTER_WORKER_STARTED,
+        Lifecycle::Exited { graceful: true } => cluster_lifecycle::CLUSTER_WORKER_EXITED,
+        Lifecycle::Exited { graceful: false } => cluster_lifecycle::CLUSTER_WORKER_DIED,
+    }
+}
+
+/// Services, as named by `cluster_event.service`. Each service numbers
+/// its own event kinds; a new service adds kinds, never fields.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum cluster_service {
+    /// The node core: futures and membership.
+    CLUSTER_SERVICE_CORE = 0,
+    /// Remote calls.
+    CLUSTER_SERVICE_RPC = 2,
+}
+
+/// Kinds of `cluster_event` of `CLUSTER_SERVICE_CORE`.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum cluster_event_kind {
-    /// `future_id` completed: its wait/fetch will not block now.
+    /// The future `id` completed (`status`: CLUSTER_OK or its error): its
+    /// wait and fetch no longer block. See `cluster_future_id`.
     CLUSTER_EVENT_FUTURE_READY = 0,
-    /// `pid` started; see `lifecycle`.
-    CLUSTER_EVENT_WORKER = 1,
-    /// `cluster_interrupt` reached this process: cancel running calls.
-    CLUSTER_EVENT_INTERRUPT = 2,
-    /// The head asked this worker to stop, or went away.
-    CLUSTER_EVENT_SHUTDOWN = 3,
+    /// Worker `pid` joined and is ready.
+    CLUSTER_EVENT_WORKER_STARTED = 1,
+    /// Worker `pid` left when asked to (rmprocs, shutdown).
+    CLUSTER_EVENT_WORKER_EXITED = 2,
+    /// Worker `pid` died: killed, crashed, hung, or its connection broke.
+    CLUSTER_EVENT_WORKER_DIED = 3,
+    /// The head asked this worker to stop.
+    CLUSTER_EVENT_SHUTDOWN = 4,
+    /// This worker's head went away.
+    CLUSTER_EVENT_HEAD_LOST = 5,
 }
 
-/// One event reported by `cluster_poll`.
+/// Kinds of `cluster_event` of `CLUSTER_SERVICE_RPC`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum cluster_rpc_event_kind {
+    /// `cluster_interrupt` reached this process: cancel running calls.
+    CLUSTER_EVENT_RPC_INTERRUPT = 0,
+}
+
+/// One event reported by `cluster_poll`: the same shape for every service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct cluster_event {
-    /// A `cluster_event_kind` value.
+    /// A `cluster_service` value: whose event it is.
+    pub service: i32,
+    /// The service's kind (`cluster_event_kind` for CLUSTER_SERVICE_CORE).
     pub kind: i32,
-    /// For `CLUSTER_EVENT_WORKER`: a `cluster_lifecycle` value.
-    pub lifecycle: i32,
-    /// The worker concerned, or 0.
-    pub pid: i32,
-    /// For `CLUSTER_EVENT_FUTURE_READY`: see `cluster_future_id`.
-    pub future_id: u64,
-}
-
-/// Settings for `cluster_init`. Fill with `cluster_config_init` first, then
-/// change fields; strings are copied by `cluster_init`.
-#[repr(C)]
-pub struct cluster_config {
-    /// `sizeof(cluster_config)`, set by `cluster_config_init`; lets later
-    /// versions add fields without breaking older callers.
-    pub struct_size: u32,
-    /// Address to listen on. Default "127.0.0.1" (loopback only).
-    pub listen_host: *const c_char,
-    /// The cluster secret. NULL: random on a head; a launched worker reads
-    /// it from its launcher, an elastic worker from `LIBCLUSTER_COOKIE`.
-    pub cookie: *const c_char,
-    /// "host:port" of a running head to join as an elastic worker, or NULL.
-    pub join: *const c_char,
-    /// A `cluster_topology` value. Default all_to_all.
-    pub topology: i32,
-    /// A `cluster_dispatch` value. Default threads.
-    pub dispatch: i32,
-    /// Calls run at once in threads mode. Default 1, as a Julia worker.
-    pub handler_threads: u32,
-    /// How long a worker tries to reach its head. Default 60000.
-    pub startup_timeout_ms: u32,
-    /// Largest message accepted on any connection. Default 1 GiB.
-    pub max_message_bytes: u64,
-    /// How long a waiting thread spins before it parks, in microseconds.
-    pub spin_us: u32,
-    /// A `cluster_log_level`, or -1 (default) for `LIBCLUSTER_LOG`, else off.
-    pub log_level: i32,
-    /// A launched worker exits when the head goes away. Default true.
-    pub exit_on_head_loss: bool,
-}
-
-/// How `cluster_addprocs` starts workers on this machine. All fields may
-/// be NULL; strings are copied before the call returns.
-#[repr(C)]
-pub struct cluster_launch_options {
-    /// Program to run. NULL: the current executable.
-    pub program: *const c_char,
-    /// NULL-terminated argument list (without argv[0]). NULL: this
-    /// process's own arguments when running the current executable, else none.
-    pub argv: *const *const c_char,
-    /// NULL-terminated list of "NAME=value" added to the environment.
-    pub env: *const *const c_char,
-    /// Working directory. NULL: the head's.
-    pub dir: *const c_char,
-}
-
-/// Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
-/// Read `data[0..len)`; release with `cluster_buffer_free`.
-#[repr(C)]
-pub struct cluster_buffer {
-    pub data: *const u8,
-    pub len: usize,
-    /// Opaque; 0 once freed.
-    pub handle: u64,
-}
-
-/// The small, copyable form of a future that another process can import.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct cluster_future_ref {
-    /// The process holding the value.
-    pub owner: i32,
+    /// The object concerned (a future id for CLUSTER_EVENT_FUTURE_READY), or 0.
     pub id: u64,
+    /// The process concerned, or 0.
+    pub pid: i32,
+    /// CLUSTER_OK, or the error status of what the event reports.
+    pub status: i32,
 }
 
-/// A cluster: this process's membership and everything it owns.
-pub struct cluster_ctx {
-    _private: [u8; 0],
-}
-
-/// A pending or completed remote call result.
-pub struct cluster_future {
-    _private: [u8; 0],
-}
-
-/// An incoming call, passed to a handler.
-pub struct cluster_call {
-    _private: [u8; 0],
+impl From<&crate::node::Event> for cluster_event {
+    fn from(e: &crate::node::Event) -> cluster_event {
+        cluster_event { service: e.service as i32, kind: e.kind as i32, id: e.id, pid: e.pid as i32, status: e.status }
+    }
 }
 
 /// A registered function. Runs on a library thread (threads mode) or

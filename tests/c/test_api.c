@@ -415,10 +415,10 @@ static int32_t h_probe(void *ud, cluster_call *call) {
     /* reply with NULL data and a length */
     EXPECT_ST(cluster_call_reply(call, NULL, 4), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_OK(cluster_call_reply(call, (const uint8_t *)"pong", 4));
-    /* Answered once: later answers and reads are refused. */
-    EXPECT_ST(cluster_call_reply(call, (const uint8_t *)"again", 5), CLUSTER_ERR_INVALID_ARGUMENT);
-    EXPECT_ST(cluster_call_fail(call, "late"), CLUSTER_ERR_INVALID_ARGUMENT);
-    EXPECT_ST(cluster_call_args(call, &d, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* Answered once, and gone with the answer (it was not deferred). */
+    EXPECT_ST(cluster_call_reply(call, (const uint8_t *)"again", 5), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_call_fail(call, "late"), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_call_args(call, &d, &n), CLUSTER_ERR_BAD_HANDLE);
     g_stashed_call = call;
     atomic_store(&g_probe_ran, 1);
     return CLUSTER_OK;
@@ -541,7 +541,7 @@ static void case_handles(void) {
     /* The reply is sent before the handler returns: wait for its end. */
     for (int64_t t0 = now_ms(); !atomic_load(&g_probe_ran) && now_ms() - t0 < 3000;) sleep_ms(2);
     REQUIRE(atomic_load(&g_probe_ran));
-    sleep_ms(20); /* the library releases the call handle right after the handler returns */
+    /* No wait for the handler's return: the answer itself released the handle. */
     expect_bad_call(NULL, "NULL");
     expect_bad_call(GARBAGE_CALL, "garbage pointer");
     expect_bad_call(g_stashed_call, "stale (handler returned)");
@@ -826,6 +826,113 @@ static void case_defer_local(void) {
     EXPECT_OK(cluster_free(ctx));
 }
 
+/* ---- a call handle once answered ---------------------------------------- */
+
+/* Every use of a call that was not deferred, once answered, is
+ * CLUSTER_ERR_BAD_HANDLE, never CLUSTER_ERR_INVALID_ARGUMENT: deterministic,
+ * with no window between the answer and the handler's return. */
+static void expect_answered(cluster_call *c) {
+    const uint8_t *d;
+    size_t n;
+    int32_t i;
+    char buf[16];
+    bool b;
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    EXPECT_ST(cluster_call_args(c, &d, &n), B);
+    EXPECT_ST(cluster_call_caller(c, &i), B);
+    EXPECT_ST(cluster_call_name(c, buf, sizeof buf, &n), B);
+    EXPECT_ST(cluster_call_cancelled(c, &b), B);
+    EXPECT_ST(cluster_call_reply(c, (const uint8_t *)"x", 1), B);
+    EXPECT_ST(cluster_call_fail(c, "x"), B);
+    EXPECT_ST(cluster_call_defer(c), B);
+    EXPECT_ST(cluster_call_free(c), B);
+}
+
+/* Answers (reply, or fail when the argument is "f"), then uses the call. */
+static int32_t h_answer_then_use(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    EXPECT_OK(cluster_call_args(call, &d, &n));
+    if (n == 1 && d[0] == 'f')
+        EXPECT_OK(cluster_call_fail(call, "failed on purpose"));
+    else
+        EXPECT_OK(cluster_call_reply(call, (const uint8_t *)"done", 4));
+    expect_answered(call);
+    return CLUSTER_OK; /* answered already: this status is not an answer */
+}
+
+static void *reply_from_thread(void *p) {
+    cluster_call *call = p;
+    EXPECT_OK(cluster_call_reply(call, (const uint8_t *)"other", 5));
+    expect_answered(call);
+    return NULL;
+}
+
+static _Atomic int g_seen_live;
+
+/* Another thread answers while the handler keeps using the call: the
+ * handler sees it live, then gone, and nothing in between. */
+static int32_t h_answer_elsewhere(void *ud, cluster_call *call) {
+    (void)ud;
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, reply_from_thread, call) == 0);
+    for (;;) {
+        bool b = false;
+        cluster_status st = cluster_call_cancelled(call, &b);
+        if (st == CLUSTER_OK) {
+            atomic_fetch_add(&g_seen_live, 1);
+            continue;
+        }
+        EXPECT_ST(st, CLUSTER_ERR_BAD_HANDLE);
+        break;
+    }
+    pthread_join(t, NULL);
+    expect_answered(call);
+    return CLUSTER_OK;
+}
+
+static void case_call_after_answer(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    REQUIRE_OK(cluster_register(ctx, "use_after", h_answer_then_use, NULL));
+    REQUIRE_OK(cluster_register(ctx, "elsewhere", h_answer_elsewhere, NULL));
+    int before = harness_failures;
+    for (int i = 0; i < 300 && harness_failures == before; i++) {
+        cluster_buffer out = {0};
+        REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "use_after", (const uint8_t *)"r", 1, &out));
+        EXPECT(out.len == 4 && memcmp(out.data, "done", 4) == 0);
+        EXPECT_OK(cluster_buffer_free(&out));
+        EXPECT_ST(cluster_remotecall_fetch(ctx, 1, "use_after", (const uint8_t *)"f", 1, &out), CLUSTER_ERR_REMOTE);
+        EXPECT_LAST_ERROR_HAS("failed on purpose");
+        REQUIRE_OK(cluster_remotecall_fetch(ctx, 1, "elsewhere", NULL, 0, &out));
+        EXPECT(out.len == 5 && memcmp(out.data, "other", 5) == 0);
+        EXPECT_OK(cluster_buffer_free(&out));
+    }
+    EXPECT(atomic_load(&g_seen_live) > 0); /* the handler did use the live call */
+    EXPECT_OK(cluster_free(ctx));
+
+    /* Host mode: the handler runs inside cluster_poll, same rule. */
+    ctx = new_head(CLUSTER_DISPATCH_HOST);
+    REQUIRE_OK(cluster_register(ctx, "use_after", h_answer_then_use, NULL));
+    for (int i = 0; i < 50 && harness_failures == before; i++) {
+        cluster_future *f = NULL;
+        REQUIRE_OK(cluster_remotecall(ctx, 1, "use_after", (const uint8_t *)"r", 1, &f));
+        bool ready = false;
+        cluster_event ev[4];
+        size_t count;
+        for (int64_t t0 = now_ms(); !ready && now_ms() - t0 < 5000;) {
+            EXPECT_OK(cluster_poll(ctx, ev, 4, &count));
+            EXPECT_OK(cluster_future_isready(f, &ready));
+        }
+        const uint8_t *d;
+        size_t n;
+        EXPECT_OK(cluster_future_fetch(f, 0, &d, &n));
+        EXPECT(n == 4 && memcmp(d, "done", 4) == 0);
+        EXPECT_OK(cluster_future_free(f));
+    }
+    EXPECT_OK(cluster_free(ctx));
+}
+
 /* ---- launch errors (no worker ever becomes ready) ------------------------ */
 
 static void case_launch_errors(void) {
@@ -1029,7 +1136,7 @@ static void case_modes(void) {
         count = 0;
         EXPECT_OK(cluster_poll(ctx, ev, 4, &count));
         for (size_t i = 0; i < count; i++)
-            if (ev[i].kind == CLUSTER_EVENT_FUTURE_READY && ev[i].future_id == fid) got_ready_event = true;
+            if (ev[i].service == CLUSTER_SERVICE_CORE && ev[i].kind == CLUSTER_EVENT_FUTURE_READY && ev[i].id == fid) got_ready_event = true;
     }
     EXPECT(got_ready_event);
     EXPECT(atomic_load(&g_handler_on_main) == 1);
@@ -1077,6 +1184,7 @@ static const struct test_case cases[] = {
     {"handles", case_handles},
     {"local_calls", case_local_calls},
     {"defer_local", case_defer_local},
+    {"call_after_answer", case_call_after_answer},
     {"launch_errors", case_launch_errors},
     {"topology_args", case_topology_args},
     {"log", case_log},

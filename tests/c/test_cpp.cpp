@@ -443,7 +443,7 @@ void case_host() {
         struct pollfd p = {fd, POLLIN, 0};
         ::poll(&p, 1, 50);
         for (const cluster_event &ev : c.poll(4))
-            if (ev.kind == CLUSTER_EVENT_FUTURE_READY && ev.future_id == want) got = true;
+            if (ev.service == CLUSTER_SERVICE_CORE && ev.kind == CLUSTER_EVENT_FUTURE_READY && ev.id == want) got = true;
     }
     EXPECT(got);
     EXPECT(ran_on == main_thread);

@@ -936,13 +936,20 @@ static void host_pump(struct host_state *hs, int64_t timeout_ms, bool (*done)(st
         size_t count = 0;
         EXPECT_OK(cluster_poll(g_ctx, ev, 8, &count));
         for (size_t i = 0; i < count; i++) {
+            if (ev[i].service != CLUSTER_SERVICE_CORE) continue;
             switch (ev[i].kind) {
             case CLUSTER_EVENT_FUTURE_READY:
                 hs->ready_events++;
-                if (ev[i].future_id == hs->want_future) hs->got_future = true;
+                if (ev[i].id == hs->want_future) hs->got_future = true;
                 break;
-            case CLUSTER_EVENT_WORKER:
-                if (ev[i].lifecycle >= 0 && ev[i].lifecycle <= 2) hs->worker_events[ev[i].lifecycle]++;
+            case CLUSTER_EVENT_WORKER_STARTED:
+                hs->worker_events[CLUSTER_WORKER_STARTED]++;
+                break;
+            case CLUSTER_EVENT_WORKER_EXITED:
+                hs->worker_events[CLUSTER_WORKER_EXITED]++;
+                break;
+            case CLUSTER_EVENT_WORKER_DIED:
+                hs->worker_events[CLUSTER_WORKER_DIED]++;
                 break;
             default:
                 break;
@@ -1036,7 +1043,7 @@ static void host_worker_loop(void) {
         size_t count = 0;
         if (cluster_poll(g_ctx, ev, 8, &count) != CLUSTER_OK) break;
         for (size_t i = 0; i < count; i++)
-            if (ev[i].kind == CLUSTER_EVENT_SHUTDOWN) stop = true;
+            if (ev[i].service == CLUSTER_SERVICE_CORE && (ev[i].kind == CLUSTER_EVENT_SHUTDOWN || ev[i].kind == CLUSTER_EVENT_HEAD_LOST)) stop = true;
     }
 }
 

@@ -13,7 +13,7 @@ import Libdl
 # ---------------------------------------------------------------- constants
 
 "The C API version this package was written for (major, minor)."
-const WRITTEN_FOR = (0, 1)
+const WRITTEN_FOR = (0, 2)
 
 const CLUSTER_ANY_WORKER = Int32(0)
 const CLUSTER_FOREVER = Int64(-1)
@@ -41,6 +41,7 @@ const CLUSTER_ERR_NOT_READY = Int32(17)
 const CLUSTER_ERR_COMPOSITE = Int32(18)
 const CLUSTER_ERR_WRONG_MODE = Int32(19)
 const CLUSTER_ERR_BUFFER_TOO_SMALL = Int32(20)
+const CLUSTER_ERR_HEAD_LOST = Int32(21)
 
 const STATUS_NAMES = Dict{Int32,Symbol}(
     0 => :CLUSTER_OK, 1 => :CLUSTER_ERR_INVALID_ARGUMENT, 2 => :CLUSTER_ERR_BAD_HANDLE,
@@ -49,7 +50,8 @@ const STATUS_NAMES = Dict{Int32,Symbol}(
     9 => :CLUSTER_ERR_TOPOLOGY, 10 => :CLUSTER_ERR_LAUNCH, 11 => :CLUSTER_ERR_AUTH,
     12 => :CLUSTER_ERR_IO, 13 => :CLUSTER_ERR_PROTOCOL, 14 => :CLUSTER_ERR_TOO_LARGE,
     15 => :CLUSTER_ERR_SHUTDOWN, 16 => :CLUSTER_ERR_PANIC, 17 => :CLUSTER_ERR_NOT_READY,
-    18 => :CLUSTER_ERR_COMPOSITE, 19 => :CLUSTER_ERR_WRONG_MODE, 20 => :CLUSTER_ERR_BUFFER_TOO_SMALL)
+    18 => :CLUSTER_ERR_COMPOSITE, 19 => :CLUSTER_ERR_WRONG_MODE, 20 => :CLUSTER_ERR_BUFFER_TOO_SMALL,
+    21 => :CLUSTER_ERR_HEAD_LOST)
 
 # cluster_lifecycle
 const CLUSTER_WORKER_STARTED = Int32(0)
@@ -71,11 +73,20 @@ const CLUSTER_TOPOLOGY_MASTER_WORKER = Int32(1)
 const CLUSTER_DISPATCH_THREADS = Int32(0)
 const CLUSTER_DISPATCH_HOST = Int32(1)
 
-# cluster_event_kind
+# cluster_service
+const CLUSTER_SERVICE_CORE = Int32(0)
+const CLUSTER_SERVICE_RPC = Int32(2)
+
+# cluster_event_kind (CLUSTER_SERVICE_CORE)
 const CLUSTER_EVENT_FUTURE_READY = Int32(0)
-const CLUSTER_EVENT_WORKER = Int32(1)
-const CLUSTER_EVENT_INTERRUPT = Int32(2)
-const CLUSTER_EVENT_SHUTDOWN = Int32(3)
+const CLUSTER_EVENT_WORKER_STARTED = Int32(1)
+const CLUSTER_EVENT_WORKER_EXITED = Int32(2)
+const CLUSTER_EVENT_WORKER_DIED = Int32(3)
+const CLUSTER_EVENT_SHUTDOWN = Int32(4)
+const CLUSTER_EVENT_HEAD_LOST = Int32(5)
+
+# cluster_rpc_event_kind (CLUSTER_SERVICE_RPC)
+const CLUSTER_EVENT_RPC_INTERRUPT = Int32(0)
 
 # ------------------------------------------------------------------ structs
 # Field for field the layout of include/cluster.h (x86_64 / aarch64 SysV).
@@ -120,10 +131,11 @@ end
 
 "`cluster_event`, as written by `cluster_poll`."
 struct Event
+    service::Int32
     kind::Int32
-    lifecycle::Int32
+    id::UInt64
     pid::Int32
-    future_id::UInt64
+    status::Int32
 end
 
 "Copy of `c` with the named fields replaced."

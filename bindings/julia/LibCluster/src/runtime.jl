@@ -203,13 +203,18 @@ end
 
 function handle_event(ev::CAPI.Event)
     k = ev.kind
-    if k == CAPI.CLUSTER_EVENT_FUTURE_READY
-        wake_waiters(ev.future_id)
-    elseif k == CAPI.CLUSTER_EVENT_WORKER
-        on_lifecycle(Int(ev.pid), ev.lifecycle)
-    elseif k == CAPI.CLUSTER_EVENT_INTERRUPT
-        interrupt_running_calls()
-    elseif k == CAPI.CLUSTER_EVENT_SHUTDOWN
+    if ev.service == CAPI.CLUSTER_SERVICE_RPC
+        k == CAPI.CLUSTER_EVENT_RPC_INTERRUPT && interrupt_running_calls()
+    elseif ev.service != CAPI.CLUSTER_SERVICE_CORE
+    elseif k == CAPI.CLUSTER_EVENT_FUTURE_READY
+        wake_waiters(ev.id)
+    elseif k == CAPI.CLUSTER_EVENT_WORKER_STARTED
+        on_lifecycle(Int(ev.pid), CAPI.CLUSTER_WORKER_STARTED)
+    elseif k == CAPI.CLUSTER_EVENT_WORKER_EXITED
+        on_lifecycle(Int(ev.pid), CAPI.CLUSTER_WORKER_EXITED)
+    elseif k == CAPI.CLUSTER_EVENT_WORKER_DIED
+        on_lifecycle(Int(ev.pid), CAPI.CLUSTER_WORKER_DIED)
+    elseif k == CAPI.CLUSTER_EVENT_SHUTDOWN || k == CAPI.CLUSTER_EVENT_HEAD_LOST
         lock(RT.stop) do
             RT.stopping = true
             notify(RT.stop)

@@ -70,9 +70,10 @@ end
 @testset "library" begin
     @progress "library"
     @test isfile(LC.library_path())
-    @test LC.library_version() >= v"0.1.0"
-    @test LC.CAPI.version_compatible(0x000100)
+    @test LC.library_version() >= v"0.2.0"
+    @test LC.CAPI.version_compatible(0x000200)
     @test LC.CAPI.version_compatible(0x000205)
+    @test !LC.CAPI.version_compatible(0x000100)
     @test !LC.CAPI.version_compatible(0x010000)
     @test !LC.CAPI.version_compatible(0x000000)
     e = ClusterError(LC.CAPI.CLUSTER_ERR_TIMEOUT, "too slow", 0)

@@ -1,0 +1,46 @@
+//! `cluster_buffer`: bytes the library hands to the caller (a fetched
+//! result), kept alive by a handle until `cluster_buffer_free`.
+
+use super::args::FfiResult;
+use super::handles::{self, Kind};
+use super::status::cluster_status;
+use crate::Value;
+use std::sync::Arc;
+
+/// Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
+/// Read `data[0..len)`; release with `cluster_buffer_free`.
+#[repr(C)]
+pub struct cluster_buffer {
+    pub data: *const u8,
+    pub len: usize,
+    /// Opaque; 0 once freed.
+    pub handle: u64,
+}
+
+/// A buffer viewing `v`, which its new handle keeps alive.
+pub(crate) fn buffer_from(v: Value) -> Result<cluster_buffer, crate::Error> {
+    let (data, len) = (v.as_ptr(), v.len());
+    let handle = handles::insert(Kind::Buffer, Arc::new(v))?;
+    Ok(cluster_buffer { data, len, handle })
+}
+
+/// Releases a buffer and zeroes `*buf`. NULL, and an already zeroed
+/// buffer, are accepted; a copy of a freed buffer is CLUSTER_ERR_BAD_HANDLE.
+///
+/// Ownership: the bytes `buf->data` pointed to are gone after the call.
+/// Blocking: no.
+/// Threads: any, once per buffer.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_buffer_free(buf: *mut cluster_buffer) -> cluster_status {
+    ffi!({
+        if buf.is_null() || (*buf).handle == 0 {
+            return Ok(());
+        }
+        let b = &mut *buf;
+        let r: FfiResult = handles::remove(Kind::Buffer, b.handle).map(drop);
+        b.data = std::ptr::null();
+        b.len = 0;
+        b.handle = 0;
+        r
+    })
+}

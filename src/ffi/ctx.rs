@@ -1,0 +1,558 @@
+//! `cluster_ctx`, this process's part of a cluster: starting and stopping,
+//! membership, launching and removing workers, callbacks and logging,
+//! registering functions, remote calls, and host-driven polling.
+
+use crate::prelude::*;
+use super::args::*;
+use super::boundary::Handle;
+use super::buffer::{buffer_from, cluster_buffer};
+use super::call::run_c_handler;
+use super::config::{cluster_config, cluster_launch_options, config_from, launch_options_from};
+use super::future::{cluster_future, new_future_handle};
+use super::handles::{self, Kind};
+use super::status::cluster_status;
+use super::types::*;
+use super::UserData;
+use crate::log::Level;
+use crate::{Call, Cluster, Lifecycle};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A cluster: this process's membership and everything it owns.
+pub struct cluster_ctx {
+    _private: [u8; 0],
+}
+
+c_handle!(cluster_ctx, Kind::Cluster, Cluster);
+
+// ---- starting and stopping ------------------------------------------------
+
+/// Starts this process's part of a cluster. A process started by
+/// `cluster_addprocs` (or with `config->join` set) becomes a worker and
+/// connects to its head; any other process becomes the head, id 1.
+/// A launched worker that cannot reach its head within the startup
+/// timeout exits the process (status 3) when `exit_on_head_loss` is set.
+///
+/// Ownership: `config` (may be NULL for defaults) is read during the call,
+/// its strings copied; `*out` receives a new handle, released with
+/// `cluster_free`.
+/// Blocking: a worker blocks until it has joined (up to the startup
+/// timeout); a head does not.
+/// Threads: any; each call makes an independent cluster.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_init(config: *const cluster_config, out: *mut *mut cluster_ctx) -> cluster_status {
+    ffi!({
+        check_out(out, "out")?;
+        let cfg = config_from(config)?;
+        let c = Cluster::init(cfg)?;
+        put(out, "out", handles::insert(Kind::Cluster, Arc::new(c))? as *mut cluster_ctx)
+    })
+}
+
+/// Releases the handle and closes the cluster: connections close, pending
+/// futures fail, and workers of a head exit when they see it gone. NULL is
+/// accepted. Use `cluster_shutdown` first for an orderly stop. Futures of
+/// this cluster stay valid handles (they fail).
+///
+/// Ownership: the handle is gone after the call; callbacks registered on
+/// it may still be running on library threads when it returns.
+/// Blocking: no; safe to call from a garbage-collector finalizer.
+/// Threads: any, once per cluster.
+#[no_mangle]
+pub extern "C" fn cluster_free(ctx: *mut cluster_ctx) -> cluster_status {
+    ffi!({
+        if ctx.is_null() {
+            return Ok(());
+        }
+        let obj = handles::remove(Kind::Cluster, ctx.raw())?;
+        if let Ok(c) = obj.downcast::<Cluster>() {
+            c.close();
+        }
+        Ok(())
+    })
+}
+
+/// On the head: stops every worker (as `cluster_rmprocs`), then closes.
+/// On a worker: closes its connections. The handle stays valid until
+/// `cluster_free`; later calls fail with CLUSTER_ERR_SHUTDOWN.
+///
+/// Ownership: `ctx` stays the caller's, to free.
+/// Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit) while workers stop.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_shutdown(ctx: *mut cluster_ctx, timeout_ms: i64) -> cluster_status {
+    ffi!([ctx => c] c.shutdown(timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24 * 365))))
+}
+
+/// Worker: tells the head this process has registered its functions; the
+/// head's `cluster_addprocs` returns once every new worker is ready.
+/// No-op on the head.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: only while the message is written to the head.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_ready(ctx: *mut cluster_ctx) -> cluster_status {
+    ffi!([ctx => c] c.ready())
+}
+
+/// Worker, threads mode: `cluster_ready`, then serves calls until the head
+/// asks this worker to stop (returns CLUSTER_OK) or goes away. Host mode:
+/// CLUSTER_ERR_WRONG_MODE.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: yes, that is its purpose.
+/// Threads: any one thread.
+#[no_mangle]
+pub extern "C" fn cluster_serve(ctx: *mut cluster_ctx) -> cluster_status {
+    ffi!([ctx => c] c.serve())
+}
+
+// ---- identity and membership ------------------------------------------------
+
+/// `*out` = whether this process is the head.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_is_head(ctx: *mut cluster_ctx, out: *mut bool) -> cluster_status {
+    ffi!([ctx => c] put(out, "out", c.is_head()))
+}
+
+/// Copies the cluster cookie, NUL-terminated, into `buf[0..cap)`; `*len`
+/// gets its length (also on CLUSTER_ERR_BUFFER_TOO_SMALL). Keep it secret:
+/// it lets a process join (see `cluster_config.join`).
+///
+/// Ownership: `buf` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_cookie(ctx: *mut cluster_ctx, buf: *mut c_char, cap: usize, len: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_str(c.cookie(), buf, cap, len))
+}
+
+/// Copies this process's listening address ("host:port") into `buf`, as
+/// `cluster_cookie`. Elastic workers join the head at this address.
+///
+/// Ownership: `buf` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_address(ctx: *mut cluster_ctx, buf: *mut c_char, cap: usize, len: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_str(c.address(), buf, cap, len))
+}
+
+/// `*out` = this process's id (1 on the head).
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_myid(ctx: *mut cluster_ctx, out: *mut i32) -> cluster_status {
+    ffi!([ctx => c] put(out, "out", c.myid() as i32))
+}
+
+/// `*out` = number of processes, this one included.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_nprocs(ctx: *mut cluster_ctx, out: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put(out, "out", c.nprocs()))
+}
+
+/// `*out` = number of workers (1 when the head is alone, as Distributed).
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_nworkers(ctx: *mut cluster_ctx, out: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put(out, "out", c.nworkers()))
+}
+
+/// Writes the sorted ids of all processes to `out[0..cap)` and their number
+/// to `*count` (also on CLUSTER_ERR_BUFFER_TOO_SMALL, to size a retry).
+///
+/// Ownership: `out` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_procs(ctx: *mut cluster_ctx, out: *mut i32, cap: usize, count: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_ids(c.procs(), out, cap, count))
+}
+
+/// As `cluster_procs`, for the workers (`[1]` when the head is alone).
+///
+/// Ownership: `out` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_workers(ctx: *mut cluster_ctx, out: *mut i32, cap: usize, count: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_ids(c.workers(), out, cap, count))
+}
+
+/// As `cluster_procs`, without this process.
+///
+/// Ownership: `out` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_other_procs(ctx: *mut cluster_ctx, out: *mut i32, cap: usize, count: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_ids(c.other_procs(), out, cap, count))
+}
+
+/// As `cluster_workers`, without this process.
+///
+/// Ownership: `out` is the caller's; nothing is kept.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_other_workers(ctx: *mut cluster_ctx, out: *mut i32, cap: usize, count: *mut usize) -> cluster_status {
+    ffi!([ctx => c] put_ids(c.other_workers(), out, cap, count))
+}
+
+// ---- launching and removing workers -------------------------------------------
+
+/// Head only: starts `n` workers on this machine and writes their ids to
+/// `out_ids[0..n)` once every one is connected and ready. Ids are never
+/// reused. All or nothing: on failure no worker of this call is left
+/// running and the error names each failed worker and why.
+///
+/// Ownership: `options` (may be NULL) is copied; `out_ids` is the caller's.
+/// Blocking: until every worker is ready, or the startup timeout.
+/// Threads: any, not from a handler of this process.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_addprocs(ctx: *mut cluster_ctx, n: usize, options: *const cluster_launch_options, out_ids: *mut i32) -> cluster_status {
+    ffi!([ctx => c] {
+        if n > 0 {
+            check_out(out_ids, "out_ids")?;
+        }
+        let opts = launch_options_from(options)?;
+        let ids = c.addprocs(n, &opts)?;
+        for (i, id) in ids.iter().enumerate() {
+            out_ids.add(i).write(*id as i32);
+        }
+        Ok(())
+    })
+}
+
+/// Head only: stops the workers `ids[0..n)`: asks them to leave, then
+/// sends SIGTERM, then SIGKILL, each after a share of `timeout_ms`.
+///
+/// Ownership: `ids` is read during the call.
+/// Blocking: until they are gone, or CLUSTER_ERR_TIMEOUT.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_rmprocs(ctx: *mut cluster_ctx, ids: *const i32, n: usize, timeout_ms: i64) -> cluster_status {
+    ffi!([ctx => c] {
+        let ids = pid_list(ids, n)?;
+        c.rmprocs(&ids, timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24)))
+    })
+}
+
+/// Head only, before the first `cluster_addprocs`: sets the topology
+/// (a `cluster_topology` value).
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_set_topology(ctx: *mut cluster_ctx, topology: i32) -> cluster_status {
+    ffi!({
+        let t = topology_from(topology)?;
+        ctx.object()?.set_topology(t)
+    })
+}
+
+// ---- callbacks and logging ------------------------------------------------------
+
+/// Sets (or clears, with NULL `callback`) the worker lifecycle callback.
+/// Threads mode: called on a library thread; host mode: inside
+/// `cluster_poll`.
+///
+/// Ownership: `user_data` is passed to every call and must stay valid until
+/// the callback is replaced or cleared and calls already running return.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_set_lifecycle_callback(ctx: *mut cluster_ctx, callback: cluster_lifecycle_fn, user_data: *mut c_void) -> cluster_status {
+    ffi!([ctx => c] {
+        let ud = UserData(user_data);
+        let hook = callback.map(|cb| {
+            Arc::new(move |pid: u32, ev: Lifecycle| {
+                let ud = ud;
+                // SAFETY: the host registered `cb` with this user data.
+                unsafe { cb(ud.0, pid as i32, lifecycle_code(ev)) }
+            }) as Arc<dyn Fn(u32, Lifecycle) + Send + Sync>
+        });
+        c.set_lifecycle_hook(hook);
+        Ok(())
+    })
+}
+
+/// Routes log records to `callback` instead of stderr (NULL restores
+/// stderr). Threads mode: any library thread may call it; host mode:
+/// records are held and delivered inside `cluster_poll`.
+///
+/// Ownership: `user_data` must stay valid until the callback is replaced or
+/// cleared and calls already running return; `message` is lent to each call.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_set_log_callback(ctx: *mut cluster_ctx, callback: cluster_log_fn, user_data: *mut c_void) -> cluster_status {
+    ffi!([ctx => c] {
+        let ud = UserData(user_data);
+        let sink = callback.map(|cb| {
+            Arc::new(move |level: Level, msg: &str| {
+                let ud = ud;
+                let text = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                // SAFETY: the host registered `cb` with this user data.
+                unsafe { cb(ud.0, level_code(level), text.as_ptr()) }
+            }) as Arc<dyn Fn(Level, &str) + Send + Sync>
+        });
+        c.log.set_sink(sink);
+        Ok(())
+    })
+}
+
+/// Sets the log level (a `cluster_log_level`).
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_set_log_level(ctx: *mut cluster_ctx, level: i32) -> cluster_status {
+    ffi!({
+        let level = level_from(level)?;
+        ctx.object()?.log.set_level(level);
+        Ok(())
+    })
+}
+
+// ---- functions ----------------------------------------------------------------
+
+/// Registers `handler` under `name` in this process (replacing an earlier
+/// one). Remote processes call it by name.
+///
+/// Ownership: `name` is copied; `user_data` is passed to every call and
+/// must stay valid while registered and calls already running return.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_register(ctx: *mut cluster_ctx, name: *const c_char, handler: cluster_handler, user_data: *mut c_void) -> cluster_status {
+    ffi!([ctx => c] {
+        let name = cstr(name, "name")?;
+        let h = handler.ok_or_else(|| null_arg("handler"))?;
+        let ud = UserData(user_data);
+        c.register(name, Arc::new(move |call: Call| run_c_handler(h, ud, call)))
+    })
+}
+
+/// Removes the function `name`; later calls to it fail remotely. Calls
+/// already running finish.
+///
+/// Ownership: `name` is read during the call.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_unregister(ctx: *mut cluster_ctx, name: *const c_char) -> cluster_status {
+    ffi!([ctx => c] {
+        let name = cstr(name, "name")?;
+        if c.unregister(name) {
+            Ok(())
+        } else {
+            Err(invalid(format!("{name} is not registered")))
+        }
+    })
+}
+
+// ---- remote calls -----------------------------------------------------------------
+
+/// Calls `name` on process `pid` (CLUSTER_ANY_WORKER: next worker,
+/// round-robin) with `args[0..len)` and returns a future at once.
+/// Calls to one process run in the order they were made.
+///
+/// Ownership: `args` is written to the socket before return, never kept;
+/// `*out` is a new future, released with `cluster_future_free`.
+/// Blocking: only while a large argument is written.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_remotecall(
+    ctx: *mut cluster_ctx,
+    pid: i32,
+    name: *const c_char,
+    args: *const u8,
+    len: usize,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let f = c.remotecall(pid_arg(pid)?, cstr(name, "name")?, bytes(args, len, "args")?)?;
+        put(out, "out", new_future_handle(f)?)
+    })
+}
+
+/// Calls and waits for the value: one round trip. On success `*out` holds
+/// the result. On CLUSTER_ERR_REMOTE, `cluster_last_error_pid()` names the
+/// failing process.
+///
+/// Ownership: `args` is never kept; `*out` is the caller's until
+/// `cluster_buffer_free`.
+/// Blocking: until the result arrives (the caller's thread reads the reply
+/// itself when it can).
+/// Threads: any; in host mode, not for calls that need this process's own
+/// handlers.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_remotecall_fetch(
+    ctx: *mut cluster_ctx,
+    pid: i32,
+    name: *const c_char,
+    args: *const u8,
+    len: usize,
+    out: *mut cluster_buffer,
+) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let v = c.remotecall_fetch(pid_arg(pid)?, cstr(name, "name")?, bytes(args, len, "args")?)?;
+        put(out, "out", buffer_from(v)?)
+    })
+}
+
+/// Calls and waits for completion; `*out` is the completed future, whose
+/// value can be fetched or passed on. On failure no future is made.
+///
+/// Ownership: `args` is never kept; `*out` is a new future, released with
+/// `cluster_future_free`.
+/// Blocking: until the call completes.
+/// Threads: any; in host mode, not for calls that need this process's own
+/// handlers.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_remotecall_wait(
+    ctx: *mut cluster_ctx,
+    pid: i32,
+    name: *const c_char,
+    args: *const u8,
+    len: usize,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let f = c.remotecall(pid_arg(pid)?, cstr(name, "name")?, bytes(args, len, "args")?)?;
+        f.wait(None)?;
+        put(out, "out", new_future_handle(f)?)
+    })
+}
+
+/// Fire and forget: calls `name` on `pid`; no result, and a failure is
+/// only logged on the callee.
+///
+/// Ownership: `args` is written before return, never kept.
+/// Blocking: only while a large argument is written.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_remote_do(ctx: *mut cluster_ctx, pid: i32, name: *const c_char, args: *const u8, len: usize) -> cluster_status {
+    ffi!([ctx => c] c.remote_do(pid_arg(pid)?, cstr(name, "name")?, bytes(args, len, "args")?))
+}
+
+/// Calls `name` on each process of `pids[0..n)` (all processes, this one
+/// included, when `pids` is NULL) and waits for all. If any fail, returns
+/// CLUSTER_ERR_COMPOSITE with a message listing each failed process.
+///
+/// Ownership: `pids` and `args` are read during the call, never kept.
+/// Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit).
+/// Threads: any; threads mode only when this process is among the targets.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_everywhere(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    n: usize,
+    name: *const c_char,
+    args: *const u8,
+    len: usize,
+    timeout_ms: i64,
+) -> cluster_status {
+    ffi!([ctx => c] {
+        let list = if pids.is_null() { None } else { Some(pid_list(pids, n)?) };
+        c.everywhere(list.as_deref(), cstr(name, "name")?, bytes(args, len, "args")?, timeout_arg(timeout_ms))
+    })
+}
+
+/// Cancels the calls running on `ids[0..n)`: their handlers see
+/// `cluster_call_cancelled` and the calls fail with CLUSTER_ERR_INTERRUPTED.
+/// Idle processes ignore it.
+///
+/// Ownership: `ids` is read during the call.
+/// Blocking: only while the requests are written.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_interrupt(ctx: *mut cluster_ctx, ids: *const i32, n: usize) -> cluster_status {
+    ffi!([ctx => c] c.interrupt(&pid_list(ids, n)?))
+}
+
+// ---- host-driven mode -------------------------------------------------------
+
+/// Host mode: `*out` = an eventfd that becomes readable when
+/// `cluster_poll` has work. Threads mode: CLUSTER_ERR_WRONG_MODE.
+///
+/// Ownership: the fd is owned by the cluster; do not close it.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_event_fd(ctx: *mut cluster_ctx, out: *mut c_int) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        put(out, "out", c.event_fd()?)
+    })
+}
+
+/// Host mode: `notify(user_data)` is called from a library thread whenever
+/// work becomes pending. It must only wake the host (e.g. `uv_async_send`
+/// with the async handle as `user_data`). NULL clears it.
+///
+/// Ownership: `user_data` must stay valid until the hook is replaced or
+/// cleared and calls already running return.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn cluster_set_notify(ctx: *mut cluster_ctx, notify: cluster_notify_fn, user_data: *mut c_void) -> cluster_status {
+    ffi!([ctx => c] {
+        let ud = UserData(user_data);
+        let hook = notify.map(|n| {
+            Arc::new(move || {
+                let ud = ud;
+                // SAFETY: the host registered `n` with this user data.
+                unsafe { n(ud.0) };
+            }) as Arc<dyn Fn() + Send + Sync>
+        });
+        c.set_notify(hook)
+    })
+}
+
+/// Host mode: runs the handlers of pending incoming calls on this thread,
+/// delivers held log records and lifecycle callbacks, and writes up to
+/// `cap` events to `events`, their number to `*count`. Events beyond `cap`
+/// stay queued (the event fd stays signalled).
+///
+/// Ownership: `events[0..cap)` is the caller's; nothing is kept.
+/// Blocking: no, apart from the handlers and callbacks it runs.
+/// Threads: the host's thread.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_poll(ctx: *mut cluster_ctx, events: *mut cluster_event, cap: usize, count: *mut usize) -> cluster_status {
+    ffi!({
+        check_out(count, "count")?;
+        if cap > 0 {
+            check_out(events, "events")?;
+        }
+        let c = ctx.object()?;
+        let evs = c.poll(cap)?;
+        for (i, e) in evs.iter().enumerate() {
+            let ev = cluster_event::from(e);
+            events.add(i).write(ev);
+        }
+        put(count, "count", evs.len())
+    })
+}
