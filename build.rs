@@ -6,6 +6,10 @@
 use std::path::PathBuf;
 
 fn main() {
+    // The shared object's SONAME: programs record libcluster.so.0 and keep
+    // working across compatible releases.
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcluster.so.{major}");
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds libcluster (cargo build --release) and installs it:
 #
-#   <prefix>/lib/libcluster.so, <prefix>/lib/libcluster.a
+#   <prefix>/lib/libcluster.so.<version> (+ links libcluster.so.0, libcluster.so),
+#   <prefix>/lib/libcluster.a
 #   <prefix>/include/cluster.h, <prefix>/include/cluster.hpp
 #   <prefix>/lib/pkgconfig/libcluster.pc
 #   <prefix>/lib/cmake/libcluster/libclusterConfig.cmake (+ ConfigVersion)
@@ -69,13 +70,17 @@ fi
 
 dest="${destdir}${prefix}"
 install -d "$dest/lib/pkgconfig" "$dest/lib/cmake/libcluster" "$dest/include"
-install -m 0755 "$libdir_src/libcluster.so" "$dest/lib/libcluster.so"
+if [ -n "$soname" ] && [ "$soname" != "libcluster.so" ]; then
+    # libcluster.so.<version>, its SONAME link and the development link.
+    install -m 0755 "$libdir_src/libcluster.so" "$dest/lib/libcluster.so.$version"
+    ln -sf "libcluster.so.$version" "$dest/lib/$soname"
+    ln -sf "$soname" "$dest/lib/libcluster.so"
+else
+    install -m 0755 "$libdir_src/libcluster.so" "$dest/lib/libcluster.so"
+fi
 install -m 0644 "$libdir_src/libcluster.a" "$dest/lib/libcluster.a"
 install -m 0644 "$root/include/cluster.h" "$dest/include/cluster.h"
 install -m 0644 "$root/bindings/cpp/cluster.hpp" "$dest/include/cluster.hpp"
-if [ -n "$soname" ] && [ "$soname" != "libcluster.so" ]; then
-    ln -sf libcluster.so "$dest/lib/$soname"
-fi
 
 subst() {
     sed -e "s|@VERSION@|$version|g" -e "s|@VERSION_MAJOR@|$major|g" \

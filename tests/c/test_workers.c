@@ -1051,7 +1051,8 @@ static void case_topology(void) {
     int32_t ids[2];
     EXPECT_OK(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_MASTER_WORKER));
     addprocs(2, ids);
-    EXPECT_ST(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* No change while workers run... */
+    EXPECT_ST(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL), CLUSTER_ERR_TOPOLOGY);
     int32_t r[3];
     /* worker -> head: allowed */
     int32_t head = 1;
@@ -1061,6 +1062,12 @@ static void case_topology(void) {
     /* worker -> worker: refused by the topology */
     REQUIRE_OK(call_within(ids[0], "call_peer", &ids[1], 4, r, sizeof r, &rn, 5000));
     EXPECTF(r[0] == CLUSTER_ERR_TOPOLOGY, "worker->worker under master_worker: %d", r[0]);
+    /* ...and a change once none is left, as Distributed allows with nprocs() == 1. */
+    EXPECT_OK(cluster_rmprocs(g_ctx, ids, 2, 10000));
+    EXPECT_OK(cluster_set_topology(g_ctx, CLUSTER_TOPOLOGY_ALL_TO_ALL));
+    addprocs(2, ids);
+    REQUIRE_OK(call_within(ids[0], "call_peer", &ids[1], 4, r, sizeof r, &rn, 5000));
+    EXPECTF(r[0] == CLUSTER_OK && r[1] == ids[1], "worker->worker after the change: %d", r[0]);
     shutdown_all();
 }
 

@@ -111,7 +111,7 @@ impl ControlExt for Arc<Node> {
         let c = control(self)?;
         let live = self.peers_where(|p| !p.is_gone()).len();
         if c.workers_added.load(Ordering::Acquire) && live > 0 && t != self.topology() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "the topology can change only while the head has no workers"));
+            return Err(Error::new(ErrorKind::Topology, "the topology can change only while the head has no workers"));
         }
         self.store_topology(t);
         Ok(())

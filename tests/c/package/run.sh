@@ -44,6 +44,9 @@ echo "static link: libcluster.a $private"
 # shellcheck disable=SC2046,SC2086
 "$cc" -Wall -Wextra -Werror "$here/consumer.c" $(pkg-config --cflags libcluster) "$prefix/lib/libcluster.a" \
     $private -o "$tmp/consumer_pc_static"
+# Consumers record the SONAME, not the development link.
+readelf -d "$tmp/consumer_pc_c" | grep -q 'NEEDED.*\[libcluster\.so\.0\]' || { echo "consumer does not need libcluster.so.0"; readelf -d "$tmp/consumer_pc_c"; exit 1; }
+[ -L "$prefix/lib/libcluster.so.0" ] || { echo "no libcluster.so.0 link installed"; exit 1; }
 LD_LIBRARY_PATH="$prefix/lib" "$tmp/consumer_pc_c"
 LD_LIBRARY_PATH="$prefix/lib" "$tmp/consumer_pc_cpp"
 env -u LD_LIBRARY_PATH "$tmp/consumer_pc_static"
