@@ -170,9 +170,11 @@ is_main_anon(@nospecialize(T)) =
     globals_to_send(pid, f, args) -> Union{Nothing,Vector}
 
 The `Main` globals referred to by `f` (and by function arguments) when they
-are anonymous functions defined in `Main`: `(name, isconst, value)` for each
-that process `pid` has not received with this value yet. Named functions,
-types and modules are not sent (define them with `@everywhere`).
+are anonymous functions defined in `Main`, as Distributed sends them: every
+value, types, modules and named functions included, and what an anonymous
+function held in such a global refers to in turn. `(name, isconst, value)`
+for each that process `pid` has not received with this value yet (bits
+values, named functions among them, are sent every time, as Distributed).
 """
 function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple))
     syms = Symbol[]
@@ -183,19 +185,44 @@ function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tup
     end
     isempty(syms) && return nothing
     out = Tuple{Symbol,Bool,Any}[]
-    for sym in syms
+    i = 0
+    while i < length(syms)          # grows while we go
+        i += 1
+        sym = syms[i]
         isdefined(Main, sym) || continue
         v = getfield(Main, sym)
-        (v isa Module || v isa Type) && continue
-        (v isa Function && !is_main_anon(typeof(v))) && continue
+        v isa Function && collect_main_globals!(syms, seen, typeof(v))
         if pid > 0 && !isbits(v)
             stamp = (UInt64(objectid(v)), UInt64(hash(v)))
             get(GLOBALS_SENT, (Int(pid), sym), nothing) == stamp && continue
             GLOBALS_SENT[(Int(pid), sym)] = stamp
         end
-        push!(out, (sym, isconst(Main, sym), v))
+        push!(out, (sym, isconst(Main, sym), v isa Module ? ModuleRef(v) : v))
     end
     isempty(out) ? nothing : out
+end
+
+"""
+A module held in a global, by name: the receiver looks it up among its
+loaded modules, and names the package to load when it is not there (where
+`Serialization` would fail with a `KeyError`).
+"""
+struct ModuleRef
+    path::Vector{Symbol}
+    uuid::String
+end
+
+function ModuleRef(m::Module)
+    uuid = Base.PkgId(Base.moduleroot(m)).uuid
+    ModuleRef(collect(Symbol, fullname(m)), uuid === nothing ? "" : string(uuid))
+end
+
+function resolve(r::ModuleRef)
+    m = root_module_named(r.path[1], r.uuid)
+    for p in r.path[2:end]
+        m = getfield(m, p)::Module
+    end
+    m
 end
 
 function collect_main_globals!(syms::Vector{Symbol}, seen::Set{Any}, @nospecialize(T))
@@ -243,6 +270,7 @@ end
 
 function define_globals(globs)
     for (sym, isc, v) in globs
+        v isa ModuleRef && (v = resolve(v))
         if isdefined(Main, sym) && (isc || isconst(Main, sym))
             isequal(getfield(Main, sym), v) || @warn "Cannot transfer global variable $sym; it already has a value."
             continue

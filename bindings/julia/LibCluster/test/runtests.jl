@@ -5,6 +5,7 @@
 
 using Test
 using Serialization
+using LinearAlgebra
 using LibCluster, LibCluster.API    # the API submodule: Distributed's names
 const LC = LibCluster
 
@@ -59,6 +60,19 @@ struct OnlyOnHead
 end
 defined_only_on_head(x) = x
 const LAST_ID = Ref(4)     # the highest process id used so far
+
+# The BLAS threads of a process (BLAS.get_num_threads is Julia 1.6+); defined
+# on workers with remotecall_eval.
+const BLAS_THREADS = Expr(:toplevel, :(using LinearAlgebra),
+    :(blas_threads() = isdefined(LinearAlgebra.BLAS, :get_num_threads) ? LinearAlgebra.BLAS.get_num_threads() :
+        Int(ccall((LinearAlgebra.BLAS.@blasfunc(openblas_get_num_threads), LinearAlgebra.BLAS.libblas), Cint, ()))))
+Core.eval(Main, BLAS_THREADS)
+
+module HeadOnlyModule end
+
+# The sockets a process has open (its connections and its listener).
+open_sockets = () -> count(f -> startswith(try readlink("/proc/self/fd/$f") catch; "" end, "socket:"),
+                           readdir("/proc/self/fd"))
 
 # Prints each testset's name as it starts, to see where a run stops.
 macro progress(name)
@@ -217,6 +231,29 @@ end
     push!(shared_vec, 3)
     @test remotecall_fetch(() -> sum(shared_vec), 3) == 6
     @test remotecall_fetch(() -> isdefined(Main, :shared_vec), 4) == false
+    # Globals holding a type, a function or a module travel too (Distributed
+    # sends every Main global the closure uses).
+    global type_global = Float64
+    @test remotecall_fetch(() -> type_global(1), 2) === 1.0
+    global type_global = Int32
+    @test remotecall_fetch(() -> type_global(1), 2) === Int32(1)
+    global function_global = sin
+    @test remotecall_fetch(() -> function_global(0.0), 3) === 0.0
+    global module_global = Base.Math
+    @test remotecall_fetch(() -> module_global.clamp(5, 1, 3), 4) == 3
+    # An anonymous function held in a global brings the globals it uses.
+    global factor_global = 3
+    global scaled_global = x -> x * factor_global
+    @test remotecall_fetch(() -> scaled_global(2), 2) == 6
+    # A module by its path: one the worker lacks is an UndefVarError there,
+    # and a package it has not loaded is named (not Serialization's KeyError).
+    global nested_global = Base.Iterators
+    @test remotecall_fetch(() -> collect(nested_global.take(1:5, 2)), 2) == [1, 2]
+    global missing_module_global = HeadOnlyModule
+    e = try remotecall_fetch(() -> missing_module_global, 3) catch e; e end
+    @test e isa RemoteException && e.captured.ex isa UndefVarError && e.captured.ex.var === :HeadOnlyModule
+    e = try LC.resolve(LC.ModuleRef([:NoSuchPackage], "")) catch e; e end
+    @test e isa ErrorException && occursin("module NoSuchPackage is not loaded", e.msg)
 end
 
 @testset "remote_do" begin
