@@ -379,6 +379,23 @@ end
     # A type the worker does not know.
     e = try remotecall_fetch(identity, 4, OnlyOnHead(1)) catch e; e end
     @test e isa RemoteException && e.captured.ex isa UndefVarError
+    # An exception the head cannot deserialize: what can be is recovered, as
+    # Distributed does (the remote error as text, and the local failure).
+    @everywhere [2] struct OnlyOnWorkerError <: Exception
+        x::Int
+    end
+    e = try remotecall_fetch(() -> throw(OnlyOnWorkerError(7)), 2) catch e; e end
+    @test e isa RemoteException && e.pid == 2
+    ce = e.captured.ex
+    @test ce isa CompositeException && length(ce.exceptions) == 2
+    @test all(x -> x isa CapturedException, ce.exceptions)
+    text = ce.exceptions[1].ex.msg
+    @test startswith(text, "Error deserializing a remote exception from worker 2\n" *
+                           "Remote(original) exception of type OnlyOnWorkerError\n")
+    @test occursin("OnlyOnWorkerError(7)", text)
+    @test !isempty(ce.exceptions[1].processed_bt)          # the remote backtrace
+    @test ce.exceptions[2].ex == UndefVarError(:OnlyOnWorkerError)
+    @test occursin("On worker 2", sprint(showerror, e))
     # A result the head cannot deserialize.
     @everywhere [2] struct OnlyOnWorker end
     e = try remotecall_fetch(() -> OnlyOnWorker(), 2) catch e; e end
