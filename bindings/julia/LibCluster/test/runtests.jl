@@ -342,17 +342,26 @@ end
     @test e1 isa RemoteException && e1.captured.ex isa ArgumentError && e1.pid == 3
     @test e2 isa RemoteException
     @test_throws RemoteException remotecall_wait(error, 4, "x")
-    # @everywhere: every failure, one per process.
+    # @everywhere: every failure, as Distributed's @sync gathers them: the
+    # remote ones in the order of the list, then the local one as a
+    # TaskFailedException.
     ce = try
-        @everywhere [1, 2, 3] error("failed on $(myid())")
+        @everywhere [1, 3, 2] error("failed on $(myid())")
     catch e
         e
     end
     @test ce isa CompositeException
     @test length(ce.exceptions) == 3
-    @test all(e -> e isa RemoteException, ce.exceptions)
-    @test sort([e.pid for e in ce.exceptions]) == [1, 2, 3]
-    @test all(e -> e.captured.ex.msg == "failed on $(e.pid)", ce.exceptions)
+    @test [typeof(e) for e in ce.exceptions] == [RemoteException, RemoteException, TaskFailedException]
+    @test [e.pid for e in ce.exceptions[1:2]] == [3, 2]
+    @test all(e -> e.captured.ex.msg == "failed on $(e.pid)", ce.exceptions[1:2])
+    @test ce.exceptions[3].task.exception == ErrorException("failed on 1")
+    ce = try
+        @everywhere error("failed on $(myid())")
+    catch e
+        e
+    end
+    @test [e isa RemoteException ? e.pid : e.task.exception.msg for e in ce.exceptions] == [2, 3, 4, "failed on 1"]
     ce = try
         @everywhere [2, 3] myid() == 3 && error("only 3 fails")
     catch e
