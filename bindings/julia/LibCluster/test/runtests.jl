@@ -445,6 +445,37 @@ end
     @test e.captured.ex isa RemoteException && e.captured.ex.pid == 2
 end
 
+@testset "Future(pid) and put!" begin
+    @progress "Future(pid) and put!"
+    f = Future()
+    @test f isa Future && f.where == 1 && f.whence == 1
+    @test !isready(f)
+    @test put!(f, 5) === f
+    @test isready(f) && fetch(f) == 5
+    e = try put!(f, 6) catch e; e end
+    @test e == ErrorException("Future can be set only once")
+    @test fetch(f) == 5
+    # Held on worker 2, waited for on 3, set from 4.
+    g = Future(2)
+    @test g.where == 2 && !isready(g)
+    waiter = remotecall(x -> fetch(x) * 2, 3, g)
+    sleep(0.2)
+    @test !isready(waiter)
+    @test remotecall_fetch(x -> (put!(x, 21); :set), 4, g) === :set
+    @test fetch(waiter) == 42
+    @test fetch(g) == 21 && isready(g)
+    # Its process refuses a second value, even from a copy that has not seen
+    # the first one.
+    h = Future(3)
+    remotecall_fetch(x -> (put!(x, :first); nothing), 2, h)
+    e = try put!(h, :second) catch e; e end
+    @test e isa RemoteException && e.pid == 3 && e.captured.ex == ErrorException("Future can be set only once")
+    @test fetch(h) === :first
+    # Only a Future(pid) can be set.
+    e = try put!(remotecall(() -> (sleep(0.2); 1), 2), 2) catch e; e end
+    @test e isa ErrorException && occursin("only a Future(pid) can be set", e.msg)
+end
+
 @testset "tasks keep running during a wait" begin
     @progress "tasks keep running during a wait"
     ticks = Ref(0)
