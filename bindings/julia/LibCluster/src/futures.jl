@@ -220,7 +220,7 @@ function take_outcome!(f::Future)
             ok ? (f.v = Some{Any}(v)) : (f.err = v)
         end
     else
-        f.err = library_exception(CAPI.last_error(st), f.where)
+        f.err = library_exception(CAPI.last_error(st), f.where, true)
     end
     release!(f)
     nothing
@@ -268,7 +268,7 @@ function check_failed!(f::Future)
     len = Ref{Csize_t}(0)
     st = CAPI.cluster_future_fetch(h, 0, data, len)
     if st != CAPI.CLUSTER_OK
-        f.err = library_exception(CAPI.last_error(st), f.where)
+        f.err = library_exception(CAPI.last_error(st), f.where, true)
         release!(f)
     elseif !f.raw && len[] > 0 && unsafe_load(data[]) == TAG_ERR
         take_outcome!(f)
@@ -314,6 +314,7 @@ function Serialization.deserialize(s::AbstractSerializer, ::Type{Future})
         return Future(where, whence, nothing, payload, raw, slot)
     end
     owner, id = payload
+    check_pid(owner)
     r = Ref(CAPI.FutureRef(Int32(owner), UInt64(id)))
     out = Ref{Ptr{Cvoid}}(C_NULL)
     check_call(CAPI.cluster_future_import(context(), r, out), owner)
