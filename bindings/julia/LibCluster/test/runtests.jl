@@ -422,7 +422,7 @@ end
                            "Remote(original) exception of type OnlyOnWorkerError\n")
     @test occursin("OnlyOnWorkerError(7)", text)
     @test !isempty(ce.exceptions[1].processed_bt)          # the remote backtrace
-    @test ce.exceptions[2].ex == UndefVarError(:OnlyOnWorkerError)
+    @test ce.exceptions[2].ex isa UndefVarError && ce.exceptions[2].ex.var === :OnlyOnWorkerError
     @test occursin("On worker 2", sprint(showerror, e))
     # A result the head cannot deserialize.
     @everywhere [2] struct OnlyOnWorker end
