@@ -63,8 +63,10 @@ section("errors")
 try
     @everywhere error("failure on process $(myid())")
 catch e
+    # As Distributed: a RemoteException per worker, then this process's
+    # failure as a TaskFailedException.
     println(typeof(e), " with ", length(e.exceptions), " failures from processes ",
-            [x.pid for x in e.exceptions])
+            [x isa TaskFailedException ? myid() : x.pid for x in e.exceptions])
 end
 
 rmprocs(workers())

@@ -49,7 +49,7 @@ Do not combine with `using Distributed` in the same module (the names would
 clash): there, use `LibCluster.remotecall` & co. qualified.
 """
 module API
-import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers,
+import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
        @spawnat, @spawn, @fetch, @fetchfrom, @everywhere, interrupt,
@@ -59,7 +59,7 @@ import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, 
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
        ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
-export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers,
+export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
        @spawnat, @spawn, @fetch, @fetchfrom, @everywhere, interrupt,

@@ -62,12 +62,12 @@ end
 myid_or_zero() = RT.ctx == C_NULL ? 0 : RT.myid
 
 """
-    library_exception(err::ClusterError, target) -> Exception
+    library_exception(err::ClusterError, target, outcome=false) -> Exception
 
 The exception a Distributed user expects for a library failure of a call to
-process `target`.
+process `target`: of the call itself, or of its `outcome` (a future's).
 """
-function library_exception(err::CAPI.ClusterError, target::Integer = 0)
+function library_exception(err::CAPI.ClusterError, target::Integer = 0, outcome::Bool = false)
     st = err.status
     pid = err.pid != 0 ? err.pid : Int(target)
     if st == CAPI.CLUSTER_ERR_PROCESS_EXITED
@@ -87,6 +87,11 @@ function library_exception(err::CAPI.ClusterError, target::Integer = 0)
         return ErrorException("Only process 1 can add and remove workers")
     elseif st == CAPI.CLUSTER_ERR_TOPOLOGY
         return ErrorException(err.msg)
+    elseif st == CAPI.CLUSTER_ERR_TOO_LARGE
+        # Over max_message_bytes: the arguments here (as a message that cannot
+        # be serialized is), or the result there (a remote failure).
+        msg = strip_remote_prefix(err.msg) * " (max_message_bytes, see LibCluster.init)"
+        return outcome ? RemoteException(pid, CapturedException(ErrorException(msg), Any[])) : ErrorException(msg)
     end
     return err
 end

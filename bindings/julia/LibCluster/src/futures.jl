@@ -18,6 +18,11 @@ for the value and caches it, `wait` waits without moving it, `isready` checks.
 A Future can be passed inside the arguments of a remote call; the receiving
 process can then `fetch` it itself. Fields as Distributed's: `where` is the
 process computing the value, `whence` the one that made the call.
+
+    Future(pid=myid())
+
+A Future to be set once with `put!(f, v)` (from any process it was passed
+to), held on process `pid`, as Distributed's.
 """
 mutable struct Future <: AbstractRemoteRef
     where::Int
@@ -28,18 +33,81 @@ mutable struct Future <: AbstractRemoteRef
     err::Any                        # the cached exception, or nothing
     raw::Bool                       # value is raw bytes (a call by name)
     imported::Bool                  # handle came from cluster_future_import
+    slot::Tuple{Int,Int}            # Future(pid): its slot on `where`; else (0, 0)
 
-    function Future(handle::Ptr{Cvoid}, where::Integer, whence::Integer; raw::Bool = false, imported::Bool = false)
+    function Future(handle::Ptr{Cvoid}, where::Integer, whence::Integer; raw::Bool = false, imported::Bool = false,
+                    slot::Tuple{Int,Int} = (0, 0))
         id = Ref{UInt64}(0)
         CAPI.check(CAPI.cluster_future_id(handle, id))
-        f = new(Int(where), Int(whence), id[], handle, nothing, nothing, raw, imported)
+        f = new(Int(where), Int(whence), id[], handle, nothing, nothing, raw, imported, slot)
         finalizer(release!, f)
         f
     end
     # A Future that already holds its outcome (received by value).
-    function Future(where::Integer, whence::Integer, v::Union{Nothing,Some{Any}}, err, raw::Bool)
-        new(Int(where), Int(whence), UInt64(0), C_NULL, v, err, raw, false)
+    function Future(where::Integer, whence::Integer, v::Union{Nothing,Some{Any}}, err, raw::Bool,
+                    slot::Tuple{Int,Int} = (0, 0))
+        new(Int(where), Int(whence), UInt64(0), C_NULL, v, err, raw, false, slot)
     end
+end
+
+# ---------------------------------------------------- Future(pid), put!
+#
+# A Future(pid) is a call to `await_slot` on `pid` that returns once a
+# `put_slot` of the same slot gave it a value: its outcome then reaches
+# every copy of the Future by the paths any call's does. A slot stays on
+# `pid` once set (without its value) to refuse a second put!.
+
+mutable struct Slot
+    set::Bool
+    value::Any
+    cond::Condition
+end
+Slot() = Slot(false, nothing, Condition())
+
+const SLOTS = Dict{Tuple{Int,Int},Slot}()
+const NEXT_SLOT = Ref(0)
+
+function Future(pid::Integer = myid())
+    NEXT_SLOT[] += 1
+    key = (myid(), NEXT_SLOT[])
+    f = remotecall(await_slot, pid, key[1], key[2])
+    f.slot = key
+    f
+end
+
+"On the Future's process: waits for the slot's value and returns it."
+function await_slot(creator::Int, n::Int)
+    s = get!(Slot, SLOTS, (creator, n))
+    while !s.set
+        wait(s.cond)
+    end
+    v = s.value
+    s.value = nothing
+    v
+end
+
+"On the Future's process: sets the slot's value, once."
+function put_slot(creator::Int, n::Int, v)
+    s = get!(Slot, SLOTS, (creator, n))
+    s.set && error("Future can be set only once")
+    s.set = true
+    s.value = v
+    notify(s.cond)
+    nothing
+end
+
+"""
+    put!(f::Future, v) -> f
+
+Sets the value of a Future made by `Future(pid)`; an error if it was set
+already (here, or on its process: a `RemoteException` then), as Distributed.
+"""
+function Base.put!(f::Future, v)
+    f.v !== nothing && error("Future can be set only once")
+    f.slot == (0, 0) && error("put!: this Future is the result of a remote call; only a Future(pid) can be set")
+    remotecall_fetch(put_slot, f.where, f.slot[1], f.slot[2], v)
+    f.v = Some{Any}(v)
+    f
 end
 
 function Base.show(io::IO, f::Future)
@@ -152,7 +220,7 @@ function take_outcome!(f::Future)
             ok ? (f.v = Some{Any}(v)) : (f.err = v)
         end
     else
-        f.err = library_exception(CAPI.last_error(st), f.where)
+        f.err = library_exception(CAPI.last_error(st), f.where, true)
     end
     release!(f)
     nothing
@@ -200,7 +268,7 @@ function check_failed!(f::Future)
     len = Ref{Csize_t}(0)
     st = CAPI.cluster_future_fetch(h, 0, data, len)
     if st != CAPI.CLUSTER_OK
-        f.err = library_exception(CAPI.last_error(st), f.where)
+        f.err = library_exception(CAPI.last_error(st), f.where, true)
         release!(f)
     elseif !f.raw && len[] > 0 && unsafe_load(data[]) == TAG_ERR
         take_outcome!(f)
@@ -229,25 +297,26 @@ const FUT_ERROR = 0x02
 function Serialization.serialize(s::AbstractSerializer, f::Future)
     Serialization.serialize_type(s, Future, false)
     if f.v !== nothing
-        serialize(s, (f.where, f.whence, f.raw, FUT_VALUE, something(f.v)))
+        serialize(s, (f.where, f.whence, f.raw, FUT_VALUE, something(f.v), f.slot))
     elseif f.err !== nothing
-        serialize(s, (f.where, f.whence, f.raw, FUT_ERROR, f.err))
+        serialize(s, (f.where, f.whence, f.raw, FUT_ERROR, f.err, f.slot))
     else
         r = export_ref(f)
-        serialize(s, (f.where, f.whence, f.raw, FUT_BY_REF, (Int(r.owner), r.id)))
+        serialize(s, (f.where, f.whence, f.raw, FUT_BY_REF, (Int(r.owner), r.id), f.slot))
     end
 end
 
 function Serialization.deserialize(s::AbstractSerializer, ::Type{Future})
-    where, whence, raw, kind, payload = deserialize(s)
+    where, whence, raw, kind, payload, slot = deserialize(s)
     if kind == FUT_VALUE
-        return Future(where, whence, Some{Any}(payload), nothing, raw)
+        return Future(where, whence, Some{Any}(payload), nothing, raw, slot)
     elseif kind == FUT_ERROR
-        return Future(where, whence, nothing, payload, raw)
+        return Future(where, whence, nothing, payload, raw, slot)
     end
     owner, id = payload
+    check_pid(owner)
     r = Ref(CAPI.FutureRef(Int32(owner), UInt64(id)))
     out = Ref{Ptr{Cvoid}}(C_NULL)
     check_call(CAPI.cluster_future_import(context(), r, out), owner)
-    Future(out[], where, whence; raw = raw, imported = true)
+    Future(out[], where, whence; raw = raw, imported = true, slot = slot)
 end

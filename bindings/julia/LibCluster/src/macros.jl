@@ -72,8 +72,9 @@ end
 Evaluates `expr` at top level in `Main` on every process (or on the given
 ones), this one included, and waits for all. `using`/`import` statements
 in `expr` run here first. Values can be interpolated with `\$x`. Failures
-come back together as a `CompositeException` holding one `RemoteException`
-per failed process.
+come back together as a `CompositeException`, as in Distributed: one
+`RemoteException` per failed process in the order of the list, then a
+`TaskFailedException` for this process.
 """
 macro everywhere(ex)
     procs = GlobalRef(@__MODULE__, :procs)
@@ -109,43 +110,42 @@ extract_imports!(imports, x) = imports
 """
     remotecall_eval(m::Module, procs, expr)
 
-Evaluates `expr` in module `m` on each of `procs` (here too if listed, last)
-and waits for all; failures are gathered into one `CompositeException`, one
-`RemoteException` per process.
+Evaluates `expr` in module `m` on each of `procs` (here too if listed, last,
+in a task) and waits for all. Failures are gathered into one
+`CompositeException`, as Distributed's `@sync` gathers them: a
+`RemoteException` per failed process in the order of `procs`, then a
+`TaskFailedException` for a failure here.
 """
 function remotecall_eval(m::Module, procs, ex)
     me = myid()
-    futs = Tuple{Int,Any}[]
+    refs = Any[]            # futures, or the error of a call that could not be made
     run_locally = 0
     for pid in procs
         if pid == me
             run_locally += 1
         else
-            f = try
+            push!(refs, try
                 remotecall(Core.eval, pid, m, ex)
             catch err
                 err
-            end
-            push!(futs, (Int(pid), f))
+            end)
         end
+    end
+    yield()
+    # Here last, so as not to hold back the others (Distributed).
+    for _ in 1:run_locally
+        push!(refs, @async Core.eval(m, ex))
     end
     errors = Any[]
-    for _ in 1:run_locally
-        try
-            Core.eval(m, ex)
-        catch err
-            push!(errors, RemoteException(me, capture(err, catch_backtrace())))
-        end
-    end
-    for (pid, f) in futs
-        if f isa Future
+    for r in refs
+        if r isa Future || r isa Task
             try
-                wait(f)
+                wait(r)
             catch err
-                push!(errors, err)
+                push!(errors, err)      # a Task's: TaskFailedException
             end
         else
-            push!(errors, f)
+            push!(errors, r)
         end
     end
     isempty(errors) || throw(CompositeException(errors))

@@ -46,6 +46,52 @@ on this machine, so this is `procs()`.
 """
 procs(pid::Integer) = procs()
 
+"`procs(pid)` without this process (DistributedNext)."
+other_procs(pid::Integer) = filter(!=(myid()), procs(pid))
+
+"The workers on the same host as `pid`, without this process: every worker is on this machine."
+other_workers(pid::Integer) = other_workers()
+
+# --------------------------------------------------------------- cookie
+
+# Distributed's cookie length: a cookie set by `cluster_cookie(c)` is
+# padded to it, as there.
+const HDR_COOKIE_LEN = 16
+
+# Set by `cluster_cookie(c)` before the cluster starts; `init` uses it.
+const COOKIE = Ref{Union{Nothing,String}}(nothing)
+
+"""
+    cluster_cookie() -> String
+
+The cluster's cookie: the secret its processes prove they hold before any
+message is read (workers get it on their standard input).
+"""
+cluster_cookie() = CAPI.read_string(CAPI.cluster_cookie, context())
+
+"""
+    cluster_cookie(cookie) -> cookie
+
+Sets the cookie of the cluster this process will start, as Distributed's
+(ASCII, at most 16 characters, padded with spaces to 16), and returns it.
+The library keeps a cluster's cookie for its whole life, so once this
+process's cluster is running only its own cookie is accepted here.
+"""
+function cluster_cookie(cookie::AbstractString)
+    @assert isascii(cookie)
+    @assert length(cookie) <= HDR_COOKIE_LEN
+    cookie = rpad(cookie, HDR_COOKIE_LEN)
+    lock(INIT_LOCK) do
+        if RT.ctx == C_NULL
+            COOKIE[] = cookie
+        elseif cookie != cluster_cookie()
+            error("cluster_cookie: this process's cluster is running with another cookie; " *
+                  "set it before the cluster starts (its first use, or LibCluster.init)")
+        end
+    end
+    cookie
+end
+
 # ----------------------------------------------------------- lifecycle
 
 """
@@ -67,8 +113,14 @@ const STARTED_CBS = Dict{Any,Any}()
 const EXITING_CBS = Dict{Any,Any}()
 const EXITED_CBS = Dict{Any,Any}()
 
-function add_callback(f, key, dict)
-    key === nothing && (key = gensym("callback"))
+# As DistributedNext: a callback that cannot take the arguments it will get
+# is refused here, not when a worker has started.
+function add_callback(f, key, dict, argtypes)
+    key === nothing && (key = Symbol(gensym(), nameof(f)))
+    if !hasmethod(f, argtypes)
+        sig = "f(" * join(["::$(t)" for t in argtypes.parameters], ", ") * ")"
+        throw(ArgumentError("Callback function is invalid, it must be able to be called with these argument types: $sig"))
+    end
     haskey(dict, key) && throw(ArgumentError("A callback function with key '$(key)' already exists"))
     dict[key] = f
     key
@@ -78,66 +130,138 @@ end
     add_worker_starting_callback(f; key=nothing) -> key
 
 `f(manager, params)` runs on the head just before `addprocs` starts workers;
-`params` is a `Dict{Symbol,Any}` of the `addprocs` keywords. An exception
-stops `addprocs`.
+`params` is a `Dict{Symbol,Any}` of the `addprocs` keywords and defaults. A
+failure stops `addprocs` (a `TaskFailedException`).
 """
-add_worker_starting_callback(f::Base.Callable; key = nothing) = add_callback(f, key, STARTING_CBS)
-"`f(pid)` runs on the head for each worker `addprocs` added; an exception is rethrown by `addprocs`."
-add_worker_started_callback(f::Base.Callable; key = nothing) = add_callback(f, key, STARTED_CBS)
-"`f(pid)` runs on the head just before `rmprocs` removes worker `pid`."
-add_worker_exiting_callback(f::Base.Callable; key = nothing) = add_callback(f, key, EXITING_CBS)
+add_worker_starting_callback(f::Base.Callable; key = nothing) =
+    add_callback(f, key, STARTING_CBS, Tuple{LocalManager,Dict{Symbol,Any}})
 """
+    add_worker_started_callback(f; key=nothing) -> key
+
+`f(pid)` runs on the head for each worker `addprocs` added, concurrently; a
+failure is rethrown by `addprocs` as a `TaskFailedException` (the workers
+are up). Callbacks still running after `callback_warning_interval` seconds
+(an `addprocs` keyword, default 10) are named in a warning, and again at
+each interval.
+"""
+add_worker_started_callback(f::Base.Callable; key = nothing) = add_callback(f, key, STARTED_CBS, Tuple{Int})
+"""
+    add_worker_exiting_callback(f; key=nothing) -> key
+
+`f(pid)` runs on the head just before `rmprocs` removes worker `pid`.
+`rmprocs` waits for these callbacks at most `callback_timeout` seconds (a
+keyword, default 10), then warns and removes the workers anyway.
+"""
+add_worker_exiting_callback(f::Base.Callable; key = nothing) = add_callback(f, key, EXITING_CBS, Tuple{Int})
+"""
+    add_worker_exited_callback(f; key=nothing) -> key
+
 `f(pid, state::WorkerState)` runs on the head when a worker has exited, asked
 to (`WorkerState_terminated`) or not (`WorkerState_exterminated`). Exceptions
-are caught and printed.
+are caught and logged: for the workers `rmprocs` removed, by the task that
+called `rmprocs` (before it returns), else by the task that noticed.
 """
-add_worker_exited_callback(f::Base.Callable; key = nothing) = add_callback(f, key, EXITED_CBS)
+add_worker_exited_callback(f::Base.Callable; key = nothing) =
+    add_callback(f, key, EXITED_CBS, Tuple{Int,WorkerState})
 
 remove_worker_starting_callback(key) = (delete!(STARTING_CBS, key); nothing)
 remove_worker_started_callback(key) = (delete!(STARTED_CBS, key); nothing)
 remove_worker_exiting_callback(key) = (delete!(EXITING_CBS, key); nothing)
 remove_worker_exited_callback(key) = (delete!(EXITED_CBS, key); nothing)
 
-"Runs the callbacks concurrently; rethrows the first failure unless `catch_all`."
-function run_callbacks(what, cbs, args...; catch_all = false)
+"""
+    run_callbacks(what, cbs, arglist; catch_all=false, warn_every=10, timeout=nothing)
+
+Runs every callback of `cbs` on every argument tuple of `arglist`
+concurrently and waits for them, as DistributedNext does: a warning names
+those still running every `warn_every` seconds; after `timeout` seconds it
+warns and stops waiting. A failure is rethrown as a `TaskFailedException`
+unless `catch_all`, which logs it. Warnings and errors are logged from the
+calling task (its logger sees them); an exception thrown into the wait
+(an interrupt) propagates.
+"""
+function run_callbacks(what, cbs, arglist; catch_all = false, warn_every = 10, timeout = nothing)
     isempty(cbs) && return
     # Compiled only when there are callbacks to run.
-    Base.invokelatest(run_callbacks_now, what, cbs, args, catch_all)
+    Base.invokelatest(run_callbacks_now, what, collect(cbs), arglist, catch_all, warn_every, timeout)
 end
 
-function run_callbacks_now(what, cbs, args, catch_all)
-    tasks = [(k, @async f(args...)) for (k, f) in collect(cbs)]
-    for (k, t) in tasks
-        try
-            wait(t)
-        catch err
-            ex = err isa TaskFailedException ? err.task.exception : err
-            if catch_all
-                @error "Error in $what callback '$k'" exception = ex
+function run_callbacks_now(what, cbs, arglist, catch_all, warn_every, timeout)
+    events = Channel{Symbol}(Inf)
+    tasks = Tuple{Any,Task}[]
+    for args in arglist, (k, f) in cbs
+        t = Task(() -> try
+                     f(args...)
+                 finally
+                     put!(events, :done)
+                 end)
+        schedule(t)
+        push!(tasks, (k, t))
+    end
+    running() = join(["'$k'" for (k, t) in tasks if !istaskdone(t)], ", ")
+    ticker = warn_every === nothing || warn_every <= 0 ? nothing :
+             Timer(_ -> put!(events, :slow), warn_every; interval = warn_every)
+    deadline = timeout === nothing ? nothing : Timer(_ -> put!(events, :timeout), timeout)
+    left = length(tasks)
+    try
+        while left > 0
+            ev = take!(events)
+            if ev === :done
+                left -= 1
+            elseif ev === :slow
+                r = running()
+                isempty(r) || @warn "Waiting for these $what callbacks to finish: $r"
             else
-                throw(ex)
+                @warn "Some $what callbacks have not yet finished, continuing to remove workers anyway. " *
+                      "These are the callbacks still running: $(running())"
+                break
             end
         end
+    finally
+        ticker === nothing || close(ticker)
+        deadline === nothing || close(deadline)
+    end
+    for (k, t) in tasks
+        (istaskdone(t) && istaskfailed(t)) || continue
+        catch_all || throw(TaskFailedException(t))
+        @error "Error when running $what callback '$k'" exception = TaskFailedException(t)
     end
 end
+
+# The workers whose exited callbacks `rmprocs` runs itself, and those whose
+# exited callbacks have run: they run once, from one place.
+const REMOVING = Set{Int}()
+const EXITED_RUN = Set{Int}()
 
 # Called by the event loop for CLUSTER_EVENT_WORKER.
 function on_lifecycle(pid::Int, what::Int32)
     if what == CAPI.CLUSTER_WORKER_EXITED || what == CAPI.CLUSTER_WORKER_DIED
         RT.dead[pid] = what == CAPI.CLUSTER_WORKER_EXITED ? :exited : :died
         forget_process(pid)
-        state = what == CAPI.CLUSTER_WORKER_EXITED ? WorkerState_terminated : WorkerState_exterminated
-        isempty(EXITED_CBS) || @async run_callbacks("worker-exited", EXITED_CBS, pid, state; catch_all = true)
+        if !(pid in REMOVING) && !(pid in EXITED_RUN)
+            push!(EXITED_RUN, pid)
+            state = what == CAPI.CLUSTER_WORKER_EXITED ? WorkerState_terminated : WorkerState_exterminated
+            isempty(EXITED_CBS) || @async run_callbacks("worker-exited", EXITED_CBS, [(pid, state)]; catch_all = true)
+        end
     end
     nothing
 end
 
 # ------------------------------------------------------------- addprocs
 
+# The topology as Distributed sees it: of the workers running, changed only
+# while there are none (`nprocs() == 1`). The library fixes its own once it
+# has had workers (`cluster_set_topology` refuses from then on), so it is
+# left all_to_all unless `init` chose otherwise, and a master_worker asked of
+# `addprocs` is kept by LibCluster's workers themselves (see ENFORCE_MASTER_WORKER).
 const TOPOLOGY = Ref(:all_to_all)
+const DEFAULT_TOPOLOGY = Ref(:all_to_all)   # a plain addprocs's: init's
+const LIBRARY_TOPOLOGY = Ref(:all_to_all)   # what the library enforces
+const LAZY = Ref{Union{Bool,Nothing}}(nothing)
 
 """
     addprocs(n=Sys.CPU_THREADS; exeflags=``, env=[], dir=pwd(), topology=:all_to_all,
+             lazy=true, enable_threaded_blas=false, callback_warning_interval=10,
              exename=<this julia>) -> Vector{Int}
 
 Starts `n` Julia worker processes on this machine with the same Julia binary,
@@ -147,21 +271,32 @@ and returns their ids once every one is ready. Only process 1 may add workers.
 - `exeflags`: extra command-line flags for `julia` (a `Cmd`, string or vector).
 - `env`: extra environment variables, as pairs or `"NAME=value"` strings.
 - `dir`: the workers' working directory.
-- `topology`: `:all_to_all` (the default: workers call each other,
-  connecting on first use) or `:master_worker` (workers talk only to the
-  head); fixed once workers exist.
+- `topology`: `:all_to_all` (workers call each other, connecting on first
+  use) or `:master_worker` (workers talk only to the head), a Symbol or a
+  String. As in Distributed it can change only while no worker runs; the
+  default is `:all_to_all`, or what `LibCluster.init(topology=...)` chose.
+- `lazy`: with `:all_to_all`, `false` connects every new worker to the
+  others now instead of on first use; as in Distributed it cannot change
+  while workers run.
+- `enable_threaded_blas`: `false` (as Distributed) runs the workers' BLAS
+  on one thread.
+- `callback_warning_interval`: see `add_worker_started_callback`.
 """
 function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::AbstractString = pwd(),
-                  topology::Union{Symbol,Nothing} = nothing, exename = nothing, kwargs...)
+                  topology = nothing, lazy::Bool = true, enable_threaded_blas::Bool = false,
+                  callback_warning_interval::Real = 10, exename = nothing, kwargs...)
     n >= 0 || throw(ArgumentError("addprocs: n must be >= 0"))
     check_head()
+    topo = topology === nothing ? DEFAULT_TOPOLOGY[] : Symbol(topology)
     if !isempty(STARTING_CBS)
         params = Dict{Symbol,Any}(:np => n, :exeflags => exeflags, :env => env, :dir => dir,
-                                  :topology => something(topology, TOPOLOGY[]), :exename => exename)
+                                  :topology => topo, :lazy => lazy, :enable_threaded_blas => enable_threaded_blas,
+                                  :callback_warning_interval => callback_warning_interval, :exename => exename)
         for (k, v) in kwargs
             params[k] = v
         end
-        run_callbacks("worker-starting", STARTING_CBS, LocalManager(n), params)
+        run_callbacks("worker-starting", STARTING_CBS, [(LocalManager(n), params)];
+                      warn_every = callback_warning_interval)
     end
     n == 0 && return Int[]
     program, args = worker_command(exename, exeflags)
@@ -170,18 +305,60 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     (WARMED_UP[] || Sys.CPU_THREADS <= n) || @async warmup(until = () -> launched[])
     ids = try
         lock(RT.pid_lock) do
-            topology === nothing || set_topology(topology)
-            launch(n, program, args, worker_env(env), dir)
+            eager = set_topology(topo, lazy)
+            ids = launch(n, program, args, worker_env(env; threaded_blas = enable_threaded_blas), dir)
+            eager && connect_workers(ids)
+            ids
         end
     finally
         launched[] = true
     end
-    if !isempty(STARTED_CBS)
-        for id in ids
-            run_callbacks("worker-started", STARTED_CBS, id)
-        end
-    end
+    run_callbacks("worker-started", STARTED_CBS, [(id,) for id in ids]; warn_every = callback_warning_interval)
     ids
+end
+
+"""
+Applies Distributed's checks of `topology` and `lazy` (`addprocs_locked`):
+either may change only while no worker runs. Returns whether the new
+workers are to be connected to the others at once (`lazy = false`).
+"""
+function set_topology(t::Symbol, lazy::Bool = true)
+    topology_code(t)
+    if t !== TOPOLOGY[]
+        nprocs() == 1 ||
+            error("Workers with Topology $(TOPOLOGY[]) already exist. Requested Topology $(t) cannot be set.")
+        if t === :all_to_all && LIBRARY_TOPOLOGY[] === :master_worker
+            st = CAPI.cluster_set_topology(context(), topology_code(t))
+            st == CAPI.CLUSTER_OK || error(
+                "Requested Topology all_to_all cannot be set: this cluster was started with topology " *
+                "master_worker (LibCluster.init) and libcluster keeps it once workers were added " *
+                "($(CAPI.last_error(st).msg))")
+            LIBRARY_TOPOLOGY[] = t
+        end
+        TOPOLOGY[] = t
+    end
+    t === :all_to_all || (lazy = false)
+    if LAZY[] === nothing || nprocs() == 1
+        LAZY[] = lazy
+    elseif LAZY[] != lazy
+        throw(ArgumentError(string("Active workers with lazy=", LAZY[], ". Cannot set lazy=", lazy)))
+    end
+    t === :all_to_all && !lazy
+end
+
+"Connects each of the new workers `ids` to every worker before it (`lazy = false`)."
+function connect_workers(ids::Vector{Int})
+    all = workers()
+    futs = [remotecall(connect_to, id, Int[p for p in all if p < id]) for id in ids]
+    foreach(wait, futs)
+end
+
+"Runs on a worker: a call to each of `pids` opens its connection now."
+function connect_to(pids::Vector{Int})
+    @sync for p in pids
+        @async remotecall_fetch(myid, p)
+    end
+    nothing
 end
 
 """
@@ -206,17 +383,6 @@ function check_head()
     context()
     RT.role === :head || error("Only process 1 can add and remove workers")
     nothing
-end
-
-function set_topology(t::Symbol)
-    code = topology_code(t)
-    if t !== TOPOLOGY[]
-        if nprocs() > 1 || !isempty(RT.dead)
-            error("Workers with Topology $(TOPOLOGY[]) already exist. Requested Topology $(t) cannot be set.")
-        end
-        CAPI.check(CAPI.cluster_set_topology(context(), code))
-        TOPOLOGY[] = t
-    end
 end
 
 function launch(n::Integer, program::AbstractString, args::Vector{String}, env::Vector{String}, dir::AbstractString)
@@ -278,55 +444,81 @@ function env_strings(env)
     out
 end
 
-"Environment for Julia workers: the caller's, plus what keeps them like this process."
-function worker_env(env)
+"""
+Environment for Julia workers: the caller's, plus what keeps them like this
+process, and what `serve` applies there: one BLAS thread unless
+`threaded_blas`, a master_worker topology the library does not enforce
+(`TOPOLOGY`), this head's `max_message_bytes`.
+"""
+function worker_env(env; threaded_blas::Bool = false)
     out = env_strings(env)
     given(name) = any(e -> startswith(e, name * "="), out)
     sep = Sys.iswindows() ? ";" : ":"
     given("JULIA_LOAD_PATH") || push!(out, "JULIA_LOAD_PATH=" * join(LOAD_PATH, sep))
     given("JULIA_DEPOT_PATH") || push!(out, "JULIA_DEPOT_PATH=" * join(DEPOT_PATH, sep))
     given("LIBCLUSTER_PATH") || push!(out, "LIBCLUSTER_PATH=" * CAPI.LIB_PATH[])
+    threaded_blas && push!(out, "LIBCLUSTER_JULIA_THREADED_BLAS=1")
+    if TOPOLOGY[] === :master_worker && LIBRARY_TOPOLOGY[] !== :master_worker
+        push!(out, "LIBCLUSTER_JULIA_TOPOLOGY=master_worker")
+    end
+    MAX_MESSAGE[] === nothing || push!(out, "LIBCLUSTER_JULIA_MAX_MESSAGE_BYTES=$(MAX_MESSAGE[])")
     out
 end
 
 # -------------------------------------------------------------- rmprocs
 
 """
-    rmprocs(pids...; waitfor=typemax(Int))
+    rmprocs(pids...; waitfor=typemax(Int), callback_timeout=10)
 
-Stops the given workers: asks them to leave, then terminates, then kills
-them, within `waitfor` seconds; raises an `ErrorException` if some are
-still running then. Process 1 is never removed (a warning). With
-`waitfor=0` it returns at once a `Task` doing the removal. Returns a `Task`
-(already done) otherwise, as Distributed.
+Stops the given workers: runs the worker-exiting callbacks (waiting for them
+at most `callback_timeout` seconds, as DistributedNext), asks the workers to
+leave, then terminates, then kills them, within `waitfor` seconds; raises an
+`ErrorException` if some are still running then. The worker-exited
+callbacks of the removed workers run before it returns. Process 1 is never
+removed (a warning). With `waitfor=0` it returns at once a `Task` doing the
+removal. Returns a `Task` (already done) otherwise, as Distributed.
 """
-function rmprocs(pids...; waitfor::Real = typemax(Int))
+function rmprocs(pids...; waitfor::Real = typemax(Int), callback_timeout::Real = 10)
     check_head()
     ids = Int[p for p in vcat(pids...)]
     if waitfor == 0
-        t = @async _rmprocs(ids, typemax(Int))
+        t = @async _rmprocs(ids, typemax(Int), callback_timeout)
         yield()
         return t
     end
-    _rmprocs(ids, waitfor)
+    _rmprocs(ids, waitfor, callback_timeout)
     return @async nothing
 end
 
-function _rmprocs(ids::Vector{Int}, waitfor::Real)
-    lock(RT.pid_lock) do
-        targets = Int32[]
-        for p in ids
-            if p == 1
-                @warn "rmprocs: process 1 not removed"
-            elseif p in procs()
-                push!(targets, p)
-            end
+function _rmprocs(ids::Vector{Int}, waitfor::Real, callback_timeout::Real)
+    gone = Tuple{Int,WorkerState}[]
+    try
+        lock(RT.pid_lock) do
+            remove_locked(ids, waitfor, callback_timeout, gone)
         end
-        isempty(targets) && return nothing
-        for p in targets
-            run_callbacks("worker-exiting", EXITING_CBS, Int(p); catch_all = true)
+    finally
+        # Out of the lock (a callback may add workers), in this task: its
+        # logger sees the failures.
+        run_callbacks("worker-exited", EXITED_CBS, gone; catch_all = true)
+    end
+    nothing
+end
+
+function remove_locked(ids::Vector{Int}, waitfor::Real, callback_timeout::Real, gone)
+    targets = Int32[]
+    for p in ids
+        if p == 1
+            @warn "rmprocs: process 1 not removed"
+        elseif p in procs()
+            push!(targets, p)
         end
-        ms = waitfor >= typemax(Int64) / 1000 ? Int64(-1) : round(Int64, waitfor * 1000)
+    end
+    isempty(targets) && return
+    run_callbacks("worker-exiting", EXITING_CBS, [(Int(p),) for p in targets];
+                  catch_all = true, warn_every = nothing, timeout = callback_timeout)
+    ms = waitfor >= typemax(Int64) / 1000 ? Int64(-1) : round(Int64, waitfor * 1000)
+    union!(REMOVING, targets)
+    try
         GC.@preserve targets begin
             try
                 CAPI.blocking(CAPI.OP_RMPROCS, context(), pointer(targets), length(targets), ms)
@@ -338,11 +530,17 @@ function _rmprocs(ids::Vector{Int}, waitfor::Real)
                 throw(library_exception(err))
             end
         end
+    finally
+        live = procs()
         for p in targets
+            (p in live || p in EXITED_RUN) && continue
+            push!(EXITED_RUN, p)
             RT.dead[Int(p)] = get(RT.dead, Int(p), :exited)
+            push!(gone, (Int(p), RT.dead[Int(p)] === :died ? WorkerState_exterminated : WorkerState_terminated))
         end
-        nothing
+        setdiff!(REMOVING, targets)
     end
+    nothing
 end
 
 # ------------------------------------------------------------- interrupt

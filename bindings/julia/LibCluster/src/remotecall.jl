@@ -7,8 +7,13 @@ const DO_FN = "LibCluster.do"         # run it, reply nothing, print failures th
 
 @inline function check_pid(pid::Integer)
     pid >= 1 || throw(ErrorException("no process with id $pid exists"))
+    ENFORCE_MASTER_WORKER[] && pid != 1 && pid != RT.myid && throw(master_worker_refusal(pid))
     nothing
 end
+
+# The library's words for the same refusal (when it enforces the topology).
+@noinline master_worker_refusal(pid) =
+    ErrorException("worker $(RT.myid) cannot call worker $pid: topology is master_worker")
 
 "Sends `io`'s bytes as a call of `name` on `pid`; returns the new future handle."
 function send_call(ctx::Ptr{Cvoid}, pid::Integer, name::String, io::IOBuffer)

@@ -56,15 +56,19 @@ on first use.
 end
 
 """
-    LibCluster.init(; topology=:all_to_all, listen_host=nothing, log_level=nothing)
+    LibCluster.init(; topology=:all_to_all, listen_host=nothing, log_level=nothing,
+                    max_message_bytes=nothing)
 
 Starts this process as the head of a cluster (process 1). Called implicitly
-by the first use of the API; call it first to choose the topology
-(`:all_to_all` or `:master_worker`) or the listening address. A worker
-process calls [`LibCluster.serve`](@ref) instead.
+by the first use of the API; call it first to choose the default topology
+of `addprocs` (`:all_to_all` or `:master_worker`, enforced by libcluster for
+the life of the cluster), the listening address, or the largest message
+(`max_message_bytes`, libcluster's default 1 GiB; the Julia workers get the
+same). A worker process calls [`LibCluster.serve`](@ref) instead. The cookie
+is `cluster_cookie(c)`'s if it was set, else a random one.
 """
 function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,AbstractString} = nothing,
-              log_level::Union{Nothing,Integer} = nothing)
+              log_level::Union{Nothing,Integer} = nothing, max_message_bytes::Union{Nothing,Integer} = nothing)
     lock(INIT_LOCK) do
         RT.ctx != C_NULL && return RT.ctx
         RT.closed && error("LibCluster: the cluster of this process was shut down")
@@ -72,19 +76,34 @@ function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,Abstr
         for k in LAUNCH_ENV
             delete!(ENV, k)
         end
-        start!(:head; topology = topology, listen_host = listen_host, log_level = log_level)
-        TOPOLOGY[] = topology
+        max_message_bytes === nothing || (MAX_MESSAGE[] = Int(max_message_bytes))
+        start!(:head; topology = topology, listen_host = listen_host, log_level = log_level,
+               cookie = COOKIE[], max_message = MAX_MESSAGE[])
+        TOPOLOGY[] = DEFAULT_TOPOLOGY[] = LIBRARY_TOPOLOGY[] = topology
         atexit(shutdown_at_exit)
         RT.ctx
     end
 end
+
+# The head's max_message_bytes when init was given one (its workers get it).
+const MAX_MESSAGE = Ref{Union{Nothing,Int}}(nothing)
+
+# What a head tells its Julia workers through their environment (`serve`
+# applies it, then removes it, as the launch variables).
+const WORKER_ENV = ("LIBCLUSTER_JULIA_THREADED_BLAS", "LIBCLUSTER_JULIA_TOPOLOGY",
+                    "LIBCLUSTER_JULIA_MAX_MESSAGE_BYTES")
+
+# On a worker launched under a master_worker topology that the library does
+# not enforce (see TOPOLOGY): calls to other workers are refused here.
+const ENFORCE_MASTER_WORKER = Ref(false)
 
 topology_code(t::Symbol) =
     t === :all_to_all ? CAPI.CLUSTER_TOPOLOGY_ALL_TO_ALL :
     t === :master_worker ? CAPI.CLUSTER_TOPOLOGY_MASTER_WORKER :
     throw(ArgumentError("topology must be :all_to_all or :master_worker, got :$t"))
 
-function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = nothing, log_level = nothing)
+function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = nothing, log_level = nothing,
+                cookie::Union{Nothing,String} = nothing, max_message::Union{Nothing,Int} = nothing)
     CAPI.LIB_HANDLE[] == C_NULL && CAPI.load_library!()
     d = CAPI.config_init()
     # The Julia thread spins (event loop, fetch); library reader threads
@@ -94,14 +113,15 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     RT.lib_spin_zero = spin_us == 0
     host = listen_host === nothing ? nothing : String(listen_host)
     out = Ref{Ptr{Cvoid}}(C_NULL)
-    GC.@preserve host begin
+    GC.@preserve host cookie begin
         # (Built field by field: cheaper to compile than a generic update.)
         cfg = CAPI.ClusterConfig(d.struct_size,
                                  host === nothing ? d.listen_host : pointer(host),
-                                 d.cookie, d.join,
+                                 cookie === nothing ? d.cookie : pointer(cookie), d.join,
                                  topology_code(topology),
                                  CAPI.CLUSTER_DISPATCH_HOST,
-                                 d.handler_threads, d.startup_timeout_ms, d.max_message_bytes,
+                                 d.handler_threads, d.startup_timeout_ms,
+                                 max_message === nothing ? d.max_message_bytes : UInt64(max_message),
                                  spin_us,
                                  log_level === nothing ? d.log_level : Int32(log_level),
                                  # A worker whose head goes away leaves through its

@@ -217,6 +217,17 @@ end
 
 # ----------------------------------------------------------- worker loop
 
+# As a Distributed worker (`enable_threaded_blas = false`): BLAS on one
+# thread, through the hook LinearAlgebra registers for this.
+function single_threaded_blas()
+    isdefined(Base, :disable_library_threading) || return
+    try
+        Base.disable_library_threading()
+    catch err
+        @warn "LibCluster: could not make BLAS single-threaded" exception = err
+    end
+end
+
 """
     LibCluster.serve()
 
@@ -226,10 +237,14 @@ Julia workers run `julia -e 'using LibCluster, LibCluster.API; LibCluster.serve(
 """
 function serve()
     RT.ctx == C_NULL || error("LibCluster.serve: this process already belongs to a cluster")
+    max_message = tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_MAX_MESSAGE_BYTES", ""))
     lock(INIT_LOCK) do
-        start!(:worker)
+        start!(:worker; max_message = max_message)
     end
-    for k in LAUNCH_ENV
+    # What the head asked of this worker (worker_env), before any call runs.
+    ENFORCE_MASTER_WORKER[] = get(ENV, "LIBCLUSTER_JULIA_TOPOLOGY", "") == "master_worker"
+    get(ENV, "LIBCLUSTER_JULIA_THREADED_BLAS", "") == "1" || single_threaded_blas()
+    for k in (LAUNCH_ENV..., WORKER_ENV...)
         delete!(ENV, k)
     end
     CAPI.check(CAPI.cluster_ready(RT.ctx))

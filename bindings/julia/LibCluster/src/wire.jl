@@ -5,7 +5,8 @@
 #          | MSG_FAST * fast call (fastwire.jl: named function, plain values)
 #   reply  = TAG_OK  * serialize(value)
 #          | TAG_OK_FAST * fast value
-#          | TAG_ERR * serialize(CapturedException)      (-> RemoteException)
+#          | TAG_ERR * serialize(type name, text, backtrace, exception)
+#                                                       (-> RemoteException)
 #
 # `globals` carries the `Main` globals an anonymous function refers to, as
 # Distributed does: `a = 1; remotecall_fetch(() -> a + 1, 2)` works, and a
@@ -95,23 +96,33 @@ end
 
 serialize_value(io::IO, @nospecialize(v)) = serialize(Serializer(io), v)
 
-"The error reply for exception `e` with backtrace `bt`; never throws."
+"""
+The error reply for exception `e` with backtrace `bt`; never throws. As
+Distributed's `ClusterSerializer` does for a `CapturedException`, the
+exception's type name (and here its text) come first, then the backtrace,
+then the exception: a receiver that cannot deserialize the exception (its
+type is not defined there) still has the rest.
+"""
 function encode_err(e, bt)
     for attempt in 1:3
         io = IOBuffer()
         write(io, TAG_ERR)
         try
-            ce = attempt == 1 ? capture(e, bt) :
-                 attempt == 2 ? CapturedException(ErrorException(safe_showerror(e)), portable_backtrace(bt)) :
-                                CapturedException(ErrorException(safe_showerror(e)), Any[])
-            serialize(Serializer(io), ce)
+            ex = attempt == 1 ? e : ErrorException(safe_showerror(e))
+            frames = attempt == 3 ? Any[] : portable_backtrace(bt)
+            s = Serializer(io)
+            serialize(s, string(typeof(e)))
+            serialize(s, safe_showerror(e))
+            serialize(s, frames)
+            serialize(s, ex)
             return io
         catch
         end
     end
     io = IOBuffer()
     write(io, TAG_ERR)
-    serialize(Serializer(io), CapturedException(ErrorException("remote error (unprintable)"), Any[]))
+    s = Serializer(io)
+    foreach(x -> serialize(s, x), ("ErrorException", "remote error (unprintable)", Any[], ErrorException("remote error (unprintable)")))
     io
 end
 
@@ -135,6 +146,7 @@ function decode_reply(bytes::AbstractVector{UInt8}, pid::Integer)
 end
 
 function decode_serialized_reply(io::IO, tag::UInt8, pid::Int)
+    tag == TAG_ERR && return (false, lock(() -> decode_err(serializer_from(pid, io), pid), SERIAL_LOCK))
     v = try
         lock(() -> deserialize(serializer_from(pid, io)), SERIAL_LOCK)
     catch err
@@ -143,14 +155,42 @@ function decode_serialized_reply(io::IO, tag::UInt8, pid::Int)
             ErrorException("the result from process $pid cannot be deserialized here: " * safe_showerror(err)),
             Any[])))
     end
-    if tag == TAG_OK
-        return (true, v)
-    elseif v isa CapturedException
-        return (false, RemoteException(pid, v))
-    else
-        return (false, RemoteException(pid, CapturedException(ErrorException(string(v)), Any[])))
-    end
+    (true, v)
 end
+
+"""
+The `RemoteException` of an error reply from `pid`. What cannot be
+deserialized here is recovered as Distributed does: a `CompositeException`
+of the remote error as text (with its type name) and of the local failure,
+e.g. the `UndefVarError` of a type this process does not have.
+"""
+function decode_err(s::AbstractSerializer, pid::Int)
+    typ = deserialize(s)::String
+    text = deserialize(s)::String
+    bt = try
+        deserialize(s)::Vector{Any}
+    catch err
+        return RemoteException(pid, CapturedException(CompositeException(Any[
+            CapturedException(undeserializable(pid, typ, text, false), Any[]),
+            capture(err, catch_backtrace())]), Any[]))
+    end
+    ex = try
+        deserialize(s)
+    catch err
+        return RemoteException(pid, CapturedException(CompositeException(Any[
+            CapturedException(undeserializable(pid, typ, text, true), bt),
+            capture(err, catch_backtrace())]), Any[]))
+    end
+    RemoteException(pid, CapturedException(ex, bt))
+end
+
+# Distributed's text (clusterserialize.jl, `original_ex`), with the remote
+# error's own text added.
+undeserializable(pid, typ, text, remote_bt) =
+    ErrorException("Error deserializing a remote exception from worker $pid\n" *
+                   "Remote(original) exception of type $typ\n" *
+                   "Remote(original) exception text: $text\n" *
+                   (remote_bt ? "Remote" : "Local") * " stacktrace : ")
 
 # ----------------------------------------------------------- Main globals
 
@@ -170,9 +210,11 @@ is_main_anon(@nospecialize(T)) =
     globals_to_send(pid, f, args) -> Union{Nothing,Vector}
 
 The `Main` globals referred to by `f` (and by function arguments) when they
-are anonymous functions defined in `Main`: `(name, isconst, value)` for each
-that process `pid` has not received with this value yet. Named functions,
-types and modules are not sent (define them with `@everywhere`).
+are anonymous functions defined in `Main`, as Distributed sends them: every
+value, types, modules and named functions included, and what an anonymous
+function held in such a global refers to in turn. `(name, isconst, value)`
+for each that process `pid` has not received with this value yet (bits
+values, named functions among them, are sent every time, as Distributed).
 """
 function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple))
     syms = Symbol[]
@@ -183,19 +225,44 @@ function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tup
     end
     isempty(syms) && return nothing
     out = Tuple{Symbol,Bool,Any}[]
-    for sym in syms
+    i = 0
+    while i < length(syms)          # grows while we go
+        i += 1
+        sym = syms[i]
         isdefined(Main, sym) || continue
         v = getfield(Main, sym)
-        (v isa Module || v isa Type) && continue
-        (v isa Function && !is_main_anon(typeof(v))) && continue
+        v isa Function && collect_main_globals!(syms, seen, typeof(v))
         if pid > 0 && !isbits(v)
             stamp = (UInt64(objectid(v)), UInt64(hash(v)))
             get(GLOBALS_SENT, (Int(pid), sym), nothing) == stamp && continue
             GLOBALS_SENT[(Int(pid), sym)] = stamp
         end
-        push!(out, (sym, isconst(Main, sym), v))
+        push!(out, (sym, isconst(Main, sym), v isa Module ? ModuleRef(v) : v))
     end
     isempty(out) ? nothing : out
+end
+
+"""
+A module held in a global, by name: the receiver looks it up among its
+loaded modules, and names the package to load when it is not there (where
+`Serialization` would fail with a `KeyError`).
+"""
+struct ModuleRef
+    path::Vector{Symbol}
+    uuid::String
+end
+
+function ModuleRef(m::Module)
+    uuid = Base.PkgId(Base.moduleroot(m)).uuid
+    ModuleRef(collect(Symbol, fullname(m)), uuid === nothing ? "" : string(uuid))
+end
+
+function resolve(r::ModuleRef)
+    m = root_module_named(r.path[1], r.uuid)
+    for p in r.path[2:end]
+        m = getfield(m, p)::Module
+    end
+    m
 end
 
 function collect_main_globals!(syms::Vector{Symbol}, seen::Set{Any}, @nospecialize(T))
@@ -243,6 +310,7 @@ end
 
 function define_globals(globs)
     for (sym, isc, v) in globs
+        v isa ModuleRef && (v = resolve(v))
         if isdefined(Main, sym) && (isc || isconst(Main, sym))
             isequal(getfield(Main, sym), v) || @warn "Cannot transfer global variable $sym; it already has a value."
             continue
