@@ -44,10 +44,14 @@ function build_c_worker()
     cc === nothing && return nothing
     repo = normpath(joinpath(@__DIR__, "..", "..", "..", ".."))
     libdir = dirname(LC.library_path())
-    exe = joinpath(mktempdir(), "c_worker")
+    dir = mktempdir()
+    exe = joinpath(dir, "c_worker")
     src = joinpath(@__DIR__, "c_worker.c")     # (not inside the backticks: no @__DIR__ there)
     inc = joinpath(repo, "include")
-    cmd = `$cc -O2 -I$inc -o $exe $src -L$libdir -lcluster -Wl,-rpath,$libdir`
+    # The program records the library's SONAME (libcluster.so.0), which a
+    # build directory lacks: a link by that name next to it.
+    symlink(LC.library_path(), joinpath(dir, "libcluster.so.0"))
+    cmd = `$cc -O2 -I$inc -o $exe $src -L$libdir -lcluster -Wl,-rpath,$dir`
     err = IOBuffer()
     p = run(pipeline(ignorestatus(cmd); stdout = err, stderr = err))
     p.exitcode == 0 && return exe
