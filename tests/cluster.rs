@@ -276,7 +276,7 @@ fn master_worker_topology_refuses_worker_to_worker_calls() {
     assert_eq!(e.kind, ErrorKind::Remote);
     assert!(e.message.contains("master_worker"), "{e}");
     assert_eq!(&*c.remotecall_fetch(2, "call_head_echo", b"ok").unwrap(), b"ok");
-    assert_eq!(c.set_topology(Topology::AllToAll).unwrap_err().kind, ErrorKind::InvalidArgument);
+    assert_eq!(c.set_topology(Topology::AllToAll).unwrap_err().kind, ErrorKind::Topology);
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
 
