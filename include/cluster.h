@@ -623,6 +623,31 @@ cluster_status cluster_free(cluster_ctx *ctx);
 cluster_status cluster_shutdown(cluster_ctx *ctx, int64_t timeout_ms);
 
 /**
+ * `cluster_shutdown` as a future, returned at once; it completes once the
+ * workers are stopped and this cluster is closed.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shutdown_async(cluster_ctx *ctx, int64_t timeout_ms, cluster_future **out);
+
+/**
+ * Closes the cluster (as `cluster_free` does, keeping the handle) and
+ * waits until no handler, lifecycle, log or notify callback of it runs.
+ * Once it returns CLUSTER_OK none will run again and no library thread
+ * touches any `user_data` given to this cluster: the host may free them.
+ * A callback that calls it does not wait for itself.
+ *
+ * Ownership: `ctx` stays the caller's, to free with `cluster_free`.
+ * Blocking: until running callbacks return, at most `timeout_ms`
+ * (CLUSTER_FOREVER: no limit); CLUSTER_ERR_TIMEOUT if one still runs
+ * (none starts any more).
+ * Threads: any, also from a callback of this cluster.
+ */
+cluster_status cluster_close(cluster_ctx *ctx, int64_t timeout_ms);
+
+/**
  * Worker: tells the head this process has registered its functions; the
  * head's `cluster_addprocs` returns once every new worker is ready.
  * No-op on the head.
@@ -754,6 +779,21 @@ cluster_status cluster_addprocs(cluster_ctx *ctx,
                                 int32_t *out_ids);
 
 /**
+ * Head only: `cluster_addprocs` as a future, returned at once. Its value
+ * is the new workers' ids, `n` little-endian `int32_t`s in order; it fails
+ * as `cluster_addprocs` does.
+ *
+ * Ownership: `options` (may be NULL) is copied; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_addprocs_async(cluster_ctx *ctx,
+                                      size_t n,
+                                      const cluster_launch_options *options,
+                                      cluster_future **out);
+
+/**
  * Head only: stops the workers `ids[0..n)`: asks them to leave, then
  * sends SIGTERM, then SIGKILL, each after a share of `timeout_ms`.
  *
@@ -762,6 +802,20 @@ cluster_status cluster_addprocs(cluster_ctx *ctx,
  * Threads: any.
  */
 cluster_status cluster_rmprocs(cluster_ctx *ctx, const int32_t *ids, size_t n, int64_t timeout_ms);
+
+/**
+ * Head only: `cluster_rmprocs` as a future, returned at once; it completes
+ * (with no value) once the workers are gone, or fails as `cluster_rmprocs`.
+ *
+ * Ownership: `ids` is read during the call; `*out` receives a new future.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_rmprocs_async(cluster_ctx *ctx,
+                                     const int32_t *ids,
+                                     size_t n,
+                                     int64_t timeout_ms,
+                                     cluster_future **out);
 
 /**
  * Head only, before the first `cluster_addprocs`: sets the topology
@@ -917,6 +971,26 @@ cluster_status cluster_everywhere(cluster_ctx *ctx,
                                   int64_t timeout_ms);
 
 /**
+ * `cluster_everywhere` as a future, returned at once: it completes once
+ * every call has, or fails with CLUSTER_ERR_COMPOSITE listing each failed
+ * process (a process that did not answer within `timeout_ms` is listed as
+ * timed out). In host mode this process may be among the targets.
+ *
+ * Ownership: `pids` and `args` are read during the call, never kept;
+ * `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no (arguments are written to the sockets before it returns).
+ * Threads: any.
+ */
+cluster_status cluster_everywhere_async(cluster_ctx *ctx,
+                                        const int32_t *pids,
+                                        size_t n,
+                                        const char *name,
+                                        const uint8_t *args,
+                                        size_t len,
+                                        int64_t timeout_ms,
+                                        cluster_future **out);
+
+/**
  * Cancels the calls running on `ids[0..n)`: their handlers see
  * `cluster_call_cancelled` and the calls fail with CLUSTER_ERR_INTERRUPTED.
  * Idle processes ignore it.
@@ -960,6 +1034,19 @@ cluster_status cluster_set_notify(cluster_ctx *ctx, cluster_notify_fn notify, vo
  * Threads: the host's thread.
  */
 cluster_status cluster_poll(cluster_ctx *ctx, cluster_event *events, size_t cap, size_t *count);
+
+/**
+ * Reads the future's reply connection on the calling thread for up to
+ * `spin_us` microseconds and sets `*ready`; never parks. A host runtime
+ * (Julia) calls it before it waits on its own scheduler, so a fast reply
+ * costs no thread wake-up. Incoming calls read meanwhile are queued for
+ * `cluster_poll` in host mode.
+ *
+ * Ownership: `f` stays the caller's.
+ * Blocking: no; busy for at most `spin_us`.
+ * Threads: any.
+ */
+cluster_status cluster_future_drive(cluster_future *f, uint32_t spin_us, bool *ready);
 
 /**
  * Waits until the future completes or `timeout_ms` passes (CLUSTER_FOREVER:

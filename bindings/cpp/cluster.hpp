@@ -282,6 +282,14 @@ public:
     /// Waits without limit; throws the call's error if it failed.
     void wait() const { check(cluster_future_wait(f_, CLUSTER_FOREVER)); }
 
+    /// Reads the reply on this thread for up to `spin_us` microseconds,
+    /// never parking; whether it completed.
+    bool drive(std::uint32_t spin_us) const {
+        bool r = false;
+        check(cluster_future_drive(f_, spin_us, &r));
+        return r;
+    }
+
     /// Whether it completed (successfully or not). Never blocks.
     bool ready() const {
         bool r = false;
@@ -777,6 +785,35 @@ public:
         check(cluster_addprocs(ctx_, n, &c, ids.data()));
         return ids;
     }
+    /// Head: addprocs as a future (its value: the new ids, n int32_t);
+    /// see ids_of().
+    Future addprocs_async(std::size_t n) {
+        cluster_future *f = nullptr;
+        check(cluster_addprocs_async(ctx_, n, nullptr, &f));
+        return Future(f);
+    }
+    /// The ids an addprocs_async future holds.
+    static std::vector<std::int32_t> ids_of(const Future &f) {
+        Bytes b = f.fetch();
+        std::vector<std::int32_t> ids(b.size() / sizeof(std::int32_t));
+        if (!ids.empty()) std::memcpy(ids.data(), b.data(), ids.size() * sizeof(std::int32_t));
+        return ids;
+    }
+    /// Head: rmprocs as a future.
+    Future rmprocs_async(const std::vector<std::int32_t> &ids, std::int64_t timeout_ms = 10000) {
+        cluster_future *f = nullptr;
+        check(cluster_rmprocs_async(ctx_, ids.data(), ids.size(), timeout_ms, &f));
+        return Future(f);
+    }
+    /// shutdown as a future.
+    Future shutdown_async(std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        cluster_future *f = nullptr;
+        check(cluster_shutdown_async(ctx_, timeout_ms, &f));
+        return Future(f);
+    }
+    /// Closes, then waits (up to `timeout_ms`) until no callback of this
+    /// cluster runs; none runs afterwards. The object stays to be destroyed.
+    void close_and_wait(std::int64_t timeout_ms = CLUSTER_FOREVER) { check(cluster_close(ctx_, timeout_ms)); }
     /// Head: stops the given workers (ask, then SIGTERM, then SIGKILL).
     void rmprocs(const std::vector<std::int32_t> &ids, std::int64_t timeout_ms = 10000) {
         check(cluster_rmprocs(ctx_, ids.data(), ids.size(), timeout_ms));
@@ -867,6 +904,15 @@ public:
         static const std::int32_t none = 0;
         check(cluster_everywhere(ctx_, pids.empty() ? &none : pids.data(), pids.size(), name.c_str(), args.data(),
                                  args.size(), timeout_ms));
+    }
+    /// everywhere as a future; this process may be among `pids` in host mode.
+    Future everywhere_async(const std::vector<std::int32_t> &pids, const std::string &name, Bytes args = {},
+                            std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        static const std::int32_t none = 0;
+        cluster_future *f = nullptr;
+        check(cluster_everywhere_async(ctx_, pids.empty() ? &none : pids.data(), pids.size(), name.c_str(),
+                                       args.data(), args.size(), timeout_ms, &f));
+        return Future(f);
     }
     /// Cancels the calls running on `pids` (their handlers see Call::cancelled()).
     void interrupt(const std::vector<std::int32_t> &pids) { check(cluster_interrupt(ctx_, pids.data(), pids.size())); }

@@ -13,6 +13,7 @@ use super::args::*;
 use super::boundary::Handle;
 use super::handles::{self, Kind};
 use super::status::{cluster_status, cluster_status_str};
+use super::gate::Gate;
 use super::UserData;
 use crate::{Call, Error};
 use parking_lot::Mutex;
@@ -71,7 +72,10 @@ fn take_call(c: *mut cluster_call) -> Result<Call, Error> {
 
 /// Runs the C handler `h` on `call` with a fresh handle, and answers the
 /// call from its status unless the handler answered or deferred it.
-pub(crate) fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_call) -> i32, ud: UserData, call: Call) {
+pub(crate) fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_call) -> i32, ud: UserData, gate: &Gate, call: Call) {
+    let Some(_pass) = gate.enter() else {
+        return call.fail("the cluster is closing");
+    };
     let obj = Arc::new(CallObj { state: Mutex::new(CallState { call: Some(call), deferred: false }) });
     let handle = match handles::insert(Kind::Call, obj.clone()) {
         Ok(h) => h as *mut cluster_call,

@@ -12,6 +12,7 @@ use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
 use super::types::*;
+use super::gate::Gate;
 use super::UserData;
 use crate::log::Level;
 use crate::{Call, Cluster, Lifecycle};
@@ -24,7 +25,20 @@ pub struct cluster_ctx {
     _private: [u8; 0],
 }
 
-c_handle!(cluster_ctx, Kind::Cluster, Cluster);
+/// A cluster behind a handle, with the gate its callbacks pass.
+pub(crate) struct CtxObj {
+    cluster: Cluster,
+    gate: Arc<Gate>,
+}
+
+impl std::ops::Deref for CtxObj {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+c_handle!(cluster_ctx, Kind::Cluster, CtxObj);
 
 // ---- starting and stopping ------------------------------------------------
 
@@ -46,7 +60,8 @@ pub unsafe extern "C" fn cluster_init(config: *const cluster_config, out: *mut *
         check_out(out, "out")?;
         let cfg = config_from(config)?;
         let c = Cluster::init(cfg)?;
-        put(out, "out", handles::insert(Kind::Cluster, Arc::new(c))? as *mut cluster_ctx)
+        let obj = CtxObj { cluster: c, gate: Arc::new(Gate::default()) };
+        put(out, "out", handles::insert(Kind::Cluster, Arc::new(obj))? as *mut cluster_ctx)
     })
 }
 
@@ -66,7 +81,8 @@ pub extern "C" fn cluster_free(ctx: *mut cluster_ctx) -> cluster_status {
             return Ok(());
         }
         let obj = handles::remove(Kind::Cluster, ctx.raw())?;
-        if let Ok(c) = obj.downcast::<Cluster>() {
+        if let Ok(c) = obj.downcast::<CtxObj>() {
+            c.gate.close();
             c.close();
         }
         Ok(())
@@ -82,7 +98,46 @@ pub extern "C" fn cluster_free(ctx: *mut cluster_ctx) -> cluster_status {
 /// Threads: any.
 #[no_mangle]
 pub extern "C" fn cluster_shutdown(ctx: *mut cluster_ctx, timeout_ms: i64) -> cluster_status {
-    ffi!([ctx => c] c.shutdown(timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24 * 365))))
+    ffi!([ctx => c] c.shutdown_async(timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24 * 365)))?.wait(None))
+}
+
+/// `cluster_shutdown` as a future, returned at once; it completes once the
+/// workers are stopped and this cluster is closed.
+///
+/// Ownership: `*out` receives a new future, released with `cluster_future_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_shutdown_async(ctx: *mut cluster_ctx, timeout_ms: i64, out: *mut *mut cluster_future) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let f = c.shutdown_async(timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24 * 365)))?;
+        put(out, "out", new_future_handle(f)?)
+    })
+}
+
+/// Closes the cluster (as `cluster_free` does, keeping the handle) and
+/// waits until no handler, lifecycle, log or notify callback of it runs.
+/// Once it returns CLUSTER_OK none will run again and no library thread
+/// touches any `user_data` given to this cluster: the host may free them.
+/// A callback that calls it does not wait for itself.
+///
+/// Ownership: `ctx` stays the caller's, to free with `cluster_free`.
+/// Blocking: until running callbacks return, at most `timeout_ms`
+/// (CLUSTER_FOREVER: no limit); CLUSTER_ERR_TIMEOUT if one still runs
+/// (none starts any more).
+/// Threads: any, also from a callback of this cluster.
+#[no_mangle]
+pub extern "C" fn cluster_close(ctx: *mut cluster_ctx, timeout_ms: i64) -> cluster_status {
+    ffi!([ctx => c] {
+        c.gate.close();
+        c.close();
+        if c.gate.close_and_wait(timeout_arg(timeout_ms)) {
+            Ok(())
+        } else {
+            Err(crate::Error::new(crate::ErrorKind::Timeout, "a callback of this cluster is still running"))
+        }
+    })
 }
 
 /// Worker: tells the head this process has registered its functions; the
@@ -232,11 +287,28 @@ pub unsafe extern "C" fn cluster_addprocs(ctx: *mut cluster_ctx, n: usize, optio
             check_out(out_ids, "out_ids")?;
         }
         let opts = launch_options_from(options)?;
-        let ids = c.addprocs(n, &opts)?;
-        for (i, id) in ids.iter().enumerate() {
-            out_ids.add(i).write(*id as i32);
+        let v = c.addprocs_async(n, &opts)?.value()?;
+        for (i, id) in v.chunks_exact(4).enumerate() {
+            out_ids.add(i).write(i32::from_le_bytes(id.try_into().unwrap()));
         }
         Ok(())
+    })
+}
+
+/// Head only: `cluster_addprocs` as a future, returned at once. Its value
+/// is the new workers' ids, `n` little-endian `int32_t`s in order; it fails
+/// as `cluster_addprocs` does.
+///
+/// Ownership: `options` (may be NULL) is copied; `*out` receives a new
+/// future, released with `cluster_future_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_addprocs_async(ctx: *mut cluster_ctx, n: usize, options: *const cluster_launch_options, out: *mut *mut cluster_future) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let opts = launch_options_from(options)?;
+        put(out, "out", new_future_handle(c.addprocs_async(n, &opts)?)?)
     })
 }
 
@@ -250,7 +322,23 @@ pub unsafe extern "C" fn cluster_addprocs(ctx: *mut cluster_ctx, n: usize, optio
 pub unsafe extern "C" fn cluster_rmprocs(ctx: *mut cluster_ctx, ids: *const i32, n: usize, timeout_ms: i64) -> cluster_status {
     ffi!([ctx => c] {
         let ids = pid_list(ids, n)?;
-        c.rmprocs(&ids, timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24)))
+        c.rmprocs_async(&ids, timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24)))?.wait(None)
+    })
+}
+
+/// Head only: `cluster_rmprocs` as a future, returned at once; it completes
+/// (with no value) once the workers are gone, or fails as `cluster_rmprocs`.
+///
+/// Ownership: `ids` is read during the call; `*out` receives a new future.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_rmprocs_async(ctx: *mut cluster_ctx, ids: *const i32, n: usize, timeout_ms: i64, out: *mut *mut cluster_future) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let ids = pid_list(ids, n)?;
+        let f = c.rmprocs_async(&ids, timeout_arg(timeout_ms).unwrap_or(Duration::from_secs(3600 * 24)))?;
+        put(out, "out", new_future_handle(f)?)
     })
 }
 
@@ -282,11 +370,14 @@ pub extern "C" fn cluster_set_topology(ctx: *mut cluster_ctx, topology: i32) -> 
 pub extern "C" fn cluster_set_lifecycle_callback(ctx: *mut cluster_ctx, callback: cluster_lifecycle_fn, user_data: *mut c_void) -> cluster_status {
     ffi!([ctx => c] {
         let ud = UserData(user_data);
+        let gate = c.gate.clone();
         let hook = callback.map(|cb| {
             Arc::new(move |pid: u32, ev: Lifecycle| {
                 let ud = ud;
-                // SAFETY: the host registered `cb` with this user data.
-                unsafe { cb(ud.0, pid as i32, lifecycle_code(ev)) }
+                if let Some(_pass) = gate.enter() {
+                    // SAFETY: the host registered `cb` with this user data.
+                    unsafe { cb(ud.0, pid as i32, lifecycle_code(ev)) }
+                }
             }) as Arc<dyn Fn(u32, Lifecycle) + Send + Sync>
         });
         c.set_lifecycle_hook(hook);
@@ -306,9 +397,11 @@ pub extern "C" fn cluster_set_lifecycle_callback(ctx: *mut cluster_ctx, callback
 pub extern "C" fn cluster_set_log_callback(ctx: *mut cluster_ctx, callback: cluster_log_fn, user_data: *mut c_void) -> cluster_status {
     ffi!([ctx => c] {
         let ud = UserData(user_data);
+        let gate = c.gate.clone();
         let sink = callback.map(|cb| {
             Arc::new(move |level: Level, msg: &str| {
                 let ud = ud;
+                let Some(_pass) = gate.enter() else { return };
                 let text = CString::new(msg.replace('\0', " ")).unwrap_or_default();
                 // SAFETY: the host registered `cb` with this user data.
                 unsafe { cb(ud.0, level_code(level), text.as_ptr()) }
@@ -348,7 +441,8 @@ pub unsafe extern "C" fn cluster_register(ctx: *mut cluster_ctx, name: *const c_
         let name = cstr(name, "name")?;
         let h = handler.ok_or_else(|| null_arg("handler"))?;
         let ud = UserData(user_data);
-        c.register(name, Arc::new(move |call: Call| run_c_handler(h, ud, call)))
+        let gate = c.gate.clone();
+        c.register(name, Arc::new(move |call: Call| run_c_handler(h, ud, &gate, call)))
     })
 }
 
@@ -481,6 +575,34 @@ pub unsafe extern "C" fn cluster_everywhere(
     })
 }
 
+/// `cluster_everywhere` as a future, returned at once: it completes once
+/// every call has, or fails with CLUSTER_ERR_COMPOSITE listing each failed
+/// process (a process that did not answer within `timeout_ms` is listed as
+/// timed out). In host mode this process may be among the targets.
+///
+/// Ownership: `pids` and `args` are read during the call, never kept;
+/// `*out` receives a new future, released with `cluster_future_free`.
+/// Blocking: no (arguments are written to the sockets before it returns).
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_everywhere_async(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    n: usize,
+    name: *const c_char,
+    args: *const u8,
+    len: usize,
+    timeout_ms: i64,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let list = if pids.is_null() { None } else { Some(pid_list(pids, n)?) };
+        let f = c.everywhere_async(list.as_deref(), cstr(name, "name")?, bytes(args, len, "args")?, timeout_arg(timeout_ms))?;
+        put(out, "out", new_future_handle(f)?)
+    })
+}
+
 /// Cancels the calls running on `ids[0..n)`: their handlers see
 /// `cluster_call_cancelled` and the calls fail with CLUSTER_ERR_INTERRUPTED.
 /// Idle processes ignore it.
@@ -521,11 +643,14 @@ pub unsafe extern "C" fn cluster_event_fd(ctx: *mut cluster_ctx, out: *mut c_int
 pub extern "C" fn cluster_set_notify(ctx: *mut cluster_ctx, notify: cluster_notify_fn, user_data: *mut c_void) -> cluster_status {
     ffi!([ctx => c] {
         let ud = UserData(user_data);
+        let gate = c.gate.clone();
         let hook = notify.map(|n| {
             Arc::new(move || {
                 let ud = ud;
-                // SAFETY: the host registered `n` with this user data.
-                unsafe { n(ud.0) };
+                if let Some(_pass) = gate.enter() {
+                    // SAFETY: the host registered `n` with this user data.
+                    unsafe { n(ud.0) };
+                }
             }) as Arc<dyn Fn() + Send + Sync>
         });
         c.set_notify(hook)

@@ -54,6 +54,23 @@ pub(crate) fn new_future_handle(f: Future) -> Result<*mut cluster_future, Error>
     Ok(handles::insert(Kind::Future, Arc::new(obj))? as *mut cluster_future)
 }
 
+/// Reads the future's reply connection on the calling thread for up to
+/// `spin_us` microseconds and sets `*ready`; never parks. A host runtime
+/// (Julia) calls it before it waits on its own scheduler, so a fast reply
+/// costs no thread wake-up. Incoming calls read meanwhile are queued for
+/// `cluster_poll` in host mode.
+///
+/// Ownership: `f` stays the caller's.
+/// Blocking: no; busy for at most `spin_us`.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_future_drive(f: *mut cluster_future, spin_us: u32, ready: *mut bool) -> cluster_status {
+    ffi!([f => fut] {
+        check_out(ready, "ready")?;
+        put(ready, "ready", fut.drive(Duration::from_micros(spin_us as u64)))
+    })
+}
+
 /// Waits until the future completes or `timeout_ms` passes (CLUSTER_FOREVER:
 /// no limit; 0: just check). Returns CLUSTER_OK, CLUSTER_ERR_TIMEOUT, or the
 /// call's own error.

@@ -16,6 +16,7 @@
 //! - `future`: `cluster_future` and `cluster_future_ref`.
 //! - `call`: `cluster_call`, an incoming call, and the handler trampoline.
 //! - `buffer`: `cluster_buffer`.
+//! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
 //! here and reachable from an export is C API, nothing else is.
@@ -26,6 +27,7 @@
 #[macro_use]
 mod boundary;
 mod args;
+mod gate;
 mod handles;
 
 // In this order in the header.

@@ -155,6 +155,20 @@ impl Future {
         slot::outcome(&self.slot).map(|_| ())
     }
 
+    /// Reads the reply's connection on this thread for up to `spin`, never
+    /// parking: a host runtime waits this way for a short while, then on
+    /// its own scheduler. True when the future is done.
+    pub fn drive(&self, spin: Duration) -> bool {
+        self.start();
+        if self.slot.is_done() {
+            return true;
+        }
+        match self.conn.get() {
+            Some(c) => c.drive(&self.node, spin, &|| self.slot.is_done()),
+            None => crate::sys::spin_until(spin, || self.slot.is_done()),
+        }
+    }
+
     /// Waits, then borrows the value, which stays cached in the future.
     pub fn fetch(&self, timeout: Option<Duration>) -> Result<&[u8]> {
         self.wait(timeout)?;

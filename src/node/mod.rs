@@ -447,10 +447,6 @@ impl Node {
         self.pending.fail_peer(id, || self.exited_error(id, note.clone()));
         let graceful = peer.graceful.load(Ordering::Acquire);
         self.log.info(format!("process {id} left ({})", if graceful { "stopped" } else { "died" }));
-        // Keep launched children listed until reaped; forget the rest.
-        if !peer.child_alive.load(Ordering::Acquire) {
-            self.peers.write().remove(&id);
-        }
         self.membership_changed();
         let how = Departure { graceful, was_ready: was == READY };
         for s in self.services().all() {
@@ -464,17 +460,25 @@ impl Node {
             self.log.warn("the head went away");
             self.stop_with(Stop::HeadLost);
         }
+        // SeqCst with child_reaped: one of the two sees the other's store.
+        peer.departed.store(true, Ordering::SeqCst);
+        // Keep launched children listed until reaped; forget the rest.
+        if !peer.child_alive.load(Ordering::SeqCst) {
+            self.peers.write().remove(&id);
+        }
+        self.membership_changed();
     }
 
     /// A launched child was reaped: forget its peer if it is gone.
     pub(crate) fn child_reaped(self: &Arc<Self>, peer: &Arc<Peer>) {
-        peer.child_alive.store(false, Ordering::Release);
-        if peer.is_gone() {
+        peer.child_alive.store(false, Ordering::SeqCst);
+        if peer.departed.load(Ordering::SeqCst) {
             self.peers.write().remove(&peer.id);
             self.membership_changed();
-        } else {
+        } else if !peer.is_gone() {
             self.peer_lost(peer.id);
         }
+        // (Gone but not departed: peer_lost is running and forgets it at its end.)
     }
 
     // ---- connections -------------------------------------------------

@@ -21,6 +21,9 @@ pub struct Peer {
     pub(crate) graceful: AtomicBool,
     /// Set once the started callback ran: addprocs returns after it.
     pub(crate) announced: AtomicBool,
+    /// Set once its departure was fully handled (services told, exit
+    /// callbacks run): rmprocs returns after it.
+    pub(crate) departed: AtomicBool,
     /// The operating-system process, when this head launched it.
     pub(crate) os_pid: AtomicU32,
     pub(crate) child_alive: AtomicBool,
@@ -38,6 +41,7 @@ impl Peer {
             state: AtomicU8::new(state),
             graceful: AtomicBool::new(false),
             announced: AtomicBool::new(false),
+            departed: AtomicBool::new(false),
             os_pid: AtomicU32::new(0),
             child_alive: AtomicBool::new(false),
             exit_note: Mutex::new(None),
@@ -45,6 +49,10 @@ impl Peer {
     }
     pub fn is_gone(&self) -> bool {
         self.state.load(Ordering::Acquire) == GONE
+    }
+    /// Gone, and its departure fully handled.
+    pub fn has_departed(&self) -> bool {
+        self.departed.load(Ordering::Acquire)
     }
     pub fn is_ready(&self) -> bool {
         self.state.load(Ordering::Acquire) == READY

@@ -517,7 +517,19 @@ void case_workers() {
     o.env = {"CPP_TEST_VAR=1"};
     auto more = c.addprocs(1, o);
     EXPECT(more.size() == 1 && c.remotecall_fetch_as<std::int32_t>(more[0], "whoami") == more[0]);
-    c.shutdown(10000);
+    // async forms
+    cluster::Future added = c.addprocs_async(1);
+    auto extra = cluster::Cluster::ids_of(added);
+    EXPECT(extra.size() == 1 && extra[0] == more[0] + 1);
+    cluster::Future all = c.everywhere_async(extra, "whoami", {}, 5000);
+    EXPECT(all.wait_for(10000));
+    cluster::Future w = c.remotecall(extra[0], "whoami");
+    bool done = false;
+    for (int i = 0; i < 100000 && !done; i++) done = w.drive(100);
+    EXPECT(done && w.fetch_as<std::int32_t>(0) == extra[0]);
+    EXPECT(c.rmprocs_async(extra, 5000).wait_for(10000));
+    EXPECT(c.shutdown_async(10000).wait_for(20000));
+    c.close_and_wait(5000);
     auto deadline = std::chrono::steady_clock::now() + 2s;
     auto count = [&](std::int32_t pid, cluster_lifecycle what) {
         std::lock_guard<std::mutex> g(mu);

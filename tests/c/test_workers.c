@@ -1297,6 +1297,162 @@ static void case_worker_to_head(void) {
     shutdown_all();
 }
 
+
+/* ---- async forms ------------------------------------------------------------ */
+
+/* Every operation that can wait has a form that returns a future at once. */
+static void case_async(void) {
+    cluster_future *f = NULL;
+    int64_t t0 = now_ms();
+    REQUIRE_OK(cluster_addprocs_async(g_ctx, 2, NULL, &f));
+    EXPECTF(now_ms() - t0 < 500, "addprocs_async took %" PRId64 " ms to return", now_ms() - t0);
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    REQUIRE_OK(cluster_future_fetch(f, 20000, &d, &n));
+    REQUIRE(n == 2 * sizeof(int32_t));
+    int32_t ids[2];
+    memcpy(ids, d, sizeof ids);
+    EXPECT(ids[0] >= 2 && ids[1] == ids[0] + 1);
+    EXPECT_OK(cluster_future_free(f));
+    for (int i = 0; i < 2; i++) EXPECT(fetch_i32(ids[i], "whoami", 0) == ids[i]);
+
+    /* everywhere: a future that completes once all calls have; failures
+     * listed per process, a slow one as timed out. */
+    f = NULL;
+    REQUIRE_OK(cluster_everywhere_async(g_ctx, ids, 2, "whoami", NULL, 0, 5000, &f));
+    EXPECT_OK(cluster_future_wait(f, 10000));
+    EXPECT_OK(cluster_future_free(f));
+    int32_t bad = ids[1];
+    f = NULL;
+    REQUIRE_OK(cluster_everywhere_async(g_ctx, ids, 2, "fail_on", (const uint8_t *)&bad, 4, 5000, &f));
+    EXPECT_ST(cluster_future_wait(f, 10000), CLUSTER_ERR_COMPOSITE);
+    int32_t epid = -1;
+    const char *msg = NULL;
+    EXPECT_OK(cluster_future_error(f, &epid, &msg));
+    char want[32];
+    snprintf(want, sizeof want, "process %d", bad);
+    EXPECTF(msg && strstr(msg, want) && strstr(msg, "1 of 2"), "everywhere_async error: %s", msg ? msg : "(null)");
+    EXPECT_OK(cluster_future_free(f));
+    int32_t ms = 3000;
+    f = NULL;
+    t0 = now_ms();
+    REQUIRE_OK(cluster_everywhere_async(g_ctx, ids, 2, "sleep_long", (const uint8_t *)&ms, 4, 100, &f));
+    EXPECT_ST(cluster_future_wait(f, 5000), CLUSTER_ERR_COMPOSITE);
+    EXPECTF(now_ms() - t0 < 2000, "a 100 ms everywhere took %" PRId64 " ms", now_ms() - t0);
+    EXPECT_OK(cluster_future_error(f, &epid, &msg));
+    EXPECTF(msg && strstr(msg, "timed out") && strstr(msg, "2 of 2"), "everywhere_async timeout: %s", msg ? msg : "(null)");
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_interrupt(g_ctx, ids, 2));
+
+    /* drive: reads the reply on this thread, never parks. */
+    f = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "whoami", NULL, 0, &f));
+    bool ready = false;
+    for (int i = 0; i < 200000 && !ready; i++) EXPECT_OK(cluster_future_drive(f, 100, &ready));
+    EXPECT(ready);
+    EXPECT_ST(cluster_future_drive(f, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_ST(cluster_future_drive(f, 0, &ready), CLUSTER_ERR_BAD_HANDLE);
+
+    /* rmprocs and shutdown as futures. */
+    f = NULL;
+    REQUIRE_OK(cluster_rmprocs_async(g_ctx, &ids[1], 1, 5000, &f));
+    EXPECT_OK(cluster_future_wait(f, 10000));
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT(wait_lifecycle(ids[1], CLUSTER_WORKER_EXITED, 5000) >= 0);
+    f = NULL;
+    REQUIRE_OK(cluster_shutdown_async(g_ctx, 10000, &f));
+    EXPECT_OK(cluster_future_wait(f, 20000));
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT(wait_lifecycle(ids[0], CLUSTER_WORKER_EXITED, 5000) >= 0);
+    f = NULL;
+    EXPECT_ST(cluster_addprocs_async(g_ctx, 1, NULL, &f), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_OK(cluster_free(g_ctx));
+    g_ctx = NULL;
+}
+
+/* Host mode: the host never blocks; the futures of addprocs and everywhere
+ * (this process among the targets) complete while it polls. */
+static void case_async_host(void) {
+    struct host_state hs = {0};
+    REQUIRE_OK(cluster_event_fd(g_ctx, &hs.fd));
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_addprocs_async(g_ctx, 2, NULL, &f));
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    EXPECT(hs.got_future);
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    REQUIRE_OK(cluster_future_fetch(f, 0, &d, &n));
+    EXPECT(n == 8);
+    EXPECT_OK(cluster_future_free(f));
+    f = NULL;
+    REQUIRE_OK(cluster_everywhere_async(g_ctx, NULL, 0, "whoami", NULL, 0, 10000, &f));
+    hs.got_future = false;
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 10000, got_future);
+    EXPECT(hs.got_future);
+    EXPECT_OK(cluster_future_wait(f, 0));
+    EXPECT_OK(cluster_future_free(f));
+    f = NULL;
+    REQUIRE_OK(cluster_shutdown_async(g_ctx, 10000, &f));
+    hs.got_future = false;
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    EXPECT(hs.got_future);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_free(g_ctx));
+    g_ctx = NULL;
+}
+
+/* ---- teardown ----------------------------------------------------------------- */
+
+static _Atomic int g_close_running, g_close_after;
+static _Atomic bool g_closed;
+static int32_t h_slow_callback(void *ud, cluster_call *call) {
+    (void)ud;
+    g_close_running++;
+    sleep_ms(300);
+    if (g_closed) g_close_after++; /* cluster_close returned while this ran */
+    g_close_running--;
+    return cluster_call_reply(call, NULL, 0);
+}
+static void on_lifecycle_count(void *ud, int32_t pid, cluster_lifecycle what) {
+    (void)pid;
+    (void)what;
+    if (g_closed) g_close_after++;
+    (*(_Atomic int *)ud)++;
+}
+
+/* cluster_close: once it returns no callback runs, or will run. */
+static void case_close(void) {
+    static _Atomic int lc;
+    /* The head's "head_fn" (which workers' "call_head" calls) becomes slow. */
+    REQUIRE_OK(cluster_register(g_ctx, "head_fn", h_slow_callback, NULL));
+    int32_t ids[1];
+    addprocs(1, ids);
+    REQUIRE_OK(cluster_set_lifecycle_callback(g_ctx, on_lifecycle_count, (void *)&lc));
+    /* The worker calls the head's slow handler; close while it runs. */
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "call_head", NULL, 0, &f));
+    for (int i = 0; i < 200 && g_close_running == 0; i++) sleep_ms(5);
+    EXPECTF(g_close_running == 1, "the head's handler is not running (%d)", (int)g_close_running);
+    int64_t t0 = now_ms();
+    EXPECT_OK(cluster_close(g_ctx, 5000));
+    g_closed = true;
+    EXPECTF(now_ms() - t0 >= 100, "cluster_close returned after %" PRId64 " ms, while a handler ran", now_ms() - t0);
+    EXPECT(g_close_running == 0);
+    /* The worker sees the head gone; no lifecycle callback runs now. */
+    sleep_ms(300);
+    EXPECT(g_close_after == 0);
+    EXPECT_ST(cluster_future_wait(f, 1000), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_ST(cluster_remotecall(g_ctx, ids[0], "whoami", NULL, 0, &f), CLUSTER_ERR_SHUTDOWN);
+    EXPECT_OK(cluster_close(g_ctx, 0)); /* again: nothing runs */
+    EXPECT_OK(cluster_free(g_ctx));
+    g_ctx = NULL;
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 struct test_case {
@@ -1319,6 +1475,9 @@ static const struct test_case cases[] = {
     {"bad_status", case_bad_status, CLUSTER_DISPATCH_THREADS},
     {"threads", case_threads, CLUSTER_DISPATCH_THREADS},
     {"worker_to_head", case_worker_to_head, CLUSTER_DISPATCH_THREADS},
+    {"async", case_async, CLUSTER_DISPATCH_THREADS},
+    {"async_host", case_async_host, CLUSTER_DISPATCH_HOST},
+    {"close", case_close, CLUSTER_DISPATCH_THREADS},
 };
 
 int main(int argc, char **argv) {

@@ -219,7 +219,7 @@ impl Control {
             }
         }
         let start = Instant::now();
-        let gone = |p: &Arc<Peer>| p.is_gone() && !p.child_alive.load(Ordering::Acquire);
+        let gone = |p: &Arc<Peer>| p.has_departed() && !p.child_alive.load(Ordering::Acquire);
         node.wait_membership(start + timeout / 2, || peers.iter().all(gone));
         for (phase, sig) in [(3u32, sys::SIGTERM), (4, sys::SIGKILL)] {
             for p in peers.iter().filter(|p| !gone(p)) {
