@@ -536,3 +536,52 @@ fn host_mode_runs_handlers_only_inside_poll() {
     assert!(seen.lock().iter().all(|t| *t == main_thread));
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+// ---- admission and identity (issue 6) ------------------------------------
+
+use cluster::net::auth::{self, PROTOCOL_VERSION};
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_naming_both() {
+    // The head's side: its log names both versions.
+    let c = head();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    c.log.set_level(cluster::log::Level::Warn);
+    c.log.set_sink(Some(Arc::new(move |_, m: &str| s2.lock().push(m.to_string()))));
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    s.write_all(&auth::greeting(9, &[1; 32])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut theirs = Vec::new();
+    let _ = s.read_to_end(&mut theirs);
+    assert_eq!(&theirs[..8], format!("LCLUSTR{PROTOCOL_VERSION}").as_bytes(), "the head greets with its version");
+    let named = |m: &String| m.contains("protocol version 9") && m.contains(&format!("speaks version {PROTOCOL_VERSION}"));
+    assert!(wait_until(Duration::from_secs(5), || seen.lock().iter().any(named)), "{:?}", seen.lock());
+
+    // A worker joining a head of another version exits, saying both.
+    let fake_head = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = Command::new(WORKER)
+        .env("LIBCLUSTER_HEAD", fake_head.local_addr().unwrap().to_string())
+        .env("LIBCLUSTER_ID", "2")
+        .env("LIBCLUSTER_COOKIE_STDIN", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"cookie\n").unwrap();
+    let (mut conn, _) = fake_head.accept().unwrap();
+    conn.write_all(&auth::greeting(9, &[2; 32])).unwrap();
+    let mut g = [0u8; 40];
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.read_exact(&mut g).unwrap();
+    assert_eq!(&g[..8], format!("LCLUSTR{PROTOCOL_VERSION}").as_bytes());
+    let exited = wait_until(Duration::from_secs(5), || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let st = child.wait().unwrap();
+    assert!(exited && !st.success(), "the worker did not give up: {st:?}");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains(&format!("speaks libcluster protocol version 9, this process speaks version {PROTOCOL_VERSION}")), "{err}");
+}
