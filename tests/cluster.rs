@@ -539,7 +539,8 @@ fn host_mode_runs_handlers_only_inside_poll() {
 
 // ---- admission and identity (issue 6) ------------------------------------
 
-use cluster::net::auth::{self, PROTOCOL_VERSION};
+use cluster::net::auth::{self, Side, PROTOCOL_VERSION};
+use cluster::wire::{Header, Kind};
 
 #[test]
 fn a_peer_of_another_protocol_version_is_refused_naming_both() {
@@ -585,3 +586,109 @@ fn a_peer_of_another_protocol_version_is_refused_naming_both() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains(&format!("speaks libcluster protocol version 9, this process speaks version {PROTOCOL_VERSION}")), "{err}");
 }
+
+/// Reads `streams` (non-blocking) until each is closed by the other end,
+/// or `deadline`; returns how many are still open then.
+fn still_open_at(streams: &mut [TcpStream], deadline: Instant) -> usize {
+    let mut open: Vec<bool> = streams.iter().map(|_| true).collect();
+    for s in streams.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        for (s, o) in streams.iter_mut().zip(open.iter_mut()).filter(|(_, o)| **o) {
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => *o = false,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // Reset or any other failure: closed all the same.
+                    Err(_) => *o = false,
+                }
+                break;
+            }
+        }
+        let n = open.iter().filter(|o| **o).count();
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_flood_of_strangers_is_shed_and_the_head_keeps_working() {
+    let deadline = Duration::from_millis(1500);
+    let c = head_with(Config { handshake_timeout: deadline, ..Config::default() });
+    assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![2]);
+    let addr = c.address().to_string();
+    // 320 strangers: most say nothing, the first 100 drip a plausible
+    // greeting a byte at a time, never letting a single read time out.
+    let opened = Instant::now();
+    let mut strangers: Vec<TcpStream> = (0..320).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let drippers: Vec<TcpStream> = strangers[..100].iter().map(|s| s.try_clone().unwrap()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let drip = std::thread::spawn(move || {
+        let g = auth::greeting(PROTOCOL_VERSION, &[9; 32]);
+        for (k, b) in g.iter().cycle().enumerate() {
+            if stop2.load(std::sync::atomic::Ordering::Acquire) || k > 200 {
+                return;
+            }
+            for mut s in &drippers {
+                let _ = s.write(&[*b]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Authenticated work goes on meanwhile: calls, new workers, and calls
+    // between workers.
+    for i in 0..50u32 {
+        assert_eq!(u32_of(&c.remotecall_fetch(2, "echo", &i.to_le_bytes()).unwrap()), i);
+    }
+    assert_eq!(c.addprocs(2, &opts()).unwrap(), vec![3, 4]);
+    assert_eq!(u32_of(&c.remotecall_fetch(3, "myid", &[]).unwrap()), 3);
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "call_peer", &4u32.to_le_bytes()).unwrap()), 4);
+    let st = c.admission_stats();
+    assert!(st.peak <= cluster::node::admit::MAX_ADMITTING, "{st:?}");
+    assert!(st.shed >= 320 - cluster::node::admit::MAX_ADMITTING as u64, "{st:?}");
+    // Every stranger is closed by the head within its deadline (plus slack
+    // for a loaded machine), dripping or not.
+    let open = still_open_at(&mut strangers, opened + deadline + Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    drip.join().unwrap();
+    assert_eq!(open, 0, "strangers still connected after the handshake deadline");
+    assert!(wait_until(Duration::from_secs(2), || c.admission_stats().admitting == 0), "{:?}", c.admission_stats());
+    let st = c.admission_stats();
+    assert!(st.timed_out >= 1, "{st:?}");
+    assert_eq!(c.procs(), vec![1, 2, 3, 4]);
+    assert_eq!(&*c.remotecall_fetch(4, "echo", b"still").unwrap(), b"still");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn an_authenticated_peer_that_never_finishes_its_first_frame_is_dropped() {
+    let deadline = Duration::from_millis(800);
+    let c = head_with(Config { handshake_timeout: deadline, ..Config::default() });
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    let t = Instant::now();
+    auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    // Half a header, then a byte now and then.
+    let h = Header::new(Kind::Request, 1, 1, 1).encode();
+    s.write_all(&h[..10]).unwrap();
+    let mut dripper = s.try_clone().unwrap();
+    let drip = std::thread::spawn(move || {
+        for b in &h[10..] {
+            std::thread::sleep(Duration::from_millis(150));
+            if dripper.write_all(&[*b]).is_err() {
+                return;
+            }
+        }
+    });
+    let open = still_open_at(std::slice::from_mut(&mut s), t + deadline + Duration::from_secs(3));
+    assert_eq!(open, 0, "a half-sent first frame held its connection");
+    drip.join().unwrap();
+    assert!(wait_until(Duration::from_secs(2), || c.admission_stats().timed_out >= 1), "{:?}", c.admission_stats());
+}
+

@@ -7,7 +7,7 @@ use crate::launch;
 use crate::net::auth::{self, Side};
 use crate::net::Conn;
 use crate::node::peer_state::{CONNECTED, LAUNCHING, READY};
-use crate::node::{resolve, Config, Node, HANDSHAKE_TIMEOUT, HEAD_ID};
+use crate::node::{resolve, Config, Node, HEAD_ID};
 use crate::wire::{self, Frame, Header, Kind};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -81,28 +81,40 @@ impl Control {
         let cfg = node.config();
         let addr = resolve(head_addr)?;
         let deadline = Instant::now() + cfg.startup_timeout;
-        let mut stream = loop {
+        let mut last: Option<Error> = None;
+        let stream = loop {
             if parent_gone(*parent) {
                 return Err(Error::new(ErrorKind::Launch, "the process that launched this worker is gone"));
             }
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::new(
-                        ErrorKind::Launch,
-                        format!("could not reach the head at {head_addr} within {:?}: {e}", cfg.startup_timeout),
-                    ))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            if Instant::now() >= deadline {
+                let why = last.map(|e| e.message).unwrap_or_else(|| "no attempt completed".into());
+                return Err(Error::new(
+                    ErrorKind::Launch,
+                    format!("could not reach the head at {head_addr} within {:?}: {why}", cfg.startup_timeout),
+                ));
             }
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Err(e) => last = Some(Error::io("connect", e)),
+                Ok(mut s) => {
+                    let until = (Instant::now() + cfg.handshake_timeout).min(deadline.max(Instant::now() + Duration::from_secs(1)));
+                    match auth::handshake_until(&mut s, node.cookie().as_bytes(), Side::Client, until, &mut || Ok(())) {
+                        Ok(_) => break s,
+                        // Dropped before the verdict (a busy head sheds
+                        // connections still authenticating) or too slow:
+                        // try again. A refused cookie or version is final.
+                        Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Timeout) => last = Some(e),
+                        Err(e) => return Err(Error::new(e.kind, format!("joining the head at {head_addr}: {}", e.message))),
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
         };
-        auth::handshake(&mut stream, node.cookie().as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
         let max = cfg.max_message_bytes;
         let conn = node.new_conn(stream)?;
         conn.peer.store(HEAD_ID, Ordering::Release);
         let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max };
         conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
-        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + cfg.handshake_timeout))?;
         if reply.header.status != 0 {
             return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
         }

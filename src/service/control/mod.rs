@@ -12,6 +12,7 @@ pub use procs::ControlExt;
 
 use crate::error::{Error, Result};
 use crate::launch::{Launcher, LocalLauncher};
+use crate::net::auth::Transcript;
 use crate::net::{Conn, Job};
 use crate::node::service::unknown_op;
 use crate::node::{Departure, Incoming, Node, Service, HEAD_ID};
@@ -140,7 +141,7 @@ impl Service for Control {
         Ok(None)
     }
 
-    fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame) -> Option<Result<()>> {
+    fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame, _transcript: &Transcript) -> Option<Result<()>> {
         (first.header.op == op::JOIN && node.is_head()).then(|| self.admit(node, conn, first))
     }
 
