@@ -540,7 +540,8 @@ fn host_mode_runs_handlers_only_inside_poll() {
 // ---- admission and identity (issue 6) ------------------------------------
 
 use cluster::net::auth::{self, Side, PROTOCOL_VERSION};
-use cluster::wire::{Header, Kind};
+use cluster::wire::{self, Header, Kind};
+use std::os::unix::io::AsRawFd;
 
 #[test]
 fn a_peer_of_another_protocol_version_is_refused_naming_both() {
@@ -692,3 +693,69 @@ fn an_authenticated_peer_that_never_finishes_its_first_frame_is_dropped() {
     assert!(wait_until(Duration::from_secs(2), || c.admission_stats().timed_out >= 1), "{:?}", c.admission_stats());
 }
 
+
+/// Connects to `addr` with the cookie and sends a HELLO claiming `id`.
+fn claim(addr: &str, cookie: &str, id: u32) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    auth::handshake(&mut s, cookie.as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    let hello = cluster::node::Hello { id, addr: "127.0.0.1:9".into(), max_message: 1 << 30, proof: [0x42; 32] };
+    let h = Header::new(Kind::Oneway, cluster::node::session::ID, cluster::node::session::HELLO, 0);
+    wire::write_frame(s.as_raw_fd(), h, &wire::encode_meta(&hello), &[]).unwrap();
+    s
+}
+
+#[test]
+fn claimed_identities_are_believed_only_on_the_heads_word() {
+    let c = head();
+    assert_eq!(c.addprocs(2, &opts()).unwrap(), vec![2, 3]);
+    let addr2 = String::from_utf8(c.remotecall_fetch(2, "address", &[]).unwrap().to_vec()).unwrap();
+    // A process with the cookie claims to be the head, worker 3 (alive, not
+    // yet connected to worker 2), worker 2 itself and a worker nobody
+    // announced; some hang up at once, the rest stay connected.
+    drop(claim(&addr2, c.cookie(), 1));
+    drop(claim(&addr2, c.cookie(), 3));
+    let t = Instant::now();
+    let mut stayed = vec![claim(&addr2, c.cookie(), 3), claim(&addr2, c.cookie(), 2), claim(&addr2, c.cookie(), 1), claim(&addr2, c.cookie(), 99)];
+    // Each claim is refused (the unknown id after a bounded wait for the head).
+    let open = still_open_at(&mut stayed, t + Duration::from_secs(6));
+    assert_eq!(open, 0, "worker 2 kept a connection from an impostor");
+    // Worker 2 serves, believes only in the real members, and reaches the
+    // real worker 3 (and 3 reaches it).
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"alive").unwrap(), b"alive");
+    let procs: Vec<u32> = c.remotecall_fetch(2, "procs", &[]).unwrap().chunks(4).map(u32_of).collect();
+    assert_eq!(procs, vec![1, 2, 3]);
+    let f = c.remotecall(2, "call_peer", &3u32.to_le_bytes()).unwrap();
+    assert_eq!(u32_of(f.fetch(Some(Duration::from_secs(10))).unwrap()), 3);
+    assert_eq!(u32_of(&c.remotecall_fetch(3, "call_peer", &2u32.to_le_bytes()).unwrap()), 2);
+    assert_eq!(c.procs(), vec![1, 2, 3]);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_launched_workers_id_is_taken_only_by_that_worker() {
+    let c = head();
+    let mut slow = opts();
+    slow.env.push(("TEST_WORKER_DELAY_MS".into(), "1000".into()));
+    let f = c.addprocs_async(1, &slow).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // A process with the cookie claims the id being launched before the
+    // worker itself connects.
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    let join = cluster::service::control::Join { id: 2, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, proof: [0; 32] };
+    let h = Header::new(Kind::Request, cluster::service::control::ID, cluster::service::control::op::JOIN, 1);
+    wire::write_frame(s.as_raw_fd(), h, &wire::encode_meta(&join), &[]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hdr = [0u8; wire::HEADER_LEN];
+    s.read_exact(&mut hdr).unwrap();
+    let reply = Header::decode(&hdr, 1 << 20).unwrap();
+    assert_ne!(reply.status, 0, "the head welcomed an impostor as worker 2");
+    let mut msg = vec![0u8; reply.payload_len as usize + reply.meta_len as usize];
+    s.read_exact(&mut msg).unwrap();
+    assert!(String::from_utf8_lossy(&msg).contains("launch key"), "{}", String::from_utf8_lossy(&msg));
+    // The real worker joins as 2.
+    let ids: Vec<u32> = f.fetch(Some(Duration::from_secs(20))).unwrap().chunks(4).map(u32_of).collect();
+    assert_eq!(ids, vec![2]);
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "myid", &[]).unwrap()), 2);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}

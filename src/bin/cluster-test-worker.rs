@@ -77,6 +77,7 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         let v = call.node().remotecall_fetch(u32_arg(call)?, "seq_state", &[]).map_err(|e| e.to_string())?;
         Ok(v.to_vec())
     })?;
+    c.register_fn("address", |call| Ok(call.node().address().as_bytes().to_vec()))?;
     c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
     Ok(())
 }
@@ -84,6 +85,12 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
 fn main() {
     // One line per panic: the tests panic handlers on purpose.
     std::panic::set_hook(Box::new(|info| eprintln!("cluster-test-worker: {info}")));
+    // A worker slow to start (before it joins).
+    if let Some(ms) = std::env::var("TEST_WORKER_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        if std::env::var("LIBCLUSTER_HEAD").is_ok() {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
     let mut cfg = Config::default();
     if let Some(max) = std::env::var("TEST_MAX_MESSAGE").ok().and_then(|v| v.parse().ok()) {
         cfg.max_message_bytes = max;

@@ -16,7 +16,11 @@
 //!   none of this delays calls between members.
 //!
 //! The first message says who the peer is: a JOIN to the head (the control
-//! service admits it), or a HELLO from another worker.
+//! service admits it), or a HELLO from another worker. A HELLO names an id
+//! the head announced and proves, with the key the head gave both workers
+//! for each other, that it is that worker: HMAC(key, label, both handshake
+//! nonces, both ids). An id not announced yet is waited for, briefly: the
+//! head's announcement may still be on its way.
 
 use super::{session, Hello, Node, Topology, HEAD_ID};
 use crate::error::{Error, ErrorKind};
@@ -32,8 +36,10 @@ use std::time::{Duration, Instant};
 
 /// Connections being admitted at once, at most.
 pub const MAX_ADMITTING: usize = 64;
-/// How long a first message that cannot be decided yet waits.
+/// How long a HELLO naming an id the head has not announced waits for it.
 pub(crate) const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// The label of a HELLO's proof.
+pub(crate) const HELLO_LABEL: &[u8] = b"libcluster hello";
 
 /// What the admission thread did, for tests and diagnostics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +94,7 @@ enum State {
     /// Authenticated; `fd` is the connection's socket, polled until its
     /// first message is in.
     First { conn: Arc<Conn>, fd: RawFd, transcript: Transcript },
-    /// A first message that cannot be decided yet.
+    /// A HELLO for an id the head has not announced (yet).
     Hello { conn: Arc<Conn>, frame: Frame, transcript: Transcript, until: Instant },
     /// Only while a state is moved out.
     Moved,
@@ -111,7 +117,6 @@ impl Entry {
 pub(crate) enum Verdict {
     Admitted,
     /// Not yet decidable: try again shortly.
-    #[allow(dead_code)]
     Wait,
     Refused(Error),
 }
@@ -174,7 +179,7 @@ fn run(weak: &Weak<Node>, listener: TcpListener) {
         while i < entries.len() {
             let waiting = matches!(entries[i].state, State::Hello { .. });
             let go = ready[i] || entries[i].fresh || waiting || wants_write(&entries[i]);
-            // A first message waiting to be decided ends by its own bound.
+            // A HELLO waiting for the head's word ends by its own bound.
             let outcome = if !waiting && Instant::now() >= entries[i].deadline {
                 Outcome::TimedOut
             } else if go {
@@ -361,7 +366,11 @@ impl Node {
                         Verdict::Admitted => Outcome::Admitted(conn.clone()),
                         Verdict::Refused(err) => Outcome::Refused(err),
                         Verdict::Wait if Instant::now() >= *until => {
-                            Outcome::Refused(Error::new(ErrorKind::Timeout, "its first message could not be admitted in time"))
+                            let id = frame.meta_as::<Hello>().map(|h| h.id).unwrap_or(0);
+                            Outcome::Refused(Error::new(
+                                ErrorKind::Auth,
+                                format!("a peer claimed to be process {id}, which the head has not announced"),
+                            ))
                         }
                         Verdict::Wait => Outcome::Keep,
                     };
@@ -387,8 +396,9 @@ impl Node {
         }
     }
 
-    /// A worker-to-worker connection.
-    pub(crate) fn on_hello(self: &Arc<Self>, conn: &Arc<Conn>, f: &Frame, _transcript: &Transcript) -> Verdict {
+    /// A worker-to-worker connection: believed only for an id the head
+    /// announced, with a proof made with the key the head gave for it.
+    pub(crate) fn on_hello(self: &Arc<Self>, conn: &Arc<Conn>, f: &Frame, transcript: &Transcript) -> Verdict {
         if self.topology() == Topology::MasterWorker {
             return Verdict::Refused(Error::new(ErrorKind::Topology, "worker-to-worker connections are disabled (topology master_worker)"));
         }
@@ -396,15 +406,23 @@ impl Node {
             Ok(i) => i,
             Err(e) => return Verdict::Refused(e),
         };
-        if info.id == HEAD_ID || info.id == self.myid() || info.id == 0 {
-            return Verdict::Refused(Error::new(ErrorKind::Protocol, format!("a peer claimed id {}", info.id)));
+        let me = self.myid();
+        if info.id == HEAD_ID || info.id == me || info.id == 0 {
+            return Verdict::Refused(Error::new(ErrorKind::Auth, format!("a peer claimed to be process {}", info.id)));
         }
-        conn.peer.store(info.id, Ordering::Release);
-        conn.peer_max.store(info.max_message, Ordering::Relaxed);
-        let peer = self.add_peer(info.id, super::peer_state::READY);
+        let Some(peer) = self.peer(info.id) else { return Verdict::Wait };
         if peer.is_gone() {
             return Verdict::Refused(Error::exited(info.id));
         }
+        let Some(key) = *peer.key.lock() else { return Verdict::Wait };
+        if !transcript.verify(&key, HELLO_LABEL, &[&info.id.to_le_bytes(), &me.to_le_bytes()], &info.proof) {
+            return Verdict::Refused(Error::new(
+                ErrorKind::Auth,
+                format!("a peer claiming to be worker {} failed to prove it with the key the head gave", info.id),
+            ));
+        }
+        conn.peer.store(info.id, Ordering::Release);
+        conn.peer_max.store(info.max_message, Ordering::Relaxed);
         let mut primary = peer.conn.lock();
         if primary.is_none() {
             *primary = Some(conn.clone());

@@ -51,11 +51,16 @@ pub mod session {
     pub const HELLO: u16 = 1;
 }
 
+/// The first message of a worker-to-worker connection: who is calling,
+/// and its proof (see `admit`).
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Hello {
+pub struct Hello {
     pub id: u32,
     pub addr: String,
     pub max_message: u64,
+    /// HMAC(key from the head, "libcluster hello", both nonces, caller id, callee id).
+    pub proof: [u8; 32],
 }
 
 /// A waiter about to park may lend what it holds (a handler slot) so the
@@ -286,6 +291,17 @@ impl Node {
         self.peers.read().values().filter(|p| f(p)).cloned().collect()
     }
 
+    /// A worker learns of a member from the head: its address, and the
+    /// key the two share to prove who they are to each other.
+    pub(crate) fn add_announced_peer(&self, id: u32, addr: String, key: [u8; 32]) {
+        if id == self.myid() || id == HEAD_ID {
+            return;
+        }
+        let p = self.add_peer(id, READY);
+        *p.addr.lock() = addr;
+        *p.key.lock() = Some(key);
+    }
+
     /// The peer `id`, made with `state` if this node did not know it.
     pub(crate) fn add_peer(&self, id: u32, state: u8) -> Arc<Peer> {
         self.max_known.fetch_max(id, Ordering::AcqRel);
@@ -463,17 +479,19 @@ impl Node {
         Ok(conn)
     }
 
-    /// Connects to worker `peer` and says who calls.
+    /// Connects to worker `peer` and says who calls, with the proof the
+    /// head's key for the pair allows.
     fn connect_peer(self: &Arc<Self>, peer: &Peer) -> Result<Arc<Conn>> {
         let pid = peer.id;
         let addr = peer.addr.lock().clone();
+        let key = peer.key.lock().ok_or_else(|| Error::at(ErrorKind::Protocol, pid, format!("the head gave no key for worker {pid}")))?;
         let sa = resolve(&addr)?;
         let deadline = Instant::now() + self.cfg.handshake_timeout;
-        let s = loop {
+        let (s, transcript) = loop {
             let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
                 .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
             match auth::handshake_until(&mut s, self.cookie.as_bytes(), Side::Client, deadline, &mut || Ok(())) {
-                Ok(_) => break s,
+                Ok(t) => break (s, t),
                 // A busy peer sheds connections still authenticating: again.
                 Err(e) if e.kind == ErrorKind::Io && Instant::now() + Duration::from_millis(20) < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -483,7 +501,9 @@ impl Node {
         };
         let conn = self.new_conn(s)?;
         conn.peer.store(pid, Ordering::Release);
-        let hello = Hello { id: self.myid(), addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes };
+        let me = self.myid();
+        let proof = transcript.prove(&key, admit::HELLO_LABEL, &[&me.to_le_bytes(), &pid.to_le_bytes()]);
+        let hello = Hello { id: me, addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes, proof };
         conn.send(Header::new(Kind::Oneway, session::ID, session::HELLO, 0), &wire::encode_meta(&hello), &[])?;
         self.adopt(&conn);
         Ok(conn)
