@@ -759,3 +759,100 @@ fn a_launched_workers_id_is_taken_only_by_that_worker() {
     assert_eq!(u32_of(&c.remotecall_fetch(2, "myid", &[]).unwrap()), 2);
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+/// Kills `pids` (cleanup after a failed check).
+fn kill_all(pids: &[u32]) {
+    for &p in pids {
+        cluster::sys::kill(p, cluster::sys::SIGKILL);
+    }
+}
+
+#[test]
+fn workers_exit_when_their_launcher_dies_while_they_join() {
+    // Three workers of a head stand-in: one in its handshake with a head
+    // that does not answer (stopped or busy when it died, its listening
+    // socket still open elsewhere), one waiting for its welcome after the
+    // handshake, one between attempts to reach a port nobody listens on.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let addrs = format!("{},{},{}", silent.local_addr().unwrap(), mute.local_addr().unwrap(), closed);
+    let mut launcher = Command::new(WORKER)
+        .env("TEST_AS_LAUNCHER", addrs)
+        .env_remove("LIBCLUSTER_HEAD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(launcher.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        pids.push(line.parse::<u32>().unwrap());
+    }
+    assert_eq!(pids.len(), 3);
+    // Hold them where they are: the first sent its greeting, the second
+    // its JOIN.
+    let (mut a, _) = silent.accept().unwrap();
+    let mut g = [0u8; 40];
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    a.read_exact(&mut g).unwrap();
+    let (mut b, _) = mute.accept().unwrap();
+    auth::handshake(&mut b, b"launcher-cookie", Side::Server, Duration::from_secs(10)).unwrap();
+    let mut h = [0u8; wire::HEADER_LEN];
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.read_exact(&mut h).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(pids.iter().all(|&p| pid_alive(p)), "a worker gave up with its launcher alive");
+    launcher.kill().unwrap(); // SIGKILL
+    launcher.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !pid_alive(p)));
+    if !gone {
+        kill_all(&pids);
+    }
+    assert!(gone, "workers outlived their launcher");
+    let mut err = String::new();
+    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(err.matches("launched this worker").count(), 3, "{err}");
+    drop((a, b));
+}
+
+/// The children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+#[test]
+fn workers_exit_when_the_head_dies_during_addprocs() {
+    let mut head = Command::new(WORKER).env("TEST_AS_HEAD", "slow-workers").stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(head.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "launching");
+    let mut pids = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        pids = children_of(head.id());
+        pids.len() == 2
+    }));
+    head.kill().unwrap();
+    head.wait().unwrap();
+    // They wake after 800 ms, find their head gone and leave.
+    let gone = wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !pid_alive(p)));
+    if !gone {
+        kill_all(&pids);
+    }
+    assert!(gone, "workers outlived their head");
+}

@@ -77,8 +77,45 @@ impl Role {
     }
 }
 
-fn parent_gone(parent: Option<u32>) -> bool {
-    parent.is_some_and(|p| crate::sys::parent_pid() != p)
+/// Watches the process that launched this worker while it joins: a
+/// worker whose head died must not linger (nor, from the head's view,
+/// come back). A direct child sees its parent change when the parent
+/// dies; one started through a wrapper checks the launcher's process.
+struct ParentWatch {
+    pid: Option<u32>,
+    direct: bool,
+}
+
+impl ParentWatch {
+    fn new(pid: Option<u32>) -> ParentWatch {
+        ParentWatch { pid, direct: pid.is_some_and(|p| crate::sys::parent_pid() == p) }
+    }
+
+    fn gone(&self) -> bool {
+        match self.pid {
+            None => false,
+            Some(p) if self.direct => crate::sys::parent_pid() != p,
+            Some(p) => !process_alive(p),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.gone() {
+            return Err(Error::new(
+                ErrorKind::Launch,
+                format!("the process that launched this worker (pid {}) is gone", self.pid.unwrap_or(0)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }
 
 /// How long a worker waits between attempts to reach its head.
@@ -94,11 +131,14 @@ impl Control {
         let cfg = node.config();
         let addr = resolve(head_addr)?;
         let deadline = Instant::now() + cfg.startup_timeout;
+        let watch = ParentWatch::new(*parent);
+        let mut check = || watch.check();
+        // Short attempts while a parent is watched, so its death is seen
+        // within a fraction of a second in every step of joining.
+        let connect_timeout = if parent.is_some() { Duration::from_millis(500) } else { Duration::from_secs(1) };
         let mut last: Option<Error> = None;
         let (stream, transcript) = loop {
-            if parent_gone(*parent) {
-                return Err(Error::new(ErrorKind::Launch, "the process that launched this worker is gone"));
-            }
+            check()?;
             if Instant::now() >= deadline {
                 let why = last.map(|e| e.message).unwrap_or_else(|| "no attempt completed".into());
                 return Err(Error::new(
@@ -106,16 +146,17 @@ impl Control {
                     format!("could not reach the head at {head_addr} within {:?}: {why}", cfg.startup_timeout),
                 ));
             }
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            match TcpStream::connect_timeout(&addr, connect_timeout) {
                 Err(e) => last = Some(Error::io("connect", e)),
                 Ok(mut s) => {
-                    let until = (Instant::now() + cfg.handshake_timeout).min(deadline.max(Instant::now() + Duration::from_secs(1)));
-                    match auth::handshake_until(&mut s, node.cookie().as_bytes(), Side::Client, until, &mut || Ok(())) {
+                    let until = (Instant::now() + cfg.handshake_timeout).min(deadline.max(Instant::now() + connect_timeout));
+                    match auth::handshake_until(&mut s, node.cookie().as_bytes(), Side::Client, until, &mut check) {
                         Ok(t) => break (s, t),
                         // Dropped before the verdict (a busy head sheds
                         // connections still authenticating) or too slow:
                         // try again. A refused cookie or version is final.
                         Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Timeout) => last = Some(e),
+                        Err(e) if e.kind == ErrorKind::Launch => return Err(e),
                         Err(e) => return Err(Error::new(e.kind, format!("joining the head at {head_addr}: {}", e.message))),
                     }
                 }
@@ -131,7 +172,15 @@ impl Control {
         };
         let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max, proof };
         conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
-        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + cfg.handshake_timeout))?;
+        let reply_by = deadline.max(Instant::now() + cfg.handshake_timeout);
+        let reply = loop {
+            check()?;
+            match conn.read_frame_blocking((Instant::now() + Duration::from_millis(50)).min(reply_by)) {
+                Ok(f) => break f,
+                Err(e) if e.kind == ErrorKind::Timeout && Instant::now() < reply_by => {}
+                Err(e) => return Err(e),
+            }
+        };
         if reply.header.status != 0 {
             return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
         }
