@@ -626,8 +626,8 @@ fn a_flood_of_strangers_is_shed_and_the_head_keeps_working() {
     let addr = c.address().to_string();
     // 320 strangers: most say nothing, the first 100 drip a plausible
     // greeting a byte at a time, never letting a single read time out.
-    let opened = Instant::now();
     let mut strangers: Vec<TcpStream> = (0..320).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let opened = Instant::now();
     let drippers: Vec<TcpStream> = strangers[..100].iter().map(|s| s.try_clone().unwrap()).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
