@@ -536,3 +536,323 @@ fn host_mode_runs_handlers_only_inside_poll() {
     assert!(seen.lock().iter().all(|t| *t == main_thread));
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+// ---- admission and identity (issue 6) ------------------------------------
+
+use cluster::net::auth::{self, Side, PROTOCOL_VERSION};
+use cluster::wire::{self, Header, Kind};
+use std::os::unix::io::AsRawFd;
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_naming_both() {
+    // The head's side: its log names both versions.
+    let c = head();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    c.log.set_level(cluster::log::Level::Warn);
+    c.log.set_sink(Some(Arc::new(move |_, m: &str| s2.lock().push(m.to_string()))));
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    s.write_all(&auth::greeting(9, &[1; 32])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut theirs = Vec::new();
+    let _ = s.read_to_end(&mut theirs);
+    assert_eq!(&theirs[..8], format!("LCLUSTR{PROTOCOL_VERSION}").as_bytes(), "the head greets with its version");
+    let named = |m: &String| m.contains("protocol version 9") && m.contains(&format!("speaks version {PROTOCOL_VERSION}"));
+    assert!(wait_until(Duration::from_secs(5), || seen.lock().iter().any(named)), "{:?}", seen.lock());
+
+    // A worker joining a head of another version exits, saying both.
+    let fake_head = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = Command::new(WORKER)
+        .env("LIBCLUSTER_HEAD", fake_head.local_addr().unwrap().to_string())
+        .env("LIBCLUSTER_ID", "2")
+        .env("LIBCLUSTER_COOKIE_STDIN", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"cookie\n").unwrap();
+    let (mut conn, _) = fake_head.accept().unwrap();
+    conn.write_all(&auth::greeting(9, &[2; 32])).unwrap();
+    let mut g = [0u8; 40];
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.read_exact(&mut g).unwrap();
+    assert_eq!(&g[..8], format!("LCLUSTR{PROTOCOL_VERSION}").as_bytes());
+    let exited = wait_until(Duration::from_secs(5), || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let st = child.wait().unwrap();
+    assert!(exited && !st.success(), "the worker did not give up: {st:?}");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains(&format!("speaks libcluster protocol version 9, this process speaks version {PROTOCOL_VERSION}")), "{err}");
+}
+
+/// Reads `streams` (non-blocking) until each is closed by the other end,
+/// or `deadline`; returns how many are still open then.
+fn still_open_at(streams: &mut [TcpStream], deadline: Instant) -> usize {
+    let mut open: Vec<bool> = streams.iter().map(|_| true).collect();
+    for s in streams.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        for (s, o) in streams.iter_mut().zip(open.iter_mut()).filter(|(_, o)| **o) {
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => *o = false,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // Reset or any other failure: closed all the same.
+                    Err(_) => *o = false,
+                }
+                break;
+            }
+        }
+        let n = open.iter().filter(|o| **o).count();
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_flood_of_strangers_is_shed_and_the_head_keeps_working() {
+    let deadline = Duration::from_millis(1500);
+    let c = head_with(Config { handshake_timeout: deadline, ..Config::default() });
+    assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![2]);
+    let addr = c.address().to_string();
+    // 320 strangers: most say nothing, the first 100 drip a plausible
+    // greeting a byte at a time, never letting a single read time out.
+    let mut strangers: Vec<TcpStream> = (0..320).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let opened = Instant::now();
+    let drippers: Vec<TcpStream> = strangers[..100].iter().map(|s| s.try_clone().unwrap()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let drip = std::thread::spawn(move || {
+        let g = auth::greeting(PROTOCOL_VERSION, &[9; 32]);
+        for (k, b) in g.iter().cycle().enumerate() {
+            if stop2.load(std::sync::atomic::Ordering::Acquire) || k > 200 {
+                return;
+            }
+            for mut s in &drippers {
+                let _ = s.write(&[*b]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Authenticated work goes on meanwhile: calls, new workers, and calls
+    // between workers.
+    for i in 0..50u32 {
+        assert_eq!(u32_of(&c.remotecall_fetch(2, "echo", &i.to_le_bytes()).unwrap()), i);
+    }
+    assert_eq!(c.addprocs(2, &opts()).unwrap(), vec![3, 4]);
+    assert_eq!(u32_of(&c.remotecall_fetch(3, "myid", &[]).unwrap()), 3);
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "call_peer", &4u32.to_le_bytes()).unwrap()), 4);
+    let st = c.admission_stats();
+    assert!(st.peak <= cluster::node::admit::MAX_ADMITTING, "{st:?}");
+    assert!(st.shed >= 320 - cluster::node::admit::MAX_ADMITTING as u64, "{st:?}");
+    // Every stranger is closed by the head within its deadline (plus slack
+    // for a loaded machine), dripping or not.
+    let open = still_open_at(&mut strangers, opened + deadline + Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    drip.join().unwrap();
+    assert_eq!(open, 0, "strangers still connected after the handshake deadline");
+    assert!(wait_until(Duration::from_secs(2), || c.admission_stats().admitting == 0), "{:?}", c.admission_stats());
+    let st = c.admission_stats();
+    assert!(st.timed_out >= 1, "{st:?}");
+    assert_eq!(c.procs(), vec![1, 2, 3, 4]);
+    assert_eq!(&*c.remotecall_fetch(4, "echo", b"still").unwrap(), b"still");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn an_authenticated_peer_that_never_finishes_its_first_frame_is_dropped() {
+    let deadline = Duration::from_millis(800);
+    let c = head_with(Config { handshake_timeout: deadline, ..Config::default() });
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    let t = Instant::now();
+    auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    // Half a header, then a byte now and then.
+    let h = Header::new(Kind::Request, 1, 1, 1).encode();
+    s.write_all(&h[..10]).unwrap();
+    let mut dripper = s.try_clone().unwrap();
+    let drip = std::thread::spawn(move || {
+        for b in &h[10..] {
+            std::thread::sleep(Duration::from_millis(150));
+            if dripper.write_all(&[*b]).is_err() {
+                return;
+            }
+        }
+    });
+    let open = still_open_at(std::slice::from_mut(&mut s), t + deadline + Duration::from_secs(3));
+    assert_eq!(open, 0, "a half-sent first frame held its connection");
+    drip.join().unwrap();
+    assert!(wait_until(Duration::from_secs(2), || c.admission_stats().timed_out >= 1), "{:?}", c.admission_stats());
+}
+
+
+/// Connects to `addr` with the cookie and sends a HELLO claiming `id`.
+fn claim(addr: &str, cookie: &str, id: u32) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    auth::handshake(&mut s, cookie.as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    let hello = cluster::node::Hello { id, addr: "127.0.0.1:9".into(), max_message: 1 << 30, proof: [0x42; 32] };
+    let h = Header::new(Kind::Oneway, cluster::node::session::ID, cluster::node::session::HELLO, 0);
+    wire::write_frame(s.as_raw_fd(), h, &wire::encode_meta(&hello), &[]).unwrap();
+    s
+}
+
+#[test]
+fn claimed_identities_are_believed_only_on_the_heads_word() {
+    let c = head();
+    assert_eq!(c.addprocs(2, &opts()).unwrap(), vec![2, 3]);
+    let addr2 = String::from_utf8(c.remotecall_fetch(2, "address", &[]).unwrap().to_vec()).unwrap();
+    // A process with the cookie claims to be the head, worker 3 (alive, not
+    // yet connected to worker 2), worker 2 itself and a worker nobody
+    // announced; some hang up at once, the rest stay connected.
+    drop(claim(&addr2, c.cookie(), 1));
+    drop(claim(&addr2, c.cookie(), 3));
+    let t = Instant::now();
+    let mut stayed = vec![claim(&addr2, c.cookie(), 3), claim(&addr2, c.cookie(), 2), claim(&addr2, c.cookie(), 1), claim(&addr2, c.cookie(), 99)];
+    // Each claim is refused (the unknown id after a bounded wait for the head).
+    let open = still_open_at(&mut stayed, t + Duration::from_secs(6));
+    assert_eq!(open, 0, "worker 2 kept a connection from an impostor");
+    // Worker 2 serves, believes only in the real members, and reaches the
+    // real worker 3 (and 3 reaches it).
+    assert_eq!(&*c.remotecall_fetch(2, "echo", b"alive").unwrap(), b"alive");
+    let procs: Vec<u32> = c.remotecall_fetch(2, "procs", &[]).unwrap().chunks(4).map(u32_of).collect();
+    assert_eq!(procs, vec![1, 2, 3]);
+    let f = c.remotecall(2, "call_peer", &3u32.to_le_bytes()).unwrap();
+    assert_eq!(u32_of(f.fetch(Some(Duration::from_secs(10))).unwrap()), 3);
+    assert_eq!(u32_of(&c.remotecall_fetch(3, "call_peer", &2u32.to_le_bytes()).unwrap()), 2);
+    assert_eq!(c.procs(), vec![1, 2, 3]);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_launched_workers_id_is_taken_only_by_that_worker() {
+    let c = head();
+    let mut slow = opts();
+    slow.env.push(("TEST_WORKER_DELAY_MS".into(), "1000".into()));
+    let f = c.addprocs_async(1, &slow).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // A process with the cookie claims the id being launched before the
+    // worker itself connects.
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    let join = cluster::service::control::Join { id: 2, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, proof: [0; 32] };
+    let h = Header::new(Kind::Request, cluster::service::control::ID, cluster::service::control::op::JOIN, 1);
+    wire::write_frame(s.as_raw_fd(), h, &wire::encode_meta(&join), &[]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hdr = [0u8; wire::HEADER_LEN];
+    s.read_exact(&mut hdr).unwrap();
+    let reply = Header::decode(&hdr, 1 << 20).unwrap();
+    assert_ne!(reply.status, 0, "the head welcomed an impostor as worker 2");
+    let mut msg = vec![0u8; reply.payload_len as usize + reply.meta_len as usize];
+    s.read_exact(&mut msg).unwrap();
+    assert!(String::from_utf8_lossy(&msg).contains("launch key"), "{}", String::from_utf8_lossy(&msg));
+    // The real worker joins as 2.
+    let ids: Vec<u32> = f.fetch(Some(Duration::from_secs(20))).unwrap().chunks(4).map(u32_of).collect();
+    assert_eq!(ids, vec![2]);
+    assert_eq!(u32_of(&c.remotecall_fetch(2, "myid", &[]).unwrap()), 2);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Kills `pids` (cleanup after a failed check).
+fn kill_all(pids: &[u32]) {
+    for &p in pids {
+        cluster::sys::kill(p, cluster::sys::SIGKILL);
+    }
+}
+
+#[test]
+fn workers_exit_when_their_launcher_dies_while_they_join() {
+    // Three workers of a head stand-in: one in its handshake with a head
+    // that does not answer (stopped or busy when it died, its listening
+    // socket still open elsewhere), one waiting for its welcome after the
+    // handshake, one between attempts to reach a port nobody listens on.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let addrs = format!("{},{},{}", silent.local_addr().unwrap(), mute.local_addr().unwrap(), closed);
+    let mut launcher = Command::new(WORKER)
+        .env("TEST_AS_LAUNCHER", addrs)
+        .env_remove("LIBCLUSTER_HEAD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(launcher.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        pids.push(line.parse::<u32>().unwrap());
+    }
+    assert_eq!(pids.len(), 3);
+    // Hold them where they are: the first sent its greeting, the second
+    // its JOIN.
+    let (mut a, _) = silent.accept().unwrap();
+    let mut g = [0u8; 40];
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    a.read_exact(&mut g).unwrap();
+    let (mut b, _) = mute.accept().unwrap();
+    auth::handshake(&mut b, b"launcher-cookie", Side::Server, Duration::from_secs(10)).unwrap();
+    let mut h = [0u8; wire::HEADER_LEN];
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.read_exact(&mut h).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(pids.iter().all(|&p| pid_alive(p)), "a worker gave up with its launcher alive");
+    launcher.kill().unwrap(); // SIGKILL
+    launcher.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !pid_alive(p)));
+    if !gone {
+        kill_all(&pids);
+    }
+    assert!(gone, "workers outlived their launcher");
+    let mut err = String::new();
+    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(err.matches("launched this worker").count(), 3, "{err}");
+    drop((a, b));
+}
+
+/// The children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+#[test]
+fn workers_exit_when_the_head_dies_during_addprocs() {
+    let mut head = Command::new(WORKER).env("TEST_AS_HEAD", "slow-workers").stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(head.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "launching");
+    let mut pids = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        pids = children_of(head.id());
+        pids.len() == 2
+    }));
+    head.kill().unwrap();
+    head.wait().unwrap();
+    // They wake after 800 ms, find their head gone and leave.
+    let gone = wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !pid_alive(p)));
+    if !gone {
+        kill_all(&pids);
+    }
+    assert!(gone, "workers outlived their head");
+}

@@ -93,13 +93,43 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         }
         Ok(n.to_le_bytes().to_vec())
     })?;
+    c.register_fn("address", |call| Ok(call.node().address().as_bytes().to_vec()))?;
     c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
     Ok(())
+}
+
+/// A stand-in for a head in the orphan tests: launches one worker per
+/// address in `addrs` (comma-separated) with the library's local launcher,
+/// as addprocs does, prints their process ids, then waits to be killed.
+fn run_as_launcher(addrs: &str) -> ! {
+    let exe = std::env::current_exe().expect("current_exe");
+    for (i, addr) in addrs.split(',').enumerate() {
+        let opts = cluster::LaunchOptions { program: Some(exe.clone()), args: Some(vec![]), ..Default::default() };
+        let spec = cluster::LaunchSpec::new(2 + i as u32, &opts, addr, "launcher-cookie", Duration::from_secs(60)).expect("spec");
+        let launched = cluster::Launcher::launch(&cluster::LocalLauncher, &spec).expect("launch");
+        println!("{}", launched.os_pid.expect("a local child"));
+        // Left unreaped on purpose: this process is killed, not its workers.
+        std::mem::forget(launched.child);
+    }
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+    std::process::exit(0);
 }
 
 fn main() {
     // One line per panic: the tests panic handlers on purpose.
     std::panic::set_hook(Box::new(|info| eprintln!("cluster-test-worker: {info}")));
+    if std::env::var("LIBCLUSTER_HEAD").is_err() {
+        if let Ok(addrs) = std::env::var("TEST_AS_LAUNCHER") {
+            run_as_launcher(&addrs);
+        }
+    }
+    // A worker slow to start (before it joins).
+    if let Some(ms) = std::env::var("TEST_WORKER_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        if std::env::var("LIBCLUSTER_HEAD").is_ok() {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
     let mut cfg = Config::default();
     if let Some(max) = std::env::var("TEST_MAX_MESSAGE").ok().and_then(|v| v.parse().ok()) {
         cfg.max_message_bytes = max;
@@ -115,6 +145,19 @@ fn main() {
         }
     };
     if c.is_head() {
+        if std::env::var("TEST_AS_HEAD").as_deref() == Ok("slow-workers") {
+            // A head for the orphan test: launches two workers slow to
+            // start, says so, and is killed during its addprocs.
+            let opts = cluster::LaunchOptions {
+                args: Some(vec![]),
+                env: vec![("TEST_WORKER_DELAY_MS".into(), "800".into())],
+                ..Default::default()
+            };
+            let f = c.addprocs_async(2, &opts).expect("addprocs_async");
+            println!("launching");
+            let _ = f.wait(Some(Duration::from_secs(60)));
+            std::process::exit(0);
+        }
         if std::env::var("TEST_AS_HEAD").is_ok() {
             // A head for the head-death test: start two workers, print
             // their process ids, then wait to be killed.

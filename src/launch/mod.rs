@@ -3,9 +3,10 @@
 //! command line on this machine. SSH and Slurm launchers plug in here.
 //!
 //! What a worker learns, and how: the head's address, its id and the
-//! startup timeout through environment variables; the cookie through its
-//! standard input, so it never shows on a command line or in the
-//! environment of the process.
+//! startup timeout through environment variables; the cookie and its
+//! launch key (with which it proves to the head that it is the process
+//! launched as that id) through its standard input, one line each, so
+//! they never show on a command line or in the environment of the process.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -22,6 +23,8 @@ pub const ENV_COOKIE: &str = "LIBCLUSTER_COOKIE";
 pub const ENV_STARTUP_TIMEOUT_MS: &str = "LIBCLUSTER_STARTUP_TIMEOUT_MS";
 /// The launching process: a worker that finds it gone before joining gives up.
 pub const ENV_PARENT: &str = "LIBCLUSTER_PARENT_PID";
+/// Set when a launch key follows the cookie on standard input.
+pub const ENV_JOIN_KEY_STDIN: &str = "LIBCLUSTER_JOIN_KEY_STDIN";
 
 /// What the caller of `addprocs` may set per launch.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +51,8 @@ pub struct LaunchSpec {
     pub head_addr: String,
     pub cookie: String,
     pub startup_timeout: Duration,
+    /// What the worker proves its id with when it joins (set by the head).
+    pub join_key: Option<[u8; 32]>,
 }
 
 impl LaunchSpec {
@@ -69,18 +74,37 @@ impl LaunchSpec {
             head_addr: head_addr.to_string(),
             cookie: cookie.to_string(),
             startup_timeout,
+            join_key: None,
         })
+    }
+
+    pub fn with_join_key(mut self, key: [u8; 32]) -> LaunchSpec {
+        self.join_key = Some(key);
+        self
+    }
+
+    /// What a launcher writes to the worker's standard input: the cookie,
+    /// then the launch key when there is one, a line each.
+    pub fn stdin_secrets(&self) -> String {
+        match &self.join_key {
+            Some(k) => format!("{}\n{}\n", self.cookie, hex(k)),
+            None => format!("{}\n", self.cookie),
+        }
     }
 
     /// The variables that tell a process it is worker `id` of this head.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut v = vec![
             (ENV_HEAD.into(), self.head_addr.clone()),
             (ENV_ID.into(), self.id.to_string()),
             (ENV_COOKIE_STDIN.into(), "1".into()),
             (ENV_STARTUP_TIMEOUT_MS.into(), self.startup_timeout.as_millis().to_string()),
             (ENV_PARENT.into(), std::process::id().to_string()),
-        ]
+        ];
+        if self.join_key.is_some() {
+            v.push((ENV_JOIN_KEY_STDIN.into(), "1".into()));
+        }
+        v
     }
 }
 
@@ -91,6 +115,9 @@ pub struct Launched {
     pub os_pid: Option<u32>,
 }
 
+/// Starts one worker for `LaunchSpec`: a process that has the variables
+/// of `worker_env` (plus `env`) and reads `stdin_secrets` on its standard
+/// input.
 pub trait Launcher: Send + Sync {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
 }
@@ -120,16 +147,38 @@ impl Launcher for LocalLauncher {
         let os_pid = child.id();
         // A failed write means the child closed its stdin or exited; the
         // head then reports how it exited, which says more than EPIPE.
-        let line = format!("{}\n", spec.cookie);
-        let _ = sys::write_all_vectored(ours.as_raw_fd(), &[line.as_bytes()]);
+        let _ = sys::write_all_vectored(ours.as_raw_fd(), &[spec.stdin_secrets().as_bytes()]);
         drop(ours);
         Ok(Launched { child: Some(child), os_pid: Some(os_pid) })
     }
 }
 
-/// Reads the cookie line a launcher wrote to standard input, one byte at a
-/// time so nothing after it is consumed.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads the cookie line a launcher wrote to standard input.
 pub fn read_cookie_from_stdin() -> Result<String> {
+    read_stdin_line("cookie")
+}
+
+/// Reads the launch-key line that follows the cookie on standard input.
+pub fn read_join_key_from_stdin() -> Result<[u8; 32]> {
+    let line = read_stdin_line("launch key")?;
+    let bad = || Error::new(ErrorKind::Auth, "the launch key on stdin is not 64 hex digits");
+    if line.len() != 64 {
+        return Err(bad());
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&line[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(k)
+}
+
+/// Reads one line of standard input, one byte at a time so nothing after
+/// it is consumed.
+fn read_stdin_line(what: &str) -> Result<String> {
     use std::io::Read;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -140,15 +189,15 @@ pub fn read_cookie_from_stdin() -> Result<String> {
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => line.push(byte[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("reading the cookie from stdin", e)),
+            Err(e) => return Err(Error::io(&format!("reading the {what} from stdin"), e)),
         }
         if line.len() > 4096 {
-            return Err(Error::new(ErrorKind::Auth, "cookie on stdin is too long"));
+            return Err(Error::new(ErrorKind::Auth, format!("the {what} on stdin is too long")));
         }
     }
-    let s = String::from_utf8(line).map_err(|_| Error::new(ErrorKind::Auth, "cookie on stdin is not UTF-8"))?;
+    let s = String::from_utf8(line).map_err(|_| Error::new(ErrorKind::Auth, format!("the {what} on stdin is not UTF-8")))?;
     if s.is_empty() {
-        return Err(Error::new(ErrorKind::Auth, "no cookie on stdin"));
+        return Err(Error::new(ErrorKind::Auth, format!("no {what} on stdin")));
     }
     Ok(s)
 }

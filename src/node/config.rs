@@ -46,6 +46,9 @@ pub struct Config {
     /// A peer that sends nothing for this long (its process, not a long
     /// handler: heartbeats are answered by the library) is declared dead.
     pub heartbeat_timeout: Duration,
+    /// A new connection must authenticate and send its first message
+    /// within this long in total, or it is closed (`LIBCLUSTER_HANDSHAKE_MS`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +69,9 @@ impl Default for Config {
             join: None,
             heartbeat_timeout: Duration::from_millis(
                 std::env::var("LIBCLUSTER_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
+            ),
+            handshake_timeout: Duration::from_millis(
+                std::env::var("LIBCLUSTER_HANDSHAKE_MS").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(5000),
             ),
         }
     }

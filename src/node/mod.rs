@@ -5,6 +5,7 @@
 //! them. Its own small protocol (service 0, the session) identifies a
 //! peer's connection and carries heartbeats.
 
+pub mod admit;
 mod config;
 pub mod events;
 mod future;
@@ -54,14 +55,17 @@ pub mod session {
     pub const PONG: u16 = 3;
 }
 
+/// The first message of a worker-to-worker connection: who is calling,
+/// and its proof (see `admit`).
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Hello {
+pub struct Hello {
     pub id: u32,
     pub addr: String,
     pub max_message: u64,
+    /// HMAC(key from the head, "libcluster hello", both nonces, caller id, callee id).
+    pub proof: [u8; 32],
 }
-
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A waiter about to park may lend what it holds (a handler slot) so the
 /// work it waits for can run; `reclaim` takes it back after.
@@ -100,6 +104,7 @@ pub struct Node {
     services: OnceLock<Services>,
     lender: OnceLock<Arc<dyn Lender>>,
     timers: timer::Timers,
+    admission: admit::Counters,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,6 +170,7 @@ impl Node {
             services: OnceLock::new(),
             lender: OnceLock::new(),
             timers: timer::Timers::default(),
+            admission: admit::Counters::default(),
         }))
     }
 
@@ -190,7 +196,7 @@ impl Node {
             s.on_start(self)?;
         }
         if let Some(l) = self.listener.lock().take() {
-            self.spawn_acceptor(l);
+            admit::spawn(self, l);
         }
         self.schedule_heartbeat();
         Ok(())
@@ -353,6 +359,17 @@ impl Node {
 
     pub(crate) fn peers_where(&self, f: impl Fn(&Peer) -> bool) -> Vec<Arc<Peer>> {
         self.peers.read().values().filter(|p| f(p)).cloned().collect()
+    }
+
+    /// A worker learns of a member from the head: its address, and the
+    /// key the two share to prove who they are to each other.
+    pub(crate) fn add_announced_peer(&self, id: u32, addr: String, key: [u8; 32]) {
+        if id == self.myid() || id == HEAD_ID {
+            return;
+        }
+        let p = self.add_peer(id, READY);
+        *p.addr.lock() = addr;
+        *p.key.lock() = Some(key);
     }
 
     /// The peer `id`, made with `state` if this node did not know it.
@@ -520,8 +537,7 @@ impl Node {
             match existing {
                 Some(c) => c,
                 None => {
-                    let addr = peer.addr.lock().clone();
-                    let c = self.connect_peer(pid, &addr)?;
+                    let c = self.connect_peer(&peer)?;
                     *peer.conn.lock() = Some(c.clone());
                     c
                 }
@@ -534,98 +550,34 @@ impl Node {
         Ok(conn)
     }
 
-    fn connect_peer(self: &Arc<Self>, pid: u32, addr: &str) -> Result<Arc<Conn>> {
-        let sa = resolve(addr)?;
-        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
-            .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
-        auth::handshake(&mut s, self.cookie.as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
+    /// Connects to worker `peer` and says who calls, with the proof the
+    /// head's key for the pair allows.
+    fn connect_peer(self: &Arc<Self>, peer: &Peer) -> Result<Arc<Conn>> {
+        let pid = peer.id;
+        let addr = peer.addr.lock().clone();
+        let key = peer.key.lock().ok_or_else(|| Error::at(ErrorKind::Protocol, pid, format!("the head gave no key for worker {pid}")))?;
+        let sa = resolve(&addr)?;
+        let deadline = Instant::now() + self.cfg.handshake_timeout;
+        let (s, transcript) = loop {
+            let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+                .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
+            match auth::handshake_until(&mut s, self.cookie.as_bytes(), Side::Client, deadline, &mut || Ok(())) {
+                Ok(t) => break (s, t),
+                // A busy peer sheds connections still authenticating: again.
+                Err(e) if e.kind == ErrorKind::Io && Instant::now() + Duration::from_millis(20) < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::at(e.kind, pid, format!("cannot connect to worker {pid} at {addr}: {}", e.message))),
+            }
+        };
         let conn = self.new_conn(s)?;
         conn.peer.store(pid, Ordering::Release);
-        let hello = Hello { id: self.myid(), addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes };
+        let me = self.myid();
+        let proof = transcript.prove(&key, admit::HELLO_LABEL, &[&me.to_le_bytes(), &pid.to_le_bytes()]);
+        let hello = Hello { id: me, addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes, proof };
         conn.send(Header::new(Kind::Oneway, session::ID, session::HELLO, 0), &wire::encode_meta(&hello), &[])?;
         self.adopt(&conn);
         Ok(conn)
-    }
-
-    fn spawn_acceptor(self: &Arc<Self>, listener: TcpListener) {
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("cluster-accept".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for incoming in listener.incoming() {
-                    let Some(node) = weak.upgrade() else { return };
-                    if node.is_closing() {
-                        return;
-                    }
-                    match incoming {
-                        Ok(stream) => {
-                            let n = node.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("cluster-join".into())
-                                .stack_size(256 * 1024)
-                                .spawn(move || n.serve_incoming(stream));
-                        }
-                        Err(e) => {
-                            node.log.warn(format!("accept failed: {e}"));
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-            })
-            .expect("spawn accept thread");
-    }
-
-    /// Authenticates a new connection and admits it by its first frame.
-    fn serve_incoming(self: &Arc<Self>, mut stream: TcpStream) {
-        let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        if let Err(e) = auth::handshake(&mut stream, self.cookie.as_bytes(), Side::Server, HANDSHAKE_TIMEOUT) {
-            self.log.warn(format!("rejected connection from {from}: {e}"));
-            return;
-        }
-        let conn = match self.new_conn(stream) {
-            Ok(c) => c,
-            Err(e) => return self.log.warn(format!("connection from {from}: {e}")),
-        };
-        let outcome = conn.read_frame_blocking(Instant::now() + HANDSHAKE_TIMEOUT).and_then(|f| {
-            if (f.header.service, f.header.op) == (session::ID, session::HELLO) && !self.head {
-                return self.on_hello(&conn, &f);
-            }
-            self.services()
-                .by_id(f.header.service)
-                .and_then(|s| s.on_admit(self, &conn, &f))
-                .unwrap_or_else(|| Err(Error::new(ErrorKind::Protocol, "unexpected first message")))
-        });
-        match outcome {
-            Ok(()) => self.adopt(&conn),
-            Err(e) => {
-                self.log.error(format!("dropping connection from {from}: {e}"));
-                conn.close();
-            }
-        }
-    }
-
-    fn on_hello(self: &Arc<Self>, conn: &Arc<Conn>, f: &Frame) -> Result<()> {
-        if self.topology() == Topology::MasterWorker {
-            return Err(Error::new(ErrorKind::Topology, "worker-to-worker connections are disabled (topology master_worker)"));
-        }
-        let info: Hello = f.meta_as()?;
-        if info.id == HEAD_ID || info.id == self.myid() || info.id == 0 {
-            return Err(Error::new(ErrorKind::Protocol, format!("a peer claimed id {}", info.id)));
-        }
-        conn.peer.store(info.id, Ordering::Release);
-        conn.peer_max.store(info.max_message, Ordering::Relaxed);
-        let peer = self.add_peer(info.id, READY);
-        if peer.is_gone() {
-            return Err(Error::exited(info.id));
-        }
-        let mut primary = peer.conn.lock();
-        if primary.is_none() {
-            *primary = Some(conn.clone());
-        } else {
-            peer.extra_conns.lock().push(conn.clone());
-        }
-        Ok(())
     }
 
     // ---- messaging -----------------------------------------------------

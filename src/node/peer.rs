@@ -28,6 +28,9 @@ pub struct Peer {
     pub(crate) os_pid: AtomicU32,
     pub(crate) child_alive: AtomicBool,
     pub(crate) exit_note: Mutex<Option<String>>,
+    /// Worker to worker: the key this process and the peer share, from
+    /// the head; a HELLO claiming the peer's id must prove it.
+    pub(crate) key: Mutex<Option<[u8; 32]>>,
 }
 
 impl Peer {
@@ -45,6 +48,7 @@ impl Peer {
             os_pid: AtomicU32::new(0),
             child_alive: AtomicBool::new(false),
             exit_note: Mutex::new(None),
+            key: Mutex::new(None),
         })
     }
     pub fn is_gone(&self) -> bool {

@@ -8,6 +8,7 @@
 use super::slot::Slot;
 use super::Node;
 use crate::error::{Error, ErrorKind, Result};
+use crate::net::auth::Transcript;
 use crate::net::{Conn, Job};
 use crate::wire::{self, Frame, Header, ServiceId};
 use parking_lot::Mutex;
@@ -34,8 +35,10 @@ pub trait Service: Send + Sync + 'static {
     /// the connection (a malformed message).
     fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>>;
     /// The first message of a new, authenticated connection. `None`:
-    /// not this service's to admit.
-    fn on_admit(&self, _node: &Arc<Node>, _conn: &Arc<Conn>, _first: &Frame) -> Option<Result<()>> {
+    /// not this service's to admit. `transcript` is the connection's
+    /// handshake, to check proofs bound to it. Runs on the admission
+    /// thread, which serves every connection being set up: it must be quick.
+    fn on_admit(&self, _node: &Arc<Node>, _conn: &Arc<Conn>, _first: &Frame, _transcript: &Transcript) -> Option<Result<()>> {
         None
     }
     /// Once every service is installed, before any connection is served

@@ -4,10 +4,10 @@
 use super::{op, Control, Join, Welcome, ID};
 use crate::error::{Error, ErrorKind, Result};
 use crate::launch;
-use crate::net::auth::{self, Side};
+use crate::net::auth::{self, Side, Transcript};
 use crate::net::Conn;
 use crate::node::peer_state::{CONNECTED, LAUNCHING, READY};
-use crate::node::{resolve, Config, Node, HANDSHAKE_TIMEOUT, HEAD_ID};
+use crate::node::{resolve, Config, Node, HEAD_ID};
 use crate::wire::{self, Frame, Header, Kind};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -26,6 +26,8 @@ pub enum Role {
         /// The launching process (the head, or the launcher that started
         /// it): when it is gone before the worker joins, the worker gives up.
         parent: Option<u32>,
+        /// What a launched worker proves its id with (from its launcher).
+        join_key: Option<[u8; 32]>,
     },
 }
 
@@ -44,7 +46,8 @@ impl Role {
         };
         let launched_id = std::env::var(launch::ENV_ID).ok().and_then(|v| v.parse::<u32>().ok());
         let launched = cfg.join.is_none() && launched_id.is_some();
-        let cookie = if std::env::var(launch::ENV_COOKIE_STDIN).is_ok() && cfg.join.is_none() {
+        let from_stdin = std::env::var(launch::ENV_COOKIE_STDIN).is_ok() && cfg.join.is_none();
+        let cookie = if from_stdin {
             launch::read_cookie_from_stdin()?
         } else if let Some(c) = cfg.cookie.clone().or_else(|| std::env::var(launch::ENV_COOKIE).ok()) {
             c
@@ -52,7 +55,12 @@ impl Role {
             return Err(Error::new(ErrorKind::Auth, "no cookie: set it in the config or LIBCLUSTER_COOKIE"));
         };
         let parent = if launched { std::env::var(launch::ENV_PARENT).ok().and_then(|v| v.parse().ok()) } else { None };
-        Ok(Role::Worker { head_addr, id: if launched { launched_id.unwrap_or(0) } else { 0 }, cookie, parent })
+        let join_key = if launched && from_stdin && std::env::var(launch::ENV_JOIN_KEY_STDIN).is_ok() {
+            Some(launch::read_join_key_from_stdin()?)
+        } else {
+            None
+        };
+        Ok(Role::Worker { head_addr, id: if launched { launched_id.unwrap_or(0) } else { 0 }, cookie, parent, join_key })
     }
 
     pub fn is_head(&self) -> bool {
@@ -69,40 +77,110 @@ impl Role {
     }
 }
 
-fn parent_gone(parent: Option<u32>) -> bool {
-    parent.is_some_and(|p| crate::sys::parent_pid() != p)
+/// Watches the process that launched this worker while it joins: a
+/// worker whose head died must not linger (nor, from the head's view,
+/// come back). A direct child sees its parent change when the parent
+/// dies; one started through a wrapper checks the launcher's process.
+struct ParentWatch {
+    pid: Option<u32>,
+    direct: bool,
 }
+
+impl ParentWatch {
+    fn new(pid: Option<u32>) -> ParentWatch {
+        ParentWatch { pid, direct: pid.is_some_and(|p| crate::sys::parent_pid() == p) }
+    }
+
+    fn gone(&self) -> bool {
+        match self.pid {
+            None => false,
+            Some(p) if self.direct => crate::sys::parent_pid() != p,
+            Some(p) => !process_alive(p),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.gone() {
+            return Err(Error::new(
+                ErrorKind::Launch,
+                format!("the process that launched this worker (pid {}) is gone", self.pid.unwrap_or(0)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// How long a worker waits between attempts to reach its head.
+const RETRY: Duration = Duration::from_millis(50);
+/// The label of a JOIN's proof.
+const JOIN_LABEL: &[u8] = b"libcluster join";
 
 impl Control {
     pub(super) fn start(&self, node: &Arc<Node>) -> Result<()> {
-        let Role::Worker { head_addr, id, parent, .. } = &self.role else {
+        let Role::Worker { head_addr, id, parent, join_key, .. } = &self.role else {
             return Ok(());
         };
         let cfg = node.config();
         let addr = resolve(head_addr)?;
         let deadline = Instant::now() + cfg.startup_timeout;
-        let mut stream = loop {
-            if parent_gone(*parent) {
-                return Err(Error::new(ErrorKind::Launch, "the process that launched this worker is gone"));
+        let watch = ParentWatch::new(*parent);
+        let mut check = || watch.check();
+        // Short attempts while a parent is watched, so its death is seen
+        // within a fraction of a second in every step of joining.
+        let connect_timeout = if parent.is_some() { Duration::from_millis(500) } else { Duration::from_secs(1) };
+        let mut last: Option<Error> = None;
+        let (stream, transcript) = loop {
+            check()?;
+            if Instant::now() >= deadline {
+                let why = last.map(|e| e.message).unwrap_or_else(|| "no attempt completed".into());
+                return Err(Error::new(
+                    ErrorKind::Launch,
+                    format!("could not reach the head at {head_addr} within {:?}: {why}", cfg.startup_timeout),
+                ));
             }
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::new(
-                        ErrorKind::Launch,
-                        format!("could not reach the head at {head_addr} within {:?}: {e}", cfg.startup_timeout),
-                    ))
+            match TcpStream::connect_timeout(&addr, connect_timeout) {
+                Err(e) => last = Some(Error::io("connect", e)),
+                Ok(mut s) => {
+                    let until = (Instant::now() + cfg.handshake_timeout).min(deadline.max(Instant::now() + connect_timeout));
+                    match auth::handshake_until(&mut s, node.cookie().as_bytes(), Side::Client, until, &mut check) {
+                        Ok(t) => break (s, t),
+                        // Dropped before the verdict (a busy head sheds
+                        // connections still authenticating) or too slow:
+                        // try again. A refused cookie or version is final.
+                        Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Timeout) => last = Some(e),
+                        Err(e) if e.kind == ErrorKind::Launch => return Err(e),
+                        Err(e) => return Err(Error::new(e.kind, format!("joining the head at {head_addr}: {}", e.message))),
+                    }
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
+            std::thread::sleep(RETRY);
         };
-        auth::handshake(&mut stream, node.cookie().as_bytes(), Side::Client, HANDSHAKE_TIMEOUT)?;
         let max = cfg.max_message_bytes;
         let conn = node.new_conn(stream)?;
         conn.peer.store(HEAD_ID, Ordering::Release);
-        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max };
+        let proof = match join_key {
+            Some(k) if *id != 0 => transcript.prove(k, JOIN_LABEL, &[&id.to_le_bytes()]),
+            _ => [0; 32],
+        };
+        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max, proof };
         conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
-        let reply = conn.read_frame_blocking(deadline.max(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        let reply_by = deadline.max(Instant::now() + cfg.handshake_timeout);
+        let reply = loop {
+            check()?;
+            match conn.read_frame_blocking((Instant::now() + Duration::from_millis(50)).min(reply_by)) {
+                Ok(f) => break f,
+                Err(e) if e.kind == ErrorKind::Timeout && Instant::now() < reply_by => {}
+                Err(e) => return Err(e),
+            }
+        };
         if reply.header.status != 0 {
             return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
         }
@@ -112,32 +190,44 @@ impl Control {
         node.store_topology(welcome.topology);
         let head = node.add_peer(HEAD_ID, READY);
         *head.conn.lock() = Some(conn.clone());
-        for (pid, addr) in welcome.peers {
-            if pid != welcome.id {
-                *node.add_peer(pid, READY).addr.lock() = addr;
-            }
+        for p in welcome.peers {
+            node.add_announced_peer(p.id, p.addr, p.key);
         }
         node.adopt(&conn);
         Ok(())
     }
 
-    /// The head admits a worker by its JOIN.
-    pub(super) fn admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, f: &Frame) -> Result<()> {
+    /// Head: the key worker `id` proves its launch with, given to it on
+    /// its standard input.
+    pub(crate) fn join_key(&self, id: u32) -> [u8; 32] {
+        auth::derive(&self.pair_secret, b"libcluster launch", &[&id.to_le_bytes()])
+    }
+
+    /// The head admits a worker by its JOIN. A launched worker's id is
+    /// taken only by the process launched as it, which proves it with the
+    /// key the head gave it; an elastic worker gets the next id.
+    pub(super) fn admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, f: &Frame, transcript: &Transcript) -> Result<()> {
         let join: Join = f.meta_as()?;
+        let refuse = |msg: String| {
+            let mut h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
+            h.status = ErrorKind::Launch as u8;
+            let _ = conn.send(h, &[], msg.as_bytes());
+            Err(Error::new(ErrorKind::Auth, msg))
+        };
         let peer = if join.id == 0 {
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
             node.log.info(format!("elastic worker {id} joining from {}", join.listen_addr));
             node.add_peer(id, LAUNCHING)
         } else {
+            if !transcript.verify(&self.join_key(join.id), JOIN_LABEL, &[&join.id.to_le_bytes()], &join.proof) {
+                return refuse(format!(
+                    "a process claimed to be worker {} without proving its launch key (a launcher gives it on stdin, after the cookie)",
+                    join.id
+                ));
+            }
             match node.peer(join.id) {
                 Some(p) if p.state() == LAUNCHING && p.conn.lock().is_none() => p,
-                _ => {
-                    let msg = format!("unknown or already joined worker id {}", join.id);
-                    let mut h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
-                    h.status = ErrorKind::Launch as u8;
-                    let _ = conn.send(h, &[], msg.as_bytes());
-                    return Err(Error::new(ErrorKind::Protocol, msg));
-                }
+                _ => return refuse(format!("unknown or already joined worker id {}", join.id)),
             }
         };
         *peer.addr.lock() = join.listen_addr;
@@ -148,7 +238,7 @@ impl Control {
         conn.peer_max.store(join.max_message, Ordering::Relaxed);
         *peer.conn.lock() = Some(conn.clone());
         peer.state.store(CONNECTED, Ordering::Release);
-        let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| (p.id, p.addr.lock().clone())).collect();
+        let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| self.introduce(p, peer.id)).collect();
         let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes };
         let h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
         conn.send(h, &wire::encode_meta(&welcome), &[])

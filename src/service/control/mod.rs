@@ -12,6 +12,7 @@ pub use procs::ControlExt;
 
 use crate::error::{Error, Result};
 use crate::launch::{Launcher, LocalLauncher};
+use crate::net::auth::Transcript;
 use crate::net::{Conn, Job};
 use crate::node::service::unknown_op;
 use crate::node::{Departure, Incoming, Node, Service, HEAD_ID};
@@ -23,7 +24,8 @@ use std::sync::Arc;
 
 pub const ID: ServiceId = 1;
 
-pub(crate) mod op {
+#[doc(hidden)]
+pub mod op {
     pub const JOIN: u16 = 1;
     pub const READY: u16 = 2;
     pub const PEER_JOINED: u16 = 3;
@@ -31,31 +33,43 @@ pub(crate) mod op {
     pub const SHUTDOWN: u16 = 5;
 }
 
+/// A worker's first message to its head.
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Join {
+pub struct Join {
     /// The id the head launched this worker as; 0 for an elastic worker.
     pub id: u32,
     pub listen_addr: String,
     pub os_pid: u32,
     pub max_message: u64,
+    /// A launched worker's proof of its id: HMAC(launch key, "libcluster
+    /// join", both handshake nonces, id). Zero for an elastic worker.
+    pub proof: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Welcome {
     pub id: u32,
     pub topology: crate::node::Topology,
-    pub peers: Vec<(u32, String)>,
+    /// The ready members, each with the key the new worker shares with it.
+    pub peers: Vec<PeerInfo>,
     pub max_message: u64,
 }
 
+/// A member as the head introduces it to one other member.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PeerInfo {
     pub id: u32,
     pub addr: String,
+    /// The key the two workers share (all zero in PEER_LEFT): either
+    /// proves its id to the other with it when it connects.
+    pub key: [u8; 32],
 }
 
 pub struct Control {
     role: Role,
+    /// Head: the secret from which the keys of pairs of workers derive.
+    pair_secret: [u8; 32],
     /// Head: the next worker id (ids are never reused).
     next_id: AtomicU32,
     workers_added: AtomicBool,
@@ -68,6 +82,7 @@ impl Control {
     pub fn new(role: Role) -> Arc<Control> {
         Arc::new(Control {
             role,
+            pair_secret: crate::net::auth::random_key().expect("random bytes from the kernel"),
             next_id: AtomicU32::new(2),
             workers_added: AtomicBool::new(false),
             launcher: RwLock::new(Arc::new(LocalLauncher)),
@@ -79,6 +94,18 @@ impl Control {
         *self.launcher.write() = launcher;
     }
 
+    /// Head: the key workers `a` and `b` share, the same whichever asks.
+    /// Only the head and those two know it.
+    pub(crate) fn pair_key(&self, a: u32, b: u32) -> [u8; 32] {
+        let (lo, hi) = (a.min(b), a.max(b));
+        crate::net::auth::derive(&self.pair_secret, b"libcluster pair", &[&lo.to_le_bytes(), &hi.to_le_bytes()])
+    }
+
+    /// Head: worker `p` as introduced to worker `to`.
+    pub(crate) fn introduce(&self, p: &crate::node::Peer, to: u32) -> PeerInfo {
+        PeerInfo { id: p.id, addr: p.addr.lock().clone(), key: self.pair_key(p.id, to) }
+    }
+
     /// The head introduces a worker that became ready to the others, and
     /// them to it: its welcome may predate workers that became ready since.
     fn on_ready(&self, node: &Arc<Node>, from: u32) {
@@ -86,13 +113,11 @@ impl Control {
         let Some(conn) = peer.conn.lock().clone() else { return };
         let ready = node.mark_ready(&peer, crate::node::peer_state::CONNECTED, || {
             let joined = Header::new(Kind::Oneway, ID, op::PEER_JOINED, 0);
-            let meta = wire::encode_meta(&PeerInfo { id: from, addr: peer.addr.lock().clone() });
             for p in node.peers_where(|p| p.is_ready() && p.id != from) {
                 if let Some(c) = p.conn.lock().clone() {
-                    let _ = c.send_nowait(joined, &meta, &[]);
+                    let _ = c.send_nowait(joined, &wire::encode_meta(&self.introduce(&peer, p.id)), &[]);
                 }
-                let theirs = wire::encode_meta(&PeerInfo { id: p.id, addr: p.addr.lock().clone() });
-                let _ = conn.send_nowait(joined, &theirs, &[]);
+                let _ = conn.send_nowait(joined, &wire::encode_meta(&self.introduce(&p, from)), &[]);
             }
         });
         if !ready {
@@ -119,10 +144,7 @@ impl Service for Control {
             // Only the head speaks for membership.
             op::PEER_JOINED if !node.is_head() && msg.from == HEAD_ID => {
                 let info: PeerInfo = msg.meta_as()?;
-                if info.id != node.myid() {
-                    let p = node.add_peer(info.id, crate::node::peer_state::READY);
-                    *p.addr.lock() = info.addr;
-                }
+                node.add_announced_peer(info.id, info.addr, info.key);
             }
             op::PEER_LEFT if !node.is_head() && msg.from == HEAD_ID => {
                 let info: PeerInfo = msg.meta_as()?;
@@ -140,8 +162,8 @@ impl Service for Control {
         Ok(None)
     }
 
-    fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame) -> Option<Result<()>> {
-        (first.header.op == op::JOIN && node.is_head()).then(|| self.admit(node, conn, first))
+    fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame, transcript: &Transcript) -> Option<Result<()>> {
+        (first.header.op == op::JOIN && node.is_head()).then(|| self.admit(node, conn, first, transcript))
     }
 
     fn on_start(&self, node: &Arc<Node>) -> Result<()> {
@@ -150,7 +172,7 @@ impl Service for Control {
 
     fn on_peer_left(&self, node: &Arc<Node>, pid: u32, how: Departure) {
         if node.is_head() && how.was_ready {
-            let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new() });
+            let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new(), key: [0; 32] });
             for p in node.peers_where(|p| p.is_ready()) {
                 if let Some(c) = p.conn.lock().clone() {
                     let _ = c.send_nowait(Header::new(Kind::Oneway, ID, op::PEER_LEFT, 0), &meta, &[]);

@@ -150,7 +150,7 @@ impl Control {
             let peer = node.add_peer(id, LAUNCHING);
             peers.push(peer.clone());
             let launched = LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout)
-                .and_then(|spec| launcher.launch(&spec));
+                .and_then(|spec| launcher.launch(&spec.with_join_key(self.join_key(id))));
             match launched {
                 Ok(l) => {
                     if let Some(pid) = l.os_pid {
