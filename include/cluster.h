@@ -1128,6 +1128,17 @@ cluster_status cluster_future_pid(cluster_future *f, int32_t *out);
 cluster_status cluster_future_export(cluster_future *f, cluster_future_ref *out);
 
 /**
+ * `cluster_future_export` as a future, returned at once: its value is the
+ * reference, 12 bytes (owner as a little-endian `int32_t`, then id as a
+ * little-endian `uint64_t`), to copy into a `cluster_future_ref`.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_future_export_async(cluster_future *f, cluster_future **out);
+
+/**
  * Turns a reference from `cluster_future_export` into a future of this
  * process. Import each exported reference once: freeing the imported
  * future releases it.

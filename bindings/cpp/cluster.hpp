@@ -343,6 +343,21 @@ public:
         check(cluster_future_export(f_, &r));
         return r;
     }
+    /// export_ref as a future (never waits); its value is the reference.
+    Future export_ref_async() const {
+        cluster_future *f = nullptr;
+        check(cluster_future_export_async(f_, &f));
+        return Future(f);
+    }
+    /// The reference an export_ref_async future holds.
+    cluster_future_ref ref_value(std::int64_t timeout_ms = CLUSTER_FOREVER) const {
+        Bytes b = fetch(timeout_ms);
+        if (b.size() != 12) throw Error(CLUSTER_ERR_PROTOCOL, "not a reference", pid());
+        cluster_future_ref r{};
+        std::memcpy(&r.owner, b.data(), 4);
+        std::memcpy(&r.id, b.data() + 4, 8);
+        return r;
+    }
 
 private:
     cluster_future *f_ = nullptr;

@@ -188,6 +188,21 @@ pub unsafe extern "C" fn cluster_future_export(f: *mut cluster_future, out: *mut
     })
 }
 
+/// `cluster_future_export` as a future, returned at once: its value is the
+/// reference, 12 bytes (owner as a little-endian `int32_t`, then id as a
+/// little-endian `uint64_t`), to copy into a `cluster_future_ref`.
+///
+/// Ownership: `*out` receives a new future, released with `cluster_future_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_future_export_async(f: *mut cluster_future, out: *mut *mut cluster_future) -> cluster_status {
+    ffi!([f => fut] {
+        check_out(out, "out")?;
+        put(out, "out", new_future_handle(fut.export_async()?)?)
+    })
+}
+
 /// Turns a reference from `cluster_future_export` into a future of this
 /// process. Import each exported reference once: freeing the imported
 /// future releases it.

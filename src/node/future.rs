@@ -104,6 +104,22 @@ impl Future {
         self
     }
 
+    /// Keeps `other` alive (and its connection driven) as long as this one:
+    /// a future completed by another's completion.
+    pub(crate) fn keeping(mut self, other: Future) -> Future {
+        if let Some(c) = other.conn.get() {
+            let _ = self.conn.set(c.clone());
+        }
+        let prev = self.on_drop.take();
+        self.on_drop = Some(Box::new(move || {
+            drop(other);
+            if let Some(p) = prev {
+                p();
+            }
+        }));
+        self
+    }
+
     pub(crate) fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Future {
         self.on_drop = Some(Box::new(f));
         self

@@ -509,6 +509,9 @@ void case_workers() {
     sq.reset();
     cluster::Future back = c.import_future(ref);
     EXPECT(back.fetch_as<std::int32_t>(5000) == 81);
+    cluster_future_ref again = back.export_ref_async().ref_value(5000);
+    EXPECT(again.owner == ref.owner && again.id == ref.id);
+    EXPECT(c.import_future(again).fetch_as<std::int32_t>(5000) == 81);
     // rmprocs
     c.rmprocs(ids[0], 5000);
     EXPECT_THROWS(c.remotecall_fetch(ids[0], "whoami"), CLUSTER_ERR_PROCESS_EXITED);

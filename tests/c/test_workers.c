@@ -804,6 +804,20 @@ static void case_future_ref(void) {
          *    and pass it to B, which fetches from C. */
         EXPECT_OK(cluster_future_export(imp, &ref2));
         EXPECT(ref2.owner == ids[2] && ref2.id == ref.id);
+        /* The same as a future: the 12 bytes of another reference. */
+        cluster_future *xf = NULL;
+        REQUIRE_OK(cluster_future_export_async(imp, &xf));
+        if (EXPECT_OK(cluster_future_fetch(xf, 5000, &d, &n))) {
+            cluster_future_ref ref3 = {0, 0};
+            EXPECT(n == 12);
+            memcpy(&ref3.owner, d, 4);
+            memcpy(&ref3.id, d + 4, 8);
+            EXPECT(ref3.owner == ids[2] && ref3.id == ref.id);
+            cluster_future *again = NULL;
+            EXPECT_OK(cluster_future_import(g_ctx, &ref3, &again));
+            EXPECT_OK(cluster_future_free(again));
+        }
+        EXPECT_OK(cluster_future_free(xf));
         st = cluster_future_fetch(imp, 3000, &d, &n);
         if (st == CLUSTER_ERR_TIMEOUT) st = nudge_and_wait(imp, ids[2], "the value from worker C");
         if (EXPECT_OK(st)) {

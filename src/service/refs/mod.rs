@@ -203,6 +203,10 @@ pub trait FutureExt {
     /// A reference another process can import. The owner keeps the value
     /// until every reference made this way has been freed by its importer.
     fn export(&self) -> Result<FutureRef>;
+    /// `export` as a future, at once: its value is the reference's 12 bytes
+    /// (`FutureRef::to_bytes`). Only a future imported from another process
+    /// needs the round trip that makes `export` wait.
+    fn export_async(&self) -> Result<Future>;
 }
 
 impl FutureExt for Future {
@@ -222,6 +226,23 @@ impl FutureExt for Future {
                 Ok(src)
             }
         }
+    }
+
+    fn export_async(&self) -> Result<Future> {
+        let node = self.node();
+        let Some(src) = self.source() else {
+            let r = self.export()?;
+            let (f, p) = node.promise(node.myid());
+            p.complete(Ok(r.to_bytes().to_vec()));
+            return Ok(f);
+        };
+        let ack = node.request(src.owner, ID, op::ADD_REF, &wire::encode_meta(&src.id), &[])?;
+        let (f, p) = node.promise(src.owner);
+        let bytes = src.to_bytes().to_vec();
+        ack.on_complete(move |r| {
+            p.complete(r.as_ref().map(|_| bytes).map_err(|e| e.clone()));
+        });
+        Ok(f.keeping(ack))
     }
 }
 
