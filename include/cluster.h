@@ -414,9 +414,24 @@ typedef struct {
    */
   int32_t log_level;
   /**
-   * A launched worker exits when the head goes away. Default true.
+   * A launched worker that cannot reach its head exits the process from
+   * `cluster_init` (status 3). Default true. Head loss later never exits
+   * on a library thread: it is CLUSTER_EVENT_HEAD_LOST, and
+   * `cluster_serve` returns CLUSTER_ERR_HEAD_LOST; a worker wanting the
+   * old behaviour exits then itself.
    */
   bool exit_on_head_loss;
+  /**
+   * A peer that sends nothing for this long is declared dead (its calls
+   * fail; a worker this head launched is killed). The library answers
+   * heartbeats itself, whatever the host does. Default 5000; 0: never.
+   */
+  uint32_t heartbeat_timeout_ms;
+  /**
+   * Total time a new connection has to authenticate and say who it is.
+   * Default 5000.
+   */
+  uint32_t handshake_timeout_ms;
 } cluster_config;
 
 /**

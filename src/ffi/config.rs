@@ -48,8 +48,19 @@ pub struct cluster_config {
     pub spin_us: u32,
     /// A `cluster_log_level`, or -1 (default) for `LIBCLUSTER_LOG`, else off.
     pub log_level: i32,
-    /// A launched worker exits when the head goes away. Default true.
+    /// A launched worker that cannot reach its head exits the process from
+    /// `cluster_init` (status 3). Default true. Head loss later never exits
+    /// on a library thread: it is CLUSTER_EVENT_HEAD_LOST, and
+    /// `cluster_serve` returns CLUSTER_ERR_HEAD_LOST; a worker wanting the
+    /// old behaviour exits then itself.
     pub exit_on_head_loss: bool,
+    /// A peer that sends nothing for this long is declared dead (its calls
+    /// fail; a worker this head launched is killed). The library answers
+    /// heartbeats itself, whatever the host does. Default 5000; 0: never.
+    pub heartbeat_timeout_ms: u32,
+    /// Total time a new connection has to authenticate and say who it is.
+    /// Default 5000.
+    pub handshake_timeout_ms: u32,
 }
 
 /// How `cluster_addprocs` starts workers on this machine. All fields may
@@ -92,6 +103,8 @@ pub unsafe extern "C" fn cluster_config_init(config: *mut cluster_config) -> clu
                 spin_us: d.spin.as_micros() as u32,
                 log_level: -1,
                 exit_on_head_loss: true,
+                heartbeat_timeout_ms: d.heartbeat_timeout.as_millis() as u32,
+                handshake_timeout_ms: d.handshake_timeout.as_millis() as u32,
             },
         )
     })
@@ -127,6 +140,11 @@ pub(crate) unsafe fn config_from(c: *const cluster_config) -> Result<Config, Err
         l => Some(level_from(l)?),
     };
     cfg.exit_on_head_loss = c.exit_on_head_loss;
+    cfg.heartbeat_timeout = Duration::from_millis(c.heartbeat_timeout_ms as u64);
+    if c.handshake_timeout_ms == 0 {
+        return Err(invalid("handshake_timeout_ms must be positive"));
+    }
+    cfg.handshake_timeout = Duration::from_millis(c.handshake_timeout_ms as u64);
     Ok(cfg)
 }
 

@@ -491,6 +491,11 @@ impl Conn {
         match r {
             Ok(ReadOutcome::Frame(f)) => {
                 drop(reader);
+                if f.header.kind == wire::Kind::Response {
+                    // A reply came back: the next request follows an answer,
+                    // so it is not pipelined and must not wait in a cork.
+                    self.last_send.store(0, Ordering::Relaxed);
+                }
                 match owner.on_frame(self, f) {
                     Some(job) => Step::Job(job),
                     None => Step::Dispatched,

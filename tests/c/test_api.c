@@ -170,6 +170,8 @@ static void case_config(void) {
     EXPECT(cfg.max_message_bytes == (uint64_t)1 << 30);
     EXPECT(cfg.log_level == -1);
     EXPECT(cfg.exit_on_head_loss == true);
+    EXPECT(cfg.heartbeat_timeout_ms == 5000 || getenv("LIBCLUSTER_HEARTBEAT_MS"));
+    EXPECT(cfg.handshake_timeout_ms == 5000 || getenv("LIBCLUSTER_HANDSHAKE_MS"));
 
     cluster_ctx *ctx = NULL;
     EXPECT_ST(cluster_init(NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
@@ -180,6 +182,9 @@ static void case_config(void) {
     EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
     bad = cfg;
     bad.topology = 7;
+    EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
+    bad = cfg;
+    bad.handshake_timeout_ms = 0;
     EXPECT_ST(cluster_init(&bad, &ctx), CLUSTER_ERR_INVALID_ARGUMENT);
     bad = cfg;
     bad.dispatch = 9;

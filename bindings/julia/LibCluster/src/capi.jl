@@ -105,6 +105,8 @@ struct ClusterConfig
     spin_us::UInt32
     log_level::Int32
     exit_on_head_loss::Bool
+    heartbeat_timeout_ms::UInt32
+    handshake_timeout_ms::UInt32
 end
 
 "`cluster_launch_options`: every pointer borrowed for the duration of the call."
