@@ -124,11 +124,11 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
                                  max_message === nothing ? d.max_message_bytes : UInt64(max_message),
                                  spin_us,
                                  log_level === nothing ? d.log_level : Int32(log_level),
-                                 # A worker whose head goes away leaves through its
-                                 # serve loop (a shutdown event): the library's own
-                                 # exit from one of its threads would run the
-                                 # process's exit handlers under Julia's feet.
-                                 role === :worker ? false : d.exit_on_head_loss)
+                                 # A worker that cannot join leaves through its
+                                 # serve loop's error, not the library's exit;
+                                 # head loss later is an event (HEAD_LOST).
+                                 role === :worker ? false : d.exit_on_head_loss,
+                                 d.heartbeat_timeout_ms, d.handshake_timeout_ms)
         # On a worker this blocks until it has joined its head (startup only).
         CAPI.check(CAPI.cluster_init(Ref(cfg), out))
     end
