@@ -3,12 +3,14 @@
 
 use cluster::prelude::*;
 use cluster::{Call, Cluster, Config, FutureRef};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 static HELD: std::sync::Mutex<Vec<cluster::Future>> = std::sync::Mutex::new(Vec::new());
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SEQ_BROKEN: AtomicBool = AtomicBool::new(false);
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+static MAX_RUNNING: AtomicU32 = AtomicU32::new(0);
 
 fn u32_arg(call: &Call) -> Result<u32, String> {
     call.args().get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| "expected a u32".to_string())
@@ -33,6 +35,25 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(b"not cancelled".to_vec())
+    })?;
+    c.register_fn("wait_cancel_ms", |call| {
+        let end = Instant::now() + Duration::from_millis(u32_arg(call)? as u64);
+        while !call.is_cancelled() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(if call.is_cancelled() { b"cancelled".to_vec() } else { b"not cancelled".to_vec() })
+    })?;
+    c.register_fn("running", |call| {
+        let n = call.node().service::<cluster::service::rpc::Rpc>().map(|r| r.running_calls()).unwrap_or(0);
+        Ok((n as u32).to_le_bytes().to_vec())
+    })?;
+    c.register_fn("overlap", |call| {
+        // Records how many of these run at once.
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_RUNNING.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(u32_arg(call)? as u64));
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        Ok(MAX_RUNNING.load(Ordering::SeqCst).to_le_bytes().to_vec())
     })?;
     c.register_fn("big", |call| Ok(vec![0xA5; u32_arg(call)? as usize]))?;
     c.register_fn("procs", |call| Ok(call.node().procs().iter().flat_map(|p| p.to_le_bytes()).collect()))?;

@@ -125,13 +125,26 @@ impl Node {
     /// A node listening on `cfg.listen_host`, with no services and no
     /// threads yet: install services, then `start`.
     pub fn new(cfg: Config, head: bool, cookie: String) -> Result<Arc<Node>> {
+        let listener = TcpListener::bind((cfg.listen_host.as_str(), 0))
+            .map_err(|e| Error::io(&format!("listen on {}", cfg.listen_host), e))?;
+        Node::with_listener(cfg, head, cookie, Some(listener))
+    }
+
+    /// A node without a listening socket, that nobody can connect to: for
+    /// testing services without sockets.
+    pub fn detached(cfg: Config, head: bool) -> Result<Arc<Node>> {
+        Node::with_listener(cfg, head, "detached".into(), None)
+    }
+
+    fn with_listener(cfg: Config, head: bool, cookie: String, listener: Option<TcpListener>) -> Result<Arc<Node>> {
         if cfg.handler_threads == 0 {
             return Err(Error::new(ErrorKind::InvalidArgument, "handler_threads must be at least 1"));
         }
         let log = Logger::new(cfg.log_level.unwrap_or_else(Logger::level_from_env));
-        let listener = TcpListener::bind((cfg.listen_host.as_str(), 0))
-            .map_err(|e| Error::io(&format!("listen on {}", cfg.listen_host), e))?;
-        let listen_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?.to_string();
+        let listen_addr = match &listener {
+            Some(l) => l.local_addr().map_err(|e| Error::io("local_addr", e))?.to_string(),
+            None => String::new(),
+        };
         let host = match cfg.dispatch {
             DispatchMode::Host => Some(HostQueue::new()?),
             DispatchMode::Threads => None,
@@ -150,8 +163,8 @@ impl Node {
             head,
             cookie,
             listen_addr,
-            listener_fd: listener.as_raw_fd(),
-            listener: Mutex::new(Some(listener)),
+            listener_fd: listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1),
+            listener: Mutex::new(listener),
             peers: RwLock::new(HashMap::new()),
             max_known: AtomicU32::new(HEAD_ID),
             next_req: AtomicU64::new(1),
@@ -823,7 +836,9 @@ impl Node {
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
         }
-        sys::shutdown_socket(self.listener_fd);
+        if self.listener_fd >= 0 {
+            sys::shutdown_socket(self.listener_fd);
+        }
         self.flusher.stop();
         self.timers.stop();
         self.reactor.stop();

@@ -276,3 +276,85 @@ impl RefsExt for Arc<Node> {
         refs(self).map(|r| r.owned_count()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service alone: messages handed to it directly, responses captured.
+    use super::*;
+    use crate::node::{Config, Incoming};
+    use crate::wire::{Header, Kind};
+    use parking_lot::Mutex;
+
+    fn node() -> (Arc<Node>, Arc<Refs>) {
+        let n = Node::detached(Config { heartbeat_timeout: Duration::ZERO, ..Config::default() }, true).unwrap();
+        let r = Refs::new();
+        n.install(r.clone()).unwrap();
+        n.start().unwrap();
+        (n, r)
+    }
+
+    type Out = Arc<Mutex<Vec<Result<Vec<u8>>>>>;
+
+    fn send(n: &Arc<Node>, r: &Refs, from: u32, op: u16, id: u64, out: &Out) {
+        let kind = if matches!(op, op::ADD_REF | op::FETCH_REF) { Kind::Request } else { Kind::Oneway };
+        let msg = Incoming::test(from, Header::new(kind, ID, op, 1), wire::encode_meta(&id), Vec::new(), out);
+        assert!(r.on_message(n, msg).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_value_lives_while_a_reference_is_in_flight_or_held() {
+        let (n, r) = node();
+        let out: Out = Arc::default();
+        let (fut, promise) = n.promise(1);
+        let re = fut.export().unwrap();
+        drop(fut);
+        assert_eq!(r.owned_count(), 1, "in flight: kept");
+        // Process 5 imports it, another export goes to 6 through 5.
+        send(&n, &r, 5, op::ADD_CLIENT, re.id, &out);
+        send(&n, &r, 5, op::ADD_REF, re.id, &out);
+        assert!(out.lock().pop().unwrap().is_ok());
+        send(&n, &r, 6, op::ADD_CLIENT, re.id, &out);
+        // 6 fetches before the value exists: answered once it does.
+        send(&n, &r, 6, op::FETCH_REF, re.id, &out);
+        assert!(out.lock().is_empty());
+        promise.complete(Ok(b"v".to_vec()));
+        assert_eq!(out.lock().pop().unwrap().unwrap(), b"v");
+        send(&n, &r, 5, op::DEL_REF, re.id, &out);
+        assert_eq!(r.owned_count(), 1, "6 still holds it");
+        send(&n, &r, 6, op::DEL_REF, re.id, &out);
+        assert_eq!(r.owned_count(), 0, "released by its last holder");
+        // A freed value: a clear error, never a hang.
+        send(&n, &r, 6, op::FETCH_REF, re.id, &out);
+        let e = out.lock().pop().unwrap().unwrap_err();
+        assert!(e.message.contains("was freed"), "{e}");
+        n.close();
+    }
+
+    #[test]
+    fn a_holder_that_dies_releases_what_it_held() {
+        let (n, r) = node();
+        let out: Out = Arc::default();
+        let (fut, _promise) = n.promise(1);
+        let a = fut.export().unwrap();
+        let b = fut.export().unwrap();
+        send(&n, &r, 7, op::ADD_CLIENT, a.id, &out);
+        send(&n, &r, 7, op::ADD_CLIENT, b.id, &out);
+        assert_eq!(r.owned_count(), 1);
+        r.on_peer_left(&n, 8, Departure { graceful: false, was_ready: true });
+        assert_eq!(r.owned_count(), 1, "another process's death changes nothing");
+        r.on_peer_left(&n, 7, Departure { graceful: false, was_ready: true });
+        assert_eq!(r.owned_count(), 0, "both references died with process 7");
+        n.close();
+    }
+
+    #[test]
+    fn malformed_and_unknown_messages_are_errors() {
+        let (n, r) = node();
+        let out: Out = Arc::default();
+        let bad = Incoming::test(5, Header::new(Kind::Oneway, ID, op::DEL_REF, 0), vec![0xff; 3], Vec::new(), &out);
+        assert!(r.on_message(&n, bad).is_err());
+        let unknown = Incoming::test(5, Header::new(Kind::Oneway, ID, 99, 0), wire::encode_meta(&1u64), Vec::new(), &out);
+        assert!(r.on_message(&n, unknown).is_err());
+        n.close();
+    }
+}

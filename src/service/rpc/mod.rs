@@ -520,3 +520,98 @@ fn all_of(node: &Arc<Node>, parts: Vec<(u32, Result<Future>)>, timeout: Option<D
     }
     (fut, held)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service alone: calls handed to it directly, replies captured.
+    use super::*;
+    use crate::node::Config;
+    use crate::wire::{Header, Kind};
+
+    type Out = Arc<Mutex<Vec<Result<Vec<u8>>>>>;
+
+    fn node() -> (Arc<Node>, Arc<Rpc>) {
+        let n = Node::detached(Config { heartbeat_timeout: Duration::ZERO, ..Config::default() }, true).unwrap();
+        let r = Rpc::new(1, false);
+        n.set_lender(r.lender());
+        n.install(r.clone()).unwrap();
+        n.start().unwrap();
+        (n, r)
+    }
+
+    fn call(n: &Arc<Node>, r: &Rpc, name: &str, args: &[u8], out: &Out) -> Option<Job> {
+        let msg = Incoming::test(4, Header::new(Kind::Request, ID, op::CALL, 1), name.as_bytes().to_vec(), args.to_vec(), out);
+        r.on_message(n, msg).unwrap()
+    }
+
+    #[test]
+    fn calls_run_in_their_job_and_answer_their_caller() {
+        let (n, r) = node();
+        n.register_fn("caller_and_len", |c| Ok(vec![c.caller() as u8, c.args().len() as u8])).unwrap();
+        let out: Out = Arc::default();
+        let job = call(&n, &r, "caller_and_len", b"abc", &out).expect("a free slot: the call runs now");
+        assert!(out.lock().is_empty(), "nothing runs before the job");
+        job();
+        assert_eq!(out.lock().pop().unwrap().unwrap(), vec![4, 3]);
+        let job = call(&n, &r, "nobody", b"", &out).unwrap();
+        job();
+        let e = out.lock().pop().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Remote);
+        assert!(e.message.contains("not registered"), "{e}");
+        n.close();
+    }
+
+    #[test]
+    fn one_slot_queues_the_second_call_behind_the_first() {
+        let (n, r) = node();
+        n.register_fn("id", |c| Ok(c.args().to_vec())).unwrap();
+        let out: Out = Arc::default();
+        let first = call(&n, &r, "id", b"1", &out).unwrap();
+        assert!(call(&n, &r, "id", b"2", &out).is_none(), "no slot: queued");
+        first();
+        // The slot's holder ran the queued call after its own.
+        let got: Vec<Vec<u8>> = out.lock().drain(..).map(|r| r.unwrap()).collect();
+        assert_eq!(got, vec![b"1".to_vec(), b"2".to_vec()]);
+        n.close();
+    }
+
+    #[test]
+    fn a_handler_that_never_answers_still_answers_its_caller() {
+        let (n, r) = node();
+        n.register("drop", Arc::new(|c: Call| drop(c))).unwrap();
+        n.register_fn("boom", |_| panic!("on purpose")).unwrap();
+        let out: Out = Arc::default();
+        call(&n, &r, "drop", b"", &out).unwrap()();
+        assert!(out.lock().pop().unwrap().unwrap_err().message.contains("without replying"));
+        call(&n, &r, "boom", b"", &out).unwrap()();
+        assert!(out.lock().pop().unwrap().unwrap_err().message.contains("panicked"));
+        n.close();
+    }
+
+    #[test]
+    fn an_interrupt_cancels_the_running_call_only() {
+        let (n, r) = node();
+        let seen = Arc::new(AtomicBool::new(false));
+        let s = seen.clone();
+        n.register_fn("watch", move |c| {
+            let oneway = Incoming {
+                from: 1,
+                header: Header::new(Kind::Oneway, ID, op::INTERRUPT, 0),
+                meta: Vec::new(),
+                payload: Vec::new(),
+                reply: ReplyTo::Nobody,
+            };
+            let node = c.node().clone();
+            node.service::<Rpc>().unwrap().on_message(&node, oneway).unwrap();
+            s.store(c.is_cancelled(), Ordering::SeqCst);
+            Ok(Vec::new())
+        })
+        .unwrap();
+        let out: Out = Arc::default();
+        call(&n, &r, "watch", b"", &out).unwrap()();
+        assert!(seen.load(Ordering::SeqCst), "the running call saw the interrupt");
+        assert_eq!(out.lock().pop().unwrap().unwrap_err().kind, ErrorKind::Interrupted);
+        assert_eq!(r.running_calls(), 0);
+        n.close();
+    }
+}
