@@ -34,6 +34,16 @@ fn main() {
         c.register_fn("len", |call| Ok((call.args().len() as u64).to_le_bytes().to_vec())).unwrap();
         c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))
             .unwrap();
+        c.register_fn("threads", |_| Ok((cluster::sys::thread_count().unwrap_or(0) as u64).to_le_bytes().to_vec())).unwrap();
+        c.register_fn("call_all", |call| {
+            let node = call.node();
+            let me = node.myid();
+            for p in node.workers().into_iter().filter(|&p| p != me) {
+                node.remotecall_fetch(p, "noop", &[]).map_err(|e| e.to_string())?;
+            }
+            Ok(Vec::new())
+        })
+        .unwrap();
         let _ = c.serve();
         return;
     }
@@ -58,7 +68,10 @@ fn main() {
         }
         t.elapsed().as_secs_f64() / (rounds / 5) as f64
     });
-    rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.5x"));
+    rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.3x"));
+    if let Some(c_rtt) = c_rtt(rounds) {
+        rows.push(Row::new("same, from C (cluster_remotecall_fetch)", c_rtt, us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.3x"));
+    }
     if let Some(jl) = julia_rtt(rounds.min(5000)) {
         rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
     }
@@ -96,6 +109,24 @@ fn main() {
     rows.push(Row::new("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
 
+    // Threads and idle CPU with many workers, each connected to all others.
+    let many = if quick { 64 } else { 256 };
+    let base_threads = cluster::sys::thread_count().unwrap_or(0);
+    let ids = c.addprocs(many, &own_args).unwrap();
+    c.remotecall_fetch(ids[0], "call_all", &[]).unwrap();
+    c.everywhere(Some(&ids), "noop", &[], Some(Duration::from_secs(60))).unwrap();
+    let head_threads = cluster::sys::thread_count().unwrap_or(0) - base_threads + 1;
+    let worker_threads = u64::from_le_bytes(c.remotecall_fetch(ids[0], "threads", &[]).unwrap()[..8].try_into().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = cluster::sys::cpu_seconds();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_cpu = (cluster::sys::cpu_seconds() - cpu0) / t.elapsed().as_secs_f64() * 100.0;
+    rows.push(Row::new(leak(format!("head threads, {many} workers")), head_threads as f64, 16.0, "target", "<= 1x"));
+    rows.push(Row::new(leak(format!("worker threads, {} peers", many - 1)), worker_threads as f64, 16.0, "target", "<= 1x"));
+    rows.push(Row::new(leak(format!("head idle CPU, {many} workers (%)")), idle_cpu, 1.0, "target 1% of a core", "<= 1x"));
+    c.rmprocs(&ids, Duration::from_secs(60)).unwrap();
+
     // addprocs(4) until ready.
     let spawn4 = median_of(3, spawn_and_wait_4);
     let add4 = median_of(3, || {
@@ -115,6 +146,37 @@ fn main() {
             r.name, r.ours, r.base, r.ours / r.base, r.base_name, r.target
         );
     }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The round trip measured by a C program (examples/c/bench_rtt.c),
+/// compiled here against this build's library; `None` without a compiler.
+fn c_rtt(rounds: usize) -> Option<f64> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = self_exe().parent()?.parent()?.join("libcluster.so");
+    let dir = std::env::temp_dir().join(format!("libcluster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let _ = std::os::unix::fs::symlink(&lib, dir.join("libcluster.so.0"));
+    let exe = dir.join("bench_rtt");
+    let built = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(root.join("examples/c/bench_rtt.c"))
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .status()
+        .ok()?;
+    if !built.success() {
+        return None;
+    }
+    let out = Command::new(&exe).arg(rounds.to_string()).stderr(Stdio::inherit()).output().ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 struct Row {
