@@ -5,7 +5,6 @@ use super::args::FfiResult;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
 use crate::Value;
-use std::sync::Arc;
 
 /// Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
 /// Read `data[0..len)`; release with `cluster_buffer_free`.
@@ -17,10 +16,11 @@ pub struct cluster_buffer {
     pub handle: u64,
 }
 
-/// A buffer viewing `v`, which its new handle keeps alive.
+/// A buffer viewing `v`, which its new handle keeps alive (the value's
+/// own shared slot: no allocation, no copy).
 pub(crate) fn buffer_from(v: Value) -> Result<cluster_buffer, crate::Error> {
     let (data, len) = (v.as_ptr(), v.len());
-    let handle = handles::insert(Kind::Buffer, Arc::new(v))?;
+    let handle = handles::insert(Kind::Buffer, v.into_shared())?;
     Ok(cluster_buffer { data, len, handle })
 }
 

@@ -28,6 +28,8 @@ const RESCUE_AFTER: Duration = Duration::from_millis(2);
 const DRIVER_QUIET_NS: u64 = 1_000_000;
 /// After this long without events, large buffers kept for reuse go back.
 const IDLE: Duration = Duration::from_millis(250);
+/// At most this many connections are read directly while spinning.
+const HOT_MAX: usize = 8;
 
 #[derive(Default)]
 struct Slab {
@@ -48,6 +50,9 @@ pub struct Reactor<D: Dispatch> {
     current: Mutex<Option<Arc<Conn>>>,
     deferred: Mutex<Vec<Arc<Conn>>>,
     look_now: Mutex<Vec<Arc<Conn>>>,
+    /// Connections with traffic just now, read directly while the role
+    /// holder spins (not through epoll: no re-arm per message).
+    hot: Mutex<Vec<Arc<Conn>>>,
     started: AtomicBool,
     stopped: AtomicBool,
     epoch: Instant,
@@ -88,6 +93,7 @@ impl<D: Dispatch> Reactor<D> {
             current: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
             look_now: Mutex::new(Vec::new()),
+            hot: Mutex::new(Vec::new()),
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -181,6 +187,7 @@ impl<D: Dispatch> Reactor<D> {
     fn run(self: Arc<Self>, gen: u64) {
         let mut evs = EpollEvents::new(64);
         let mut last_traffic: Option<Instant> = None;
+        let mut spins = 0u64;
         loop {
             if self.gen.load(Ordering::Acquire) != gen {
                 return;
@@ -202,13 +209,39 @@ impl<D: Dispatch> Reactor<D> {
                 !(quiet || c.is_closed())
             });
             for c in work {
-                match self.serve(&owner, &c, gen) {
+                match self.serve(&owner, &c, gen, false) {
                     Served::Replaced => return,
                     Served::Traffic => last_traffic = Some(Instant::now()),
                     Served::Idle => {}
                 }
             }
-            let spinning = last_traffic.is_some_and(|t| t.elapsed() < spin);
+            let mut spinning = last_traffic.is_some_and(|t| t.elapsed() < spin);
+            if spinning {
+                // Read the hot connections directly; epoll only now and then.
+                let hot: Vec<Arc<Conn>> = self.hot.lock().clone();
+                for c in &hot {
+                    if c.drivers.load(Ordering::Acquire) > 0 {
+                        continue;
+                    }
+                    match self.serve(&owner, c, gen, true) {
+                        Served::Replaced => return,
+                        Served::Traffic => last_traffic = Some(Instant::now()),
+                        Served::Idle => {}
+                    }
+                }
+                spins += 1;
+                if !hot.is_empty() && spins % 8 != 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            } else {
+                self.cool_down();
+            }
+            spinning = spinning && last_traffic.is_some_and(|t| t.elapsed() < spin);
+            if !spinning {
+                // Never block with a connection nobody watches.
+                self.cool_down();
+            }
             let timeout = if spinning {
                 Some(Duration::ZERO)
             } else if !self.deferred.lock().is_empty() {
@@ -244,7 +277,7 @@ impl<D: Dispatch> Reactor<D> {
                     self.defer(&conn);
                     continue;
                 }
-                match self.serve(&owner, &conn, gen) {
+                match self.serve(&owner, &conn, gen, true) {
                     Served::Replaced => return,
                     Served::Traffic => last_traffic = Some(Instant::now()),
                     Served::Idle => {}
@@ -253,10 +286,26 @@ impl<D: Dispatch> Reactor<D> {
         }
     }
 
-    /// Reads `conn` to empty, running its jobs here, then watches it again.
-    fn serve(self: &Arc<Self>, owner: &Arc<D>, conn: &Arc<Conn>, gen: u64) -> Served {
+    /// Spinning is over: the hot connections go back to epoll (or to the
+    /// callers reading them).
+    fn cool_down(&self) {
+        let hot: Vec<Arc<Conn>> = std::mem::take(&mut *self.hot.lock());
+        for c in hot {
+            if c.drivers.load(Ordering::Acquire) > 0 {
+                self.defer(&c);
+            } else {
+                self.arm(&c);
+            }
+        }
+    }
+
+    /// Reads `conn` to empty, running its jobs here, then watches it again:
+    /// through epoll, or (`may_stay_hot`, after traffic) directly while
+    /// this thread spins.
+    fn serve(self: &Arc<Self>, owner: &Arc<D>, conn: &Arc<Conn>, gen: u64, may_stay_hot: bool) -> Served {
         if conn.is_failed() {
             self.forget(conn);
+            self.hot.lock().retain(|c| !Arc::ptr_eq(c, conn));
             return Served::Idle;
         }
         *self.current.lock() = Some(conn.clone());
@@ -266,14 +315,23 @@ impl<D: Dispatch> Reactor<D> {
             PumpEnd::Replaced => return Served::Replaced,
             PumpEnd::Empty => {
                 *self.current.lock() = None;
-                self.arm(conn);
+                let mut hot = self.hot.lock();
+                let is_hot = hot.iter().any(|c| Arc::ptr_eq(c, conn));
+                if !is_hot && may_stay_hot && frames > 0 && hot.len() < HOT_MAX {
+                    hot.push(conn.clone());
+                } else if !is_hot {
+                    drop(hot);
+                    self.arm(conn);
+                }
             }
             PumpEnd::Busy => {
                 *self.current.lock() = None;
+                self.hot.lock().retain(|c| !Arc::ptr_eq(c, conn));
                 self.defer(conn);
             }
             PumpEnd::Closed => {
                 *self.current.lock() = None;
+                self.hot.lock().retain(|c| !Arc::ptr_eq(c, conn));
             }
         }
         if frames > 0 {
@@ -316,6 +374,7 @@ impl<D: Dispatch> Reactor<D> {
         }
         self.deferred.lock().clear();
         self.look_now.lock().clear();
+        self.hot.lock().clear();
         *self.current.lock() = None;
         drop(all);
     }
@@ -351,6 +410,9 @@ impl<D: Dispatch> Reactor<D> {
                         c.flush();
                         r.look_now.lock().push(c);
                     }
+                    // The stuck thread's hot connections are nobody's now.
+                    let hot: Vec<Arc<Conn>> = std::mem::take(&mut *r.hot.lock());
+                    r.look_now.lock().extend(hot);
                     r.spawn_role(gen);
                 }
                 r.rescuer_idle.store(false, Ordering::Release);

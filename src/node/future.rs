@@ -60,6 +60,13 @@ impl std::fmt::Debug for Value {
     }
 }
 
+impl Value {
+    /// What keeps the bytes alive, to hold without another allocation.
+    pub fn into_shared(self) -> Arc<impl Send + Sync + 'static> {
+        self.0
+    }
+}
+
 impl std::ops::Deref for Value {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
