@@ -675,8 +675,11 @@ cluster_status cluster_ready(cluster_ctx *ctx);
 
 /**
  * Worker, threads mode: `cluster_ready`, then serves calls until the head
- * asks this worker to stop (returns CLUSTER_OK) or goes away. Host mode:
- * CLUSTER_ERR_WRONG_MODE.
+ * asks this worker to stop (returns CLUSTER_OK) or goes away (returns
+ * CLUSTER_ERR_HEAD_LOST). The library never exits the process on its own
+ * threads; a worker that should end with its head does so itself:
+ * `if (cluster_serve(ctx) == CLUSTER_ERR_HEAD_LOST) exit(0);`. Host mode:
+ * CLUSTER_ERR_WRONG_MODE (watch for CLUSTER_EVENT_HEAD_LOST instead).
  *
  * Ownership: `ctx` stays the caller's.
  * Blocking: yes, that is its purpose.
