@@ -470,7 +470,14 @@ fn elastic_workers_join_with_the_cookie() {
 
 #[test]
 fn workers_exit_when_the_head_dies() {
-    let mut head = Command::new(WORKER).env("TEST_AS_HEAD", "1").stdout(Stdio::piped()).spawn().unwrap();
+    let dir = std::env::temp_dir().join(format!("libcluster-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut head = Command::new(WORKER)
+        .env("TEST_AS_HEAD", "1")
+        .env("TEST_SERVE_RESULT_DIR", &dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = std::io::BufReader::new(head.stdout.take().unwrap());
     let mut pids = Vec::new();
     for line in out.lines() {
@@ -485,6 +492,12 @@ fn workers_exit_when_the_head_dies() {
     head.kill().unwrap();
     head.wait().unwrap();
     assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|&p| !pid_alive(p))), "workers outlived their head");
+    // Each left because serve returned HeadLost, not by an exit of the library.
+    for p in &pids {
+        let why = std::fs::read_to_string(dir.join(p.to_string())).unwrap_or_default();
+        assert_eq!(why, "HeadLost", "worker {p}: serve ended with {why:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -199,5 +199,14 @@ fn main() {
     if std::env::var("TEST_WORKER_NO_READY").is_ok() {
         std::thread::sleep(Duration::from_secs(3600));
     }
-    let _ = c.serve();
+    let r = c.serve();
+    // The head-death test reads how serve ended: the library itself never
+    // exits the process.
+    if let Ok(dir) = std::env::var("TEST_SERVE_RESULT_DIR") {
+        let what = match &r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{:?}", e.kind),
+        };
+        let _ = std::fs::write(format!("{dir}/{}", std::process::id()), what);
+    }
 }
