@@ -8,8 +8,8 @@
 //! - `net`: the handshake and connections;
 //! - `node`: the node core (identity, peers, messaging, futures, events,
 //!   the service interface);
-//! - `service`: one module per capability (control, rpc, refs, ...);
 //! - `launch`: starting workers;
+//! - `service`: one module per capability (control, rpc, refs, ...);
 //! - `cluster`: a node with the standard services;
 //! - `ffi`: the C ABI, the only layer that deals in C types.
 //!
@@ -22,8 +22,8 @@ pub mod sys;
 pub mod wire;
 pub mod net;
 pub mod node;
-pub mod service;
 pub mod launch;
+pub mod service;
 pub mod cluster;
 
 pub mod ffi;
@@ -67,5 +67,49 @@ mod header_tests {
             crate::ffi::CLUSTER_VERSION_PATCH
         );
         assert_eq!(v, want);
+    }
+}
+
+#[cfg(test)]
+mod layering_tests {
+    //! The layers of lib.rs's doc, checked: a module never names a layer
+    //! above its own, so there are no import cycles among them.
+    const LAYERS: &[(&str, &[&str])] = &[
+        ("wire", &["net", "node", "launch", "service", "cluster", "ffi"]),
+        ("net", &["node", "launch", "service", "cluster", "ffi"]),
+        ("node", &["launch", "service", "cluster", "ffi"]),
+        ("launch", &["service", "cluster", "ffi"]),
+        ("service", &["cluster", "ffi"]),
+    ];
+
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_names_a_layer_above_its_own() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut bad = Vec::new();
+        for (layer, above) in LAYERS {
+            let mut fs = Vec::new();
+            files(&src.join(layer), &mut fs);
+            assert!(!fs.is_empty(), "no files in src/{layer}");
+            for f in fs {
+                let text = std::fs::read_to_string(&f).unwrap();
+                for up in *above {
+                    if text.contains(&format!("crate::{up}::")) || text.contains(&format!("crate::{up};")) {
+                        bad.push(format!("{} names crate::{up}", f.display()));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "layering broken:\n{}", bad.join("\n"));
     }
 }
