@@ -45,61 +45,14 @@ fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::
 /// waiting for room when the socket buffer is full. One syscall in the
 /// common case, and no copy of the parts.
 pub fn write_all_vectored(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < parts.len() {
-        if parts[idx].len() == off {
-            idx += 1;
-            off = 0;
-            continue;
-        }
-        let mut iov: [libc::iovec; 4] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4];
-        let mut n = 0;
-        for (k, p) in parts[idx..].iter().enumerate() {
-            if n == iov.len() {
-                break;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0;
+    while done < total {
+        match write_some_vectored(fd, parts, done)? {
+            0 => {
+                poll_out(fd, Some(Duration::from_millis(200)))?;
             }
-            let s = if k == 0 { &p[off..] } else { &p[..] };
-            if s.is_empty() {
-                continue;
-            }
-            iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
-            n += 1;
-        }
-        // SAFETY: every iovec points into a live slice borrowed for this call.
-        // MSG_NOSIGNAL: a closed peer must give EPIPE, not kill the process.
-        let msg = libc::msghdr {
-            msg_name: std::ptr::null_mut(),
-            msg_namelen: 0,
-            msg_iov: iov.as_mut_ptr(),
-            msg_iovlen: n,
-            msg_control: std::ptr::null_mut(),
-            msg_controllen: 0,
-            msg_flags: 0,
-        };
-        let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    poll_out(fd, Some(Duration::from_millis(200)))?;
-                    continue;
-                }
-                _ => return Err(e),
-            }
-        }
-        let mut wrote = rc as usize;
-        while wrote > 0 && idx < parts.len() {
-            let left = parts[idx].len() - off;
-            if wrote >= left {
-                wrote -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += wrote;
-                wrote = 0;
-            }
+            n => done += n,
         }
     }
     Ok(())
