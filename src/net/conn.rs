@@ -292,7 +292,9 @@ impl Conn {
         let queued = !out.buf.is_empty();
         drop(out);
         if queued {
-            self.flush();
+            // Frames queued behind this writer set neither `has_corked`
+            // nor `backlog`, so `flush()` would not see them.
+            self.flush_locked();
         }
         r
     }
@@ -530,7 +532,7 @@ impl Conn {
                 Step::Job(job) => {
                     // Let the reactor serve this connection while this thread runs it.
                     self.drivers.fetch_sub(1, Ordering::AcqRel);
-                    self.watch_now();
+                    self.watch_while_busy();
                     job();
                     self.drivers.fetch_add(1, Ordering::AcqRel);
                 }
@@ -551,15 +553,32 @@ impl Conn {
         self.drivers.fetch_sub(1, Ordering::AcqRel);
         // Frames read along with the reply may sit in the buffer, where
         // epoll cannot see them: dispatch them now.
-        while self.read.try_lock().map(|r| r.may_have_frames()) == Some(true) {
+        loop {
+            match self.read.try_lock().map(|r| r.may_have_frames()) {
+                Some(true) => {}
+                Some(false) => break,
+                None => {
+                    // Whoever holds the reader may not read on (`recycle`,
+                    // `release_spare`, `mid_frame`): the reactor looks.
+                    self.hand_to_reactor();
+                    break;
+                }
+            }
             match self.read_one(owner) {
-                Step::Job(job) => job(),
+                Step::Job(job) => {
+                    self.watch_while_busy();
+                    job();
+                }
                 Step::Dispatched => {}
                 Step::Closed(why) => {
                     self.fail(owner, why);
                     break;
                 }
-                Step::Busy | Step::Empty => break,
+                Step::Busy => {
+                    self.hand_to_reactor();
+                    break;
+                }
+                Step::Empty => break,
             }
         }
         if !finished {
@@ -573,9 +592,24 @@ impl Conn {
     /// unwatched for a driver.
     fn watch_now(self: &Arc<Self>) {
         if self.deferred.load(Ordering::Acquire) {
-            if let Some(w) = self.watcher() {
-                w.rearm(self);
-            }
+            self.hand_to_reactor();
+        }
+    }
+
+    /// Before a driver runs a job: frames buffered behind it are invisible
+    /// to epoll, so the reactor must read them while the job runs (it may
+    /// be long, or wait for one of them).
+    fn watch_while_busy(self: &Arc<Self>) {
+        let buffered = self.read.try_lock().map(|r| r.has_buffered()).unwrap_or(true);
+        if buffered || self.deferred.load(Ordering::Acquire) {
+            self.hand_to_reactor();
+        }
+    }
+
+    /// Puts this connection on the reactor's list to look at now.
+    fn hand_to_reactor(self: &Arc<Self>) {
+        if let Some(w) = self.watcher() {
+            w.rearm(self);
         }
     }
 }
@@ -693,4 +727,169 @@ pub(crate) enum PumpEnd {
     /// This thread lost the reactor role while running a job.
     Replaced,
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regressions for the races the model tests (`tests/model_conn.rs`)
+    //! found, each forced here on real sockets.
+    use super::*;
+    use crate::wire::{Kind, HEADER_LEN};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    fn pair() -> (Arc<Conn>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (Conn::new(a, 1 << 30, Flusher::start()).unwrap(), b)
+    }
+
+    fn frame(kind: Kind, id: u64, payload: &[u8]) -> Vec<u8> {
+        let mut h = Header::new(kind, 1, 1, id);
+        h.payload_len = payload.len() as u64;
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Counts the reactor's "look now" requests.
+    #[derive(Default)]
+    struct Looks(AtomicU32);
+
+    impl Watcher for Looks {
+        fn rearm(&self, _conn: &Arc<Conn>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn want_write(&self, _conn: &Arc<Conn>) {}
+        fn forget(&self, _conn: &Conn) {}
+    }
+
+    fn watched(c: &Arc<Conn>) -> Arc<Looks> {
+        let w = Arc::new(Looks::default());
+        let weak: Weak<dyn Watcher> = Arc::downgrade(&w) as Weak<dyn Watcher>;
+        let _ = c.watcher.set(weak);
+        w
+    }
+
+    /// Requests become jobs that note how many looks the reactor was
+    /// asked for by the time they run; a response runs `on_response`.
+    struct Owner {
+        looks: Arc<Looks>,
+        seen_in_job: AtomicU32,
+        jobs: AtomicU32,
+        responses: AtomicU32,
+        on_response: Box<dyn Fn(&Arc<Conn>) + Send + Sync>,
+    }
+
+    impl Dispatch for Owner {
+        fn on_frame(self: &Arc<Self>, conn: &Arc<Conn>, frame: wire::Frame) -> Option<Job> {
+            match frame.header.kind {
+                Kind::Request => {
+                    let me = self.clone();
+                    Some(Box::new(move || {
+                        me.seen_in_job.store(me.looks.0.load(Ordering::SeqCst), Ordering::SeqCst);
+                        me.jobs.fetch_add(1, Ordering::SeqCst);
+                    }))
+                }
+                Kind::Response => {
+                    (self.on_response)(conn);
+                    self.responses.fetch_add(1, Ordering::SeqCst);
+                    None
+                }
+                _ => None,
+            }
+        }
+        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
+        fn spin(&self) -> Duration {
+            Duration::from_millis(50)
+        }
+        fn is_shutting_down(&self) -> bool {
+            false
+        }
+    }
+
+    fn owner(looks: &Arc<Looks>, on_response: impl Fn(&Arc<Conn>) + Send + Sync + 'static) -> Arc<Owner> {
+        Arc::new(Owner {
+            looks: looks.clone(),
+            seen_in_job: AtomicU32::new(0),
+            jobs: AtomicU32::new(0),
+            responses: AtomicU32::new(0),
+            on_response: Box::new(on_response),
+        })
+    }
+
+    /// Model: `finds_pre_fix_writer_end_flush`. A response queued behind a
+    /// large request that waits for room was left queued when the request
+    /// finished: `flush()` saw neither `has_corked` nor `backlog`.
+    #[test]
+    fn frames_queued_behind_a_large_writer_go_out_when_it_finishes() {
+        let (c, mut peer) = pair();
+        let big = vec![7u8; 32 << 20];
+        let c2 = c.clone();
+        let writer = std::thread::spawn(move || c2.send(Header::new(Kind::Request, 1, 1, 1), &[], &big));
+        let t = Instant::now();
+        while !c.out.lock().writer {
+            assert!(t.elapsed() < Duration::from_secs(10), "the large request never waited for room");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        c.send(Header::new(Kind::Response, 1, 1, 2), &[], b"reply").unwrap();
+        assert!(c.queued_bytes() > 0, "the response should queue behind the writer");
+        let mut got = vec![0u8; HEADER_LEN + (32 << 20)];
+        peer.read_exact(&mut got).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(c.queued_bytes(), 0, "the response queued behind the writer was not written");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = vec![0u8; HEADER_LEN + 5];
+        peer.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[HEADER_LEN..], b"reply");
+    }
+
+    /// Model: `finds_pre_fix_inline_job_hiding_the_buffer`. A driver that
+    /// runs a call inline must hand the frames read behind it to the
+    /// reactor: epoll cannot see them, and the job may wait for one.
+    #[test]
+    fn a_driver_running_a_job_hands_the_frames_behind_it_to_the_reactor() {
+        let (c, mut peer) = pair();
+        let looks = watched(&c);
+        let d = owner(&looks, |_| {});
+        peer.write_all(&[frame(Kind::Request, 1, b"call"), frame(Kind::Oneway, 2, b"later")].concat()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.drive(&d, Duration::from_secs(5), &|| d.jobs.load(Ordering::SeqCst) > 0);
+        assert_eq!(d.jobs.load(Ordering::SeqCst), 1);
+        assert!(d.seen_in_job.load(Ordering::SeqCst) >= 1, "the job ran with a frame buffered behind it and the reactor not told");
+    }
+
+    /// Model: `finds_pre_fix_drain_giving_up`. A driver whose last loop
+    /// finds the reader's lock taken by a thread that does not read
+    /// (`recycle`, `release_spare`, `mid_frame`) must hand the frames it
+    /// buffered to the reactor.
+    #[test]
+    fn a_driver_that_cannot_dispatch_what_it_buffered_hands_it_to_the_reactor() {
+        let (c, mut peer) = pair();
+        let looks = watched(&c);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(Some(release_rx));
+        let d = owner(&looks, move |conn| {
+            // Another thread takes the reader's lock (as `recycle` does) and
+            // holds it until the driver has stopped.
+            let (held_tx, held_rx) = mpsc::channel();
+            let conn = conn.clone();
+            let rx = release_rx.lock().take().unwrap();
+            std::thread::spawn(move || {
+                let g = conn.read.lock();
+                held_tx.send(()).unwrap();
+                let _ = rx.recv();
+                drop(g);
+            });
+            held_rx.recv().unwrap();
+        });
+        peer.write_all(&[frame(Kind::Response, 1, b"reply"), frame(Kind::Oneway, 2, b"behind")].concat()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) > 0));
+        let looked = looks.0.load(Ordering::SeqCst);
+        release_tx.send(()).unwrap();
+        assert!(looked >= 1, "the driver left a frame buffered without telling the reactor");
+    }
 }

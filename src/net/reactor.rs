@@ -343,7 +343,8 @@ impl<D: Dispatch> Reactor<D> {
 
     /// Runs a job under the role; false when the role was handed on meanwhile.
     fn run_job(&self, job: Job, gen: u64) -> bool {
-        self.job_since.store(self.now_ns(), Ordering::Release);
+        let since = self.now_ns();
+        self.job_since.store(since, Ordering::Release);
         if self.rescuer_idle.load(Ordering::Acquire) {
             if let Some(t) = self.rescuer.lock().as_ref() {
                 t.unpark();
@@ -351,7 +352,11 @@ impl<D: Dispatch> Reactor<D> {
         }
         job();
         self.last_job.store(self.now_ns(), Ordering::Relaxed);
-        let mine = self.job_since.swap(0, Ordering::AcqRel) != 0;
+        // Clear only this job's mark: a holder that was rescued must not
+        // clear the mark of the job its successor runs now (that job would
+        // then look rescued too, and its thread leave with nobody taking
+        // the role).
+        let mine = self.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
         mine && self.gen.load(Ordering::Acquire) == gen
     }
 
@@ -467,6 +472,8 @@ struct DrainShared {
     wake: EventFd,
     running: AtomicBool,
     stopped: AtomicBool,
+    /// Times the drainer polled (for tests).
+    rounds: AtomicU64,
 }
 
 impl Drainer {
@@ -477,19 +484,27 @@ impl Drainer {
                 wake: EventFd::new()?,
                 running: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
+                rounds: AtomicU64::new(0),
             }),
         })
     }
 
     fn add(&self, conn: &Arc<Conn>) {
         let s = &self.shared;
-        {
+        let added = {
             let mut c = s.conns.lock();
-            if !c.iter().any(|x| Arc::ptr_eq(x, conn)) {
+            let added = !c.iter().any(|x| Arc::ptr_eq(x, conn));
+            if added {
                 c.push(conn.clone());
             }
+            added
+        };
+        // Only a connection it does not poll yet wakes the drainer: its
+        // own flush of a full socket lands here, and a wake-up then would
+        // make it poll again at once, spinning while the peer reads nothing.
+        if added {
+            s.wake.signal();
         }
-        s.wake.signal();
         if !s.running.swap(true, Ordering::AcqRel) {
             let s = s.clone();
             std::thread::Builder::new()
@@ -517,6 +532,7 @@ impl Drainer {
                 }
                 c.clone()
             };
+            s.rounds.fetch_add(1, Ordering::Relaxed);
             let mut fds = vec![s.wake.fd()];
             fds.extend(conns.iter().map(|c| c.fd()));
             let _ = sys::poll_many_out(&fds, 1, Some(Duration::from_millis(100)));
@@ -525,5 +541,140 @@ impl Drainer {
                 c.flush();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regressions for the races the model tests (`tests/model_conn.rs`)
+    //! found, each forced here on real sockets.
+    use super::*;
+    use crate::error::Error;
+    use crate::net::Flusher;
+    use crate::wire::{self, Header, Kind};
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    fn pair() -> (Arc<Conn>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (Conn::new(a, 1 << 30, Flusher::start()).unwrap(), b)
+    }
+
+    fn frame(kind: Kind, op: u16, id: u64) -> Vec<u8> {
+        Header::new(kind, 1, op, id).encode().to_vec()
+    }
+
+    /// Hands backlogs to a drainer of its own.
+    struct ToDrainer(Drainer);
+
+    impl Watcher for ToDrainer {
+        fn rearm(&self, _conn: &Arc<Conn>) {}
+        fn want_write(&self, conn: &Arc<Conn>) {
+            self.0.add(conn);
+        }
+        fn forget(&self, _conn: &Conn) {}
+    }
+
+    /// Model: `finds_pre_fix_drainer_waking_itself`. The drainer's own
+    /// flush of a full socket signalled its wake-up, so it polled again at
+    /// once: a busy loop for as long as the peer read nothing.
+    #[test]
+    fn the_drainer_sleeps_while_the_socket_stays_full() {
+        let (c, _peer) = pair();
+        let w = Arc::new(ToDrainer(Drainer::new().unwrap()));
+        let weak: Weak<dyn Watcher> = Arc::downgrade(&w) as Weak<dyn Watcher>;
+        let _ = c.watcher.set(weak);
+        // The peer reads nothing: responses (which never wait) fill the
+        // socket, however far the kernel lets its buffers grow, and leave
+        // a backlog for the drainer.
+        let payload = vec![0u8; 1 << 20];
+        let t = Instant::now();
+        while c.queued_bytes() < 32 << 20 {
+            assert!(t.elapsed() < Duration::from_secs(10), "no backlog");
+            c.send_nowait(Header::new(Kind::Response, 1, 1, 1), &[], &payload).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let before = w.0.shared.rounds.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        let rounds = w.0.shared.rounds.load(Ordering::Relaxed) - before;
+        assert!(c.queued_bytes() > 0, "the socket took everything: nothing tested");
+        w.0.stop();
+        // It polls every 100 ms without progress; a spinning one polls
+        // hundreds of thousands of times.
+        assert!(rounds < 50, "the drainer polled {rounds} times in 300 ms with the socket full");
+    }
+
+    /// Calls: op 1 waits until op 2 has started, op 2 until op 1 has
+    /// ended, op 3 is noted.
+    struct Calls {
+        b_started: (Mutex<Option<mpsc::Sender<()>>>, Mutex<Option<mpsc::Receiver<()>>>),
+        a_ended: (Mutex<Option<mpsc::Sender<()>>>, Mutex<Option<mpsc::Receiver<()>>>),
+        third: AtomicBool,
+    }
+
+    impl Dispatch for Calls {
+        fn on_frame(self: &Arc<Self>, _conn: &Arc<Conn>, frame: wire::Frame) -> Option<Job> {
+            let me = self.clone();
+            match frame.header.op {
+                1 => Some(Box::new(move || {
+                    let rx = me.b_started.1.lock().take().unwrap();
+                    rx.recv_timeout(Duration::from_secs(5)).expect("call 2 never started");
+                    me.a_ended.0.lock().take().unwrap().send(()).unwrap();
+                })),
+                2 => Some(Box::new(move || {
+                    me.b_started.0.lock().take().unwrap().send(()).unwrap();
+                    let rx = me.a_ended.1.lock().take().unwrap();
+                    rx.recv_timeout(Duration::from_secs(5)).expect("call 1 never ended");
+                    // Call 1's thread has cleared its mark by now.
+                    std::thread::sleep(Duration::from_millis(20));
+                })),
+                _ => {
+                    self.third.store(true, Ordering::SeqCst);
+                    None
+                }
+            }
+        }
+        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
+        fn spin(&self) -> Duration {
+            Duration::from_micros(50)
+        }
+        fn is_shutting_down(&self) -> bool {
+            false
+        }
+    }
+
+    /// Model: `finds_pre_fix_job_since_clobbered`. A rescued holder ending
+    /// its call while its successor ran another cleared the successor's
+    /// mark (`job_since.swap(0)`); the successor then took itself for
+    /// replaced and left, and no thread held the role: nothing was read
+    /// any more.
+    #[test]
+    fn a_rescued_call_ending_does_not_end_the_reactor() {
+        let (b_tx, b_rx) = mpsc::channel();
+        let (a_tx, a_rx) = mpsc::channel();
+        let calls = Arc::new(Calls {
+            b_started: (Mutex::new(Some(b_tx)), Mutex::new(Some(b_rx))),
+            a_ended: (Mutex::new(Some(a_tx)), Mutex::new(Some(a_rx))),
+            third: AtomicBool::new(false),
+        });
+        let r = Arc::new(Reactor::new(Arc::downgrade(&calls), ReactorParts::new().unwrap()));
+        let (c, mut peer) = pair();
+        r.register(&c);
+        // Call 1 runs on the role's thread until call 2 has started, which
+        // only a second thread can do: the rescuer hands the role on.
+        peer.write_all(&frame(Kind::Request, 1, 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        peer.write_all(&frame(Kind::Request, 2, 2)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        peer.write_all(&frame(Kind::Oneway, 3, 3)).unwrap();
+        let t = Instant::now();
+        while !calls.third.load(Ordering::SeqCst) {
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing is read any more: no thread holds the reactor's role");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.stop();
     }
 }

@@ -82,6 +82,12 @@ impl FrameReader {
         !self.drained
     }
 
+    /// True when bytes read from the socket wait in the staging buffer
+    /// (epoll cannot see them).
+    pub fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
+
     /// Reads the next whole frame if one can be had without blocking.
     pub fn read_frame(&mut self, fd: RawFd) -> Result<ReadOutcome> {
         let r = self.read_frame_inner(fd);
