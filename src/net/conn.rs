@@ -491,17 +491,20 @@ impl Conn {
             self.last_recv.store(self.now_ns(), Ordering::Relaxed);
         }
         match r {
+            // Dispatched under the reader's lock (on_frame is quick): frames of
+            // one connection are dispatched in arrival order, whoever reads.
             Ok(ReadOutcome::Frame(f)) => {
-                drop(reader);
                 if f.header.kind == wire::Kind::Response {
                     // A reply came back: the next request follows an answer,
                     // so it is not pipelined and must not wait in a cork.
                     self.last_send.store(0, Ordering::Relaxed);
                 }
-                match owner.on_frame(self, f) {
+                let step = match owner.on_frame(self, f) {
                     Some(job) => Step::Job(job),
                     None => Step::Dispatched,
-                }
+                };
+                drop(reader);
+                step
             }
             Ok(ReadOutcome::WouldBlock) => Step::Empty,
             Ok(ReadOutcome::Closed) => Step::Closed(None),
