@@ -128,21 +128,75 @@ pub fn decode_meta<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
 }
 
-/// Writes one frame with a single vectored write; `payload` is not copied.
-pub fn write_frame(fd: RawFd, mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+/// `header` with the lengths of `meta` and `payload` filled in. A meta
+/// longer than a header can say (`MAX_META`) is an error: a frame is never
+/// sent with a truncated length (its meta's tail would be read as the next
+/// frames). Large or growing data goes in the payload.
+pub fn frame_header(mut header: Header, meta: &[u8], payload: &[u8]) -> Result<Header> {
+    if meta.len() > MAX_META {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("a message's meta of {} bytes exceeds the frame limit of {MAX_META} bytes", meta.len()),
+        ));
+    }
     header.meta_len = meta.len() as u16;
     header.payload_len = payload.len() as u64;
-    let h = header.encode();
+    Ok(header)
+}
+
+fn io_header(header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<[u8; HEADER_LEN]> {
+    frame_header(header, meta, payload)
+        .map(|h| h.encode())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.message))
+}
+
+/// Writes one frame with a single vectored write; `payload` is not copied.
+/// A meta over `MAX_META` is an `InvalidInput` error, and nothing is written.
+pub fn write_frame(fd: RawFd, header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let h = io_header(header, meta, payload)?;
     sys::write_all_vectored(fd, &[&h, meta, payload])
 }
 
 /// Writes `before` (already-encoded frames), then one frame, in one go.
-pub fn write_frame_after(fd: RawFd, before: &[u8], mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
-    header.meta_len = meta.len() as u16;
-    header.payload_len = payload.len() as u64;
-    let h = header.encode();
+pub fn write_frame_after(fd: RawFd, before: &[u8], header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let h = io_header(header, meta, payload)?;
     sys::write_all_vectored(fd, &[before, &h, meta, payload])
 }
 
 mod reader;
 pub use reader::{FrameReader, ReadOutcome};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Found by fuzzing: a meta over `MAX_META` went out with its length
+    /// truncated to 16 bits, and its tail was read as the next frames.
+    #[test]
+    fn a_meta_over_the_limit_is_an_error_and_nothing_is_written() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let h = Header::new(Kind::Response, 1, 1, 7);
+        let e = frame_header(h, &vec![0u8; MAX_META + 1], &[]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{e}");
+        let e = write_frame(a.as_raw_fd(), h, &vec![b'x'; MAX_META + 1], b"payload").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        let e = write_frame_after(a.as_raw_fd(), b"", h, &vec![b'x'; 70_000], &[]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(b.read(&mut [0u8; 16]).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "a frame went out");
+        // The largest meta a frame can say goes out whole.
+        let w = std::thread::spawn(move || write_frame(a.as_raw_fd(), h, &vec![b'm'; MAX_META], b"p").map(|_| a));
+        b.set_nonblocking(false).unwrap();
+        let mut hb = [0u8; HEADER_LEN];
+        b.read_exact(&mut hb).unwrap();
+        let got = Header::decode(&hb, 1 << 20).unwrap();
+        assert_eq!((got.meta_len as usize, got.payload_len), (MAX_META, 1));
+        let mut rest = vec![0u8; MAX_META + 1];
+        b.read_exact(&mut rest).unwrap();
+        assert!(rest[..MAX_META].iter().all(|&x| x == b'm') && rest[MAX_META] == b'p');
+        w.join().unwrap().unwrap();
+    }
+}
