@@ -204,7 +204,7 @@ impl Control {
     /// taken only by the process launched as it, which proves it with the
     /// key the head gave it; an elastic worker gets the next id.
     pub(super) fn admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, f: &Frame, transcript: &Transcript) -> Result<()> {
-        let join: Join = f.meta_as()?;
+        let join: Join = super::parse_join(&f.meta)?;
         let refuse = |msg: String| {
             let mut h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
             h.status = ErrorKind::Launch as u8;
@@ -250,7 +250,7 @@ impl Control {
 
 /// A worker reads the head's answer to its JOIN: a refusal with its
 /// reason, or the welcome (in the payload).
-pub(super) fn read_welcome(reply: &Frame) -> Result<Welcome> {
+pub(crate) fn read_welcome(reply: &Frame) -> Result<Welcome> {
     if reply.header.status != 0 {
         return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
     }
