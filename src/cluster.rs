@@ -107,7 +107,7 @@ pub(crate) mod op {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Join {
+pub(crate) struct Join {
     id: u32,
     listen_addr: String,
     os_pid: u32,
@@ -115,7 +115,7 @@ struct Join {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Welcome {
+pub(crate) struct Welcome {
     id: u32,
     topology: Topology,
     peers: Vec<(u32, String)>,

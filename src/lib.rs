@@ -19,6 +19,10 @@ pub mod wire;
 
 pub mod ffi;
 
+/// Fuzz targets and the services' decoders they drive (`fuzz/`, `tests/fuzz.rs`).
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use cluster::{Cluster, Config, DispatchMode, Lifecycle, Node, Topology, HEAD_ID};
 pub use error::{Error, ErrorKind, Result};
 pub use host::Event;
