@@ -719,10 +719,9 @@ pub fn handshake(data: &[u8]) -> Report {
             0
         }
         Err(e) => {
-            assert!(!proved, "the handshake ({}) refused a peer that proved the cookie: {e}", side_name(side));
             assert_eq!(e.kind, ErrorKind::Auth, "a failed handshake is an Auth error: {e}");
             let m = &e.message;
-            if m.contains("did not greet") {
+            let class = if m.contains("did not greet") {
                 1
             } else if m.contains("failed to prove") {
                 2
@@ -730,9 +729,16 @@ pub fn handshake(data: &[u8]) -> Report {
                 3
             } else {
                 4
-            }
+            };
+            // With the 10 ms timeout of a held connection, this thread may
+            // be too slow for it on a loaded machine: a proof can come late.
+            let late = hold && class == 3 && elapsed >= timeout;
+            assert!(!proved || late, "the handshake ({}) refused a peer that proved the cookie: {e}", side_name(side));
+            class
         }
     };
+    // Bytes sent after the handshake gave up waiting went unseen.
+    let late = hold && class == 3;
     if hold {
         // The timeout is per read today: each pause can extend it once.
         assert!(elapsed <= paused + 3 * timeout + Duration::from_secs(2), "the handshake took {elapsed:?} (timeout {timeout:?})");
@@ -747,13 +753,15 @@ pub fn handshake(data: &[u8]) -> Report {
     let mut wrote = Vec::new();
     peer.read_to_end(&mut wrote).expect("read what the handshake sent");
     if side == Side::Server {
-        if proved {
+        if proved && !late {
             assert!(wrote == proof(cookie, Side::Server, cn, sn), "the server's proof");
         } else {
             assert!(wrote.is_empty(), "the server sent {} bytes to a peer that did not prove the cookie", wrote.len());
         }
-    } else if greeted {
+    } else if greeted && !late {
         assert!(wrote == proof(cookie, Side::Client, cn, sn), "the client's proof");
+    } else if greeted {
+        assert!(wrote.is_empty() || wrote == proof(cookie, Side::Client, cn, sn), "the client's proof");
     } else {
         assert!(wrote.is_empty(), "the client sent {} bytes to a peer that did not greet", wrote.len());
     }
