@@ -5,7 +5,7 @@
 # CI runs `scripts/fuzz.sh 30` (from scripts/test.sh); run longer by hand.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 60 s; all targets:
-#                                              frame handshake control refs rpc)
+#                                              frame handshake session control refs rpc)
 #   LIBCLUSTER_FUZZ_DRIVER=stable|cargo-fuzz  force a driver
 #   LIBCLUSTER_FUZZ_JOBS=N                    cargo-fuzz: N processes per target
 #
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-60}
 shift || true
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(frame handshake control refs rpc); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(frame handshake session control refs rpc); fi
 
 driver=${LIBCLUSTER_FUZZ_DRIVER:-}
 if [ -z "$driver" ]; then
@@ -33,7 +33,7 @@ fi
 
 # Longest input and largest single allocation libFuzzer allows per target
 # (the frame target grows megabyte payloads from its filler bytes).
-max_len() { case $1 in frame|control) echo 8192 ;; handshake) echo 1024 ;; refs) echo 64 ;; *) echo 512 ;; esac; }
+max_len() { case $1 in frame|control) echo 8192 ;; handshake|session) echo 1024 ;; refs) echo 64 ;; *) echo 512 ;; esac; }
 malloc_mb() { case $1 in frame) echo 64 ;; *) echo 16 ;; esac; }
 
 case $driver in
