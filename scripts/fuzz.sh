@@ -2,7 +2,7 @@
 # Runs the fuzz targets of src/fuzzing.rs for SECONDS each: with cargo-fuzz
 # (libFuzzer, AddressSanitizer) when the nightly toolchain and cargo-fuzz
 # are installed, else with the stable mutation loop of tests/fuzz.rs.
-# CI runs `scripts/fuzz.sh 30` (from scripts/test.sh); run longer by hand.
+# CI runs `scripts/fuzz.sh 20` (from scripts/test.sh); run longer by hand.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 60 s; all targets:
 #                                              frame handshake session control refs rpc)
