@@ -28,6 +28,10 @@ pub mod cluster;
 
 pub mod ffi;
 
+/// Fuzz targets and the services' decoders they drive (`fuzz/`, `tests/fuzz.rs`).
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use cluster::Cluster;
 pub use error::{Error, ErrorKind, Result};
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};

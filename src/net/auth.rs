@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 /// The version of the wire protocol (handshake and frames). Peers of
 /// another version are refused. Version 1 had no verdict byte and no
 /// identity proofs; its greeting was "LCLUSTR1", as this scheme reads it.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 2 carried the head's welcome in the meta (64 KiB at most); 3
+/// carries it in the payload.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 const MAGIC: &[u8; 7] = b"LCLUSTR";
 const NONCE: usize = 32;
@@ -48,7 +50,7 @@ const ACCEPTED: u8 = 0;
 const REFUSED: u8 = 1;
 
 /// The greeting of `version` with `nonce`: the version is written as the
-/// character `'0' + version`, so version 2 reads "LCLUSTR2".
+/// character `'0' + version`, so version 3 reads "LCLUSTR3".
 pub fn greeting(version: u8, nonce: &[u8; NONCE]) -> [u8; GREETING] {
     let mut g = [0u8; GREETING];
     g[..MAGIC.len()].copy_from_slice(MAGIC);

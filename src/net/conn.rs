@@ -208,11 +208,10 @@ impl Conn {
         if self.is_closed() {
             return Err(Error::exited(self.peer()));
         }
+        // Never a frame with a truncated meta length: refused before anything is written.
+        let h = wire::frame_header(header, meta, payload).map_err(|e| Error::at(e.kind, self.peer(), e.message))?;
         let size = (meta.len() + payload.len()) as u64;
         self.check_size(size)?;
-        let mut h = header;
-        h.meta_len = meta.len() as u16;
-        h.payload_len = payload.len() as u64;
         let hb = h.encode();
         let frame_len = hb.len() + meta.len() + payload.len();
         let mut out = self.out.lock();
@@ -894,5 +893,38 @@ mod tests {
         let looked = looks.0.load(Ordering::SeqCst);
         release_tx.send(()).unwrap();
         assert!(looked >= 1, "the driver left a frame buffered without telling the reactor");
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    /// Found by fuzzing: the head sent a welcome over 64 KiB with its meta
+    /// length truncated to 16 bits. Every sender goes through `send_mode`.
+    #[test]
+    fn a_meta_over_the_limit_is_refused_before_anything_is_sent() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        // SAFETY: a stream socket, owned from here on by the TcpStream.
+        let stream = unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) };
+        let flusher = Flusher::start();
+        let conn = Conn::new(stream, 1 << 30, flusher.clone()).unwrap();
+        conn.peer.store(4, Ordering::Release);
+        let big = vec![b'x'; wire::MAX_META + 1];
+        for (kind, nowait) in [(wire::Kind::Request, false), (wire::Kind::Response, false), (wire::Kind::Oneway, true)] {
+            let h = Header::new(kind, 1, 1, 9);
+            let e = if nowait { conn.send_nowait(h, &big, b"p") } else { conn.send(h, &big, b"p") }.unwrap_err();
+            assert_eq!((e.kind, e.pid), (ErrorKind::TooLarge, 4), "{e}");
+        }
+        assert!(!conn.is_closed(), "a refused message does not cost the connection");
+        conn.send(Header::new(wire::Kind::Oneway, 1, 2, 0), b"ok", &[]).unwrap();
+        let mut hb = [0u8; wire::HEADER_LEN];
+        theirs.read_exact(&mut hb).unwrap();
+        let h = Header::decode(&hb, 1 << 20).unwrap();
+        assert_eq!((h.op, h.meta_len, h.payload_len), (2, 2, 0), "the first frame on the wire is the one that fits");
+        flusher.stop();
     }
 }

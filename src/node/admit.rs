@@ -286,6 +286,14 @@ fn close(e: Entry) {
     }
 }
 
+/// Whether a connection's first message is a HELLO the core admits
+/// itself (on a worker); any other first message goes to the service its
+/// header names (`Service::on_admit`), and is refused when none admits it.
+#[doc(hidden)]
+pub fn is_hello(head: bool, first: &crate::wire::Header) -> bool {
+    (first.service, first.op) == (session::ID, session::HELLO) && !head
+}
+
 impl Node {
     /// A new connection: it takes a slot, the oldest unauthenticated one's
     /// when all are taken.
@@ -366,7 +374,7 @@ impl Node {
                         Verdict::Admitted => Outcome::Admitted(conn.clone()),
                         Verdict::Refused(err) => Outcome::Refused(err),
                         Verdict::Wait if Instant::now() >= *until => {
-                            let id = frame.meta_as::<Hello>().map(|h| h.id).unwrap_or(0);
+                            let id = session::decode_hello(&frame.meta).map(|h| h.id).unwrap_or(0);
                             Outcome::Refused(Error::new(
                                 ErrorKind::Auth,
                                 format!("a peer claimed to be process {id}, which the head has not announced"),
@@ -382,7 +390,7 @@ impl Node {
 
     /// Admits a connection by its first message.
     fn admit_first(self: &Arc<Self>, conn: &Arc<Conn>, f: &Frame, transcript: &Transcript) -> Verdict {
-        if (f.header.service, f.header.op) == (session::ID, session::HELLO) && !self.head {
+        if is_hello(self.head, &f.header) {
             return self.on_hello(conn, f, transcript);
         }
         let r = self
@@ -402,7 +410,7 @@ impl Node {
         if self.topology() == Topology::MasterWorker {
             return Verdict::Refused(Error::new(ErrorKind::Topology, "worker-to-worker connections are disabled (topology master_worker)"));
         }
-        let info: Hello = match f.meta_as() {
+        let info: Hello = match session::decode_hello(&f.meta) {
             Ok(i) => i,
             Err(e) => return Verdict::Refused(e),
         };

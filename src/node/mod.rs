@@ -53,6 +53,28 @@ pub mod session {
     /// host is doing.
     pub const PING: u16 = 2;
     pub const PONG: u16 = 3;
+
+    use super::Hello;
+    use crate::error::Result;
+    use crate::wire;
+
+    /// Reads a HELLO's meta, as admission does.
+    pub(crate) fn decode_hello(meta: &[u8]) -> Result<Hello> {
+        wire::decode_meta(meta)
+    }
+
+    /// Decodes a session message as the core does (for fuzzing): a HELLO
+    /// is read at admission (the first message of a worker-to-worker
+    /// connection); PING and PONG carry nothing. On an established
+    /// connection the core answers a PING and reads nothing of the rest.
+    #[doc(hidden)]
+    pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
+        match op {
+            HELLO => decode_hello(meta).map(drop),
+            PING | PONG => Ok(()),
+            o => Err(crate::node::service::unknown_op("session", o)),
+        }
+    }
 }
 
 /// The first message of a worker-to-worker connection: who is calling,
@@ -708,14 +730,7 @@ impl Node {
         let Some(slot) = self.pending.take(f.header.id, from) else {
             return self.log.debug(format!("late or unknown response {} from {from}", f.header.id));
         };
-        let outcome = if f.header.status == 0 {
-            Ok(f.payload)
-        } else {
-            let kind = ErrorKind::from_code(f.header.status).unwrap_or(ErrorKind::Remote);
-            let pid = if f.header.aux != 0 { f.header.aux } else { from };
-            Err(Error::at(kind, pid, String::from_utf8_lossy(&f.payload).into_owned()))
-        };
-        slot.complete(outcome);
+        slot.complete(response_outcome(&f.header, from, f.payload));
     }
 
     /// Waits for `slot`: reads the reply connection itself for a while,
@@ -931,6 +946,19 @@ impl Dispatch for Node {
     fn is_shutting_down(&self) -> bool {
         self.is_closing()
     }
+}
+
+/// What a response from process `from` says: status 0 is the value (the
+/// payload), else an error of that code (an unknown code is `Remote`)
+/// from the process in `aux` (the sender when 0), the payload its text.
+#[doc(hidden)]
+pub fn response_outcome(h: &Header, from: u32, payload: Vec<u8>) -> Result<Vec<u8>> {
+    if h.status == 0 {
+        return Ok(payload);
+    }
+    let kind = ErrorKind::from_code(h.status).unwrap_or(ErrorKind::Remote);
+    let pid = if h.aux != 0 { h.aux } else { from };
+    Err(Error::at(kind, pid, String::from_utf8_lossy(&payload).into_owned()))
 }
 
 /// Peer states, for services that drive membership.

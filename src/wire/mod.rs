@@ -128,21 +128,133 @@ pub fn decode_meta<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
 }
 
-/// Writes one frame with a single vectored write; `payload` is not copied.
-pub fn write_frame(fd: RawFd, mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+/// A value too large for a meta, or that grows with the cluster (a list of
+/// every member), goes in the payload, encoded as a meta is.
+pub fn encode_payload<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("payload values always encode")
+}
+
+/// Decodes a payload made by `encode_payload`. The payload is at most the
+/// largest message this process accepts (the frame reader saw to that);
+/// the decoder's limit on what it allocates scales with the bytes given
+/// (at least 1 MiB, at most 16 times their size), so a declared length
+/// can never make it allocate more than the message could hold.
+pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    fn with<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<N>())
+            .map(|(v, _)| v)
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
+    }
+    match payload_decode_limit(bytes.len()) {
+        n if n <= 1 << 20 => with::<T, { 1 << 20 }>(bytes),
+        n if n <= 1 << 22 => with::<T, { 1 << 22 }>(bytes),
+        n if n <= 1 << 24 => with::<T, { 1 << 24 }>(bytes),
+        n if n <= 1 << 26 => with::<T, { 1 << 26 }>(bytes),
+        n if n <= 1 << 28 => with::<T, { 1 << 28 }>(bytes),
+        n if n <= 1 << 30 => with::<T, { 1 << 30 }>(bytes),
+        n if n <= 1 << 32 => with::<T, { 1 << 32 }>(bytes),
+        n if n <= 1 << 34 => with::<T, { 1 << 34 }>(bytes),
+        _ => with::<T, { 1 << 36 }>(bytes),
+    }
+}
+
+/// The most `decode_payload` lets the decoder claim for `len` bytes: four
+/// times them (decoded sizes run to a few times the encoded ones: a
+/// one-byte varint decodes to a u32, a list's entries count at their size
+/// in memory), rounded up to a power of four, at least 1 MiB.
+#[doc(hidden)]
+pub fn payload_decode_limit(len: usize) -> usize {
+    let want = len.saturating_mul(4).max(1 << 20);
+    let mut n = 1usize << 20;
+    while n < want && n < 1 << 36 {
+        n <<= 2;
+    }
+    n
+}
+
+/// `header` with the lengths of `meta` and `payload` filled in. A meta
+/// longer than a header can say (`MAX_META`) is an error: a frame is never
+/// sent with a truncated length (its meta's tail would be read as the next
+/// frames). Large or growing data goes in the payload.
+pub fn frame_header(mut header: Header, meta: &[u8], payload: &[u8]) -> Result<Header> {
+    if meta.len() > MAX_META {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("a message's meta of {} bytes exceeds the frame limit of {MAX_META} bytes", meta.len()),
+        ));
+    }
     header.meta_len = meta.len() as u16;
     header.payload_len = payload.len() as u64;
-    let h = header.encode();
+    Ok(header)
+}
+
+fn io_header(header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<[u8; HEADER_LEN]> {
+    frame_header(header, meta, payload)
+        .map(|h| h.encode())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.message))
+}
+
+/// Writes one frame with a single vectored write; `payload` is not copied.
+/// A meta over `MAX_META` is an `InvalidInput` error, and nothing is written.
+pub fn write_frame(fd: RawFd, header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let h = io_header(header, meta, payload)?;
     sys::write_all_vectored(fd, &[&h, meta, payload])
 }
 
 /// Writes `before` (already-encoded frames), then one frame, in one go.
-pub fn write_frame_after(fd: RawFd, before: &[u8], mut header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
-    header.meta_len = meta.len() as u16;
-    header.payload_len = payload.len() as u64;
-    let h = header.encode();
+pub fn write_frame_after(fd: RawFd, before: &[u8], header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let h = io_header(header, meta, payload)?;
     sys::write_all_vectored(fd, &[before, &h, meta, payload])
 }
 
 mod reader;
 pub use reader::{FrameReader, ReadOutcome};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Found by fuzzing: a meta over `MAX_META` went out with its length
+    /// truncated to 16 bits, and its tail was read as the next frames.
+    #[test]
+    fn a_meta_over_the_limit_is_an_error_and_nothing_is_written() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let h = Header::new(Kind::Response, 1, 1, 7);
+        let e = frame_header(h, &vec![0u8; MAX_META + 1], &[]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{e}");
+        let e = write_frame(a.as_raw_fd(), h, &vec![b'x'; MAX_META + 1], b"payload").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        let e = write_frame_after(a.as_raw_fd(), b"", h, &vec![b'x'; 70_000], &[]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(b.read(&mut [0u8; 16]).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "a frame went out");
+        // The largest meta a frame can say goes out whole.
+        let w = std::thread::spawn(move || write_frame(a.as_raw_fd(), h, &vec![b'm'; MAX_META], b"p").map(|_| a));
+        b.set_nonblocking(false).unwrap();
+        let mut hb = [0u8; HEADER_LEN];
+        b.read_exact(&mut hb).unwrap();
+        let got = Header::decode(&hb, 1 << 20).unwrap();
+        assert_eq!((got.meta_len as usize, got.payload_len), (MAX_META, 1));
+        let mut rest = vec![0u8; MAX_META + 1];
+        b.read_exact(&mut rest).unwrap();
+        assert!(rest[..MAX_META].iter().all(|&x| x == b'm') && rest[MAX_META] == b'p');
+        w.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn payload_values_round_trip_past_the_meta_limit() {
+        let v: Vec<(u32, String)> = (0..20_000).map(|i| (i, format!("127.0.0.1:{i}"))).collect();
+        let b = encode_payload(&v);
+        assert!(b.len() > MAX_META);
+        assert!(decode_meta::<Vec<(u32, String)>>(&b).is_err(), "the meta decoder's limit");
+        assert_eq!(decode_payload::<Vec<(u32, String)>>(&b).unwrap(), v);
+        // A declared length the bytes cannot hold fails without allocating it.
+        assert_eq!(decode_payload::<String>(&[253, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap_err().kind, ErrorKind::Protocol);
+        assert_eq!(payload_decode_limit(0), 1 << 20);
+        assert_eq!(payload_decode_limit(1 << 20), 1 << 22);
+        assert!(payload_decode_limit(usize::MAX) >= 1 << 36);
+    }
+}

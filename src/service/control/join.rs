@@ -181,10 +181,7 @@ impl Control {
                 Err(e) => return Err(e),
             }
         };
-        if reply.header.status != 0 {
-            return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
-        }
-        let welcome: Welcome = reply.meta_as()?;
+        let welcome = read_welcome(&reply)?;
         conn.peer_max.store(welcome.max_message, Ordering::Relaxed);
         node.set_myid(welcome.id);
         node.store_topology(welcome.topology);
@@ -207,7 +204,7 @@ impl Control {
     /// taken only by the process launched as it, which proves it with the
     /// key the head gave it; an elastic worker gets the next id.
     pub(super) fn admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, f: &Frame, transcript: &Transcript) -> Result<()> {
-        let join: Join = f.meta_as()?;
+        let join: Join = super::parse_join(&f.meta)?;
         let refuse = |msg: String| {
             let mut h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
             h.status = ErrorKind::Launch as u8;
@@ -240,7 +237,113 @@ impl Control {
         peer.state.store(CONNECTED, Ordering::Release);
         let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| self.introduce(p, peer.id)).collect();
         let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes };
+        // The welcome lists every ready worker: it goes in the payload,
+        // which the worker's maximum message size bounds, not in the meta
+        // (64 KiB: about 1,100 workers).
         let h = Header::new(Kind::Response, ID, op::JOIN, f.header.id);
-        conn.send(h, &wire::encode_meta(&welcome), &[])
+        match conn.send(h, &[], &wire::encode_payload(&welcome)) {
+            Err(e) if e.kind == ErrorKind::TooLarge => refuse(format!("the welcome does not fit this worker's maximum message size: {}", e.message)),
+            r => r,
+        }
+    }
+}
+
+/// A worker reads the head's answer to its JOIN: a refusal with its
+/// reason, or the welcome (in the payload).
+pub(crate) fn read_welcome(reply: &Frame) -> Result<Welcome> {
+    if reply.header.status != 0 {
+        return Err(Error::new(ErrorKind::Launch, format!("the head refused to join: {}", String::from_utf8_lossy(&reply.payload))));
+    }
+    wire::decode_payload(&reply.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::auth::Transcript;
+    use crate::node::peer_state::READY;
+    use crate::wire::{FrameReader, ReadOutcome};
+    use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    fn read_reply(s: &UnixStream) -> Frame {
+        s.set_nonblocking(true).unwrap();
+        let mut r = FrameReader::new(1 << 30);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match r.read_frame(s.as_raw_fd()).unwrap() {
+                ReadOutcome::Frame(f) => return f,
+                ReadOutcome::Closed => panic!("the head hung up"),
+                ReadOutcome::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no welcome in time");
+                    crate::sys::poll_in(s.as_raw_fd(), Some(Duration::from_millis(50))).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Found by fuzzing: the welcome, which lists every ready worker, was
+    /// the JOIN reply's meta, whose decoder's 64 KiB limit (counting
+    /// decoded sizes) it outgrew past about 1,100 ready workers (2,400
+    /// before the pair keys): no worker could join any more. It is in the
+    /// payload now; the head's `admit` writes it, a worker's `start` reads
+    /// it with `read_welcome`.
+    #[test]
+    fn a_welcome_listing_thousands_of_workers_reaches_the_joiner() {
+        const N: u32 = 5000;
+        let node = Node::detached(Config::default(), true).unwrap();
+        let control = Control::new(Role::Head { cookie: "c".into() });
+        for id in 2..2 + N {
+            *node.add_peer(id, READY).addr.lock() = format!("127.0.0.1:{}", 10_000 + id);
+        }
+        control.next_id.store(2 + N, Ordering::Release);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // SAFETY: a stream socket, owned from here on by the TcpStream.
+        let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
+        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
+        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, proof: [0; 32] };
+        let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
+        control.admit(&node, &conn, &f, &transcript).unwrap();
+        let reply = read_reply(&theirs);
+        assert_eq!((reply.header.status, reply.header.meta_len), (0, 0));
+        assert!(reply.payload.len() > wire::MAX_META, "{} bytes", reply.payload.len());
+        let w = read_welcome(&reply).unwrap();
+        assert_eq!((w.id, w.peers.len()), (2 + N, N as usize));
+        for p in &w.peers {
+            assert_eq!(p.key, control.pair_key(p.id, w.id));
+            assert_eq!(p.addr, format!("127.0.0.1:{}", 10_000 + p.id));
+        }
+        // Why the meta would not do: 1,200 members fit a meta on the wire
+        // (about 60 KB), but its decoder, whose limit counts decoded sizes,
+        // refuses them.
+        let some = Welcome { id: 9, topology: node.topology(), peers: w.peers.into_iter().take(1200).collect(), max_message: 1 };
+        let meta = wire::encode_meta(&some);
+        assert!(meta.len() <= wire::MAX_META, "{} bytes", meta.len());
+        assert!(wire::decode_meta::<Welcome>(&meta).is_err());
+        node.close();
+    }
+
+    /// A welcome larger than the joiner's maximum message is a refusal
+    /// with the reason, not a dropped connection.
+    #[test]
+    fn a_welcome_over_the_joiners_maximum_is_a_refusal() {
+        let node = Node::detached(Config::default(), true).unwrap();
+        let control = Control::new(Role::Head { cookie: "c".into() });
+        for id in 2..100 {
+            node.add_peer(id, READY);
+        }
+        control.next_id.store(100, Ordering::Release);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // SAFETY: a stream socket, owned from here on by the TcpStream.
+        let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
+        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
+        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1000, proof: [0; 32] };
+        let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
+        assert_eq!(control.admit(&node, &conn, &f, &transcript).unwrap_err().kind, ErrorKind::Auth);
+        let reply = read_reply(&theirs);
+        let e = read_welcome(&reply).err().expect("a refusal");
+        assert_eq!(e.kind, ErrorKind::Launch);
+        assert!(e.message.contains("maximum message size"), "{e}");
+        node.close();
     }
 }

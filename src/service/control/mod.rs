@@ -139,31 +139,25 @@ impl Service for Control {
     }
 
     fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
-        match msg.op() {
-            op::READY if node.is_head() => self.on_ready(node, msg.from),
-            // Only the head speaks for membership.
-            op::PEER_JOINED if !node.is_head() && msg.from == HEAD_ID => {
-                let info: PeerInfo = msg.meta_as()?;
-                node.add_announced_peer(info.id, info.addr, info.key);
-            }
-            op::PEER_LEFT if !node.is_head() && msg.from == HEAD_ID => {
-                let info: PeerInfo = msg.meta_as()?;
-                node.peer_lost(info.id);
-            }
-            op::SHUTDOWN if !node.is_head() && msg.from == HEAD_ID => {
+        // Only the head speaks for membership.
+        let from_head = !node.is_head() && msg.from == HEAD_ID;
+        match parse(msg.op(), &msg.meta)? {
+            Message::Ready if node.is_head() => self.on_ready(node, msg.from),
+            Message::PeerJoined(info) if from_head => node.add_announced_peer(info.id, info.addr, info.key),
+            Message::PeerLeft(info) if from_head => node.peer_lost(info.id),
+            Message::Shutdown if from_head => {
                 node.log.info("asked to stop");
                 node.request_stop();
             }
-            op::READY | op::PEER_JOINED | op::PEER_LEFT | op::SHUTDOWN => {
+            _ => {
                 return Err(Error::new(crate::error::ErrorKind::Protocol, format!("control op {} from process {} refused", msg.op(), msg.from)))
             }
-            o => return Err(unknown_op("control", o)),
         }
         Ok(None)
     }
 
     fn on_admit(&self, node: &Arc<Node>, conn: &Arc<Conn>, first: &Frame, transcript: &Transcript) -> Option<Result<()>> {
-        (first.header.op == op::JOIN && node.is_head()).then(|| self.admit(node, conn, first, transcript))
+        admits(node.is_head(), &first.header).then(|| self.admit(node, conn, first, transcript))
     }
 
     fn on_start(&self, node: &Arc<Node>) -> Result<()> {
@@ -188,13 +182,56 @@ impl Service for Control {
     }
 }
 
-/// Decodes a control message exactly as the service does (for fuzzing).
+/// A control message on an established connection, decoded.
+pub(crate) enum Message {
+    Ready,
+    PeerJoined(PeerInfo),
+    PeerLeft(PeerInfo),
+    Shutdown,
+}
+
+/// Reads a message on an established connection as `on_message` does.
+/// A JOIN is only ever a connection's first message (`admits`).
+pub(crate) fn parse(op: u16, meta: &[u8]) -> Result<Message> {
+    Ok(match op {
+        op::READY => Message::Ready,
+        op::PEER_JOINED => Message::PeerJoined(wire::decode_meta(meta)?),
+        op::PEER_LEFT => Message::PeerLeft(wire::decode_meta(meta)?),
+        op::SHUTDOWN => Message::Shutdown,
+        o => return Err(unknown_op("control", o)),
+    })
+}
+
+/// Whether a connection's first message is this service's to admit: a
+/// JOIN, on the head.
+pub(crate) fn admits(head: bool, first: &Header) -> bool {
+    head && first.op == op::JOIN
+}
+
+/// Reads a JOIN as the head's admission does.
+pub(crate) fn parse_join(meta: &[u8]) -> Result<Join> {
+    wire::decode_meta(meta)
+}
+
+pub(crate) use join::read_welcome;
+
+/// Decodes a control message exactly as the service does (for fuzzing):
+/// on an established connection.
 #[doc(hidden)]
 pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
-    match op {
-        op::JOIN => wire::decode_meta::<Join>(meta).map(drop),
-        op::PEER_JOINED | op::PEER_LEFT => wire::decode_meta::<PeerInfo>(meta).map(drop),
-        op::READY | op::SHUTDOWN => Ok(()),
-        o => Err(unknown_op("control", o)),
-    }
+    parse(op, meta).map(drop)
+}
+
+/// Decodes a connection's first message as the head's admission does (for
+/// fuzzing); `None` when it is not this service's to admit.
+#[doc(hidden)]
+pub fn decode_admit(head: bool, first: &Frame) -> Option<Result<()>> {
+    admits(head, &first.header).then(|| parse_join(&first.meta).map(drop))
+}
+
+/// Decodes the head's answer to a JOIN as a joining worker does (for
+/// fuzzing and tests): the number of members the welcome lists.
+#[doc(hidden)]
+pub fn decode_welcome(reply: &Frame) -> Result<usize> {
+    read_welcome(reply).map(|w| w.peers.len())
 }

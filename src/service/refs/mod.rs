@@ -119,7 +119,7 @@ impl Service for Refs {
     }
 
     fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
-        let ref_id: u64 = msg.meta_as()?;
+        let ref_id = parse(msg.op(), &msg.meta)?;
         match msg.op() {
             op::ADD_REF => {
                 let r = if self.add_transit(ref_id) { Ok(&[][..]) } else { Err(freed(node, ref_id)) };
@@ -177,13 +177,21 @@ impl Service for Refs {
     }
 }
 
-/// Decodes a refs message exactly as the service does (for fuzzing).
-#[doc(hidden)]
-pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
+/// Reads a refs message as `on_message` does: every op's meta is the
+/// reference id.
+pub(crate) fn parse(op: u16, meta: &[u8]) -> Result<u64> {
+    let id: u64 = wire::decode_meta(meta)?;
     match op {
-        op::ADD_REF | op::DEL_REF | op::FETCH_REF | op::ADD_CLIENT => wire::decode_meta::<u64>(meta).map(drop),
+        op::ADD_REF | op::DEL_REF | op::FETCH_REF | op::ADD_CLIENT => Ok(id),
         o => Err(unknown_op("refs", o)),
     }
+}
+
+/// Decodes a refs message exactly as the service does (for fuzzing): the
+/// reference id.
+#[doc(hidden)]
+pub fn decode(op: u16, meta: &[u8]) -> Result<u64> {
+    parse(op, meta)
 }
 
 fn refs(node: &Node) -> Result<Arc<Refs>> {
