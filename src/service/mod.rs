@@ -6,7 +6,11 @@
 //! | 1  | control  | join, ready, membership, shutdown; addprocs/rmprocs |
 //! | 2  | rpc      | functions by name, remote calls, interrupts         |
 //! | 3  | refs     | futures passed between processes                    |
+//!
+//! `holders` is no service: the reference counting and the housekeeping
+//! thread that services keeping objects for other processes share.
 
 pub mod control;
+pub(crate) mod holders;
 pub mod refs;
 pub mod rpc;
