@@ -147,6 +147,11 @@ enum cluster_status
    * This worker's head went away: `cluster_serve` returns it.
    */
   CLUSTER_ERR_HEAD_LOST = 21,
+  /**
+   * The channel is closed (and, for a take, empty): `cluster_channel_close`,
+   * or the process it is bound to left.
+   */
+  CLUSTER_ERR_CHANNEL_CLOSED = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
