@@ -558,7 +558,7 @@ typedef struct {
 } cluster_future_ref;
 
 /**
- * A snapshot of a channel, as `cluster_channel_state` reports it.
+ * A snapshot of a channel, as `cluster_channel_query` reports it.
  */
 typedef struct {
   /**
@@ -1413,6 +1413,20 @@ cluster_status cluster_channel_put_async(cluster_channel *ch,
                                          cluster_future **out);
 
 /**
+ * Puts `data[0..len)` and asks for no answer (as `cluster_remote_do` is
+ * to `cluster_remotecall`): never waits, even while the channel is full
+ * (the element then waits on the owner, so there is no back-pressure:
+ * use `cluster_channel_put` for that). A failure on the owner (a closed
+ * channel) is only logged there; failing to reach the owner is returned.
+ *
+ * Ownership: `data` is copied or written to the socket before return,
+ * never kept.
+ * Blocking: only while a large element is written.
+ * Threads: any.
+ */
+cluster_status cluster_channel_put_nowait(cluster_channel *ch, const uint8_t *data, size_t len);
+
+/**
  * Takes the first element (FIFO), waiting while there is none, up to
  * `timeout_ms`. CLUSTER_ERR_CHANNEL_CLOSED once the channel is closed and
  * empty; on CLUSTER_ERR_TIMEOUT no element was taken (the take is
@@ -1491,20 +1505,20 @@ cluster_status cluster_channel_wait_async(cluster_channel *ch, cluster_future **
  * Blocking: a round trip to the owner (none when this process owns it).
  * Threads: any.
  */
-cluster_status cluster_channel_state(cluster_channel *ch, cluster_channel_state *out);
+cluster_status cluster_channel_query(cluster_channel *ch, cluster_channel_state *out);
 
 /**
- * `cluster_channel_state` as a future, returned at once: its value is 17
+ * `cluster_channel_query` as a future, returned at once: its value is 17
  * bytes, read with `cluster_channel_state_decode`.
  *
  * Ownership: `*out` receives a new future, released with `cluster_future_free`.
  * Blocking: no.
  * Threads: any.
  */
-cluster_status cluster_channel_state_async(cluster_channel *ch, cluster_future **out);
+cluster_status cluster_channel_query_async(cluster_channel *ch, cluster_future **out);
 
 /**
- * Reads the value of a `cluster_channel_state_async` future
+ * Reads the value of a `cluster_channel_query_async` future
  * (`data[0..len)`) into `*out`; CLUSTER_ERR_INVALID_ARGUMENT if it is not one.
  *
  * Ownership: `data` is read during the call; `*out` is a plain value.

@@ -36,8 +36,9 @@ fn outcome(r: cluster::Result<Vec<u8>>) -> Vec<u8> {
     }
 }
 
-/// Takes from `a` and puts into `b`, each take's continuation arming the
-/// next: on the thread that completes it, no thread of its own.
+/// Takes from `a` and puts into `b` (without an answer), each take's
+/// continuation arming the next: on the thread that completes it, no
+/// thread of its own.
 fn echo(a: Channel, b: Channel) {
     let f = match a.take_async() {
         Ok(f) => f,
@@ -47,7 +48,7 @@ fn echo(a: Channel, b: Channel) {
     let k = keep.clone();
     f.on_complete(move |r| {
         let Ok(v) = r else { return };
-        let _ = b.put_async(v);
+        let _ = b.put_nowait(v);
         k.lock().unwrap().take();
         echo(a, b);
     });

@@ -30,7 +30,7 @@ pub struct cluster_channel_ref {
     pub id: u64,
 }
 
-/// A snapshot of a channel, as `cluster_channel_state` reports it.
+/// A snapshot of a channel, as `cluster_channel_query` reports it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct cluster_channel_state {
@@ -159,6 +159,21 @@ pub unsafe extern "C" fn cluster_channel_put_async(ch: *mut cluster_channel, dat
     })
 }
 
+/// Puts `data[0..len)` and asks for no answer (as `cluster_remote_do` is
+/// to `cluster_remotecall`): never waits, even while the channel is full
+/// (the element then waits on the owner, so there is no back-pressure:
+/// use `cluster_channel_put` for that). A failure on the owner (a closed
+/// channel) is only logged there; failing to reach the owner is returned.
+///
+/// Ownership: `data` is copied or written to the socket before return,
+/// never kept.
+/// Blocking: only while a large element is written.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_channel_put_nowait(ch: *mut cluster_channel, data: *const u8, len: usize) -> cluster_status {
+    ffi!([ch => c] c.put_nowait(bytes(data, len, "data")?))
+}
+
 /// Takes the first element (FIFO), waiting while there is none, up to
 /// `timeout_ms`. CLUSTER_ERR_CHANNEL_CLOSED once the channel is closed and
 /// empty; on CLUSTER_ERR_TIMEOUT no element was taken (the take is
@@ -262,28 +277,28 @@ pub unsafe extern "C" fn cluster_channel_wait_async(ch: *mut cluster_channel, ou
 /// Blocking: a round trip to the owner (none when this process owns it).
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_channel_state(ch: *mut cluster_channel, out: *mut cluster_channel_state) -> cluster_status {
+pub unsafe extern "C" fn cluster_channel_query(ch: *mut cluster_channel, out: *mut cluster_channel_state) -> cluster_status {
     ffi!([ch => c] {
         check_out(out, "out")?;
         put(out, "out", state_out(c.state()?))
     })
 }
 
-/// `cluster_channel_state` as a future, returned at once: its value is 17
+/// `cluster_channel_query` as a future, returned at once: its value is 17
 /// bytes, read with `cluster_channel_state_decode`.
 ///
 /// Ownership: `*out` receives a new future, released with `cluster_future_free`.
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_channel_state_async(ch: *mut cluster_channel, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_channel_query_async(ch: *mut cluster_channel, out: *mut *mut cluster_future) -> cluster_status {
     ffi!([ch => c] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(c.state_async()?)?)
     })
 }
 
-/// Reads the value of a `cluster_channel_state_async` future
+/// Reads the value of a `cluster_channel_query_async` future
 /// (`data[0..len)`) into `*out`; CLUSTER_ERR_INVALID_ARGUMENT if it is not one.
 ///
 /// Ownership: `data` is read during the call; `*out` is a plain value.

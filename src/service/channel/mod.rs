@@ -9,6 +9,7 @@
 //! |------------|----------|-----------------------------------------------|
 //! | CREATE     | one-way  | a channel of capacity `arg`, held by its sender |
 //! | PUT        | request  | payload: the element; answered once it is in  |
+//! |            | one-way  | the same, unanswered (`put_nowait`)           |
 //! | TAKE       | request  | answered with the first element, removed      |
 //! | FETCH      | request  | answered with a copy of the first element     |
 //! | WAIT       | request  | answered once an element is there             |
@@ -136,19 +137,24 @@ fn live(node: &Node, pid: u32) -> bool {
     pid == node.myid() || node.peer(pid).is_some_and(|p| !p.is_gone())
 }
 
-/// Sends the answers, after the channel's lock is released. A local
-/// future gets its element without a copy.
+/// Sends the answers, after the channel's lock is released. Local
+/// futures first (each gets its element without a copy): what their
+/// continuations send (an echo's put) then goes out ahead of the answers
+/// to other processes, so a requester that reads both in one go finds
+/// the echo there when its own answer arrives.
 fn deliver(node: &Node, answers: Vec<Answer>) {
+    let mut remote = Vec::new();
     for Answer(reply, r) in answers {
         match reply {
             ReplyTo::Local(slot) => {
                 slot.complete(r);
             }
-            other => {
-                if let Some(e) = other.send(node, r.as_deref().map_err(|e| e.clone())) {
-                    node.log.debug(format!("channel message failed: {e}"));
-                }
-            }
+            other => remote.push((other, r)),
+        }
+    }
+    for (reply, r) in remote {
+        if let Some(e) = reply.send(node, r.as_deref().map_err(|e| e.clone())) {
+            node.log.debug(format!("channel message failed: {e}"));
         }
     }
 }
@@ -232,6 +238,9 @@ impl Channels {
         match op {
             op::CREATE => self.create(node, from, m.id, usize::try_from(m.arg).unwrap_or(UNBOUNDED)),
             op::PUT => self.with_chan(node, m.id, reply, |c, reply, out| {
+                if !reply.expects_reply() && !c.is_open() {
+                    node.log.warn(format!("a put without answer from process {from} into {} failed: it is closed", c.name));
+                }
                 // A put from a process that left is void (nobody waits for its answer).
                 if live(node, from) {
                     c.put(Writer { from, req, item: payload, reply }, out)
@@ -501,6 +510,22 @@ impl Channel {
     /// `put`, giving up after `timeout` (Timeout: the element did not go in).
     pub fn put_timeout(&self, data: &[u8], timeout: Option<Duration>) -> Result<()> {
         self.finish(self.put_async(data)?, timeout).map(drop)
+    }
+
+    /// Puts `data` and asks for no answer (as `remote_do` is to
+    /// `remotecall`): returns once it is written, never waits, even while
+    /// the channel is full (the element then waits on the owner: no
+    /// back-pressure). A failure (a closed channel) is only logged on the
+    /// owner; one to reach the owner is returned.
+    pub fn put_nowait(&self, data: &[u8]) -> Result<()> {
+        let h = &self.0;
+        let m = Msg { id: h.r.id, arg: 0 };
+        if h.r.owner == h.node.myid() {
+            h.node.check_open()?;
+            h.svc.handle(&h.node, h.r.owner, op::PUT, m, 0, data.to_vec(), ReplyTo::Nobody)
+        } else {
+            h.node.send_oneway(h.r.owner, ID, op::PUT, &wire::encode_meta(&m), data)
+        }
     }
 
     /// Takes the first element; the future's value is the element.
@@ -849,6 +874,11 @@ mod tests {
         drop(t);
         ch.put(b"3").unwrap();
         assert_eq!(&*ch.take().unwrap(), b"3");
+        // A put without answer goes in, or waits on the owner while full.
+        ch.put_nowait(b"n1").unwrap();
+        ch.put_nowait(b"n2").unwrap();
+        assert_eq!(&*ch.take().unwrap(), b"n1");
+        assert_eq!(&*ch.take().unwrap(), b"n2");
         // A reference imported at home holds it too.
         let r = ch.export().unwrap();
         let again = n.import_channel(r).unwrap();
