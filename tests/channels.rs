@@ -234,3 +234,47 @@ fn a_timed_out_take_loses_nothing_and_an_echo_needs_no_thread() {
     assert!(wait_until(Duration::from_secs(3), || c.owned_channels() == 0 && u32_of(&c.remotecall_fetch(2, "chan_owned", &[]).unwrap()) == 0));
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn a_channel_kept_by_a_worker_closes_when_the_worker_it_is_bound_to_dies() {
+    let c = head();
+    c.addprocs(2, &opts()).unwrap();
+    // Kept by 2, bound to 3: 2 learns of 3's death from the head.
+    let ch = c.channel(2, 1).unwrap();
+    ch.bind(3).unwrap();
+    let waiting = ch.take_async().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    kill_worker(&c, 3);
+    let t = Instant::now();
+    let e = waiting.wait(Some(Duration::from_secs(5))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ChannelClosed, "{e}");
+    assert_eq!(e.pid, 3);
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(!ch.is_open().unwrap());
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn in_host_mode_channel_futures_complete_without_poll_and_are_events() {
+    use cluster::node::events;
+    let c = Cluster::init(Config { dispatch: cluster::DispatchMode::Host, ..Config::default() }).unwrap();
+    c.addprocs(1, &opts()).unwrap();
+    let ch = c.channel(0, 1).unwrap();
+    let f = ch.take_async().unwrap();
+    let r = ch.export().unwrap();
+    // The worker puts into the head's channel: served by the library's
+    // threads, not by poll (no handler of the head runs).
+    let p = c.remotecall(2, "chan_produce", &with_u32(r, 1)).unwrap();
+    assert_eq!(u32_of(&f.fetch(Some(Duration::from_secs(5))).unwrap()), 0);
+    assert!(outcome(&p.fetch(Some(Duration::from_secs(5))).unwrap()).is_ok());
+    let mut ready = false;
+    for _ in 0..100 {
+        ready |= c.poll(64).unwrap().iter().any(|e| e.is(events::core::SERVICE, events::core::FUTURE_READY) && e.id == f.id());
+        if ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(ready, "no FUTURE_READY event for the take");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
