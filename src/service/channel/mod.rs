@@ -300,7 +300,7 @@ impl Channels {
             }),
             op::DEL_REF => self.with_chan(node, m.id, reply, |c, _, _| c.refs.release(from)),
             op::CANCEL => self.with_chan(node, m.id, reply, |c, _, out| {
-                let why = Error::at(ErrorKind::Timeout, me, format!("the operation on {} was withdrawn", c.name));
+                let why = Error::at(ErrorKind::Timeout, me, format!("timed out waiting on {} (the operation was withdrawn)", c.name));
                 c.cancel(from, m.arg, why, out);
             }),
             op::UNTAKE => self.with_chan(node, m.id, reply, |c, _, out| c.untake(payload, out)),
