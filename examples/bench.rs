@@ -3,11 +3,14 @@
 //!
 //!     cargo run --release --example bench [-- --quick]
 //!
+//! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
+//! RemoteChannel).
+//!
 //! The same binary serves as worker (launched by addprocs) and as the raw
 //! TCP peers of the baselines (chosen by BENCH_ROLE).
 
 use cluster::prelude::*;
-use cluster::{Cluster, Config, LaunchOptions};
+use cluster::{Channel, ChannelRef, Cluster, Config, LaunchOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
@@ -44,6 +47,14 @@ fn main() {
             Ok(Vec::new())
         })
         .unwrap();
+        c.register_fn("chan_echo", |call| {
+            let r = |at: usize| ChannelRef::from_bytes(&call.args()[at..at + 12]).ok_or("expected two channel references");
+            let a = call.node().import_channel(r(0)?).map_err(|e| e.to_string())?;
+            let b = call.node().import_channel(r(12)?).map_err(|e| e.to_string())?;
+            echo(a, b, call.args().get(24) == Some(&1));
+            Ok(Vec::new())
+        })
+        .unwrap();
         let _ = c.serve();
         return;
     }
@@ -74,6 +85,65 @@ fn main() {
     }
     if let Some(jl) = julia_rtt(rounds.min(5000)) {
         rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
+    }
+
+    // RemoteChannel put + take round trip, 8 B: `a` kept by worker 2, `b`
+    // here; worker 2 echoes every element of a into b (from the thread
+    // that reads the put, without a thread of its own). Each round is a
+    // blocking put into a, then a take from b, as Distributed's
+    // `put!(a, x); take!(b)`. The echo's put asks for no answer
+    // (`put_nowait`); a second figure has it acknowledged (`put_async`),
+    // which adds a message each way.
+    // Measured in short blocks interleaved with remotecall_fetch blocks,
+    // so that the ratio compares figures taken under the same load.
+    let pipe = |acked: bool| {
+        let a = c.channel(2, 1).unwrap();
+        let b = c.channel(0, 1).unwrap();
+        let args = [&a.export().unwrap().to_bytes()[..], &b.export().unwrap().to_bytes(), &[acked as u8]].concat();
+        c.remotecall_fetch(2, "chan_echo", &args).unwrap();
+        for _ in 0..1000 {
+            a.put(&arg).unwrap();
+            b.take().unwrap();
+        }
+        (a, b)
+    };
+    let pipes = [pipe(false), pipe(true)];
+    let block = (rounds / 40).max(50);
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..block {
+            f();
+        }
+        t.elapsed().as_secs_f64() / block as f64
+    };
+    let (mut t_rtt, mut t_chan, mut t_acked) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..40 {
+        t_rtt.push(time(&|| assert_eq!(c.remotecall_fetch(2, "echo", &arg).unwrap().len(), 8)));
+        for (i, (a, b)) in pipes.iter().enumerate() {
+            let t = time(&|| {
+                a.put(&arg).unwrap();
+                assert_eq!(b.take().unwrap().len(), 8);
+            });
+            if i == 0 { t_chan.push(t) } else { t_acked.push(t) }
+        }
+    }
+    for (a, _) in &pipes {
+        a.close().unwrap();
+    }
+    drop(pipes);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (rtt_here, ours_chan, ours_chan_acked) = (median(&mut t_rtt), median(&mut t_chan), median(&mut t_acked));
+    rows.push(Row::new("RemoteChannel put+take round trip, 8 B", us(ours_chan), us(rtt_here), "remotecall_fetch, interleaved", "<= 1.2x"));
+    rows.push(Row::new("same, echo's put acknowledged", us(ours_chan_acked), us(rtt_here), "remotecall_fetch, interleaved", ""));
+    if let Some(jl) = julia_channel_rtt(rounds.min(5000)) {
+        rows.push(Row::new("RemoteChannel put+take round trip, 8 B", us(ours_chan), us(jl), "Julia Distributed RemoteChannel", "<= 0.33x"));
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("round-trips") {
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        return print_rows(&rows);
     }
 
     // 64 MiB argument, one way.
@@ -137,13 +207,38 @@ fn main() {
     });
     rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
     c.shutdown(Duration::from_secs(10)).unwrap();
+    print_rows(&rows);
+}
 
+fn print_rows(rows: &[Row]) {
     println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} target", "figure", "libcluster", "baseline", "ratio", "baseline is");
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<38} {:>12.2} {:>12.2}  {:>6.2}x  {:<26} {}",
             r.name, r.ours, r.base, r.ours / r.base, r.base_name, r.target
         );
+    }
+}
+
+/// Takes from `a` and puts into `b`, each take's continuation arming the
+/// next: it runs on the thread that completes the take. The put asks for
+/// no answer unless `acked`.
+fn echo(a: Channel, b: Channel, acked: bool) {
+    let Ok(f) = a.take_async() else { return };
+    let keep = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let k = keep.clone();
+    f.on_complete(move |r| {
+        let Ok(v) = r else { return };
+        if acked {
+            let _ = b.put_async(v);
+        } else {
+            let _ = b.put_nowait(v);
+        }
+        k.lock().unwrap().take();
+        echo(a, b, acked);
+    });
+    if !f.is_ready() {
+        *keep.lock().unwrap() = Some(f);
     }
 }
 
@@ -317,16 +412,40 @@ fn idle_process_rss() -> u64 {
     r
 }
 
-/// Julia Distributed's round trip, when a `julia` is available.
-fn julia_rtt(rounds: usize) -> Option<f64> {
+/// The `julia` to run, when one is available.
+fn julia() -> Option<String> {
     let repo_wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/julia");
-    let julia = std::env::var("BENCH_JULIA").ok().or_else(|| {
+    std::env::var("BENCH_JULIA").ok().or_else(|| {
         let on_path = Command::new("julia").arg("--version").stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
         if !on_path {
             return None;
         }
         Some(if std::path::Path::new(repo_wrapper).exists() { repo_wrapper.to_string() } else { "julia".to_string() })
-    })?;
+    })
+}
+
+/// Julia Distributed's RemoteChannel round trip, as the one above:
+/// `put!(a, x); take!(b)` with a on worker 2, b on the head, and worker 2
+/// echoing a into b.
+fn julia_channel_rtt(rounds: usize) -> Option<f64> {
+    let julia = julia()?;
+    let script = format!(
+        "using Distributed; addprocs(1); \
+         @everywhere echo(a, b) = while true; put!(b, take!(a)); end; \
+         a = RemoteChannel(() -> Channel{{UInt64}}(1), 2); b = RemoteChannel(() -> Channel{{UInt64}}(1), 1); \
+         remote_do(echo, 2, a, b); x = UInt64(42); \
+         for i in 1:2000; put!(a, x); take!(b); end; \
+         ts = Float64[]; for k in 1:5; t = time_ns(); for i in 1:{n}; put!(a, x); take!(b); end; \
+         push!(ts, (time_ns() - t) / 1e9 / {n}); end; sort!(ts); println(ts[3]); rmprocs(workers())",
+        n = rounds / 5
+    );
+    let out = Command::new(julia).arg("-e").arg(script).stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
+}
+
+/// Julia Distributed's round trip, when a `julia` is available.
+fn julia_rtt(rounds: usize) -> Option<f64> {
+    let julia = julia()?;
     let script = format!(
         "using Distributed; addprocs(1); x = UInt64(42); \
          for i in 1:2000; remotecall_fetch(identity, 2, x); end; \

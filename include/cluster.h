@@ -26,6 +26,11 @@
 #include <stdint.h>
 
 /**
+ * `cluster_channel_new` capacity of a channel that never fills.
+ */
+#define CLUSTER_CHANNEL_UNBOUNDED SIZE_MAX
+
+/**
  * Major version of this header and library.
  */
 #define CLUSTER_VERSION_MAJOR 0
@@ -60,6 +65,11 @@
  * Id of the head process.
  */
 #define CLUSTER_HEAD 1
+
+/**
+ * The Julia/Distributed default capacity of a RemoteChannel.
+ */
+#define CLUSTER_CHANNEL_DEFAULT_CAPACITY 1
 
 /**
  * Outcome of every call. Values are fixed and never renumbered.
@@ -147,6 +157,11 @@ enum cluster_status
    * This worker's head went away: `cluster_serve` returns it.
    */
   CLUSTER_ERR_HEAD_LOST = 21,
+  /**
+   * The channel is closed (and, for a take, empty): `cluster_channel_close`,
+   * or the process it is bound to left.
+   */
+  CLUSTER_ERR_CHANNEL_CLOSED = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -353,6 +368,12 @@ typedef int32_t cluster_rpc_event_kind;
 typedef struct cluster_call cluster_call;
 
 /**
+ * A channel: a handle holding one reference to it, which keeps it alive
+ * on its owner until freed.
+ */
+typedef struct cluster_channel cluster_channel;
+
+/**
  * A cluster: this process's membership and everything it owns.
  */
 typedef struct cluster_ctx cluster_ctx;
@@ -535,6 +556,38 @@ typedef struct {
   int32_t owner;
   uint64_t id;
 } cluster_future_ref;
+
+/**
+ * A snapshot of a channel, as `cluster_channel_query` reports it.
+ */
+typedef struct {
+  /**
+   * Elements a take would get without waiting (for an unbuffered
+   * channel: the puts waiting for a taker).
+   */
+  size_t n_avail;
+  /**
+   * The capacity it was made with; CLUSTER_CHANNEL_UNBOUNDED if none.
+   */
+  size_t capacity;
+  /**
+   * False once closed (what is buffered can still be taken).
+   */
+  bool open;
+} cluster_channel_state;
+
+/**
+ * The small, copyable form of a channel, to send to another process
+ * (e.g. inside call arguments), which imports it with
+ * `cluster_channel_import`.
+ */
+typedef struct {
+  /**
+   * The process keeping the channel.
+   */
+  int32_t owner;
+  uint64_t id;
+} cluster_channel_ref;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1273,6 +1326,317 @@ cluster_status cluster_call_free(cluster_call *c);
  * Threads: any, once per buffer.
  */
 cluster_status cluster_buffer_free(cluster_buffer *buf);
+
+/**
+ * A new channel kept by process `pid` (0: this process) with room for
+ * `capacity` elements: CLUSTER_CHANNEL_DEFAULT_CAPACITY (1) is
+ * Distributed's default, CLUSTER_CHANNEL_UNBOUNDED (SIZE_MAX) never
+ * fills, 0 is unbuffered (a put waits for a taker and hands its element
+ * over; fetch is refused), as Julia's `Channel(0)`. Returns at once, with
+ * no round trip: the owner learns of it on the connection every later
+ * request of this process goes on.
+ *
+ * Ownership: `*out` receives a new handle holding one reference,
+ * released with `cluster_channel_free`.
+ * Blocking: only while the creation message is written (and, on a
+ * worker, while it first connects to the owner).
+ * Threads: any.
+ */
+cluster_status cluster_channel_new(cluster_ctx *ctx,
+                                   int32_t pid,
+                                   size_t capacity,
+                                   cluster_channel **out);
+
+/**
+ * Releases the handle's reference. The owner frees the channel (and
+ * what is buffered in it) once no process holds a reference; futures
+ * of this channel still pending keep it until they are freed. NULL is
+ * accepted; a second free is CLUSTER_ERR_BAD_HANDLE.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: no (safe from a garbage-collector finalizer; the owner is
+ * told in the background).
+ * Threads: any, once per channel.
+ */
+cluster_status cluster_channel_free(cluster_channel *ch);
+
+/**
+ * `*out` = the process keeping the channel.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_pid(cluster_channel *ch, int32_t *out);
+
+/**
+ * `*out` = how many channels this process keeps (for references held
+ * here or anywhere else): 0 once every reference to its channels is gone.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_count(cluster_ctx *ctx, size_t *out);
+
+/**
+ * Puts `data[0..len)`, waiting while the channel is full, up to
+ * `timeout_ms` (CLUSTER_FOREVER: no limit). On CLUSTER_ERR_TIMEOUT the
+ * element did not go in (the put is withdrawn on the owner). Fails with
+ * CLUSTER_ERR_CHANNEL_CLOSED once the channel is closed, and with
+ * CLUSTER_ERR_PROCESS_EXITED naming the owner if it dies.
+ *
+ * Ownership: `data` is copied or written to the socket before return,
+ * never kept.
+ * Blocking: yes, while the channel is full, up to `timeout_ms` plus a
+ * round trip to withdraw the put.
+ * Threads: any.
+ */
+cluster_status cluster_channel_put(cluster_channel *ch,
+                                   const uint8_t *data,
+                                   size_t len,
+                                   int64_t timeout_ms);
+
+/**
+ * `cluster_channel_put` as a future, returned at once; it completes (with
+ * no value) once the element is in the channel, or fails as the put does.
+ * Freeing the future does not withdraw the put.
+ *
+ * Ownership: `data` is copied or written to the socket before return;
+ * `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no (only while a large element is written).
+ * Threads: any.
+ */
+cluster_status cluster_channel_put_async(cluster_channel *ch,
+                                         const uint8_t *data,
+                                         size_t len,
+                                         cluster_future **out);
+
+/**
+ * Puts `data[0..len)` and asks for no answer (as `cluster_remote_do` is
+ * to `cluster_remotecall`): never waits, even while the channel is full
+ * (the element then waits on the owner, so there is no back-pressure:
+ * use `cluster_channel_put` for that). A failure on the owner (a closed
+ * channel) is only logged there; failing to reach the owner is returned.
+ *
+ * Ownership: `data` is copied or written to the socket before return,
+ * never kept.
+ * Blocking: only while a large element is written.
+ * Threads: any.
+ */
+cluster_status cluster_channel_put_nowait(cluster_channel *ch, const uint8_t *data, size_t len);
+
+/**
+ * Takes the first element (FIFO), waiting while there is none, up to
+ * `timeout_ms`. CLUSTER_ERR_CHANNEL_CLOSED once the channel is closed and
+ * empty; on CLUSTER_ERR_TIMEOUT no element was taken (the take is
+ * withdrawn on the owner). A waiter on a channel whose owner dies fails
+ * with CLUSTER_ERR_PROCESS_EXITED naming the owner.
+ *
+ * Ownership: `*out` receives the element, the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: yes, while the channel is empty, up to `timeout_ms` plus a
+ * round trip to withdraw the take.
+ * Threads: any.
+ */
+cluster_status cluster_channel_take(cluster_channel *ch, int64_t timeout_ms, cluster_buffer *out);
+
+/**
+ * `cluster_channel_take` as a future, returned at once: its value
+ * (`cluster_future_fetch`) is the element. Freeing the future before it
+ * completes withdraws the take, and an element it was given meanwhile
+ * goes back to the front of the channel; freeing it after it completed
+ * drops the element it holds.
+ *
+ * Ownership: `*out` receives a new future, released with
+ * `cluster_future_free`; the element's bytes belong to it.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_take_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * A copy of the first element, left in the channel, waiting while there
+ * is none, up to `timeout_ms`; as `cluster_channel_take` otherwise. An
+ * unbuffered channel refuses it (CLUSTER_ERR_INVALID_ARGUMENT).
+ *
+ * Ownership: `*out` receives the copy, the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: yes, while the channel is empty, up to `timeout_ms`.
+ * Threads: any.
+ */
+cluster_status cluster_channel_fetch(cluster_channel *ch, int64_t timeout_ms, cluster_buffer *out);
+
+/**
+ * `cluster_channel_fetch` as a future, returned at once; its value is the
+ * copy. Freeing it before it completes withdraws the fetch.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_fetch_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * Waits, up to `timeout_ms`, until an element is there (Julia's
+ * `wait(channel)`); takes nothing. CLUSTER_ERR_CHANNEL_CLOSED once closed
+ * and empty.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: yes, while the channel is empty, up to `timeout_ms`.
+ * Threads: any.
+ */
+cluster_status cluster_channel_wait(cluster_channel *ch, int64_t timeout_ms);
+
+/**
+ * `cluster_channel_wait` as a future, returned at once (no value).
+ * Freeing it before it completes withdraws the wait.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_wait_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * `*out` = the channel's state now: elements available, capacity, open.
+ *
+ * Ownership: `*out` is a plain value.
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_query(cluster_channel *ch, cluster_channel_state *out);
+
+/**
+ * `cluster_channel_query` as a future, returned at once: its value is 17
+ * bytes, read with `cluster_channel_state_decode`.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_query_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * Reads the value of a `cluster_channel_query_async` future
+ * (`data[0..len)`) into `*out`; CLUSTER_ERR_INVALID_ARGUMENT if it is not one.
+ *
+ * Ownership: `data` is read during the call; `*out` is a plain value.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_state_decode(const uint8_t *data,
+                                            size_t len,
+                                            cluster_channel_state *out);
+
+/**
+ * `*out` = whether an element is there (a take would not wait): Julia's
+ * `isready(channel)`.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_isready(cluster_channel *ch, bool *out);
+
+/**
+ * `*out` = whether no element is there; never takes one.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_isempty(cluster_channel *ch, bool *out);
+
+/**
+ * `*out` = whether the channel is still open.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_isopen(cluster_channel *ch, bool *out);
+
+/**
+ * Closes the channel: waiting puts fail, waiting takes, fetches and waits
+ * fail once it is empty, later puts fail, all with
+ * CLUSTER_ERR_CHANNEL_CLOSED; what is buffered can still be taken.
+ * Closing a closed channel does nothing.
+ *
+ * Ownership: `ch` stays the caller's (closing releases no reference).
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_close(cluster_channel *ch);
+
+/**
+ * `cluster_channel_close` as a future, returned at once (no value).
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_close_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * Binds the channel to process `pid` (Julia's `bind(channel, task)`, for
+ * a producer process): it closes when `pid` leaves, gracefully or not,
+ * so its consumers fail with CLUSTER_ERR_CHANNEL_CLOSED instead of
+ * waiting forever (the error's process is `pid`). Bound to a process that
+ * has already left, it closes at once. A channel may be bound to several.
+ *
+ * Ownership: `ch` stays the caller's.
+ * Blocking: a round trip to the owner (none when this process owns it).
+ * Threads: any.
+ */
+cluster_status cluster_channel_bind(cluster_channel *ch, int32_t pid);
+
+/**
+ * `cluster_channel_bind` as a future, returned at once (no value).
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_bind_async(cluster_channel *ch, int32_t pid, cluster_future **out);
+
+/**
+ * Makes a reference to send to another process, which imports it with
+ * `cluster_channel_import` (once). The owner keeps the channel until
+ * every exported reference has been imported and released; an importer
+ * that dies releases what it held.
+ *
+ * Ownership: `*out` is a plain value; it must be imported exactly once.
+ * Blocking: a round trip to the owner when this process is not the owner
+ * (up to 30 s); otherwise no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_export(cluster_channel *ch, cluster_channel_ref *out);
+
+/**
+ * `cluster_channel_export` as a future, returned at once: its value is
+ * the reference, 12 bytes (owner as a little-endian `int32_t`, then id as
+ * a little-endian `uint64_t`), to copy into a `cluster_channel_ref`.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_channel_export_async(cluster_channel *ch, cluster_future **out);
+
+/**
+ * Turns a reference from `cluster_channel_export` (made here or in any
+ * other process) into a channel handle of this process. Import each
+ * exported reference once: freeing the handle releases it.
+ *
+ * Ownership: `*r` is read during the call; `*out` receives a new handle,
+ * released with `cluster_channel_free`.
+ * Blocking: no (the owner is told in the background).
+ * Threads: any.
+ */
+cluster_status cluster_channel_import(cluster_ctx *ctx,
+                                      const cluster_channel_ref *r,
+                                      cluster_channel **out);
 
 #ifdef __cplusplus
 }  // extern "C"

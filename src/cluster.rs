@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::launch;
 use crate::node::{Config, Node};
+use crate::service::channel::Channels;
 use crate::service::control::{Control, Role};
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
@@ -61,6 +62,7 @@ impl Cluster {
         node.install(Control::new(role))?;
         node.install(rpc)?;
         node.install(Refs::new())?;
+        node.install(Channels::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

@@ -63,6 +63,7 @@ error_kinds! {
     WrongMode = 19 => "not available in this dispatch mode",
     BufferTooSmall = 20 => "buffer too small",
     HeadLost = 21 => "the head went away",
+    ChannelClosed = 22 => "the channel is closed",
 }
 
 /// An error with its kind, a message, and the process it concerns.

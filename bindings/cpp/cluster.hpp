@@ -9,8 +9,8 @@
 //   c.shutdown(10000);
 //
 // Ownership. Every C handle has one move-only owner: `Cluster` (cluster_ctx),
-// `Future` (cluster_future), `Buffer` (cluster_buffer) and a deferred `Call`
-// (cluster_call). Destructors release the handle and never throw; a moved-from
+// `Future` (cluster_future), `Buffer` (cluster_buffer), `Channel`
+// (cluster_channel) and a deferred `Call` (cluster_call). Destructors release the handle and never throw; a moved-from
 // owner is empty and safe to destroy. `Bytes` is a non-owning view (pointer +
 // length), like std::span<const std::uint8_t>: it is only valid while what it
 // points into lives (a std::string, a Buffer, a Future, a Call's arguments).
@@ -33,9 +33,10 @@
 // Layout. One section per C object, as the C API is one file per object in
 // src/ffi: cluster_status (versions, status strings, last error, Error),
 // byte views (C++ only), cluster_buffer (Buffer), cluster_future (Future),
-// cluster_call (Call), cluster_config and cluster_launch_options (Config,
-// LaunchOptions), cluster_ctx (Cluster, with its callback trampolines). The
-// order is the one C++ needs: an object comes after those it uses.
+// cluster_channel (Channel), cluster_call (Call), cluster_config and
+// cluster_launch_options (Config, LaunchOptions), cluster_ctx (Cluster, with
+// its callback trampolines). The order is the one C++ needs: an object comes
+// after those it uses.
 //
 // Callback lifetime. The Cluster keeps every registered callable alive until it
 // is closed, including ones replaced by a later registration (a library thread
@@ -53,6 +54,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -361,6 +363,251 @@ public:
 
 private:
     cluster_future *f_ = nullptr;
+};
+
+// ==== cluster_channel, cluster_channel_ref: Channel =========================
+
+/// Owns a cluster_channel: one reference to a RemoteChannel, a FIFO queue of
+/// byte elements kept by one process (its owner) and usable from any
+/// process. Make one with Cluster::channel, or import a reference with
+/// Cluster::import_channel. Waiting operations take a timeout in ms
+/// (cluster::forever: none) and have an _async form returning a Future.
+/// A timed-out put or take is withdrawn on the owner: the element did not
+/// go in, or no element was taken. Iterating takes elements until the
+/// channel is closed and empty:
+///
+///     for (cluster::Buffer &b : ch) use(b.view());
+class Channel {
+public:
+    Channel() noexcept = default;
+    /// Adopts `c`; it is released by this object.
+    explicit Channel(cluster_channel *c) noexcept : c_(c) {}
+    Channel(Channel &&o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+    Channel &operator=(Channel &&o) noexcept {
+        if (this != &o) {
+            reset();
+            c_ = std::exchange(o.c_, nullptr);
+        }
+        return *this;
+    }
+    Channel(const Channel &) = delete;
+    Channel &operator=(const Channel &) = delete;
+    ~Channel() { reset(); }
+
+    bool valid() const noexcept { return c_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_channel *get() const noexcept { return c_; }
+    /// Gives up ownership; the caller must cluster_channel_free the result.
+    cluster_channel *release() noexcept { return std::exchange(c_, nullptr); }
+    /// Releases this reference now (cluster_channel_free); never blocks.
+    void reset() noexcept {
+        if (c_) cluster_channel_free(c_);
+        c_ = nullptr;
+    }
+
+    /// The process keeping the channel.
+    std::int32_t pid() const {
+        std::int32_t v = 0;
+        check(cluster_channel_pid(c_, &v));
+        return v;
+    }
+
+    // -- put --
+    /// Puts `data`, waiting while the channel is full; throws
+    /// CLUSTER_ERR_TIMEOUT (the element did not go in) after `timeout_ms`.
+    void put(Bytes data, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        check(cluster_channel_put(c_, data.data(), data.size(), timeout_ms));
+    }
+    /// As put; false instead of throwing when it timed out.
+    bool put_for(Bytes data, std::int64_t timeout_ms) {
+        cluster_status st = cluster_channel_put(c_, data.data(), data.size(), timeout_ms);
+        if (st == CLUSTER_ERR_TIMEOUT) return false;
+        check(st);
+        return true;
+    }
+    /// Puts the bytes of a trivially copyable value.
+    template <class T> void put_value(const T &value, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        static_assert(std::is_trivially_copyable_v<T>, "put_value needs a trivially copyable type");
+        put(Bytes::of(value), timeout_ms);
+    }
+    /// put as a future (no value); destroying it does not withdraw the put.
+    Future put_async(Bytes data) {
+        cluster_future *f = nullptr;
+        check(cluster_channel_put_async(c_, data.data(), data.size(), &f));
+        return Future(f);
+    }
+    /// Puts without asking for an answer: never waits (no back-pressure);
+    /// a failure on the owner is only logged there.
+    void put_nowait(Bytes data) { check(cluster_channel_put_nowait(c_, data.data(), data.size())); }
+
+    // -- take, fetch, wait --
+    /// Takes the first element, waiting while there is none; throws
+    /// CLUSTER_ERR_CHANNEL_CLOSED once closed and empty, CLUSTER_ERR_TIMEOUT
+    /// (nothing taken) after `timeout_ms`.
+    Buffer take(std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        Buffer b;
+        check(cluster_channel_take(c_, timeout_ms, b.out()));
+        return b;
+    }
+    /// As take; nullopt instead of throwing when it timed out.
+    std::optional<Buffer> take_for(std::int64_t timeout_ms) {
+        Buffer b;
+        cluster_status st = cluster_channel_take(c_, timeout_ms, b.out());
+        if (st == CLUSTER_ERR_TIMEOUT) return std::nullopt;
+        check(st);
+        return b;
+    }
+    /// Takes an element as a trivially copyable value; size checked.
+    template <class T> T take_as(std::int64_t timeout_ms = CLUSTER_FOREVER) { return take(timeout_ms).template as<T>(pid()); }
+    /// take as a future whose value is the element. Destroyed before it
+    /// completes, it withdraws the take (an element it got goes back first
+    /// in line); destroyed after, it drops the element it holds.
+    Future take_async() {
+        cluster_future *f = nullptr;
+        check(cluster_channel_take_async(c_, &f));
+        return Future(f);
+    }
+    /// A copy of the first element, left in the channel.
+    Buffer fetch(std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        Buffer b;
+        check(cluster_channel_fetch(c_, timeout_ms, b.out()));
+        return b;
+    }
+    Future fetch_async() {
+        cluster_future *f = nullptr;
+        check(cluster_channel_fetch_async(c_, &f));
+        return Future(f);
+    }
+    /// Waits until an element is there; false when `timeout_ms` passed.
+    bool wait_for(std::int64_t timeout_ms) {
+        cluster_status st = cluster_channel_wait(c_, timeout_ms);
+        if (st == CLUSTER_ERR_TIMEOUT) return false;
+        check(st);
+        return true;
+    }
+    void wait() { check(cluster_channel_wait(c_, CLUSTER_FOREVER)); }
+    Future wait_async() {
+        cluster_future *f = nullptr;
+        check(cluster_channel_wait_async(c_, &f));
+        return Future(f);
+    }
+
+    // -- state --
+    /// Elements available, capacity (CLUSTER_CHANNEL_UNBOUNDED: none), open.
+    cluster_channel_state state() const {
+        cluster_channel_state s{};
+        check(cluster_channel_query(c_, &s));
+        return s;
+    }
+    /// state as a future; read it with state_of().
+    Future state_async() const {
+        cluster_future *f = nullptr;
+        check(cluster_channel_query_async(c_, &f));
+        return Future(f);
+    }
+    /// The state a state_async future holds.
+    static cluster_channel_state state_of(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        Bytes b = f.fetch(timeout_ms);
+        cluster_channel_state s{};
+        check(cluster_channel_state_decode(b.data(), b.size(), &s));
+        return s;
+    }
+    /// An element is there (a take would not wait).
+    bool ready() const {
+        bool v = false;
+        check(cluster_channel_isready(c_, &v));
+        return v;
+    }
+    /// No element is there; never takes one.
+    bool empty() const {
+        bool v = false;
+        check(cluster_channel_isempty(c_, &v));
+        return v;
+    }
+    bool open() const {
+        bool v = false;
+        check(cluster_channel_isopen(c_, &v));
+        return v;
+    }
+
+    // -- close, bind --
+    /// Closes: waiting puts fail, takes fail once empty; buffered elements
+    /// can still be taken.
+    void close() { check(cluster_channel_close(c_)); }
+    Future close_async() {
+        cluster_future *f = nullptr;
+        check(cluster_channel_close_async(c_, &f));
+        return Future(f);
+    }
+    /// Closes the channel when process `pid` leaves (a producer's death
+    /// then ends its consumers' loops instead of hanging them).
+    void bind(std::int32_t pid) { check(cluster_channel_bind(c_, pid)); }
+    Future bind_async(std::int32_t pid) {
+        cluster_future *f = nullptr;
+        check(cluster_channel_bind_async(c_, pid, &f));
+        return Future(f);
+    }
+
+    // -- references --
+    /// A reference another process imports (Cluster::import_channel) once.
+    cluster_channel_ref export_ref() const {
+        cluster_channel_ref r{};
+        check(cluster_channel_export(c_, &r));
+        return r;
+    }
+    /// export_ref as a future (never waits); read it with ref_of().
+    Future export_ref_async() const {
+        cluster_future *f = nullptr;
+        check(cluster_channel_export_async(c_, &f));
+        return Future(f);
+    }
+    /// The reference an export_ref_async future holds.
+    static cluster_channel_ref ref_of(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        Bytes b = f.fetch(timeout_ms);
+        if (b.size() != 12) throw Error(CLUSTER_ERR_PROTOCOL, "not a channel reference", f.pid());
+        cluster_channel_ref r{};
+        std::memcpy(&r.owner, b.data(), 4);
+        std::memcpy(&r.id, b.data() + 4, 8);
+        return r;
+    }
+
+    // -- iteration: takes until closed and empty --
+    class iterator {
+    public:
+        using iterator_category = std::input_iterator_tag;
+        using value_type = Buffer;
+        using difference_type = std::ptrdiff_t;
+        using pointer = Buffer *;
+        using reference = Buffer &;
+
+        iterator() noexcept = default;
+        explicit iterator(Channel *ch) : ch_(ch) { next(); }
+        Buffer &operator*() noexcept { return cur_; }
+        Buffer *operator->() noexcept { return &cur_; }
+        iterator &operator++() {
+            next();
+            return *this;
+        }
+        bool operator==(const iterator &o) const noexcept { return ch_ == o.ch_; }
+        bool operator!=(const iterator &o) const noexcept { return ch_ != o.ch_; }
+
+    private:
+        void next() {
+            cluster_status st = cluster_channel_take(ch_->get(), CLUSTER_FOREVER, cur_.out());
+            if (st == CLUSTER_ERR_CHANNEL_CLOSED) {
+                ch_ = nullptr;
+                return;
+            }
+            check(st);
+        }
+        Channel *ch_ = nullptr;
+        Buffer cur_;
+    };
+    iterator begin() { return iterator(this); }
+    iterator end() noexcept { return iterator(); }
+
+private:
+    cluster_channel *c_ = nullptr;
 };
 
 // ==== cluster_call: Call ====================================================
@@ -946,6 +1193,29 @@ public:
         static_assert(std::is_trivially_copyable_v<R>, "remotecall_fetch_as: the result must be trivially copyable");
         Future f = remotecall(pid, name);
         return f.fetch_as<R>();
+    }
+
+    // -- channels --
+    /// A new RemoteChannel kept by process `pid` (0: this one) with room for
+    /// `capacity` elements (CLUSTER_CHANNEL_UNBOUNDED: no limit; 0:
+    /// unbuffered). Returns at once, without a round trip.
+    Channel channel(std::int32_t pid = 0, std::size_t capacity = CLUSTER_CHANNEL_DEFAULT_CAPACITY) {
+        cluster_channel *ch = nullptr;
+        check(cluster_channel_new(ctx_, pid, capacity, &ch));
+        return Channel(ch);
+    }
+    /// Turns a reference from Channel::export_ref (made by any process)
+    /// into a channel of this process.
+    Channel import_channel(const cluster_channel_ref &r) {
+        cluster_channel *ch = nullptr;
+        check(cluster_channel_import(ctx_, &r, &ch));
+        return Channel(ch);
+    }
+    /// How many channels this process keeps (0 once no reference is left).
+    std::size_t channel_count() const {
+        std::size_t n = 0;
+        check(cluster_channel_count(ctx_, &n));
+        return n;
     }
 
     /// Turns a reference from Future::export_ref (possibly made by another

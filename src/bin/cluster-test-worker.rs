@@ -2,11 +2,12 @@
 //! set of functions and serves until the head stops it.
 
 use cluster::prelude::*;
-use cluster::{Call, Cluster, Config, FutureRef};
+use cluster::{Call, Channel, ChannelRef, Cluster, Config, FutureRef};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 static HELD: std::sync::Mutex<Vec<cluster::Future>> = std::sync::Mutex::new(Vec::new());
+static HELD_CHANNELS: std::sync::Mutex<Vec<Channel>> = std::sync::Mutex::new(Vec::new());
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SEQ_BROKEN: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicU32 = AtomicU32::new(0);
@@ -16,7 +17,122 @@ fn u32_arg(call: &Call) -> Result<u32, String> {
     call.args().get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| "expected a u32".to_string())
 }
 
+/// A channel reference at `at` in the arguments, imported.
+fn channel_arg(call: &Call, at: usize) -> Result<Channel, String> {
+    let r = call.args().get(at..at + 12).and_then(ChannelRef::from_bytes).ok_or("expected a channel reference")?;
+    call.node().import_channel(r).map_err(|e| e.to_string())
+}
+
+fn u32_at(call: &Call, at: usize) -> Result<u32, String> {
+    call.args().get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| "expected a u32".to_string())
+}
+
+/// An outcome as bytes: status (0 or the error kind's code), the error's
+/// process, then the value or the message.
+fn outcome(r: cluster::Result<Vec<u8>>) -> Vec<u8> {
+    match r {
+        Ok(v) => [&[0u8][..], &0u32.to_le_bytes(), &v].concat(),
+        Err(e) => [&[e.kind as u8][..], &e.pid.to_le_bytes(), e.message.as_bytes()].concat(),
+    }
+}
+
+/// Takes from `a` and puts into `b` (without an answer), each take's
+/// continuation arming the next: on the thread that completes it, no
+/// thread of its own.
+fn echo(a: Channel, b: Channel) {
+    let f = match a.take_async() {
+        Ok(f) => f,
+        Err(_) => return,
+    };
+    let keep = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let k = keep.clone();
+    f.on_complete(move |r| {
+        let Ok(v) = r else { return };
+        let _ = b.put_nowait(v);
+        k.lock().unwrap().take();
+        echo(a, b);
+    });
+    // The pending future stays alive until its continuation has run.
+    if !f.is_ready() {
+        *keep.lock().unwrap() = Some(f);
+    }
+}
+
+fn register_channel_functions(c: &Cluster) -> cluster::Result<()> {
+    // args: ref, n: puts n u32s (0..n) and replies with the outcome.
+    c.register_fn("chan_produce", |call| {
+        let ch = channel_arg(call, 0)?;
+        let n = u32_at(call, 12)?;
+        let r = (0..n).try_for_each(|i| ch.put(&i.to_le_bytes()));
+        Ok(outcome(r.map(|_| Vec::new())))
+    })?;
+    // args: ref, period_ms: puts 0, 1, 2, ... every period until a put fails.
+    c.register_fn("chan_produce_forever", |call| {
+        let ch = channel_arg(call, 0)?;
+        let ms = u32_at(call, 12)?;
+        let mut i = 0u32;
+        let r = loop {
+            if let Err(e) = ch.put(&i.to_le_bytes()) {
+                break e;
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(ms as u64));
+        };
+        Ok(outcome(Err(r)))
+    })?;
+    // args: ref, timeout_ms (u32::MAX: none): one take, its outcome.
+    c.register_fn("chan_take", |call| {
+        let ch = channel_arg(call, 0)?;
+        let ms = u32_at(call, 12)?;
+        let t = (ms != u32::MAX).then(|| Duration::from_millis(ms as u64));
+        Ok(outcome(ch.take_timeout(t).map(|v| v.to_vec())))
+    })?;
+    // args: ref: takes until closed and empty; replies with the u32s taken.
+    c.register_fn("chan_drain", |call| {
+        let ch = channel_arg(call, 0)?;
+        let mut got = Vec::new();
+        for v in ch.iter() {
+            got.extend_from_slice(&v.map_err(|e| e.to_string())?);
+        }
+        Ok(got)
+    })?;
+    // A channel kept by this worker, exported: replies with its reference.
+    c.register_fn("chan_new", |call| {
+        let ch = call.node().channel(0, u32_arg(call)? as usize).map_err(|e| e.to_string())?;
+        let r = ch.export().map_err(|e| e.to_string())?;
+        HELD_CHANNELS.lock().unwrap().push(ch);
+        Ok(r.to_bytes().to_vec())
+    })?;
+    // args: ref: imports it and holds it until chan_release.
+    c.register_fn("chan_hold", |call| {
+        let ch = channel_arg(call, 0)?;
+        HELD_CHANNELS.lock().unwrap().push(ch);
+        Ok(Vec::new())
+    })?;
+    c.register_fn("chan_release", |_| {
+        HELD_CHANNELS.lock().unwrap().clear();
+        Ok(Vec::new())
+    })?;
+    // args: ref, pid: imports it, exports it again (a round trip to its
+    // owner), has `pid` hold the new reference, then drops its own.
+    c.register_fn("chan_forward", |call| {
+        let ch = channel_arg(call, 0)?;
+        let pid = u32_at(call, 12)?;
+        let r = ch.export().map_err(|e| e.to_string())?;
+        call.node().remotecall_fetch(pid, "chan_hold", &r.to_bytes()).map_err(|e| e.to_string())?;
+        Ok(Vec::new())
+    })?;
+    c.register_fn("chan_owned", |call| Ok((call.node().owned_channels() as u32).to_le_bytes().to_vec()))?;
+    // args: ref a, ref b: echoes every element of a into b, without a thread.
+    c.register_fn("chan_echo", |call| {
+        echo(channel_arg(call, 0)?, channel_arg(call, 12)?);
+        Ok(Vec::new())
+    })?;
+    Ok(())
+}
+
 pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
+    register_channel_functions(c)?;
     c.register_fn("echo", |call| Ok(call.args().to_vec()))?;
     c.register_fn("noop", |_| Ok(Vec::new()))?;
     c.register_fn("myid", |call| Ok(call.node().myid().to_le_bytes().to_vec()))?;

@@ -25,6 +25,7 @@ pub(crate) enum Kind {
     Future = 2,
     Call = 3,
     Buffer = 4,
+    Channel = 5,
 }
 
 impl Kind {
@@ -34,6 +35,7 @@ impl Kind {
             Kind::Future => "cluster_future",
             Kind::Call => "cluster_call",
             Kind::Buffer => "cluster_buffer",
+            Kind::Channel => "cluster_channel",
         }
     }
 }

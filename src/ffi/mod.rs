@@ -16,6 +16,8 @@
 //! - `future`: `cluster_future` and `cluster_future_ref`.
 //! - `call`: `cluster_call`, an incoming call, and the handler trampoline.
 //! - `buffer`: `cluster_buffer`.
+//! - `channel`: `cluster_channel` (a RemoteChannel), `cluster_channel_ref`
+//!   and `cluster_channel_state`.
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -38,12 +40,14 @@ mod ctx;
 mod future;
 mod call;
 mod buffer;
+mod channel;
 
 #[cfg(test)]
 mod header_checks;
 
 pub use buffer::*;
 pub use call::*;
+pub use channel::*;
 pub use config::*;
 pub use ctx::*;
 pub use future::*;

@@ -67,6 +67,9 @@ pub enum cluster_status {
     CLUSTER_ERR_BUFFER_TOO_SMALL = 20,
     /// This worker's head went away: `cluster_serve` returns it.
     CLUSTER_ERR_HEAD_LOST = 21,
+    /// The channel is closed (and, for a take, empty): `cluster_channel_close`,
+    /// or the process it is bound to left.
+    CLUSTER_ERR_CHANNEL_CLOSED = 22,
 }
 
 impl cluster_status {
@@ -94,6 +97,7 @@ impl cluster_status {
             ErrorKind::WrongMode => CLUSTER_ERR_WRONG_MODE,
             ErrorKind::BufferTooSmall => CLUSTER_ERR_BUFFER_TOO_SMALL,
             ErrorKind::HeadLost => CLUSTER_ERR_HEAD_LOST,
+            ErrorKind::ChannelClosed => CLUSTER_ERR_CHANNEL_CLOSED,
         }
     }
 }

@@ -6,7 +6,13 @@
 //! | 1  | control  | join, ready, membership, shutdown; addprocs/rmprocs |
 //! | 2  | rpc      | functions by name, remote calls, interrupts         |
 //! | 3  | refs     | futures passed between processes                    |
+//! | 4  | channel  | RemoteChannels: bounded FIFO queues kept by an owner |
+//!
+//! `holders` is no service: the reference counting and the housekeeping
+//! thread that refs and channel share.
 
+pub mod channel;
 pub mod control;
+pub(crate) mod holders;
 pub mod refs;
 pub mod rpc;

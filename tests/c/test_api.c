@@ -106,9 +106,12 @@ static void *fresh_thread_last_error(void *arg) {
     return (void *)(uintptr_t)ok;
 }
 
+/* The highest status code (statuses are 0..LAST_STATUS without gaps). */
+#define LAST_STATUS CLUSTER_ERR_CHANNEL_CLOSED
+
 static void case_status(void) {
-    const char *seen[21];
-    for (int i = 0; i <= 20; i++) {
+    const char *seen[LAST_STATUS + 1];
+    for (int i = 0; i <= LAST_STATUS; i++) {
         const char *s = cluster_status_str((cluster_status)i);
         REQUIRE(s != NULL);
         EXPECTF(s[0] != '\0', "status %d has an empty description", i);
@@ -121,7 +124,8 @@ static void case_status(void) {
     EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_BUFFER_TOO_SMALL), "buffer too small") == 0);
     /* Out-of-range values: never NULL, never a crash. Checked in a child
      * process, so a crash (KI-1, fixed) fails this check, not the binary. */
-    int odd[] = {CLUSTER_ERR_HEAD_LOST + 1, CLUSTER_ERR_HEAD_LOST + 2, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
+    EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_CHANNEL_CLOSED), "the channel is closed") == 0);
+    int odd[] = {LAST_STATUS + 1, LAST_STATUS + 2, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         fflush(NULL);
         pid_t child = fork();

@@ -1,6 +1,7 @@
 // Tests of the C++ wrapper (bindings/cpp/cluster.hpp): RAII owners, moves,
 // exceptions, byte views, typed calls, callable handlers (state, return
-// values, exceptions), deferred calls, callbacks, host mode and workers.
+// values, exceptions), deferred calls, callbacks, host mode, workers and
+// channels.
 //
 // Usage: test_cpp <case>. Like the C tests, the binary is its own worker.
 #include "harness.h"
@@ -458,6 +459,60 @@ void case_host() {
 
 // ---- multi-process cases -----------------------------------------------------------------
 
+// RemoteChannels: one kept here, one kept by worker `w`.
+void channels(cluster::Cluster &c, std::int32_t w) {
+    EXPECT(c.channel_count() == 0);
+    cluster::Channel local = c.channel(); // this process, capacity 1
+    EXPECT(local.valid() && local.pid() == c.myid() && c.channel_count() == 1);
+    local.put_value(std::int32_t(7));
+    EXPECT(!local.put_for(cluster::Bytes::of(std::int32_t(8)), 20)); // full
+    cluster_channel_state st = local.state();
+    EXPECT(st.n_avail == 1 && st.capacity == 1 && st.open);
+    EXPECT(local.ready() && !local.empty() && local.open());
+    EXPECT(local.fetch().as<std::int32_t>() == 7);
+    EXPECT(local.take_as<std::int32_t>() == 7);
+    EXPECT(!local.take_for(20).has_value());
+    EXPECT(!local.wait_for(10));
+    EXPECT_THROWS(local.take(10), CLUSTER_ERR_TIMEOUT);
+    cluster::Future tf = local.take_async();
+    local.put_nowait("now");
+    EXPECT(tf.fetch_string(1000) == "now");
+    cluster::Future wf = local.wait_async();
+    cluster::Future ff = local.fetch_async();
+    local.put("x");
+    EXPECT(wf.wait_for(1000) && ff.fetch_string(1000) == "x");
+    local.wait();
+    EXPECT(cluster::Channel::state_of(local.state_async()).n_avail == 1);
+    EXPECT(local.take().str() == "x");
+    cluster::Channel moved = std::move(local);
+    EXPECT(!local.valid() && moved.valid());
+    moved.reset();
+    EXPECT(c.channel_count() == 1); // its futures hold it too
+    tf.reset();
+    wf.reset();
+    ff.reset();
+    EXPECT(c.channel_count() == 0);
+
+    // Kept by the worker; iterated until closed.
+    cluster::Channel ch = c.channel(w, 8);
+    EXPECT(ch.pid() == w);
+    for (std::int32_t i = 0; i < 5; i++) ch.put_value(i);
+    EXPECT(ch.put_async(cluster::Bytes::of(std::int32_t(5))).wait_for(5000));
+    EXPECT(ch.put_for(cluster::Bytes::of(std::int32_t(6)), 5000));
+    ch.close_async().wait();
+    EXPECT_THROWS(ch.put("late"), CLUSTER_ERR_CHANNEL_CLOSED);
+    std::vector<std::int32_t> got;
+    for (cluster::Buffer &b : ch) got.push_back(b.as<std::int32_t>());
+    EXPECT((got == std::vector<std::int32_t>{0, 1, 2, 3, 4, 5, 6}));
+    EXPECT(!ch.open() && ch.empty() && !ch.ready());
+    ch.close(); // again: nothing
+    // References: exported (a round trip: this process is not the owner), imported here.
+    cluster::Channel again = c.import_channel(ch.export_ref());
+    cluster::Channel third = c.import_channel(cluster::Channel::ref_of(ch.export_ref_async(), 5000));
+    EXPECT(again.pid() == w && third.pid() == w);
+    EXPECT_THROWS(third.take(1000), CLUSTER_ERR_CHANNEL_CLOSED);
+}
+
 void case_workers() {
     cluster::Cluster &c = *g_cluster;
     std::mutex mu;
@@ -482,6 +537,7 @@ void case_workers() {
     for (std::int32_t i = 0; i < 20; i++) fs.push_back(c.remotecall(ids[i % 3], "square", cluster::Bytes::of(i)));
     for (std::int32_t i = 0; i < 20; i++) EXPECT(fs[i].fetch_as<std::int32_t>(5000) == i * i);
     fs.clear();
+    channels(c, ids[0]);
     // remote errors name the worker
     auto err = EXPECT_THROWS(c.remotecall_fetch(ids[2], "throw_runtime"), CLUSTER_ERR_REMOTE);
     EXPECT(err && err->pid() == ids[2]);
@@ -496,13 +552,19 @@ void case_workers() {
     c.interrupt(ids[1]);
     EXPECT_THROWS(longf.wait_for(3s), CLUSTER_ERR_INTERRUPTED);
     EXPECT(std::chrono::steady_clock::now() - t0 < 1500ms);
-    // a worker killed mid-call
+    // a worker killed mid-call; a channel bound to it closes
+    cluster::Channel bound = c.channel(0, 2);
+    bound.bind_async(ids[2]).wait();
+    bound.bind(ids[1]);
     auto os_pid = c.remotecall_fetch_as<std::int32_t>(ids[2], "getpid");
     cluster::Future dying = c.remotecall(ids[2], "sleep", cluster::Bytes::of(std::int32_t(10000)));
     std::this_thread::sleep_for(50ms);
     ::kill(os_pid, SIGKILL);
     err = EXPECT_THROWS(dying.wait_for(3s), CLUSTER_ERR_PROCESS_EXITED);
     EXPECT(err && err->pid() == ids[2]);
+    err = EXPECT_THROWS(bound.take(3000), CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT(err && err->pid() == ids[2]);
+    bound.reset();
     // export a worker-computed future and fetch it through another worker
     cluster::Future sq = c.remotecall(ids[0], "square", cluster::Bytes::of(std::int32_t(9)));
     cluster_future_ref ref = sq.export_ref();

@@ -345,6 +345,155 @@ static int32_t h_make_bytes(void *ud, cluster_call *call) {
     return st;
 }
 
+/* ---- channels (handlers) ---------------------------------------------------- */
+
+/* What channel handlers take: a reference, then two int32s. */
+struct ch_args {
+    cluster_channel_ref ref;
+    int32_t x, y;
+};
+
+/* What they answer: a status, the process of its error, a value, a count. */
+struct ch_result {
+    int32_t status, pid, value, count;
+};
+
+#define MAX_HELD_CHANNELS 16
+static pthread_mutex_t g_ch_mu = PTHREAD_MUTEX_INITIALIZER;
+static cluster_channel *g_held_ch[MAX_HELD_CHANNELS];
+static int g_nheld_ch;
+
+static void hold_channel(cluster_channel *ch) {
+    pthread_mutex_lock(&g_ch_mu);
+    if (g_nheld_ch < MAX_HELD_CHANNELS) {
+        g_held_ch[g_nheld_ch++] = ch;
+        ch = NULL;
+    }
+    pthread_mutex_unlock(&g_ch_mu);
+    cluster_channel_free(ch);
+}
+
+static void release_channels(void) {
+    pthread_mutex_lock(&g_ch_mu);
+    for (int i = 0; i < g_nheld_ch; i++) cluster_channel_free(g_held_ch[i]);
+    g_nheld_ch = 0;
+    pthread_mutex_unlock(&g_ch_mu);
+}
+
+/* Imports the reference in the call's arguments. */
+static cluster_status ch_import_args(cluster_call *call, cluster_channel **ch, struct ch_args *a) {
+    const uint8_t *d;
+    size_t n;
+    cluster_status st = cluster_call_args(call, &d, &n);
+    if (st != CLUSTER_OK) return st;
+    if (n != sizeof *a) return CLUSTER_ERR_INVALID_ARGUMENT;
+    memcpy(a, d, sizeof *a);
+    return cluster_channel_import(g_ctx, &a->ref, ch);
+}
+
+static int32_t reply_ch_result(cluster_call *call, int32_t st, int32_t value, int32_t count) {
+    struct ch_result r = {st, st == CLUSTER_OK ? 0 : cluster_last_error_pid(), value, count};
+    return cluster_call_reply(call, (const uint8_t *)&r, sizeof r);
+}
+
+/* args {ref, n, period_ms}: puts 0, 1, ... (n < 0: until a put fails). */
+static int32_t h_ch_produce(void *ud, cluster_call *call) {
+    (void)ud;
+    cluster_channel *ch = NULL;
+    struct ch_args a;
+    cluster_status st = ch_import_args(call, &ch, &a);
+    if (st != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    int32_t i = 0;
+    for (; a.x < 0 || i < a.x; i++) {
+        st = cluster_channel_put(ch, (const uint8_t *)&i, sizeof i, CLUSTER_FOREVER);
+        if (st != CLUSTER_OK) break;
+        if (a.y > 0) sleep_ms(a.y);
+    }
+    int32_t r = reply_ch_result(call, st, 0, i);
+    cluster_channel_free(ch);
+    return r;
+}
+
+/* args {ref, timeout_ms}: one take. */
+static int32_t h_ch_take(void *ud, cluster_call *call) {
+    (void)ud;
+    cluster_channel *ch = NULL;
+    struct ch_args a;
+    cluster_status st = ch_import_args(call, &ch, &a);
+    if (st != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    cluster_buffer b = {0};
+    st = cluster_channel_take(ch, a.x, &b);
+    int32_t r = reply_ch_result(call, st, st == CLUSTER_OK ? payload_i32(b.data, b.len) : 0, (int32_t)b.len);
+    cluster_buffer_free(&b);
+    cluster_channel_free(ch);
+    return r;
+}
+
+/* args int32 capacity: a channel kept here, held; replies its reference. */
+static int32_t h_ch_new(void *ud, cluster_call *call) {
+    (void)ud;
+    cluster_channel *ch = NULL;
+    if (cluster_channel_new(g_ctx, 0, (size_t)arg_i32(call), &ch) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    cluster_channel_ref r;
+    memset(&r, 0, sizeof r);
+    cluster_status st = cluster_channel_export(ch, &r);
+    hold_channel(ch);
+    if (st != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    return cluster_call_reply(call, (const uint8_t *)&r, sizeof r);
+}
+
+/* args {ref}: imports it and holds it until ch_release. */
+static int32_t h_ch_hold(void *ud, cluster_call *call) {
+    (void)ud;
+    cluster_channel *ch = NULL;
+    struct ch_args a;
+    if (ch_import_args(call, &ch, &a) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    hold_channel(ch);
+    return CLUSTER_OK;
+}
+
+static int32_t h_ch_release(void *ud, cluster_call *call) {
+    (void)ud;
+    (void)call;
+    release_channels();
+    return CLUSTER_OK;
+}
+
+/* args {ref, target}: imports it, exports it again (a round trip to its
+ * owner, as a future), has `target` hold that, then frees its own. */
+static int32_t h_ch_forward(void *ud, cluster_call *call) {
+    (void)ud;
+    cluster_channel *ch = NULL;
+    struct ch_args a;
+    if (ch_import_args(call, &ch, &a) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    cluster_future *f = NULL;
+    cluster_status st = cluster_channel_export_async(ch, &f);
+    struct ch_args fwd;
+    memset(&fwd, 0, sizeof fwd);
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    if (st == CLUSTER_OK) st = cluster_future_fetch(f, 5000, &d, &n);
+    if (st == CLUSTER_OK && n == 12) {
+        memcpy(&fwd.ref.owner, d, 4);
+        memcpy(&fwd.ref.id, d + 4, 8);
+        cluster_buffer out = {0};
+        st = cluster_remotecall_fetch(g_ctx, a.x, "ch_hold", (const uint8_t *)&fwd, sizeof fwd, &out);
+        cluster_buffer_free(&out);
+    } else if (st == CLUSTER_OK) {
+        st = CLUSTER_ERR_PROTOCOL;
+    }
+    cluster_future_free(f);
+    cluster_channel_free(ch);
+    return reply_ch_result(call, st, 0, 0);
+}
+
+static int32_t h_ch_count(void *ud, cluster_call *call) {
+    (void)ud;
+    size_t n = 0;
+    cluster_channel_count(g_ctx, &n);
+    return reply_i32(call, (int32_t)n);
+}
+
 static void register_all(cluster_ctx *ctx) {
     static const struct {
         const char *name;
@@ -373,6 +522,13 @@ static void register_all(cluster_ctx *ctx) {
         {"call_head", h_call_head, NULL},
         {"bad_status", h_bad_status, NULL},
         {"make_bytes", h_make_bytes, NULL},
+        {"ch_produce", h_ch_produce, NULL},
+        {"ch_take", h_ch_take, NULL},
+        {"ch_new", h_ch_new, NULL},
+        {"ch_hold", h_ch_hold, NULL},
+        {"ch_release", h_ch_release, NULL},
+        {"ch_forward", h_ch_forward, NULL},
+        {"ch_count", h_ch_count, NULL},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         REQUIRE_OK(cluster_register(ctx, table[i].name, table[i].fn, table[i].ud));
@@ -1467,6 +1623,351 @@ static void case_close(void) {
     g_ctx = NULL;
 }
 
+/* ---- channels ----------------------------------------------------------------- */
+
+/* A reference to `ch` for a worker's handler, which imports it once. */
+static struct ch_args ch_args_of(cluster_channel *ch, int32_t x, int32_t y) {
+    struct ch_args a;
+    memset(&a, 0, sizeof a);
+    REQUIRE_OK(cluster_channel_export(ch, &a.ref));
+    a.x = x;
+    a.y = y;
+    return a;
+}
+
+static size_t channel_count(void) {
+    size_t n = 0;
+    EXPECT_OK(cluster_channel_count(g_ctx, &n));
+    return n;
+}
+
+static bool wait_channel_count(int32_t pid, int32_t want, int64_t timeout_ms) {
+    int64_t t0 = now_ms();
+    for (;;) {
+        int32_t n = pid == 1 ? (int32_t)channel_count() : fetch_i32(pid, "ch_count", 0);
+        if (n == want) return true;
+        if (now_ms() - t0 > timeout_ms) {
+            harness_logf("process %d keeps %d channels, expected %d", pid, n, want);
+            return false;
+        }
+        sleep_ms(10);
+    }
+}
+
+static int32_t take_i32(cluster_channel *ch, int64_t timeout_ms, cluster_status *st) {
+    cluster_buffer b = {0};
+    *st = cluster_channel_take(ch, timeout_ms, &b);
+    int32_t v = *st == CLUSTER_OK ? payload_i32(b.data, b.len) : INT32_MIN;
+    cluster_buffer_free(&b);
+    return v;
+}
+
+static struct ch_result ch_result_of(cluster_future *f, int64_t timeout_ms) {
+    struct ch_result r = {-1, 0, 0, 0};
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    cluster_status st = cluster_future_fetch(f, timeout_ms, &d, &n);
+    if (EXPECT_OK(st) && EXPECT(n == sizeof r)) memcpy(&r, d, sizeof r);
+    return r;
+}
+
+/* One process: every operation on a channel this process keeps. */
+static void channel_local(void) {
+    cluster_channel *ch = NULL;
+    cluster_status st;
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, CLUSTER_CHANNEL_DEFAULT_CAPACITY, &ch));
+    int32_t pid = 0;
+    EXPECT_OK(cluster_channel_pid(ch, &pid));
+    EXPECT(pid == 1);
+    EXPECT(channel_count() == 1);
+    int32_t v[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    EXPECT_OK(cluster_channel_put(ch, (const uint8_t *)&v[1], 4, CLUSTER_FOREVER));
+    cluster_channel_state s = {0, 0, false};
+    EXPECT_OK(cluster_channel_query(ch, &s));
+    EXPECT(s.n_avail == 1 && s.capacity == 1 && s.open);
+    bool b = false;
+    EXPECT_OK(cluster_channel_isready(ch, &b));
+    EXPECT(b);
+    EXPECT_OK(cluster_channel_isempty(ch, &b));
+    EXPECT(!b);
+    EXPECT_OK(cluster_channel_isopen(ch, &b));
+    EXPECT(b);
+    /* Full: a put waits, and a timed-out one did not go in. */
+    int64_t t0 = now_ms();
+    EXPECT_ST(cluster_channel_put(ch, (const uint8_t *)&v[2], 4, 50), CLUSTER_ERR_TIMEOUT);
+    EXPECT(now_ms() - t0 >= 40);
+    EXPECT_OK(cluster_channel_query(ch, &s));
+    EXPECT(s.n_avail == 1);
+    cluster_future *pf = NULL;
+    REQUIRE_OK(cluster_channel_put_async(ch, (const uint8_t *)&v[2], 4, &pf));
+    sleep_ms(20);
+    EXPECT_OK(cluster_future_isready(pf, &b));
+    EXPECT(!b);
+    EXPECT(take_i32(ch, 1000, &st) == 1);
+    EXPECT_OK(cluster_future_wait(pf, 1000)); /* the take made room */
+    EXPECT_OK(cluster_future_free(pf));
+    cluster_buffer out = {0};
+    EXPECT_OK(cluster_channel_fetch(ch, 0, &out));
+    EXPECT(payload_i32(out.data, out.len) == 2);
+    EXPECT_OK(cluster_buffer_free(&out));
+    EXPECT_OK(cluster_channel_wait(ch, 0));
+    EXPECT(take_i32(ch, 0, &st) == 2);
+    /* Empty: takes, fetches and waits wait, and time out taking nothing. */
+    EXPECT(take_i32(ch, 30, &st) == INT32_MIN && st == CLUSTER_ERR_TIMEOUT);
+    EXPECT_ST(cluster_channel_fetch(ch, 30, &out), CLUSTER_ERR_TIMEOUT);
+    EXPECT_ST(cluster_channel_wait(ch, 30), CLUSTER_ERR_TIMEOUT);
+    /* Futures: a take served by a later put (one without answer). */
+    cluster_future *tf = NULL, *ff = NULL, *wf = NULL;
+    REQUIRE_OK(cluster_channel_take_async(ch, &tf));
+    EXPECT_OK(cluster_future_isready(tf, &b));
+    EXPECT(!b);
+    EXPECT_OK(cluster_channel_put_nowait(ch, (const uint8_t *)&v[3], 4));
+    const uint8_t *d = NULL;
+    size_t n = 0;
+    EXPECT_OK(cluster_future_fetch(tf, 1000, &d, &n));
+    EXPECT(n == 4 && payload_i32(d, n) == 3);
+    EXPECT_OK(cluster_future_free(tf));
+    REQUIRE_OK(cluster_channel_fetch_async(ch, &ff));
+    REQUIRE_OK(cluster_channel_wait_async(ch, &wf));
+    EXPECT_OK(cluster_channel_put(ch, (const uint8_t *)&v[4], 4, 1000));
+    EXPECT_OK(cluster_future_wait(wf, 1000));
+    EXPECT_OK(cluster_future_fetch(ff, 1000, &d, &n));
+    EXPECT(payload_i32(d, n) == 4);
+    EXPECT_OK(cluster_future_free(ff));
+    EXPECT_OK(cluster_future_free(wf));
+    cluster_future *qf = NULL;
+    REQUIRE_OK(cluster_channel_query_async(ch, &qf));
+    if (EXPECT_OK(cluster_future_fetch(qf, 1000, &d, &n))) {
+        EXPECT_OK(cluster_channel_state_decode(d, n, &s));
+        EXPECT(s.n_avail == 1 && s.open);
+        EXPECT_ST(cluster_channel_state_decode(d, n - 1, &s), CLUSTER_ERR_INVALID_ARGUMENT);
+    }
+    EXPECT_OK(cluster_future_free(qf));
+    EXPECT(take_i32(ch, 0, &st) == 4);
+    /* A take future freed before it completed takes nothing. */
+    REQUIRE_OK(cluster_channel_take_async(ch, &tf));
+    EXPECT_OK(cluster_future_free(tf));
+    EXPECT_OK(cluster_channel_put(ch, (const uint8_t *)&v[5], 4, 1000));
+    EXPECT(take_i32(ch, 0, &st) == 5);
+    /* Close: waiting takes fail, later puts fail, buffered ones are taken. */
+    REQUIRE_OK(cluster_channel_take_async(ch, &tf));
+    cluster_future *cf = NULL;
+    REQUIRE_OK(cluster_channel_close_async(ch, &cf));
+    EXPECT_OK(cluster_future_wait(cf, 1000));
+    EXPECT_OK(cluster_future_free(cf));
+    EXPECT_ST(cluster_future_wait(tf, 1000), CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT_OK(cluster_future_free(tf));
+    EXPECT_ST(cluster_channel_put(ch, (const uint8_t *)&v[6], 4, 1000), CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT_LAST_ERROR_HAS("closed");
+    EXPECT_OK(cluster_channel_isopen(ch, &b));
+    EXPECT(!b);
+    EXPECT_OK(cluster_channel_close(ch)); /* again: nothing */
+    cluster_channel *c2 = NULL;
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, 2, &c2));
+    EXPECT_OK(cluster_channel_put(c2, (const uint8_t *)&v[6], 4, 0));
+    EXPECT_OK(cluster_channel_put(c2, (const uint8_t *)&v[7], 4, 0));
+    EXPECT_OK(cluster_channel_close(c2));
+    EXPECT(take_i32(c2, 0, &st) == 6);
+    EXPECT(take_i32(c2, 0, &st) == 7);
+    EXPECT(take_i32(c2, 1000, &st) == INT32_MIN && st == CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT_OK(cluster_channel_free(c2));
+
+    /* Bind: to this process (it closes with it), to a process never seen. */
+    EXPECT_OK(cluster_channel_bind(ch, 1));
+    EXPECT_ST(cluster_channel_bind(ch, 77), CLUSTER_ERR_NO_SUCH_PROCESS);
+    cluster_future *bf = NULL;
+    REQUIRE_OK(cluster_channel_bind_async(ch, 1, &bf));
+    EXPECT_OK(cluster_future_wait(bf, 1000));
+    EXPECT_OK(cluster_future_free(bf));
+
+    /* Misuse. */
+    EXPECT_ST(cluster_channel_put(NULL, (const uint8_t *)&v[0], 4, 0), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_channel_put(ch, NULL, 4, 0), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_take(ch, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_take_async(ch, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_query(ch, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_state_decode(NULL, 0, &s), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_channel *bad = NULL;
+    EXPECT_ST(cluster_channel_new(g_ctx, -1, 1, &bad), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_new(NULL, 0, 1, &bad), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_channel_new(g_ctx, 0, 1, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_channel_new(g_ctx, 77, 1, &bad), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_channel_import(g_ctx, NULL, &bad), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_channel_ref r = {0, 1};
+    EXPECT_ST(cluster_channel_import(g_ctx, &r, &bad), CLUSTER_ERR_INVALID_ARGUMENT);
+    r.owner = 77;
+    EXPECT_ST(cluster_channel_import(g_ctx, &r, &bad), CLUSTER_ERR_NO_SUCH_PROCESS);
+    r.owner = 1;
+    r.id = 0x7fffffff;
+    EXPECT_ST(cluster_channel_import(g_ctx, &r, &bad), CLUSTER_ERR_INVALID_ARGUMENT); /* never made here */
+    cluster_future *notch = NULL;
+    REQUIRE_OK(cluster_channel_query_async(ch, &notch));
+    EXPECT_ST(cluster_channel_close((cluster_channel *)notch), CLUSTER_ERR_BAD_HANDLE); /* a future is no channel */
+    EXPECT_OK(cluster_future_free(notch));
+    EXPECT_OK(cluster_channel_free(ch));
+    EXPECT_ST(cluster_channel_free(ch), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_channel_close(ch), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_channel_free(NULL));
+    EXPECT(channel_count() == 0);
+
+    /* Unbounded: never waits. Unbuffered: a put waits for a taker. */
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, CLUSTER_CHANNEL_UNBOUNDED, &ch));
+    for (int32_t i = 0; i < 100; i++) EXPECT_OK(cluster_channel_put(ch, (const uint8_t *)&i, 4, 0));
+    EXPECT_OK(cluster_channel_query(ch, &s));
+    EXPECT(s.n_avail == 100 && s.capacity == CLUSTER_CHANNEL_UNBOUNDED);
+    EXPECT_OK(cluster_channel_free(ch)); /* its elements go with it */
+    EXPECT(channel_count() == 0);
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, 0, &ch));
+    REQUIRE_OK(cluster_channel_put_async(ch, (const uint8_t *)&v[7], 4, &pf));
+    EXPECT_OK(cluster_future_isready(pf, &b));
+    EXPECT(!b);
+    EXPECT_OK(cluster_channel_query(ch, &s));
+    EXPECT(s.n_avail == 1 && s.capacity == 0);
+    EXPECT_ST(cluster_channel_fetch(ch, 0, &out), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT(take_i32(ch, 1000, &st) == 7);
+    EXPECT_OK(cluster_future_wait(pf, 1000));
+    EXPECT_OK(cluster_future_free(pf));
+    EXPECT_OK(cluster_channel_free(ch));
+}
+
+static void case_channel(void) {
+    channel_local();
+    int32_t ids[4];
+    addprocs(4, ids);
+    cluster_status st;
+
+    /* 1. Kept by worker A (made without a round trip), filled by worker B,
+     *    taken here; room for 2 makes the producer wait. */
+    cluster_channel *ch = NULL;
+    REQUIRE_OK(cluster_channel_new(g_ctx, ids[0], 2, &ch));
+    struct ch_args a = ch_args_of(ch, 10, 0);
+    cluster_future *pf = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[1], "ch_produce", (const uint8_t *)&a, sizeof a, &pf));
+    cluster_channel_state s = {0, 0, false};
+    int64_t t0 = now_ms();
+    while (now_ms() - t0 < 5000 && EXPECT_OK(cluster_channel_query(ch, &s)) && s.n_avail < 2) sleep_ms(5);
+    EXPECT(s.n_avail == 2 && s.capacity == 2);
+    sleep_ms(100);
+    bool ready = true;
+    EXPECT_OK(cluster_future_isready(pf, &ready));
+    EXPECTF(!ready, "the producer went on with a full channel");
+    for (int32_t i = 0; i < 10; i++) {
+        int32_t got = take_i32(ch, 5000, &st);
+        EXPECTF(got == i, "took %d, expected %d (%s)", got, i, cluster_status_str(st));
+    }
+    struct ch_result r = ch_result_of(pf, 5000);
+    EXPECT(r.status == CLUSTER_OK && r.count == 10);
+    EXPECT_OK(cluster_future_free(pf));
+    /* Close across processes. */
+    int32_t x = 42;
+    EXPECT_OK(cluster_channel_put(ch, (const uint8_t *)&x, 4, 5000));
+    EXPECT_OK(cluster_channel_close(ch));
+    EXPECT_ST(cluster_channel_put(ch, (const uint8_t *)&x, 4, 5000), CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT(take_i32(ch, 5000, &st) == 42);
+    EXPECT(take_i32(ch, 5000, &st) == INT32_MIN && st == CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT_OK(cluster_channel_free(ch));
+    EXPECT(wait_channel_count(ids[0], 0, 3000));
+
+    /* 2. A producer killed while consumers wait: its bound channel closes,
+     *    here and on another worker, promptly, naming the producer. */
+    int32_t os_pid = fetch_i32(ids[0], "getpid", 0); /* before it is busy producing */
+    REQUIRE(os_pid > 1);
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, 4, &ch));
+    EXPECT_OK(cluster_channel_bind(ch, ids[0]));
+    a = ch_args_of(ch, -1, 1000);
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "ch_produce", (const uint8_t *)&a, sizeof a, &pf));
+    EXPECT(take_i32(ch, 5000, &st) == 0);
+    a = ch_args_of(ch, -1, 0);
+    cluster_future *cf = NULL, *hf = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[1], "ch_take", (const uint8_t *)&a, sizeof a, &cf));
+    REQUIRE_OK(cluster_channel_take_async(ch, &hf));
+    sleep_ms(200);
+    EXPECT_OK(cluster_future_isready(hf, &ready));
+    EXPECT(!ready);
+    REQUIRE(kill((pid_t)os_pid, SIGKILL) == 0);
+    t0 = now_ms();
+    EXPECT_ST(cluster_future_wait(hf, 3000), CLUSTER_ERR_CHANNEL_CLOSED);
+    int64_t took = now_ms() - t0;
+    EXPECTF(took < 1000, "the consumer waited %" PRId64 " ms after its producer died", took);
+    int32_t epid = 0;
+    const char *msg = NULL;
+    EXPECT_OK(cluster_future_error(hf, &epid, &msg));
+    EXPECTF(epid == ids[0], "closed-channel error names process %d", epid);
+    harness_logf("bound channel: \"%s\"", msg ? msg : "(null)");
+    EXPECT_OK(cluster_future_free(hf));
+    r = ch_result_of(cf, 3000);
+    EXPECTF(r.status == CLUSTER_ERR_CHANNEL_CLOSED && r.pid == ids[0], "worker consumer: %d (%s), pid %d", r.status,
+            cluster_status_str(r.status), r.pid);
+    EXPECT_OK(cluster_future_free(cf));
+    EXPECT_ST(cluster_future_wait(pf, 3000), CLUSTER_ERR_PROCESS_EXITED);
+    EXPECT_OK(cluster_future_free(pf));
+    EXPECT(take_i32(ch, 1000, &st) == INT32_MIN && st == CLUSTER_ERR_CHANNEL_CLOSED);
+    EXPECT_OK(cluster_channel_free(ch));
+    EXPECT(wait_channel_count(1, 0, 3000));
+
+    /* 3. The owner killed while takers wait: they fail with
+     *    PROCESS_EXITED naming it, here and on another worker. */
+    cluster_channel_ref ref;
+    memset(&ref, 0, sizeof ref);
+    int32_t cap = 1;
+    size_t n = 0;
+    REQUIRE_OK(call_within(ids[1], "ch_new", &cap, sizeof cap, &ref, sizeof ref, &n, 5000));
+    REQUIRE(n == sizeof ref && ref.owner == ids[1]);
+    cluster_channel *och = NULL;
+    REQUIRE_OK(cluster_channel_import(g_ctx, &ref, &och));
+    int32_t pid = 0;
+    EXPECT_OK(cluster_channel_pid(och, &pid));
+    EXPECT(pid == ids[1]);
+    REQUIRE_OK(cluster_channel_take_async(och, &hf));
+    a = ch_args_of(och, -1, 0); /* an imported reference exported again: a round trip */
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[2], "ch_take", (const uint8_t *)&a, sizeof a, &cf));
+    sleep_ms(200);
+    os_pid = fetch_i32(ids[1], "getpid", 0);
+    REQUIRE(os_pid > 1);
+    REQUIRE(kill((pid_t)os_pid, SIGKILL) == 0);
+    t0 = now_ms();
+    EXPECT_ST(cluster_future_wait(hf, 3000), CLUSTER_ERR_PROCESS_EXITED);
+    took = now_ms() - t0;
+    EXPECTF(took < 1000, "the taker waited %" PRId64 " ms after the owner died", took);
+    EXPECT_OK(cluster_future_error(hf, &epid, &msg));
+    EXPECT(epid == ids[1]);
+    EXPECT_OK(cluster_future_free(hf));
+    r = ch_result_of(cf, 3000);
+    EXPECTF(r.status == CLUSTER_ERR_PROCESS_EXITED && r.pid == ids[1], "worker taker: %d (%s), pid %d", r.status,
+            cluster_status_str(r.status), r.pid);
+    EXPECT_OK(cluster_future_free(cf));
+    EXPECT(take_i32(och, 1000, &st) == INT32_MIN && st == CLUSTER_ERR_PROCESS_EXITED);
+    EXPECT(cluster_last_error_pid() == ids[1]);
+    EXPECT_OK(cluster_channel_free(och));
+
+    /* 4. A reference forwarded to a third process (head -> C -> D) and
+     *    freed: the owner keeps nothing afterwards. A holder that dies
+     *    releases what it held. */
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, 1, &ch));
+    EXPECT(channel_count() == 1);
+    a = ch_args_of(ch, ids[3], 0);
+    r.status = -1;
+    n = 0;
+    EXPECT_OK(call_within(ids[2], "ch_forward", &a, sizeof a, &r, sizeof r, &n, 5000));
+    EXPECT(n == sizeof r && r.status == CLUSTER_OK);
+    EXPECT_OK(cluster_channel_free(ch));
+    sleep_ms(100);
+    EXPECTF(channel_count() == 1, "worker %d holds the forwarded reference", ids[3]);
+    EXPECT_OK(call_within(ids[3], "ch_release", NULL, 0, NULL, 0, NULL, 5000));
+    EXPECT(wait_channel_count(1, 0, 3000));
+    REQUIRE_OK(cluster_channel_new(g_ctx, 0, 1, &ch));
+    a = ch_args_of(ch, 0, 0);
+    EXPECT_OK(call_within(ids[3], "ch_hold", &a, sizeof a, NULL, 0, NULL, 5000));
+    EXPECT_OK(cluster_channel_free(ch));
+    sleep_ms(100);
+    EXPECT(channel_count() == 1);
+    os_pid = fetch_i32(ids[3], "getpid", 0);
+    REQUIRE(os_pid > 1);
+    REQUIRE(kill((pid_t)os_pid, SIGKILL) == 0);
+    EXPECTF(wait_channel_count(1, 0, 3000), "a dead holder kept its reference");
+    shutdown_all();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 struct test_case {
@@ -1492,6 +1993,7 @@ static const struct test_case cases[] = {
     {"async", case_async, CLUSTER_DISPATCH_THREADS},
     {"async_host", case_async_host, CLUSTER_DISPATCH_HOST},
     {"close", case_close, CLUSTER_DISPATCH_THREADS},
+    {"channel", case_channel, CLUSTER_DISPATCH_THREADS},
 };
 
 int main(int argc, char **argv) {

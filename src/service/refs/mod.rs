@@ -1,7 +1,7 @@
 //! References to futures: a future's value kept by its owner for as long
 //! as any reference to it is in flight or held. The owner counts, per
 //! holder process, the references it holds, so a holder that dies
-//! releases what it held.
+//! releases what it held (`service::holders`, shared with channels).
 //!
 //! Protocol: the exporter adds an in-flight count (ADD_REF, a round trip
 //! when it is not the owner); the importer claims it (ADD_CLIENT: in
@@ -14,10 +14,10 @@ use crate::net::Job;
 use crate::node::service::unknown_op;
 use crate::node::{Departure, Future, FutureRef, Incoming, Node, Service};
 use crate::node::slot::Slot;
+use crate::service::holders::{Holders, Housekeeper};
 use crate::wire::{self, ServiceId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,43 +33,29 @@ pub(crate) mod op {
 /// A value this process keeps for references to it.
 struct Owned {
     slot: Arc<Slot>,
-    in_transit: u64,
-    holders: HashMap<u32, u64>,
-}
-
-impl Owned {
-    fn unreferenced(&self) -> bool {
-        self.in_transit == 0 && self.holders.is_empty()
-    }
-}
-
-/// Messages that must not block their sender (finalizers, imports): one
-/// thread sends them, in order.
-enum Housekeeping {
-    Send { owner: u32, op: u16, id: u64 },
+    refs: Holders,
 }
 
 pub struct Refs {
     owned: Mutex<HashMap<u64, Owned>>,
-    housekeeping: Mutex<Option<mpsc::Sender<Housekeeping>>>,
+    /// Messages that must not block their sender (finalizers, imports).
+    housekeeping: Housekeeper,
 }
 
 impl Refs {
     pub fn new() -> Arc<Refs> {
-        Arc::new(Refs { owned: Mutex::new(HashMap::new()), housekeeping: Mutex::new(None) })
+        Arc::new(Refs { owned: Mutex::new(HashMap::new()), housekeeping: Housekeeper::new("cluster-refs", ID) })
     }
 
-    fn defer(&self, owner: u32, op: u16, id: u64) {
-        if let Some(tx) = self.housekeeping.lock().as_ref() {
-            let _ = tx.send(Housekeeping::Send { owner, op, id });
-        }
+    fn defer(&self, node: &Arc<Node>, owner: u32, op: u16, id: u64) {
+        self.housekeeping.send(node, owner, op, wire::encode_meta(&id), Vec::new());
     }
 
     /// An exported reference is on its way to some process.
     fn add_transit(&self, id: u64) -> bool {
         match self.owned.lock().get_mut(&id) {
             Some(e) => {
-                e.in_transit += 1;
+                e.refs.add_transit();
                 true
             }
             None => false,
@@ -80,21 +66,15 @@ impl Refs {
     fn claim(&self, id: u64, holder: u32) -> Option<Arc<Slot>> {
         let mut owned = self.owned.lock();
         let e = owned.get_mut(&id)?;
-        e.in_transit = e.in_transit.saturating_sub(1);
-        *e.holders.entry(holder).or_insert(0) += 1;
+        e.refs.claim(holder);
         Some(e.slot.clone())
     }
 
     fn release(&self, id: u64, holder: u32) {
         let mut owned = self.owned.lock();
         if let Some(e) = owned.get_mut(&id) {
-            if let Some(n) = e.holders.get_mut(&holder) {
-                *n -= 1;
-                if *n == 0 {
-                    e.holders.remove(&holder);
-                }
-            }
-            if e.unreferenced() {
+            e.refs.release(holder);
+            if e.refs.unreferenced() {
                 owned.remove(&id);
             }
         }
@@ -148,32 +128,19 @@ impl Service for Refs {
     }
 
     fn on_start(&self, node: &Arc<Node>) -> Result<()> {
-        let (tx, rx) = mpsc::channel::<Housekeeping>();
-        *self.housekeeping.lock() = Some(tx);
-        let weak = Arc::downgrade(node);
-        std::thread::Builder::new()
-            .name("cluster-refs".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                while let Ok(Housekeeping::Send { owner, op, id }) = rx.recv() {
-                    let Some(node) = weak.upgrade() else { return };
-                    let _ = node.send_oneway_nowait(owner, ID, op, &wire::encode_meta(&id), &[]);
-                }
-            })
-            .map_err(|e| Error::io("spawn", e))?;
-        Ok(())
+        self.housekeeping.start(node)
     }
 
     /// A process died: the references it held are gone with it.
     fn on_peer_left(&self, _node: &Arc<Node>, pid: u32, _how: Departure) {
         self.owned.lock().retain(|_, e| {
-            e.holders.remove(&pid);
-            !e.unreferenced()
+            e.refs.drop_holder(pid);
+            !e.refs.unreferenced()
         });
     }
 
     fn on_close(&self, _node: &Node) {
-        *self.housekeeping.lock() = None;
+        self.housekeeping.stop();
     }
 }
 
@@ -224,8 +191,8 @@ impl FutureExt for Future {
         match self.source() {
             None => {
                 let mut owned = r.owned.lock();
-                let e = owned.entry(self.id()).or_insert_with(|| Owned { slot: self.slot.clone(), in_transit: 0, holders: HashMap::new() });
-                e.in_transit += 1;
+                let e = owned.entry(self.id()).or_insert_with(|| Owned { slot: self.slot.clone(), refs: Holders::default() });
+                e.refs.add_transit();
                 Ok(FutureRef { owner: node.myid(), id: self.id() })
             }
             Some(src) => {
@@ -270,12 +237,13 @@ impl RefsExt for Arc<Node> {
         if self.peer(r.owner).is_none() {
             return Err(self.unknown_process(r.owner));
         }
-        refs.defer(r.owner, op::ADD_CLIENT, r.id);
+        refs.defer(self, r.owner, op::ADD_CLIENT, r.id);
         let weak = Arc::downgrade(&refs);
+        let node = Arc::downgrade(self);
         let f = self.lazy_request(r.owner, ID, op::FETCH_REF, wire::encode_meta(&r.id));
         Ok(f.with_source(r).on_drop(move || {
-            if let Some(refs) = weak.upgrade() {
-                refs.defer(r.owner, op::DEL_REF, r.id);
+            if let (Some(refs), Some(node)) = (weak.upgrade(), node.upgrade()) {
+                refs.defer(&node, r.owner, op::DEL_REF, r.id);
             }
         }))
     }
