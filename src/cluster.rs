@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::launch;
 use crate::node::{Config, Node};
 use crate::service::control::{Control, Role};
+use crate::service::pool::Pools;
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ impl Cluster {
         node.install(Control::new(role))?;
         node.install(rpc)?;
         node.install(Refs::new())?;
+        node.install(Pools::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

@@ -37,6 +37,7 @@ pub use service::rpc::{Call, Handler, ANY_WORKER};
 /// The services' operations on a node: `use cluster::prelude::*`.
 pub mod prelude {
     pub use crate::service::control::ControlExt;
+    pub use crate::service::pool::PoolExt;
     pub use crate::service::refs::{FutureExt, RefsExt};
     pub use crate::service::rpc::RpcExt;
 }

@@ -6,7 +6,10 @@
 //! | 1  | control  | join, ready, membership, shutdown; addprocs/rmprocs |
 //! | 2  | rpc      | functions by name, remote calls, interrupts         |
 //! | 3  | refs     | futures passed between processes                    |
+//! | 5  | pool     | worker pools, pmap, @distributed, PTools' WorkerSet |
+//! |    |          | and queued tasks (host info on the wire)            |
 
 pub mod control;
+pub mod pool;
 pub mod refs;
 pub mod rpc;
