@@ -25,6 +25,11 @@ pub(crate) enum Kind {
     Future = 2,
     Call = 3,
     Buffer = 4,
+    // Work distribution (kinds 16 and up, clear of other services' objects).
+    Pool = 16,
+    Pmap = 17,
+    WorkerSet = 18,
+    TaskQueue = 19,
 }
 
 impl Kind {
@@ -34,6 +39,10 @@ impl Kind {
             Kind::Future => "cluster_future",
             Kind::Call => "cluster_call",
             Kind::Buffer => "cluster_buffer",
+            Kind::Pool => "cluster_pool",
+            Kind::Pmap => "cluster_pmap",
+            Kind::WorkerSet => "cluster_workerset",
+            Kind::TaskQueue => "cluster_taskqueue",
         }
     }
 }

@@ -16,6 +16,11 @@
 //! - `future`: `cluster_future` and `cluster_future_ref`.
 //! - `call`: `cluster_call`, an incoming call, and the handler trampoline.
 //! - `buffer`: `cluster_buffer`.
+//! - `pool`: `cluster_pool`, a worker pool (Distributed's `WorkerPool`).
+//! - `pmap`: `cluster_pmap`, a parallel map or `@distributed` loop under
+//!   way, `cluster_splitrange`.
+//! - `workerset`: `cluster_workerset` (PTools' `WorkerSet`).
+//! - `taskqueue`: `cluster_taskqueue` (PTools' queued tasks).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -38,6 +43,10 @@ mod ctx;
 mod future;
 mod call;
 mod buffer;
+mod pool;
+mod pmap;
+mod workerset;
+mod taskqueue;
 
 #[cfg(test)]
 mod header_checks;
@@ -47,6 +56,10 @@ pub use call::*;
 pub use config::*;
 pub use ctx::*;
 pub use future::*;
+pub use pmap::*;
+pub use pool::*;
+pub use taskqueue::*;
+pub use workerset::*;
 pub use status::*;
 pub use types::*;
 

@@ -74,7 +74,12 @@ pub struct PmapOptions {
     /// thread completing elements (inside `poll` in host mode).
     pub progress: Option<ProgressFn>,
     pub progress_interval: Duration,
-    /// Calls in flight to one worker at a time (1: Distributed's).
+    /// Calls in flight to one worker at a time. Distributed has 1: a
+    /// worker then idles for a round trip between elements. The default, 2,
+    /// keeps the next element waiting at the worker while it runs one (as
+    /// a worker of Python's `multiprocessing.Pool` finds its next task in
+    /// its pipe), at the cost of at most one element per worker held back
+    /// from a worker that frees up sooner.
     pub max_in_flight: usize,
 }
 
@@ -87,7 +92,7 @@ impl Default for PmapOptions {
             retry_check: None,
             progress: None,
             progress_interval: Duration::from_millis(100),
-            max_in_flight: 1,
+            max_in_flight: 2,
         }
     }
 }
