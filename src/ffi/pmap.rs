@@ -59,7 +59,9 @@ pub type cluster_retry_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, index: usize, attempt: u32, status: i32, pid: i32, message: *const c_char) -> bool>;
 
 /// How `cluster_pmap_async` maps. Fill with `cluster_pmap_options_init`,
-/// then change fields.
+/// then change fields. Its callbacks never start once the map's future has
+/// completed (its end, or `cluster_pmap_cancel` followed by a wait): their
+/// `user_data` may then be freed.
 #[repr(C)]
 pub struct cluster_pmap_options {
     /// `sizeof(cluster_pmap_options)`, set by `cluster_pmap_options_init`.

@@ -408,18 +408,22 @@ pub unsafe extern "C" fn cluster_taskqueue_length(tq: *mut cluster_taskqueue, qu
 }
 
 /// Releases a task queue and drops the tasks still queued: their futures
-/// fail with CLUSTER_ERR_SHUTDOWN; tasks running finish on their workers
-/// without their callbacks. NULL is accepted.
+/// fail with CLUSTER_ERR_SHUTDOWN; tasks running finish on their workers.
+/// No result callback of the queue runs once it returns: their
+/// `user_data` may be freed. NULL is accepted.
 ///
 /// Ownership: the handle is gone after the call.
-/// Blocking: no.
-/// Threads: any, once per handle.
+/// Blocking: only while a callback of the queue runs on another thread.
+/// Threads: any, once per handle; not from the queue's own callback.
 #[no_mangle]
 pub extern "C" fn cluster_taskqueue_free(tq: *mut cluster_taskqueue) -> cluster_status {
     ffi!({
         if tq.is_null() {
             return Ok(());
         }
-        tq.remove()
+        let q = tq.object()?;
+        tq.remove()?;
+        q.silence();
+        Ok(())
     })
 }

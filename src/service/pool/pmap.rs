@@ -25,6 +25,7 @@ use crate::node::{Future, Node, Promise};
 use crate::service::rpc::{batch, RpcExt};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -71,7 +72,9 @@ pub struct PmapOptions {
     pub retry_check: Option<RetryCheck>,
     /// Told of completed elements at most every `progress_interval`, and
     /// once at the end, before the map's future completes. Runs on the
-    /// thread completing elements (inside `poll` in host mode).
+    /// thread completing elements (inside `poll` in host mode). Neither
+    /// callback runs once the map's future has completed (the map's end
+    /// waits for one running): they must not wait for the map.
     pub progress: Option<ProgressFn>,
     pub progress_interval: Duration,
     /// Calls in flight to one worker at a time. Distributed has 1: a
@@ -275,6 +278,11 @@ struct Engine {
     owner: u64,
     slot: Arc<Slot>,
     promise: Mutex<Option<Promise>>,
+    /// Set just before the map's future completes: no callback of the map
+    /// starts afterwards.
+    ended: AtomicBool,
+    /// Held while a callback runs, so the map's end waits for it.
+    cb: Mutex<()>,
     mailbox: Mailbox<Ev>,
     st: Mutex<St>,
 }
@@ -332,6 +340,8 @@ impl Pmap {
             owner: new_owner(),
             slot: fut.slot.clone(),
             promise: Mutex::new(Some(promise)),
+            ended: AtomicBool::new(false),
+            cb: Mutex::new(()),
             mailbox: Mailbox::default(),
             st: Mutex::new(st),
         });
@@ -697,7 +707,10 @@ impl Engine {
                 let me = self.clone();
                 let check = self.opts.retry_check.clone().expect("a retry check");
                 let task = Box::new(move || {
-                    let retry = check(&Retry { index: i as usize, attempt, error: &error });
+                    let retry = {
+                        let _g = me.cb.lock();
+                        !me.ended.load(Ordering::Acquire) && check(&Retry { index: i as usize, attempt, error: &error })
+                    };
                     me.post(Ev::Decided { index: i, retry, error });
                 });
                 if let Some(t) = self.node.to_host(task) {
@@ -706,11 +719,21 @@ impl Engine {
             }
             Act::Progress(p) => {
                 let f = self.opts.progress.clone().expect("a progress callback");
-                if let Some(t) = self.node.to_host(Box::new(move || f(p))) {
+                let me = self.clone();
+                let task = Box::new(move || {
+                    let _g = me.cb.lock();
+                    if !me.ended.load(Ordering::Acquire) {
+                        f(p)
+                    }
+                });
+                if let Some(t) = self.node.to_host(task) {
                     t();
                 }
             }
             Act::Complete(r) => {
+                self.ended.store(true, Ordering::Release);
+                // A callback running on another thread (the host's) ends first.
+                drop(self.cb.lock());
                 if let Some(p) = self.promise.lock().take() {
                     p.complete(r.map(|_| Vec::new()));
                 }
@@ -815,7 +838,8 @@ mod tests {
     #[test]
     fn without_on_error_the_first_failure_ends_the_map() {
         let n = node();
-        let m = n.pmap(None, "sq", items(20), PmapOptions::default()).unwrap();
+        // One call at a time: the first failure is element 4's.
+        let m = n.pmap(None, "sq", items(20), PmapOptions { max_in_flight: 1, ..PmapOptions::default() }).unwrap();
         let e = m.wait(Some(Duration::from_secs(20))).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Remote);
         assert!(e.message.contains("element 4") && e.message.contains("unlucky"), "{e}");

@@ -162,6 +162,8 @@ pub struct TaskQueue {
     mailbox: Mailbox<Ev>,
     weak: Weak<TaskQueue>,
     prepared: AtomicUsize,
+    /// Held while a callback runs; `Some(())` until `silence`.
+    cb: Mutex<bool>,
 }
 
 fn now_secs() -> f64 {
@@ -242,6 +244,7 @@ impl TaskQueue {
             mailbox: Mailbox::default(),
             weak: w.clone(),
             prepared: AtomicUsize::new(0),
+            cb: Mutex::new(true),
         })
     }
 
@@ -544,6 +547,12 @@ impl TaskQueue {
         self.len() == 0
     }
 
+    /// No result callback runs once this returns (one running on another
+    /// thread is waited for); tasks still run, their futures complete.
+    pub fn silence(&self) {
+        *self.cb.lock() = false;
+    }
+
     pub(crate) fn membership_changed(&self) {
         self.post(Ev::Kick);
     }
@@ -694,9 +703,15 @@ impl TaskQueue {
                     }
                 }
                 Act::Callback(cb, id, pid, outcome) => {
+                    let weak = self.weak.clone();
                     let task = Box::new(move || {
-                        let o = outcome.as_ref().map(|v| &v[..]);
-                        cb(&TaskDone { id, pid, outcome: o });
+                        let Some(q) = weak.upgrade() else { return };
+                        let on = q.cb.lock();
+                        if *on {
+                            let o = outcome.as_ref().map(|v| &v[..]);
+                            cb(&TaskDone { id, pid, outcome: o });
+                        }
+                        drop(on);
                     });
                     match &node {
                         Some(n) => {
