@@ -371,6 +371,20 @@ static int32_t h_sleep_whoami(void *ud, cluster_call *call) {
     return reply_i32(call, id);
 }
 
+/* Sleeps args ms; replies {this process's id, start, end} (monotonic ms,
+ * the same clock in every process of the machine). */
+static int32_t h_sleep_stamp(void *ud, cluster_call *call) {
+    (void)ud;
+    int64_t r[3];
+    int32_t id = 0;
+    cluster_myid(g_ctx, &id);
+    r[0] = id;
+    r[1] = now_ms();
+    sleep_ms(arg_i32(call));
+    r[2] = now_ms();
+    return cluster_call_reply(call, (const uint8_t *)r, sizeof r);
+}
+
 /* (lo, hi) as int64s -> their sum, as an int64. */
 static int32_t h_range_sum(void *ud, cluster_call *call) {
     (void)ud;
@@ -417,6 +431,7 @@ static void register_all(cluster_ctx *ctx) {
         {"noop", h_noop, NULL},
         {"sleep_whoami", h_sleep_whoami, NULL},
         {"range_sum", h_range_sum, NULL},
+        {"sleep_stamp", h_sleep_stamp, NULL},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         REQUIRE_OK(cluster_register(ctx, table[i].name, table[i].fn, table[i].ud));
@@ -1846,31 +1861,27 @@ static void case_workerset(void) {
             EXPECTF(payload_i32(d, n) == ids[3 + i % 4], "call %d ran on %d", i, payload_i32(d, n));
         cluster_future_free(fs[i]);
     }
-    /* Under load: 16 calls of 60 ms on 4 workers. Each worker runs 4; the
-     * queued calls start in FIFO order, so call i+4 ends a run after call i. */
+    /* Under load: 16 calls of 60 ms on 4 workers. Each worker runs 4; a
+     * queued call starts only once a worker has finished one (call i >= 4
+     * after at least i - 3 ends), and in FIFO order. */
     int32_t sixty = 60;
-    int64_t t0 = now_ms(), done_at[16] = {0};
-    for (int i = 0; i < 16; i++) REQUIRE_OK(cluster_workerset_remotecall(ff, "sleep_whoami", (const uint8_t *)&sixty, 4, &fs[i]));
-    for (int left = 16; left > 0 && now_ms() - t0 < 10000;) {
-        for (int i = 0; i < 16; i++) {
-            bool r = false;
-            if (done_at[i] == 0 && cluster_future_isready(fs[i], &r) == CLUSTER_OK && r) {
-                done_at[i] = now_ms() - t0;
-                left--;
-            }
-        }
-        sleep_ms(1);
-    }
+    for (int i = 0; i < 16; i++) REQUIRE_OK(cluster_workerset_remotecall(ff, "sleep_stamp", (const uint8_t *)&sixty, 4, &fs[i]));
+    int64_t st[16][3] = {{0}};
     int runs[16] = {0};
     for (int i = 0; i < 16; i++) {
         const uint8_t *d;
         size_t n;
-        if (EXPECT_OK(cluster_future_fetch(fs[i], 0, &d, &n))) {
-            int32_t w = payload_i32(d, n);
-            if (w >= 0 && w < 16) runs[w]++;
+        if (EXPECT_OK(cluster_future_fetch(fs[i], 10000, &d, &n)) && n == sizeof st[i]) {
+            memcpy(st[i], d, n);
+            if (st[i][0] >= 0 && st[i][0] < 16) runs[st[i][0]]++;
         }
-        if (i >= 4) EXPECTF(done_at[i] >= done_at[i - 4] + 40, "call %d done at %" PRId64 " ms, call %d at %" PRId64, i, done_at[i], i - 4, done_at[i - 4]);
         cluster_future_free(fs[i]);
+    }
+    for (int i = 4; i < 16; i++) {
+        int ended = 0;
+        for (int j = 0; j < 16; j++) ended += st[j][2] <= st[i][1];
+        EXPECTF(ended >= i - 3, "call %d started at %" PRId64 " ms with %d calls ended", i, st[i][1], ended);
+        EXPECTF(st[i][1] + 5 >= st[i - 1][1], "call %d started before call %d", i, i - 1);
     }
     for (int i = 3; i < 7; i++) EXPECTF(runs[ids[i]] == 4, "worker %d ran %d calls", ids[i], runs[ids[i]]);
     /* A failed call gives its worker back: four calls still find four workers. */
