@@ -679,7 +679,9 @@ typedef void (*cluster_progress_fn)(void *user_data, size_t done, size_t failed,
 
 /**
  * How `cluster_pmap_async` maps. Fill with `cluster_pmap_options_init`,
- * then change fields.
+ * then change fields. Its callbacks never start once the map's future has
+ * completed (its end, or `cluster_pmap_cancel` followed by a wait): their
+ * `user_data` may then be freed.
  */
 typedef struct {
   /**
@@ -2166,12 +2168,13 @@ cluster_status cluster_taskqueue_length(cluster_taskqueue *tq, size_t *queued, s
 
 /**
  * Releases a task queue and drops the tasks still queued: their futures
- * fail with CLUSTER_ERR_SHUTDOWN; tasks running finish on their workers
- * without their callbacks. NULL is accepted.
+ * fail with CLUSTER_ERR_SHUTDOWN; tasks running finish on their workers.
+ * No result callback of the queue runs once it returns: their
+ * `user_data` may be freed. NULL is accepted.
  *
  * Ownership: the handle is gone after the call.
- * Blocking: no.
- * Threads: any, once per handle.
+ * Blocking: only while a callback of the queue runs on another thread.
+ * Threads: any, once per handle; not from the queue's own callback.
  */
 cluster_status cluster_taskqueue_free(cluster_taskqueue *tq);
 
