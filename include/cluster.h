@@ -720,8 +720,10 @@ typedef struct {
    */
   uint32_t progress_interval_ms;
   /**
-   * Calls in flight to one worker at once. Default 2 (the next element
-   * waits at the worker while it runs one); 1 is Distributed's.
+   * The most calls in flight to one worker at once. Default 16. Up to it
+   * a map keeps 2 (the next element waits at the worker while it runs
+   * one), more for short elements: as many as keep about 250 us of
+   * work queued at the worker. 1 is Distributed's.
    */
   uint32_t max_in_flight;
 } cluster_pmap_options;

@@ -1144,8 +1144,9 @@ struct PmapOptions {
     /// progress_interval_ms and once at the end; same threads as retry_check.
     std::function<void(std::size_t, std::size_t, std::size_t)> progress;
     std::uint32_t progress_interval_ms = 100;
-    /// Calls in flight per worker (1: Distributed's).
-    std::uint32_t max_in_flight = 2;
+    /// The most calls in flight per worker (1: Distributed's); see
+    /// cluster_pmap_options.max_in_flight.
+    std::uint32_t max_in_flight = 16;
 };
 
 namespace detail {

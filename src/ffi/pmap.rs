@@ -85,8 +85,10 @@ pub struct cluster_pmap_options {
     pub progress_user_data: *mut c_void,
     /// Least time between progress reports. Default 100.
     pub progress_interval_ms: u32,
-    /// Calls in flight to one worker at once. Default 2 (the next element
-    /// waits at the worker while it runs one); 1 is Distributed's.
+    /// The most calls in flight to one worker at once. Default 16. Up to it
+    /// a map keeps 2 (the next element waits at the worker while it runs
+    /// one), more for short elements: as many as keep about 250 us of
+    /// work queued at the worker. 1 is Distributed's.
     pub max_in_flight: u32,
 }
 

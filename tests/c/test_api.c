@@ -1386,7 +1386,7 @@ static void case_pools(void) {
     }
     cluster_pmap_options o;
     REQUIRE_OK(cluster_pmap_options_init(&o));
-    EXPECT(o.batch_size == 1 && o.max_in_flight == 2 && !o.on_error && o.retries == 0);
+    EXPECT(o.batch_size == 1 && o.max_in_flight == 16 && !o.on_error && o.retries == 0);
     o.on_error = true;
     o.progress = on_progress;
     o.progress_user_data = (void *)&g_prog_calls;

@@ -20,6 +20,7 @@
 
 mod mailbox;
 pub mod pmap;
+#[allow(clippy::module_inception)]
 pub mod pool;
 pub mod split;
 pub mod tasks;
@@ -182,6 +183,7 @@ pub trait PoolExt {
     /// results a reducer combines. `chunk == 0`: Distributed's static
     /// split, one chunk per worker (`splitrange`); else chunks of that
     /// many elements handed out as workers finish.
+    #[allow(clippy::too_many_arguments)]
     fn distributed(&self, pool: Option<&Arc<WorkerPool>>, name: &str, first: i64, last: i64, chunk: usize, args: &[u8], opts: PmapOptions) -> Result<Pmap>;
     /// PTools' `WorkerSet(pids, mode)`.
     fn worker_set(&self, pids: &[u32], mode: WsMode) -> Result<Arc<WorkerSet>>;

@@ -77,12 +77,13 @@ pub struct PmapOptions {
     /// waits for one running): they must not wait for the map.
     pub progress: Option<ProgressFn>,
     pub progress_interval: Duration,
-    /// Calls in flight to one worker at a time. Distributed has 1: a
-    /// worker then idles for a round trip between elements. The default, 2,
-    /// keeps the next element waiting at the worker while it runs one (as
-    /// a worker of Python's `multiprocessing.Pool` finds its next task in
-    /// its pipe), at the cost of at most one element per worker held back
-    /// from a worker that frees up sooner.
+    /// The most calls in flight to one worker at a time. Distributed has 1:
+    /// a worker then idles for a round trip between elements. Up to this
+    /// bound a map keeps 2 (the next element waits at the worker while it
+    /// runs one, as a worker of Python's `multiprocessing.Pool` finds its
+    /// next task in its pipe), and more for short elements: as many as keep
+    /// about 250 us of work queued there, by the cost measured for that
+    /// worker. Default 16.
     pub max_in_flight: usize,
 }
 
@@ -95,7 +96,7 @@ impl Default for PmapOptions {
             retry_check: None,
             progress: None,
             progress_interval: Duration::from_millis(100),
-            max_in_flight: 2,
+            max_in_flight: 16,
         }
     }
 }
@@ -149,6 +150,11 @@ enum Out {
     Small(Arc<[u8]>),
     Shared(Arc<Slot>, usize, usize),
 }
+
+/// How much work (by its measured cost) may wait at a worker behind the
+/// call it runs: enough to cover a round trip for short elements, while a
+/// long element never waits at a busy worker when another frees up.
+const QUEUED_WORK: Duration = Duration::from_micros(250);
 
 /// Values up to this size are copied out of their reply, so the reply
 /// (and its slot) can go.
@@ -238,6 +244,10 @@ enum Act {
 struct Lease {
     pid: u32,
     in_flight: usize,
+    /// The time one call keeps the worker busy (a moving average, 0 until
+    /// measured), from the gaps between completions while it had more.
+    busy_ns: f64,
+    last_done: Option<Instant>,
     /// Another taker waits on the pool: no more calls, back when idle.
     yielding: bool,
     /// Its process died: no more calls.
@@ -263,6 +273,8 @@ struct St {
     done: usize,
     failed: usize,
     stopped: bool,
+    /// What ended the map, until its future has it.
+    error: Option<Error>,
     completed: bool,
     last_progress: Instant,
     reported: usize,
@@ -326,6 +338,7 @@ impl Pmap {
             done: 0,
             failed: 0,
             stopped: false,
+            error: None,
             completed: false,
             last_progress: Instant::now(),
             reported: usize::MAX,
@@ -475,7 +488,7 @@ impl Engine {
                     // Ours already (the pool had it as free): keep it.
                     st.saturated = true;
                 } else if self.has_work(st) {
-                    st.leases.push(Lease { pid, in_flight: 0, yielding: false, dead: false });
+                    st.leases.push(Lease { pid, in_flight: 0, busy_ns: 0.0, last_done: None, yielding: false, dead: false });
                 } else {
                     acts.push(Act::Put(pid));
                 }
@@ -537,6 +550,14 @@ impl Engine {
                     }
                 }
                 if let Some(l) = st.leases.iter_mut().find(|l| l.pid == pid) {
+                    let now = Instant::now();
+                    if let (Some(prev), true) = (l.last_done, l.in_flight >= 2) {
+                        // Busy all along since the last completion: the gap is
+                        // what one call costs the worker.
+                        let gap = now.duration_since(prev).as_nanos() as f64;
+                        l.busy_ns = if l.busy_ns == 0.0 { gap } else { 0.75 * l.busy_ns + 0.25 * gap };
+                    }
+                    l.last_done = Some(now);
                     l.in_flight -= 1;
                     l.dead |= died;
                     l.yielding |= yielding;
@@ -558,11 +579,20 @@ impl Engine {
                 if retry {
                     self.schedule_retry(st, index, acts);
                 } else {
-                    self.give_up(st, index, error, acts);
+                    self.give_up(st, index, error);
                 }
             }
-            Ev::Stop(e) => self.halt(st, e, acts),
+            Ev::Stop(e) => self.halt(st, e),
         }
+    }
+
+    /// Calls in flight `l` may have: enough to keep its worker busy across a
+    /// round trip while at most `QUEUED_WORK` of calls wait there, at
+    /// least 2 (one running, the next waiting) and at most `max_in_flight`.
+    fn depth(&self, l: &Lease) -> usize {
+        let max = self.opts.max_in_flight;
+        let want = if l.busy_ns > 0.0 { 1 + (QUEUED_WORK.as_nanos() as f64 / l.busy_ns) as usize } else { 2 };
+        want.clamp(2.min(max), max)
     }
 
     fn succeed(&self, st: &mut St, i: usize, v: Output) {
@@ -588,7 +618,7 @@ impl Engine {
                 self.schedule_retry(st, i, acts);
             }
         } else {
-            self.give_up(st, i, e, acts);
+            self.give_up(st, i, e);
         }
     }
 
@@ -603,7 +633,7 @@ impl Engine {
         acts.push(Act::After(delay, i));
     }
 
-    fn give_up(&self, st: &mut St, i: u32, e: Error, acts: &mut Vec<Act>) {
+    fn give_up(&self, st: &mut St, i: u32, e: Error) {
         if st.stopped {
             return;
         }
@@ -616,30 +646,29 @@ impl Engine {
                 0 => format!("pmap: element {} failed: {}", i + 1, e.message),
                 p => format!("pmap: element {} failed on process {p}: {}", i + 1, e.message),
             };
-            self.halt(st, Error::at(e.kind, e.pid, msg), acts);
+            self.halt(st, Error::at(e.kind, e.pid, msg));
         }
     }
 
     /// Ends the map with `e`: nothing more is sent; calls under way finish
     /// and their workers go back to the pool.
-    fn halt(&self, st: &mut St, e: Error, acts: &mut Vec<Act>) {
+    fn halt(&self, st: &mut St, e: Error) {
         if st.stopped || st.completed {
             return;
         }
         st.stopped = true;
         st.retry_q.clear();
-        st.completed = true;
-        acts.push(Act::Complete(Err(e)));
+        // Completed at the end of this dispatch, after idle workers went back.
+        st.error = Some(e);
     }
 
     /// Feeds the leased workers, asks the pool for more while there is
     /// work for them, returns idle ones, and completes the map at its end.
     fn dispatch(&self, st: &mut St, acts: &mut Vec<Act>) {
-        let depth = self.opts.max_in_flight;
         let mut i = 0;
         while i < st.leases.len() {
             let l = &st.leases[i];
-            if !l.dead && !l.yielding && l.in_flight < depth {
+            if !l.dead && !l.yielding && l.in_flight < self.depth(l) {
                 if let Some(c) = self.next_chunk(st) {
                     let l = &mut st.leases[i];
                     l.in_flight += 1;
@@ -680,6 +709,10 @@ impl Engine {
         if finished && !st.completed {
             st.completed = true;
             acts.push(Act::Complete(Ok(())));
+        }
+        if let Some(e) = st.error.take() {
+            st.completed = true;
+            acts.push(Act::Complete(Err(e)));
         }
     }
 

@@ -453,7 +453,9 @@ mod tests {
         n
     }
 
-    fn grab(p: &WorkerPool, log: &Arc<Mutex<Vec<(u64, Result<u32>)>>>, owner: u64) {
+    type Log = Arc<Mutex<Vec<(u64, Result<u32>)>>>;
+
+    fn grab(p: &WorkerPool, log: &Log, owner: u64) {
         let l = log.clone();
         p.take_with(owner, Box::new(move |r| l.lock().push((owner, r))));
     }

@@ -649,10 +649,9 @@ impl TaskQueue {
                 let Some(t) = st.tasks.get_mut(&id) else { continue };
                 t.entries.retain(|(k2, p2, s2)| !(k2 == &k && (*p2, *s2) == (p, s)));
                 let e = Error::at(ErrorKind::ProcessExited, pid, format!("no live worker left for task {id} (process {pid} exited)"));
-                if t.all {
-                    t.started += 1;
-                    Self::finish_run(st, id, pid, Err(e), acts);
-                } else if t.entries.is_empty() && t.started == 0 {
+                // A run of an all-workers task fails; another task fails
+                // once it has no queue left and never started.
+                if t.all || (t.entries.is_empty() && t.started == 0) {
                     t.started += 1;
                     Self::finish_run(st, id, pid, Err(e), acts);
                 }
