@@ -4,7 +4,8 @@
  *   pmap_default        items/s with the default options (medians)
  *   pmap_d1 / pmap_d2   items/s with at most 1 or 2 calls in flight per worker
  *   progress_overhead_pct   the time a progress callback adds, median over
- *                           interleaved runs with and without it (defaults)
+ *                           short runs with and without it in A B B A
+ *                           order (defaults: a report every 100 ms)
  *   noise_pct               the same measure between two runs without it:
  *                           how much this machine's noise alone gives
  *   progress_cb_share_pct   the share of a map's time spent inside callbacks
@@ -100,21 +101,24 @@ int main(int argc, char **argv) {
     }
     size_t calls = 0;
     double share = 0, noise[64];
-    for (int r = 0; r < reps; r++) {
-        /* A, B, A': B against the mean of the runs around it; A' against A
-         * is the noise floor. */
-        double a = run(n, 0, false);
+    /* Short maps in A B B A quads (A without the callback, B with it), so
+     * the machine's slow drifts cancel: B's time over A's, and A's second
+     * run over its first as the noise floor. */
+    size_t m = n / 2 > 1000 ? n / 2 : n;
+    int quads = reps * 4 > 63 ? 63 : reps * 4;
+    for (int r = 0; r < quads; r++) {
+        double a1 = run(m, 0, false);
         g_calls = 0;
         g_cb_time = 0;
-        double b = run(n, 0, true);
-        calls = g_calls;
-        share += g_cb_time / b;
-        double a2 = run(n, 0, false);
-        ratio[r] = b / ((a + a2) / 2);
-        noise[r] = a2 / a > 1 ? a2 / a : a / a2;
+        double b1 = run(m, 0, true);
+        double b2 = run(m, 0, true);
+        calls = g_calls / 2;
+        share += g_cb_time / (b1 + b2);
+        double a2 = run(m, 0, false);
+        ratio[r] = (b1 + b2) / (a1 + a2);
+        noise[r] = a2 / a1 > 1 ? a2 / a1 : a1 / a2;
     }
-    qsort(ratio, (size_t)reps, sizeof ratio[0], cmp);
-    qsort(noise, (size_t)reps, sizeof noise[0], cmp);
+    reps = quads;
     printf("progress_overhead_pct %.3f\n", (ratio[reps / 2] - 1) * 100);
     printf("noise_pct %.3f\n", (noise[reps / 2] - 1) * 100);
     printf("progress_cb_share_pct %.5f\n", share / reps * 100);

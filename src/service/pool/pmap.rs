@@ -238,6 +238,8 @@ enum Act {
     After(Duration, u32),
     Check(u32, usize, Error),
     Progress(Progress),
+    /// Marks a progress report due after the interval.
+    ArmProgress,
     Complete(Result<()>),
 }
 
@@ -276,7 +278,6 @@ struct St {
     /// What ended the map, until its future has it.
     error: Option<Error>,
     completed: bool,
-    last_progress: Instant,
     reported: usize,
 }
 
@@ -295,6 +296,8 @@ struct Engine {
     ended: AtomicBool,
     /// Held while a callback runs, so the map's end waits for it.
     cb: Mutex<()>,
+    /// The progress interval has passed since the last report.
+    progress_due: AtomicBool,
     mailbox: Mailbox<Ev>,
     st: Mutex<St>,
 }
@@ -340,7 +343,6 @@ impl Pmap {
             stopped: false,
             error: None,
             completed: false,
-            last_progress: Instant::now(),
             reported: usize::MAX,
         };
         let e = Arc::new(Engine {
@@ -355,6 +357,7 @@ impl Pmap {
             promise: Mutex::new(Some(promise)),
             ended: AtomicBool::new(false),
             cb: Mutex::new(()),
+            progress_due: AtomicBool::new(false),
             mailbox: Mailbox::default(),
             st: Mutex::new(st),
         });
@@ -481,7 +484,11 @@ impl Engine {
 
     fn on_event(&self, st: &mut St, ev: Ev, acts: &mut Vec<Act>) {
         match ev {
-            Ev::Start => {}
+            Ev::Start => {
+                if self.opts.progress.is_some() && self.opts.progress_interval >= Duration::from_millis(1) {
+                    acts.push(Act::ArmProgress);
+                }
+            }
             Ev::Granted(pid) => {
                 st.taking = false;
                 if st.leases.iter().any(|l| l.pid == pid) {
@@ -698,12 +705,17 @@ impl Engine {
         }
         let n = self.items.len();
         let finished = !st.stopped && st.cursor >= n && st.retry_q.is_empty() && st.in_flight == 0 && st.waiting == 0;
-        if self.opts.progress.is_some() && st.reported != st.done {
-            let now = Instant::now();
-            if finished || now.duration_since(st.last_progress) >= self.opts.progress_interval {
-                st.last_progress = now;
+        if self.opts.progress.is_some() && !st.completed {
+            // A timer marks a report due (per element, the cost is one
+            // atomic load); intervals under 1 ms report on every change.
+            let every = self.opts.progress_interval < Duration::from_millis(1);
+            let due = finished || every || (self.progress_due.load(Ordering::Relaxed) && self.progress_due.swap(false, Ordering::AcqRel));
+            if due && st.reported != st.done {
                 st.reported = st.done;
                 acts.push(Act::Progress(Progress { done: st.done, failed: st.failed, total: n }));
+            }
+            if due && !every && !finished {
+                acts.push(Act::ArmProgress);
             }
         }
         if finished && !st.completed {
@@ -762,6 +774,14 @@ impl Engine {
                 if let Some(t) = self.node.to_host(task) {
                     t();
                 }
+            }
+            Act::ArmProgress => {
+                let weak = Arc::downgrade(self);
+                self.node.after(self.opts.progress_interval, move || {
+                    if let Some(me) = weak.upgrade() {
+                        me.progress_due.store(true, Ordering::Release);
+                    }
+                });
             }
             Act::Complete(r) => {
                 self.ended.store(true, Ordering::Release);
