@@ -246,10 +246,14 @@ enum Act {
 struct Lease {
     pid: u32,
     in_flight: usize,
-    /// The time one call keeps the worker busy (a moving average, 0 until
-    /// measured), from the gaps between completions while it had more.
+    /// The time one call keeps the worker busy, 0 until measured: the time
+    /// since its calls began (while it always had one) over the calls done
+    /// since. An average over the whole stretch, since replies come back
+    /// in bursts (a worker writes the replies to requests it read together
+    /// at once).
     busy_ns: f64,
-    last_done: Option<Instant>,
+    busy_since: Option<Instant>,
+    done_since: u32,
     /// Another taker waits on the pool: no more calls, back when idle.
     yielding: bool,
     /// Its process died: no more calls.
@@ -495,7 +499,7 @@ impl Engine {
                     // Ours already (the pool had it as free): keep it.
                     st.saturated = true;
                 } else if self.has_work(st) {
-                    st.leases.push(Lease { pid, in_flight: 0, busy_ns: 0.0, last_done: None, yielding: false, dead: false });
+                    st.leases.push(Lease { pid, in_flight: 0, busy_ns: 0.0, busy_since: None, done_since: 0, yielding: false, dead: false });
                 } else {
                     acts.push(Act::Put(pid));
                 }
@@ -557,15 +561,15 @@ impl Engine {
                     }
                 }
                 if let Some(l) = st.leases.iter_mut().find(|l| l.pid == pid) {
-                    let now = Instant::now();
-                    if let (Some(prev), true) = (l.last_done, l.in_flight >= 2) {
-                        // Busy all along since the last completion: the gap is
-                        // what one call costs the worker.
-                        let gap = now.duration_since(prev).as_nanos() as f64;
-                        l.busy_ns = if l.busy_ns == 0.0 { gap } else { 0.75 * l.busy_ns + 0.25 * gap };
+                    if let Some(since) = l.busy_since {
+                        l.done_since += 1;
+                        l.busy_ns = since.elapsed().as_nanos() as f64 / l.done_since as f64;
                     }
-                    l.last_done = Some(now);
                     l.in_flight -= 1;
+                    if l.in_flight == 0 {
+                        l.busy_since = None;
+                        l.done_since = 0;
+                    }
                     l.dead |= died;
                     l.yielding |= yielding;
                 }
@@ -678,6 +682,9 @@ impl Engine {
             if !l.dead && !l.yielding && l.in_flight < self.depth(l) {
                 if let Some(c) = self.next_chunk(st) {
                     let l = &mut st.leases[i];
+                    if l.in_flight == 0 {
+                        l.busy_since = Some(Instant::now());
+                    }
                     l.in_flight += 1;
                     st.in_flight += 1;
                     acts.push(Act::Send(l.pid, c));
