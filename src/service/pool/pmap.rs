@@ -156,6 +156,13 @@ enum Out {
 /// long element never waits at a busy worker when another frees up.
 const QUEUED_WORK: Duration = Duration::from_micros(250);
 
+/// Calls in flight for a worker whose calls cost `busy_ns` each (0: not
+/// measured yet), at most `max`.
+fn depth_for(busy_ns: f64, max: usize) -> usize {
+    let want = if busy_ns > 0.0 { 1 + (QUEUED_WORK.as_nanos() as f64 / busy_ns).min(1e6) as usize } else { 2 };
+    want.clamp(2.min(max), max)
+}
+
 /// Values up to this size are copied out of their reply, so the reply
 /// (and its slot) can go.
 const SMALL: usize = 256;
@@ -601,9 +608,7 @@ impl Engine {
     /// round trip while at most `QUEUED_WORK` of calls wait there, at
     /// least 2 (one running, the next waiting) and at most `max_in_flight`.
     fn depth(&self, l: &Lease) -> usize {
-        let max = self.opts.max_in_flight;
-        let want = if l.busy_ns > 0.0 { 1 + (QUEUED_WORK.as_nanos() as f64 / l.busy_ns) as usize } else { 2 };
-        want.clamp(2.min(max), max)
+        depth_for(l.busy_ns, self.opts.max_in_flight)
     }
 
     fn succeed(&self, st: &mut St, i: usize, v: Output) {
@@ -862,6 +867,16 @@ mod tests {
 
     fn u32s(m: &Pmap) -> Vec<std::result::Result<u32, Error>> {
         m.results().into_iter().map(|r| r.expect("done").map(|v| u32::from_le_bytes(v[..4].try_into().unwrap()))).collect()
+    }
+
+    #[test]
+    fn calls_in_flight_follow_the_cost_of_a_call() {
+        assert_eq!(depth_for(0.0, 16), 2, "not measured: one running, one waiting");
+        assert_eq!(depth_for(10_000.0, 16), 16, "10 us calls: as many as allowed");
+        assert_eq!(depth_for(100_000.0, 16), 3, "100 us calls: 250 us of work queued");
+        assert_eq!(depth_for(20_000_000.0, 16), 2, "20 ms calls: never more than the next");
+        assert_eq!(depth_for(10_000.0, 1), 1, "Distributed's one at a time");
+        assert_eq!(depth_for(1.0, 4), 4);
     }
 
     #[test]
