@@ -11,6 +11,8 @@
 
 use cluster::prelude::*;
 use cluster::{Channel, ChannelRef, Cluster, Config, LaunchOptions};
+use cluster::service::pool::{Items, PmapOptions};
+use cluster::{Cluster, Config, LaunchOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
@@ -177,6 +179,38 @@ fn main() {
         n as f64 / t.elapsed().as_secs_f64()
     });
     rows.push(Row::new("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
+
+    // pmap of a no-op over 2 workers, batch size 1, beside Python's
+    // multiprocessing.Pool(2).map(chunksize=1) measured now.
+    let pn = if quick { 20_000 } else { 100_000 };
+    let reps = if quick { 3 } else { 7 };
+    let py = python_pool_map(pn, reps.min(5));
+    let py_or = |r: f64| py.unwrap_or(r);
+    let py_name = if py.is_some() { "Python Pool(2).map, chunk 1" } else { "(no python3: itself)" };
+    let cpm = run_c("bench_pmap", &[&pn.to_string(), &reps.to_string()]);
+    if let Some(out) = &cpm {
+        if let Some(v) = keyed(out, "pmap_default") {
+            rows.push(Row::new("pmap no-op, 2 workers, batch 1, C (k/s)", v / 1e3, py_or(v) / 1e3, py_name, ">= 1x"));
+        }
+        if let Some(v) = keyed(out, "pmap_d2") {
+            rows.push(Row::new("same, at most 2 calls in flight", v / 1e3, py_or(v) / 1e3, py_name, ""));
+        }
+        if let Some(v) = keyed(out, "pmap_d1") {
+            rows.push(Row::new("same, 1 call in flight (Distributed's)", v / 1e3, py_or(v) / 1e3, py_name, ""));
+        }
+    }
+    let rp = rust_pmap(&c, pn, PmapOptions::default().max_in_flight);
+    rows.push(Row::new("same, from Rust (the same core) (k/s)", rp / 1e3, py_or(rp) / 1e3, py_name, ">= 1x"));
+    if let Some(p) = cpm.as_deref().and_then(|o| keyed(o, "progress_overhead_pct")) {
+        // Wall-clock A/B on a shared machine: read it against the noise
+        // floor (the same measure between two runs without a callback).
+        let o = cpm.as_deref().unwrap_or("");
+        let noise = keyed(o, "noise_pct").unwrap_or(f64::NAN);
+        rows.push(Row::new(leak(format!("progress callback overhead, C (%, noise {noise:.1}%)")), p.max(0.0), 1.0, "target 1%", "<= 1x"));
+        if let Some(share) = keyed(o, "progress_cb_share_pct") {
+            rows.push(Row::new("time inside progress callbacks (%)", share, 1.0, "target 1%", "<= 1x"));
+        }
+    }
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
 
     // Threads and idle CPU with many workers, each connected to all others.
@@ -249,16 +283,23 @@ fn leak(s: String) -> &'static str {
 /// The round trip measured by a C program (examples/c/bench_rtt.c),
 /// compiled here against this build's library; `None` without a compiler.
 fn c_rtt(rounds: usize) -> Option<f64> {
+    let out = run_c("bench_rtt", &[&rounds.to_string()])?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Compiles examples/c/<name>.c against this build's library and runs it
+/// with `args`; its standard output, or `None` without a compiler.
+fn run_c(name: &str, args: &[&str]) -> Option<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = self_exe().parent()?.parent()?.join("libcluster.so");
-    let dir = std::env::temp_dir().join(format!("libcluster-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("libcluster-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let _ = std::os::unix::fs::symlink(&lib, dir.join("libcluster.so.0"));
-    let exe = dir.join("bench_rtt");
+    let exe = dir.join(name);
     let built = Command::new("cc")
         .args(["-O2", "-o"])
         .arg(&exe)
-        .arg(root.join("examples/c/bench_rtt.c"))
+        .arg(root.join(format!("examples/c/{name}.c")))
         .arg(format!("-I{}", root.join("include").display()))
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", dir.display()))
@@ -267,10 +308,51 @@ fn c_rtt(rounds: usize) -> Option<f64> {
     if !built.success() {
         return None;
     }
-    let out = Command::new(&exe).arg(rounds.to_string()).stderr(Stdio::inherit()).output().ok()?;
+    let out = Command::new(&exe).args(args).stderr(Stdio::inherit()).output().ok()?;
     let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().nth(1)?.parse().ok()
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of the line `key <value>` in `text`.
+fn keyed(text: &str, key: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Python's `multiprocessing.Pool(2).map(noop, range(n), chunksize=1)`,
+/// items/s (median of `reps`), when `python3` is available.
+fn python_pool_map(n: usize, reps: usize) -> Option<f64> {
+    let script = format!(
+        "import multiprocessing as mp, time\n\
+         def noop(x): return None\n\
+         if __name__ == '__main__':\n\
+         \x20   with mp.Pool(2) as p:\n\
+         \x20       p.map(noop, range({w}), chunksize=1)\n\
+         \x20       ts = []\n\
+         \x20       for _ in range({reps}):\n\
+         \x20           t = time.perf_counter(); p.map(noop, range({n}), chunksize=1); ts.append(time.perf_counter() - t)\n\
+         \x20       ts.sort(); print({n} / ts[len(ts) // 2])\n",
+        w = n / 10 + 1
+    );
+    let path = std::env::temp_dir().join(format!("libcluster-bench-{}.py", std::process::id()));
+    std::fs::write(&path, script).ok()?;
+    let out = Command::new("python3").arg(&path).stderr(Stdio::null()).output().ok();
+    let _ = std::fs::remove_file(&path);
+    String::from_utf8_lossy(&out?.stdout).trim().parse().ok()
+}
+
+/// pmap of "noop" over `n` empty elements from Rust: items/s (median of 3).
+fn rust_pmap(c: &Cluster, n: usize, depth: usize) -> f64 {
+    let mut items = Items::with_capacity(n, 0);
+    for _ in 0..n {
+        items.push(&[]);
+    }
+    let opts = || PmapOptions { max_in_flight: depth, ..Default::default() };
+    c.pmap(None, "noop", items.clone(), opts()).unwrap().wait(None).unwrap();
+    median_of(3, || {
+        let t = Instant::now();
+        c.pmap(None, "noop", items.clone(), opts()).unwrap().wait(None).unwrap();
+        n as f64 / t.elapsed().as_secs_f64()
+    })
 }
 
 struct Row {

@@ -72,6 +72,13 @@
 #define CLUSTER_CHANNEL_DEFAULT_CAPACITY 1
 
 /**
+ * `cluster_pmap_options.batch_size`: Distributed's `batch_size=:auto`,
+ * batches sized from the number of elements and workers (at least three
+ * batches per worker, at most 100 elements each).
+ */
+#define CLUSTER_BATCH_AUTO 0
+
+/**
  * Outcome of every call. Values are fixed and never renumbered.
  */
 enum cluster_status
@@ -363,6 +370,98 @@ typedef int32_t cluster_rpc_event_kind;
 #endif // __cplusplus
 
 /**
+ * `cluster_workerset_new` modes, with PTools' values.
+ */
+enum cluster_ws_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * PTools' `WS_MODE_RR`: call k goes to worker k mod n (2, 3, 4, 2, ...
+   * for [2, 3, 4]); dead workers are skipped.
+   */
+  CLUSTER_WS_MODE_RR = 1,
+  /**
+   * PTools' `WS_MODE_FF`: each call goes to an idle worker; when all are
+   * busy calls queue in FIFO order; a worker comes back when its call
+   * completes, failed or not; queued calls are never dropped.
+   */
+  CLUSTER_WS_MODE_FF = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_ws_mode cluster_ws_mode;
+#else
+typedef int32_t cluster_ws_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * `cluster_task_spec.target`: where a task may run.
+ */
+enum cluster_task_target
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Any worker (PTools' `:wrkr_any`).
+   */
+  CLUSTER_TARGET_ANY = 0,
+  /**
+   * Every worker there is when it is queued, once on each (`:wrkr_all`).
+   */
+  CLUSTER_TARGET_ALL = 1,
+  /**
+   * One of `pids[0..npids)` (a process id or a list of them); runs once.
+   */
+  CLUSTER_TARGET_PIDS = 2,
+  /**
+   * A worker on one of `hosts[0..nhosts)` (host names, their first
+   * label, or addresses, as `cluster_taskqueue_prep_remotes` learned
+   * them); runs once.
+   */
+  CLUSTER_TARGET_HOSTS = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_task_target cluster_task_target;
+#else
+typedef int32_t cluster_task_target;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The queue a task entry waits in, in `cluster_task_info.queue`.
+ */
+enum cluster_task_queue
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The any-worker queue (PTools' `:wrkr_any`).
+   */
+  CLUSTER_QUEUE_ANY = 0,
+  /**
+   * Process `pid`'s queue.
+   */
+  CLUSTER_QUEUE_PID = 1,
+  /**
+   * Host `host`'s queue.
+   */
+  CLUSTER_QUEUE_HOST = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_task_queue cluster_task_queue;
+#else
+typedef int32_t cluster_task_queue;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An incoming call, passed to a handler.
  */
 typedef struct cluster_call cluster_call;
@@ -382,6 +481,27 @@ typedef struct cluster_ctx cluster_ctx;
  * A pending or completed remote call result.
  */
 typedef struct cluster_future cluster_future;
+
+/**
+ * A parallel map: running, or done with a result per element.
+ */
+typedef struct cluster_pmap cluster_pmap;
+
+/**
+ * A pool of workers: take a free one, put it back, push new ones; calls
+ * on a pool run on a free worker and give it back when they complete.
+ */
+typedef struct cluster_pool cluster_pool;
+
+/**
+ * A queue of tasks for workers, run in priority order (PTools' queued tasks).
+ */
+typedef struct cluster_taskqueue cluster_taskqueue;
+
+/**
+ * A set of workers called in turn (PTools' `WorkerSet`).
+ */
+typedef struct cluster_workerset cluster_workerset;
 
 /**
  * Settings for `cluster_init`. Fill with `cluster_config_init` first, then
@@ -588,6 +708,188 @@ typedef struct {
   int32_t owner;
   uint64_t id;
 } cluster_channel_ref;
+
+/**
+ * Decides whether element `index` is retried after failing with
+ * `status` (`message`, from process `pid`; borrowed for the call);
+ * `attempt` retries were made before. Threads mode: on a library thread;
+ * host mode: inside `cluster_poll`.
+ */
+typedef bool (*cluster_retry_fn)(void *user_data,
+                                 size_t index,
+                                 uint32_t attempt,
+                                 int32_t status,
+                                 int32_t pid,
+                                 const char *message);
+
+/**
+ * Told how many elements are done (`failed` of them with an error) out
+ * of `total`; at most every `progress_interval_ms` and once at the end,
+ * before the map's future completes. Threads mode: on the library thread
+ * completing elements; host mode: inside `cluster_poll`.
+ */
+typedef void (*cluster_progress_fn)(void *user_data, size_t done, size_t failed, size_t total);
+
+/**
+ * How `cluster_pmap_async` maps. Fill with `cluster_pmap_options_init`,
+ * then change fields. Its callbacks never start once the map's future has
+ * completed (its end, or `cluster_pmap_cancel` followed by a wait): their
+ * `user_data` may then be freed.
+ */
+typedef struct {
+  /**
+   * `sizeof(cluster_pmap_options)`, set by `cluster_pmap_options_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * Elements per call. Default 1; CLUSTER_BATCH_AUTO: Distributed's `:auto`.
+   */
+  size_t batch_size;
+  /**
+   * Distributed's `on_error`: a failed element keeps its error as its
+   * result and the map goes on. Default false: the first failure (after
+   * its retries) fails the map.
+   */
+  bool on_error;
+  /**
+   * Distributed's `retry_delays`: `retries` delays in milliseconds, one
+   * per retry, waited before it. A worker's death counts like any other
+   * error; only the lost elements are retried, on the workers left.
+   */
+  const uint32_t *retry_delays_ms;
+  size_t retries;
+  /**
+   * Distributed's `retry_check` (NULL: retry every failure).
+   */
+  cluster_retry_fn retry_check;
+  void *retry_user_data;
+  /**
+   * Progress reports (NULL: none).
+   */
+  cluster_progress_fn progress;
+  void *progress_user_data;
+  /**
+   * Least time between progress reports. Default 100.
+   */
+  uint32_t progress_interval_ms;
+  /**
+   * The most calls in flight to one worker at once. Default 16. Up to it
+   * a map keeps 2 (the next element waits at the worker while it runs
+   * one), more for short elements: as many as keep about 250 us of
+   * work queued at the worker. 1 is Distributed's.
+   */
+  uint32_t max_in_flight;
+} cluster_pmap_options;
+
+/**
+ * A byte buffer lent to the library for the duration of a call.
+ */
+typedef struct {
+  const uint8_t *data;
+  size_t len;
+} cluster_bytes;
+
+/**
+ * An inclusive range of integers, `first..=last`.
+ */
+typedef struct {
+  int64_t first;
+  int64_t last;
+} cluster_range;
+
+/**
+ * A task's result, once per run: `status` CLUSTER_OK with the value in
+ * `data[0..len)`, or an error status with its message there (both
+ * borrowed for the call); `pid` is the worker. Threads mode: on a library
+ * thread; host mode: inside `cluster_poll`.
+ */
+typedef void (*cluster_task_fn)(void *user_data,
+                                uint64_t task,
+                                int32_t pid,
+                                int32_t status,
+                                const uint8_t *data,
+                                size_t len);
+
+/**
+ * A task (PTools' `QueuedWorkerTask(task, method, callback, target)`).
+ * Fill with `cluster_task_spec_init`, then set fields.
+ */
+typedef struct {
+  /**
+   * `sizeof(cluster_task_spec)`, set by `cluster_task_spec_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * The registered function (PTools' `remote_method`).
+   */
+  const char *name;
+  /**
+   * Its argument (PTools' `WorkerTask`), copied when queued.
+   */
+  const uint8_t *args;
+  size_t len;
+  /**
+   * A `cluster_task_target`. Default CLUSTER_TARGET_ANY.
+   */
+  int32_t target;
+  const int32_t *pids;
+  size_t npids;
+  const char *const *hosts;
+  size_t nhosts;
+  /**
+   * Lower runs first; among equals, the older. Default infinity
+   * (PTools' `Inf`).
+   */
+  double priority;
+  /**
+   * Called once per run (NULL: none).
+   */
+  cluster_task_fn callback;
+  void *user_data;
+} cluster_task_spec;
+
+/**
+ * A queued task entry, as `cluster_taskqueue_set_priorities` and
+ * `cluster_taskqueue_dequeue_if` see it (strings borrowed for the call).
+ */
+typedef struct {
+  uint64_t id;
+  /**
+   * The function's name.
+   */
+  const char *name;
+  /**
+   * A `cluster_task_queue`: the queue of this entry.
+   */
+  int32_t queue;
+  /**
+   * The process, for CLUSTER_QUEUE_PID (else 0).
+   */
+  int32_t pid;
+  /**
+   * The host, for CLUSTER_QUEUE_HOST (else "").
+   */
+  const char *host;
+  double priority;
+  /**
+   * When it was queued, seconds since the Unix epoch (PTools' `qtime`).
+   */
+  double queued_at;
+  /**
+   * A task for every worker.
+   */
+  bool all;
+} cluster_task_info;
+
+/**
+ * PTools' `dequeue_worker_task(filter_fn)` filter: false dequeues the task.
+ */
+typedef bool (*cluster_task_filter_fn)(void *user_data, const cluster_task_info *info);
+
+/**
+ * PTools' `calc_prio(target, task, priority)`: the entry's new priority.
+ */
+typedef double (*cluster_priority_fn)(void *user_data, const cluster_task_info *info);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1637,6 +1939,610 @@ cluster_status cluster_channel_export_async(cluster_channel *ch, cluster_future 
 cluster_status cluster_channel_import(cluster_ctx *ctx,
                                       const cluster_channel_ref *r,
                                       cluster_channel **out);
+
+/**
+ * Distributed's `WorkerPool(pids)`: a pool of the processes
+ * `pids[0..n)` (duplicates count once), all free. A member that dies
+ * leaves the pool; a pool with no live member fails every take with
+ * CLUSTER_ERR_NO_SUCH_PROCESS, "no active worker available in pool".
+ *
+ * Ownership: `pids` is read during the call; `*out` is a new handle,
+ * released with `cluster_pool_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_new(cluster_ctx *ctx,
+                                const int32_t *pids,
+                                size_t n,
+                                cluster_pool **out);
+
+/**
+ * Distributed's `default_worker_pool()`: every worker, following joins
+ * and departures; the head itself while it has no worker (as
+ * Distributed's default pool uses process 1 then). Each call gives a new
+ * handle to the same pool.
+ *
+ * Ownership: `*out` is a new handle, released with `cluster_pool_free`
+ * (the default pool itself lives as long as the cluster).
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_default(cluster_ctx *ctx, cluster_pool **out);
+
+/**
+ * Distributed's `push!(pool, pid)`: adds a live process to the pool, free.
+ * Adding a member again does nothing.
+ *
+ * Ownership: `pool` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_push(cluster_pool *pool, int32_t pid);
+
+/**
+ * Distributed's `put!(pool, pid)`: returns a taken worker; the oldest
+ * queued take gets it. A process that is not a member (or is free
+ * already) is ignored.
+ *
+ * Ownership: `pool` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_put(cluster_pool *pool, int32_t pid);
+
+/**
+ * Distributed's `take!(pool)` as a future, returned at once: its value is
+ * the worker's id (an `int32_t`, 4 bytes little-endian), given once one is
+ * free (takers are served in FIFO order); dead members are skipped. It
+ * fails with CLUSTER_ERR_NO_SUCH_PROCESS when the pool has no live member.
+ * The taker must `cluster_pool_put` the worker back.
+ *
+ * Ownership: `*out` is a new future, released with `cluster_future_free`
+ * (freeing it does not withdraw the take).
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_take_async(cluster_pool *pool, cluster_future **out);
+
+/**
+ * `take!(pool)`: waits up to `timeout_ms` for a free worker, takes it and
+ * writes its id to `*pid`. CLUSTER_ERR_TIMEOUT withdraws the take.
+ *
+ * Ownership: `pool` stays the caller's.
+ * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit).
+ * Threads: any.
+ */
+cluster_status cluster_pool_take(cluster_pool *pool, int64_t timeout_ms, int32_t *pid);
+
+/**
+ * `*out` = Distributed's `length(pool)`: its live members, free or busy.
+ *
+ * Ownership: `pool` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_length(cluster_pool *pool, size_t *out);
+
+/**
+ * `*out` = Distributed's `isready(pool)`: whether a take would not wait.
+ *
+ * Ownership: `pool` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_isready(cluster_pool *pool, bool *out);
+
+/**
+ * Writes the pool's live members (in the order they joined it) to
+ * `out[0..cap)` and their number to `*count` (also on
+ * CLUSTER_ERR_BUFFER_TOO_SMALL).
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pool_workers(cluster_pool *pool, int32_t *out, size_t cap, size_t *count);
+
+/**
+ * `remotecall(f, pool, ...)`: returns a future at once; the call goes to
+ * a free worker (once one is free) and the worker goes back to the pool
+ * when the call completes, failed or not. `cluster_future_pid` names the
+ * worker when one was free at once, else gives 0.
+ *
+ * Ownership: `args` is read during the call (copied when the call must
+ * wait for a worker); `*out` is a new future, released with
+ * `cluster_future_free`.
+ * Blocking: only while a large argument is written.
+ * Threads: any.
+ */
+cluster_status cluster_pool_remotecall(cluster_pool *pool,
+                                       const char *name,
+                                       const uint8_t *args,
+                                       size_t len,
+                                       cluster_future **out);
+
+/**
+ * `remotecall_fetch(f, pool, ...)`: as `cluster_pool_remotecall`, then
+ * waits for the value.
+ *
+ * Ownership: `args` is never kept; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: until a worker is free and the call completes.
+ * Threads: any.
+ */
+cluster_status cluster_pool_remotecall_fetch(cluster_pool *pool,
+                                             const char *name,
+                                             const uint8_t *args,
+                                             size_t len,
+                                             cluster_buffer *out);
+
+/**
+ * `remotecall_wait(f, pool, ...)`: as `cluster_pool_remotecall`, then
+ * waits for completion; `*out` is the completed future (none on failure).
+ *
+ * Ownership: `args` is never kept; `*out` is a new future, released with
+ * `cluster_future_free`.
+ * Blocking: until a worker is free and the call completes.
+ * Threads: any.
+ */
+cluster_status cluster_pool_remotecall_wait(cluster_pool *pool,
+                                            const char *name,
+                                            const uint8_t *args,
+                                            size_t len,
+                                            cluster_future **out);
+
+/**
+ * `remote_do(f, pool, ...)`: returns at once; the call goes to a free
+ * worker once one is, and the worker goes back when the call completes
+ * (Distributed puts it back at once, oversubscribing it). A failure is
+ * logged on this process.
+ *
+ * Ownership: `args` is copied when the call must wait, never kept.
+ * Blocking: only while a large argument is written.
+ * Threads: any.
+ */
+cluster_status cluster_pool_remote_do(cluster_pool *pool,
+                                      const char *name,
+                                      const uint8_t *args,
+                                      size_t len);
+
+/**
+ * Releases a pool handle. NULL is accepted. Calls and maps under way on
+ * the pool go on (they hold the pool); workers taken from it stay taken.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: no.
+ * Threads: any, once per handle.
+ */
+cluster_status cluster_pool_free(cluster_pool *pool);
+
+/**
+ * Fills `*opts` with the defaults.
+ *
+ * Ownership: `*opts` is the caller's; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_options_init(cluster_pmap_options *opts);
+
+/**
+ * Distributed's `pmap(f, pool, xs; ...)`, started and returned at once:
+ * the function `name` (registered on the workers) is called on each
+ * element of `items[0..n)`, on the workers of `pool` (NULL: the default
+ * pool). Results come in input order (`cluster_pmap_result`). No thread
+ * is made per element or per map: completions dispatch what follows.
+ *
+ * Ownership: `items` (and the bytes they point to), `name` and `opts`
+ * are copied before the call returns; `*out` is a new handle, released
+ * with `cluster_pmap_free`.
+ * Blocking: no (the first calls are written before it returns).
+ * Threads: any.
+ */
+cluster_status cluster_pmap_async(cluster_ctx *ctx,
+                                  cluster_pool *pool,
+                                  const char *name,
+                                  const cluster_bytes *items,
+                                  size_t n,
+                                  const cluster_pmap_options *opts,
+                                  cluster_pmap **out);
+
+/**
+ * `cluster_pmap_async`, then waits up to `timeout_ms` for the map to end.
+ * Returns its outcome: CLUSTER_OK, the error that ended it (`*out` still
+ * holds the results of the elements done), or CLUSTER_ERR_TIMEOUT (the
+ * map goes on). `*out` is set whenever the map started.
+ *
+ * Ownership: as `cluster_pmap_async`.
+ * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit).
+ * Threads: any; in host mode not when the map needs this process's own
+ * handlers or callbacks.
+ */
+cluster_status cluster_pmap_run(cluster_ctx *ctx,
+                                cluster_pool *pool,
+                                const char *name,
+                                const cluster_bytes *items,
+                                size_t n,
+                                const cluster_pmap_options *opts,
+                                int64_t timeout_ms,
+                                cluster_pmap **out);
+
+/**
+ * `@distributed` over `range`, started and returned at once: the function
+ * `name` is called once per chunk with the chunk's bounds (`first`, then
+ * `last`, as little-endian `int64_t`s) followed by `args[0..len)`; each
+ * chunk's result (a partial reduction, for a reducer to combine on the
+ * caller) is that chunk's element of the map, in range order. `chunk` 0:
+ * Distributed's static split, one contiguous chunk per worker of the pool
+ * (`cluster_splitrange`); otherwise chunks of `chunk` elements handed out
+ * as workers finish (dynamic balancing). Without a reducer, do not wait:
+ * Distributed returns at once too (waiting is `@sync`).
+ *
+ * Ownership: `name`, `args` and `opts` are copied before return; `*out`
+ * is a new handle, released with `cluster_pmap_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_distributed_async(cluster_ctx *ctx,
+                                         cluster_pool *pool,
+                                         const char *name,
+                                         cluster_range range,
+                                         size_t chunk,
+                                         const uint8_t *args,
+                                         size_t len,
+                                         const cluster_pmap_options *opts,
+                                         cluster_pmap **out);
+
+/**
+ * Distributed's `splitrange`: `range` cut into at most `np` contiguous
+ * chunks whose lengths differ by at most one, the longer first (1:11
+ * over 3 gives 1:4, 5:8, 9:11); fewer elements than `np` give one chunk
+ * each, an empty range none. Writes them to `out[0..cap)` and their
+ * number to `*count` (also on CLUSTER_ERR_BUFFER_TOO_SMALL).
+ *
+ * Ownership: `out` is the caller's; nothing is kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_splitrange(cluster_range range,
+                                  size_t np,
+                                  cluster_range *out,
+                                  size_t cap,
+                                  size_t *count);
+
+/**
+ * A future completed when the map ends: with no value when every element
+ * is done (with `on_error`, some may hold errors), else with the error
+ * that ended it. Each call gives a new future of the same completion
+ * (its `cluster_future_id` is the same, for host-mode events).
+ *
+ * Ownership: `*out` is a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_future(cluster_pmap *pm, cluster_future **out);
+
+/**
+ * Waits up to `timeout_ms` for the map to end; returns CLUSTER_OK, the
+ * error that ended it, or CLUSTER_ERR_TIMEOUT.
+ *
+ * Ownership: `pm` stays the caller's.
+ * Blocking: up to `timeout_ms` (CLUSTER_FOREVER: no limit; 0: just check).
+ * Threads: any.
+ */
+cluster_status cluster_pmap_wait(cluster_pmap *pm, int64_t timeout_ms);
+
+/**
+ * `*out` = the number of elements.
+ *
+ * Ownership: `pm` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_length(cluster_pmap *pm, size_t *out);
+
+/**
+ * `*out` = the batch size in use (the one CLUSTER_BATCH_AUTO chose).
+ *
+ * Ownership: `pm` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_batch_size(cluster_pmap *pm, size_t *out);
+
+/**
+ * Element `index`'s result. CLUSTER_OK: `*data`/`*len` point at its value.
+ * An element that failed returns its error status, with
+ * `cluster_last_error()` its message and `cluster_last_error_pid()` the
+ * process (see also `cluster_pmap_error`); one not done (yet, or ever,
+ * if the map ended first) returns CLUSTER_ERR_NOT_READY.
+ *
+ * Ownership: the bytes belong to the map, valid until `cluster_pmap_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_result(cluster_pmap *pm,
+                                   size_t index,
+                                   const uint8_t **data,
+                                   size_t *len);
+
+/**
+ * For a failed element: `*pid` = the process its error came from,
+ * `*message` = its text. Either out pointer may be NULL. CLUSTER_OK with
+ * pid 0 and "" for an element that succeeded; CLUSTER_ERR_NOT_READY for
+ * one not done.
+ *
+ * Ownership: `*message` belongs to the map, valid until it is freed.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_error(cluster_pmap *pm,
+                                  size_t index,
+                                  int32_t *pid,
+                                  const char **message);
+
+/**
+ * `*done` = elements done so far (successfully or not), `*failed` = those
+ * of them holding an error. Either may be NULL.
+ *
+ * Ownership: `pm` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_progress(cluster_pmap *pm, size_t *done, size_t *failed);
+
+/**
+ * Stops the map: nothing more is sent, and it ends with
+ * CLUSTER_ERR_INTERRUPTED (calls under way finish on their workers, which
+ * then go back to the pool). Cancelling a map that ended does nothing.
+ *
+ * Ownership: `pm` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_pmap_cancel(cluster_pmap *pm);
+
+/**
+ * Releases a map. NULL is accepted. A map still running goes on to its
+ * end (its workers go back to the pool), unobserved; cancel it first to
+ * stop it.
+ *
+ * Ownership: the handle, and bytes and messages read from it, are gone
+ * after the call.
+ * Blocking: no.
+ * Threads: any, once per map.
+ */
+cluster_status cluster_pmap_free(cluster_pmap *pm);
+
+/**
+ * PTools' `WorkerSet(pids, mode)` over `pids[0..n)` (at least one;
+ * duplicates count once), `mode` a `cluster_ws_mode`.
+ *
+ * Ownership: `pids` is read during the call; `*out` is a new handle,
+ * released with `cluster_workerset_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_workerset_new(cluster_ctx *ctx,
+                                     const int32_t *pids,
+                                     size_t n,
+                                     int32_t mode,
+                                     cluster_workerset **out);
+
+/**
+ * `remotecall(ws, f, ...)`, returned at once: RR sends it to the next
+ * worker; FF to an idle one, or queues it (FIFO) until one is. PTools
+ * allows this only in RR mode; here FF works too (the completion frees the
+ * worker). In FF mode `cluster_future_pid` names the worker when one was
+ * idle at once, else gives 0.
+ *
+ * Ownership: `args` is read during the call (copied if the call queues);
+ * `*out` is a new future, released with `cluster_future_free`.
+ * Blocking: only while a large argument is written.
+ * Threads: any.
+ */
+cluster_status cluster_workerset_remotecall(cluster_workerset *ws,
+                                            const char *name,
+                                            const uint8_t *args,
+                                            size_t len,
+                                            cluster_future **out);
+
+/**
+ * `remotecall_fetch(ws, f, ...)`: as `cluster_workerset_remotecall`, then
+ * waits for the value.
+ *
+ * Ownership: `args` is never kept; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: until the call completes (queued first in FF mode while every
+ * worker is busy).
+ * Threads: any.
+ */
+cluster_status cluster_workerset_remotecall_fetch(cluster_workerset *ws,
+                                                  const char *name,
+                                                  const uint8_t *args,
+                                                  size_t len,
+                                                  cluster_buffer *out);
+
+/**
+ * `remotecall_wait(ws, f, ...)`: as `cluster_workerset_remotecall`, then
+ * waits for completion; `*out` is the completed future (none on failure).
+ *
+ * Ownership: `args` is never kept; `*out` is a new future, released with
+ * `cluster_future_free`.
+ * Blocking: until the call completes.
+ * Threads: any.
+ */
+cluster_status cluster_workerset_remotecall_wait(cluster_workerset *ws,
+                                                 const char *name,
+                                                 const uint8_t *args,
+                                                 size_t len,
+                                                 cluster_future **out);
+
+/**
+ * Releases a worker set. NULL is accepted. Calls under way and queued go
+ * on.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: no.
+ * Threads: any, once per handle.
+ */
+cluster_status cluster_workerset_free(cluster_workerset *ws);
+
+/**
+ * Fills `*spec` with the defaults (any worker, priority infinity).
+ *
+ * Ownership: `*spec` is the caller's; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_task_spec_init(cluster_task_spec *spec);
+
+/**
+ * A task queue over this cluster's workers (tasks for any or all
+ * workers use the workers there are when they run or are queued).
+ *
+ * Ownership: `*out` is a new handle, released with `cluster_taskqueue_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_new(cluster_ctx *ctx, cluster_taskqueue **out);
+
+/**
+ * PTools' `prep_remotes(force)` as a future, returned at once: learns
+ * each worker's host name and address (for CLUSTER_TARGET_HOSTS); done
+ * once unless `force`. It completes once every worker has answered.
+ *
+ * Ownership: `*out` is a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_prep_remotes_async(cluster_taskqueue *tq,
+                                                    bool force,
+                                                    cluster_future **out);
+
+/**
+ * PTools' `prep_remotes(force)`: `cluster_taskqueue_prep_remotes_async`
+ * and wait.
+ *
+ * Ownership: `tq` stays the caller's.
+ * Blocking: until every worker answered, at most `timeout_ms`.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_prep_remotes(cluster_taskqueue *tq,
+                                              bool force,
+                                              int64_t timeout_ms);
+
+/**
+ * `*out` = PTools' `num_remotes()`: the workers `prep_remotes` learned of
+ * (PTools counts the head too, which runs tasks there; here only workers do).
+ *
+ * Ownership: `tq` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_num_remotes(cluster_taskqueue *tq, size_t *out);
+
+/**
+ * PTools' `queue_worker_task`: queues a task and writes its id to `*id`
+ * and, if `out` is not NULL, a future of its result to `*out` (for
+ * CLUSTER_TARGET_ALL: no value once every run succeeded, else
+ * CLUSTER_ERR_COMPOSITE listing the failed runs; a dequeued task's future
+ * fails with CLUSTER_ERR_INTERRUPTED; one whose targets all died, with
+ * CLUSTER_ERR_PROCESS_EXITED). Targets that are not live fail the call.
+ *
+ * Ownership: `spec` and what it points to are copied; `*out` is a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_queue(cluster_taskqueue *tq,
+                                       const cluster_task_spec *spec,
+                                       uint64_t *id,
+                                       cluster_future **out);
+
+/**
+ * PTools' `execute_worker_task`: queues the task and waits for its
+ * result; its failure is returned as the status.
+ *
+ * Ownership: `spec` is copied; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: until the task has run, at most `timeout_ms` (the task stays
+ * queued on timeout).
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_execute(cluster_taskqueue *tq,
+                                         const cluster_task_spec *spec,
+                                         int64_t timeout_ms,
+                                         cluster_buffer *out);
+
+/**
+ * PTools' `dequeue_worker_task(task)`: removes a task that has not started
+ * (for CLUSTER_TARGET_ALL, its runs that have not); `*removed` = whether
+ * anything was (may be NULL).
+ *
+ * Ownership: `tq` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_dequeue(cluster_taskqueue *tq, uint64_t id, bool *removed);
+
+/**
+ * PTools' `dequeue_worker_task(filter_fn)`: dequeues every queued task
+ * for which `filter` returns false; `*count` = how many (may be NULL).
+ * `filter` runs on this thread, before this returns.
+ *
+ * Ownership: `user_data` is only used during the call.
+ * Blocking: no, apart from `filter`.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_dequeue_if(cluster_taskqueue *tq,
+                                            cluster_task_filter_fn filter,
+                                            void *user_data,
+                                            size_t *count);
+
+/**
+ * Sets every queued entry of task `id` to `priority` (lower runs first).
+ * CLUSTER_ERR_INVALID_ARGUMENT if it is not queued (any more), or for NaN.
+ *
+ * Ownership: `tq` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_set_priority(cluster_taskqueue *tq, uint64_t id, double priority);
+
+/**
+ * PTools' `set_priorities(calc_prio)`: each queued entry gets the priority
+ * `calc` returns for it (NaN leaves it). `calc` runs on this thread, once
+ * per entry, before this returns.
+ *
+ * Ownership: `user_data` is only used during the call.
+ * Blocking: no, apart from `calc`.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_set_priorities(cluster_taskqueue *tq,
+                                                cluster_priority_fn calc,
+                                                void *user_data);
+
+/**
+ * `*queued` = tasks waiting to start, `*running` = tasks started and not
+ * finished. Either may be NULL.
+ *
+ * Ownership: `tq` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_taskqueue_length(cluster_taskqueue *tq, size_t *queued, size_t *running);
+
+/**
+ * Releases a task queue and drops the tasks still queued: their futures
+ * fail with CLUSTER_ERR_SHUTDOWN; tasks running finish on their workers.
+ * No result callback of the queue runs once it returns: their
+ * `user_data` may be freed. NULL is accepted.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: only while a callback of the queue runs on another thread.
+ * Threads: any, once per handle; not from the queue's own callback.
+ */
+cluster_status cluster_taskqueue_free(cluster_taskqueue *tq);
 
 #ifdef __cplusplus
 }  // extern "C"

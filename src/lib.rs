@@ -43,6 +43,7 @@ pub use service::rpc::{Call, Handler, ANY_WORKER};
 pub mod prelude {
     pub use crate::service::channel::ChannelExt;
     pub use crate::service::control::ControlExt;
+    pub use crate::service::pool::PoolExt;
     pub use crate::service::refs::{FutureExt, RefsExt};
     pub use crate::service::rpc::RpcExt;
 }

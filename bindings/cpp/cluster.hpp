@@ -37,6 +37,17 @@
 // cluster_launch_options (Config, LaunchOptions), cluster_ctx (Cluster, with
 // its callback trampolines). The order is the one C++ needs: an object comes
 // after those it uses.
+// cluster_call (Call), cluster_config and cluster_launch_options (Config,
+// LaunchOptions), cluster_ctx (Cluster, with its callback trampolines), then
+// work distribution: cluster_pool (Pool), cluster_pmap (Pmap, PmapOptions,
+// the typed pmap<R>() / pmap_results<R>() / distributed_reduce(), and
+// splitrange()), cluster_workerset (WorkerSet), cluster_taskqueue (TaskQueue,
+// Task). The order is the one C++ needs: an object comes after those it uses.
+//
+// Work distribution owns its callbacks: a Pmap keeps its retry check and
+// progress callables (destroying a running map cancels it and waits for its
+// end, after which none runs); a TaskQueue keeps its tasks' callbacks until it
+// is destroyed (after which none runs).
 //
 // Callback lifetime. The Cluster keeps every registered callable alive until it
 // is closed, including ones replaced by a later registration (a library thread
@@ -55,6 +66,7 @@
 #include <cstring>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -1269,6 +1281,643 @@ private:
 
     cluster_ctx *ctx_ = nullptr;
     std::unique_ptr<detail::State> state_;
+};
+
+// ==== cluster_pool: Pool ====================================================
+
+/// Owns a cluster_pool: Distributed's WorkerPool. Calls on a pool run on a
+/// free worker and give it back when they complete.
+class Pool {
+public:
+    Pool() noexcept = default;
+    /// Adopts `p`; it is released by this object.
+    explicit Pool(cluster_pool *p) noexcept : p_(p) {}
+    Pool(Pool &&o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+    Pool &operator=(Pool &&o) noexcept {
+        if (this != &o) {
+            reset();
+            p_ = std::exchange(o.p_, nullptr);
+        }
+        return *this;
+    }
+    Pool(const Pool &) = delete;
+    Pool &operator=(const Pool &) = delete;
+    ~Pool() { reset(); }
+
+    /// WorkerPool(pids).
+    static Pool of(Cluster &c, const std::vector<std::int32_t> &pids) {
+        cluster_pool *p = nullptr;
+        check(cluster_pool_new(c.get(), pids.data(), pids.size(), &p));
+        return Pool(p);
+    }
+    /// default_worker_pool(): every worker (the head while it has none).
+    static Pool default_pool(Cluster &c) {
+        cluster_pool *p = nullptr;
+        check(cluster_pool_default(c.get(), &p));
+        return Pool(p);
+    }
+
+    bool valid() const noexcept { return p_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_pool *get() const noexcept { return p_; }
+    void reset() noexcept {
+        if (p_) cluster_pool_free(p_);
+        p_ = nullptr;
+    }
+
+    /// push!(pool, pid).
+    void push(std::int32_t pid) { check(cluster_pool_push(p_, pid)); }
+    /// put!(pool, pid).
+    void put(std::int32_t pid) { check(cluster_pool_put(p_, pid)); }
+    /// take!(pool): waits for a free worker; throws CLUSTER_ERR_TIMEOUT
+    /// after `timeout_ms`, CLUSTER_ERR_NO_SUCH_PROCESS when none is left.
+    std::int32_t take(std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        std::int32_t pid = 0;
+        check(cluster_pool_take(p_, timeout_ms, &pid));
+        return pid;
+    }
+    /// take! as a future; see taken().
+    Future take_async() {
+        cluster_future *f = nullptr;
+        check(cluster_pool_take_async(p_, &f));
+        return Future(f);
+    }
+    /// The worker a take_async future holds.
+    static std::int32_t taken(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        return f.fetch_as<std::int32_t>(timeout_ms);
+    }
+    /// length(pool): the live members, free or busy.
+    std::size_t length() const {
+        std::size_t n = 0;
+        check(cluster_pool_length(p_, &n));
+        return n;
+    }
+    /// isready(pool): whether a take would not wait.
+    bool ready() const {
+        bool r = false;
+        check(cluster_pool_isready(p_, &r));
+        return r;
+    }
+    std::vector<std::int32_t> workers() const {
+        return detail::ids(
+            [&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_pool_workers(p_, o, c, n); });
+    }
+
+    Future remotecall(const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_pool_remotecall(p_, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    Buffer remotecall_fetch(const std::string &name, Bytes args = {}) {
+        Buffer b;
+        check(cluster_pool_remotecall_fetch(p_, name.c_str(), args.data(), args.size(), b.out()));
+        return b;
+    }
+    Future remotecall_wait(const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_pool_remotecall_wait(p_, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    void remote_do(const std::string &name, Bytes args = {}) {
+        check(cluster_pool_remote_do(p_, name.c_str(), args.data(), args.size()));
+    }
+    template <class R, class A> R remotecall_fetch_as(const std::string &name, const A &value) {
+        static_assert(std::is_trivially_copyable_v<A>, "remotecall_fetch_as: the argument must be trivially copyable");
+        return remotecall(name, Bytes::of(value)).template fetch_as<R>();
+    }
+
+private:
+    cluster_pool *p_ = nullptr;
+};
+
+// ==== cluster_pmap: Pmap, PmapOptions, pmap<R>(), splitrange() ===============
+
+/// An element about to be retried, as a retry check sees it.
+struct PmapRetry {
+    std::size_t index;
+    std::uint32_t attempt;
+    cluster_status status;
+    std::int32_t pid;
+    std::string_view message;
+};
+
+/// pmap's keyword arguments.
+struct PmapOptions {
+    /// Elements per call; auto_batch (0) is Distributed's `:auto`.
+    std::size_t batch_size = 1;
+    static constexpr std::size_t auto_batch = CLUSTER_BATCH_AUTO;
+    /// on_error: failed elements keep their error and the map goes on.
+    bool on_error = false;
+    /// retry_delays, in milliseconds.
+    std::vector<std::uint32_t> retry_delays_ms;
+    /// retry_check (empty: retry every failure). Runs on a library thread
+    /// (inside poll() in host mode); must not wait for the map.
+    std::function<bool(const PmapRetry &)> retry_check;
+    /// Progress reports (done, failed, total), at most every
+    /// progress_interval_ms and once at the end; same threads as retry_check.
+    std::function<void(std::size_t, std::size_t, std::size_t)> progress;
+    std::uint32_t progress_interval_ms = 100;
+    /// The most calls in flight per worker (1: Distributed's); see
+    /// cluster_pmap_options.max_in_flight.
+    std::uint32_t max_in_flight = 16;
+};
+
+namespace detail {
+
+struct PmapBox {
+    std::function<bool(const PmapRetry &)> retry_check;
+    std::function<void(std::size_t, std::size_t, std::size_t)> progress;
+};
+
+inline bool pmap_retry_trampoline(void *ud, std::size_t index, std::uint32_t attempt, std::int32_t status,
+                                  std::int32_t pid, const char *message) noexcept {
+    auto *box = static_cast<PmapBox *>(ud);
+    try {
+        return box->retry_check(PmapRetry{index, attempt, static_cast<cluster_status>(status), pid,
+                                          message ? std::string_view(message) : std::string_view()});
+    } catch (...) {
+        return false;
+    }
+}
+
+inline void pmap_progress_trampoline(void *ud, std::size_t done, std::size_t failed, std::size_t total) noexcept {
+    auto *box = static_cast<PmapBox *>(ud);
+    try {
+        box->progress(done, failed, total);
+    } catch (...) {
+    }
+}
+
+/// The C options for `o`, pointing into `box` and `o`.
+inline cluster_pmap_options pmap_options(const PmapOptions &o, PmapBox *box) {
+    cluster_pmap_options c{};
+    check(cluster_pmap_options_init(&c));
+    c.batch_size = o.batch_size;
+    c.on_error = o.on_error;
+    c.retry_delays_ms = o.retry_delays_ms.empty() ? nullptr : o.retry_delays_ms.data();
+    c.retries = o.retry_delays_ms.size();
+    if (o.retry_check) {
+        c.retry_check = &pmap_retry_trampoline;
+        c.retry_user_data = box;
+    }
+    if (o.progress) {
+        c.progress = &pmap_progress_trampoline;
+        c.progress_user_data = box;
+    }
+    c.progress_interval_ms = o.progress_interval_ms;
+    c.max_in_flight = o.max_in_flight;
+    return c;
+}
+
+/// An element as bytes: a trivially copyable value or a string.
+template <class T> Bytes element_bytes(const T &v) {
+    if constexpr (std::is_convertible_v<const T &, std::string_view>) {
+        return Bytes(std::string_view(v));
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>, "pmap elements are trivially copyable or strings");
+        return Bytes::of(v);
+    }
+}
+
+/// A result from bytes: std::string, or a trivially copyable value (size checked).
+template <class R> R element_value(Bytes b, std::int32_t pid = 0) {
+    if constexpr (std::is_same_v<R, std::string>) {
+        return b.str();
+    } else if constexpr (std::is_same_v<R, std::vector<std::uint8_t>>) {
+        return b.vec();
+    } else {
+        static_assert(std::is_trivially_copyable_v<R>, "pmap results are trivially copyable, std::string or bytes");
+        return b.as<R>(pid);
+    }
+}
+
+} // namespace detail
+
+/// Owns a cluster_pmap: a map under way or done, with its callbacks.
+/// Destroying a map that still runs cancels it and waits for its end (so
+/// no callback outlives it).
+class Pmap {
+public:
+    Pmap() noexcept = default;
+    Pmap(Pmap &&o) noexcept : m_(std::exchange(o.m_, nullptr)), box_(std::move(o.box_)) {}
+    Pmap &operator=(Pmap &&o) noexcept {
+        if (this != &o) {
+            reset();
+            m_ = std::exchange(o.m_, nullptr);
+            box_ = std::move(o.box_);
+        }
+        return *this;
+    }
+    Pmap(const Pmap &) = delete;
+    Pmap &operator=(const Pmap &) = delete;
+    ~Pmap() { reset(); }
+
+    /// Starts pmap of `name` over `items` on `pool` (null: the default pool).
+    static Pmap start(Cluster &c, const std::string &name, const std::vector<Bytes> &items, const PmapOptions &o = {},
+                      const Pool *pool = nullptr) {
+        Pmap m;
+        m.box_ = std::make_unique<detail::PmapBox>(detail::PmapBox{o.retry_check, o.progress});
+        cluster_pmap_options co = detail::pmap_options(o, m.box_.get());
+        std::vector<cluster_bytes> v(items.size());
+        for (std::size_t i = 0; i < items.size(); i++) v[i] = cluster_bytes{items[i].data(), items[i].size()};
+        check(cluster_pmap_async(c.get(), pool ? pool->get() : nullptr, name.c_str(), v.data(), v.size(), &co, &m.m_));
+        return m;
+    }
+    /// Runs pmap to its end (at most `timeout_ms`); throws the error that
+    /// ended it (the results of the elements done stay readable through a
+    /// map started with start()).
+    static Pmap run(Cluster &c, const std::string &name, const std::vector<Bytes> &items, const PmapOptions &o = {},
+                    const Pool *pool = nullptr, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        Pmap m;
+        m.box_ = std::make_unique<detail::PmapBox>(detail::PmapBox{o.retry_check, o.progress});
+        cluster_pmap_options co = detail::pmap_options(o, m.box_.get());
+        std::vector<cluster_bytes> v(items.size());
+        for (std::size_t i = 0; i < items.size(); i++) v[i] = cluster_bytes{items[i].data(), items[i].size()};
+        check(cluster_pmap_run(c.get(), pool ? pool->get() : nullptr, name.c_str(), v.data(), v.size(), &co, timeout_ms,
+                               &m.m_));
+        return m;
+    }
+    /// Starts @distributed over first..=last: `name` gets each chunk's bounds
+    /// (two int64_t) then `args`; chunk 0: splitrange over the workers.
+    static Pmap distributed(Cluster &c, const std::string &name, std::int64_t first, std::int64_t last,
+                            std::size_t chunk = 0, Bytes args = {}, const PmapOptions &o = {},
+                            const Pool *pool = nullptr) {
+        Pmap m;
+        m.box_ = std::make_unique<detail::PmapBox>(detail::PmapBox{o.retry_check, o.progress});
+        cluster_pmap_options co = detail::pmap_options(o, m.box_.get());
+        check(cluster_distributed_async(c.get(), pool ? pool->get() : nullptr, name.c_str(), cluster_range{first, last},
+                                        chunk, args.data(), args.size(), &co, &m.m_));
+        return m;
+    }
+
+    bool valid() const noexcept { return m_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_pmap *get() const noexcept { return m_; }
+    /// Releases the map; one still running is cancelled and waited for.
+    void reset() noexcept {
+        if (!m_) return;
+        if (box_ && cluster_pmap_wait(m_, 0) == CLUSTER_ERR_TIMEOUT) {
+            cluster_pmap_cancel(m_);
+            cluster_pmap_wait(m_, CLUSTER_FOREVER);
+        }
+        cluster_pmap_free(m_);
+        m_ = nullptr;
+        box_.reset();
+    }
+
+    /// Waits for the end; throws the error that ended the map.
+    void wait() const { check(cluster_pmap_wait(m_, CLUSTER_FOREVER)); }
+    /// false on timeout.
+    bool wait_for(std::int64_t timeout_ms) const {
+        cluster_status st = cluster_pmap_wait(m_, timeout_ms);
+        if (st == CLUSTER_ERR_TIMEOUT) return false;
+        check(st);
+        return true;
+    }
+    /// A future of the map's end.
+    Future future() const {
+        cluster_future *f = nullptr;
+        check(cluster_pmap_future(m_, &f));
+        return Future(f);
+    }
+    void cancel() { check(cluster_pmap_cancel(m_)); }
+
+    std::size_t size() const {
+        std::size_t n = 0;
+        check(cluster_pmap_length(m_, &n));
+        return n;
+    }
+    std::size_t batch_size() const {
+        std::size_t n = 0;
+        check(cluster_pmap_batch_size(m_, &n));
+        return n;
+    }
+    /// Element `i`'s value (throws its error, or CLUSTER_ERR_NOT_READY).
+    /// The bytes belong to the map.
+    Bytes value(std::size_t i) const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_pmap_result(m_, i, &d, &n));
+        return Bytes(d, n);
+    }
+    template <class R> R value_as(std::size_t i) const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_pmap_result(m_, i, &d, &n));
+        return detail::element_value<R>(Bytes(d, n));
+    }
+    /// nullopt if element `i` succeeded, its failure otherwise.
+    std::optional<FutureError> error(std::size_t i) const {
+        std::int32_t pid = 0;
+        const char *msg = nullptr;
+        check(cluster_pmap_error(m_, i, &pid, &msg));
+        if (pid == 0 && (msg == nullptr || msg[0] == '\0')) return std::nullopt;
+        return FutureError{pid, msg ? msg : ""};
+    }
+    /// Elements done, and of them failed.
+    std::pair<std::size_t, std::size_t> progress() const {
+        std::size_t done = 0, failed = 0;
+        check(cluster_pmap_progress(m_, &done, &failed));
+        return {done, failed};
+    }
+
+private:
+    cluster_pmap *m_ = nullptr;
+    std::unique_ptr<detail::PmapBox> box_;
+};
+
+/// One element's outcome, for pmap_results().
+template <class R> struct PmapResult {
+    std::optional<R> value;
+    std::optional<FutureError> error;
+    bool ok() const noexcept { return value.has_value(); }
+};
+
+/// Typed pmap: `name` over trivially copyable or string elements, results
+/// of type R (trivially copyable, std::string or std::vector<uint8_t>) in
+/// input order; throws the first failure (after retries).
+template <class R, class T>
+std::vector<R> pmap(Cluster &c, const std::string &name, const std::vector<T> &xs, PmapOptions o = {},
+                    const Pool *pool = nullptr) {
+    std::vector<Bytes> items;
+    items.reserve(xs.size());
+    for (const auto &x : xs) items.push_back(detail::element_bytes(x));
+    o.on_error = false;
+    Pmap m = Pmap::run(c, name, items, o, pool);
+    std::vector<R> out;
+    out.reserve(xs.size());
+    for (std::size_t i = 0; i < xs.size(); i++) out.push_back(m.value_as<R>(i));
+    return out;
+}
+
+/// Typed pmap with on_error: every element's value or error, in input order.
+template <class R, class T>
+std::vector<PmapResult<R>> pmap_results(Cluster &c, const std::string &name, const std::vector<T> &xs, PmapOptions o = {},
+                                        const Pool *pool = nullptr) {
+    std::vector<Bytes> items;
+    items.reserve(xs.size());
+    for (const auto &x : xs) items.push_back(detail::element_bytes(x));
+    o.on_error = true;
+    Pmap m = Pmap::start(c, name, items, o, pool);
+    m.wait();
+    std::vector<PmapResult<R>> out(xs.size());
+    for (std::size_t i = 0; i < xs.size(); i++) {
+        if (auto e = m.error(i))
+            out[i].error = std::move(e);
+        else
+            out[i].value = m.value_as<R>(i);
+    }
+    return out;
+}
+
+/// @distributed (reducer) for i in first:last: partial results (of type R)
+/// per chunk on the workers, combined here with `op` from `init`.
+template <class R, class Op>
+R distributed_reduce(Cluster &c, const std::string &name, std::int64_t first, std::int64_t last, Op op, R init,
+                     std::size_t chunk = 0, Bytes args = {}, const Pool *pool = nullptr) {
+    Pmap m = Pmap::distributed(c, name, first, last, chunk, args, PmapOptions{}, pool);
+    m.wait();
+    R acc = std::move(init);
+    for (std::size_t i = 0; i < m.size(); i++) acc = op(std::move(acc), m.value_as<R>(i));
+    return acc;
+}
+
+/// Distributed's splitrange(first, last, np).
+inline std::vector<cluster_range> splitrange(std::int64_t first, std::int64_t last, std::size_t np) {
+    std::vector<cluster_range> v(np > 0 ? np : 1);
+    std::size_t n = 0;
+    check(cluster_splitrange(cluster_range{first, last}, np, v.data(), v.size(), &n));
+    v.resize(n);
+    return v;
+}
+
+// ==== cluster_workerset: WorkerSet ==========================================
+
+/// Owns a cluster_workerset: PTools' WorkerSet (WS_MODE_RR / WS_MODE_FF).
+class WorkerSet {
+public:
+    WorkerSet() noexcept = default;
+    explicit WorkerSet(cluster_workerset *w) noexcept : w_(w) {}
+    WorkerSet(WorkerSet &&o) noexcept : w_(std::exchange(o.w_, nullptr)) {}
+    WorkerSet &operator=(WorkerSet &&o) noexcept {
+        if (this != &o) {
+            reset();
+            w_ = std::exchange(o.w_, nullptr);
+        }
+        return *this;
+    }
+    WorkerSet(const WorkerSet &) = delete;
+    WorkerSet &operator=(const WorkerSet &) = delete;
+    ~WorkerSet() { reset(); }
+
+    static WorkerSet of(Cluster &c, const std::vector<std::int32_t> &pids, cluster_ws_mode mode = CLUSTER_WS_MODE_RR) {
+        cluster_workerset *w = nullptr;
+        check(cluster_workerset_new(c.get(), pids.data(), pids.size(), static_cast<std::int32_t>(mode), &w));
+        return WorkerSet(w);
+    }
+    cluster_workerset *get() const noexcept { return w_; }
+    void reset() noexcept {
+        if (w_) cluster_workerset_free(w_);
+        w_ = nullptr;
+    }
+
+    Future remotecall(const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_workerset_remotecall(w_, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    Buffer remotecall_fetch(const std::string &name, Bytes args = {}) {
+        Buffer b;
+        check(cluster_workerset_remotecall_fetch(w_, name.c_str(), args.data(), args.size(), b.out()));
+        return b;
+    }
+    Future remotecall_wait(const std::string &name, Bytes args = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_workerset_remotecall_wait(w_, name.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    template <class R> R remotecall_fetch_as(const std::string &name, Bytes args = {}) {
+        return remotecall(name, args).template fetch_as<R>();
+    }
+
+private:
+    cluster_workerset *w_ = nullptr;
+};
+
+// ==== cluster_taskqueue: TaskQueue, Task ====================================
+
+/// PTools' QueuedWorkerTask(task, method, callback, target).
+struct Task {
+    std::string name;                     ///< the registered function (remote_method)
+    std::vector<std::uint8_t> args;       ///< its argument (the WorkerTask)
+    cluster_task_target target = CLUSTER_TARGET_ANY;
+    std::vector<std::int32_t> pids;       ///< for CLUSTER_TARGET_PIDS
+    std::vector<std::string> hosts;       ///< for CLUSTER_TARGET_HOSTS
+    double priority = std::numeric_limits<double>::infinity(); ///< lower runs first
+    /// Called once per run: (task id, worker, status, value or error message).
+    std::function<void(std::uint64_t, std::int32_t, cluster_status, Bytes)> callback;
+
+    Task() = default;
+    Task(std::string n, Bytes a, cluster_task_target t = CLUSTER_TARGET_ANY) : name(std::move(n)), args(a.vec()), target(t) {}
+    static Task on(std::string n, Bytes a, std::vector<std::int32_t> pids) {
+        Task t(std::move(n), a, CLUSTER_TARGET_PIDS);
+        t.pids = std::move(pids);
+        return t;
+    }
+    static Task on_hosts(std::string n, Bytes a, std::vector<std::string> hosts) {
+        Task t(std::move(n), a, CLUSTER_TARGET_HOSTS);
+        t.hosts = std::move(hosts);
+        return t;
+    }
+};
+
+/// A queued task: its id, and a future of its result.
+struct QueuedTask {
+    std::uint64_t id = 0;
+    Future future;
+};
+
+namespace detail {
+struct TaskBox {
+    std::function<void(std::uint64_t, std::int32_t, cluster_status, Bytes)> fn;
+};
+inline void task_trampoline(void *ud, std::uint64_t task, std::int32_t pid, std::int32_t status, const std::uint8_t *data,
+                            std::size_t len) noexcept {
+    auto *box = static_cast<TaskBox *>(ud);
+    try {
+        box->fn(task, pid, static_cast<cluster_status>(status), Bytes(data, len));
+    } catch (...) {
+    }
+}
+template <class F> double priority_trampoline(void *ud, const cluster_task_info *info) noexcept {
+    try {
+        return (*static_cast<F *>(ud))(*info);
+    } catch (...) {
+        return info->priority;
+    }
+}
+template <class F> bool filter_trampoline(void *ud, const cluster_task_info *info) noexcept {
+    try {
+        return (*static_cast<F *>(ud))(*info);
+    } catch (...) {
+        return true;
+    }
+}
+} // namespace detail
+
+/// Owns a cluster_taskqueue: PTools' queued tasks. Destroying it drops the
+/// tasks still queued (their futures fail) and their callbacks.
+class TaskQueue {
+public:
+    TaskQueue() = default;
+    explicit TaskQueue(Cluster &c) { check(cluster_taskqueue_new(c.get(), &q_)); }
+    TaskQueue(TaskQueue &&o) noexcept : q_(std::exchange(o.q_, nullptr)), boxes_(std::move(o.boxes_)) {}
+    TaskQueue &operator=(TaskQueue &&o) noexcept {
+        if (this != &o) {
+            reset();
+            q_ = std::exchange(o.q_, nullptr);
+            boxes_ = std::move(o.boxes_);
+        }
+        return *this;
+    }
+    TaskQueue(const TaskQueue &) = delete;
+    TaskQueue &operator=(const TaskQueue &) = delete;
+    ~TaskQueue() { reset(); }
+
+    cluster_taskqueue *get() const noexcept { return q_; }
+    /// Frees the queue (no callback runs afterwards), then its callbacks.
+    void reset() noexcept {
+        if (q_) cluster_taskqueue_free(q_);
+        q_ = nullptr;
+        std::lock_guard<std::mutex> g(mu_);
+        boxes_.clear();
+    }
+
+    /// prep_remotes(force).
+    void prep_remotes(bool force = false, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        check(cluster_taskqueue_prep_remotes(q_, force, timeout_ms));
+    }
+    Future prep_remotes_async(bool force = false) {
+        cluster_future *f = nullptr;
+        check(cluster_taskqueue_prep_remotes_async(q_, force, &f));
+        return Future(f);
+    }
+    /// num_remotes().
+    std::size_t num_remotes() const {
+        std::size_t n = 0;
+        check(cluster_taskqueue_num_remotes(q_, &n));
+        return n;
+    }
+    /// queue_worker_task(t).
+    QueuedTask queue(const Task &t) {
+        std::vector<const char *> hosts;
+        cluster_task_spec s = spec(t, hosts);
+        QueuedTask q;
+        cluster_future *f = nullptr;
+        check(cluster_taskqueue_queue(q_, &s, &q.id, &f));
+        q.future = Future(f);
+        return q;
+    }
+    /// execute_worker_task(t): queue and wait for the value; throws the
+    /// task's failure (CLUSTER_ERR_TIMEOUT after `timeout_ms`).
+    Buffer execute(const Task &t, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        std::vector<const char *> hosts;
+        cluster_task_spec s = spec(t, hosts);
+        Buffer b;
+        check(cluster_taskqueue_execute(q_, &s, timeout_ms, b.out()));
+        return b;
+    }
+    /// dequeue_worker_task(t): whether it was still queued.
+    bool dequeue(std::uint64_t id) {
+        bool r = false;
+        check(cluster_taskqueue_dequeue(q_, id, &r));
+        return r;
+    }
+    /// dequeue_worker_task(filter_fn): dequeues those `keep` rejects.
+    template <class F> std::size_t dequeue_if(F keep) {
+        std::size_t n = 0;
+        check(cluster_taskqueue_dequeue_if(q_, &detail::filter_trampoline<F>, &keep, &n));
+        return n;
+    }
+    void set_priority(std::uint64_t id, double priority) { check(cluster_taskqueue_set_priority(q_, id, priority)); }
+    /// set_priorities(calc_prio): calc(const cluster_task_info&) -> double.
+    template <class F> void set_priorities(F calc) {
+        check(cluster_taskqueue_set_priorities(q_, &detail::priority_trampoline<F>, &calc));
+    }
+    /// (queued, running).
+    std::pair<std::size_t, std::size_t> length() const {
+        std::size_t a = 0, b = 0;
+        check(cluster_taskqueue_length(q_, &a, &b));
+        return {a, b};
+    }
+
+private:
+    /// The C spec of `t` (pointing into `t` and `hosts`), its callback kept.
+    cluster_task_spec spec(const Task &t, std::vector<const char *> &hosts) {
+        for (const auto &h : t.hosts) hosts.push_back(h.c_str());
+        cluster_task_spec s{};
+        check(cluster_task_spec_init(&s));
+        s.name = t.name.c_str();
+        s.args = t.args.data();
+        s.len = t.args.size();
+        s.target = static_cast<std::int32_t>(t.target);
+        s.pids = t.pids.data();
+        s.npids = t.pids.size();
+        s.hosts = hosts.data();
+        s.nhosts = hosts.size();
+        s.priority = t.priority;
+        if (t.callback) {
+            auto box = std::make_unique<detail::TaskBox>(detail::TaskBox{t.callback});
+            s.callback = &detail::task_trampoline;
+            s.user_data = box.get();
+            std::lock_guard<std::mutex> g(mu_);
+            boxes_.push_back(std::move(box));
+        }
+        return s;
+    }
+    cluster_taskqueue *q_ = nullptr;
+    std::mutex mu_;
+    std::vector<std::unique_ptr<detail::TaskBox>> boxes_;
 };
 
 } // namespace cluster

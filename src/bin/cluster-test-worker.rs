@@ -231,6 +231,32 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         Ok(n.to_le_bytes().to_vec())
     })?;
     c.register_fn("address", |call| Ok(call.node().address().as_bytes().to_vec()))?;
+    // For pools and pmap: x -> x*x (u32), after `SLOW_MS` ms when called as
+    // "slow_sq"; "sleep_myid" sleeps its argument's ms then answers its id;
+    // "range_sum" sums lo..=hi (two i64s) times the optional i64 after them.
+    c.register_fn("sq", |call| {
+        let x = u32_arg(call)?;
+        Ok(x.wrapping_mul(x).to_le_bytes().to_vec())
+    })?;
+    c.register_fn("slow_sq", |call| {
+        let x = u32_arg(call)?;
+        std::thread::sleep(Duration::from_millis(5));
+        Ok(x.wrapping_mul(x).to_le_bytes().to_vec())
+    })?;
+    c.register_fn("sleep_myid", |call| {
+        std::thread::sleep(Duration::from_millis(u32_arg(call)? as u64));
+        Ok(call.node().myid().to_le_bytes().to_vec())
+    })?;
+    c.register_fn("range_sum", |call| {
+        let a = call.args();
+        if a.len() < 16 {
+            return Err("expected two i64s".into());
+        }
+        let lo = i64::from_le_bytes(a[..8].try_into().unwrap());
+        let hi = i64::from_le_bytes(a[8..16].try_into().unwrap());
+        let k = if a.len() >= 24 { i64::from_le_bytes(a[16..24].try_into().unwrap()) } else { 1 };
+        Ok(((lo..=hi).sum::<i64>() * k).to_le_bytes().to_vec())
+    })?;
     c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))?;
     Ok(())
 }

@@ -31,6 +31,13 @@ pub(crate) struct CtxObj {
     gate: Arc<Gate>,
 }
 
+impl CtxObj {
+    /// The gate every host callback of this cluster passes.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
 impl std::ops::Deref for CtxObj {
     type Target = Cluster;
     fn deref(&self) -> &Cluster {

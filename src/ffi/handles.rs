@@ -26,6 +26,11 @@ pub(crate) enum Kind {
     Call = 3,
     Buffer = 4,
     Channel = 5,
+    // Work distribution (kinds 16 and up, clear of other services' objects).
+    Pool = 16,
+    Pmap = 17,
+    WorkerSet = 18,
+    TaskQueue = 19,
 }
 
 impl Kind {
@@ -36,6 +41,10 @@ impl Kind {
             Kind::Call => "cluster_call",
             Kind::Buffer => "cluster_buffer",
             Kind::Channel => "cluster_channel",
+            Kind::Pool => "cluster_pool",
+            Kind::Pmap => "cluster_pmap",
+            Kind::WorkerSet => "cluster_workerset",
+            Kind::TaskQueue => "cluster_taskqueue",
         }
     }
 }

@@ -18,6 +18,11 @@
 //! - `buffer`: `cluster_buffer`.
 //! - `channel`: `cluster_channel` (a RemoteChannel), `cluster_channel_ref`
 //!   and `cluster_channel_state`.
+//! - `pool`: `cluster_pool`, a worker pool (Distributed's `WorkerPool`).
+//! - `pmap`: `cluster_pmap`, a parallel map or `@distributed` loop under
+//!   way, `cluster_splitrange`.
+//! - `workerset`: `cluster_workerset` (PTools' `WorkerSet`).
+//! - `taskqueue`: `cluster_taskqueue` (PTools' queued tasks).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -41,6 +46,10 @@ mod future;
 mod call;
 mod buffer;
 mod channel;
+mod pool;
+mod pmap;
+mod workerset;
+mod taskqueue;
 
 #[cfg(test)]
 mod header_checks;
@@ -51,6 +60,10 @@ pub use channel::*;
 pub use config::*;
 pub use ctx::*;
 pub use future::*;
+pub use pmap::*;
+pub use pool::*;
+pub use taskqueue::*;
+pub use workerset::*;
 pub use status::*;
 pub use types::*;
 

@@ -10,9 +10,12 @@
 //!
 //! `holders` is no service: the reference counting and the housekeeping
 //! thread that refs and channel share.
+//! | 5  | pool     | worker pools, pmap, @distributed, PTools' WorkerSet |
+//! |    |          | and queued tasks (host info on the wire)            |
 
 pub mod channel;
 pub mod control;
 pub(crate) mod holders;
+pub mod pool;
 pub mod refs;
 pub mod rpc;

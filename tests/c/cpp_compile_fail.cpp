@@ -4,6 +4,7 @@
 #include <cluster.hpp>
 
 #include <string>
+#include <vector>
 
 int main() {
     cluster::Cluster c;
@@ -23,6 +24,14 @@ int main() {
     cluster::Future f = c.remotecall(1, "f");
     cluster::Future g = f;
     (void)g;
+#elif CLUSTER_FAIL_CASE == 5
+    // pmap over elements that are neither strings nor trivially copyable
+    auto r = cluster::pmap<int>(c, "f", std::vector<std::vector<int>>{{1}});
+    (void)r;
+#elif CLUSTER_FAIL_CASE == 6
+    // pmap results of a type that is neither bytes nor trivially copyable
+    auto r = cluster::pmap<std::wstring>(c, "f", std::vector<int>{1});
+    (void)r;
 #else
 #error "set CLUSTER_FAIL_CASE"
 #endif

@@ -1180,6 +1180,469 @@ static void case_modes(void) {
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* ---- pools, pmap, worker sets, task queues on a lone head ------------------ */
+
+static int32_t h_fail_odd(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    cluster_call_args(call, &d, &n);
+    int32_t x = payload_i32(d, n);
+    if (x % 2) return cluster_call_fail(call, "odd on purpose");
+    int32_t y = x * 10;
+    return cluster_call_reply(call, (const uint8_t *)&y, sizeof y);
+}
+
+/* (lo, hi[, k]) as int64s -> k * sum(lo..=hi). */
+static int32_t h_range_sum(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    cluster_call_args(call, &d, &n);
+    if (n < 16) return cluster_call_fail(call, "want two int64s");
+    int64_t lo, hi, k = 1, s = 0;
+    memcpy(&lo, d, 8);
+    memcpy(&hi, d + 8, 8);
+    if (n >= 24) memcpy(&k, d + 16, 8);
+    for (int64_t i = lo; i <= hi; i++) s += i;
+    s *= k;
+    return cluster_call_reply(call, (const uint8_t *)&s, sizeof s);
+}
+
+static _Atomic size_t g_prog_calls, g_prog_last_done, g_prog_total;
+static void on_progress(void *ud, size_t done, size_t failed, size_t total) {
+    (void)failed;
+    EXPECT(ud == (void *)&g_prog_calls);
+    atomic_fetch_add(&g_prog_calls, 1);
+    atomic_store(&g_prog_last_done, done);
+    atomic_store(&g_prog_total, total);
+}
+
+static _Atomic int g_retry_asked;
+static bool never_retry(void *ud, size_t index, uint32_t attempt, int32_t status, int32_t pid, const char *message) {
+    (void)ud;
+    (void)index;
+    (void)attempt;
+    (void)pid;
+    EXPECT(status == CLUSTER_ERR_REMOTE && strstr(message, "odd") != NULL);
+    atomic_fetch_add(&g_retry_asked, 1);
+    return false;
+}
+
+static _Atomic int g_task_cb;
+static int64_t g_task_order[16];
+static void on_task(void *ud, uint64_t task, int32_t pid, int32_t status, const uint8_t *data, size_t len) {
+    (void)ud;
+    (void)data;
+    (void)len;
+    EXPECT(pid == 1 && status == CLUSTER_OK);
+    int k = atomic_fetch_add(&g_task_cb, 1);
+    if (k < 16) g_task_order[k] = (int64_t)task;
+}
+
+static double prio_by_id(void *ud, const cluster_task_info *info) {
+    (void)ud;
+    EXPECT(info->queue == CLUSTER_QUEUE_PID || info->queue == CLUSTER_QUEUE_ANY || info->queue == CLUSTER_QUEUE_HOST);
+    EXPECT(info->name != NULL && strcmp(info->name, "sleep") == 0 && info->host != NULL);
+    EXPECT(info->queued_at > 1e9 && !info->all);
+    return -(double)info->id; /* newest first */
+}
+
+static bool keep_none(void *ud, const cluster_task_info *info) {
+    (void)info;
+    (*(int *)ud)++;
+    return false;
+}
+
+static void expect_bad_pool(cluster_pool *p, const char *what) {
+    harness_logf("bad pool: %s", what);
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    int32_t pid;
+    size_t n;
+    bool b;
+    cluster_future *f = NULL;
+    cluster_buffer out = {0};
+    EXPECT_ST(cluster_pool_push(p, 1), B);
+    EXPECT_ST(cluster_pool_put(p, 1), B);
+    EXPECT_ST(cluster_pool_take(p, 0, &pid), B);
+    EXPECT_ST(cluster_pool_take_async(p, &f), B);
+    EXPECT_ST(cluster_pool_length(p, &n), B);
+    EXPECT_ST(cluster_pool_isready(p, &b), B);
+    EXPECT_ST(cluster_pool_workers(p, &pid, 1, &n), B);
+    EXPECT_ST(cluster_pool_remotecall(p, "echo", NULL, 0, &f), B);
+    EXPECT_ST(cluster_pool_remotecall_fetch(p, "echo", NULL, 0, &out), B);
+    EXPECT_ST(cluster_pool_remotecall_wait(p, "echo", NULL, 0, &f), B);
+    EXPECT_ST(cluster_pool_remote_do(p, "echo", NULL, 0), B);
+    if (p != NULL) EXPECT_ST(cluster_pool_free(p), B);
+}
+
+static void expect_bad_pmap(cluster_pmap *m, const char *what) {
+    harness_logf("bad pmap: %s", what);
+    const cluster_status B = CLUSTER_ERR_BAD_HANDLE;
+    size_t n;
+    const uint8_t *d;
+    int32_t pid;
+    const char *msg;
+    cluster_future *f = NULL;
+    EXPECT_ST(cluster_pmap_wait(m, 0), B);
+    EXPECT_ST(cluster_pmap_future(m, &f), B);
+    EXPECT_ST(cluster_pmap_length(m, &n), B);
+    EXPECT_ST(cluster_pmap_batch_size(m, &n), B);
+    EXPECT_ST(cluster_pmap_result(m, 0, &d, &n), B);
+    EXPECT_ST(cluster_pmap_error(m, 0, &pid, &msg), B);
+    EXPECT_ST(cluster_pmap_progress(m, &n, &n), B);
+    EXPECT_ST(cluster_pmap_cancel(m), B);
+    if (m != NULL) EXPECT_ST(cluster_pmap_free(m), B);
+}
+
+static void case_pools(void) {
+    cluster_ctx *ctx = new_head(CLUSTER_DISPATCH_THREADS);
+    REQUIRE_OK(cluster_register(ctx, "echo", h_echo, NULL));
+    REQUIRE_OK(cluster_register(ctx, "fail_odd", h_fail_odd, NULL));
+    REQUIRE_OK(cluster_register(ctx, "range_sum", h_range_sum, NULL));
+    REQUIRE_OK(cluster_register(ctx, "sleep", h_sleep, NULL));
+
+    /* splitrange: Distributed's, 1:11 over 3 is 1:4, 5:8, 9:11. */
+    cluster_range r[8];
+    size_t count = 0;
+    EXPECT_OK(cluster_splitrange((cluster_range){1, 11}, 3, r, 8, &count));
+    EXPECT(count == 3 && r[0].first == 1 && r[0].last == 4 && r[1].first == 5 && r[1].last == 8 && r[2].first == 9 && r[2].last == 11);
+    EXPECT_ST(cluster_splitrange((cluster_range){1, 11}, 3, r, 2, &count), CLUSTER_ERR_BUFFER_TOO_SMALL);
+    EXPECT(count == 3);
+    EXPECT_OK(cluster_splitrange((cluster_range){1, 2}, 4, r, 8, &count));
+    EXPECT(count == 2 && r[1].first == 2 && r[1].last == 2);
+    EXPECT_OK(cluster_splitrange((cluster_range){5, 4}, 4, NULL, 0, &count));
+    EXPECT(count == 0);
+    EXPECT_ST(cluster_splitrange((cluster_range){1, 2}, 0, r, 8, &count), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_splitrange((cluster_range){1, 2}, 2, r, 8, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* The default pool of a lone head is the head itself. */
+    cluster_pool *dp = NULL;
+    REQUIRE_OK(cluster_pool_default(ctx, &dp));
+    size_t n = 0;
+    EXPECT_OK(cluster_pool_length(dp, &n));
+    EXPECT(n == 1);
+    int32_t ids[4];
+    EXPECT_OK(cluster_pool_workers(dp, ids, 4, &count));
+    EXPECT(count == 1 && ids[0] == 1);
+    bool ready = false;
+    EXPECT_OK(cluster_pool_isready(dp, &ready));
+    EXPECT(ready);
+    int32_t w = 0;
+    EXPECT_OK(cluster_pool_take(dp, 1000, &w));
+    EXPECT(w == 1);
+    EXPECT_OK(cluster_pool_isready(dp, &ready));
+    EXPECT(!ready);
+    EXPECT_ST(cluster_pool_take(dp, 20, &w), CLUSTER_ERR_TIMEOUT);
+    cluster_future *tf = NULL;
+    REQUIRE_OK(cluster_pool_take_async(dp, &tf));
+    EXPECT_ST(cluster_future_wait(tf, 20), CLUSTER_ERR_TIMEOUT);
+    EXPECT_OK(cluster_pool_put(dp, 1));
+    const uint8_t *d;
+    EXPECT_OK(cluster_future_fetch(tf, 5000, &d, &n));
+    EXPECT(n == 4 && payload_i32(d, n) == 1);
+    EXPECT_OK(cluster_future_free(tf));
+    EXPECT_OK(cluster_pool_put(dp, 1));
+    EXPECT_OK(cluster_pool_put(dp, 1)); /* free already: ignored */
+    EXPECT_OK(cluster_pool_put(dp, 9)); /* not a member: ignored */
+    EXPECT_ST(cluster_pool_take(dp, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* Calls on a pool give the worker back when they complete. */
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_pool_remotecall(dp, "echo", (const uint8_t *)"hi", 2, &f));
+    EXPECT_OK(cluster_future_fetch(f, 5000, &d, &n));
+    EXPECT(n == 2 && memcmp(d, "hi", 2) == 0);
+    EXPECT_OK(cluster_future_free(f));
+    cluster_buffer out = {0};
+    EXPECT_OK(cluster_pool_remotecall_fetch(dp, "echo", (const uint8_t *)"abc", 3, &out));
+    EXPECT(out.len == 3);
+    EXPECT_OK(cluster_buffer_free(&out));
+    REQUIRE_OK(cluster_pool_remotecall_wait(dp, "echo", NULL, 0, &f));
+    EXPECT_OK(cluster_future_isready(f, &ready));
+    EXPECT(ready);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_ST(cluster_pool_remotecall_wait(dp, "fail_odd", (const uint8_t *)&(int32_t){3}, 4, &f), CLUSTER_ERR_REMOTE);
+    EXPECT_OK(cluster_pool_remote_do(dp, "echo", NULL, 0));
+    EXPECT_OK(cluster_pool_take(dp, 5000, &w)); /* back after each call */
+    EXPECT_OK(cluster_pool_put(dp, w));
+
+    /* An explicit pool; pushing; an empty pool fails its takers. */
+    cluster_pool *p = NULL;
+    REQUIRE_OK(cluster_pool_new(ctx, NULL, 0, &p));
+    EXPECT_ST(cluster_pool_take(p, 0, &w), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_LAST_ERROR_HAS("no active worker available");
+    REQUIRE_OK(cluster_pool_take_async(p, &tf));
+    EXPECT_ST(cluster_future_wait(tf, 1000), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_OK(cluster_future_free(tf));
+    EXPECT_ST(cluster_pool_push(p, 77), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_OK(cluster_pool_push(p, 1));
+    EXPECT_OK(cluster_pool_push(p, 1)); /* a member already */
+    EXPECT_OK(cluster_pool_length(p, &n));
+    EXPECT(n == 1);
+    EXPECT_ST(cluster_pool_new(ctx, (const int32_t[]){-3}, 1, &p), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* pmap over the head: results in order, per-element errors, progress. */
+    cluster_bytes items[10];
+    int32_t xs[10];
+    for (int i = 0; i < 10; i++) {
+        xs[i] = i;
+        items[i] = (cluster_bytes){(const uint8_t *)&xs[i], sizeof xs[i]};
+    }
+    cluster_pmap_options o;
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    EXPECT(o.batch_size == 1 && o.max_in_flight == 16 && !o.on_error && o.retries == 0);
+    o.on_error = true;
+    o.progress = on_progress;
+    o.progress_user_data = (void *)&g_prog_calls;
+    cluster_pmap *m = NULL;
+    REQUIRE_OK(cluster_pmap_async(ctx, NULL, "fail_odd", items, 10, &o, &m));
+    EXPECT_OK(cluster_pmap_wait(m, 10000));
+    EXPECT_OK(cluster_pmap_length(m, &n));
+    EXPECT(n == 10);
+    EXPECT_OK(cluster_pmap_batch_size(m, &n));
+    EXPECT(n == 1);
+    for (int i = 0; i < 10; i++) {
+        cluster_status st = cluster_pmap_result(m, (size_t)i, &d, &n);
+        int32_t pid = -1;
+        const char *msg = NULL;
+        EXPECT_OK(cluster_pmap_error(m, (size_t)i, &pid, &msg));
+        if (i % 2) {
+            EXPECT(st == CLUSTER_ERR_REMOTE && cluster_last_error_pid() == 1);
+            EXPECT(pid == 1 && msg && strstr(msg, "odd on purpose"));
+        } else {
+            EXPECT(st == CLUSTER_OK && n == 4 && payload_i32(d, n) == i * 10);
+            EXPECT(pid == 0 && msg && msg[0] == '\0');
+        }
+    }
+    size_t done = 0, failed = 0;
+    EXPECT_OK(cluster_pmap_progress(m, &done, &failed));
+    EXPECT(done == 10 && failed == 5);
+    EXPECT(atomic_load(&g_prog_calls) >= 1 && atomic_load(&g_prog_last_done) == 10 && atomic_load(&g_prog_total) == 10);
+    EXPECT_ST(cluster_pmap_result(m, 10, &d, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_pmap_error(m, 10, NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_pmap_result(m, 0, NULL, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    f = NULL;
+    REQUIRE_OK(cluster_pmap_future(m, &f));
+    EXPECT_OK(cluster_future_wait(f, 0));
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_pmap_cancel(m)); /* ended: nothing happens */
+    EXPECT_OK(cluster_pmap_wait(m, 0));
+    cluster_pmap *gone = m;
+    EXPECT_OK(cluster_pmap_free(m));
+    expect_bad_pmap(gone, "freed");
+
+    /* Without on_error the first failure ends the map; the check may refuse retries. */
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    uint32_t delays[2] = {0, 1};
+    o.retry_delays_ms = delays;
+    o.retries = 2;
+    o.retry_check = never_retry;
+    EXPECT_ST(cluster_pmap_run(ctx, dp, "fail_odd", items, 4, &o, 10000, &m), CLUSTER_ERR_REMOTE);
+    EXPECT_LAST_ERROR_HAS("element 2");
+    EXPECT(atomic_load(&g_retry_asked) >= 1);
+    EXPECT_ST(cluster_pmap_result(m, 1, &d, &n), CLUSTER_ERR_NOT_READY);
+    EXPECT_OK(cluster_pmap_free(m));
+    /* Auto batches, an empty map, bad options. */
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    o.batch_size = CLUSTER_BATCH_AUTO;
+    EXPECT_OK(cluster_pmap_run(ctx, NULL, "echo", items, 10, &o, 10000, &m));
+    EXPECT_OK(cluster_pmap_batch_size(m, &n));
+    EXPECT(n == 3); /* 10 elements, 1 worker: 10 / 3 */
+    EXPECT_OK(cluster_pmap_result(m, 9, &d, &n));
+    EXPECT(n == 4 && payload_i32(d, n) == 9);
+    EXPECT_OK(cluster_pmap_free(m));
+    EXPECT_OK(cluster_pmap_run(ctx, NULL, "echo", NULL, 0, NULL, 10000, &m));
+    EXPECT_OK(cluster_pmap_free(m));
+    o.struct_size = 3;
+    EXPECT_ST(cluster_pmap_async(ctx, NULL, "echo", items, 1, &o, &m), CLUSTER_ERR_INVALID_ARGUMENT);
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    o.retries = 1; /* without delays */
+    EXPECT_ST(cluster_pmap_async(ctx, NULL, "echo", items, 1, &o, &m), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_pmap_async(ctx, NULL, "echo", NULL, 3, NULL, &m), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_pmap_async(ctx, NULL, NULL, items, 1, NULL, &m), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_pmap_async(ctx, NULL, "echo", items, 1, NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* An empty pool: the map fails clearly. */
+    EXPECT_OK(cluster_pool_free(p));
+    REQUIRE_OK(cluster_pool_new(ctx, NULL, 0, &p));
+    EXPECT_ST(cluster_pmap_run(ctx, p, "echo", items, 3, NULL, 10000, &m), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_LAST_ERROR_HAS("no active worker available");
+    EXPECT_OK(cluster_pmap_free(m));
+    /* Cancelling a map under way. */
+    int32_t ms = 30;
+    cluster_bytes slow[20];
+    for (int i = 0; i < 20; i++) slow[i] = (cluster_bytes){(const uint8_t *)&ms, 4};
+    REQUIRE_OK(cluster_pmap_async(ctx, NULL, "sleep", slow, 20, NULL, &m));
+    sleep_ms(50);
+    EXPECT_OK(cluster_pmap_cancel(m));
+    EXPECT_ST(cluster_pmap_wait(m, 5000), CLUSTER_ERR_INTERRUPTED);
+    EXPECT_OK(cluster_pmap_free(m));
+
+    /* @distributed on the head: static split and dynamic chunks. */
+    REQUIRE_OK(cluster_distributed_async(ctx, NULL, "range_sum", (cluster_range){1, 11}, 0, NULL, 0, NULL, &m));
+    EXPECT_OK(cluster_pmap_wait(m, 10000));
+    EXPECT_OK(cluster_pmap_length(m, &n));
+    EXPECT(n == 1); /* one worker: one chunk */
+    EXPECT_OK(cluster_pmap_result(m, 0, &d, &n));
+    int64_t sum = 0;
+    if (n == 8) memcpy(&sum, d, 8);
+    EXPECT(sum == 66);
+    EXPECT_OK(cluster_pmap_free(m));
+    int64_t k = 3;
+    REQUIRE_OK(cluster_distributed_async(ctx, NULL, "range_sum", (cluster_range){1, 100}, 7, (const uint8_t *)&k, 8, NULL, &m));
+    EXPECT_OK(cluster_pmap_wait(m, 10000));
+    EXPECT_OK(cluster_pmap_length(m, &n));
+    EXPECT(n == 15);
+    sum = 0;
+    for (size_t i = 0; i < 15; i++) {
+        int64_t part = 0;
+        if (cluster_pmap_result(m, i, &d, &n) == CLUSTER_OK && n == 8) memcpy(&part, d, 8);
+        sum += part;
+    }
+    EXPECT(sum == 3 * 5050);
+    EXPECT_OK(cluster_pmap_free(m));
+
+    /* Worker sets over the head. */
+    cluster_workerset *ws = NULL;
+    REQUIRE_OK(cluster_workerset_new(ctx, (const int32_t[]){1}, 1, CLUSTER_WS_MODE_RR, &ws));
+    EXPECT_OK(cluster_workerset_remotecall_fetch(ws, "echo", (const uint8_t *)"rr", 2, &out));
+    EXPECT(out.len == 2);
+    EXPECT_OK(cluster_buffer_free(&out));
+    EXPECT_OK(cluster_workerset_free(ws));
+    REQUIRE_OK(cluster_workerset_new(ctx, (const int32_t[]){1}, 1, CLUSTER_WS_MODE_FF, &ws));
+    cluster_future *a = NULL, *b = NULL;
+    REQUIRE_OK(cluster_workerset_remotecall(ws, "sleep", (const uint8_t *)&ms, 4, &a));
+    REQUIRE_OK(cluster_workerset_remotecall(ws, "echo", (const uint8_t *)"q", 1, &b)); /* queued */
+    int32_t fp = -1;
+    EXPECT_OK(cluster_future_pid(b, &fp));
+    EXPECT(fp == 0); /* not known while queued */
+    EXPECT_OK(cluster_future_wait(b, 5000));
+    EXPECT_OK(cluster_future_isready(a, &ready));
+    EXPECT(ready); /* FIFO: the first call was done first */
+    EXPECT_OK(cluster_future_free(a));
+    EXPECT_OK(cluster_future_free(b));
+    REQUIRE_OK(cluster_workerset_remotecall_wait(ws, "echo", NULL, 0, &a));
+    EXPECT_OK(cluster_future_free(a));
+    EXPECT_OK(cluster_workerset_free(ws));
+    EXPECT_ST(cluster_workerset_new(ctx, (const int32_t[]){1}, 1, 7, &ws), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_workerset_new(ctx, NULL, 0, CLUSTER_WS_MODE_RR, &ws), CLUSTER_ERR_INVALID_ARGUMENT);
+
+    /* A task queue over the head: priorities, re-prioritising, dequeueing. */
+    cluster_taskqueue *tq = NULL;
+    REQUIRE_OK(cluster_taskqueue_new(ctx, &tq));
+    cluster_task_spec s;
+    REQUIRE_OK(cluster_task_spec_init(&s));
+    EXPECT(s.target == CLUSTER_TARGET_ANY && s.priority > 1e300);
+    s.name = "sleep";
+    int32_t long_ms = 200, short_ms = 1;
+    s.args = (const uint8_t *)&long_ms;
+    s.len = 4;
+    s.callback = on_task;
+    uint64_t blocker = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &blocker, NULL));
+    s.args = (const uint8_t *)&short_ms;
+    s.priority = 5;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t1, NULL));
+    s.priority = 1;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t2, NULL));
+    s.target = CLUSTER_TARGET_PIDS;
+    s.pids = (const int32_t[]){1};
+    s.npids = 1;
+    s.priority = 3;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t3, NULL));
+    cluster_future *tf4 = NULL;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t4, &tf4));
+    size_t queued = 0, running = 0;
+    EXPECT_OK(cluster_taskqueue_length(tq, &queued, &running));
+    EXPECT(queued == 4 && running == 1);
+    EXPECT_OK(cluster_taskqueue_set_priority(tq, t1, 0.5)); /* t1 now first */
+    bool removed = false;
+    EXPECT_OK(cluster_taskqueue_dequeue(tq, t4, &removed));
+    EXPECT(removed);
+    EXPECT_OK(cluster_taskqueue_dequeue(tq, t4, &removed));
+    EXPECT(!removed);
+    EXPECT_ST(cluster_future_wait(tf4, 1000), CLUSTER_ERR_INTERRUPTED);
+    EXPECT_OK(cluster_future_free(tf4));
+    EXPECT_ST(cluster_taskqueue_set_priority(tq, t4, 1), CLUSTER_ERR_INVALID_ARGUMENT);
+    for (int64_t t0 = now_ms(); atomic_load(&g_task_cb) < 4 && now_ms() - t0 < 5000;) sleep_ms(2);
+    EXPECT(atomic_load(&g_task_cb) == 4);
+    EXPECT(g_task_order[0] == (int64_t)blocker && g_task_order[1] == (int64_t)t1 && g_task_order[2] == (int64_t)t2 &&
+           g_task_order[3] == (int64_t)t3);
+    /* set_priorities and dequeue_if see every queued entry. */
+    s.target = CLUSTER_TARGET_ANY;
+    s.priority = 1;
+    s.args = (const uint8_t *)&long_ms;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &blocker, NULL));
+    s.args = (const uint8_t *)&short_ms;
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t1, NULL));
+    REQUIRE_OK(cluster_taskqueue_queue(tq, &s, &t2, NULL));
+    EXPECT_OK(cluster_taskqueue_set_priorities(tq, prio_by_id, NULL));
+    int seen = 0;
+    count = 0;
+    EXPECT_OK(cluster_taskqueue_dequeue_if(tq, keep_none, &seen, &count));
+    EXPECT(seen == 2 && count == 2);
+    EXPECT_ST(cluster_taskqueue_set_priorities(tq, NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_taskqueue_dequeue_if(tq, NULL, NULL, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    /* execute_worker_task; prep_remotes; host targets. */
+    s.callback = NULL;
+    s.name = "echo";
+    s.args = (const uint8_t *)"task";
+    s.len = 4;
+    EXPECT_OK(cluster_taskqueue_execute(tq, &s, 10000, &out));
+    EXPECT(out.len == 4 && memcmp(out.data, "task", 4) == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const char *hosts[] = {host};
+    s.target = CLUSTER_TARGET_HOSTS;
+    s.hosts = hosts;
+    s.nhosts = 1;
+    uint64_t id = 0;
+    EXPECT_ST(cluster_taskqueue_queue(tq, &s, &id, NULL), CLUSTER_ERR_INVALID_ARGUMENT); /* before prep_remotes */
+    cluster_future *pf = NULL;
+    REQUIRE_OK(cluster_taskqueue_prep_remotes_async(tq, false, &pf));
+    EXPECT_OK(cluster_future_wait(pf, 5000));
+    EXPECT_OK(cluster_future_free(pf));
+    EXPECT_OK(cluster_taskqueue_prep_remotes(tq, true, 5000));
+    EXPECT_OK(cluster_taskqueue_num_remotes(tq, &n));
+    EXPECT(n == 1);
+    EXPECT_OK(cluster_taskqueue_execute(tq, &s, 10000, &out));
+    EXPECT_OK(cluster_buffer_free(&out));
+    hosts[0] = "no-such-host.example";
+    EXPECT_ST(cluster_taskqueue_queue(tq, &s, &id, NULL), CLUSTER_ERR_NO_SUCH_PROCESS);
+    s.target = CLUSTER_TARGET_PIDS;
+    s.pids = (const int32_t[]){42};
+    EXPECT_ST(cluster_taskqueue_queue(tq, &s, &id, NULL), CLUSTER_ERR_NO_SUCH_PROCESS);
+    s.target = 9;
+    EXPECT_ST(cluster_taskqueue_queue(tq, &s, &id, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    s.target = CLUSTER_TARGET_ALL;
+    EXPECT_OK(cluster_taskqueue_execute(tq, &s, 10000, &out)); /* once on the one worker: no value */
+    EXPECT(out.len == 0);
+    EXPECT_OK(cluster_buffer_free(&out));
+    s.struct_size = 1;
+    EXPECT_ST(cluster_taskqueue_queue(tq, &s, &id, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_taskqueue_free(tq));
+
+    /* Handles of these kinds: NULL, garbage, wrong kind, freed. */
+    expect_bad_pool(NULL, "NULL");
+    expect_bad_pool((cluster_pool *)(uintptr_t)0x00005555deadbee0ULL, "garbage pointer");
+    expect_bad_pool((cluster_pool *)ctx, "a ctx cast to cluster_pool*");
+    expect_bad_pmap(NULL, "NULL");
+    expect_bad_pmap((cluster_pmap *)dp, "a pool cast to cluster_pmap*");
+    cluster_pool *freed = dp;
+    EXPECT_OK(cluster_pool_free(dp));
+    expect_bad_pool(freed, "freed");
+    EXPECT_OK(cluster_pool_free(p));
+    EXPECT_OK(cluster_pool_free(NULL));
+    EXPECT_OK(cluster_pmap_free(NULL));
+    EXPECT_OK(cluster_workerset_free(NULL));
+    EXPECT_OK(cluster_taskqueue_free(NULL));
+    EXPECT_ST(cluster_workerset_free((cluster_workerset *)ctx), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_taskqueue_free((cluster_taskqueue *)freed), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_workerset_remotecall(NULL, "echo", NULL, 0, &f), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_taskqueue_queue(NULL, &s, &id, NULL), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_free(ctx));
+}
+
 struct test_case {
     const char *name;
     void (*fn)(void);
@@ -1198,6 +1661,7 @@ static const struct test_case cases[] = {
     {"topology_args", case_topology_args},
     {"log", case_log},
     {"modes", case_modes},
+    {"pools", case_pools},
 };
 
 int main(int argc, char **argv) {

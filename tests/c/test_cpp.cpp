@@ -116,6 +116,23 @@ void register_all(cluster::Cluster &c) {
         return std::string("slept");
     });
     // Deferred: answered from another thread after args ms.
+    c.register_function("range_sum", [](cluster::Call &call) {
+        cluster::Bytes a = call.args();
+        std::int64_t lo = 0, hi = 0, sum = 0;
+        std::memcpy(&lo, a.data(), 8);
+        std::memcpy(&hi, a.data() + 8, 8);
+        for (std::int64_t i = lo; i <= hi; i++) sum += i;
+        return sum;
+    });
+    c.register_function("sleep_whoami", [](cluster::Call &call) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(call.args_as<std::int32_t>()));
+        return g_cluster->myid();
+    });
+    c.register_function("odd_fails", [](cluster::Call &call) {
+        auto x = call.args_as<std::int32_t>();
+        if (x % 2) throw std::runtime_error("odd");
+        return x * 2;
+    });
     c.register_function("deferred", [](cluster::Call &call) {
         cluster::Call owned = call.defer();
         EXPECT(!call.valid());
@@ -614,10 +631,163 @@ void case_workers() {
 
 } // namespace
 
+// Pools, pmap (typed, with strings, with errors, retries and progress),
+// @distributed with a reducer, splitrange, worker sets and task queues.
+void case_pools() {
+    cluster::Cluster &c = *g_cluster;
+    // A lone head: the default pool is the head itself.
+    {
+        cluster::Pool d = cluster::Pool::default_pool(c);
+        EXPECT(d.length() == 1 && d.workers() == std::vector<std::int32_t>{1} && d.ready());
+        auto sq = cluster::pmap<std::int32_t>(c, "square", std::vector<std::int32_t>{1, 2, 3});
+        EXPECT((sq == std::vector<std::int32_t>{1, 4, 9}));
+    }
+    auto s = cluster::splitrange(1, 11, 3);
+    EXPECT(s.size() == 3 && s[0].first == 1 && s[0].last == 4 && s[1].first == 5 && s[2].last == 11);
+    auto ids = c.addprocs(4);
+    // Pools.
+    cluster::Pool p = cluster::Pool::of(c, {ids[0], ids[1]});
+    EXPECT(p.length() == 2 && p.ready());
+    std::int32_t a = p.take(1000);
+    std::int32_t b = p.take(1000);
+    EXPECT(a == ids[0] && b == ids[1] && !p.ready());
+    cluster::Future t = p.take_async();
+    EXPECT(!t.wait_for(10));
+    p.put(a);
+    EXPECT(cluster::Pool::taken(t, 5000) == a);
+    p.put(a);
+    p.put(b);
+    p.push(ids[2]);
+    EXPECT(p.workers().size() == 3);
+    EXPECT(p.remotecall_fetch_as<std::int32_t>("square", std::int32_t(7)) == 49);
+    EXPECT(p.remotecall_fetch("upper", "pool").str() == "POOL");
+    EXPECT(p.remotecall_wait("whoami").ready());
+    p.remote_do("nothing");
+    EXPECT_THROWS(cluster::Pool::of(c, {}).take(0), CLUSTER_ERR_NO_SUCH_PROCESS);
+    // Typed pmap over ints and strings, on the default pool and on p.
+    std::vector<std::int32_t> xs(500);
+    for (std::int32_t i = 0; i < 500; i++) xs[i] = i;
+    auto sq = cluster::pmap<std::int32_t>(c, "square", xs);
+    bool all = sq.size() == 500;
+    for (std::int32_t i = 0; all && i < 500; i++) all = sq[i] == i * i;
+    EXPECT(all);
+    cluster::PmapOptions auto_b;
+    auto_b.batch_size = cluster::PmapOptions::auto_batch;
+    auto up = cluster::pmap<std::string>(c, "upper", std::vector<std::string>{"a", "bc", ""}, auto_b, &p);
+    EXPECT((up == std::vector<std::string>{"A", "BC", ""}));
+    // Errors: thrown without on_error, per element with it; a retry check; progress.
+    EXPECT_THROWS(cluster::pmap<std::int32_t>(c, "odd_fails", xs), CLUSTER_ERR_REMOTE);
+    std::atomic<int> checks{0};
+    std::atomic<std::size_t> last_done{0};
+    cluster::PmapOptions o;
+    o.retry_delays_ms = {0, 1};
+    o.retry_check = [&](const cluster::PmapRetry &r) {
+        checks++;
+        return r.status == CLUSTER_ERR_REMOTE && r.message.find("odd") != std::string_view::npos && r.attempt < 1;
+    };
+    o.progress = [&](std::size_t done, std::size_t, std::size_t total) {
+        EXPECT(total == 500);
+        last_done = done;
+    };
+    o.progress_interval_ms = 1;
+    auto rs = cluster::pmap_results<std::int32_t>(c, "odd_fails", xs, o);
+    int bad = 0;
+    for (std::int32_t i = 0; i < 500; i++) {
+        if (i % 2) {
+            bad += !rs[i].ok() && rs[i].error && rs[i].error->message.find("odd") != std::string::npos;
+        } else {
+            EXPECT(rs[i].ok() && *rs[i].value == 2 * i);
+        }
+    }
+    EXPECT(bad == 250);
+    EXPECT(checks == 500 && last_done == 500); /* 250 odd elements, each checked twice */
+    // A map destroyed while it runs is cancelled; its callbacks end with it.
+    {
+        std::vector<std::int32_t> slow(200, 20);
+        cluster::PmapOptions po;
+        po.progress = [&](std::size_t, std::size_t, std::size_t) { last_done = 7; };
+        std::vector<cluster::Bytes> items;
+        for (auto &v : slow) items.push_back(cluster::Bytes::of(v));
+        cluster::Pmap m = cluster::Pmap::start(c, "sleep_whoami", items, po);
+        std::this_thread::sleep_for(30ms);
+        EXPECT(m.progress().first < 200);
+    }
+    // @distributed with a reducer, static and dynamic; without one, its map.
+    std::int64_t total = cluster::distributed_reduce<std::int64_t>(
+        c, "range_sum", 1, 1000, [](std::int64_t x, std::int64_t y) { return x + y; }, std::int64_t(0));
+    EXPECT(total == 500500);
+    total = cluster::distributed_reduce<std::int64_t>(
+        c, "range_sum", 1, 1000, [](std::int64_t x, std::int64_t y) { return x + y; }, std::int64_t(0), 64);
+    EXPECT(total == 500500);
+    cluster::Pmap dm = cluster::Pmap::distributed(c, "range_sum", 1, 11, 0, {}, {}, &p);
+    dm.wait();
+    EXPECT(dm.size() == 3 && dm.batch_size() == 1 && dm.value_as<std::int64_t>(0) == 10 && !dm.error(0));
+    EXPECT(dm.value(2).as<std::int64_t>() == 30 && dm.progress().first == 3);
+    EXPECT(dm.future().wait_for(0));
+    // Worker sets.
+    cluster::WorkerSet rr = cluster::WorkerSet::of(c, {ids[0], ids[1], ids[2]}, CLUSTER_WS_MODE_RR);
+    std::vector<std::int32_t> order;
+    for (int i = 0; i < 4; i++) order.push_back(rr.remotecall_fetch_as<std::int32_t>("whoami"));
+    EXPECT((order == std::vector<std::int32_t>{ids[0], ids[1], ids[2], ids[0]}));
+    cluster::WorkerSet ff = cluster::WorkerSet::of(c, {ids[2], ids[3]}, CLUSTER_WS_MODE_FF);
+    cluster::Future f1 = ff.remotecall("sleep_whoami", cluster::Bytes::of(std::int32_t(100)));
+    cluster::Future f2 = ff.remotecall("sleep_whoami", cluster::Bytes::of(std::int32_t(150)));
+    cluster::Future f3 = ff.remotecall("sleep_whoami", cluster::Bytes::of(std::int32_t(10))); // queued: gets the first free
+    EXPECT(f3.fetch_as<std::int32_t>(5000) == f1.fetch_as<std::int32_t>(5000));
+    EXPECT(f2.fetch_as<std::int32_t>(5000) == ids[3]);
+    EXPECT(ff.remotecall_fetch("upper", "ff").str() == "FF");
+    EXPECT(ff.remotecall_wait("whoami").ready());
+    // Task queues: priorities, re-prioritising, dequeueing, callbacks.
+    cluster::TaskQueue q(c);
+    std::mutex mu;
+    std::vector<std::uint64_t> ran;
+    auto task = [&](std::int32_t ms, double prio) {
+        cluster::Task t = cluster::Task::on("sleep_whoami", cluster::Bytes::of(ms), {ids[0]});
+        t.priority = prio;
+        t.callback = [&](std::uint64_t id, std::int32_t pid, cluster_status st, cluster::Bytes) {
+            EXPECT(st == CLUSTER_OK && pid == ids[0]);
+            std::lock_guard<std::mutex> g(mu);
+            ran.push_back(id);
+        };
+        return t;
+    };
+    auto blocker = q.queue(task(200, 0));
+    auto t1 = q.queue(task(1, 5));
+    auto t2 = q.queue(task(1, 1));
+    auto t3 = q.queue(task(1, 3));
+    auto t4 = q.queue(task(1, 4));
+    q.set_priority(t1.id, 0.5);
+    EXPECT(q.dequeue(t4.id) && !q.dequeue(t4.id));
+    EXPECT_THROWS(t4.future.wait(), CLUSTER_ERR_INTERRUPTED);
+    q.set_priorities([&](const cluster_task_info &i) { return i.id == t3.id ? 0.7 : i.priority; });
+    EXPECT(q.length().first == 3 && q.length().second == 1);
+    t2.future.wait();
+    blocker.future.wait();
+    {
+        std::lock_guard<std::mutex> g(mu);
+        EXPECT((ran == std::vector<std::uint64_t>{blocker.id, t1.id, t3.id, t2.id}));
+    }
+    auto keep = q.queue(task(300, 0));
+    auto dropped = q.queue(task(1, 1));
+    EXPECT(q.dequeue_if([&](const cluster_task_info &i) { return i.id != dropped.id; }) == 1);
+    EXPECT_THROWS(dropped.future.wait(), CLUSTER_ERR_INTERRUPTED);
+    keep.future.wait();
+    q.prep_remotes(false, 5000);
+    EXPECT(q.prep_remotes_async(true).wait_for(5000));
+    EXPECT(q.num_remotes() == 4);
+    cluster::Task everyone("whoami", {}, CLUSTER_TARGET_ALL);
+    EXPECT(q.execute(everyone, 5000).empty());
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    auto on_host = q.execute(cluster::Task::on_hosts("whoami", {}, {host}), 5000).as<std::int32_t>();
+    EXPECT(on_host >= ids[0] && on_host <= ids[3]);
+    c.shutdown(10000);
+}
+
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
-    if (which == "workers") {
+    if (which == "workers" || which == "pools") {
         try {
             cluster::Cluster c(cluster::Config().startup_timeout_ms(20000));
             g_cluster = &c;
@@ -633,7 +803,10 @@ int main(int argc, char **argv) {
                 return harness_failures ? 1 : 0;
             }
             harness_watchdog(45);
-            case_workers();
+            if (which == "workers")
+                case_workers();
+            else
+                case_pools();
             g_cluster = nullptr;
         } catch (const std::exception &e) {
             harness_logf("uncaught exception: %s", e.what());
@@ -648,7 +821,7 @@ int main(int argc, char **argv) {
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers|pools\n", argv[0]);
         return 2;
     }
     try {

@@ -492,6 +492,58 @@ static int32_t h_ch_count(void *ud, cluster_call *call) {
     size_t n = 0;
     cluster_channel_count(g_ctx, &n);
     return reply_i32(call, (int32_t)n);
+
+/* ---- handlers for pools, pmap, worker sets and task queues ---------------- */
+
+/* int32 x -> x * x after 5 ms: long enough to kill a worker mid-map. */
+static int32_t h_sq5(void *ud, cluster_call *call) {
+    (void)ud;
+    int32_t x = arg_i32(call);
+    sleep_ms(5);
+    return reply_i32(call, x * x);
+}
+
+static int32_t h_noop(void *ud, cluster_call *call) {
+    (void)ud;
+    (void)call;
+    return CLUSTER_OK;
+}
+
+/* Sleeps args ms, then answers this process's id. */
+static int32_t h_sleep_whoami(void *ud, cluster_call *call) {
+    (void)ud;
+    sleep_ms(arg_i32(call));
+    int32_t id = 0;
+    cluster_myid(g_ctx, &id);
+    return reply_i32(call, id);
+}
+
+/* Sleeps args ms; replies {this process's id, start, end} (monotonic ms,
+ * the same clock in every process of the machine). */
+static int32_t h_sleep_stamp(void *ud, cluster_call *call) {
+    (void)ud;
+    int64_t r[3];
+    int32_t id = 0;
+    cluster_myid(g_ctx, &id);
+    r[0] = id;
+    r[1] = now_ms();
+    sleep_ms(arg_i32(call));
+    r[2] = now_ms();
+    return cluster_call_reply(call, (const uint8_t *)r, sizeof r);
+}
+
+/* (lo, hi) as int64s -> their sum, as an int64. */
+static int32_t h_range_sum(void *ud, cluster_call *call) {
+    (void)ud;
+    const uint8_t *d;
+    size_t n;
+    cluster_call_args(call, &d, &n);
+    if (n < 16) return cluster_call_fail(call, "want two int64s");
+    int64_t lo, hi, s = 0;
+    memcpy(&lo, d, 8);
+    memcpy(&hi, d + 8, 8);
+    for (int64_t i = lo; i <= hi; i++) s += i;
+    return cluster_call_reply(call, (const uint8_t *)&s, sizeof s);
 }
 
 static void register_all(cluster_ctx *ctx) {
@@ -529,6 +581,11 @@ static void register_all(cluster_ctx *ctx) {
         {"ch_release", h_ch_release, NULL},
         {"ch_forward", h_ch_forward, NULL},
         {"ch_count", h_ch_count, NULL},
+        {"sq5", h_sq5, NULL},
+        {"noop", h_noop, NULL},
+        {"sleep_whoami", h_sleep_whoami, NULL},
+        {"range_sum", h_range_sum, NULL},
+        {"sleep_stamp", h_sleep_stamp, NULL},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         REQUIRE_OK(cluster_register(ctx, table[i].name, table[i].fn, table[i].ud));
@@ -1968,6 +2025,538 @@ static void case_channel(void) {
     shutdown_all();
 }
 
+
+/* ---- pools, pmap, @distributed, worker sets, task queues ------------------------ */
+
+/* Items 0..n-1 as int32 elements. */
+static int32_t g_xs[4096];
+static cluster_bytes g_items[4096];
+static cluster_bytes *int_items(size_t n) {
+    REQUIRE(n <= 4096);
+    for (size_t i = 0; i < n; i++) {
+        g_xs[i] = (int32_t)i;
+        g_items[i] = (cluster_bytes){(const uint8_t *)&g_xs[i], sizeof g_xs[i]};
+    }
+    return g_items;
+}
+
+static int32_t os_pid_of(int32_t id) { return fetch_i32(id, "getpid", 0); }
+
+struct killer {
+    pid_t pid;
+    int64_t after_ms;
+};
+static void *kill_later(void *p) {
+    struct killer *k = p;
+    sleep_ms(k->after_ms);
+    kill(k->pid, SIGKILL);
+    return NULL;
+}
+
+/* Workers: take/put in FIFO order, takes as futures, calls that give their
+ * worker back when they complete, the default pool following membership. */
+static void case_pool(void) {
+    int32_t ids[3];
+    addprocs(3, ids);
+    cluster_pool *p = NULL;
+    REQUIRE_OK(cluster_pool_new(g_ctx, ids, 2, &p));
+    int32_t a = 0, b = 0;
+    EXPECT_OK(cluster_pool_take(p, 1000, &a));
+    EXPECT_OK(cluster_pool_take(p, 1000, &b));
+    EXPECT(a == ids[0] && b == ids[1]);
+    cluster_future *t1 = NULL, *t2 = NULL;
+    REQUIRE_OK(cluster_pool_take_async(p, &t1));
+    REQUIRE_OK(cluster_pool_take_async(p, &t2));
+    bool ready = true;
+    EXPECT_OK(cluster_future_isready(t1, &ready));
+    EXPECT(!ready);
+    EXPECT_OK(cluster_pool_put(p, b));
+    EXPECT_OK(cluster_pool_put(p, a));
+    const uint8_t *d;
+    size_t n;
+    EXPECT_OK(cluster_future_fetch(t1, 5000, &d, &n));
+    EXPECT(payload_i32(d, n) == b); /* first taker, first put */
+    EXPECT_OK(cluster_future_fetch(t2, 5000, &d, &n));
+    EXPECT(payload_i32(d, n) == a);
+    cluster_future_free(t1);
+    cluster_future_free(t2);
+    EXPECT_OK(cluster_pool_put(p, a));
+    EXPECT_OK(cluster_pool_put(p, b));
+    EXPECT_OK(cluster_pool_push(p, ids[2]));
+    size_t count = 0;
+    int32_t got[8];
+    EXPECT_OK(cluster_pool_workers(p, got, 8, &count));
+    EXPECT(count == 3 && got[2] == ids[2]);
+    /* A slow call holds its worker: the other takes get the others. */
+    int32_t ms = 300;
+    cluster_future *slow = NULL;
+    REQUIRE_OK(cluster_pool_remotecall(p, "sleep_whoami", (const uint8_t *)&ms, 4, &slow));
+    int32_t busy = 0;
+    EXPECT_OK(cluster_future_pid(slow, &busy));
+    int32_t x = 0, y = 0;
+    EXPECT_OK(cluster_pool_take(p, 1000, &x));
+    EXPECT_OK(cluster_pool_take(p, 1000, &y));
+    EXPECT(x != busy && y != busy);
+    int64_t t0 = now_ms();
+    int32_t z = 0;
+    EXPECT_OK(cluster_pool_take(p, 5000, &z));
+    EXPECT(z == busy && now_ms() - t0 >= 200); /* back once its call completed */
+    EXPECT_OK(cluster_future_fetch(slow, 5000, &d, &n));
+    EXPECT(payload_i32(d, n) == busy);
+    cluster_future_free(slow);
+    EXPECT_OK(cluster_pool_put(p, x));
+    EXPECT_OK(cluster_pool_put(p, y));
+    EXPECT_OK(cluster_pool_put(p, z));
+    /* The default pool follows the workers; a departed member leaves every pool. */
+    cluster_pool *dp = NULL;
+    REQUIRE_OK(cluster_pool_default(g_ctx, &dp));
+    EXPECT_OK(cluster_pool_length(dp, &n));
+    EXPECT(n == 3);
+    EXPECT_OK(cluster_rmprocs(g_ctx, &ids[0], 1, 10000));
+    EXPECT_OK(cluster_pool_length(dp, &n));
+    EXPECT(n == 2);
+    EXPECT_OK(cluster_pool_length(p, &n));
+    EXPECT(n == 2);
+    int32_t more[1];
+    addprocs(1, more);
+    EXPECT_OK(cluster_pool_workers(dp, got, 8, &count));
+    EXPECT(count == 3 && got[2] == more[0]);
+    cluster_pool_free(dp);
+    cluster_pool_free(p);
+    shutdown_all();
+}
+
+static _Atomic size_t g_pm_progress_calls, g_pm_progress_done;
+static void pm_progress(void *ud, size_t done, size_t failed, size_t total) {
+    (void)ud;
+    (void)failed;
+    (void)total;
+    atomic_fetch_add(&g_pm_progress_calls, 1);
+    atomic_store(&g_pm_progress_done, done);
+}
+
+/* pmap: input order in every batch mode; progress reports. */
+static void case_pmap(void) {
+    int32_t ids[2];
+    addprocs(2, ids);
+    cluster_bytes *items = int_items(2000);
+    const size_t batches[] = {1, 1, 16, CLUSTER_BATCH_AUTO};
+    const uint32_t depths[] = {1, 2, 3, 2};
+    for (int k = 0; k < 4; k++) {
+        cluster_pmap_options o;
+        REQUIRE_OK(cluster_pmap_options_init(&o));
+        o.batch_size = batches[k];
+        o.max_in_flight = depths[k];
+        o.progress = pm_progress;
+        o.progress_interval_ms = 1;
+        atomic_store(&g_pm_progress_calls, 0);
+        cluster_pmap *m = NULL;
+        int64_t t0 = now_ms();
+        EXPECT_OK(cluster_pmap_run(g_ctx, NULL, "square", items, 2000, &o, 20000, &m));
+        harness_logf("pmap of 2000, batch %zu, %u in flight: %" PRId64 " ms, %zu progress calls", batches[k], depths[k],
+                     now_ms() - t0, atomic_load(&g_pm_progress_calls));
+        for (size_t i = 0; i < 2000; i++) {
+            const uint8_t *d = NULL;
+            size_t n = 0;
+            if (!EXPECT_OK(cluster_pmap_result(m, i, &d, &n))) break;
+            EXPECT(n == 4 && payload_i32(d, n) == (int32_t)(i * i));
+        }
+        EXPECT(atomic_load(&g_pm_progress_done) == 2000 && atomic_load(&g_pm_progress_calls) >= 1);
+        size_t bs = 0;
+        EXPECT_OK(cluster_pmap_batch_size(m, &bs));
+        if (batches[k] == CLUSTER_BATCH_AUTO) EXPECT(bs == 100); /* 2000 elements, 2 workers: Distributed's :auto */
+        cluster_pmap_free(m);
+    }
+    shutdown_all();
+}
+
+/* A worker SIGKILLed mid-map, with retries: every result correct, only
+ * the lost elements ran again, on the other workers. */
+static void case_pmap_kill_retry(void) {
+    int32_t ids[3];
+    addprocs(3, ids);
+    struct killer k = {(pid_t)os_pid_of(ids[1]), 150};
+    pthread_t t;
+    cluster_pmap_options o;
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    uint32_t delays[3] = {10, 20, 40};
+    o.retry_delays_ms = delays;
+    o.retries = 3;
+    cluster_bytes *items = int_items(400);
+    cluster_pmap *m = NULL;
+    REQUIRE(pthread_create(&t, NULL, kill_later, &k) == 0);
+    int64_t t0 = now_ms();
+    EXPECT_OK(cluster_pmap_run(g_ctx, NULL, "sq5", items, 400, &o, 30000, &m));
+    pthread_join(t, NULL);
+    harness_logf("pmap with a worker killed mid-map: %" PRId64 " ms", now_ms() - t0);
+    for (size_t i = 0; i < 400; i++) {
+        const uint8_t *d = NULL;
+        size_t n = 0;
+        if (!EXPECT_OK(cluster_pmap_result(m, i, &d, &n))) break;
+        EXPECT(payload_i32(d, n) == (int32_t)(i * i));
+    }
+    size_t done = 0, failed = 9;
+    EXPECT_OK(cluster_pmap_progress(m, &done, &failed));
+    EXPECT(done == 400 && failed == 0);
+    cluster_pmap_free(m);
+    EXPECTF(wait_lifecycle(ids[1], CLUSTER_WORKER_DIED, 2000) >= 0, "no DIED for %d", ids[1]);
+    shutdown_all();
+}
+
+/* A worker SIGKILLed mid-map under on_error: every result correct or an
+ * error value naming the dead worker; nothing hangs. */
+static void case_pmap_kill_on_error(void) {
+    int32_t ids[3];
+    addprocs(3, ids);
+    struct killer k = {(pid_t)os_pid_of(ids[0]), 150};
+    pthread_t t;
+    cluster_pmap_options o;
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    o.on_error = true;
+    o.batch_size = 4; /* a whole batch is lost with its worker */
+    cluster_bytes *items = int_items(800);
+    cluster_pmap *m = NULL;
+    REQUIRE(pthread_create(&t, NULL, kill_later, &k) == 0);
+    EXPECT_OK(cluster_pmap_run(g_ctx, NULL, "sq5", items, 800, &o, 30000, &m));
+    pthread_join(t, NULL);
+    size_t lost = 0;
+    for (size_t i = 0; i < 800; i++) {
+        const uint8_t *d = NULL;
+        size_t n = 0;
+        cluster_status st = cluster_pmap_result(m, i, &d, &n);
+        if (st == CLUSTER_OK) {
+            EXPECT(payload_i32(d, n) == (int32_t)(i * i));
+        } else {
+            EXPECTF(st == CLUSTER_ERR_PROCESS_EXITED && cluster_last_error_pid() == ids[0], "element %zu: %s", i,
+                    cluster_status_str(st));
+            lost++;
+        }
+    }
+    harness_logf("elements lost with the worker: %zu", lost);
+    EXPECT(lost >= 4 && lost <= 8); /* the batches in flight there: at most 2 of 4 */
+    size_t done = 0, failed = 0;
+    EXPECT_OK(cluster_pmap_progress(m, &done, &failed));
+    EXPECT(done == 800 && failed == lost);
+    cluster_pmap_free(m);
+    shutdown_all();
+}
+
+/* Every worker of the pool SIGKILLed mid-map: the map fails with "no
+ * active worker available", promptly, with or without retries. */
+static void case_pmap_all_dead(void) {
+    int32_t ids[2];
+    addprocs(2, ids);
+    cluster_pool *p = NULL;
+    REQUIRE_OK(cluster_pool_new(g_ctx, ids, 2, &p));
+    struct killer k1 = {(pid_t)os_pid_of(ids[0]), 100}, k2 = {(pid_t)os_pid_of(ids[1]), 160};
+    pthread_t t1, t2;
+    cluster_pmap_options o;
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    uint32_t delays[2] = {5, 5};
+    o.retry_delays_ms = delays;
+    o.retries = 2;
+    cluster_bytes *items = int_items(2000);
+    cluster_pmap *m = NULL;
+    REQUIRE_OK(cluster_pmap_async(g_ctx, p, "sq5", items, 2000, &o, &m));
+    REQUIRE(pthread_create(&t1, NULL, kill_later, &k1) == 0);
+    REQUIRE(pthread_create(&t2, NULL, kill_later, &k2) == 0);
+    int64_t t0 = now_ms();
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_pmap_future(m, &f));
+    EXPECT_ST(cluster_future_wait(f, 20000), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_LAST_ERROR_HAS("no active worker available");
+    int64_t took = now_ms() - t0;
+    EXPECTF(took < 5000, "the map took %" PRId64 " ms to fail", took);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    size_t done = 0;
+    EXPECT_OK(cluster_pmap_progress(m, &done, NULL));
+    EXPECT(done > 0 && done < 2000);
+    cluster_future_free(f);
+    cluster_pmap_free(m);
+    /* on_error: an error value for every element. */
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    o.on_error = true;
+    EXPECT_OK(cluster_pmap_run(g_ctx, p, "sq5", items, 50, &o, 10000, &m));
+    for (size_t i = 0; i < 50; i++) {
+        const uint8_t *d;
+        size_t n;
+        EXPECT_ST(cluster_pmap_result(m, i, &d, &n), CLUSTER_ERR_NO_SUCH_PROCESS);
+    }
+    cluster_pmap_free(m);
+    size_t len = 9;
+    EXPECT_OK(cluster_pool_length(p, &len));
+    EXPECT(len == 0);
+    cluster_pool_free(p);
+    shutdown_all();
+}
+
+/* @distributed's static split (splitrange) and dynamic chunks. */
+static void case_distributed(void) {
+    int32_t ids[3];
+    addprocs(3, ids);
+    cluster_pmap *m = NULL;
+    REQUIRE_OK(cluster_distributed_async(g_ctx, NULL, "range_sum", (cluster_range){1, 11}, 0, NULL, 0, NULL, &m));
+    EXPECT_OK(cluster_pmap_wait(m, 10000));
+    size_t n = 0;
+    EXPECT_OK(cluster_pmap_length(m, &n));
+    EXPECT(n == 3);
+    const int64_t want[3] = {1 + 2 + 3 + 4, 5 + 6 + 7 + 8, 9 + 10 + 11};
+    for (size_t i = 0; i < 3 && i < n; i++) {
+        const uint8_t *d;
+        size_t len;
+        int64_t v = 0;
+        if (EXPECT_OK(cluster_pmap_result(m, i, &d, &len)) && len == 8) memcpy(&v, d, 8);
+        EXPECT(v == want[i]);
+    }
+    cluster_pmap_free(m);
+    REQUIRE_OK(cluster_distributed_async(g_ctx, NULL, "range_sum", (cluster_range){1, 100000}, 1000, NULL, 0, NULL, &m));
+    EXPECT_OK(cluster_pmap_wait(m, 10000));
+    EXPECT_OK(cluster_pmap_length(m, &n));
+    EXPECT(n == 100);
+    int64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *d;
+        size_t len;
+        int64_t v = 0;
+        if (cluster_pmap_result(m, i, &d, &len) == CLUSTER_OK && len == 8) memcpy(&v, d, 8);
+        total += v;
+    }
+    EXPECT(total == (int64_t)100000 * 100001 / 2);
+    cluster_pmap_free(m);
+    shutdown_all();
+}
+
+/* PTools' WorkerSet: RR wraps 2, 3, 4, 2; FF sends each call to an idle
+ * worker and queues calls in FIFO order under load; a failed call gives its
+ * worker back; queued calls are never dropped. */
+static void case_workerset(void) {
+    int32_t ids[7];
+    addprocs(7, ids);
+    cluster_workerset *rr = NULL;
+    REQUIRE_OK(cluster_workerset_new(g_ctx, ids, 3, CLUSTER_WS_MODE_RR, &rr));
+    for (int i = 0; i < 7; i++) {
+        cluster_buffer out = {0};
+        EXPECT_OK(cluster_workerset_remotecall_fetch(rr, "whoami", NULL, 0, &out));
+        EXPECT(payload_i32(out.data, out.len) == ids[i % 3]);
+        cluster_buffer_free(&out);
+    }
+    cluster_workerset_free(rr);
+    /* FF over w[4:7], PTools' test: four calls sleeping 100, 130, 160, 190
+     * ms go to the four workers in order; four more queue and each gets
+     * the next worker to finish, so again 5, 6, 7, 8. */
+    cluster_workerset *ff = NULL;
+    REQUIRE_OK(cluster_workerset_new(g_ctx, ids + 3, 4, CLUSTER_WS_MODE_FF, &ff));
+    cluster_future *fs[16];
+    int32_t ms[8];
+    for (int i = 0; i < 8; i++) {
+        ms[i] = 100 + 30 * (i % 4);
+        REQUIRE_OK(cluster_workerset_remotecall(ff, "sleep_whoami", (const uint8_t *)&ms[i], 4, &fs[i]));
+    }
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *d;
+        size_t n;
+        if (EXPECT_OK(cluster_future_fetch(fs[i], 10000, &d, &n)))
+            EXPECTF(payload_i32(d, n) == ids[3 + i % 4], "call %d ran on %d", i, payload_i32(d, n));
+        cluster_future_free(fs[i]);
+    }
+    /* Under load: 16 calls of 60 ms on 4 workers. Each worker runs 4; a
+     * queued call starts only once a worker has finished one (call i >= 4
+     * after at least i - 3 ends), and in FIFO order. */
+    int32_t sixty = 60;
+    for (int i = 0; i < 16; i++) REQUIRE_OK(cluster_workerset_remotecall(ff, "sleep_stamp", (const uint8_t *)&sixty, 4, &fs[i]));
+    int64_t st[16][3] = {{0}};
+    int runs[16] = {0};
+    for (int i = 0; i < 16; i++) {
+        const uint8_t *d;
+        size_t n;
+        if (EXPECT_OK(cluster_future_fetch(fs[i], 10000, &d, &n)) && n == sizeof st[i]) {
+            memcpy(st[i], d, n);
+            if (st[i][0] >= 0 && st[i][0] < 16) runs[st[i][0]]++;
+        }
+        cluster_future_free(fs[i]);
+    }
+    for (int i = 4; i < 16; i++) {
+        int ended = 0;
+        for (int j = 0; j < 16; j++) ended += st[j][2] <= st[i][1];
+        EXPECTF(ended >= i - 3, "call %d started at %" PRId64 " ms with %d calls ended", i, st[i][1], ended);
+        EXPECTF(st[i][1] + 5 >= st[i - 1][1], "call %d started before call %d", i, i - 1);
+    }
+    for (int i = 3; i < 7; i++) EXPECTF(runs[ids[i]] == 4, "worker %d ran %d calls", ids[i], runs[ids[i]]);
+    /* A failed call gives its worker back: four calls still find four workers. */
+    cluster_buffer out = {0};
+    for (int i = 0; i < 4; i++) EXPECT_ST(cluster_workerset_remotecall_fetch(ff, "no_such_function", NULL, 0, &out), CLUSTER_ERR_REMOTE);
+    bool seen[16] = {false};
+    int32_t fifty = 50;
+    for (int i = 0; i < 4; i++) REQUIRE_OK(cluster_workerset_remotecall(ff, "sleep_whoami", (const uint8_t *)&fifty, 4, &fs[i]));
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *d;
+        size_t n;
+        if (EXPECT_OK(cluster_future_fetch(fs[i], 10000, &d, &n))) {
+            int32_t w = payload_i32(d, n);
+            if (w >= 0 && w < 16) seen[w] = true;
+        }
+        cluster_future_free(fs[i]);
+    }
+    for (int i = 3; i < 7; i++) EXPECTF(seen[ids[i]], "worker %d got no call", ids[i]);
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_workerset_remotecall_wait(ff, "whoami", NULL, 0, &f));
+    cluster_future_free(f);
+    cluster_workerset_free(ff);
+    shutdown_all();
+}
+
+static pthread_mutex_t g_tq_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t g_tq_order[64];
+static int32_t g_tq_pid[64];
+static int g_tq_n;
+static void tq_done(void *ud, uint64_t task, int32_t pid, int32_t status, const uint8_t *data, size_t len) {
+    (void)ud;
+    (void)data;
+    (void)len;
+    EXPECT(status == CLUSTER_OK);
+    pthread_mutex_lock(&g_tq_mu);
+    if (g_tq_n < 64) {
+        g_tq_order[g_tq_n] = task;
+        g_tq_pid[g_tq_n] = pid;
+        g_tq_n++;
+    }
+    pthread_mutex_unlock(&g_tq_mu);
+}
+static int tq_count(void) {
+    pthread_mutex_lock(&g_tq_mu);
+    int n = g_tq_n;
+    pthread_mutex_unlock(&g_tq_mu);
+    return n;
+}
+static double tq_prio_reverse(void *ud, const cluster_task_info *info) {
+    (void)ud;
+    return info->priority < 100 ? 100 - info->priority : info->priority;
+}
+
+/* PTools' queued tasks: lower priority first, FIFO among equals,
+ * re-prioritised and dequeued while queued; all workers once each. */
+static void case_taskqueue(void) {
+    int32_t ids[2];
+    addprocs(2, ids);
+    cluster_taskqueue *q = NULL;
+    REQUIRE_OK(cluster_taskqueue_new(g_ctx, &q));
+    cluster_task_spec s;
+    REQUIRE_OK(cluster_task_spec_init(&s));
+    s.name = "sleep_whoami";
+    int32_t block = 300, one = 1;
+    s.callback = tq_done;
+    s.target = CLUSTER_TARGET_PIDS;
+    s.pids = &ids[0];
+    s.npids = 1;
+    s.args = (const uint8_t *)&block;
+    s.len = 4;
+    uint64_t blocker = 0, t[8] = {0};
+    REQUIRE_OK(cluster_taskqueue_queue(q, &s, &blocker, NULL));
+    s.args = (const uint8_t *)&one;
+    const double prio[8] = {5, 1, 5, 3, 1, 2, 9, 1e308};
+    for (int i = 0; i < 8; i++) {
+        s.priority = prio[i];
+        REQUIRE_OK(cluster_taskqueue_queue(q, &s, &t[i], NULL));
+    }
+    /* While queued: t[7] to the front, t[3] out, then every priority p < 100
+     * becomes 100 - p (so 9 -> 91 goes first of those, 1 -> 99 last). */
+    EXPECT_OK(cluster_taskqueue_set_priority(q, t[7], -1));
+    bool removed = false;
+    EXPECT_OK(cluster_taskqueue_dequeue(q, t[3], &removed));
+    EXPECT(removed);
+    EXPECT_OK(cluster_taskqueue_set_priorities(q, tq_prio_reverse, NULL));
+    /* now: t7 101, t0 95, t1 99, t2 95, t4 99, t5 98, t6 91 */
+    const uint64_t want[8] = {blocker, t[6], t[0], t[2], t[5], t[1], t[4], t[7]};
+    for (int64_t t0 = now_ms(); tq_count() < 8 && now_ms() - t0 < 10000;) sleep_ms(5);
+    EXPECT(tq_count() == 8);
+    for (int i = 0; i < 8 && i < tq_count(); i++)
+        EXPECTF(g_tq_order[i] == want[i] && g_tq_pid[i] == ids[0], "run %d: task %" PRIu64 " on %d, expected %" PRIu64, i,
+                g_tq_order[i], g_tq_pid[i], want[i]);
+    /* All workers: once on each. Any: once. */
+    pthread_mutex_lock(&g_tq_mu);
+    g_tq_n = 0;
+    pthread_mutex_unlock(&g_tq_mu);
+    s.target = CLUSTER_TARGET_ALL;
+    s.priority = 1;
+    cluster_buffer out = {0};
+    EXPECT_OK(cluster_taskqueue_execute(q, &s, 10000, &out));
+    cluster_buffer_free(&out);
+    EXPECT(tq_count() == 2 && g_tq_pid[0] != g_tq_pid[1]);
+    s.target = CLUSTER_TARGET_ANY;
+    s.callback = NULL;
+    EXPECT_OK(cluster_taskqueue_execute(q, &s, 10000, &out));
+    EXPECT(payload_i32(out.data, out.len) == ids[0] || payload_i32(out.data, out.len) == ids[1]);
+    cluster_buffer_free(&out);
+    /* A task whose only target dies fails instead of waiting. */
+    int32_t victim = os_pid_of(ids[1]);
+    s.target = CLUSTER_TARGET_PIDS;
+    s.pids = &ids[1];
+    s.args = (const uint8_t *)&block;
+    cluster_future *running = NULL, *waiting = NULL;
+    uint64_t id = 0;
+    REQUIRE_OK(cluster_taskqueue_queue(q, &s, &id, &running));
+    REQUIRE_OK(cluster_taskqueue_queue(q, &s, &id, &waiting));
+    sleep_ms(50);
+    kill((pid_t)victim, SIGKILL);
+    EXPECT_ST(cluster_future_wait(running, 5000), CLUSTER_ERR_PROCESS_EXITED);
+    EXPECT_ST(cluster_future_wait(waiting, 5000), CLUSTER_ERR_PROCESS_EXITED);
+    cluster_future_free(running);
+    cluster_future_free(waiting);
+    size_t queued = 9, nrun = 9;
+    EXPECT_OK(cluster_taskqueue_length(q, &queued, &nrun));
+    EXPECT(queued == 0 && nrun == 0);
+    cluster_taskqueue_free(q);
+    shutdown_all();
+}
+
+/* Host mode: a pmap's progress callback and its future's readiness come
+ * through cluster_poll on the host's thread. */
+static _Atomic int g_hp_off_main, g_hp_calls;
+static void hp_progress(void *ud, size_t done, size_t failed, size_t total) {
+    (void)ud;
+    (void)done;
+    (void)failed;
+    (void)total;
+    if (!pthread_equal(pthread_self(), g_main_thread)) atomic_fetch_add(&g_hp_off_main, 1);
+    atomic_fetch_add(&g_hp_calls, 1);
+}
+static void case_pmap_host(void) {
+    struct host_state hs = {0};
+    REQUIRE_OK(cluster_event_fd(g_ctx, &hs.fd));
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_addprocs_async(g_ctx, 2, NULL, &f));
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    cluster_future_free(f);
+    cluster_pmap_options o;
+    REQUIRE_OK(cluster_pmap_options_init(&o));
+    o.progress = hp_progress;
+    o.progress_interval_ms = 5;
+    cluster_pmap *m = NULL;
+    REQUIRE_OK(cluster_pmap_async(g_ctx, NULL, "square", int_items(500), 500, &o, &m));
+    REQUIRE_OK(cluster_pmap_future(m, &f));
+    hs.got_future = false;
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    EXPECT(hs.got_future);
+    EXPECT_OK(cluster_future_wait(f, 0));
+    cluster_future_free(f);
+    const uint8_t *d;
+    size_t n;
+    EXPECT_OK(cluster_pmap_result(m, 499, &d, &n));
+    EXPECT(payload_i32(d, n) == 499 * 499);
+    EXPECT(atomic_load(&g_hp_calls) >= 1 && atomic_load(&g_hp_off_main) == 0);
+    cluster_pmap_free(m);
+    REQUIRE_OK(cluster_shutdown_async(g_ctx, 10000, &f));
+    hs.got_future = false;
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    cluster_future_free(f);
+    EXPECT_OK(cluster_free(g_ctx));
+    g_ctx = NULL;
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 struct test_case {
@@ -1994,6 +2583,15 @@ static const struct test_case cases[] = {
     {"async_host", case_async_host, CLUSTER_DISPATCH_HOST},
     {"close", case_close, CLUSTER_DISPATCH_THREADS},
     {"channel", case_channel, CLUSTER_DISPATCH_THREADS},
+    {"pool", case_pool, CLUSTER_DISPATCH_THREADS},
+    {"pmap", case_pmap, CLUSTER_DISPATCH_THREADS},
+    {"pmap_kill_retry", case_pmap_kill_retry, CLUSTER_DISPATCH_THREADS},
+    {"pmap_kill_on_error", case_pmap_kill_on_error, CLUSTER_DISPATCH_THREADS},
+    {"pmap_all_dead", case_pmap_all_dead, CLUSTER_DISPATCH_THREADS},
+    {"pmap_host", case_pmap_host, CLUSTER_DISPATCH_HOST},
+    {"distributed", case_distributed, CLUSTER_DISPATCH_THREADS},
+    {"workerset", case_workerset, CLUSTER_DISPATCH_THREADS},
+    {"taskqueue", case_taskqueue, CLUSTER_DISPATCH_THREADS},
 };
 
 int main(int argc, char **argv) {

@@ -1,11 +1,13 @@
 //! Remote calls: functions registered by name, incoming calls and their
 //! replies, handler slots, interrupts. `RpcExt` gives a node the calls.
 
+pub mod batch;
 mod dispatch;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Job;
 use crate::node::service::unknown_op;
+use crate::node::slot::Slot;
 use crate::node::{Event, Future, Incoming, Lender, Node, ReplyTo, Service, Value};
 use crate::wire::{self, ServiceId};
 use dispatch::Dispatcher;
@@ -21,6 +23,8 @@ pub const ID: ServiceId = 2;
 pub(crate) mod op {
     pub const CALL: u16 = 1;
     pub const INTERRUPT: u16 = 2;
+    /// One function on several argument sets, in one message (see `batch`).
+    pub const CALL_BATCH: u16 = 3;
 }
 
 /// Host events of this service.
@@ -44,6 +48,23 @@ pub struct IncomingCall {
     reply: ReplyTo,
     cancel: Arc<AtomicBool>,
     token: u64,
+}
+
+/// What waits for a handler slot: one call, or a batch of calls of one
+/// function that runs in one slot, element after element.
+enum Work {
+    One(IncomingCall),
+    Batch(BatchCall),
+}
+
+/// A batch as it arrives: the function, the arguments of each element
+/// (ranges of `payload`), and where the encoded outcomes go.
+struct BatchCall {
+    caller: u32,
+    name: String,
+    payload: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
+    reply: ReplyTo,
 }
 
 /// A running call, handed to its handler. Dropping it unanswered answers
@@ -131,7 +152,7 @@ thread_local! {
 pub struct Rpc {
     functions: RwLock<HashMap<String, Handler>>,
     running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
-    dispatcher: Dispatcher<IncomingCall>,
+    dispatcher: Dispatcher<Work>,
     next_token: AtomicU64,
     host_mode: bool,
     rr: AtomicUsize,
@@ -154,38 +175,88 @@ impl Rpc {
         IncomingCall { caller, name, args, reply, cancel: Arc::new(AtomicBool::new(false)), token }
     }
 
-    /// Queues `call` to run: on the host's thread in host mode, else a job
-    /// that runs it (and the calls queued behind it) when a slot is free.
-    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, call: IncomingCall) -> Option<Job> {
+    /// Queues `work` to run: on the host's thread in host mode, else a job
+    /// that runs it (and the work queued behind it) when a slot is free.
+    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, work: Work) -> Option<Job> {
         if self.host_mode {
             let (rpc, n) = (self.clone(), node.clone());
-            let _ = node.to_host(Box::new(move || rpc.run_call(&n, call)));
+            let _ = node.to_host(Box::new(move || rpc.run_work(&n, work)));
             return None;
         }
-        self.dispatcher.offer(call).map(|c| {
+        self.dispatcher.offer(work).map(|w| {
             let (rpc, n) = (self.clone(), node.clone());
-            Box::new(move || rpc.run_calls(&n, c)) as Job
+            Box::new(move || rpc.run_calls(&n, w)) as Job
         })
     }
 
     fn call_here(self: &Arc<Self>, node: &Arc<Node>, name: &str, args: Vec<u8>, reply: ReplyTo) -> Result<()> {
         let call = self.new_incoming(node.myid(), name.to_string(), args, reply);
-        if let Some(job) = self.enqueue(node, call) {
+        self.run_here(node, Work::One(call))
+    }
+
+    fn run_here(self: &Arc<Self>, node: &Arc<Node>, work: Work) -> Result<()> {
+        if let Some(job) = self.enqueue(node, work) {
             std::thread::Builder::new().name("cluster-local".into()).spawn(job).map_err(|e| Error::io("spawn", e))?;
         }
         Ok(())
     }
 
-    /// Runs `first`, then queued calls while this thread holds the slot.
-    fn run_calls(self: &Arc<Self>, node: &Arc<Node>, first: IncomingCall) {
+    /// Runs `first`, then queued work while this thread holds the slot.
+    fn run_calls(self: &Arc<Self>, node: &Arc<Node>, first: Work) {
         let me = Arc::as_ptr(self) as usize;
         let outer = IN_HANDLER.with(|h| h.replace(me));
         let mut next = Some(first);
-        while let Some(call) = next {
-            self.run_call(node, call);
+        while let Some(work) = next {
+            self.run_work(node, work);
             next = self.dispatcher.finish();
         }
         IN_HANDLER.with(|h| h.set(outer));
+    }
+
+    fn run_work(self: &Arc<Self>, node: &Arc<Node>, work: Work) {
+        match work {
+            Work::One(call) => self.run_call(node, call),
+            Work::Batch(b) => self.run_batch(node, b),
+        }
+    }
+
+    /// Runs a batch's elements one after another in this slot, each as a
+    /// call of its own answered into a local slot; once every element is
+    /// answered (a handler may defer), the outcomes go back in one reply.
+    fn run_batch(self: &Arc<Self>, node: &Arc<Node>, b: BatchCall) {
+        let me = node.myid();
+        let slots: Vec<Arc<Slot>> = b.ranges.iter().map(|_| Arc::new(Slot::new(0, me))).collect();
+        for (r, slot) in b.ranges.iter().zip(&slots) {
+            let call = self.new_incoming(b.caller, b.name.clone(), b.payload[r.clone()].to_vec(), ReplyTo::Local(slot.clone()));
+            self.run_call(node, call);
+        }
+        struct Gather {
+            left: AtomicUsize,
+            slots: Vec<Arc<Slot>>,
+            reply: Mutex<Option<ReplyTo>>,
+            node: Arc<Node>,
+        }
+        let g = Arc::new(Gather { left: AtomicUsize::new(slots.len() + 1), slots, reply: Mutex::new(Some(b.reply)), node: node.clone() });
+        fn one_done(g: &Gather) {
+            if g.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            let out = batch::encode_outcomes(g.slots.iter().map(|s| match s.get() {
+                Some(Ok(v)) => Ok(&v[..]),
+                Some(Err(e)) => Err(e),
+                None => unreachable!("every element is answered"),
+            }));
+            if let Some(reply) = g.reply.lock().take() {
+                if let Some(e) = reply.send(&g.node, Ok(&out)) {
+                    g.node.log.debug(format!("batch reply not sent: {e}"));
+                }
+            }
+        }
+        for s in &g.slots {
+            let g2 = g.clone();
+            s.on_complete(move |_| one_done(&g2));
+        }
+        one_done(&g);
     }
 
     fn run_call(self: &Arc<Self>, node: &Arc<Node>, call: IncomingCall) {
@@ -278,7 +349,21 @@ impl Service for Rpc {
             op::CALL => {
                 let name = decode_call(msg.meta)?;
                 let call = me.new_incoming(msg.from, name, msg.payload, msg.reply);
-                Ok(me.enqueue(node, call))
+                Ok(me.enqueue(node, Work::One(call)))
+            }
+            op::CALL_BATCH => {
+                let name = decode_call(msg.meta)?;
+                match batch::decode_items(&msg.payload) {
+                    Ok(ranges) => {
+                        let b = BatchCall { caller: msg.from, name, payload: msg.payload, ranges, reply: msg.reply };
+                        Ok(me.enqueue(node, Work::Batch(b)))
+                    }
+                    Err(e) => {
+                        let e = Error::at(e.kind, node.myid(), e.message);
+                        msg.reply.send(node, Err(e));
+                        Ok(None)
+                    }
+                }
             }
             op::INTERRUPT => {
                 self.interrupt_local(node);
@@ -296,7 +381,7 @@ impl Service for Rpc {
 #[doc(hidden)]
 pub fn decode(op: u16, meta: &[u8]) -> Result<()> {
     match op {
-        op::CALL => decode_call(meta.to_vec()).map(drop),
+        op::CALL | op::CALL_BATCH => decode_call(meta.to_vec()).map(drop),
         op::INTERRUPT => Ok(()),
         o => Err(unknown_op("rpc", o)),
     }
@@ -331,6 +416,11 @@ pub trait RpcExt {
     fn remotecall_wait(&self, pid: u32, name: &str, args: &[u8]) -> Result<Future>;
     /// Fire and forget; a failure is logged on the callee.
     fn remote_do(&self, pid: u32, name: &str, args: &[u8]) -> Result<()>;
+    /// Calls `name` on `pid` once per element of `items`, in one message;
+    /// the callee runs them in order in one handler slot. The future's
+    /// value holds every element's outcome: read it with
+    /// `batch::decode_outcomes`. A failing element fails only itself.
+    fn remotecall_batch(&self, pid: u32, name: &str, items: &[&[u8]]) -> Result<Future>;
     /// Calls `name` on every process of `pids` (all when `None`) and waits
     /// for all; every failure is listed in one `Composite` error.
     fn everywhere(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<()>;
@@ -396,6 +486,22 @@ impl RpcExt for Arc<Node> {
             return r.call_here(self, name, args.to_vec(), ReplyTo::Nobody);
         }
         self.send_oneway(pid, ID, op::CALL, name.as_bytes(), args)
+    }
+
+    fn remotecall_batch(&self, pid: u32, name: &str, items: &[&[u8]]) -> Result<Future> {
+        self.check_open()?;
+        check_name(name)?;
+        let r = rpc(self)?;
+        let pid = if pid == ANY_WORKER { pick_worker(self, &r) } else { pid };
+        let payload = batch::encode_items(items.iter().copied());
+        if pid == self.myid() {
+            let ranges = batch::decode_items(&payload)?;
+            let (fut, slot) = self.local_future(pid);
+            let b = BatchCall { caller: pid, name: name.to_string(), payload, ranges, reply: ReplyTo::Local(slot) };
+            r.run_here(self, Work::Batch(b))?;
+            return Ok(fut);
+        }
+        self.request(pid, ID, op::CALL_BATCH, name.as_bytes(), &payload)
     }
 
     fn everywhere(&self, pids: Option<&[u32]>, name: &str, args: &[u8], timeout: Option<Duration>) -> Result<()> {
@@ -572,6 +678,58 @@ mod tests {
         // The slot's holder ran the queued call after its own.
         let got: Vec<Vec<u8>> = out.lock().drain(..).map(|r| r.unwrap()).collect();
         assert_eq!(got, vec![b"1".to_vec(), b"2".to_vec()]);
+        n.close();
+    }
+
+    #[test]
+    fn a_batch_runs_its_elements_in_one_slot_and_answers_each() {
+        let (n, r) = node();
+        n.register_fn("sq", |c| {
+            let x = c.args().first().copied().ok_or("empty")?;
+            if x == 3 {
+                return Err("three".into());
+            }
+            Ok(vec![x * x])
+        })
+        .unwrap();
+        // An element answered later, from another thread.
+        n.register("later", Arc::new(|c: Call| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let v = c.args().to_vec();
+                c.reply(&v);
+            });
+        }))
+        .unwrap();
+        let out: Out = Arc::default();
+        let items: Vec<&[u8]> = vec![&[2], &[3], &[], &[4]];
+        let msg = Incoming::test(4, Header::new(Kind::Request, ID, op::CALL_BATCH, 1), b"sq".to_vec(), batch::encode_items(items.into_iter()), &out);
+        let job = r.on_message(&n, msg).unwrap().expect("a free slot");
+        // A second call queues behind the whole batch.
+        assert!(call(&n, &r, "sq", &[5], &out).is_none());
+        job();
+        let got: Vec<Result<Vec<u8>>> = out.lock().drain(..).collect();
+        assert_eq!(got.len(), 2, "the batch's one reply, then the queued call");
+        let reply = got[0].as_ref().unwrap();
+        let outs = batch::decode_outcomes(reply, 1).unwrap();
+        assert_eq!(&reply[outs[0].clone().unwrap()], &[4]);
+        assert!(outs[1].clone().unwrap_err().message.contains("three"));
+        assert!(outs[2].clone().unwrap_err().message.contains("empty"));
+        assert_eq!(&reply[outs[3].clone().unwrap()], &[16]);
+        assert_eq!(got[1].as_ref().unwrap(), &vec![25]);
+        // Deferred elements: the reply waits for them.
+        let items: Vec<&[u8]> = vec![b"a", b"b"];
+        let msg = Incoming::test(4, Header::new(Kind::Request, ID, op::CALL_BATCH, 2), b"later".to_vec(), batch::encode_items(items.into_iter()), &out);
+        r.on_message(&n, msg).unwrap().unwrap()();
+        assert!(out.lock().is_empty(), "not before every element is answered");
+        std::thread::sleep(Duration::from_millis(100));
+        let reply = out.lock().pop().unwrap().unwrap();
+        let outs = batch::decode_outcomes(&reply, 1).unwrap();
+        assert_eq!(&reply[outs[1].clone().unwrap()], b"b");
+        // A malformed batch is answered with an error, the connection kept.
+        let msg = Incoming::test(4, Header::new(Kind::Request, ID, op::CALL_BATCH, 3), b"sq".to_vec(), vec![9, 0, 0, 0], &out);
+        assert!(r.on_message(&n, msg).unwrap().is_none());
+        assert_eq!(out.lock().pop().unwrap().unwrap_err().kind, ErrorKind::Protocol);
         n.close();
     }
 
