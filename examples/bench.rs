@@ -12,7 +12,6 @@
 use cluster::prelude::*;
 use cluster::{Channel, ChannelRef, Cluster, Config, LaunchOptions};
 use cluster::service::pool::{Items, PmapOptions};
-use cluster::{Cluster, Config, LaunchOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
