@@ -66,7 +66,8 @@ pub enum Decoded {
 /// Re-encodes a decoded value and checks the encoding is canonical: no
 /// longer than what was read, and decoding to itself.
 fn recanon<T: Serialize + DeserializeOwned>(v: &T, read: usize, payload: bool) -> Vec<u8> {
-    let (enc, dec): (fn(&T) -> Vec<u8>, fn(&[u8]) -> Result<T>) =
+    type Codec<T> = (fn(&T) -> Vec<u8>, fn(&[u8]) -> Result<T>);
+    let (enc, dec): Codec<T> =
         if payload { (wire::encode_payload::<T>, wire::decode_payload::<T>) } else { (wire::encode_meta::<T>, wire::decode_meta::<T>) };
     let c = enc(v);
     assert!(c.len() <= read, "a decoded value re-encodes longer ({} bytes) than its {read} input bytes", c.len());
