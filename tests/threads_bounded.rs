@@ -17,9 +17,16 @@ fn u32_of(v: &[u8]) -> u32 {
 #[test]
 fn threads_do_not_grow_with_peers() {
     let n: usize = std::env::var("LIBCLUSTER_TEST_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let c = Cluster::init(Config::default()).unwrap();
+    // Liveness is not what this checks: 256 processes starting on two
+    // cores may be silent for seconds.
+    let c = Cluster::init(Config { heartbeat_timeout: Duration::from_secs(60), ..Config::default() }).unwrap();
     let base = cluster::sys::thread_count().unwrap();
-    let opts = LaunchOptions { program: Some(WORKER.into()), args: Some(vec![]), ..Default::default() };
+    let opts = LaunchOptions {
+        program: Some(WORKER.into()),
+        args: Some(vec![]),
+        env: vec![("LIBCLUSTER_HEARTBEAT_MS".into(), "60000".into())],
+        ..Default::default()
+    };
     let ids = c.addprocs(n, &opts).unwrap();
     // Worker 2 calls every other worker: it holds a connection to each.
     let called = u32_of(&c.remotecall_fetch(ids[0], "call_all", &[]).unwrap());
