@@ -492,6 +492,7 @@ static int32_t h_ch_count(void *ud, cluster_call *call) {
     size_t n = 0;
     cluster_channel_count(g_ctx, &n);
     return reply_i32(call, (int32_t)n);
+}
 
 /* ---- handlers for pools, pmap, worker sets and task queues ---------------- */
 
