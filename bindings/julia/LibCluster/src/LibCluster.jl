@@ -79,7 +79,6 @@ library_version() = CAPI.library_version()
 
 function __init__()
     CAPI.load_library!()
-    CAPI.init_trampoline!()
     init_handlers!()
 end
 

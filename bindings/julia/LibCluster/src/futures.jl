@@ -3,6 +3,8 @@
 # Waiting never blocks the thread: `isready` is a non-blocking ccall, and a
 # task that must wait spins briefly (isready + yield) and then parks on a
 # Condition that the event loop notifies on CLUSTER_EVENT_FUTURE_READY.
+# The library's operations that take time (addprocs, rmprocs, shutdown) are
+# futures too, waited for the same way (`await_op`).
 # The outcome is cached in the Future and the handle released as soon as it
 # has been fetched, so a second `fetch` costs no ccall. Finalizers release
 # handles of futures dropped unfetched (`cluster_future_free` never blocks).
@@ -155,20 +157,26 @@ function wait_ready(f::Future)
             done_now(f) && return
         end
     end
+    park_until_ready(f.handle, f.id)
+end
+
+"""
+    park_until_ready(h, id)
+
+Parks the calling task until the library future `h` (id `id`) has
+completed: on a Condition the event loop notifies on its
+CLUSTER_EVENT_FUTURE_READY. Checking and parking happen under `RT.lock`
+without a task switch between them, and the library marks a future
+complete before it queues that event, so the wake-up cannot be missed.
+"""
+function park_until_ready(h::Ptr{Cvoid}, id::UInt64)
+    h == C_NULL && return
     lock(RT.lock)
     try
-        while !done_now(f)
+        while !handle_isready(h)
             RT.ctx == C_NULL && error("LibCluster: the cluster was shut down")
-            c = get!(() -> Threads.Condition(RT.lock), RT.waiters, f.id)
-            # Woken by the event loop (CLUSTER_EVENT_FUTURE_READY), or by this
-            # timer to nudge the library: see `kick`.
-            t = Timer(_ -> lock(() -> notify(c), RT.lock), KICK_INTERVAL)
-            try
-                wait(c)
-            finally
-                close(t)
-            end
-            done_now(f) || kick(f)
+            c = get!(() -> Threads.Condition(RT.lock), RT.waiters, id)
+            wait(c)
         end
     finally
         unlock(RT.lock)
@@ -176,25 +184,36 @@ function wait_ready(f::Future)
     nothing
 end
 
-const KICK_INTERVAL = 0.005
-
 """
-    kick(f)
+    await_op(h) -> Vector{UInt8}
 
-Workaround for a libcluster bug (KNOWN_ISSUES.md, "corked request"): a
-request written while the connection's reader thread finishes a batch can
-stay in the library's write buffer until more traffic comes. A waiting task
-calls `cluster_future_wait(f, 0)` now and then, which flushes the future's
-connection. It does not block: the library's spin is 0 in LibCluster's
-processes (when LIBCLUSTER_SPIN_US is set, it could spin that long, so it
-is skipped then).
+Waits, in this task only, for the future `h` of an operation made with a
+`cluster_*_async` function (addprocs, rmprocs, shutdown, export) and returns
+its value, or throws its `ClusterError`. Releases `h`. Nothing spins and no
+thread is started: the task parks until the library reports the future
+ready, other tasks running meanwhile.
 """
-function kick(f::Future)
-    h = f.handle
-    if h != C_NULL && RT.lib_spin_zero
-        CAPI.cluster_future_wait(h, 0)
+function await_op(h::Ptr{Cvoid})
+    try
+        id = Ref{UInt64}(0)
+        CAPI.check(CAPI.cluster_future_id(h, id))
+        park_until_ready(h, id[])
+        data = Ref{Ptr{UInt8}}(C_NULL)
+        len = Ref{Csize_t}(0)
+        st = CAPI.cluster_future_fetch(h, 0, data, len)
+        st == CAPI.CLUSTER_OK || throw(CAPI.last_error(st))
+        n = Int(len[])
+        return n == 0 ? UInt8[] : copy(unsafe_wrap(Array, data[], n))
+    finally
+        CAPI.cluster_future_free(h)
     end
-    nothing
+end
+
+"Starts an operation with `start(out::Ref{Ptr{Cvoid}}) -> status` and waits for it (`await_op`)."
+function run_op(start)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    CAPI.check(start(out))
+    await_op(out[])
 end
 
 """
@@ -282,11 +301,12 @@ end
 function export_ref(f::Future)
     r = Ref(CAPI.FutureRef(0, 0))
     if f.imported
-        # A round trip to the owner: off the thread.
-        GC.@preserve r CAPI.blocking(CAPI.OP_EXPORT, f.handle, Base.unsafe_convert(Ptr{CAPI.FutureRef}, r))
-    else
-        CAPI.check(CAPI.cluster_future_export(f.handle, r))
+        # A round trip to the owner: this task waits for it.
+        b = run_op(out -> CAPI.cluster_future_export_async(f.handle, out))
+        length(b) == 12 || error("LibCluster: a future reference of $(length(b)) bytes")
+        return CAPI.FutureRef(ltoh(reinterpret(Int32, b[1:4])[1]), ltoh(reinterpret(UInt64, b[5:12])[1]))
     end
+    CAPI.check(CAPI.cluster_future_export(f.handle, r))
     r[]
 end
 

@@ -24,13 +24,12 @@ mutable struct Runtime
     spin_ns::UInt64                     # how long the event loop and fetch spin
     dead::Dict{Int,Symbol}              # pid => :exited or :died
     pid_lock::ReentrantLock             # serialises add/remove of processes
-    lib_spin_zero::Bool                 # the library's spin_us is 0 here
 end
 
 Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
                     Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[],
                     Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
-                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock(), true)
+                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock())
 
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
@@ -110,7 +109,6 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     # spinning as well would compete for the CPUs, so they block unless
     # LIBCLUSTER_SPIN_US asks otherwise.
     spin_us = haskey(ENV, "LIBCLUSTER_SPIN_US") ? d.spin_us : UInt32(0)
-    RT.lib_spin_zero = spin_us == 0
     host = listen_host === nothing ? nothing : String(listen_host)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     GC.@preserve host cookie begin
@@ -269,11 +267,9 @@ function shutdown(; timeout::Real = 5.0)
     ctx == C_NULL && return nothing
     ms = round(Int64, timeout * 1000)
     try
-        if RT.role === :head
-            CAPI.blocking(CAPI.OP_SHUTDOWN, ctx, ms)
-        else
-            CAPI.cluster_shutdown(ctx, 0)
-        end
+        # This task waits for the library's shutdown future; the event loop
+        # (and every other task) keeps running meanwhile.
+        run_op(out -> CAPI.cluster_shutdown_async(ctx, RT.role === :head ? ms : Int64(0), out))
     catch err
         err isa CAPI.ClusterError || rethrow()
     finally
@@ -282,12 +278,26 @@ function shutdown(; timeout::Real = 5.0)
     nothing
 end
 
+# How long `cluster_close` may wait for library callbacks running now: in
+# host dispatch the only one a library thread runs is the notify hook
+# (`uv_async_send`, microseconds), so it returns at once in practice.
+const CLOSE_TIMEOUT_MS = Int64(2000)
+
+"""
+    close_runtime!()
+
+Closes this process's cluster for good: `cluster_close` first, after which
+the library calls no callback of ours (the notify hook with the
+AsyncCondition's handle, handlers, log) and no library thread touches our
+`user_data`; only then is the AsyncCondition closed and the handle freed.
+Tasks still waiting on futures see them failed.
+"""
 function close_runtime!()
     ctx = RT.ctx
     ctx == C_NULL && return
     RT.closed = true
-    CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
     RT.ctx = C_NULL
+    CAPI.cluster_close(ctx, CLOSE_TIMEOUT_MS)
     CAPI.cluster_free(ctx)
     async = RT.async
     RT.async = nothing
@@ -302,17 +312,13 @@ function close_runtime!()
     nothing
 end
 
+"At exit (registered by `init` on the head): stops the workers, then closes as `close_runtime!`."
 function shutdown_at_exit()
-    ctx = RT.ctx
-    ctx == C_NULL && return
+    RT.ctx == C_NULL && return
     try
-        # At exit nothing else runs: call directly (bounded by the timeout).
-        CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
-        RT.role === :head && CAPI.cluster_shutdown(ctx, 3000)
+        shutdown(timeout = 3.0)
     catch
+        close_runtime!()
     end
-    RT.closed = true
-    RT.ctx = C_NULL
-    CAPI.cluster_free(ctx)
     nothing
 end

@@ -640,6 +640,55 @@ end
     remove_worker_exiting_callback(k3); remove_worker_exited_callback(k4)
 end
 
+@testset "addprocs and rmprocs wait in their task only" begin
+    @progress "addprocs and rmprocs wait in their task only"
+    # Threads of this process that are not the library's own (named
+    # "cluster-..."): Julia's. A blocking call run on a thread of its own
+    # would show here as one more, for as long as the call lasts. (A new
+    # library thread bears its creator's name until it names itself: a
+    # thread counts once it kept a foreign name for a while.)
+    function foreign_tids()
+        s = Set{String}()
+        for t in readdir("/proc/self/task")
+            comm = try strip(read("/proc/self/task/$t/comm", String)) catch; continue end
+            startswith(comm, "cluster-") || push!(s, t)
+        end
+        s
+    end
+    before = foreign_tids()
+    ticks = Ref(0)
+    extra = Set{String}()
+    stop = Ref(false)
+    ticker = @async while !stop[]
+        ticks[] += 1
+        new = setdiff(foreign_tids(), before)
+        if !isempty(new)
+            sleep(0.02)
+            union!(extra, intersect(new, foreign_tids()))
+        end
+        sleep(0.002)
+    end
+    yield()
+    t0 = ticks[]
+    ta = @elapsed ids = addprocs(2)
+    during_add = ticks[] - t0
+    LAST_ID[] = ids[end]
+    @test remotecall_fetch(myid, ids[2]) == ids[2]
+    t0 = ticks[]
+    tr = @elapsed rmprocs(ids)
+    during_rm = ticks[] - t0
+    stop[] = true
+    wait(ticker)
+    @info "ticks during addprocs(2) ($(round(ta, digits = 2)) s): $during_add; during rmprocs ($(round(tr, digits = 2)) s): $during_rm"
+    # The ticker ran all along (a blocked scheduler would show 0 or 1).
+    @test during_add >= max(5, 0.1 * ta / 0.002)
+    @test during_rm >= 2
+    # No thread of Julia's was added for the waits.
+    @test isempty(extra)
+    @test foreign_tids() == before
+    @test workers() == [2]
+end
+
 @testset "lifecycle callbacks (DistributedNext's semantics)" begin
     @progress "lifecycle callbacks"
     # A callback that cannot take its arguments is refused at registration.
