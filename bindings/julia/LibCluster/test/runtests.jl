@@ -852,6 +852,51 @@ end
     ok || println(out)
 end
 
+@testset "workers leave when their head dies" begin
+    @progress "workers leave when their head dies"
+    # A head in a process of its own with two workers, one idle and one
+    # running a call that yields now and then; the head is killed with
+    # SIGKILL (nothing of it runs): its workers leave on their own
+    # (CLUSTER_EVENT_HEAD_LOST, through their serve loop).
+    file = tempname() * ".jl"
+    write(file, """
+        using LibCluster, LibCluster.API
+        ids = addprocs(2)
+        remote_do(() -> while true; sleep(0.01); end, ids[2])
+        println("pids ", getpid(), " ", join([remotecall_fetch(getpid, p) for p in ids], " "))
+        flush(stdout)
+        sleep(120)
+        """)
+    # Alive: exists and is not a zombie waiting for its new parent to reap it.
+    alive(p) = try
+        s = read("/proc/$p/stat", String)
+        strip(s[findlast(')', s) + 1:end])[1] != 'Z'
+    catch
+        false
+    end
+    proc = open(`$JULIA --startup-file=no --project=$PROJECT $file`, "r")
+    try
+        line = within(120, "the head to start its workers") do
+            readline(proc)
+        end
+        @test startswith(line, "pids ")
+        pids = parse.(Int, split(line)[2:end])
+        head, ws = pids[1], pids[2:end]
+        @test length(ws) == 2 && all(alive, ws)
+        run(`kill -9 $head`)
+        t = @elapsed within(10, "the workers to leave") do
+            while any(alive, ws)
+                sleep(0.02)
+            end
+        end
+        @info "workers left $(round(t, digits = 2)) s after their head was killed"
+        @test !any(alive, ws)
+        @test t < 5
+    finally
+        kill(proc, Base.SIGKILL)
+    end
+end
+
 @testset "shutdown" begin
     @progress "shutdown"
     ospid = remotecall_fetch(getpid, workers()[1])
