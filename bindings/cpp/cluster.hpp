@@ -988,6 +988,13 @@ public:
         check(cluster_poll(ctx_, events, cap, &n));
         return n;
     }
+    /// Host mode: reads the connection to `pid` on this thread for up to
+    /// `spin_us`, until poll() has work; never parks. Whether work is pending.
+    bool drive(std::int32_t pid, std::uint32_t spin_us) {
+        bool pending = false;
+        check(cluster_drive(ctx_, pid, spin_us, &pending));
+        return pending;
+    }
 
 private:
     template <class Box> Box *keep(std::shared_ptr<Box> box) {
