@@ -18,6 +18,7 @@ module LibCluster
 
 using Serialization
 using Serialization: AbstractSerializer, Serializer
+using FileWatching: FDWatcher
 import Serialization: serialize, deserialize
 
 include("capi.jl")

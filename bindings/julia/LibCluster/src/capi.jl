@@ -273,6 +273,16 @@ end
 @cfunc cluster_event_fd(ctx::Ptr{Cvoid}, out::Ptr{Cint})::Int32
 @cfunc cluster_set_notify(ctx::Ptr{Cvoid}, notify::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_poll(ctx::Ptr{Cvoid}, events::Ptr{Event}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+# Reads the connection to `pid` on this thread for at most spin_us, until
+# cluster_poll has work; never parks. Optional: older libraries lack it (see
+# `has_drive`), and then incoming calls reach us through the notify hook only.
+@cfunc cluster_drive(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool})::Int32
+
+"Functions a library may lack; their pointer stays C_NULL then."
+const OPTIONAL = (:cluster_drive,)
+
+"Whether the library has `cluster_drive`."
+has_drive() = fp_cluster_drive[] != C_NULL
 
 """
     load_library!()
@@ -309,7 +319,7 @@ function load_library!()
     for (name, slot) in FUNCS
         p = Libdl.dlsym(handle, name; throw_error = false)
         if p === nothing || p == C_NULL
-            push!(missing_syms, String(name))
+            name in OPTIONAL ? (slot[] = C_NULL) : push!(missing_syms, String(name))
         else
             slot[] = p
         end

@@ -37,12 +37,13 @@ mutable struct Future <: AbstractRemoteRef
     imported::Bool                  # handle came from cluster_future_import
     slot::Tuple{Int,Int}            # Future(pid): its slot on `where`; else (0, 0)
 
+    # `finalize = false`: the caller releases the handle itself (`remotecall_fetch`).
     function Future(handle::Ptr{Cvoid}, where::Integer, whence::Integer; raw::Bool = false, imported::Bool = false,
-                    slot::Tuple{Int,Int} = (0, 0))
+                    slot::Tuple{Int,Int} = (0, 0), finalize::Bool = true)
         id = Ref{UInt64}(0)
         CAPI.check(CAPI.cluster_future_id(handle, id))
         f = new(Int(where), Int(whence), id[], handle, nothing, nothing, raw, imported, slot)
-        finalizer(release!, f)
+        finalize && finalizer(release!, f)
         f
     end
     # A Future that already holds its outcome (received by value).
@@ -146,18 +147,70 @@ Whether the value (or error) of `f` is available; never waits.
 """
 Base.isready(f::Future) = done_now(f)
 
-"Waits until the outcome of `f` is available, letting other tasks run."
+"""
+    wait_ready(f)
+
+Waits until the outcome of `f` is available, letting other tasks run. The
+task first reads the reply's connection itself (`drive_ready`), so that a
+quick reply costs no thread wake-up, then parks on a Condition.
+"""
 function wait_ready(f::Future)
-    done_now(f) && return
-    spin = RT.spin_ns
-    if spin > 0
-        t0 = time_ns()
-        while time_ns() - t0 < spin
+    done_now(f) && (count!(STAT_READY); return)
+    # A call to this process is served by this thread: nothing to read.
+    if RT.spin_ns > 0 && f.where != RT.myid
+        drive_ready(f) && (count!(STAT_DRIVEN); return)
+    end
+    count!(STAT_PARKED)
+    park_until_ready(f.handle, f.id)
+end
+
+"""
+    drive_ready(f) -> Bool
+
+Reads the reply connection of `f` on this thread (`cluster_future_drive`),
+and true once `f` is ready. It drives in slices (`RT.slice_us`, or 100 µs
+when no other task is runnable), between which it lets other tasks run if
+some are runnable or the library has work for the event loop (a call to
+this process read meanwhile). It gives up (false: the caller parks) after
+`RT.busy_spin_ns` while other tasks are runnable, `RT.spin_ns` otherwise.
+"""
+function drive_ready(f::Future)
+    h = f.handle
+    ready = Ref(false)
+    t0 = time_ns()
+    while true
+        busy = others_runnable()
+        # Alone on the thread, longer slices (each one the reply outlasts
+        # hands the connection back to the library's reactor for a while).
+        st = CAPI.cluster_future_drive(h, busy ? RT.slice_us : max(RT.slice_us, IDLE_SLICE_US), ready)
+        if st != CAPI.CLUSTER_OK || ready[]
+            let_others_run()
+            return true
+        end
+        spent = time_ns() - t0
+        spent >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
+        if busy || host_pending()
+            RT.last_yield = time_ns()
             yield()
-            done_now(f) && return
+            done_now(f) && return true
+            h = f.handle        # (another task may have fetched it meanwhile)
         end
     end
-    park_until_ready(f.handle, f.id)
+end
+
+const IDLE_SLICE_US = UInt32(100)
+
+"""
+A task whose replies keep coming at once never waits: every 100 µs it lets
+the others (and the event loop, for calls to this process) run.
+"""
+@inline function let_others_run()
+    now = time_ns()
+    if now - RT.last_yield > 100_000
+        RT.last_yield = now
+        (others_runnable() || host_pending()) && yield()
+    end
+    nothing
 end
 
 """

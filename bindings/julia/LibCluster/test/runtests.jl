@@ -524,6 +524,33 @@ end
     @test remotecall_fetch(() -> fetch(@spawnat myid() 5), 3) == 5
 end
 
+@testset "round trips without wake-ups" begin
+    @progress "round trips without wake-ups"
+    # Back-to-back calls: the caller reads each reply itself, and the
+    # worker, between calls, reads the caller's connection itself, so that
+    # neither thread sleeps. Counted, not timed: on a loaded machine some
+    # calls take the slow path, most must not.
+    remotecall_fetch(myid, 2)
+    w0 = remotecall_fetch(LC.stats, 2); h0 = LC.stats()
+    n = 2000
+    for i in 1:n
+        remotecall_fetch(myid, 2)
+    end
+    for i in 1:n
+        remotecall_fetch(x -> x + 1, 2, i)
+    end
+    h1 = LC.stats(); w1 = remotecall_fetch(LC.stats, 2)
+    ready, driven, parked = h1.ready - h0.ready, h1.driven - h0.driven, h1.parked - h0.parked
+    loop_driven, woken = w1.loop_driven - w0.loop_driven, w1.loop_woken - w0.loop_woken
+    @info "$(2n) round trips: the caller read $driven replies itself, parked for $parked, found $ready there; " *
+          "the worker read $loop_driven calls itself and was woken $woken times"
+    @test ready + driven + parked == 2n
+    @test driven >= n ÷ 2
+    @test w1.calls - w0.calls == 2n + 1
+    @test loop_driven >= n ÷ 2
+    @test woken <= n
+end
+
 @testset "interrupt" begin
     @progress "interrupt"
     f = remotecall(() -> (sleep(30); :not_interrupted), 2)
