@@ -141,13 +141,56 @@ function write_function(io::IO, @nospecialize(f))
     nothing
 end
 
-function read_function(io::IO)
+# The encoded reference of each function of a singleton type sent so far
+# (`nothing`: it has none, it is not a named function bound in its module),
+# and what each reference received names: its root module, the path below
+# it and the name (looked up again on each call: a module may be replaced,
+# a root module never is).
+const FN_REFS = IdDict{Any,Union{Nothing,Vector{UInt8}}}()
+const FN_TARGETS = Dict{String,Tuple{Module,Vector{Symbol},Symbol}}()
+const FN_LOCK = ReentrantLock()
+
+"The encoded reference of `f` if it is a named function (`write_function`), else `nothing`; cached."
+function function_ref(@nospecialize(f))
+    # Only singletons are cached: closures, one object per capture, never are.
+    isdefined(typeof(f), :instance) || return nothing
+    lock(FN_LOCK)
+    try
+        r = get(FN_REFS, f, false)
+        r === false || return r::Union{Nothing,Vector{UInt8}}
+        r = nothing
+        if fast_function(f)
+            io = IOBuffer()
+            write_function(io, f)
+            r = take!(io)
+        end
+        FN_REFS[f] = r
+        return r
+    finally
+        unlock(FN_LOCK)
+    end
+end
+
+function read_function(io::IOBuffer)
+    # The reference's bytes name it: found in the cache unless new.
+    start = position(io)
     n = Int(read(io, UInt8))
-    path = Symbol[Symbol(read_str(io)) for _ in 1:n]
-    uuid = read_str(io)
-    name = Symbol(read_str(io))
-    m = root_module_named(path[1], uuid)
-    for p in path[2:end]
+    for _ in 1:n + 2
+        skip(io, Int(read(io, UInt32)))
+    end
+    key = String(io.data[start + 1:position(io)])
+    target = lock(() -> get(FN_TARGETS, key, nothing), FN_LOCK)
+    if target === nothing
+        seek(io, start)
+        n = Int(read(io, UInt8))
+        path = Symbol[Symbol(read_str(io)) for _ in 1:n]
+        uuid = read_str(io)
+        name = Symbol(read_str(io))
+        target = (root_module_named(path[1], uuid), path[2:end], name)
+        lock(() -> (FN_TARGETS[key] = target), FN_LOCK)
+    end
+    m, below, name = target
+    for p in below
         m = getfield(m, p)::Module
     end
     isdefined(m, name) || throw(UndefVarError(name))
@@ -165,31 +208,34 @@ end
 
 # ------------------------------------------------------------ messages
 
-"Whether the call can travel in the fast encoding."
-function fast_call(@nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
-    isempty(kwargs) || return false
+"Whether all of `args` have a fast encoding (and are few enough for it)."
+function fast_args(@nospecialize(args::Tuple))
     length(args) < 256 || return false
-    fast_function(f) || return false
     for a in args
         fast_value(a) || return false
     end
     true
 end
 
-function write_fast_call(io::IO, @nospecialize(f), @nospecialize(args::Tuple))
-    write_function(io, f)
+function write_fast_call(io::IO, ref::Vector{UInt8}, @nospecialize(args::Tuple))
+    write(io, ref)
+    write_args(io, args)
+end
+
+function write_args(io::IO, @nospecialize(args::Tuple))
     write(io, UInt8(length(args)))
     for a in args
         write_value(io, a)
     end
 end
 
-function read_fast_call(io::IO)
-    f = read_function(io)
+function read_args(io::IO)
     n = Int(read(io, UInt8))
     args = Vector{Any}(undef, n)
     for i in 1:n
         args[i] = read_value(io)
     end
-    f, args
+    args
 end
+
+read_fast_call(io::IOBuffer) = (read_function(io), read_args(io))

@@ -278,6 +278,35 @@ end
     @test e isa RemoteException && e.captured.ex isa UndefVarError && e.captured.ex.var === :HeadOnlyModule
     e = try LC.resolve(LC.ModuleRef([:NoSuchPackage], "")) catch e; e end
     @test e isa ErrorException && occursin("module NoSuchPackage is not loaded", e.msg)
+    # The type of a closure (with its code) goes to a process once; later
+    # calls carry its number, the captured values and the arguments.
+    kw = pairs(NamedTuple())
+    twice = x -> x * 2
+    first_size = length(take!(LC.encode_call(2, twice, (1,), kw)))
+    @test remotecall_fetch(twice, 2, 21) == 42
+    @test length(take!(LC.encode_call(2, twice, (1,), kw))) < first_size ÷ 3
+    @test remotecall_fetch(twice, 2, 5) == 10
+    @test length(take!(LC.encode_call(3, twice, (1,), kw))) == first_size   # not sent to 3 yet
+    # Captured values travel with every call.
+    makeadd(k) = x -> x + k
+    @test [remotecall_fetch(makeadd(k), 3, 1) for k in 1:5] == 2:6
+    @test [remotecall_fetch(makeadd(float(k)), 3, 1) for k in 1:2] == [2.0, 3.0]   # another type
+    # A global the same closure uses goes again when it changed.
+    global cached_global = 1
+    reader = () -> cached_global
+    @test remotecall_fetch(reader, 4) == 1
+    global cached_global = 2
+    @test remotecall_fetch(reader, 4) == 2
+    # A closure of a module a worker lacks fails there until it has it
+    # (the type is made again from what was sent, once the module exists).
+    later_module = :(module LaterModule; adder(k) = x -> x + k; end)
+    Core.eval(Main, later_module)
+    later = Main.LaterModule.adder(1)
+    e = try remotecall_fetch(later, 2, 1) catch e; e end
+    @test e isa RemoteException
+    remotecall_eval(Main, [2], later_module)
+    @test remotecall_fetch(later, 2, 1) == 2
+    @test remotecall_fetch(Main.LaterModule.adder(5), 2, 1) == 6
 end
 
 @testset "remote_do" begin
