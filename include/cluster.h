@@ -1040,6 +1040,22 @@ cluster_status cluster_set_notify(cluster_ctx *ctx, cluster_notify_fn notify, vo
 cluster_status cluster_drive(cluster_ctx *ctx, int32_t pid, uint32_t spin_us, bool *pending);
 
 /**
+ * Host mode: while `on`, the replies this thread sends to process `pid`
+ * (`cluster_call_reply`, `cluster_call_fail`) are held and written
+ * together when corking ends: `on` false, or corking another process. A
+ * host that answers a batch of calls read together then pays one write,
+ * not one per reply. Held replies are written anyway within tens of
+ * microseconds (by a library thread), so a slow host delays them no
+ * longer. Without an open connection to `pid` nothing is held.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no (ending the cork writes what the socket takes at once; the
+ * rest is queued).
+ * Threads: any; it concerns the replies of the calling thread only.
+ */
+cluster_status cluster_cork(cluster_ctx *ctx, int32_t pid, bool on);
+
+/**
  * Host mode: runs the handlers of pending incoming calls on this thread,
  * delivers held log records and lifecycle callbacks, and writes up to
  * `cap` events to `events`, their number to `*count`. Events beyond `cap`

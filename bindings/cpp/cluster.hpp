@@ -995,6 +995,9 @@ public:
         check(cluster_drive(ctx_, pid, spin_us, &pending));
         return pending;
     }
+    /// Host mode: hold the replies this thread sends to `pid` and write them
+    /// together when corking ends (`on` false).
+    void cork(std::int32_t pid, bool on) { check(cluster_cork(ctx_, pid, on)); }
 
 private:
     template <class Box> Box *keep(std::shared_ptr<Box> box) {

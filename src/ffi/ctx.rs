@@ -678,6 +678,26 @@ pub unsafe extern "C" fn cluster_drive(ctx: *mut cluster_ctx, pid: i32, spin_us:
     })
 }
 
+/// Host mode: while `on`, the replies this thread sends to process `pid`
+/// (`cluster_call_reply`, `cluster_call_fail`) are held and written
+/// together when corking ends: `on` false, or corking another process. A
+/// host that answers a batch of calls read together then pays one write,
+/// not one per reply. Held replies are written anyway within tens of
+/// microseconds (by a library thread), so a slow host delays them no
+/// longer. Without an open connection to `pid` nothing is held.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no (ending the cork writes what the socket takes at once; the
+/// rest is queued).
+/// Threads: any; it concerns the replies of the calling thread only.
+#[no_mangle]
+pub extern "C" fn cluster_cork(ctx: *mut cluster_ctx, pid: i32, on: bool) -> cluster_status {
+    ffi!([ctx => c] {
+        let pid = u32::try_from(pid).map_err(|_| invalid(format!("bad process id {pid}")))?;
+        c.cork_peer(on.then_some(pid))
+    })
+}
+
 /// Host mode: runs the handlers of pending incoming calls on this thread,
 /// delivers held log records and lifecycle callbacks, and writes up to
 /// `cap` events to `events`, their number to `*count`. Events beyond `cap`

@@ -767,6 +767,17 @@ impl Node {
         }
     }
 
+    /// Host-driven mode: from now on the responses this thread sends to
+    /// `pid` are held and written together when `uncork` (or corking
+    /// another process) ends it, or by the flusher within tens of
+    /// microseconds; `None` ends it. No open connection: nothing is held.
+    pub fn cork_peer(self: &Arc<Self>, pid: Option<u32>) -> Result<()> {
+        self.host_or_err()?;
+        let conn = pid.and_then(|p| self.peer(p)).and_then(|p| p.conn.lock().clone());
+        crate::net::conn::host_cork(conn.as_ref());
+        Ok(())
+    }
+
     /// The eventfd a host event loop watches (host-driven mode).
     pub fn event_fd(&self) -> Result<i32> {
         Ok(self.host_or_err()?.event_fd())

@@ -1319,6 +1319,7 @@ static void case_async(void) {
     cluster_future *f = NULL;
     bool pending = false;
     EXPECT_ST(cluster_drive(g_ctx, CLUSTER_HEAD, 0, &pending), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_ST(cluster_cork(g_ctx, CLUSTER_HEAD, true), CLUSTER_ERR_WRONG_MODE);
     int64_t t0 = now_ms();
     REQUIRE_OK(cluster_addprocs_async(g_ctx, 2, NULL, &f));
     EXPECTF(now_ms() - t0 < 500, "addprocs_async took %" PRId64 " ms to return", now_ms() - t0);
@@ -1434,7 +1435,10 @@ static void drive_worker_loop(void) {
     while (!stop) {
         cluster_event ev[8];
         size_t count = 0;
-        if (cluster_poll(g_ctx, ev, 8, &count) != CLUSTER_OK) break;
+        /* Replies of the calls run in this poll go out together. */
+        if (cluster_cork(g_ctx, CLUSTER_HEAD, true) != CLUSTER_OK) break;
+        cluster_status st = cluster_poll(g_ctx, ev, 8, &count);
+        if (cluster_cork(g_ctx, CLUSTER_HEAD, false) != CLUSTER_OK || st != CLUSTER_OK) break;
         for (size_t i = 0; i < count; i++)
             if (ev[i].service == CLUSTER_SERVICE_CORE && (ev[i].kind == CLUSTER_EVENT_SHUTDOWN || ev[i].kind == CLUSTER_EVENT_HEAD_LOST)) stop = true;
         if (count > 0) last = now_ms();
@@ -1490,6 +1494,43 @@ static void case_drive(void) {
     EXPECT_OK(cluster_poll(g_ctx, ev, 8, &count));
     EXPECT_OK(cluster_drive(g_ctx, ids[0], 0, &pending));
     EXPECT(!pending);
+    /* Corking: a reply the head holds (and never uncorks) still reaches the
+     * worker, written by a library thread within a short while. */
+    EXPECT_ST(cluster_cork(g_ctx, -1, true), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_cork(NULL, ids[0], true), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_cork(g_ctx, 99, true)); /* no connection: nothing held */
+    EXPECT_OK(cluster_cork(g_ctx, ids[0], true));
+    f = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "call_head", NULL, 0, &f));
+    ready = false;
+    t0 = now_ms();
+    while (!ready && now_ms() - t0 < 5000) {
+        size_t c = 0;
+        cluster_event evs[8];
+        EXPECT_OK(cluster_poll(g_ctx, evs, 8, &c)); /* runs head_fn: its reply is corked */
+        EXPECT_OK(cluster_future_drive(f, 1000, &ready));
+    }
+    EXPECTF(ready, "a corked reply was never written");
+    EXPECT(atomic_load(&g_head_fn_calls) == calls_before + 2);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_cork(g_ctx, ids[0], false));
+    /* A burst of calls: the worker corks the replies of each poll's batch. */
+    enum { BURST = 500 };
+    static cluster_future *burst[BURST];
+    for (int i = 0; i < BURST; i++) {
+        int32_t x = i;
+        REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "square", (const uint8_t *)&x, 4, &burst[i]));
+    }
+    for (int i = 0; i < BURST; i++) {
+        ready = false;
+        t0 = now_ms();
+        while (!ready && now_ms() - t0 < 5000) EXPECT_OK(cluster_future_drive(burst[i], 1000, &ready));
+        const uint8_t *d;
+        size_t n;
+        EXPECT_OK(cluster_future_fetch(burst[i], 0, &d, &n));
+        EXPECT(payload_i32(d, n) == i * i);
+        EXPECT_OK(cluster_future_free(burst[i]));
+    }
     /* Back-to-back calls to a worker that drives its head's connection. */
     for (int i = 0; i < 2000; i++) {
         int32_t x = i;
