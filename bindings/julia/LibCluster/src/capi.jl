@@ -278,11 +278,18 @@ end
 # `has_drive`), and then incoming calls reach us through the notify hook only.
 @cfunc cluster_drive(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool})::Int32
 
+# Holds the replies this thread sends to `pid` until called again with
+# `on` false (or for tens of microseconds at most). Optional, as cluster_drive.
+@cfunc cluster_cork(ctx::Ptr{Cvoid}, pid::Int32, on::Bool)::Int32
+
 "Functions a library may lack; their pointer stays C_NULL then."
-const OPTIONAL = (:cluster_drive,)
+const OPTIONAL = (:cluster_drive, :cluster_cork)
 
 "Whether the library has `cluster_drive`."
 has_drive() = fp_cluster_drive[] != C_NULL
+
+"Whether the library has `cluster_cork`."
+has_cork() = fp_cluster_cork[] != C_NULL
 
 """
     load_library!()

@@ -178,16 +178,21 @@ function drive_ready(f::Future)
     h = f.handle
     ready = Ref(false)
     t0 = time_ns()
+    # On a machine short of CPUs, spinning keeps the CPU from the very
+    # process that is to answer: a slice at most, then park.
+    contended = contention()
     while true
         busy = others_runnable()
         # Alone on the thread, longer slices (each one the reply outlasts
         # hands the connection back to the library's reactor for a while).
-        st = CAPI.cluster_future_drive(h, busy ? RT.slice_us : max(RT.slice_us, IDLE_SLICE_US), ready)
+        slice = busy || contended ? RT.slice_us : max(RT.slice_us, IDLE_SLICE_US)
+        st = CAPI.cluster_future_drive(h, slice, ready)
         if st != CAPI.CLUSTER_OK || ready[]
             let_others_run()
             return true
         end
         spent = time_ns() - t0
+        contended && return false
         spent >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
         if busy || host_pending()
             RT.last_yield = time_ns()

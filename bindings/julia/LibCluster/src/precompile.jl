@@ -91,6 +91,8 @@ for (f, types) in (
         (closure_type, (Function,)), (write_closure_call, (IOBuffer, Int, Function, Tuple{}, typeof(pairs(NamedTuple())))),
         (read_closure_call, (IOBuffer, Int)), (make_closure, (DataType, Vector{Any})), (closure_sent, (Int, UInt64)),
         (sent, (Int, IOBuffer)), (globals_to_send, (Int, Function, Tuple{})), (static_globals, (DataType,)),
+        (cork!, (Ptr{Cvoid}, Ptr{Cvoid})), (uncork!, ()), (contention, ()), (involuntary_switches, ()),
+        (call_latest, (Function, Vector{Any})), (scratch, ()), (bytes_hash, (Vector{UInt8}, Int, Int)),
         (CAPI.read_ids, (typeof(CAPI.cluster_procs), Ptr{Cvoid})),
         (CAPI.read_ids, (typeof(CAPI.cluster_workers), Ptr{Cvoid})),
         (send_call, (Ptr{Cvoid}, Int, String, IOBuffer)),

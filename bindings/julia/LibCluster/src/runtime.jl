@@ -32,6 +32,11 @@ mutable struct Runtime
     event_fd::Cint                      # readable when cluster_poll has work
     last_yield::UInt64                  # time_ns() when a fetch last let other tasks run
     last_peer::Int                      # the process whose call was served last (its connection is driven)
+    corked::Bool                        # replies to a batch are held (cluster_cork)
+    probe_at::UInt64                    # `contention`: when last probed
+    switches::Int                       # involuntary context switches then
+    contended::Bool                     # preempted between the last two probes
+    probe::Bool                         # `contention` probes (LIBCLUSTER_JULIA_PROBE=0: never)
     stats::Vector{Int}                  # counters, see `stats()`
     dead::Dict{Int,Symbol}              # pid => :exited or :died
     pid_lock::ReentrantLock             # serialises add/remove of processes
@@ -40,7 +45,7 @@ end
 Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
                     Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[], Tuple{Int,Ptr{Cvoid}}[],
                     Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
-                    UInt64(200_000), UInt32(20), UInt64(50_000), Cint(-1), UInt64(0), 0, zeros(Int, 7), Dict{Int,Symbol}(), ReentrantLock())
+                    UInt64(200_000), UInt32(20), UInt64(50_000), Cint(-1), UInt64(0), 0, false, UInt64(0), -1, false, true, zeros(Int, 7), Dict{Int,Symbol}(), ReentrantLock())
 
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
@@ -163,6 +168,7 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     RT.spin_ns = UInt64(max(spin_us_from_env(), 0)) * 1000
     RT.slice_us = UInt32(clamp(slice_us_from_env(), 1, 100_000))
     RT.busy_spin_ns = UInt64(max(busy_spin_us_from_env(), 0)) * 1000
+    RT.probe = get(ENV, "LIBCLUSTER_JULIA_PROBE", "1") != "0"
     efd = Ref{Cint}(-1)
     CAPI.check(CAPI.cluster_event_fd(ctx, efd))
     RT.event_fd = efd[]
@@ -182,6 +188,7 @@ end
 # ------------------------------------------------------------- event loop
 
 const POLL_CAP = 64
+const MAX_POLL_CAP = 1 << 16
 
 """
 The event loop: polls the library whenever it has work, and between calls
@@ -210,14 +217,16 @@ function event_loop()
         if n > 0
             last = time_ns()
             yield()                 # the calls just started run now
+            uncork!()               # their replies, held while they ran, go out
         elseif others_runnable()
             yield()
-        elseif idle < window && RT.last_peer > 0 && CAPI.has_drive()
+        elseif idle < (contention() ? UInt64(RT.slice_us) * 1000 : window) && RT.last_peer > 0 && CAPI.has_drive()
             # Nothing else to run: wait for the next call on its connection,
-            # reading it here; it returns as soon as work is queued.
+            # reading it here; it returns as soon as work is queued. (Short
+            # of CPUs, only briefly: spinning would hold up the caller.)
             ctx = RT.ctx
             ctx == C_NULL && break
-            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(window - idle, 1000)), pending)
+            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(window - min(idle, window), 1000)), pending)
             count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
             pending[] || (gave_up = time_ns())
         else
@@ -252,6 +261,42 @@ function next_window(window::UInt64, gap::UInt64)
         return max(window ÷ 2, RT.spin_ns)
     end
     window
+end
+
+# ------------------------------------------------------------ contention
+#
+# Spinning pays only while the process that is to answer has a CPU. When
+# the machine has more runnable threads than CPUs, the kernel preempts a
+# spinning thread (involuntary context switches): then this process spins
+# no longer than a slice and parks, leaving the CPU to the others, until a
+# later probe finds it running undisturbed again.
+
+const PROBE_NS = UInt64(5_000_000)
+const RUSAGE = zeros(Int64, 18)         # struct rusage: 2 timevals, then 14 longs
+
+"Involuntary context switches of the calling thread so far (`getrusage(RUSAGE_THREAD)`)."
+function involuntary_switches()
+    ccall(:getrusage, Cint, (Cint, Ptr{Int64}), 1, RUSAGE) == 0 || return -1
+    @inbounds RUSAGE[18]
+end
+
+"""
+    contention() -> Bool
+
+Whether this thread was preempted in the last few milliseconds (probed at
+most every 5 ms, one system call): the machine is short of CPUs.
+"""
+function contention()
+    RT.probe || return false
+    now = time_ns()
+    since = now - RT.probe_at
+    since < PROBE_NS && return RT.contended
+    n = involuntary_switches()
+    # Long since the last probe (idle meanwhile): only a new reference.
+    RT.contended = since < 4PROBE_NS && n > RT.switches >= 0
+    RT.switches = n
+    RT.probe_at = now
+    RT.contended
 end
 
 # What the counters of `stats()` count, by index.
@@ -339,18 +384,42 @@ function poll!(evs::Vector{CAPI.Event}, cnt::Ref{Csize_t})
     for i in 1:n
         handle_event(@inbounds evs[i])
     end
+    # Full: more are queued (a burst of replies); take more at a time.
+    n == length(evs) && n < MAX_POLL_CAP && resize!(evs, 2n)
     m = length(RT.incoming)
     if m > 0
         # Swapped, not copied: a call started here may poll again.
         calls = RT.incoming
         RT.incoming = RT.starting
         RT.starting = calls
+        # A batch: the replies of its calls that finish before the event
+        # loop runs again are written together (`uncork!`).
+        m > 1 && cork!(ctx, calls[1][2])
         for (kind, call) in calls
             start_call(kind, call)
         end
         empty!(calls)
     end
     n + m
+end
+
+"Holds the replies this thread sends to the caller of `call` (`cluster_cork`)."
+function cork!(ctx::Ptr{Cvoid}, call::Ptr{Cvoid})
+    CAPI.has_cork() || return
+    caller = Ref{Int32}(0)
+    CAPI.cluster_call_caller(call, caller) == CAPI.CLUSTER_OK || return
+    (caller[] > 0 && caller[] != RT.myid) || return
+    CAPI.cluster_cork(ctx, caller[], true) == CAPI.CLUSTER_OK && (RT.corked = true)
+    nothing
+end
+
+"Writes the replies held since `cork!`."
+function uncork!()
+    RT.corked || return
+    RT.corked = false
+    ctx = RT.ctx
+    ctx == C_NULL || CAPI.cluster_cork(ctx, Int32(0), false)
+    nothing
 end
 
 function handle_event(ev::CAPI.Event)

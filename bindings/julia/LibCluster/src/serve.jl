@@ -148,6 +148,16 @@ function run_call(kind::Int, call::Ptr{Cvoid})
     nothing
 end
 
+"`f(args...)` in the latest world; the commonest arities without building a tuple."
+function call_latest(@nospecialize(f), args::Vector{Any})
+    n = length(args)
+    n == 0 && return Base.invokelatest(f)
+    n == 1 && return Base.invokelatest(f, @inbounds(args[1]))
+    n == 2 && return Base.invokelatest(f, @inbounds(args[1]), @inbounds(args[2]))
+    n == 3 && return Base.invokelatest(f, @inbounds(args[1]), @inbounds(args[2]), @inbounds(args[3]))
+    Base.invokelatest(f, args...)
+end
+
 # The event loop reads this caller's connection while idle (`cluster_drive`).
 @inline note_caller(pid::Int) = (pid != RT.myid && (RT.last_peer = pid); nothing)
 
@@ -158,7 +168,7 @@ function run_julia_call(kind::Int, call::Ptr{Cvoid})
     note_caller(Int(caller[]))
     out = try
         f, args, kw = decode_call(bytes, caller[])
-        v = isempty(kw) ? Base.invokelatest(f, args...) : Base.invokelatest(f, args...; kw...)
+        v = isempty(kw) ? call_latest(f, args) : Base.invokelatest(f, args...; kw...)
         kind == KIND_DO ? nothing : encode_ok(v)
     catch err
         bt = catch_backtrace()

@@ -25,13 +25,14 @@ const MSG_FAST = 0x01
 # The message is a Vector{Any}: one compiled serializer method for every call,
 # whatever the types of the function and arguments.
 function encode_call(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
-    io = IOBuffer()
     ref = function_ref(f)
     if ref !== nothing && isempty(kwargs) && fast_args(args)
+        io = scratch()
         write(io, MSG_FAST)
         write_fast_call(io, ref, args)
         return io
     end
+    io = IOBuffer()
     if ref === nothing && closure_type(f) !== nothing
         write_closure_call(io, Int(pid), f, args, kwargs)
         return io
@@ -240,14 +241,31 @@ end
 # ---------------------------------------------------------------- replies
 
 function encode_ok(@nospecialize(v))
-    io = IOBuffer()
     if fast_value(v)
+        io = scratch()
         write(io, TAG_OK_FAST)
         write_value(io, v)
     else
+        io = IOBuffer()
         write(io, TAG_OK)
         Base.invokelatest(serialize_value, io, v)
     end
+    io
+end
+
+# The buffer of thread 1 for messages written without a task switch (the
+# compact encodings) and sent at once: one buffer, not one per message.
+# Whoever gets it must be done with it before the task can yield.
+const SCRATCH = Ref{Union{Nothing,IOBuffer}}(nothing)
+const SCRATCH_MAX = 1 << 16
+
+function scratch()
+    Threads.threadid() == 1 || return IOBuffer()
+    io = SCRATCH[]
+    if io === nothing || length(io.data) > SCRATCH_MAX
+        io = SCRATCH[] = IOBuffer(; sizehint = 256)
+    end
+    truncate(io, 0)
     io
 end
 

@@ -558,7 +558,10 @@ end
     # Back-to-back calls: the caller reads each reply itself, and the
     # worker, between calls, reads the caller's connection itself, so that
     # neither thread sleeps. Counted, not timed: on a loaded machine some
-    # calls take the slow path, most must not.
+    # calls take the slow path, most must not. (Without the contention
+    # probe, which on a loaded machine would rightly stop the spinning.)
+    LC.RT.probe = false
+    remotecall_fetch(() -> (LibCluster.RT.probe = false), 2)
     remotecall_fetch(myid, 2)
     w0 = remotecall_fetch(LC.stats, 2); h0 = LC.stats()
     n = 2000
@@ -569,6 +572,8 @@ end
         remotecall_fetch(x -> x + 1, 2, i)
     end
     h1 = LC.stats(); w1 = remotecall_fetch(LC.stats, 2)
+    LC.RT.probe = true
+    remotecall_fetch(() -> (LibCluster.RT.probe = true), 2)
     ready, driven, parked = h1.ready - h0.ready, h1.driven - h0.driven, h1.parked - h0.parked
     loop_driven, woken = w1.loop_driven - w0.loop_driven, w1.loop_woken - w0.loop_woken
     @info "$(2n) round trips: the caller read $driven replies itself, parked for $parked, found $ready there; " *
@@ -576,6 +581,13 @@ end
     @test ready + driven + parked == 2n
     @test driven >= n ÷ 2
     @test w1.calls - w0.calls == 2n + 1
+    # The probe: a thread preempted since the last probe is contended.
+    @test LC.involuntary_switches() >= 0
+    LC.RT.probe_at = 0
+    LC.contention()
+    LC.RT.switches -= 1             # as if preempted once since
+    LC.RT.probe_at -= LC.PROBE_NS
+    @test LC.contention()
     @test loop_driven >= n ÷ 2
     @test woken <= n
 end
