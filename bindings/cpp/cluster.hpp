@@ -1270,6 +1270,16 @@ public:
         check(cluster_poll(ctx_, events, cap, &n));
         return n;
     }
+    /// Host mode: reads the connection to `pid` on this thread for up to
+    /// `spin_us`, until poll() has work; never parks. Whether work is pending.
+    bool drive(std::int32_t pid, std::uint32_t spin_us) {
+        bool pending = false;
+        check(cluster_drive(ctx_, pid, spin_us, &pending));
+        return pending;
+    }
+    /// Host mode: hold the replies this thread sends to `pid` and write them
+    /// together when corking ends (`on` false).
+    void cork(std::int32_t pid, bool on) { check(cluster_cork(ctx_, pid, on)); }
 
 private:
     template <class Box> Box *keep(std::shared_ptr<Box> box) {

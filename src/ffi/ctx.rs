@@ -667,6 +667,47 @@ pub extern "C" fn cluster_set_notify(ctx: *mut cluster_ctx, notify: cluster_noti
     })
 }
 
+/// Host mode: reads this process's connection to process `pid` on the
+/// calling thread for up to `spin_us` microseconds, or until work is
+/// pending for `cluster_poll` (an incoming call, an event), and sets
+/// `*pending`. What it reads is handled as a library thread would (calls
+/// queued for `cluster_poll`, replies completing futures). A host runtime
+/// calls it when it has nothing else to run, e.g. after serving a call from
+/// `pid`, so that the next call from `pid` costs no thread wake-up. Without
+/// an open connection to `pid` it returns at once.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no; busy for at most `spin_us`, never parks.
+/// Threads: the host's thread.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_drive(ctx: *mut cluster_ctx, pid: i32, spin_us: u32, pending: *mut bool) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(pending, "pending")?;
+        let pid = u32::try_from(pid).map_err(|_| invalid(format!("bad process id {pid}")))?;
+        put(pending, "pending", c.drive_peer(pid, Duration::from_micros(spin_us as u64))?)
+    })
+}
+
+/// Host mode: while `on`, the replies this thread sends to process `pid`
+/// (`cluster_call_reply`, `cluster_call_fail`) are held and written
+/// together when corking ends: `on` false, or corking another process. A
+/// host that answers a batch of calls read together then pays one write,
+/// not one per reply. Held replies are written anyway within tens of
+/// microseconds (by a library thread), so a slow host delays them no
+/// longer. Without an open connection to `pid` nothing is held.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no (ending the cork writes what the socket takes at once; the
+/// rest is queued).
+/// Threads: any; it concerns the replies of the calling thread only.
+#[no_mangle]
+pub extern "C" fn cluster_cork(ctx: *mut cluster_ctx, pid: i32, on: bool) -> cluster_status {
+    ffi!([ctx => c] {
+        let pid = u32::try_from(pid).map_err(|_| invalid(format!("bad process id {pid}")))?;
+        c.cork_peer(on.then_some(pid))
+    })
+}
+
 /// Host mode: runs the handlers of pending incoming calls on this thread,
 /// delivers held log records and lifecycle callbacks, and writes up to
 /// `cap` events to `events`, their number to `*count`. Events beyond `cap`

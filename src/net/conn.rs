@@ -220,7 +220,13 @@ impl Conn {
         // many small messages then cost one write, not one each.
         let mut schedule = false;
         let cork = match header.kind {
-            wire::Kind::Response => CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize,
+            wire::Kind::Response if CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize => {
+                // A host thread's cork ends when it says so, or at the
+                // latest when the flusher comes by.
+                schedule = out.buf.is_empty() && host_corking(self);
+                true
+            }
+            wire::Kind::Response => false,
             _ if self.reader_active.load(Ordering::SeqCst) => true,
             _ => {
                 // Back-to-back requests: cork them, and have the flusher
@@ -651,6 +657,25 @@ thread_local! {
     /// The connection whose responses this thread corks, while it serves
     /// a batch of requests read together.
     static CORKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The connection a host thread corks its responses on (`host_cork`),
+    /// kept alive and flushed when the cork ends.
+    static HOST_CORKED: std::cell::RefCell<Option<Arc<Conn>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A host thread corks the responses it sends on `conn` (`None`: it stops,
+/// and what it held is written). Held responses are also written by the
+/// flusher thread within `FLUSH_DELAY`, so a host that is slow to end the
+/// cork delays them by no more than that.
+pub(crate) fn host_cork(conn: Option<&Arc<Conn>>) {
+    let prev = HOST_CORKED.with(|h| h.replace(conn.cloned()));
+    CORKED.with(|c| c.set(conn.map(|c| Arc::as_ptr(c) as usize).unwrap_or(0)));
+    if let Some(p) = prev {
+        p.flush();
+    }
+}
+
+fn host_corking(conn: &Conn) -> bool {
+    HOST_CORKED.with(|h| h.borrow().as_ref().is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), conn)))
 }
 
 const CORK_FRAME_MAX: u64 = 4096;

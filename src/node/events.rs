@@ -154,6 +154,11 @@ impl HostQueue {
         }
     }
 
+    /// Whether something was queued since the last `take` (lock-free).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.signalled.load(Ordering::Acquire)
+    }
+
     /// Takes what is queued now. Re-arms the signal first, so anything
     /// queued after this call signals again.
     pub(crate) fn take(&self, max_events: usize) -> (Vec<Task>, Vec<Event>) {

@@ -779,6 +779,33 @@ impl Node {
         Ok(events)
     }
 
+    /// Host-driven mode: reads the connection to `pid` on this thread for
+    /// up to `spin`, until work is queued for `poll` (an incoming call, an
+    /// event), dispatching what it reads as a reader thread would. Never
+    /// parks and never connects: without an open connection to `pid` it
+    /// returns at once. True when work is pending.
+    pub fn drive_peer(self: &Arc<Self>, pid: u32, spin: Duration) -> Result<bool> {
+        let host = self.host_or_err()?;
+        if host.is_pending() || spin.is_zero() {
+            return Ok(host.is_pending());
+        }
+        match self.peer(pid).and_then(|p| p.conn.lock().clone()) {
+            Some(c) if !c.is_closed() => Ok(c.drive(self, spin, &|| host.is_pending())),
+            _ => Ok(host.is_pending()),
+        }
+    }
+
+    /// Host-driven mode: from now on the responses this thread sends to
+    /// `pid` are held and written together when `uncork` (or corking
+    /// another process) ends it, or by the flusher within tens of
+    /// microseconds; `None` ends it. No open connection: nothing is held.
+    pub fn cork_peer(self: &Arc<Self>, pid: Option<u32>) -> Result<()> {
+        self.host_or_err()?;
+        let conn = pid.and_then(|p| self.peer(p)).and_then(|p| p.conn.lock().clone());
+        crate::net::conn::host_cork(conn.as_ref());
+        Ok(())
+    }
+
     /// The eventfd a host event loop watches (host-driven mode).
     pub fn event_fd(&self) -> Result<i32> {
         Ok(self.host_or_err()?.event_fd())

@@ -411,6 +411,8 @@ void case_callbacks() {
     // threads mode: host-only functions refuse
     EXPECT_THROWS(c.event_fd(), CLUSTER_ERR_WRONG_MODE);
     EXPECT_THROWS(c.poll(), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_THROWS(c.drive(1, 0), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_THROWS(c.cork(1, true), CLUSTER_ERR_WRONG_MODE);
     EXPECT_THROWS(c.on_notify([] {}), CLUSTER_ERR_WRONG_MODE);
     EXPECT_THROWS(c.set_notify(nullptr, nullptr), CLUSTER_ERR_WRONG_MODE);
     g_cluster = nullptr;
@@ -469,6 +471,9 @@ void case_host() {
     EXPECT(f.fetch_string(0) == "here");
     cluster_event evs[2];
     EXPECT(c.poll(evs, 2) <= 2);
+    EXPECT(!c.drive(99, 1000)); // no connection to 99: at once, nothing pending
+    c.cork(99, true);           // nothing to hold
+    c.cork(99, false);
     c.on_notify(nullptr);
     c.set_notify(nullptr, nullptr);
     g_cluster = nullptr;

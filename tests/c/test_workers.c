@@ -1531,6 +1531,9 @@ static void case_worker_to_head(void) {
 /* Every operation that can wait has a form that returns a future at once. */
 static void case_async(void) {
     cluster_future *f = NULL;
+    bool pending = false;
+    EXPECT_ST(cluster_drive(g_ctx, CLUSTER_HEAD, 0, &pending), CLUSTER_ERR_WRONG_MODE);
+    EXPECT_ST(cluster_cork(g_ctx, CLUSTER_HEAD, true), CLUSTER_ERR_WRONG_MODE);
     int64_t t0 = now_ms();
     REQUIRE_OK(cluster_addprocs_async(g_ctx, 2, NULL, &f));
     EXPECTF(now_ms() - t0 < 500, "addprocs_async took %" PRId64 " ms to return", now_ms() - t0);
@@ -1625,6 +1628,141 @@ static void case_async_host(void) {
     f = NULL;
     REQUIRE_OK(cluster_shutdown_async(g_ctx, 10000, &f));
     hs.got_future = false;
+    REQUIRE_OK(cluster_future_id(f, &hs.want_future));
+    host_pump(&hs, 20000, got_future);
+    EXPECT(hs.got_future);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_free(g_ctx));
+    g_ctx = NULL;
+}
+
+/* ---- host-driven reads (cluster_drive) ---------------------------------------- */
+
+/* A host-mode worker that, between calls, reads the head's connection on
+ * its own thread (cluster_drive) instead of waiting for the eventfd. */
+static void drive_worker_loop(void) {
+    REQUIRE_OK(cluster_ready(g_ctx));
+    int fd = -1;
+    REQUIRE_OK(cluster_event_fd(g_ctx, &fd));
+    bool stop = false;
+    int64_t last = now_ms();
+    while (!stop) {
+        cluster_event ev[8];
+        size_t count = 0;
+        /* Replies of the calls run in this poll go out together. */
+        if (cluster_cork(g_ctx, CLUSTER_HEAD, true) != CLUSTER_OK) break;
+        cluster_status st = cluster_poll(g_ctx, ev, 8, &count);
+        if (cluster_cork(g_ctx, CLUSTER_HEAD, false) != CLUSTER_OK || st != CLUSTER_OK) break;
+        for (size_t i = 0; i < count; i++)
+            if (ev[i].service == CLUSTER_SERVICE_CORE && (ev[i].kind == CLUSTER_EVENT_SHUTDOWN || ev[i].kind == CLUSTER_EVENT_HEAD_LOST)) stop = true;
+        if (count > 0) last = now_ms();
+        if (now_ms() - last < 100) {
+            bool pending = false;
+            if (cluster_drive(g_ctx, CLUSTER_HEAD, 200, &pending) != CLUSTER_OK) break;
+            continue;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) > 0) last = now_ms();
+    }
+}
+
+/* The head drives a worker's connection until a call from it is pending;
+ * host-mode workers drive the head's connection between calls. */
+static void case_drive(void) {
+    bool pending = true;
+    EXPECT_ST(cluster_drive(g_ctx, 2, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_drive(g_ctx, -1, 0, &pending), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_drive(NULL, 2, 0, &pending), CLUSTER_ERR_BAD_HANDLE);
+    /* No connection to that process: returns at once, nothing pending. */
+    int64_t t0 = now_ms();
+    EXPECT_OK(cluster_drive(g_ctx, 99, 500000, &pending));
+    EXPECT(!pending);
+    EXPECTF(now_ms() - t0 < 100, "cluster_drive without a connection took %" PRId64 " ms", now_ms() - t0);
+    int32_t ids[1];
+    addprocs(1, ids);
+    /* The worker calls back into the head; the head reads that call itself. */
+    int calls_before = atomic_load(&g_head_fn_calls);
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "call_head", NULL, 0, &f));
+    pending = false;
+    t0 = now_ms();
+    while (!pending && now_ms() - t0 < 5000) EXPECT_OK(cluster_drive(g_ctx, ids[0], 1000, &pending));
+    EXPECTF(pending, "no call from the worker was read by cluster_drive");
+    /* Pending work runs in cluster_poll, on this thread. */
+    EXPECT(atomic_load(&g_head_fn_calls) == calls_before);
+    bool ready = false;
+    t0 = now_ms();
+    while (!ready && now_ms() - t0 < 5000) {
+        cluster_event ev[8];
+        size_t count = 0;
+        EXPECT_OK(cluster_poll(g_ctx, ev, 8, &count));
+        EXPECT_OK(cluster_future_drive(f, 1000, &ready));
+    }
+    EXPECT(ready);
+    EXPECT(atomic_load(&g_head_fn_calls) == calls_before + 1);
+    EXPECT(atomic_load(&g_head_fn_off_main) == 0);
+    EXPECT_OK(cluster_future_free(f));
+    /* Nothing pending and spin 0: returns at once. */
+    cluster_event ev[8];
+    size_t count = 0;
+    EXPECT_OK(cluster_poll(g_ctx, ev, 8, &count));
+    EXPECT_OK(cluster_drive(g_ctx, ids[0], 0, &pending));
+    EXPECT(!pending);
+    /* Corking: a reply the head holds (and never uncorks) still reaches the
+     * worker, written by a library thread within a short while. */
+    EXPECT_ST(cluster_cork(g_ctx, -1, true), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_cork(NULL, ids[0], true), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_cork(g_ctx, 99, true)); /* no connection: nothing held */
+    EXPECT_OK(cluster_cork(g_ctx, ids[0], true));
+    f = NULL;
+    REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "call_head", NULL, 0, &f));
+    ready = false;
+    t0 = now_ms();
+    while (!ready && now_ms() - t0 < 5000) {
+        size_t c = 0;
+        cluster_event evs[8];
+        EXPECT_OK(cluster_poll(g_ctx, evs, 8, &c)); /* runs head_fn: its reply is corked */
+        EXPECT_OK(cluster_future_drive(f, 1000, &ready));
+    }
+    EXPECTF(ready, "a corked reply was never written");
+    EXPECT(atomic_load(&g_head_fn_calls) == calls_before + 2);
+    EXPECT_OK(cluster_future_free(f));
+    EXPECT_OK(cluster_cork(g_ctx, ids[0], false));
+    /* A burst of calls: the worker corks the replies of each poll's batch. */
+    enum { BURST = 500 };
+    static cluster_future *burst[BURST];
+    for (int i = 0; i < BURST; i++) {
+        int32_t x = i;
+        REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "square", (const uint8_t *)&x, 4, &burst[i]));
+    }
+    for (int i = 0; i < BURST; i++) {
+        ready = false;
+        t0 = now_ms();
+        while (!ready && now_ms() - t0 < 5000) EXPECT_OK(cluster_future_drive(burst[i], 1000, &ready));
+        const uint8_t *d;
+        size_t n;
+        EXPECT_OK(cluster_future_fetch(burst[i], 0, &d, &n));
+        EXPECT(payload_i32(d, n) == i * i);
+        EXPECT_OK(cluster_future_free(burst[i]));
+    }
+    /* Back-to-back calls to a worker that drives its head's connection. */
+    for (int i = 0; i < 2000; i++) {
+        int32_t x = i;
+        f = NULL;
+        REQUIRE_OK(cluster_remotecall(g_ctx, ids[0], "square", (const uint8_t *)&x, 4, &f));
+        ready = false;
+        t0 = now_ms();
+        while (!ready && now_ms() - t0 < 5000) EXPECT_OK(cluster_future_drive(f, 1000, &ready));
+        const uint8_t *d;
+        size_t n;
+        EXPECT_OK(cluster_future_fetch(f, 0, &d, &n));
+        EXPECT(payload_i32(d, n) == x * x);
+        EXPECT_OK(cluster_future_free(f));
+    }
+    struct host_state hs = {0};
+    REQUIRE_OK(cluster_event_fd(g_ctx, &hs.fd));
+    f = NULL;
+    REQUIRE_OK(cluster_shutdown_async(g_ctx, 10000, &f));
     REQUIRE_OK(cluster_future_id(f, &hs.want_future));
     host_pump(&hs, 20000, got_future);
     EXPECT(hs.got_future);
@@ -2582,6 +2720,7 @@ static const struct test_case cases[] = {
     {"worker_to_head", case_worker_to_head, CLUSTER_DISPATCH_THREADS},
     {"async", case_async, CLUSTER_DISPATCH_THREADS},
     {"async_host", case_async_host, CLUSTER_DISPATCH_HOST},
+    {"drive", case_drive, CLUSTER_DISPATCH_HOST},
     {"close", case_close, CLUSTER_DISPATCH_THREADS},
     {"channel", case_channel, CLUSTER_DISPATCH_THREADS},
     {"pool", case_pool, CLUSTER_DISPATCH_THREADS},
@@ -2623,7 +2762,9 @@ int main(int argc, char **argv) {
     if (!head) {
         harness_name = "worker";
         harness_watchdog(60); /* never outlive a broken test */
-        if (tc->dispatch == CLUSTER_DISPATCH_HOST) {
+        if (tc->fn == case_drive) {
+            drive_worker_loop();
+        } else if (tc->dispatch == CLUSTER_DISPATCH_HOST) {
             host_worker_loop();
         } else {
             cluster_status st = cluster_serve(g_ctx);

@@ -18,6 +18,7 @@ module LibCluster
 
 using Serialization
 using Serialization: AbstractSerializer, Serializer
+using FileWatching: FDWatcher
 import Serialization: serialize, deserialize
 
 include("capi.jl")
@@ -79,7 +80,6 @@ library_version() = CAPI.library_version()
 
 function __init__()
     CAPI.load_library!()
-    CAPI.init_trampoline!()
     init_handlers!()
 end
 

@@ -2,9 +2,11 @@
 # structs of include/cluster.h, one thin wrapper per exported function, and
 # turning a failed status into a Julia exception via cluster_last_error().
 #
-# Nothing above this file calls `ccall` directly. Every wrapper here is a
-# non-blocking call unless its comment says otherwise; blocking ones are only
-# used through `@threadcall` (see `blocking_call`) or at process exit.
+# Nothing above this file calls `ccall` directly. Every wrapper here returns
+# at once: what can wait (addprocs, rmprocs, shutdown, the export of an
+# imported future) is called in its `_async` form, which returns a future
+# that a Julia task waits on like any other. LibCluster never blocks Julia's
+# scheduler in a `ccall` and never starts a thread of its own.
 
 module CAPI
 
@@ -218,8 +220,10 @@ end
 # Blocking on a worker (until joined): only called by `serve` at startup.
 @cfunc cluster_init(config::Ptr{ClusterConfig}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_free(ctx::Ptr{Cvoid})::Int32
-# Blocking up to timeout_ms: through @threadcall, or at exit.
-@cfunc cluster_shutdown(ctx::Ptr{Cvoid}, timeout_ms::Int64)::Int32
+# Returns a future at once (completes once the workers are gone and the cluster closed).
+@cfunc cluster_shutdown_async(ctx::Ptr{Cvoid}, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32
+# Waits only for library callbacks running now (the notify hook: microseconds).
+@cfunc cluster_close(ctx::Ptr{Cvoid}, timeout_ms::Int64)::Int32
 @cfunc cluster_ready(ctx::Ptr{Cvoid})::Int32
 @cfunc cluster_is_head(ctx::Ptr{Cvoid}, out::Ptr{Bool})::Int32
 @cfunc cluster_cookie(ctx::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
@@ -231,10 +235,9 @@ end
 @cfunc cluster_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
 @cfunc cluster_other_procs(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
 @cfunc cluster_other_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
-# Blocking until the workers are ready: through @threadcall.
-@cfunc cluster_addprocs(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{LaunchOptions}, out_ids::Ptr{Int32})::Int32
-# Blocking until the workers are gone: through @threadcall.
-@cfunc cluster_rmprocs(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t, timeout_ms::Int64)::Int32
+# Futures at once: their values are the new ids (n little-endian Int32), or nothing.
+@cfunc cluster_addprocs_async(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{LaunchOptions}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_rmprocs_async(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_set_topology(ctx::Ptr{Cvoid}, topology::Int32)::Int32
 @cfunc cluster_set_lifecycle_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_set_log_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
@@ -247,15 +250,18 @@ end
 @cfunc cluster_remotecall(ctx::Ptr{Cvoid}, pid::Int32, name::Cstring, args::Ptr{UInt8}, len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_remote_do(ctx::Ptr{Cvoid}, pid::Int32, name::Cstring, args::Ptr{UInt8}, len::Csize_t)::Int32
 @cfunc cluster_interrupt(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t)::Int32
-# Only ever called with timeout 0 on a future known to be ready.
-@cfunc cluster_future_wait(f::Ptr{Cvoid}, timeout_ms::Int64)::Int32
+# Reads the future's reply connection on this thread for at most spin_us; never parks.
+@cfunc cluster_future_drive(f::Ptr{Cvoid}, spin_us::UInt32, ready::Ptr{Bool})::Int32
 @cfunc cluster_future_isready(f::Ptr{Cvoid}, out::Ptr{Bool})::Int32
+# Only with timeout 0, on a future known to be complete.
 @cfunc cluster_future_fetch(f::Ptr{Cvoid}, timeout_ms::Int64, data::Ptr{Ptr{UInt8}}, len::Ptr{Csize_t})::Int32
 @cfunc cluster_future_error(f::Ptr{Cvoid}, pid::Ptr{Int32}, message::Ptr{Ptr{UInt8}})::Int32
 @cfunc cluster_future_id(f::Ptr{Cvoid}, out::Ptr{UInt64})::Int32
 @cfunc cluster_future_pid(f::Ptr{Cvoid}, out::Ptr{Int32})::Int32
-# A round trip when the future was itself imported: through @threadcall then.
+# Only for futures this process owns (no round trip); an imported one is
+# exported with cluster_future_export_async (a future of the 12-byte reference).
 @cfunc cluster_future_export(f::Ptr{Cvoid}, out::Ptr{FutureRef})::Int32
+@cfunc cluster_future_export_async(f::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_future_import(ctx::Ptr{Cvoid}, r::Ptr{FutureRef}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_future_free(f::Ptr{Cvoid})::Int32
 @cfunc cluster_buffer_free(buf::Ptr{Cvoid})::Int32
@@ -270,6 +276,23 @@ end
 @cfunc cluster_event_fd(ctx::Ptr{Cvoid}, out::Ptr{Cint})::Int32
 @cfunc cluster_set_notify(ctx::Ptr{Cvoid}, notify::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_poll(ctx::Ptr{Cvoid}, events::Ptr{Event}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+# Reads the connection to `pid` on this thread for at most spin_us, until
+# cluster_poll has work; never parks. Optional: older libraries lack it (see
+# `has_drive`), and then incoming calls reach us through the notify hook only.
+@cfunc cluster_drive(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool})::Int32
+
+# Holds the replies this thread sends to `pid` until called again with
+# `on` false (or for tens of microseconds at most). Optional, as cluster_drive.
+@cfunc cluster_cork(ctx::Ptr{Cvoid}, pid::Int32, on::Bool)::Int32
+
+"Functions a library may lack; their pointer stays C_NULL then."
+const OPTIONAL = (:cluster_drive, :cluster_cork)
+
+"Whether the library has `cluster_drive`."
+has_drive() = fp_cluster_drive[] != C_NULL
+
+"Whether the library has `cluster_cork`."
+has_cork() = fp_cluster_cork[] != C_NULL
 
 """
     load_library!()
@@ -306,7 +329,7 @@ function load_library!()
     for (name, slot) in FUNCS
         p = Libdl.dlsym(handle, name; throw_error = false)
         if p === nothing || p == C_NULL
-            push!(missing_syms, String(name))
+            name in OPTIONAL ? (slot[] = C_NULL) : push!(missing_syms, String(name))
         else
             slot[] = p
         end
@@ -371,135 +394,6 @@ end
     status == CLUSTER_OK || throw(last_error(status))
     nothing
 end
-
-# ---------------------------------------------------------- blocking calls
-#
-# A few functions block by design (addprocs until the workers are ready,
-# rmprocs/shutdown until they are gone, export of an imported future for a
-# round trip). Each runs on a thread of its own so that only the calling task
-# waits: a small trampoline (Julia code compiled ahead, which neither
-# allocates nor switches tasks) makes the call, copies `cluster_last_error()`
-# out (it is thread-local) and wakes the task with `uv_async_send`.
-# (`@threadcall` would do, but costs the first call a quarter of a second
-# of compilation.)
-
-const OP_ADDPROCS = Int32(1)
-const OP_RMPROCS = Int32(2)
-const OP_SHUTDOWN = Int32(3)
-const OP_EXPORT = Int32(4)
-
-struct BlockingCall
-    op::Int32
-    a1::UInt64
-    a2::UInt64
-    a3::UInt64
-    a4::UInt64
-    errbuf::Ptr{UInt8}
-    errcap::Csize_t
-    errlen::Ptr{Csize_t}
-    errpid::Ptr{Int32}
-    status::Ptr{Int32}      # where the outcome is stored
-    wake::Ptr{Cvoid}        # uv_async_t to signal when done, or C_NULL
-end
-
-function trampoline(p::Ptr{BlockingCall})::Int32
-    c = unsafe_load(p)
-    st = Int32(CLUSTER_ERR_INVALID_ARGUMENT)
-    if c.op == OP_ADDPROCS
-        st = ccall(fp_cluster_addprocs[], Int32, (Ptr{Cvoid}, Csize_t, Ptr{LaunchOptions}, Ptr{Int32}),
-                   Ptr{Cvoid}(c.a1), Csize_t(c.a2), Ptr{LaunchOptions}(c.a3), Ptr{Int32}(c.a4))
-    elseif c.op == OP_RMPROCS
-        st = ccall(fp_cluster_rmprocs[], Int32, (Ptr{Cvoid}, Ptr{Int32}, Csize_t, Int64),
-                   Ptr{Cvoid}(c.a1), Ptr{Int32}(c.a2), Csize_t(c.a3), reinterpret(Int64, c.a4))
-    elseif c.op == OP_SHUTDOWN
-        st = ccall(fp_cluster_shutdown[], Int32, (Ptr{Cvoid}, Int64),
-                   Ptr{Cvoid}(c.a1), reinterpret(Int64, c.a2))
-    elseif c.op == OP_EXPORT
-        st = ccall(fp_cluster_future_export[], Int32, (Ptr{Cvoid}, Ptr{FutureRef}),
-                   Ptr{Cvoid}(c.a1), Ptr{FutureRef}(c.a2))
-    end
-    if st != CLUSTER_OK
-        m = ccall(fp_cluster_last_error[], Ptr{UInt8}, ())
-        n = ccall(:strlen, Csize_t, (Ptr{UInt8},), m)
-        if n > c.errcap
-            n = c.errcap
-        end
-        ccall(:memcpy, Ptr{Cvoid}, (Ptr{UInt8}, Ptr{UInt8}, Csize_t), c.errbuf, m, n)
-        unsafe_store!(c.errlen, n)
-        unsafe_store!(c.errpid, ccall(fp_cluster_last_error_pid[], Int32, ()))
-    end
-    unsafe_store!(c.status, st)
-    return st
-end
-
-# The body of a blocking call's own thread.
-function thread_main(p::Ptr{Cvoid})::Ptr{Cvoid}
-    c = Ptr{BlockingCall}(p)
-    trampoline(c)
-    wake = unsafe_load(c).wake
-    if wake != C_NULL
-        ccall(:uv_async_send, Cint, (Ptr{Cvoid},), wake)
-    end
-    return C_NULL
-end
-
-const TRAMPOLINE = Ref{Ptr{Cvoid}}(C_NULL)
-const THREAD_MAIN = Ref{Ptr{Cvoid}}(C_NULL)
-
-"Whether blocking calls run on a thread of their own (else they block Julia's thread)."
-const USE_THREAD = Ref(true)
-
-function init_trampoline!()
-    TRAMPOLINE[] = @cfunction(trampoline, Int32, (Ptr{BlockingCall},))
-    THREAD_MAIN[] = @cfunction(thread_main, Ptr{Cvoid}, (Ptr{Cvoid},))
-    USE_THREAD[] = get(ENV, "LIBCLUSTER_JULIA_THREADCALL", "1") != "0" && Sys.isunix()
-    nothing
-end
-
-"""
-    blocking(op, a1, a2=0, a3=0, a4=0)
-
-Runs the blocking operation `op` on a thread of its own (only the calling
-task waits) and throws its `ClusterError` on failure. Pointer arguments must
-be kept alive (`GC.@preserve`) by the caller.
-"""
-function blocking(op::Int32, a1, a2 = 0, a3 = 0, a4 = 0)
-    errbuf = Vector{UInt8}(undef, 4096)
-    errlen = Ref{Csize_t}(0)
-    errpid = Ref{Int32}(0)
-    status = Ref{Int32}(CLUSTER_ERR_PANIC)
-    async = USE_THREAD[] ? Base.AsyncCondition() : nothing
-    call = Ref(BlockingCall(op, u64(a1), u64(a2), u64(a3), u64(a4), pointer(errbuf), Csize_t(length(errbuf)),
-                            Base.unsafe_convert(Ptr{Csize_t}, errlen), Base.unsafe_convert(Ptr{Int32}, errpid),
-                            Base.unsafe_convert(Ptr{Int32}, status),
-                            async === nothing ? C_NULL : async.handle))
-    GC.@preserve errbuf errlen errpid status async call begin
-        p = Base.unsafe_convert(Ptr{BlockingCall}, call)
-        tid = Ref{UInt}(0)
-        if async === nothing ||
-           ccall(:pthread_create, Cint, (Ptr{UInt}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}),
-                 tid, C_NULL, THREAD_MAIN[], p) != 0
-            trampoline(p)          # no thread: call here
-        else
-            try
-                wait(async)
-            finally
-                # At once when the call is done; if this task was interrupted,
-                # waits for the call to end (its buffers are still in use).
-                ccall(:pthread_join, Cint, (UInt, Ptr{Cvoid}), tid[], C_NULL)
-            end
-        end
-        async === nothing || close(async)
-    end
-    st = status[]
-    if st != CLUSTER_OK
-        throw(ClusterError(st, String(errbuf[1:Int(errlen[])]), Int(errpid[])))
-    end
-    nothing
-end
-
-u64(x::Ptr) = UInt64(UInt(x))
-u64(x::Integer) = x < 0 ? reinterpret(UInt64, Int64(x)) : UInt64(x)
 
 "Reads an id list (`cluster_procs` and friends), sizing the buffer as needed."
 function read_ids(fn, ctx::Ptr{Cvoid})

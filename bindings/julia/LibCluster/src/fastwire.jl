@@ -141,17 +141,99 @@ function write_function(io::IO, @nospecialize(f))
     nothing
 end
 
-function read_function(io::IO)
+# The encoded reference of each function of a singleton type sent so far
+# (`nothing`: it has none, it is not a named function bound in its module),
+# and what each reference received names: its root module, the path below
+# it and the name (looked up again on each call: a module may be replaced,
+# a root module never is), found by a hash of the reference's bytes.
+const FN_REFS = IdDict{Any,Union{Nothing,Vector{UInt8}}}()
+const FN_TARGETS = Dict{UInt64,Vector{Any}}()      # hash => [FnTarget...]
+const FN_LOCK = ReentrantLock()
+
+struct FnTarget
+    ref::Vector{UInt8}
+    root::Module
+    below::Vector{Symbol}
+    name::Symbol
+end
+
+"The encoded reference of `f` if it is a named function (`write_function`), else `nothing`; cached."
+function function_ref(@nospecialize(f))
+    # Only singletons are cached: closures, one object per capture, never are.
+    isdefined(typeof(f), :instance) || return nothing
+    lock(FN_LOCK)
+    try
+        r = get(FN_REFS, f, false)
+        r === false || return r::Union{Nothing,Vector{UInt8}}
+        r = nothing
+        if fast_function(f)
+            io = IOBuffer()
+            write_function(io, f)
+            r = take!(io)
+        end
+        FN_REFS[f] = r
+        return r
+    finally
+        unlock(FN_LOCK)
+    end
+end
+
+"FNV-1a of `data[from:to]`."
+function bytes_hash(data::Vector{UInt8}, from::Int, to::Int)
+    h = 0xcbf29ce484222325
+    @inbounds for i in from:to
+        h = (h ⊻ data[i]) * 0x00000100000001b3
+    end
+    h
+end
+
+function same_bytes(ref::Vector{UInt8}, data::Vector{UInt8}, from::Int)
+    length(data) - from + 1 >= length(ref) || return false
+    @inbounds for i in 1:length(ref)
+        ref[i] == data[from + i - 1] || return false
+    end
+    true
+end
+
+function read_function(io::IOBuffer)
+    # The reference's bytes name it: found in the cache unless new.
+    start = position(io)
     n = Int(read(io, UInt8))
-    path = Symbol[Symbol(read_str(io)) for _ in 1:n]
-    uuid = read_str(io)
-    name = Symbol(read_str(io))
-    m = root_module_named(path[1], uuid)
-    for p in path[2:end]
+    for _ in 1:n + 2
+        skip(io, Int(read(io, UInt32)))
+    end
+    data = io.data
+    stop = position(io)
+    h = bytes_hash(data, start + 1, stop)
+    target = nothing
+    lock(FN_LOCK)
+    try
+        for t in get(FN_TARGETS, h, ())
+            t = t::FnTarget
+            if length(t.ref) == stop - start && same_bytes(t.ref, data, start + 1)
+                target = t
+                break
+            end
+        end
+    finally
+        unlock(FN_LOCK)
+    end
+    if target === nothing
+        seek(io, start)
+        n = Int(read(io, UInt8))
+        path = Symbol[Symbol(read_str(io)) for _ in 1:n]
+        uuid = read_str(io)
+        name = Symbol(read_str(io))
+        target = FnTarget(data[start + 1:stop], root_module_named(path[1], uuid), path[2:end], name)
+        lock(() -> push!(get!(() -> Any[], FN_TARGETS, h), target), FN_LOCK)
+    end
+    t = target::FnTarget
+    m = t.root
+    for p in t.below
         m = getfield(m, p)::Module
     end
-    isdefined(m, name) || throw(UndefVarError(name))
-    getfield(m, name)
+    isdefined(m, t.name) || throw(UndefVarError(t.name))
+    getfield(m, t.name)
 end
 
 function root_module_named(name::Symbol, uuid::String)
@@ -165,31 +247,38 @@ end
 
 # ------------------------------------------------------------ messages
 
-"Whether the call can travel in the fast encoding."
-function fast_call(@nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
-    isempty(kwargs) || return false
+"Whether all of `args` have a fast encoding (and are few enough for it)."
+function fast_args(@nospecialize(args::Tuple))
     length(args) < 256 || return false
-    fast_function(f) || return false
     for a in args
         fast_value(a) || return false
     end
     true
 end
 
-function write_fast_call(io::IO, @nospecialize(f), @nospecialize(args::Tuple))
-    write_function(io, f)
+function write_fast_call(io::IO, ref::Vector{UInt8}, @nospecialize(args::Tuple))
+    write(io, ref)
+    write_args(io, args)
+end
+
+function write_args(io::IO, @nospecialize(args::Tuple))
     write(io, UInt8(length(args)))
     for a in args
         write_value(io, a)
     end
 end
 
-function read_fast_call(io::IO)
-    f = read_function(io)
+# No arguments: one shared empty vector (never changed).
+const NO_ARGS = Any[]
+
+function read_args(io::IO)
     n = Int(read(io, UInt8))
+    n == 0 && return NO_ARGS
     args = Vector{Any}(undef, n)
     for i in 1:n
         args[i] = read_value(io)
     end
-    f, args
+    args
 end
+
+read_fast_call(io::IOBuffer) = (read_function(io), read_args(io))

@@ -3,6 +3,8 @@
 # Waiting never blocks the thread: `isready` is a non-blocking ccall, and a
 # task that must wait spins briefly (isready + yield) and then parks on a
 # Condition that the event loop notifies on CLUSTER_EVENT_FUTURE_READY.
+# The library's operations that take time (addprocs, rmprocs, shutdown) are
+# futures too, waited for the same way (`await_op`).
 # The outcome is cached in the Future and the handle released as soon as it
 # has been fetched, so a second `fetch` costs no ccall. Finalizers release
 # handles of futures dropped unfetched (`cluster_future_free` never blocks).
@@ -35,12 +37,13 @@ mutable struct Future <: AbstractRemoteRef
     imported::Bool                  # handle came from cluster_future_import
     slot::Tuple{Int,Int}            # Future(pid): its slot on `where`; else (0, 0)
 
+    # `finalize = false`: the caller releases the handle itself (`remotecall_fetch`).
     function Future(handle::Ptr{Cvoid}, where::Integer, whence::Integer; raw::Bool = false, imported::Bool = false,
-                    slot::Tuple{Int,Int} = (0, 0))
+                    slot::Tuple{Int,Int} = (0, 0), finalize::Bool = true)
         id = Ref{UInt64}(0)
         CAPI.check(CAPI.cluster_future_id(handle, id))
         f = new(Int(where), Int(whence), id[], handle, nothing, nothing, raw, imported, slot)
-        finalizer(release!, f)
+        finalize && finalizer(release!, f)
         f
     end
     # A Future that already holds its outcome (received by value).
@@ -144,31 +147,94 @@ Whether the value (or error) of `f` is available; never waits.
 """
 Base.isready(f::Future) = done_now(f)
 
-"Waits until the outcome of `f` is available, letting other tasks run."
+"""
+    wait_ready(f)
+
+Waits until the outcome of `f` is available, letting other tasks run. The
+task first reads the reply's connection itself (`drive_ready`), so that a
+quick reply costs no thread wake-up, then parks on a Condition.
+"""
 function wait_ready(f::Future)
-    done_now(f) && return
-    spin = RT.spin_ns
-    if spin > 0
-        t0 = time_ns()
-        while time_ns() - t0 < spin
+    done_now(f) && (count!(STAT_READY); return)
+    # A call to this process is served by this thread: nothing to read.
+    if RT.spin_ns > 0 && f.where != RT.myid
+        drive_ready(f) && (count!(STAT_DRIVEN); return)
+    end
+    count!(STAT_PARKED)
+    park_until_ready(f.handle, f.id)
+end
+
+"""
+    drive_ready(f) -> Bool
+
+Reads the reply connection of `f` on this thread (`cluster_future_drive`),
+and true once `f` is ready. It drives in slices (`RT.slice_us`, or 100 µs
+when no other task is runnable), between which it lets other tasks run if
+some are runnable or the library has work for the event loop (a call to
+this process read meanwhile). It gives up (false: the caller parks) after
+`RT.busy_spin_ns` while other tasks are runnable, `RT.spin_ns` otherwise.
+"""
+function drive_ready(f::Future)
+    h = f.handle
+    ready = Ref(false)
+    t0 = time_ns()
+    # On a machine short of CPUs, spinning keeps the CPU from the very
+    # process that is to answer: a slice at most, then park.
+    contended = contention()
+    while true
+        busy = others_runnable()
+        # Alone on the thread, longer slices (each one the reply outlasts
+        # hands the connection back to the library's reactor for a while).
+        slice = busy || contended ? RT.slice_us : max(RT.slice_us, IDLE_SLICE_US)
+        st = CAPI.cluster_future_drive(h, slice, ready)
+        if st != CAPI.CLUSTER_OK || ready[]
+            let_others_run()
+            return true
+        end
+        spent = time_ns() - t0
+        contended && return false
+        spent >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
+        if busy || host_pending()
+            RT.last_yield = time_ns()
             yield()
-            done_now(f) && return
+            done_now(f) && return true
+            h = f.handle        # (another task may have fetched it meanwhile)
         end
     end
+end
+
+const IDLE_SLICE_US = UInt32(100)
+
+"""
+A task whose replies keep coming at once never waits: every 100 µs it lets
+the others (and the event loop, for calls to this process) run.
+"""
+@inline function let_others_run()
+    now = time_ns()
+    if now - RT.last_yield > 100_000
+        RT.last_yield = now
+        (others_runnable() || host_pending()) && yield()
+    end
+    nothing
+end
+
+"""
+    park_until_ready(h, id)
+
+Parks the calling task until the library future `h` (id `id`) has
+completed: on a Condition the event loop notifies on its
+CLUSTER_EVENT_FUTURE_READY. Checking and parking happen under `RT.lock`
+without a task switch between them, and the library marks a future
+complete before it queues that event, so the wake-up cannot be missed.
+"""
+function park_until_ready(h::Ptr{Cvoid}, id::UInt64)
+    h == C_NULL && return
     lock(RT.lock)
     try
-        while !done_now(f)
+        while !handle_isready(h)
             RT.ctx == C_NULL && error("LibCluster: the cluster was shut down")
-            c = get!(() -> Threads.Condition(RT.lock), RT.waiters, f.id)
-            # Woken by the event loop (CLUSTER_EVENT_FUTURE_READY), or by this
-            # timer to nudge the library: see `kick`.
-            t = Timer(_ -> lock(() -> notify(c), RT.lock), KICK_INTERVAL)
-            try
-                wait(c)
-            finally
-                close(t)
-            end
-            done_now(f) || kick(f)
+            c = get!(() -> Threads.Condition(RT.lock), RT.waiters, id)
+            wait(c)
         end
     finally
         unlock(RT.lock)
@@ -176,25 +242,36 @@ function wait_ready(f::Future)
     nothing
 end
 
-const KICK_INTERVAL = 0.005
-
 """
-    kick(f)
+    await_op(h) -> Vector{UInt8}
 
-Workaround for a libcluster bug (KNOWN_ISSUES.md, "corked request"): a
-request written while the connection's reader thread finishes a batch can
-stay in the library's write buffer until more traffic comes. A waiting task
-calls `cluster_future_wait(f, 0)` now and then, which flushes the future's
-connection. It does not block: the library's spin is 0 in LibCluster's
-processes (when LIBCLUSTER_SPIN_US is set, it could spin that long, so it
-is skipped then).
+Waits, in this task only, for the future `h` of an operation made with a
+`cluster_*_async` function (addprocs, rmprocs, shutdown, export) and returns
+its value, or throws its `ClusterError`. Releases `h`. Nothing spins and no
+thread is started: the task parks until the library reports the future
+ready, other tasks running meanwhile.
 """
-function kick(f::Future)
-    h = f.handle
-    if h != C_NULL && RT.lib_spin_zero
-        CAPI.cluster_future_wait(h, 0)
+function await_op(h::Ptr{Cvoid})
+    try
+        id = Ref{UInt64}(0)
+        CAPI.check(CAPI.cluster_future_id(h, id))
+        park_until_ready(h, id[])
+        data = Ref{Ptr{UInt8}}(C_NULL)
+        len = Ref{Csize_t}(0)
+        st = CAPI.cluster_future_fetch(h, 0, data, len)
+        st == CAPI.CLUSTER_OK || throw(CAPI.last_error(st))
+        n = Int(len[])
+        return n == 0 ? UInt8[] : copy(unsafe_wrap(Array, data[], n))
+    finally
+        CAPI.cluster_future_free(h)
     end
-    nothing
+end
+
+"Starts an operation with `start(out::Ref{Ptr{Cvoid}}) -> status` and waits for it (`await_op`)."
+function run_op(start)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    CAPI.check(start(out))
+    await_op(out[])
 end
 
 """
@@ -282,11 +359,12 @@ end
 function export_ref(f::Future)
     r = Ref(CAPI.FutureRef(0, 0))
     if f.imported
-        # A round trip to the owner: off the thread.
-        GC.@preserve r CAPI.blocking(CAPI.OP_EXPORT, f.handle, Base.unsafe_convert(Ptr{CAPI.FutureRef}, r))
-    else
-        CAPI.check(CAPI.cluster_future_export(f.handle, r))
+        # A round trip to the owner: this task waits for it.
+        b = run_op(out -> CAPI.cluster_future_export_async(f.handle, out))
+        length(b) == 12 || error("LibCluster: a future reference of $(length(b)) bytes")
+        return CAPI.FutureRef(ltoh(reinterpret(Int32, b[1:4])[1]), ltoh(reinterpret(UInt64, b[5:12])[1]))
     end
+    CAPI.check(CAPI.cluster_future_export(f.handle, r))
     r[]
 end
 

@@ -393,18 +393,20 @@ function launch(n::Integer, program::AbstractString, args::Vector{String}, env::
     push!(envp, C_NULL)
     prog = String(program)
     d = String(dir)
-    ids = zeros(Int32, n)
     opts = Ref(CAPI.LaunchOptions(pointer(prog), pointer(argv), pointer(envp), pointer(d)))
-    GC.@preserve args env argv envp prog d ids opts begin
-        try
-            CAPI.blocking(CAPI.OP_ADDPROCS, ctx, n, Base.unsafe_convert(Ptr{CAPI.LaunchOptions}, opts), pointer(ids))
-        catch err
-            err isa CAPI.ClusterError || rethrow()
-            err.status == CAPI.CLUSTER_ERR_NOT_HEAD && error("Only process 1 can add and remove workers")
-            error("addprocs: " * err.msg)
-        end
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    # The options are copied before cluster_addprocs_async returns.
+    st = GC.@preserve args env argv envp prog d opts CAPI.cluster_addprocs_async(ctx, Csize_t(n), opts, out)
+    bytes = try
+        CAPI.check(st)
+        await_op(out[])         # this task waits; the others run
+    catch err
+        err isa CAPI.ClusterError || rethrow()
+        err.status == CAPI.CLUSTER_ERR_NOT_HEAD && error("Only process 1 can add and remove workers")
+        error("addprocs: " * err.msg)
     end
-    Int.(ids)
+    length(bytes) == 4n || error("addprocs: the library returned $(length(bytes)) bytes for $n ids")
+    Int[ltoh(x) for x in reinterpret(Int32, bytes)]
 end
 
 "The program and arguments that start a Julia worker."
@@ -519,16 +521,16 @@ function remove_locked(ids::Vector{Int}, waitfor::Real, callback_timeout::Real, 
     ms = waitfor >= typemax(Int64) / 1000 ? Int64(-1) : round(Int64, waitfor * 1000)
     union!(REMOVING, targets)
     try
-        GC.@preserve targets begin
-            try
-                CAPI.blocking(CAPI.OP_RMPROCS, context(), pointer(targets), length(targets), ms)
-            catch err
-                err isa CAPI.ClusterError || rethrow()
-                if err.status == CAPI.CLUSTER_ERR_TIMEOUT
-                    error("rmprocs: pids $(Int.(filter(p -> p in procs(), targets))) not terminated after $waitfor seconds.")
-                end
-                throw(library_exception(err))
+        try
+            # The ids are read before cluster_rmprocs_async returns; this
+            # task waits for the future, the others run.
+            run_op(out -> CAPI.cluster_rmprocs_async(context(), targets, Csize_t(length(targets)), ms, out))
+        catch err
+            err isa CAPI.ClusterError || rethrow()
+            if err.status == CAPI.CLUSTER_ERR_TIMEOUT
+                error("rmprocs: pids $(Int.(filter(p -> p in procs(), targets))) not terminated after $waitfor seconds.")
             end
+            throw(library_exception(err))
         end
     finally
         live = procs()

@@ -61,7 +61,10 @@ function _precompile_workload()
         decode_reply(take!(encode_ok(v)), 2)
     end
     decode_reply(take!(encode_err(UndefVarError(:x), backtrace())), 2)
-    empty!(KNOWN_OBJECTS)
+    # Nothing of these runs' caches is kept (object numbers and identities
+    # are per session).
+    foreach(empty!, (KNOWN_OBJECTS, FN_REFS, FN_TARGETS, CLOSURE_NUMBERS, CLOSURE_SENT, CLOSURE_TYPES,
+                     STATIC_GLOBALS, GLOBALS_SENT))
     nothing
 end
 
@@ -81,9 +84,15 @@ for (f, types) in (
         (worker_command, (Nothing, Cmd)), (worker_env, (Vector{Any},)), (set_topology, (Symbol, Bool)),
         (check_head, ()), (rmprocs, (Int,)), (rmprocs, (Vector{Int},)), (_rmprocs, (Vector{Int}, Int, Int)), (remove_locked, (Vector{Int}, Int, Int, Vector{Tuple{Int,WorkerState}})),
         (interrupt, (Vector{Int},)), (interrupt, (Int,)),
-        (CAPI.blocking, (Int32, Ptr{Cvoid}, Int, Ptr{CAPI.LaunchOptions}, Ptr{Int32})),
-        (CAPI.blocking, (Int32, Ptr{Cvoid}, Ptr{Int32}, Int, Int64)),
-        (CAPI.blocking, (Int32, Ptr{Cvoid}, Int64)),
+        (await_op, (Ptr{Cvoid},)), (park_until_ready, (Ptr{Cvoid}, UInt64)),
+        (drive_ready, (Future,)), (let_others_run, ()), (others_runnable, ()), (host_pending, ()),
+        (next_window, (UInt64, UInt64)), (note_caller, (Int,)), (current_call, ()), (stats, ()),
+        (function_ref, (Function,)), (read_function, (IOBuffer,)), (read_fast_call, (IOBuffer,)),
+        (closure_type, (Function,)), (write_closure_call, (IOBuffer, Int, Function, Tuple{}, typeof(pairs(NamedTuple())))),
+        (read_closure_call, (IOBuffer, Int)), (make_closure, (DataType, Vector{Any})), (closure_sent, (Int, UInt64)),
+        (sent, (Int, IOBuffer)), (globals_to_send, (Int, Function, Tuple{})), (static_globals, (DataType,)),
+        (cork!, (Ptr{Cvoid}, Ptr{Cvoid})), (uncork!, ()), (contention, ()), (involuntary_switches, ()),
+        (call_latest, (Function, Vector{Any})), (scratch, ()), (bytes_hash, (Vector{UInt8}, Int, Int)),
         (CAPI.read_ids, (typeof(CAPI.cluster_procs), Ptr{Cvoid})),
         (CAPI.read_ids, (typeof(CAPI.cluster_workers), Ptr{Cvoid})),
         (send_call, (Ptr{Cvoid}, Int, String, IOBuffer)),

@@ -20,7 +20,17 @@ function send_call(ctx::Ptr{Cvoid}, pid::Integer, name::String, io::IOBuffer)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     st = GC.@preserve io CAPI.cluster_remotecall(ctx, Int32(pid), name, pointer(io.data), Csize_t(io.size), out)
     check_call(st, pid)
+    sent(pid, io)
     out[]
+end
+
+"After a message went out: a closure type it carried is known there from now on."
+@inline function sent(pid::Integer, io::IOBuffer)
+    # MSG_CLOSURE, number (8 bytes), has_type
+    if io.size >= 10 && @inbounds(io.data[1]) == MSG_CLOSURE && @inbounds(io.data[10]) == 0x01
+        closure_sent(pid, ltoh(reinterpret(UInt64, io.data[2:9])[1]))
+    end
+    nothing
 end
 
 """
@@ -46,7 +56,16 @@ end
 or a `RemoteException` / `ProcessExitedException`.
 """
 function remotecall_fetch(@nospecialize(f), pid::Integer, @nospecialize(args...); kwargs...)
-    fetch(remotecall(f, pid, args...; kwargs...))
+    check_pid(pid)
+    ctx = context()
+    io = encode_call(pid, f, args, kwargs)
+    # A Future of our own, released here: no finalizer to register.
+    fut = Future(send_call(ctx, pid, CALL_FN, io), pid, RT.myid; finalize = false)
+    try
+        return fetch(fut)
+    finally
+        release!(fut)
+    end
 end
 
 """
@@ -71,6 +90,7 @@ function remote_do(@nospecialize(f), pid::Integer, @nospecialize(args...); kwarg
     io = encode_call(pid, f, args, kwargs)
     st = GC.@preserve io CAPI.cluster_remote_do(ctx, Int32(pid), DO_FN, pointer(io.data), Csize_t(io.size))
     check_call(st, pid)
+    sent(pid, io)
     nothing
 end
 

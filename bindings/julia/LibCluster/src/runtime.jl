@@ -2,41 +2,65 @@
 # `serve`), the event loop that drives libcluster in host-dispatch mode, the
 # table of tasks waiting for futures, and shutdown.
 #
-# Host dispatch: libcluster never runs Julia code on its own threads. Its
-# threads queue incoming calls and events and wake us through the notify hook
-# (`uv_async_send` on a `Base.AsyncCondition`). One task, the event loop,
+# Host dispatch: libcluster never runs Julia code on its own threads, and
+# LibCluster gives it no callback that a library thread would run: its
+# threads queue incoming calls and events and signal the library's eventfd,
+# which Julia's own event loop (libuv) watches. One task, the event loop,
 # calls `cluster_poll` (non-blocking): the registered handlers run inside it,
 # on Julia's thread, and only defer the calls, which then run as tasks.
+# Between calls that task reads the connection of the last caller itself
+# (`cluster_drive`), and a task waiting for a reply reads its connection
+# (`cluster_future_drive`), so that a round trip needs no thread wake-up.
 
 mutable struct Runtime
     ctx::Ptr{Cvoid}
     role::Symbol                        # :none, :head or :worker
     myid::Int
-    async::Any                          # Base.AsyncCondition once started
+    watcher::Any                        # FDWatcher of the library's eventfd once started
     loop::Union{Task,Nothing}
     lock::ReentrantLock                 # guards `waiters`
     waiters::Dict{UInt64,Threads.Condition}
     incoming::Vector{Tuple{Int,Ptr{Cvoid}}}   # (handler kind, call) deferred in a poll
+    starting::Vector{Tuple{Int,Ptr{Cvoid}}}   # those being started (swapped with `incoming`)
     running::Dict{Ptr{Cvoid},Task}      # calls being served
     stop::Threads.Condition             # notified on a shutdown event
     stopping::Bool
     closed::Bool
-    spin_ns::UInt64                     # how long the event loop and fetch spin
+    spin_ns::UInt64                     # how long the event loop and fetch spin, no other task runnable
+    slice_us::UInt32                    # one cluster_future_drive while other tasks are runnable
+    busy_spin_ns::UInt64                # how long fetch spins while other tasks are runnable
+    event_fd::Cint                      # readable when cluster_poll has work
+    last_yield::UInt64                  # time_ns() when a fetch last let other tasks run
+    last_peer::Int                      # the process whose call was served last (its connection is driven)
+    corked::Bool                        # replies to a batch are held (cluster_cork)
+    probe_at::UInt64                    # `contention`: when last probed
+    switches::Int                       # involuntary context switches then
+    contended::Bool                     # preempted between the last two probes
+    probe::Bool                         # `contention` probes (LIBCLUSTER_JULIA_PROBE=0: never)
+    stats::Vector{Int}                  # counters, see `stats()`
     dead::Dict{Int,Symbol}              # pid => :exited or :died
     pid_lock::ReentrantLock             # serialises add/remove of processes
-    lib_spin_zero::Bool                 # the library's spin_us is 0 here
 end
 
 Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
-                    Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[],
+                    Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[], Tuple{Int,Ptr{Cvoid}}[],
                     Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
-                    UInt64(200_000), Dict{Int,Symbol}(), ReentrantLock(), true)
+                    UInt64(200_000), UInt32(20), UInt64(50_000), Cint(-1), UInt64(0), 0, false, UInt64(0), -1, false, true, zeros(Int, 7), Dict{Int,Symbol}(), ReentrantLock())
 
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
 
 "Spin time of fetch and of the event loop, in microseconds (`LIBCLUSTER_JULIA_SPIN_US`, default 200)."
 spin_us_from_env() = something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_SPIN_US", "200")), 200)
+
+"""
+How long a task waiting for a reply reads its connection while other tasks
+are runnable, before it parks (`LIBCLUSTER_JULIA_BUSY_SPIN_US`, default 50),
+in slices of `LIBCLUSTER_JULIA_SLICE_US` (default 20) between which the
+others run. Alone on the thread it spins `LIBCLUSTER_JULIA_SPIN_US`.
+"""
+slice_us_from_env() = something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_SLICE_US", "20")), 20)
+busy_spin_us_from_env() = something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_BUSY_SPIN_US", "50")), 50)
 
 # The variables a launcher sets for a worker; a worker removes them once it
 # has joined, so that processes it starts do not inherit them.
@@ -110,7 +134,6 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     # spinning as well would compete for the CPUs, so they block unless
     # LIBCLUSTER_SPIN_US asks otherwise.
     spin_us = haskey(ENV, "LIBCLUSTER_SPIN_US") ? d.spin_us : UInt32(0)
-    RT.lib_spin_zero = spin_us == 0
     host = listen_host === nothing ? nothing : String(listen_host)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     GC.@preserve host cookie begin
@@ -143,15 +166,20 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     id = Ref{Int32}(0)
     CAPI.check(CAPI.cluster_myid(ctx, id))
     RT.spin_ns = UInt64(max(spin_us_from_env(), 0)) * 1000
+    RT.slice_us = UInt32(clamp(slice_us_from_env(), 1, 100_000))
+    RT.busy_spin_ns = UInt64(max(busy_spin_us_from_env(), 0)) * 1000
+    RT.probe = get(ENV, "LIBCLUSTER_JULIA_PROBE", "1") != "0"
+    efd = Ref{Cint}(-1)
+    CAPI.check(CAPI.cluster_event_fd(ctx, efd))
+    RT.event_fd = efd[]
     RT.role = role
     RT.myid = Int(id[])
     RT.closed = false
     RT.stopping = false
     register_builtin_handlers(ctx)
-    # Wake-ups: the library calls uv_async_send(handle) from its threads.
-    async = Base.AsyncCondition()
-    RT.async = async
-    CAPI.check(CAPI.cluster_set_notify(ctx, cglobal(:uv_async_send), async.handle))
+    # Wake-ups: libuv watches the eventfd the library signals when
+    # cluster_poll has work (no library thread calls into Julia or libuv).
+    RT.watcher = FDWatcher(RawFD(efd[]), true, false)
     RT.ctx = ctx
     RT.loop = @async event_loop()
     ctx
@@ -160,11 +188,23 @@ end
 # ------------------------------------------------------------- event loop
 
 const POLL_CAP = 64
+const MAX_POLL_CAP = 1 << 16
 
+"""
+The event loop: polls the library whenever it has work, and between calls
+keeps reading the connection of the process that called last
+(`cluster_drive`) while no other task can run, for `RT.spin_ns` after the
+last activity, so that back-to-back calls find this thread awake and need
+no wake-up of any thread. Then it parks until the library's eventfd is
+readable.
+"""
 function event_loop()
     evs = Vector{CAPI.Event}(undef, POLL_CAP)
     cnt = Ref{Csize_t}(0)
+    pending = Ref(false)
     last = time_ns()
+    window = RT.spin_ns             # how long it reads after the last activity
+    gave_up = UInt64(0)             # when it last stopped reading to park
     while !RT.closed
         n = try
             poll!(evs, cnt)
@@ -173,22 +213,156 @@ function event_loop()
             @error "LibCluster event loop" exception = (err, catch_backtrace())
             0
         end
+        idle = time_ns() - last
         if n > 0
             last = time_ns()
+            yield()                 # the calls just started run now
+            uncork!()               # their replies, held while they ran, go out
+        elseif others_runnable()
             yield()
-        elseif time_ns() - last < RT.spin_ns
-            yield()
+        elseif idle < (contention() ? UInt64(RT.slice_us) * 1000 : window) && RT.last_peer > 0 && CAPI.has_drive()
+            # Nothing else to run: wait for the next call on its connection,
+            # reading it here; it returns as soon as work is queued. (Short
+            # of CPUs, only briefly: spinning would hold up the caller.)
+            ctx = RT.ctx
+            ctx == C_NULL && break
+            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(window - min(idle, window), 1000)), pending)
+            count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
+            pending[] || (gave_up = time_ns())
         else
-            async = RT.async
-            async === nothing && break
+            w = RT.watcher
+            w === nothing && break
             try
-                wait(async)
+                wait(w)             # the eventfd is readable: cluster_poll has work
             catch
-                break       # closed
+                break               # closed
             end
+            count!(STAT_LOOP_WOKEN)
             last = time_ns()
+            window = next_window(window, gave_up == 0 ? typemax(UInt64) : last - gave_up)
+            gave_up = UInt64(0)
         end
     end
+end
+
+"""
+    next_window(window, gap) -> window
+
+The event loop's reading window after a wake-up that came `gap` after it
+gave up reading: doubled (up to 10x `RT.spin_ns`) when the call came soon
+after (it stopped too early: a caller slowed down by a wake-up of its own
+would otherwise find this process asleep in turn, and the two would stay
+on the slow path), halved (down to `RT.spin_ns`) after a long silence.
+"""
+function next_window(window::UInt64, gap::UInt64)
+    if gap < window
+        return min(2window, 10RT.spin_ns)
+    elseif gap > 16window
+        return max(window ÷ 2, RT.spin_ns)
+    end
+    window
+end
+
+# ------------------------------------------------------------ contention
+#
+# Spinning pays only while the process that is to answer has a CPU. When
+# the machine has more runnable threads than CPUs, the kernel preempts a
+# spinning thread (involuntary context switches): then this process spins
+# no longer than a slice and parks, leaving the CPU to the others, until a
+# later probe finds it running undisturbed again.
+
+const PROBE_NS = UInt64(5_000_000)
+const RUSAGE = zeros(Int64, 18)         # struct rusage: 2 timevals, then 14 longs
+
+"Involuntary context switches of the calling thread so far (`getrusage(RUSAGE_THREAD)`)."
+function involuntary_switches()
+    ccall(:getrusage, Cint, (Cint, Ptr{Int64}), 1, RUSAGE) == 0 || return -1
+    @inbounds RUSAGE[18]
+end
+
+"""
+    contention() -> Bool
+
+Whether this thread was preempted in the last few milliseconds (probed at
+most every 5 ms, one system call): the machine is short of CPUs.
+"""
+function contention()
+    RT.probe || return false
+    now = time_ns()
+    since = now - RT.probe_at
+    since < PROBE_NS && return RT.contended
+    n = involuntary_switches()
+    # Long since the last probe (idle meanwhile): only a new reference.
+    RT.contended = since < 4PROBE_NS && n > RT.switches >= 0
+    RT.switches = n
+    RT.probe_at = now
+    RT.contended
+end
+
+# What the counters of `stats()` count, by index.
+const STAT_DRIVEN = 1       # waits that ended while this thread read the reply itself
+const STAT_PARKED = 2       # waits that parked (woken by the event loop)
+const STAT_LOOP_DRIVEN = 3  # event loop reads (cluster_drive) that found work
+const STAT_LOOP_IDLE = 4    # event loop reads that found none in their time
+const STAT_LOOP_WOKEN = 5   # event loop wake-ups from its eventfd wait
+const STAT_CALLS = 6        # calls served
+const STAT_READY = 7        # waits for a reply already there
+
+"""
+    LibCluster.stats() -> NamedTuple
+
+Counters of this process since it started: waits for a reply that found
+it there (`ready`), that ended while the waiting task read the connection
+itself (`driven`) or that parked (`parked`); event-loop reads of the last caller's connection that
+found work (`loop_driven`) or none (`loop_idle`); event-loop wake-ups
+through the eventfd (`loop_woken`, each a thread wake-up); calls served
+(`calls`). Back-to-back round trips should show `driven` and
+`loop_driven` growing, not `parked` and `loop_woken`.
+"""
+stats() = (ready = RT.stats[STAT_READY], driven = RT.stats[STAT_DRIVEN], parked = RT.stats[STAT_PARKED],
+           loop_driven = RT.stats[STAT_LOOP_DRIVEN], loop_idle = RT.stats[STAT_LOOP_IDLE],
+           loop_woken = RT.stats[STAT_LOOP_WOKEN], calls = RT.stats[STAT_CALLS])
+
+@inline count!(i::Int) = (@inbounds RT.stats[i] += 1; nothing)
+
+"""
+    others_runnable() -> Bool
+
+Whether a task other than the event loop is queued to run on this thread:
+a task spinning now would hold it up. (The event loop alone does not count:
+what it has to do shows as library work, `host_pending`. Tasks of other
+threads run meanwhile anyway.)
+"""
+@inline function others_runnable()
+    W = @static if isdefined(Base, :workqueue_for)
+        Base.workqueue_for(Threads.threadid())
+    else
+        Base.Workqueues[Threads.threadid()]
+    end
+    isempty(W) && return false
+    @static if hasfield(typeof(Base.Workqueue), :queue) && hasfield(typeof(Base.Workqueue.queue), :head) &&
+               hasfield(typeof(Base.Workqueue.queue), :tail)
+        q = W.queue
+        loop = RT.loop
+        return !(loop !== nothing && q.head === loop && q.tail === loop)
+    else
+        return true
+    end
+end
+
+struct PollFd
+    fd::Cint
+    events::Cshort
+    revents::Cshort
+end
+const POLLIN = Cshort(1)
+
+"Whether `cluster_poll` has work: its eventfd is readable (one poll(2), no wait)."
+function host_pending()
+    fd = RT.event_fd
+    fd < 0 && return false
+    p = Ref(PollFd(fd, POLLIN, Cshort(0)))
+    ccall(:poll, Cint, (Ptr{PollFd}, Culong, Cint), p, 1, 0) > 0
 end
 
 """
@@ -210,15 +384,42 @@ function poll!(evs::Vector{CAPI.Event}, cnt::Ref{Csize_t})
     for i in 1:n
         handle_event(@inbounds evs[i])
     end
+    # Full: more are queued (a burst of replies); take more at a time.
+    n == length(evs) && n < MAX_POLL_CAP && resize!(evs, 2n)
     m = length(RT.incoming)
     if m > 0
-        calls = copy(RT.incoming)
-        empty!(RT.incoming)
+        # Swapped, not copied: a call started here may poll again.
+        calls = RT.incoming
+        RT.incoming = RT.starting
+        RT.starting = calls
+        # A batch: the replies of its calls that finish before the event
+        # loop runs again are written together (`uncork!`).
+        m > 1 && cork!(ctx, calls[1][2])
         for (kind, call) in calls
             start_call(kind, call)
         end
+        empty!(calls)
     end
     n + m
+end
+
+"Holds the replies this thread sends to the caller of `call` (`cluster_cork`)."
+function cork!(ctx::Ptr{Cvoid}, call::Ptr{Cvoid})
+    CAPI.has_cork() || return
+    caller = Ref{Int32}(0)
+    CAPI.cluster_call_caller(call, caller) == CAPI.CLUSTER_OK || return
+    (caller[] > 0 && caller[] != RT.myid) || return
+    CAPI.cluster_cork(ctx, caller[], true) == CAPI.CLUSTER_OK && (RT.corked = true)
+    nothing
+end
+
+"Writes the replies held since `cork!`."
+function uncork!()
+    RT.corked || return
+    RT.corked = false
+    ctx = RT.ctx
+    ctx == C_NULL || CAPI.cluster_cork(ctx, Int32(0), false)
+    nothing
 end
 
 function handle_event(ev::CAPI.Event)
@@ -269,11 +470,9 @@ function shutdown(; timeout::Real = 5.0)
     ctx == C_NULL && return nothing
     ms = round(Int64, timeout * 1000)
     try
-        if RT.role === :head
-            CAPI.blocking(CAPI.OP_SHUTDOWN, ctx, ms)
-        else
-            CAPI.cluster_shutdown(ctx, 0)
-        end
+        # This task waits for the library's shutdown future; the event loop
+        # (and every other task) keeps running meanwhile.
+        run_op(out -> CAPI.cluster_shutdown_async(ctx, RT.role === :head ? ms : Int64(0), out))
     catch err
         err isa CAPI.ClusterError || rethrow()
     finally
@@ -282,16 +481,31 @@ function shutdown(; timeout::Real = 5.0)
     nothing
 end
 
+# How long `cluster_close` may wait for library callbacks running now: in
+# host dispatch LibCluster's run only inside cluster_poll, on this thread,
+# and none is running when it is called, so it returns at once.
+const CLOSE_TIMEOUT_MS = Int64(2000)
+
+"""
+    close_runtime!()
+
+Closes this process's cluster for good: libuv stops watching the library's
+eventfd (before the library closes it), then `cluster_close`, after which
+the library calls no callback of ours (handlers, log) and no library
+thread touches our `user_data`, then the handle is freed. Tasks still
+waiting on futures see them failed.
+"""
 function close_runtime!()
     ctx = RT.ctx
     ctx == C_NULL && return
     RT.closed = true
-    CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
     RT.ctx = C_NULL
+    w = RT.watcher
+    RT.watcher = nothing
+    w === nothing || close(w)
+    RT.event_fd = Cint(-1)
+    CAPI.cluster_close(ctx, CLOSE_TIMEOUT_MS)
     CAPI.cluster_free(ctx)
-    async = RT.async
-    RT.async = nothing
-    async === nothing || close(async)
     # Tasks waiting on futures see them failed (the library failed them).
     lock(RT.lock) do
         for c in values(RT.waiters)
@@ -302,17 +516,13 @@ function close_runtime!()
     nothing
 end
 
+"At exit (registered by `init` on the head): stops the workers, then closes as `close_runtime!`."
 function shutdown_at_exit()
-    ctx = RT.ctx
-    ctx == C_NULL && return
+    RT.ctx == C_NULL && return
     try
-        # At exit nothing else runs: call directly (bounded by the timeout).
-        CAPI.cluster_set_notify(ctx, C_NULL, C_NULL)
-        RT.role === :head && CAPI.cluster_shutdown(ctx, 3000)
+        shutdown(timeout = 3.0)
     catch
+        close_runtime!()
     end
-    RT.closed = true
-    RT.ctx = C_NULL
-    CAPI.cluster_free(ctx)
     nothing
 end

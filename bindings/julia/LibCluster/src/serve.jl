@@ -79,15 +79,25 @@ end
 # ----------------------------------------------------------- running calls
 
 function start_call(kind::Int, call::Ptr{Cvoid})
+    count!(STAT_CALLS)
     t = Task(() -> run_call(kind, call))
     RT.running[call] = t
     schedule(t)
     nothing
 end
 
+"The call the current task serves, or `nothing`."
+function current_call()
+    t = current_task()
+    for (c, task) in RT.running
+        task === t && return c
+    end
+    nothing
+end
+
 "The caller's process id, inside a call being served (else `nothing`)."
 function current_caller()
-    c = get(task_local_storage(), :libcluster_call, nothing)
+    c = current_call()
     c === nothing && return nothing
     out = Ref{Int32}(0)
     CAPI.cluster_call_caller(c::Ptr{Cvoid}, out) == CAPI.CLUSTER_OK ? Int(out[]) : nothing
@@ -101,7 +111,7 @@ Inside a call being served: whether the caller's process interrupted it
 stop early.
 """
 function interrupted()
-    c = get(task_local_storage(), :libcluster_call, nothing)
+    c = current_call()
     c === nothing && return false
     out = Ref(false)
     CAPI.cluster_call_cancelled(c::Ptr{Cvoid}, out) == CAPI.CLUSTER_OK && out[]
@@ -121,7 +131,6 @@ function reply(call::Ptr{Cvoid}, io::IOBuffer)
 end
 
 function run_call(kind::Int, call::Ptr{Cvoid})
-    task_local_storage(:libcluster_call, call)
     try
         if kind == KIND_CALL || kind == KIND_DO
             run_julia_call(kind, call)
@@ -139,13 +148,27 @@ function run_call(kind::Int, call::Ptr{Cvoid})
     nothing
 end
 
+"`f(args...)` in the latest world; the commonest arities without building a tuple."
+function call_latest(@nospecialize(f), args::Vector{Any})
+    n = length(args)
+    n == 0 && return Base.invokelatest(f)
+    n == 1 && return Base.invokelatest(f, @inbounds(args[1]))
+    n == 2 && return Base.invokelatest(f, @inbounds(args[1]), @inbounds(args[2]))
+    n == 3 && return Base.invokelatest(f, @inbounds(args[1]), @inbounds(args[2]), @inbounds(args[3]))
+    Base.invokelatest(f, args...)
+end
+
+# The event loop reads this caller's connection while idle (`cluster_drive`).
+@inline note_caller(pid::Int) = (pid != RT.myid && (RT.last_peer = pid); nothing)
+
 function run_julia_call(kind::Int, call::Ptr{Cvoid})
     bytes = call_args(call)
     caller = Ref{Int32}(0)
     CAPI.cluster_call_caller(call, caller)
+    note_caller(Int(caller[]))
     out = try
         f, args, kw = decode_call(bytes, caller[])
-        v = Base.invokelatest(f, args...; kw...)
+        v = isempty(kw) ? call_latest(f, args) : Base.invokelatest(f, args...; kw...)
         kind == KIND_DO ? nothing : encode_ok(v)
     catch err
         bt = catch_backtrace()
@@ -185,6 +208,7 @@ function run_raw_call(kind::Int, call::Ptr{Cvoid})
     name, f = entry
     caller = Ref{Int32}(0)
     CAPI.cluster_call_caller(call, caller)
+    note_caller(Int(caller[]))
     bytes = copy(call_args(call))
     v = try
         Base.invokelatest(f, bytes, Int(caller[]))

@@ -25,15 +25,21 @@ const MSG_FAST = 0x01
 # The message is a Vector{Any}: one compiled serializer method for every call,
 # whatever the types of the function and arguments.
 function encode_call(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
-    io = IOBuffer()
-    if fast_call(f, args, kwargs)
+    ref = function_ref(f)
+    if ref !== nothing && isempty(kwargs) && fast_args(args)
+        io = scratch()
         write(io, MSG_FAST)
-        write_fast_call(io, f, args)
+        write_fast_call(io, ref, args)
+        return io
+    end
+    io = IOBuffer()
+    if ref === nothing && closure_type(f) !== nothing
+        write_closure_call(io, Int(pid), f, args, kwargs)
         return io
     end
     write(io, MSG_SERIALIZED)
-    # Behind a dynamic call: code that uses only the fast encoding then never
-    # compiles Serialization's machinery.
+    # Behind a dynamic call: code that uses only the fast encodings then
+    # never compiles Serialization's machinery.
     Base.invokelatest(serialize_call, io, pid, f, args, kwargs)
     io
 end
@@ -44,7 +50,7 @@ end
 # making (and compiling) a new one each time.
 const KNOWN_OBJECTS = Dict{Int,Dict{UInt64,Any}}()
 
-# Guards KNOWN_OBJECTS and GLOBALS_SENT for callers on several threads.
+# Guards KNOWN_OBJECTS, GLOBALS_SENT and the closure tables for callers on several threads.
 const SERIAL_LOCK = ReentrantLock()
 
 function serializer_from(pid::Integer, io::IO)
@@ -65,9 +71,12 @@ end
 "Deserializes a call from process `caller`: defines the globals it carries, returns `(f, args, kwargs)`."
 function decode_call(bytes::AbstractVector{UInt8}, caller::Integer = 0)
     io = IOBuffer(bytes)
-    if read(io, UInt8) == MSG_FAST
+    kind = read(io, UInt8)
+    if kind == MSG_FAST
         f, args = read_fast_call(io)
         return f, args, ()
+    elseif kind == MSG_CLOSURE
+        return read_closure_call(io, Int(caller))
     end
     Base.invokelatest(deserialize_call, io, Int(caller))
 end
@@ -80,17 +89,183 @@ function deserialize_call(io::IO, caller::Int)
     msg[2], (msg[3]::Vector{Any}), kw === nothing ? () : kw
 end
 
+# ------------------------------------------------------------- closures
+#
+# An anonymous function or closure travels as its type's number; the type
+# itself (with its code) only the first time it goes to a process, as
+# Distributed's ClusterSerializer sends a TypeName once per worker. Then
+# its captured fields and the arguments follow, in the fast encoding when
+# they have one and no Main global has to go with them:
+#
+#   MSG_CLOSURE * number::UInt64 * has_type::UInt8 [* length::UInt32 * serialize(type)]
+#               * (REST_FAST * fields * args | REST_SERIALIZED * serialize(Any[globals, fields, args, kwargs]))
+
+const MSG_CLOSURE = 0x02
+const REST_SERIALIZED = 0x00
+const REST_FAST = 0x01
+
+# Sender: a number for each closure type sent (this process's numbering),
+# and which processes have which type.
+const CLOSURE_NUMBERS = IdDict{Any,UInt64}()
+const CLOSURE_SENT = Set{Tuple{Int,UInt64}}()
+# Receiver: (sender, number) => the type, or why it could not be made here.
+const CLOSURE_TYPES = Dict{Tuple{Int,UInt64},Any}()
+
+"A closure type that could not be made here (yet): tried again on each call, e.g. once its module is loaded."
+struct UnknownType
+    err::Any
+    bytes::Vector{UInt8}
+end
+
+"Whether a symbol's name starts with '#' (the hidden names of function types)."
+hidden_name(s::Symbol) = unsafe_load(Base.unsafe_convert(Ptr{UInt8}, s)) == UInt8('#')
+
+"""
+The type of `f` if it is a function of a hidden type: an anonymous function
+or a closure (`encode_call` first checks it is not a named function of its
+module), which travels by number.
+"""
+function closure_type(@nospecialize(f))
+    f isa Function || return nothing
+    T = typeof(f)
+    T isa DataType || return nothing
+    hidden_name(T.name.name) || return nothing
+    T
+end
+
+"Writes a call of the closure `f` to process `pid` (`MSG_CLOSURE`)."
+function write_closure_call(io::IOBuffer, pid::Int, @nospecialize(f), @nospecialize(args::Tuple), @nospecialize(kwargs))
+    T = typeof(f)
+    fields = nfields(f) == 0 ? () : ntuple(i -> getfield(f, i), nfields(f))
+    lock(SERIAL_LOCK)
+    number, known, globs = try
+        n = get(CLOSURE_NUMBERS, T, UInt64(0))
+        n == 0 && (n = CLOSURE_NUMBERS[T] = UInt64(length(CLOSURE_NUMBERS) + 1))
+        (n, pid > 0 && (pid, n) in CLOSURE_SENT, globals_to_send(pid, f, args))
+    finally
+        unlock(SERIAL_LOCK)
+    end
+    write(io, MSG_CLOSURE)
+    write(io, number)
+    if known
+        write(io, 0x00)
+    else
+        write(io, 0x01)
+        # Behind dynamic calls: Serialization compiles only when used.
+        tbytes = Base.invokelatest(serialize_to_bytes, T)::Vector{UInt8}
+        write(io, UInt32(length(tbytes)))
+        write(io, tbytes)
+    end
+    if globs === nothing && isempty(kwargs) && fast_args(fields) && fast_args(args)
+        write(io, REST_FAST)
+        write_args(io, fields)
+        write_args(io, args)
+    else
+        write(io, REST_SERIALIZED)
+        Base.invokelatest(serialize_rest, io, globs, fields, args, kwargs)
+    end
+    nothing
+end
+
+function serialize_to_bytes(@nospecialize(x))
+    io = IOBuffer()
+    serialize(Serializer(io), x)
+    take!(io)
+end
+
+function serialize_rest(io::IO, globs, @nospecialize(fields::Tuple), @nospecialize(args::Tuple), @nospecialize(kwargs))
+    kw = isempty(kwargs) ? nothing : collect(Pair{Symbol,Any}, kwargs)
+    serialize(Serializer(io), Any[globs, Any[fields...], Any[args...], kw])
+end
+
+"""
+    closure_sent(pid, number)
+
+After a call carrying closure type `number` was sent to `pid`: that process
+has the type from now on (marked only once the message is out, so that a
+call sent meanwhile by another task still carries the type).
+"""
+function closure_sent(pid::Integer, number::UInt64)
+    pid > 0 && lock(() -> push!(CLOSURE_SENT, (Int(pid), number)), SERIAL_LOCK)
+    nothing
+end
+
+function read_closure_call(io::IOBuffer, caller::Int)
+    number = read(io, UInt64)
+    key = (caller, number)
+    lock(SERIAL_LOCK)
+    T = try
+        get(CLOSURE_TYPES, key, nothing)
+    finally
+        unlock(SERIAL_LOCK)
+    end
+    tbytes = read(io, UInt8) == 0x01 ? read(io, Int(read(io, UInt32))) : nothing
+    if T === nothing || T isa UnknownType
+        tbytes === nothing && T isa UnknownType && (tbytes = T.bytes)
+        tbytes === nothing && error("LibCluster: process $caller sent a closure of a type it never sent here (number $number)")
+        T = try
+            Base.invokelatest(deserialize_type, tbytes, caller)
+        catch err
+            UnknownType(err, tbytes)
+        end
+        lock(() -> (CLOSURE_TYPES[key] = T), SERIAL_LOCK)
+        T isa UnknownType && throw(T.err)
+    end
+    if read(io, UInt8) == REST_FAST
+        fields = read_args(io)
+        args = read_args(io)
+        kw = ()
+    else
+        msg = Base.invokelatest(deserialize_rest, io, caller)::Vector{Any}
+        globs = msg[1]
+        globs === nothing || define_globals(globs)
+        fields = msg[2]::Vector{Any}
+        args = msg[3]::Vector{Any}
+        kw = msg[4] === nothing ? () : msg[4]
+    end
+    make_closure(T::DataType, fields), args, kw
+end
+
+deserialize_type(bytes::Vector{UInt8}, caller::Int) =
+    lock(() -> deserialize(serializer_from(caller, IOBuffer(bytes))), SERIAL_LOCK)::DataType
+
+deserialize_rest(io::IO, caller::Int) = lock(() -> deserialize(serializer_from(caller, io)), SERIAL_LOCK)
+
+"An instance of the closure type `T` with these captured values."
+function make_closure(T::DataType, fields::Vector{Any})
+    isdefined(T, :instance) && return T.instance
+    length(fields) == fieldcount(T) || error("LibCluster: a closure of type $T with $(length(fields)) fields")
+    ccall(:jl_new_structv, Any, (Any, Ptr{Any}, UInt32), T, fields, length(fields))
+end
+
 # ---------------------------------------------------------------- replies
 
 function encode_ok(@nospecialize(v))
-    io = IOBuffer()
     if fast_value(v)
+        io = scratch()
         write(io, TAG_OK_FAST)
         write_value(io, v)
     else
+        io = IOBuffer()
         write(io, TAG_OK)
         Base.invokelatest(serialize_value, io, v)
     end
+    io
+end
+
+# The buffer of thread 1 for messages written without a task switch (the
+# compact encodings) and sent at once: one buffer, not one per message.
+# Whoever gets it must be done with it before the task can yield.
+const SCRATCH = Ref{Union{Nothing,IOBuffer}}(nothing)
+const SCRATCH_MAX = 1 << 16
+
+function scratch()
+    Threads.threadid() == 1 || return IOBuffer()
+    io = SCRATCH[]
+    if io === nothing || length(io.data) > SCRATCH_MAX
+        io = SCRATCH[] = IOBuffer(; sizehint = 256)
+    end
+    truncate(io, 0)
     io
 end
 
@@ -200,11 +375,13 @@ function forget_process(pid::Int)
     lock(SERIAL_LOCK) do
         filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
         delete!(KNOWN_OBJECTS, pid)
+        filter!(k -> k[1] != pid, CLOSURE_SENT)
+        filter!(kv -> first(kv)[1] != pid, CLOSURE_TYPES)
     end
 end
 
 is_main_anon(@nospecialize(T)) =
-    T isa DataType && T <: Function && T.name.module === Main && startswith(String(T.name.name), "#")
+    T isa DataType && T <: Function && T.name.module === Main && hidden_name(T.name.name)
 
 """
     globals_to_send(pid, f, args) -> Union{Nothing,Vector}
@@ -217,13 +394,12 @@ for each that process `pid` has not received with this value yet (bits
 values, named functions among them, are sent every time, as Distributed).
 """
 function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tuple))
-    syms = Symbol[]
-    seen = Set{Any}()
-    collect_main_globals!(syms, seen, typeof(f))
+    syms = nothing
+    syms = add_static_globals!(syms, typeof(f))
     for a in args
-        a isa Function && collect_main_globals!(syms, seen, typeof(a))
+        a isa Function && (syms = add_static_globals!(syms, typeof(a)))
     end
-    isempty(syms) && return nothing
+    syms === nothing && return nothing
     out = Tuple{Symbol,Bool,Any}[]
     i = 0
     while i < length(syms)          # grows while we go
@@ -231,7 +407,7 @@ function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tup
         sym = syms[i]
         isdefined(Main, sym) || continue
         v = getfield(Main, sym)
-        v isa Function && collect_main_globals!(syms, seen, typeof(v))
+        v isa Function && add_static_globals!(syms, typeof(v))
         if pid > 0 && !isbits(v)
             stamp = (UInt64(objectid(v)), UInt64(hash(v)))
             get(GLOBALS_SENT, (Int(pid), sym), nothing) == stamp && continue
@@ -240,6 +416,32 @@ function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tup
         push!(out, (sym, isconst(Main, sym), v isa Module ? ModuleRef(v) : v))
     end
     isempty(out) ? nothing : out
+end
+
+# The Main globals each anonymous function type's code refers to (its own
+# methods' and those of the anonymous functions it makes), found once per
+# type: the code of a type does not change.
+const STATIC_GLOBALS = IdDict{Any,Vector{Symbol}}()
+const NO_SYMBOLS = Symbol[]
+
+function static_globals(@nospecialize(T))
+    is_main_anon(T) || return NO_SYMBOLS
+    get!(STATIC_GLOBALS, T) do
+        syms = Symbol[]
+        collect_main_globals!(syms, Set{Any}(), T)
+        syms
+    end
+end
+
+"Appends the static globals of `T` not yet in `syms` (made when needed)."
+function add_static_globals!(syms::Union{Nothing,Vector{Symbol}}, @nospecialize(T))
+    new = static_globals(T)
+    isempty(new) && return syms
+    syms === nothing && (syms = Symbol[])
+    for s in new
+        s in syms || push!(syms, s)
+    end
+    syms
 end
 
 """

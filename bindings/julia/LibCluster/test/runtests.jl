@@ -278,6 +278,35 @@ end
     @test e isa RemoteException && e.captured.ex isa UndefVarError && e.captured.ex.var === :HeadOnlyModule
     e = try LC.resolve(LC.ModuleRef([:NoSuchPackage], "")) catch e; e end
     @test e isa ErrorException && occursin("module NoSuchPackage is not loaded", e.msg)
+    # The type of a closure (with its code) goes to a process once; later
+    # calls carry its number, the captured values and the arguments.
+    kw = pairs(NamedTuple())
+    twice = x -> x * 2
+    first_size = length(take!(LC.encode_call(2, twice, (1,), kw)))
+    @test remotecall_fetch(twice, 2, 21) == 42
+    @test length(take!(LC.encode_call(2, twice, (1,), kw))) < first_size ÷ 3
+    @test remotecall_fetch(twice, 2, 5) == 10
+    @test length(take!(LC.encode_call(3, twice, (1,), kw))) == first_size   # not sent to 3 yet
+    # Captured values travel with every call.
+    makeadd(k) = x -> x + k
+    @test [remotecall_fetch(makeadd(k), 3, 1) for k in 1:5] == 2:6
+    @test [remotecall_fetch(makeadd(float(k)), 3, 1) for k in 1:2] == [2.0, 3.0]   # another type
+    # A global the same closure uses goes again when it changed.
+    global cached_global = 1
+    reader = () -> cached_global
+    @test remotecall_fetch(reader, 4) == 1
+    global cached_global = 2
+    @test remotecall_fetch(reader, 4) == 2
+    # A closure of a module a worker lacks fails there until it has it
+    # (the type is made again from what was sent, once the module exists).
+    later_module = :(module LaterModule; adder(k) = x -> x + k; end)
+    Core.eval(Main, later_module)
+    later = Main.LaterModule.adder(1)
+    e = try remotecall_fetch(later, 2, 1) catch e; e end
+    @test e isa RemoteException
+    remotecall_eval(Main, [2], later_module)
+    @test remotecall_fetch(later, 2, 1) == 2
+    @test remotecall_fetch(Main.LaterModule.adder(5), 2, 1) == 6
 end
 
 @testset "remote_do" begin
@@ -524,6 +553,45 @@ end
     @test remotecall_fetch(() -> fetch(@spawnat myid() 5), 3) == 5
 end
 
+@testset "round trips without wake-ups" begin
+    @progress "round trips without wake-ups"
+    # Back-to-back calls: the caller reads each reply itself, and the
+    # worker, between calls, reads the caller's connection itself, so that
+    # neither thread sleeps. Counted, not timed: on a loaded machine some
+    # calls take the slow path, most must not. (Without the contention
+    # probe, which on a loaded machine would rightly stop the spinning.)
+    LC.RT.probe = false
+    remotecall_fetch(() -> (LibCluster.RT.probe = false), 2)
+    remotecall_fetch(myid, 2)
+    w0 = remotecall_fetch(LC.stats, 2); h0 = LC.stats()
+    n = 2000
+    for i in 1:n
+        remotecall_fetch(myid, 2)
+    end
+    for i in 1:n
+        remotecall_fetch(x -> x + 1, 2, i)
+    end
+    h1 = LC.stats(); w1 = remotecall_fetch(LC.stats, 2)
+    LC.RT.probe = true
+    remotecall_fetch(() -> (LibCluster.RT.probe = true), 2)
+    ready, driven, parked = h1.ready - h0.ready, h1.driven - h0.driven, h1.parked - h0.parked
+    loop_driven, woken = w1.loop_driven - w0.loop_driven, w1.loop_woken - w0.loop_woken
+    @info "$(2n) round trips: the caller read $driven replies itself, parked for $parked, found $ready there; " *
+          "the worker read $loop_driven calls itself and was woken $woken times"
+    @test ready + driven + parked == 2n
+    @test driven >= n ÷ 2
+    @test w1.calls - w0.calls == 2n + 1
+    # The probe: a thread preempted since the last probe is contended.
+    @test LC.involuntary_switches() >= 0
+    LC.RT.probe_at = 0
+    LC.contention()
+    LC.RT.switches -= 1             # as if preempted once since
+    LC.RT.probe_at -= LC.PROBE_NS
+    @test LC.contention()
+    @test loop_driven >= n ÷ 2
+    @test woken <= n
+end
+
 @testset "interrupt" begin
     @progress "interrupt"
     f = remotecall(() -> (sleep(30); :not_interrupted), 2)
@@ -638,6 +706,55 @@ end
     @test workers() == [2]
     remove_worker_starting_callback(k1); remove_worker_started_callback(k2)
     remove_worker_exiting_callback(k3); remove_worker_exited_callback(k4)
+end
+
+@testset "addprocs and rmprocs wait in their task only" begin
+    @progress "addprocs and rmprocs wait in their task only"
+    # Threads of this process that are not the library's own (named
+    # "cluster-..."): Julia's. A blocking call run on a thread of its own
+    # would show here as one more, for as long as the call lasts. (A new
+    # library thread bears its creator's name until it names itself: a
+    # thread counts once it kept a foreign name for a while.)
+    function foreign_tids()
+        s = Set{String}()
+        for t in readdir("/proc/self/task")
+            comm = try strip(read("/proc/self/task/$t/comm", String)) catch; continue end
+            startswith(comm, "cluster-") || push!(s, t)
+        end
+        s
+    end
+    before = foreign_tids()
+    ticks = Ref(0)
+    extra = Set{String}()
+    stop = Ref(false)
+    ticker = @async while !stop[]
+        ticks[] += 1
+        new = setdiff(foreign_tids(), before)
+        if !isempty(new)
+            sleep(0.02)
+            union!(extra, intersect(new, foreign_tids()))
+        end
+        sleep(0.002)
+    end
+    yield()
+    t0 = ticks[]
+    ta = @elapsed ids = addprocs(2)
+    during_add = ticks[] - t0
+    LAST_ID[] = ids[end]
+    @test remotecall_fetch(myid, ids[2]) == ids[2]
+    t0 = ticks[]
+    tr = @elapsed rmprocs(ids)
+    during_rm = ticks[] - t0
+    stop[] = true
+    wait(ticker)
+    @info "ticks during addprocs(2) ($(round(ta, digits = 2)) s): $during_add; during rmprocs ($(round(tr, digits = 2)) s): $during_rm"
+    # The ticker ran all along (a blocked scheduler would show 0 or 1).
+    @test during_add >= max(5, 0.1 * ta / 0.002)
+    @test during_rm >= 2
+    # No thread of Julia's was added for the waits.
+    @test isempty(extra)
+    @test foreign_tids() == before
+    @test workers() == [2]
 end
 
 @testset "lifecycle callbacks (DistributedNext's semantics)" begin
@@ -801,6 +918,51 @@ end
     @test occursin("changed true", out) ||
           occursin("change refused: Requested Topology all_to_all cannot be set: this cluster was started with topology master_worker (LibCluster.init) and libcluster keeps it", out)
     ok || println(out)
+end
+
+@testset "workers leave when their head dies" begin
+    @progress "workers leave when their head dies"
+    # A head in a process of its own with two workers, one idle and one
+    # running a call that yields now and then; the head is killed with
+    # SIGKILL (nothing of it runs): its workers leave on their own
+    # (CLUSTER_EVENT_HEAD_LOST, through their serve loop).
+    file = tempname() * ".jl"
+    write(file, """
+        using LibCluster, LibCluster.API
+        ids = addprocs(2)
+        remote_do(() -> while true; sleep(0.01); end, ids[2])
+        println("pids ", getpid(), " ", join([remotecall_fetch(getpid, p) for p in ids], " "))
+        flush(stdout)
+        sleep(120)
+        """)
+    # Alive: exists and is not a zombie waiting for its new parent to reap it.
+    alive(p) = try
+        s = read("/proc/$p/stat", String)
+        strip(s[findlast(')', s) + 1:end])[1] != 'Z'
+    catch
+        false
+    end
+    proc = open(`$JULIA --startup-file=no --project=$PROJECT $file`, "r")
+    try
+        line = within(120, "the head to start its workers") do
+            readline(proc)
+        end
+        @test startswith(line, "pids ")
+        pids = parse.(Int, split(line)[2:end])
+        head, ws = pids[1], pids[2:end]
+        @test length(ws) == 2 && all(alive, ws)
+        run(`kill -9 $head`)
+        t = @elapsed within(10, "the workers to leave") do
+            while any(alive, ws)
+                sleep(0.02)
+            end
+        end
+        @info "workers left $(round(t, digits = 2)) s after their head was killed"
+        @test !any(alive, ws)
+        @test t < 5
+    finally
+        kill(proc, Base.SIGKILL)
+    end
 end
 
 @testset "shutdown" begin
