@@ -76,8 +76,10 @@ fn a_stopped_worker_is_declared_dead_and_stalls_nobody() {
     let os2 = u32::from_le_bytes(c.remotecall_fetch(live, "getpid", &[]).unwrap()[..4].try_into().unwrap());
     assert!(cluster::sys::kill(os2, libc::SIGSTOP));
     let t = Instant::now();
-    c.rmprocs(&[live], Duration::from_millis(800)).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(3), "rmprocs took {:?}", t.elapsed());
+    // (A loaded machine may take a while to reap the killed process: the
+    // timeout leaves it 500 ms after the SIGKILL at three quarters.)
+    c.rmprocs(&[live], Duration::from_millis(2000)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "rmprocs took {:?}", t.elapsed());
     assert!(!pid_alive(os2));
     assert_eq!(&*c.remotecall_fetch(added[0], "echo", b"x").unwrap(), b"x");
     c.shutdown(Duration::from_secs(10)).unwrap();
