@@ -351,8 +351,15 @@ impl<D: Dispatch> Reactor<D> {
         }
         job();
         self.last_job.store(self.now_ns(), Ordering::Relaxed);
-        let mine = self.job_since.swap(0, Ordering::AcqRel) != 0;
-        mine && self.gen.load(Ordering::Acquire) == gen
+        if self.gen.load(Ordering::Acquire) != gen {
+            // Replaced during the job: `job_since` is the new holder's now
+            // (clearing it would make the new holder think itself replaced
+            // at the end of its own job, and end with no successor).
+            return false;
+        }
+        // Still the holder, unless the rescuer took the job just now (it
+        // clears `job_since` first, then moves the generation on).
+        self.job_since.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Idle for a while: give back the large-payload buffers kept for reuse.
@@ -525,5 +532,64 @@ impl Drainer {
                 c.flush();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::wire::Frame;
+    use std::sync::mpsc;
+
+    /// An owner that is never asked anything: `run_job` alone is tested.
+    struct Nobody;
+    impl Dispatch for Nobody {
+        fn on_frame(self: &Arc<Self>, _: &Arc<Conn>, _: Frame) -> Option<Job> {
+            None
+        }
+        fn on_closed(self: &Arc<Self>, _: &Arc<Conn>, _: Option<Error>) {}
+        fn spin(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn is_shutting_down(&self) -> bool {
+            true
+        }
+    }
+
+    /// A holder replaced during a long job finishes it after the new holder
+    /// has started one of its own: the old one must not take the new one's
+    /// job as its own (the new holder then believed itself replaced and
+    /// ended, leaving no thread to read any connection).
+    #[test]
+    fn a_replaced_holder_finishing_late_leaves_the_new_holder_the_role() {
+        let r = Arc::new(Reactor::<Nobody>::new(Weak::new(), ReactorParts::new().unwrap()));
+        let (old_go, old_wait) = mpsc::channel::<()>();
+        let (new_go, new_wait) = mpsc::channel::<()>();
+        let (new_started, started) = mpsc::channel::<()>();
+        let r1 = r.clone();
+        let old = std::thread::spawn(move || r1.run_job(Box::new(move || old_wait.recv().unwrap()), 0));
+        while r.job_since.load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+        // The rescuer hands the role on, as it does after RESCUE_AFTER.
+        let since = r.job_since.load(Ordering::Acquire);
+        assert!(r.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        let gen = r.gen.fetch_add(1, Ordering::AcqRel) + 1;
+        let r2 = r.clone();
+        let new = std::thread::spawn(move || {
+            r2.run_job(
+                Box::new(move || {
+                    new_started.send(()).unwrap();
+                    new_wait.recv().unwrap();
+                }),
+                gen,
+            )
+        });
+        started.recv().unwrap();
+        old_go.send(()).unwrap();
+        assert!(!old.join().unwrap(), "the old holder was replaced");
+        new_go.send(()).unwrap();
+        assert!(new.join().unwrap(), "the new holder still holds the role");
     }
 }
