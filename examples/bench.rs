@@ -1,7 +1,7 @@
 //! Benchmarks: each libcluster figure next to a baseline measured in the
 //! same run on this machine, and the ratio.
 //!
-//!     cargo run --release --example bench [-- --quick]
+//!     cargo run --release --example bench [-- --quick] [--pmap-only]
 //!
 //! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
 //! RemoteChannel).
@@ -64,6 +64,14 @@ fn main() {
     let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
 
     let mut rows: Vec<Row> = Vec::new();
+
+    if std::env::args().any(|a| a == "--pmap-only") {
+        c.addprocs(2, &own_args).unwrap();
+        pmap_rows(&c, quick, &mut rows);
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
 
     // Round trip, 8-byte argument and result.
     let tcp_rtt = tcp_ping_pong(rounds);
@@ -179,37 +187,7 @@ fn main() {
     });
     rows.push(Row::new("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
 
-    // pmap of a no-op over 2 workers, batch size 1, beside Python's
-    // multiprocessing.Pool(2).map(chunksize=1) measured now.
-    let pn = if quick { 20_000 } else { 100_000 };
-    let reps = if quick { 3 } else { 7 };
-    let py = python_pool_map(pn, reps.min(5));
-    let py_or = |r: f64| py.unwrap_or(r);
-    let py_name = if py.is_some() { "Python Pool(2).map, chunk 1" } else { "(no python3: itself)" };
-    let cpm = run_c("bench_pmap", &[&pn.to_string(), &reps.to_string()]);
-    if let Some(out) = &cpm {
-        if let Some(v) = keyed(out, "pmap_default") {
-            rows.push(Row::new("pmap no-op, 2 workers, batch 1, C (k/s)", v / 1e3, py_or(v) / 1e3, py_name, ">= 1x"));
-        }
-        if let Some(v) = keyed(out, "pmap_d2") {
-            rows.push(Row::new("same, at most 2 calls in flight", v / 1e3, py_or(v) / 1e3, py_name, ""));
-        }
-        if let Some(v) = keyed(out, "pmap_d1") {
-            rows.push(Row::new("same, 1 call in flight (Distributed's)", v / 1e3, py_or(v) / 1e3, py_name, ""));
-        }
-    }
-    let rp = rust_pmap(&c, pn, PmapOptions::default().max_in_flight);
-    rows.push(Row::new("same, from Rust (the same core) (k/s)", rp / 1e3, py_or(rp) / 1e3, py_name, ">= 1x"));
-    if let Some(p) = cpm.as_deref().and_then(|o| keyed(o, "progress_overhead_pct")) {
-        // Wall-clock A/B on a shared machine: read it against the noise
-        // floor (the same measure between two runs without a callback).
-        let o = cpm.as_deref().unwrap_or("");
-        let noise = keyed(o, "noise_pct").unwrap_or(f64::NAN);
-        rows.push(Row::new(leak(format!("progress callback overhead, C (%, noise {noise:.1}%)")), p.max(0.0), 1.0, "target 1%", "<= 1x"));
-        if let Some(share) = keyed(o, "progress_cb_share_pct") {
-            rows.push(Row::new("time inside progress callbacks (%)", share, 1.0, "target 1%", "<= 1x"));
-        }
-    }
+    pmap_rows(&c, quick, &mut rows);
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
 
     // Threads and idle CPU with many workers, each connected to all others.
@@ -241,6 +219,41 @@ fn main() {
     rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
     c.shutdown(Duration::from_secs(10)).unwrap();
     print_rows(&rows);
+}
+
+/// pmap of a no-op over 2 workers (the cluster's), batch size 1, beside
+/// Python's multiprocessing.Pool(2).map(chunksize=1) measured now; the
+/// progress callback's overhead.
+fn pmap_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
+    let pn = if quick { 20_000 } else { 100_000 };
+    let reps = if quick { 3 } else { 7 };
+    let py = python_pool_map(pn, reps.min(5));
+    let py_or = |r: f64| py.unwrap_or(r);
+    let py_name = if py.is_some() { "Python Pool(2).map, chunk 1" } else { "(no python3: itself)" };
+    let cpm = run_c("bench_pmap", &[&pn.to_string(), &reps.to_string()]);
+    if let Some(out) = &cpm {
+        if let Some(v) = keyed(out, "pmap_default") {
+            rows.push(Row::new("pmap no-op, 2 workers, batch 1, C (k/s)", v / 1e3, py_or(v) / 1e3, py_name, ">= 1x"));
+        }
+        if let Some(v) = keyed(out, "pmap_d2") {
+            rows.push(Row::new("same, at most 2 calls in flight", v / 1e3, py_or(v) / 1e3, py_name, ""));
+        }
+        if let Some(v) = keyed(out, "pmap_d1") {
+            rows.push(Row::new("same, 1 call in flight (Distributed's)", v / 1e3, py_or(v) / 1e3, py_name, ""));
+        }
+    }
+    let rp = rust_pmap(c, pn, PmapOptions::default().max_in_flight);
+    rows.push(Row::new("same, from Rust (the same core) (k/s)", rp / 1e3, py_or(rp) / 1e3, py_name, ">= 1x"));
+    if let Some(p) = cpm.as_deref().and_then(|o| keyed(o, "progress_overhead_pct")) {
+        // Wall-clock A/B on a shared machine: read it against the noise
+        // floor (the same measure between two runs without a callback).
+        let o = cpm.as_deref().unwrap_or("");
+        let noise = keyed(o, "noise_pct").unwrap_or(f64::NAN);
+        rows.push(Row::new(leak(format!("progress callback overhead, C (%, noise {noise:.1}%)")), p.max(0.0), 1.0, "target 1%", "<= 1x"));
+        if let Some(share) = keyed(o, "progress_cb_share_pct") {
+            rows.push(Row::new("time inside progress callbacks (%)", share, 1.0, "target 1%", "<= 1x"));
+        }
+    }
 }
 
 fn print_rows(rows: &[Row]) {

@@ -194,6 +194,26 @@ fn pmap_fails_clearly_when_every_worker_of_its_pool_dies() {
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
 
+/// Many short calls with a long one now and then: each long one hands the
+/// worker's reactor role to a fresh thread while more calls are queued.
+/// The map ends (a worker whose reactor lost its last thread stopped reading
+/// its head, and died of it after the heartbeat timeout).
+#[test]
+fn pmap_survives_calls_that_hand_the_reactor_on() {
+    let c = head();
+    c.addprocs(2, &opts()).unwrap();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let m = c.pmap(None, "sometimes_slow", items(20_000), PmapOptions::default()).unwrap();
+        m.wait(LIMIT).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        for (i, r) in m.results().into_iter().enumerate() {
+            assert_eq!(u32_of(&r.unwrap().unwrap()), i as u32);
+        }
+    }
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
 #[test]
 fn distributed_splits_as_splitrange_or_hands_out_chunks() {
     let c = head();

@@ -243,6 +243,15 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
         Ok(x.wrapping_mul(x).to_le_bytes().to_vec())
     })?;
+    // Sleeps 3 ms on every 25th element: the reactor hands its role to a
+    // fresh thread during each of those (a call longer than 2 ms).
+    c.register_fn("sometimes_slow", |call| {
+        let x = u32_arg(call)?;
+        if x % 25 == 0 {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        Ok(x.to_le_bytes().to_vec())
+    })?;
     c.register_fn("sleep_myid", |call| {
         std::thread::sleep(Duration::from_millis(u32_arg(call)? as u64));
         Ok(call.node().myid().to_le_bytes().to_vec())
