@@ -205,8 +205,10 @@ function event_loop()
     last = time_ns()
     window = RT.spin_ns             # how long it reads after the last activity
     gave_up = UInt64(0)             # when it last stopped reading to park
+    poll_now = true
     while !RT.closed
-        n = try
+        polled, poll_now = poll_now, true
+        n = !polled ? 0 : try
             poll!(evs, cnt)
         catch err
             RT.closed && break
@@ -220,6 +222,9 @@ function event_loop()
             last = time_ns()
             yield()                 # the calls just started run now
             uncork!()               # their replies, held while they ran, go out
+            # The read below returns at once if work was queued meanwhile:
+            # no poll (and its system call) needed before it.
+            poll_now = !(RT.last_peer > 0 && CAPI.has_drive())
         elseif others_runnable()
             yield()
         elseif idle < span && RT.last_peer > 0 && CAPI.has_drive()
@@ -230,6 +235,8 @@ function event_loop()
             CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending)
             count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
             pending[] || (gave_up = time_ns())
+        elseif !polled
+            # Poll (next turn) before parking.
         else
             w = RT.watcher
             w === nothing && break
