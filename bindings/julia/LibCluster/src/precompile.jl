@@ -106,3 +106,13 @@ for (f, types) in (
     )
     precompile(f, types)
 end
+
+# What the start and the waits use of FileWatching and Base (methods of
+# other modules; cached here only where this Julia keeps them).
+for (f, types) in (
+        (FDWatcher, (RawFD, Bool, Bool)), (wait, (FDWatcher,)), (close, (FDWatcher,)),
+        (get!, (Function, Dict{UInt64,Threads.Condition}, UInt64)), (pop!, (Dict{UInt64,Threads.Condition}, UInt64, Nothing)),
+        (empty!, (Dict{UInt64,Threads.Condition},)), (setindex!, (Dict{Int,Symbol}, Symbol, Int)),
+    )
+    precompile(f, types)
+end

@@ -36,7 +36,7 @@ mutable struct Runtime
     probe_at::UInt64                    # `contention`: when last probed
     switches::Int                       # involuntary context switches then
     contended::Bool                     # preempted between the last two probes
-    probe::Bool                         # `contention` probes (LIBCLUSTER_JULIA_PROBE=0: never)
+    probe::Bool                         # `contention` probes (only with LIBCLUSTER_JULIA_PROBE=1)
     stats::Vector{Int}                  # counters, see `stats()`
     dead::Dict{Int,Symbol}              # pid => :exited or :died
     pid_lock::ReentrantLock             # serialises add/remove of processes
@@ -45,7 +45,7 @@ end
 Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
                     Dict{UInt64,Threads.Condition}(), Tuple{Int,Ptr{Cvoid}}[], Tuple{Int,Ptr{Cvoid}}[],
                     Dict{Ptr{Cvoid},Task}(), Threads.Condition(), false, false,
-                    UInt64(200_000), UInt32(20), UInt64(50_000), Cint(-1), UInt64(0), 0, false, UInt64(0), -1, false, true, zeros(Int, 7), Dict{Int,Symbol}(), ReentrantLock())
+                    UInt64(200_000), UInt32(20), UInt64(50_000), Cint(-1), UInt64(0), 0, false, UInt64(0), -1, false, false, zeros(Int, 7), Dict{Int,Symbol}(), ReentrantLock())
 
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
@@ -168,7 +168,7 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     RT.spin_ns = UInt64(max(spin_us_from_env(), 0)) * 1000
     RT.slice_us = UInt32(clamp(slice_us_from_env(), 1, 100_000))
     RT.busy_spin_ns = UInt64(max(busy_spin_us_from_env(), 0)) * 1000
-    RT.probe = get(ENV, "LIBCLUSTER_JULIA_PROBE", "1") != "0"
+    RT.probe = get(ENV, "LIBCLUSTER_JULIA_PROBE", "0") == "1"
     efd = Ref{Cint}(-1)
     CAPI.check(CAPI.cluster_event_fd(ctx, efd))
     RT.event_fd = efd[]
@@ -205,8 +205,10 @@ function event_loop()
     last = time_ns()
     window = RT.spin_ns             # how long it reads after the last activity
     gave_up = UInt64(0)             # when it last stopped reading to park
+    poll_now = true
     while !RT.closed
-        n = try
+        polled, poll_now = poll_now, true
+        n = !polled ? 0 : try
             poll!(evs, cnt)
         catch err
             RT.closed && break
@@ -214,21 +216,27 @@ function event_loop()
             0
         end
         idle = time_ns() - last
+        # Short of CPUs, only briefly: spinning would hold up the caller.
+        span = contention() ? min(window, UInt64(RT.slice_us) * 1000) : window
         if n > 0
             last = time_ns()
             yield()                 # the calls just started run now
             uncork!()               # their replies, held while they ran, go out
+            # The read below returns at once if work was queued meanwhile:
+            # no poll (and its system call) needed before it.
+            poll_now = !(RT.last_peer > 0 && CAPI.has_drive())
         elseif others_runnable()
             yield()
-        elseif idle < (contention() ? UInt64(RT.slice_us) * 1000 : window) && RT.last_peer > 0 && CAPI.has_drive()
+        elseif idle < span && RT.last_peer > 0 && CAPI.has_drive()
             # Nothing else to run: wait for the next call on its connection,
-            # reading it here; it returns as soon as work is queued. (Short
-            # of CPUs, only briefly: spinning would hold up the caller.)
+            # reading it here; it returns as soon as work is queued.
             ctx = RT.ctx
             ctx == C_NULL && break
-            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(window - min(idle, window), 1000)), pending)
+            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending)
             count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
             pending[] || (gave_up = time_ns())
+        elseif !polled
+            # Poll (next turn) before parking.
         else
             w = RT.watcher
             w === nothing && break
@@ -267,9 +275,13 @@ end
 #
 # Spinning pays only while the process that is to answer has a CPU. When
 # the machine has more runnable threads than CPUs, the kernel preempts a
-# spinning thread (involuntary context switches): then this process spins
-# no longer than a slice and parks, leaving the CPU to the others, until a
-# later probe finds it running undisturbed again.
+# spinning thread (involuntary context switches). With
+# LIBCLUSTER_JULIA_PROBE=1 this process then spins no longer than a slice
+# and parks, leaving the CPU to the others, until a later probe finds it
+# running undisturbed again. Off by default: parking costs a round trip
+# four thread wake-ups (each side's reactor, then its Julia thread), and on
+# this project's loaded 2-CPU machine round trips were slower with it
+# (23-146 µs against 11-52 µs without), though the spinning burns less CPU.
 
 const PROBE_NS = UInt64(5_000_000)
 const RUSAGE = zeros(Int64, 18)         # struct rusage: 2 timevals, then 14 longs
@@ -470,9 +482,11 @@ function shutdown(; timeout::Real = 5.0)
     ctx == C_NULL && return nothing
     ms = round(Int64, timeout * 1000)
     try
-        # This task waits for the library's shutdown future; the event loop
-        # (and every other task) keeps running meanwhile.
-        run_op(out -> CAPI.cluster_shutdown_async(ctx, RT.role === :head ? ms : Int64(0), out))
+        # On the head, this task waits for the library's shutdown future
+        # (the workers leaving); the event loop and every other task keep
+        # running meanwhile. A worker's shutdown only closes its
+        # connections: `close_runtime!` does that.
+        RT.role === :head && run_op(out -> CAPI.cluster_shutdown_async(ctx, ms, out))
     catch err
         err isa CAPI.ClusterError || rethrow()
     finally
