@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::net::auth::{self, Side, PROTOCOL_VERSION};
 use crate::node::{admit, response_outcome, session, Hello};
 use crate::service::control::{self, op as control_op, Join, Message, PeerInfo, Welcome};
-use crate::service::{refs, rpc};
+use crate::service::{channel, pool, refs, rpc};
 use crate::wire::{self, Frame, FrameReader, Header, Kind, ReadOutcome, ServiceId, HEADER_LEN, MAGIC, MAX_META};
 use hmac::{Hmac, Mac};
 use serde::{de::DeserializeOwned, Serialize};
@@ -59,6 +59,12 @@ pub enum Decoded {
     Ref(u16, u64),
     /// An rpc call.
     Call { name: String, args: usize, wants_reply: bool },
+    /// An rpc batch call (CALL_BATCH, sent by maps): each element's
+    /// argument length, or None when the payload is not a batch (the
+    /// service answers the request with an error and stays connected).
+    Batch { name: String, items: Option<Vec<usize>> },
+    /// A channel message and its meta's canonical re-encoding.
+    Channel(u16, Vec<u8>),
     /// A response: the value's length, or the error it carries.
     Reply(std::result::Result<usize, Error>),
 }
@@ -139,8 +145,27 @@ pub fn decode_rpc(kind: Kind, op: u16, meta: &[u8], payload: &[u8]) -> Result<De
             args: payload.len(),
             wants_reply: kind == Kind::Request,
         },
+        rpc::op::CALL_BATCH => Decoded::Batch {
+            name: String::from_utf8(meta.to_vec()).expect("rpc::decode accepted the name"),
+            items: rpc::batch::decode_items(payload).ok().map(|r| r.iter().map(|r| r.len()).collect()),
+        },
         o => Decoded::Signal(rpc::ID, o),
     })
+}
+
+/// The channel service (`Channels::on_message`): every op's meta is a
+/// `Msg` (the channel and the op's argument).
+#[doc(hidden)]
+pub fn decode_channel(op: u16, meta: &[u8]) -> Result<Decoded> {
+    channel::decode(op, meta)?;
+    let m: channel::Msg = wire::decode_meta(meta).expect("channel::decode accepted the meta");
+    Ok(Decoded::Channel(op, recanon(&m, meta.len(), false)))
+}
+
+/// The pool service (`Pools::on_message`): HOST_INFO carries nothing.
+#[doc(hidden)]
+pub fn decode_pool(op: u16, meta: &[u8]) -> Result<Decoded> {
+    pool::decode(op, meta).map(|()| Decoded::Signal(pool::ID, op))
 }
 
 /// A response of any service, as `Node::on_response` reads it.
@@ -166,6 +191,8 @@ pub fn decode_frame(f: &Frame, from: u32) -> Result<Decoded> {
         control::ID => decode_control(h.op, &f.meta),
         rpc::ID => decode_rpc(h.kind, h.op, &f.meta, &f.payload),
         refs::ID => decode_refs(h.op, &f.meta),
+        channel::ID => decode_channel(h.op, &f.meta),
+        pool::ID => decode_pool(h.op, &f.meta),
         s => Err(Error::new(ErrorKind::Protocol, format!("no service {s}"))),
     }
 }
@@ -215,7 +242,7 @@ pub type Target = fn(&[u8]) -> Report;
 /// (`fuzz/seeds/<name>`) have.
 #[doc(hidden)]
 pub fn targets() -> &'static [(&'static str, Target)] {
-    &[("frame", frame), ("handshake", handshake), ("session", session), ("control", control), ("refs", refs), ("rpc", rpc)]
+    &[("frame", frame), ("handshake", handshake), ("session", session), ("control", control), ("refs", refs), ("rpc", rpc), ("channel", channel)]
 }
 
 fn byte(data: &[u8], i: usize) -> u8 {
@@ -260,6 +287,9 @@ fn decoded_note(r: &Result<Decoded>) -> &'static str {
         Ok(Decoded::Hello(_)) => "hello",
         Ok(Decoded::Ref(..)) => "ref id",
         Ok(Decoded::Call { .. }) => "call",
+        Ok(Decoded::Batch { items: Some(_), .. }) => "batch",
+        Ok(Decoded::Batch { items: None, .. }) => "bad batch",
+        Ok(Decoded::Channel(..)) => "channel message",
         Ok(Decoded::Reply(Ok(_))) => "value reply",
         Ok(Decoded::Reply(Err(_))) => "error reply",
     }
@@ -275,6 +305,8 @@ fn decoded_tag(r: &Result<Decoded>) -> u64 {
         Ok(Decoded::Hello(_)) => 3,
         Ok(Decoded::Ref(op, _)) => 3000 + *op as u64,
         Ok(Decoded::Call { wants_reply, .. }) => 4 + *wants_reply as u64,
+        Ok(Decoded::Batch { items, .. }) => 7 + items.as_ref().map_or(0, |i| 1 + (i.len().min(3) as u64)),
+        Ok(Decoded::Channel(op, _)) => 4000 + *op as u64,
         Ok(Decoded::Reply(Ok(_))) => 6,
         Ok(Decoded::Reply(Err(e))) => 200 + e.kind as u64,
     }
@@ -392,7 +424,7 @@ fn next_frame(stream: &[u8], pos: usize, avail: usize, max_payload: u64) -> Next
 }
 
 /// A non-blocking byte channel: a socketpair, or a pipe.
-fn channel(pipe: bool) -> (OwnedFd, OwnedFd) {
+fn byte_stream(pipe: bool) -> (OwnedFd, OwnedFd) {
     if pipe {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 returns.
@@ -536,7 +568,7 @@ pub fn frame(data: &[u8]) -> Report {
     let _ = check_header(data, max_payload);
     let _ = check_header(&stream, max_payload);
 
-    let (r, w) = channel(pipe);
+    let (r, w) = byte_stream(pipe);
     let mut run = FrameRun {
         stream: &stream,
         max_payload,
@@ -1159,6 +1191,18 @@ fn varint_model(b: &[u8]) -> Option<u64> {
     }
 }
 
+/// Bytes taken by the varint `b` starts with (as `varint_model` reads it).
+fn varint_len(b: &[u8]) -> Option<usize> {
+    let n = match *b.first()? {
+        0..=250 => 1,
+        251 => 3,
+        252 => 5,
+        253 => 9,
+        _ => return None,
+    };
+    (n <= b.len()).then_some(n)
+}
+
 /// Target (c), references: `decode_refs` on each reference op's meta,
 /// checked against the varint model, and the same message routed as an
 /// established connection routes it. Input: op selector (below 128: one of
@@ -1203,13 +1247,43 @@ pub fn rpc(data: &[u8]) -> Report {
             assert_eq!(*args, payload.len());
             assert_eq!(*wants_reply, kind == Kind::Request);
         }
-        // Every rpc op but CALL carries no meta to decode (INTERRUPT, and
-        // those later services add): a signal of its own op.
-        Ok(Decoded::Signal(rpc::ID, o)) => assert!(*o == op && op != rpc::op::CALL),
+        Ok(Decoded::Batch { name, items }) => {
+            assert_eq!(op, rpc::op::CALL_BATCH);
+            assert_eq!(name.as_bytes(), meta);
+            // A batch is a count, the lengths, then exactly the elements:
+            // re-encoding the elements it found gives the payload back.
+            if let Some(lens) = items {
+                let mut at = 4 + 8 * lens.len();
+                let parts: Vec<&[u8]> = lens
+                    .iter()
+                    .map(|&n| {
+                        at += n;
+                        &payload[at - n..at]
+                    })
+                    .collect();
+                assert_eq!(rpc::batch::encode_items(parts.iter().copied()), payload, "a batch does not re-encode to itself");
+            } else {
+                let n = payload.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+                let fits = n.map(|n| n <= rpc::batch::MAX_ITEMS && 4 + 8 * n <= payload.len()).unwrap_or(false);
+                let total = n.filter(|_| fits).map(|n| {
+                    (0..n).try_fold(4 + 8 * n, |acc: usize, i| {
+                        let l = u64::from_le_bytes(payload[4 + 8 * i..12 + 8 * i].try_into().unwrap());
+                        usize::try_from(l).ok().and_then(|l| acc.checked_add(l))
+                    })
+                });
+                assert!(total.flatten() != Some(payload.len()), "a well-formed batch was refused");
+            }
+        }
+        // Every rpc op but CALL and CALL_BATCH carries no meta to decode
+        // (INTERRUPT): a signal of its own op.
+        Ok(Decoded::Signal(rpc::ID, o)) => assert!(*o == op && op == rpc::op::INTERRUPT),
         Ok(other) => panic!("decode_rpc gave {other:?}"),
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::Protocol);
-            assert!(op != rpc::op::CALL || std::str::from_utf8(meta).is_err(), "a call named by valid UTF-8 was refused: {e}");
+            assert!(
+                !matches!(op, rpc::op::CALL | rpc::op::CALL_BATCH) || std::str::from_utf8(meta).is_err(),
+                "a call named by valid UTF-8 was refused: {e}"
+            );
             assert!(op != rpc::op::INTERRUPT, "an interrupt was refused: {e}");
         }
     }
@@ -1222,6 +1296,34 @@ pub fn rpc(data: &[u8]) -> Report {
         other => panic!("a response decoded as {other:?}"),
     }
     Report { signature: mix(mix(kind as u64, op as u64), decoded_tag(&r)), alloc_bound: 4096.max(2 * (meta.len() + payload.len())), outcome: decoded_note(&r) }
+}
+
+/// Target (d), channel: `decode_channel` on (op, meta), checked against
+/// the rule: ops CREATE..=UNTAKE decode iff the meta is a `Msg` (two
+/// varints), which re-encodes canonically; other ops never; the frame
+/// router agrees. Input: op selector, then the meta.
+#[doc(hidden)]
+pub fn channel(data: &[u8]) -> Report {
+    let sel = byte(data, 0);
+    let op = if sel < 128 { u16::from(sel % 15) } else { u16::from(sel) };
+    let meta = data.get(1..).unwrap_or(&[]);
+    let meta = &meta[..meta.len().min(MAX_META)];
+    let r = decode_channel(op, meta);
+    let known = (channel::op::CREATE..=channel::op::UNTAKE).contains(&op);
+    // Bytes after the second varint are ignored, as for references.
+    let model = varint_model(meta).and_then(|a| Some((a, varint_model(&meta[varint_len(meta)?..])?)));
+    match (&r, model, known) {
+        (Ok(Decoded::Channel(o, canon)), Some((id, arg)), true) => {
+            assert_eq!(*o, op);
+            let m: channel::Msg = wire::decode_meta(canon).expect("canonical");
+            assert_eq!((m.id, m.arg), (id, arg), "channel meta");
+        }
+        (Err(e), None, _) | (Err(e), Some(_), false) => assert_eq!(e.kind, ErrorKind::Protocol, "{e}"),
+        (r, m, known) => panic!("decode_channel gave {r:?} where the varint spec says {m:?} (a channel op: {known})"),
+    }
+    let routed = decode_frame(&frame_of(Kind::Request, channel::ID, op, 1, meta, &[]), 2);
+    assert_eq!(decoded_tag(&routed), decoded_tag(&r));
+    Report { signature: mix(op as u64, decoded_tag(&r) ^ meta.len().min(20) as u64), alloc_bound: 4096, outcome: decoded_note(&r) }
 }
 
 // ---- seeds ------------------------------------------------------------
@@ -1391,7 +1493,22 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             vec![0, 1, 0],
             vec![0, 1, 0, 0xc3, 0x28],
             vec![0, 3, 0, b'f'],
+            {
+                let items = rpc::batch::encode_items([&b"ab"[..], b"", b"c"].into_iter());
+                [&[0u8, 3, items.len() as u8][..], b"sq", &items].concat()
+            },
+            [&[0u8, 3, 4][..], b"sq", &[9, 0, 0, 0]].concat(),
         ],
+        "channel" => {
+            let mut v = Vec::new();
+            for (op, id, arg) in [(1u8, 1u64 << 40, 4u64), (2, 7, 0), (3, 7, 0), (8, 7, 3), (12, 7, 99), (7, u64::MAX, u64::MAX)] {
+                v.push([&[op][..], &wire::encode_meta(&channel::Msg { id, arg })].concat());
+            }
+            v.push(vec![2, 7]);
+            v.push(vec![14, 7, 0]);
+            v.push(vec![200, 7, 0]);
+            v
+        }
         _ => Vec::new(),
     }
 }

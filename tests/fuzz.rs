@@ -83,6 +83,7 @@ fn max_len(target: &str) -> usize {
         "handshake" => 1024,
         "session" => 1024,
         "refs" => 64,
+        "channel" => 64,
         _ => 512,
     }
 }
@@ -443,6 +444,11 @@ fn fuzz_rpc() {
     fuzz("rpc");
 }
 
+#[test]
+fn fuzz_channel() {
+    fuzz("channel");
+}
+
 // ---- the seeds ----------------------------------------------------------
 
 /// The seeds reach the outcomes they were written for, so a loop that
@@ -455,7 +461,8 @@ fn seeds_reach_every_outcome() {
         ("session", &["hello", "signal", "refused"]),
         ("control", &["welcome", "peer info", "signal", "refused"]),
         ("refs", &["ref id", "refused"]),
-        ("rpc", &["call", "signal", "refused"]),
+        ("rpc", &["call", "batch", "bad batch", "signal", "refused"]),
+        ("channel", &["channel message", "refused"]),
     ];
     for (name, outcomes) in want {
         let got: HashSet<&str> = fuzzing::seeds(name).iter().map(|s| run_one(name, target_fn(name), s).outcome).collect();
