@@ -893,35 +893,41 @@ mod tests {
     /// (`recycle`, `release_spare`, `mid_frame`) must hand the frames it
     /// buffered to the reactor.
     #[test]
-    // Built on a reader that let go of its lock before dispatching: its
-    // callback waits for another thread to take the lock, which now
-    // deadlocks by construction. The model (finds_pre_fix_drain_giving_up)
-    // still covers the race; this forcing of it needs rebuilding.
-    #[ignore]
     fn a_driver_that_cannot_dispatch_what_it_buffered_hands_it_to_the_reactor() {
         let (c, mut peer) = pair();
         let looks = watched(&c);
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let release_rx = Mutex::new(Some(release_rx));
-        let d = owner(&looks, move |conn| {
-            // Another thread takes the reader's lock (as `recycle` does) and
-            // holds it until the driver has stopped.
-            let (held_tx, held_rx) = mpsc::channel();
-            let conn = conn.clone();
-            let rx = release_rx.lock().take().unwrap();
-            std::thread::spawn(move || {
-                let g = conn.read.lock();
-                held_tx.send(()).unwrap();
-                let _ = rx.recv();
-                drop(g);
-            });
-            held_rx.recv().unwrap();
-        });
+        let d = owner(&looks, |_| {});
         peer.write_all(&[frame(Kind::Response, 1, b"reply"), frame(Kind::Oneway, 2, b"behind")].concat()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) > 0));
+        // Once the reply is in, and before the driver's last loop, another
+        // thread takes the reader's lock (as `recycle` does; the driver
+        // holds no lock while it asks whether it is done) and keeps it
+        // until the driver has returned.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(Some(release_rx));
+        let holder = Mutex::new(None);
+        let done = || {
+            if d.responses.load(Ordering::SeqCst) == 0 {
+                return false;
+            }
+            if let Some(rx) = release_rx.lock().take() {
+                let (held_tx, held_rx) = mpsc::channel();
+                let conn = c.clone();
+                *holder.lock() = Some(std::thread::spawn(move || {
+                    let g = conn.read.lock();
+                    held_tx.send(()).unwrap();
+                    let _ = rx.recv();
+                    drop(g);
+                }));
+                held_rx.recv().unwrap();
+            }
+            true
+        };
+        assert!(c.drive(&d, Duration::from_secs(5), &done));
         let looked = looks.0.load(Ordering::SeqCst);
         release_tx.send(()).unwrap();
+        holder.lock().take().expect("the reply was dispatched").join().unwrap();
+        assert!(c.read.lock().has_buffered(), "nothing was left buffered: nothing tested");
         assert!(looked >= 1, "the driver left a frame buffered without telling the reactor");
     }
 }
