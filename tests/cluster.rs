@@ -708,6 +708,26 @@ fn an_authenticated_peer_that_never_finishes_its_first_frame_is_dropped() {
 }
 
 
+#[test]
+fn an_authenticated_peer_cannot_announce_a_large_first_frame() {
+    let c = head();
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    // A JOIN header announcing 512 MiB of payload (a JOIN carries none).
+    let mut h = Header::new(Kind::Request, cluster::service::control::ID, cluster::service::control::op::JOIN, 1);
+    h.payload_len = 512 << 20;
+    s.write_all(&h.encode()).unwrap();
+    let t = Instant::now();
+    let open = still_open_at(std::slice::from_mut(&mut s), t + Duration::from_secs(3));
+    assert_eq!(open, 0, "the head kept a connection announcing a 512 MiB first frame");
+    assert!(wait_until(Duration::from_secs(2), || c.admission_stats().refused >= 1), "{:?}", c.admission_stats());
+    // Workers still join, and take messages up to the node's limit.
+    assert_eq!(c.addprocs(1, &opts()).unwrap(), vec![2]);
+    let big = vec![5u8; 8 << 20];
+    assert_eq!(c.remotecall_fetch(2, "echo", &big).unwrap().len(), big.len());
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
 /// Connects to `addr` with the cookie and sends a HELLO claiming `id`.
 fn claim(addr: &str, cookie: &str, id: u32) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -382,6 +382,13 @@ impl Conn {
 
     /// Reads one frame, blocking until `deadline`: for connection setup,
     /// before anyone else reads.
+    /// Frames read after this may carry up to `max` payload bytes (a
+    /// connection being admitted reads its first frame under a small
+    /// limit, then gets the node's).
+    pub fn set_max_payload(&self, max: u64) {
+        self.read.lock().set_max_payload(max);
+    }
+
     pub fn read_frame_blocking(&self, deadline: Instant) -> Result<wire::Frame> {
         let mut reader = self.read.lock();
         loop {

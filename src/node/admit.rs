@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 
 /// Connections being admitted at once, at most.
 pub const MAX_ADMITTING: usize = 64;
+/// The largest payload of a connection's first frame (JOIN and HELLO carry
+/// none).
+const FIRST_FRAME_MAX: u64 = 4096;
 /// How long a HELLO naming an id the head has not announced waits for it.
 pub(crate) const HELLO_WAIT: Duration = Duration::from_secs(2);
 /// The label of a HELLO's proof.
@@ -194,6 +197,7 @@ fn run(weak: &Weak<Node>, listener: TcpListener) {
                     continue;
                 }
                 Outcome::Admitted(conn) => {
+                    conn.set_max_payload(node.cfg.max_message_bytes);
                     node.admission.admitted.fetch_add(1, Ordering::AcqRel);
                     entries.swap_remove(i);
                     ready.swap_remove(i);
@@ -340,7 +344,13 @@ impl Node {
                         let State::Handshake { stream, .. } = std::mem::replace(&mut e.state, State::Moved) else { unreachable!() };
                         let fd = stream.as_raw_fd();
                         match self.new_conn(stream) {
-                            Ok(conn) => e.state = State::First { conn, fd, transcript },
+                            Ok(conn) => {
+                                // A JOIN or HELLO is small: a peer that holds the
+                                // cookie still cannot make admission hold a large
+                                // first frame.
+                                conn.set_max_payload(FIRST_FRAME_MAX);
+                                e.state = State::First { conn, fd, transcript }
+                            }
                             Err(err) => return Outcome::Refused(err),
                         }
                     }

@@ -43,6 +43,11 @@ const DIRECT: usize = 1 << 20;
 const STAGING: usize = 64 * 1024;
 
 impl FrameReader {
+    /// Frames after this one may carry up to `max` payload bytes.
+    pub fn set_max_payload(&mut self, max: u64) {
+        self.max_payload = max;
+    }
+
     pub fn new(max_payload: u64) -> FrameReader {
         FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new(), bytes_read: 0 }
     }
