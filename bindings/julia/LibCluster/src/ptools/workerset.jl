@@ -81,8 +81,8 @@ function take_worker!(ws::WorkerSet)
 end
 
 "FF: worker `p` finished a call: to the oldest waiter, else idle again (unless it died)."
-function give_back!(ws::WorkerSet, p::Int)
-    alive = p in procs()
+function give_back!(ws::WorkerSet, p::Int, died::Bool = false)
+    alive = !died && p in procs()
     lock(ws.lock) do
         if alive && !isempty(ws.waiters)
             put!(popfirst!(ws.waiters), p)      # stays busy, for the waiter
@@ -103,12 +103,19 @@ end
 "FF: `call(f, p, args...)` on a free worker `p`, which comes back when it returns or throws."
 function on_free_worker(call, ws::WorkerSet, @nospecialize(f), @nospecialize(args), kwargs)
     p = take_worker!(ws)
+    died = false
     try
         return call(f, p, args...; kwargs...)
+    catch err
+        died = exited(err, p)
+        rethrow()
     finally
-        give_back!(ws, p)
+        give_back!(ws, p, died)
     end
 end
+
+# (The library may not have marked it gone yet when its calls fail.)
+exited(err, p::Int) = err isa ProcessExitedException && err.worker_id == p
 
 """
     remotecall(f, ws::WorkerSet, args...; kwargs...) -> Future
@@ -128,11 +135,13 @@ function remotecall(@nospecialize(f), ws::WorkerSet, @nospecialize(args...); kwa
         rethrow()
     end
     @async begin
+        died = false
         try
             wait(fut)
-        catch
+        catch err
+            died = exited(err, p)
         end
-        give_back!(ws, p)
+        give_back!(ws, p, died)
     end
     fut
 end
