@@ -9,7 +9,7 @@ const PT = LibCluster.PTools
 
 @testset "PTools: WorkerSet and queued tasks" begin
     @progress "PTools"
-    mine = addprocs(4)
+    mine = addprocs(4; lazy = something(LibCluster.LAZY[], true))   # as the workers there are
     LAST_ID[] = max(LAST_ID[], maximum(mine))
     a, b, c, victim = mine
     # Task data types are defined everywhere, as in PTools.
