@@ -33,6 +33,7 @@ include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, life
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
 include("serve.jl")         # incoming calls as tasks, worker serve loop
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
+include("ptools/PTools.jl")  # LibCluster.PTools: PTools.jl's WorkerSet and queued tasks
 include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
 
 # Only LibCluster's own names are exported: the Distributed-named API is

@@ -285,6 +285,59 @@ end
 # `on` false (or for tens of microseconds at most). Optional, as cluster_drive.
 @cfunc cluster_cork(ctx::Ptr{Cvoid}, pid::Int32, on::Bool)::Int32
 
+# ---------------------------------------------- task queue (PTools' queued tasks)
+
+# cluster_task_target
+const CLUSTER_TARGET_ANY = Int32(0)
+const CLUSTER_TARGET_ALL = Int32(1)
+const CLUSTER_TARGET_PIDS = Int32(2)
+const CLUSTER_TARGET_HOSTS = Int32(3)
+
+# cluster_task_queue
+const CLUSTER_QUEUE_ANY = Int32(0)
+const CLUSTER_QUEUE_PID = Int32(1)
+const CLUSTER_QUEUE_HOST = Int32(2)
+
+"`cluster_task_spec`: fill with `cluster_task_spec_init`; pointers borrowed for the call."
+struct TaskSpec
+    struct_size::UInt32
+    name::Ptr{UInt8}
+    args::Ptr{UInt8}
+    len::Csize_t
+    target::Int32
+    pids::Ptr{Int32}
+    npids::Csize_t
+    hosts::Ptr{Ptr{UInt8}}
+    nhosts::Csize_t
+    priority::Float64
+    callback::Ptr{Cvoid}
+    user_data::Ptr{Cvoid}
+end
+
+"`cluster_task_info`: a queued entry, its strings borrowed for the callback."
+struct TaskInfo
+    id::UInt64
+    name::Ptr{UInt8}
+    queue::Int32
+    pid::Int32
+    host::Ptr{UInt8}
+    priority::Float64
+    queued_at::Float64
+    all::Bool
+end
+
+@cfunc cluster_task_spec_init(spec::Ptr{TaskSpec})::Int32
+@cfunc cluster_taskqueue_new(ctx::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+# A future at once (completes once every worker told its host name and address).
+@cfunc cluster_taskqueue_prep_remotes_async(tq::Ptr{Cvoid}, force::Bool, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_taskqueue_num_remotes(tq::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_taskqueue_queue(tq::Ptr{Cvoid}, spec::Ptr{TaskSpec}, id::Ptr{UInt64}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_taskqueue_dequeue(tq::Ptr{Cvoid}, id::UInt64, removed::Ptr{Bool})::Int32
+# `calc` runs on this thread before this returns, without the queue's lock.
+@cfunc cluster_taskqueue_set_priorities(tq::Ptr{Cvoid}, calc::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
+@cfunc cluster_taskqueue_length(tq::Ptr{Cvoid}, queued::Ptr{Csize_t}, running::Ptr{Csize_t})::Int32
+@cfunc cluster_taskqueue_free(tq::Ptr{Cvoid})::Int32
+
 "Functions a library may lack; their pointer stays C_NULL then."
 const OPTIONAL = (:cluster_drive, :cluster_cork)
 

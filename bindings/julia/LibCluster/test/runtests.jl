@@ -968,6 +968,8 @@ end
     end
 end
 
+include("ptools.jl")         # LibCluster.PTools: WorkerSet, queued tasks
+
 @testset "shutdown" begin
     @progress "shutdown"
     ospid = remotecall_fetch(getpid, workers()[1])

@@ -1,0 +1,27 @@
+"""
+    LibCluster.PTools
+
+PTools.jl's names over LibCluster (`using LibCluster.PTools` in place of
+`using PTools`, with `using LibCluster.API` in place of `using Distributed`):
+
+- `WorkerSet(pids, mode)` with `WS_MODE_RR` / `WS_MODE_FF`, and
+  `remotecall`, `remotecall_fetch`, `remotecall_wait` on it (methods of
+  LibCluster's, in Distributed's argument order and in PTools' own);
+- queued tasks: `WorkerTask`, `QueuedWorkerTask(task, method, callback,
+  target)`, `prep_remotes`, `num_remotes`, `execute_worker_task`,
+  `queue_worker_task`, `dequeue_worker_task`, `set_priorities`.
+
+See the PTools section of the package README for what differs.
+"""
+module PTools
+
+import ..LibCluster
+import ..LibCluster: remotecall, remotecall_fetch, remotecall_wait
+using ..LibCluster: CAPI, myid, procs, workers, context, check_call, RemoteException,
+                    ProcessExitedException, library_exception, park_until_ready, encode_call,
+                    decode_reply, CALL_FN
+
+include("workerset.jl")     # WorkerSet, WS_MODE_RR / WS_MODE_FF
+include("queuedtasks.jl")   # QueuedWorkerTask & co over cluster_taskqueue
+
+end # module PTools
