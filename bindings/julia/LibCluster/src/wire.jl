@@ -381,7 +381,21 @@ function forget_process(pid::Int)
 end
 
 is_main_anon(@nospecialize(T)) =
-    T isa DataType && T <: Function && T.name.module === Main && hidden_name(T.name.name)
+    T isa DataType && T <: Function && T.name.module === Main && hidden_name(T.name.name) && !is_named_function(T)
+
+"""
+Whether `T` is the type of a named function (`f`'s type is `#f`, a hidden
+name too): its one instance is what its name holds in its module. Such a
+function is serialized by name, so its globals never travel with it (as
+Distributed).
+"""
+function is_named_function(@nospecialize(T))
+    isdefined(T, :instance) || return false
+    f = T.instance
+    n = nameof(f)
+    m = T.name.module
+    isdefined(m, n) && getfield(m, n) === f
+end
 
 """
     globals_to_send(pid, f, args) -> Union{Nothing,Vector}

@@ -269,6 +269,15 @@ end
     global factor_global = 3
     global scaled_global = x -> x * factor_global
     @test remotecall_fetch(() -> scaled_global(2), 2) == 6
+    # A named function of Main given as an argument goes by name, without
+    # the globals its code uses (Distributed serializes it by reference):
+    # the worker's own value is used.
+    @everywhere global named_fn_global = 1
+    @everywhere named_fn(x) = x + named_fn_global
+    global named_fn_global = 100
+    @test LC.globals_to_send(2, map, (named_fn, [1])) === nothing
+    @test remotecall_fetch(map, 2, named_fn, [1]) == [2]
+    @test named_fn(1) == 101
     # A module by its path: one the worker lacks is an UndefVarError there,
     # and a package it has not loaded is named (not Serialization's KeyError).
     global nested_global = Base.Iterators
