@@ -64,6 +64,46 @@ fn a_lone_head_has_distributed_values() {
 }
 
 #[test]
+fn a_blocking_call_to_this_process_runs_on_the_callers_thread() {
+    let c = head();
+    c.register_fn("thread", |_| Ok(std::thread::current().name().unwrap_or("").as_bytes().to_vec())).unwrap();
+    let c = Arc::new(c);
+    let c2 = c.clone();
+    c.register_fn("nested", move |call| {
+        let v = c2.remotecall_fetch(1, "echo", call.args()).map_err(|e| e.to_string())?;
+        Ok([&v[..], b"!"].concat())
+    })
+    .unwrap();
+    let name = std::thread::Builder::new()
+        .name("the-caller".into())
+        .spawn({
+            let c = c.clone();
+            move || c.remotecall_fetch(1, "thread", &[]).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(&*name, b"the-caller");
+    // Many threads at once, each call making a call to this process in
+    // turn: more calls than handler slots, none lost or stuck.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..8u32 {
+        let (c, tx) = (c.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for i in 0..200u32 {
+                let arg = (t * 1000 + i).to_le_bytes();
+                let v = c.remotecall_fetch(1, "nested", &arg).unwrap();
+                assert_eq!(&*v, &[&arg[..], b"!"].concat()[..]);
+            }
+            tx.send(t).unwrap();
+        });
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(Duration::from_secs(60)).expect("calls to this process stuck");
+    }
+}
+
+#[test]
 fn workers_join_answer_calls_and_leave() {
     let c = head();
     let ids = c.addprocs(2, &opts()).unwrap();

@@ -194,6 +194,29 @@ impl Rpc {
         self.run_here(node, Work::One(call))
     }
 
+    /// A blocking call to this process: the caller's thread runs it when a
+    /// handler slot is free (no thread made, no wake-up), then hands the
+    /// slot on to queued work, if any, on a thread of its own.
+    fn call_inline(self: &Arc<Self>, node: &Arc<Node>, name: &str, args: Vec<u8>, reply: ReplyTo) -> Result<()> {
+        let call = self.new_incoming(node.myid(), name.to_string(), args, reply);
+        if self.host_mode {
+            return self.run_here(node, Work::One(call));
+        }
+        if let Some(work) = self.dispatcher.offer(Work::One(call)) {
+            let outer = IN_HANDLER.with(|h| h.replace(Arc::as_ptr(self) as usize));
+            self.run_work(node, work);
+            IN_HANDLER.with(|h| h.set(outer));
+            if let Some(next) = self.dispatcher.finish() {
+                let (rpc, n) = (self.clone(), node.clone());
+                std::thread::Builder::new()
+                    .name("cluster-local".into())
+                    .spawn(move || rpc.run_calls(&n, next))
+                    .map_err(|e| Error::io("spawn", e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn run_here(self: &Arc<Self>, node: &Arc<Node>, work: Work) -> Result<()> {
         if let Some(job) = self.enqueue(node, work) {
             std::thread::Builder::new().name("cluster-local".into()).spawn(job).map_err(|e| Error::io("spawn", e))?;
@@ -468,6 +491,14 @@ impl RpcExt for Arc<Node> {
     }
 
     fn remotecall_fetch(&self, pid: u32, name: &str, args: &[u8]) -> Result<Value> {
+        if pid == self.myid() {
+            self.check_open()?;
+            check_name(name)?;
+            let r = rpc(self)?;
+            let (fut, slot) = self.local_future(pid);
+            r.call_inline(self, name, args.to_vec(), ReplyTo::Local(slot))?;
+            return fut.value();
+        }
         self.remotecall(pid, name, args)?.value()
     }
 
