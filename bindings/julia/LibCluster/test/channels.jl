@@ -11,7 +11,7 @@ struct NotAChannel <: AbstractChannel{Int} end
 
 @testset "RemoteChannel" begin
     @progress "RemoteChannel"
-    ws = addprocs(4)
+    ws = addprocs(4; lazy = false)      # as the workers the suite runs by now
     LAST_ID[] = ws[end]
     w1, w2, producer, owner = ws
     @everywhere begin
@@ -37,8 +37,8 @@ struct NotAChannel <: AbstractChannel{Int} end
         @test wait(c) === c
         @test take!(c) === :a
         @test !isready(c) && isempty(c)
-        d = RemoteChannel(2)
-        @test d.where == 2 && d.whence == 1 && d != c
+        d = RemoteChannel(w1)
+        @test d.where == w1 && d.whence == 1 && d != c
         @test c == c && hash(c) == hash(c)
         copy_of_c = deserialize(IOBuffer(sprint(serialize, c)))   # a second reference, here
         @test copy_of_c == c && hash(copy_of_c) == hash(c) && copy_of_c !== c
