@@ -4,6 +4,8 @@
 #     a closure (target: at most 0.33x Distributed for both)
 #   - pipelined remotecall + fetch (target: at least 300k calls/s)
 #   - addprocs(2) of Julia workers until ready (target: no slower)
+#   - RemoteChannel put! + take! round trip through a worker's echo task
+#     (target: at most 0.33x Distributed, at most 1.2x remotecall_fetch)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
 # Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5).
@@ -91,6 +93,45 @@ rt_dist, rt_lc = minimum(r_dist), minimum(r_lc)
 rc_dist = rtt(p -> Distributed.remotecall_fetch(x -> x, p, 1), dw)
 rc_lc = rtt(p -> LibCluster.remotecall_fetch(x -> x, p, 1), lw)
 
+# RemoteChannel round trip, as Distributed's `put!(a, x); take!(b)` with a
+# worker's task echoing each element of `a` into `b` (also a put! that waits
+# for its answer): `a` kept by the head and `b` by the worker (each process
+# puts into a channel it keeps), then both kept by the head.
+function echo_channel(a, b)
+    try
+        while true
+            put!(b, take!(a))
+        end
+    catch
+    end
+end
+Distributed.@everywhere dids function echo_channel(a, b)
+    try
+        while true
+            put!(b, take!(a))
+        end
+    catch
+    end
+end
+LibCluster.@everywhere lids function echo_channel(a, b)
+    try
+        while true
+            put!(b, take!(a))
+        end
+    catch
+    end
+end
+function channel_rtt(M, pid, where_a, where_b)
+    a = M.RemoteChannel(() -> Channel{Int}(1), where_a)
+    b = M.RemoteChannel(() -> Channel{Int}(1), where_b)
+    M.remote_do(echo_channel, pid, a, b)
+    t = rtt(_ -> (put!(a, 1); take!(b)), pid)
+    close(a)
+    t
+end
+ch_dist = [channel_rtt(Distributed, dw, 1, dw), channel_rtt(Distributed, dw, 1, 1)]
+ch_lc = [channel_rtt(LibCluster, lw, 1, lw), channel_rtt(LibCluster, lw, 1, 1)]
+
 pl_dist = pipelined(p -> Distributed.remotecall(noop, p), dw, 20_000)
 pl_lc = pipelined(p -> LibCluster.remotecall(noop, p), lw, 20_000)
 
@@ -98,6 +139,9 @@ println(@sprintf("%-44s %12s %12s %10s", "", "LibCluster", "Distributed", "ratio
 r1 = row("remotecall_fetch no-op round trip", rt_lc, rt_dist, "µs (target <= 0.33x)")
 rc = row("remotecall_fetch of a closure, round trip", rc_lc, rc_dist, "µs (target <= 0.33x)")
 row("pipelined remotecall + fetch (20k)", pl_lc, pl_dist, "calls/s (target >= 300k/s)")
+c1 = row("RemoteChannel put!+take!, a here, b there", ch_lc[1], ch_dist[1], "µs (target <= 0.33x)")
+c2 = row("RemoteChannel put!+take!, both here", ch_lc[2], ch_dist[2], "µs")
+c1r = row("  same (a here, b there) vs remotecall_fetch", ch_lc[1], rt_lc, "µs (target <= 1.2x)")
 r2 = row("addprocs(2) until ready, first in process", t_lc1, t_dist1, "s (target <= 1x)")
 row("addprocs(2) until ready, again", t_lc2, t_dist2, "s")
 
@@ -105,6 +149,8 @@ println()
 println("round trip target (<= 0.33x): ", r1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", r1))
 println("closure target (<= 0.33x):    ", rc <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", rc))
 println("pipelined target (>= 300k/s): ", pl_lc >= 300_000 ? "met" : "NOT met", @sprintf(" (%.0fk/s)", pl_lc / 1000))
+println("RemoteChannel target (<= 0.33x Distributed): ", c1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1))
+println("RemoteChannel target (<= 1.2x remotecall_fetch): ", c1r <= 1.2 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1r))
 println("addprocs target (<= 1x):      ", r2 <= 1.0 ? "met" : "NOT met", @sprintf(" (%.2fx)", r2))
 
 Distributed.rmprocs(dids)

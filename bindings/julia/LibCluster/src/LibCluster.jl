@@ -31,6 +31,7 @@ include("wire.jl")          # payload formats, Main globals shipped with closure
 include("futures.jl")       # Future: isready / wait / fetch, passing futures on
 include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, lifecycle callbacks
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
+include("channels.jl")      # RemoteChannel
 include("serve.jl")         # incoming calls as tasks, worker serve loop
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
 include("ptools/PTools.jl")  # LibCluster.PTools: PTools.jl's WorkerSet and queued tasks
@@ -53,7 +54,7 @@ clash): there, use `LibCluster.remotecall` & co. qualified.
 module API
 import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
-       Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
+       Future, RemoteChannel, AbstractRemoteRef, RemoteException, ProcessExitedException,
        @spawnat, @spawn, @fetch, @fetchfrom, @everywhere, interrupt,
        WorkerState, WorkerState_terminated, WorkerState_exterminated,
        add_worker_starting_callback, add_worker_started_callback,
@@ -63,7 +64,7 @@ import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, 
        ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
 export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
-       Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
+       Future, RemoteChannel, AbstractRemoteRef, RemoteException, ProcessExitedException,
        @spawnat, @spawn, @fetch, @fetchfrom, @everywhere, interrupt,
        WorkerState, WorkerState_terminated, WorkerState_exterminated,
        add_worker_starting_callback, add_worker_started_callback,

@@ -134,6 +134,19 @@ struct FutureRef
     id::UInt64
 end
 
+"`cluster_channel_ref`: what crosses to another process for a channel."
+struct ChannelRef
+    owner::Int32
+    id::UInt64
+end
+
+"`cluster_channel_state`, as `cluster_channel_query` reports it."
+struct ChannelState
+    n_avail::Csize_t
+    capacity::Csize_t
+    open::Bool
+end
+
 "`cluster_event`, as written by `cluster_poll`."
 struct Event
     service::Int32
@@ -337,6 +350,30 @@ end
 @cfunc cluster_taskqueue_set_priorities(tq::Ptr{Cvoid}, calc::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_taskqueue_length(tq::Ptr{Cvoid}, queued::Ptr{Csize_t}, running::Ptr{Csize_t})::Int32
 @cfunc cluster_taskqueue_free(tq::Ptr{Cvoid})::Int32
+# Channels (RemoteChannel). Only the forms that never wait are called:
+# every operation that may wait or needs a round trip goes through its
+# `_async` form; `_isready`/`_isempty`/`_isopen`/`_export` are called only
+# for a channel this process keeps (no round trip then).
+@cfunc cluster_channel_new(ctx::Ptr{Cvoid}, pid::Int32, capacity::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+# Never blocks (the owner is told in the background): safe from a finalizer.
+@cfunc cluster_channel_free(ch::Ptr{Cvoid})::Int32
+@cfunc cluster_channel_pid(ch::Ptr{Cvoid}, out::Ptr{Int32})::Int32
+@cfunc cluster_channel_count(ctx::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_channel_put_async(ch::Ptr{Cvoid}, data::Ptr{UInt8}, len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_put_nowait(ch::Ptr{Cvoid}, data::Ptr{UInt8}, len::Csize_t)::Int32
+@cfunc cluster_channel_take_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_fetch_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_wait_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_query_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_state_decode(data::Ptr{UInt8}, len::Csize_t, out::Ptr{ChannelState})::Int32
+# Local (no round trip) only for a channel this process keeps.
+@cfunc cluster_channel_query(ch::Ptr{Cvoid}, out::Ptr{ChannelState})::Int32
+@cfunc cluster_channel_close_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_bind_async(ch::Ptr{Cvoid}, pid::Int32, out::Ptr{Ptr{Cvoid}})::Int32
+# No round trip only when this process keeps the channel; otherwise the _async form.
+@cfunc cluster_channel_export(ch::Ptr{Cvoid}, out::Ptr{ChannelRef})::Int32
+@cfunc cluster_channel_export_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_channel_import(ctx::Ptr{Cvoid}, r::Ptr{ChannelRef}, out::Ptr{Ptr{Cvoid}})::Int32
 
 "Functions a library may lack; their pointer stays C_NULL then."
 const OPTIONAL = (:cluster_drive, :cluster_cork)

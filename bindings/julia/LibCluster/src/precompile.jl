@@ -116,3 +116,21 @@ for (f, types) in (
     )
     precompile(f, types)
 end
+
+# RemoteChannel (channels.jl), for its default and an Int element type.
+for R in (RemoteChannel{Channel{Any}}, RemoteChannel{Channel{Int}})
+    for (f, types) in (
+            (put!, (R, Int)), (take!, (R,)), (fetch, (R,)), (wait, (R,)), (isready, (R,)),
+            (isempty, (R,)), (isopen, (R,)), (close, (R,)), (bind, (R, Int)), (iterate, (R,)),
+            (channel_state, (R,)), (export_channel, (R,)), (release!, (R,)),
+        )
+        precompile(f, types)
+    end
+end
+for (f, types) in (
+        (RemoteChannel, ()), (RemoteChannel, (Int,)), (wait_channel_future, (Ptr{Cvoid}, Int)),
+        (drive_handle, (Ptr{Cvoid},)), (decode_element, (Vector{UInt8},)), (encode_element, (Int,)),
+        (channel_count, ()),
+    )
+    precompile(f, types)
+end

@@ -978,6 +978,7 @@ end
 end
 
 include("ptools.jl")         # LibCluster.PTools: WorkerSet, queued tasks
+include("channels.jl")
 
 @testset "shutdown" begin
     @progress "shutdown"
