@@ -6,7 +6,7 @@
 #
 # Environment: JULIA (default: scripts/julia, the libunwind-fixing wrapper
 # set up by scripts/install-deps.sh), LIBCLUSTER_PATH (default: the build
-# below), LIBCLUSTER_TEST_TIMEOUT (seconds, default 240).
+# below), LIBCLUSTER_TEST_TIMEOUT (seconds, default 480).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

@@ -14,7 +14,7 @@ const PROJECT = dirname(Base.active_project())
 const T0 = time()
 
 # The whole suite is bounded: a stuck test fails the run instead of hanging CI.
-const WATCHDOG = Timer(get(ENV, "LIBCLUSTER_TEST_TIMEOUT", "240") |> x -> parse(Int, x)) do _
+const WATCHDOG = Timer(get(ENV, "LIBCLUSTER_TEST_TIMEOUT", "480") |> x -> parse(Int, x)) do _
     println(stderr, "\nLibCluster tests: timed out after $(round(Int, time() - T0)) s")
     ccall(:_exit, Cvoid, (Cint,), 3)
 end
