@@ -180,13 +180,16 @@ impl Future {
 
     /// Reads the reply's connection on this thread for up to `spin`, never
     /// parking: a host runtime waits this way for a short while, then on
-    /// its own scheduler. True when the future is done.
+    /// its own scheduler. True when the future is done. A future completed
+    /// here (a take from a channel this process keeps) reads the
+    /// connection of the peer heard from last, the likeliest sender of
+    /// what completes it, so that it needs no wake-up either.
     pub fn drive(&self, spin: Duration) -> bool {
         self.start();
         if self.slot.is_done() {
             return true;
         }
-        match self.conn.get() {
+        match self.conn.get().cloned().or_else(|| self.node.last_sender_conn()) {
             Some(c) => c.drive(&self.node, spin, &|| self.slot.is_done()),
             None => crate::sys::spin_until(spin, || self.slot.is_done()),
         }

@@ -100,6 +100,10 @@ pub trait Lender: Send + Sync {
 pub struct Node {
     pub(crate) cfg: Config,
     myid: AtomicU32,
+    /// The peer whose service message was read last: where a wait for
+    /// something another process will send here (a take from a channel
+    /// kept here) reads while it spins (`Future::drive`).
+    last_sender: AtomicU32,
     head: bool,
     cookie: String,
     listen_addr: String,
@@ -182,6 +186,7 @@ impl Node {
             topology: AtomicU8::new(cfg.topology as u8),
             cfg,
             myid: AtomicU32::new(if head { HEAD_ID } else { 0 }),
+            last_sender: AtomicU32::new(0),
             head,
             cookie,
             listen_addr,
@@ -386,6 +391,15 @@ impl Node {
     pub fn other_workers(&self) -> Vec<u32> {
         let me = self.myid();
         self.workers().into_iter().filter(|&p| p != me).collect()
+    }
+
+    /// The connection to the peer whose service message was read last.
+    pub(crate) fn last_sender_conn(&self) -> Option<Arc<Conn>> {
+        let pid = self.last_sender.load(Ordering::Relaxed);
+        if pid == 0 {
+            return None;
+        }
+        self.peer(pid).and_then(|p| p.conn.lock().clone())
     }
 
     pub(crate) fn peer(&self, id: u32) -> Option<Arc<Peer>> {
@@ -923,7 +937,11 @@ impl Dispatch for Node {
             Kind::Request => ReplyTo::Remote { conn: conn.clone(), header: f.header },
             _ => ReplyTo::Nobody,
         };
-        let msg = Incoming { from: conn.peer(), header: f.header, meta: f.meta, payload: f.payload, reply };
+        let from = conn.peer();
+        if self.last_sender.load(Ordering::Relaxed) != from {
+            self.last_sender.store(from, Ordering::Relaxed);
+        }
+        let msg = Incoming { from, header: f.header, meta: f.meta, payload: f.payload, reply };
         match svc.on_message(self, msg) {
             Ok(job) => job,
             Err(e) => {
