@@ -32,6 +32,9 @@ include("futures.jl")       # Future: isready / wait / fetch, passing futures on
 include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, lifecycle callbacks
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
 include("serve.jl")         # incoming calls as tasks, worker serve loop
+include("pools.jl")         # WorkerPool, CachingPool, default_worker_pool, functions cached on workers
+include("pmap.jl")          # pmap over the library's pmap engine
+include("distributed_for.jl")  # @distributed, splitrange
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
 include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
 
@@ -59,7 +62,8 @@ import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, 
        add_worker_exiting_callback, add_worker_exited_callback,
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
-       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
 export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, AbstractRemoteRef, RemoteException, ProcessExitedException,
@@ -69,7 +73,8 @@ export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, o
        add_worker_exiting_callback, add_worker_exited_callback,
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
-       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
 end
 
 "Path of the libcluster library in use."
