@@ -234,7 +234,10 @@ function wait_map(m::MapRun)
     CAPI.cluster_pmap_wait(m.handle, 0)
 end
 
-function map_options(batch, on_error::Bool, max_in_flight::Integer = 0)
+# The most calls in flight to one worker (0: the library's default), `LIBCLUSTER_JULIA_PMAP_IN_FLIGHT`.
+const PMAP_IN_FLIGHT = Ref(something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_PMAP_IN_FLIGHT", "0")), 0))
+
+function map_options(batch, on_error::Bool, max_in_flight::Integer = PMAP_IN_FLIGHT[])
     d = CAPI.pmap_options_init()
     CAPI.PmapOptions(d.struct_size, Csize_t(batch), on_error, C_NULL, 0, C_NULL, C_NULL, C_NULL, C_NULL,
                      d.progress_interval_ms, max_in_flight == 0 ? d.max_in_flight : UInt32(max_in_flight))

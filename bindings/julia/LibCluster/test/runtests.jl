@@ -968,6 +968,8 @@ end
     end
 end
 
+include("pools.jl")
+
 @testset "shutdown" begin
     @progress "shutdown"
     ospid = remotecall_fetch(getpid, workers()[1])
