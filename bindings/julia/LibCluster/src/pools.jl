@@ -157,6 +157,11 @@ end
 
 nworkers(p::AbstractWorkerPool) = length(workers(p))
 
+# A pool lives in the process that made it (KNOWN_ISSUES.md, 7).
+function Serialization.serialize(::AbstractSerializer, ::WorkerPool)
+    throw(ErrorException("a WorkerPool cannot be passed to another process (LibCluster: KNOWN_ISSUES.md, 7)"))
+end
+
 # ------------------------------------------------------- calls on a pool
 
 """
@@ -371,6 +376,8 @@ function unshare_pending()
     empty!(PENDING_UNSHARE)
     foreach(unshare_function, ids)
 end
+
+Serialization.serialize(::AbstractSerializer, ::CachingPool) = throw(ErrorException("CachingPool objects are not serializable."))
 
 Base.show(io::IO, p::CachingPool) = print(io, "CachingPool(", workers(p.pool), ")")
 

@@ -6,7 +6,8 @@
 @testset "pools and pmap" begin
     @progress "pools and pmap"
     ws = within(120, "addprocs for the pool tests") do
-        addprocs(3)
+        # (with the settings of the workers running now, which earlier tests chose)
+        addprocs(3; topology = LibCluster.TOPOLOGY[], lazy = something(LibCluster.LAZY[], true))
     end
     LAST_ID[] = max(LAST_ID[], maximum(ws))
     # A value that counts its deserializations on each process (CachingPool).
