@@ -407,6 +407,8 @@ function pmap_default(f, cs::Tuple; distributed::Bool = true, batch_size = 1, on
              progress, true)
 end
 
+const NAMED_FN_IDS = IdDict{Any,UInt64}()
+
 function run_pmap(f, pool::AbstractWorkerPool, shape, args::AbstractVector, distributed::Bool, batch_size, on_error,
                   retry_delays, retry_check, progress, temporary::Bool)
     n = length(args)
@@ -417,9 +419,13 @@ function run_pmap(f, pool::AbstractWorkerPool, shape, args::AbstractVector, dist
     end
     batch = batch_size === :auto ? CAPI.CLUSTER_BATCH_AUTO : Int(batch_size)
     batch_size === :auto || batch >= 1 || throw(ArgumentError("batch_size must be at least 1 or :auto"))
+    shared = false
     if pool isa CachingPool && !temporary
         id = cache_id!(pool, f)
-        shared = false
+    elseif function_ref(f) !== nothing
+        # A named function: nothing captured, kept on the workers for good
+        # (a map of it again sends nothing first).
+        id = get!(() -> share_function(f), NAMED_FN_IDS, f)
     else
         id = share_function(f)
         shared = true

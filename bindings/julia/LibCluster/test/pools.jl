@@ -193,27 +193,34 @@
         # what g captures went to each worker once
         @test all(n -> n <= 1, values(loads)) && sum(values(loads)) >= 1
         owner = myid()
-        cached(w) = remotecall_fetch(o -> count(k -> k[1] == o, keys(LibCluster.FN_CACHE)), w, owner)
-        @test sum(cached(w) for w in ws[1:2]) >= 1
+        # the cache entries of this process on worker w (named functions stay for good)
+        cached(w) = remotecall_fetch(o -> sort([k[2] for k in keys(LibCluster.FN_CACHE) if k[1] == o]), w, owner)
+        mine = collect(values(cp.ids))
+        ofpool() = sum(count(in(mine), cached(w)) for w in ws[1:2])
+        @test ofpool() >= 1
         @test clear!(cp) === cp
         within(10, "clear! to free the cached functions") do
-            while sum(cached(w) for w in ws[1:2]) > 0
+            while ofpool() > 0
                 sleep(0.02)
             end
         end
-        @test sum(cached(w) for w in ws[1:2]) == 0
+        @test ofpool() == 0
+        @test isempty(cp.ids)
         # still usable after clear!: sent again
         @test pmap(g, cp, 1:3) == [6, 7, 8]
         clear!(cp)
         # a map over a plain pool leaves nothing cached behind
         p = WorkerPool(ws[1:2])
+        before = Dict(w => cached(w) for w in ws[1:2])
         pmap(g, p, 1:10)
         within(10, "a map's function to be freed") do
-            while sum(cached(w) for w in ws[1:2]) > 0
+            while any(w -> cached(w) != before[w], ws[1:2])
                 sleep(0.02)
             end
         end
-        @test sum(cached(w) for w in ws[1:2]) == 0
+        @test all(w -> cached(w) == before[w], ws[1:2])
+        @test_throws ErrorException serialize(IOBuffer(), cp)
+        @test_throws ErrorException serialize(IOBuffer(), p)
     end
 
     @testset "progress" begin
