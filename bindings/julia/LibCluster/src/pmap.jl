@@ -219,20 +219,107 @@ function free_map!(m::MapRun)
     nothing
 end
 
-"Waits (parked, in this task) for the map to end; returns its status."
-function wait_map(m::MapRun)
+"""
+Waits in this task for the map to end; returns its status. While the map
+makes progress the task reads the connections of the map's workers itself
+(`cluster_drive`, in turn, a slice each), so that replies need no wake-up
+of a library thread and the next calls go out from here. When no element
+completed for a while (long elements, a loaded machine), it parks: until
+the map ends (its FUTURE_READY event) or a timer, doubling from 1 ms to
+100 ms while nothing moves, after which it looks again.
+"""
+function wait_map(m::MapRun, pids::Vector{Int} = Int[])
     out = Ref{Ptr{Cvoid}}(C_NULL)
     CAPI.check(CAPI.cluster_pmap_future(m.handle, out))
     h = out[]
     try
         id = Ref{UInt64}(0)
         CAPI.check(CAPI.cluster_future_id(h, id))
+        if RT.spin_ns > 0 && CAPI.has_drive() && !isempty(pids)
+            drive_map(m, h, id[], pids)
+        end
         park_until_ready(h, id[])
     finally
         CAPI.cluster_future_free(h)
     end
     CAPI.cluster_pmap_wait(m.handle, 0)
 end
+
+const STALL_NS = UInt64(1_000_000)
+
+function drive_map(m::MapRun, fh::Ptr{Cvoid}, id::UInt64, pids::Vector{Int})
+    pending = Ref(false)
+    done = Ref{Csize_t}(0)
+    last_done = -1
+    last_progress = time_ns()
+    nap = 0.001
+    i = 0
+    while !handle_isready(fh)
+        ctx = RT.ctx
+        ctx == C_NULL && return
+        if contention()
+            park_for(fh, id, nap)       # short of CPUs: spinning would hold up the workers
+        else
+            i = i == length(pids) ? 1 : i + 1
+            CAPI.cluster_drive(ctx, Int32(@inbounds pids[i]), RT.slice_us, pending)
+            # The event loop polls what the library queued for it (and other tasks run).
+            if pending[] || others_runnable()
+                RT.last_yield = time_ns()
+                yield()
+            else
+                let_others_run()
+            end
+        end
+        CAPI.cluster_pmap_progress(m.handle, done, C_NULL) == CAPI.CLUSTER_OK || return
+        now = time_ns()
+        if Int(done[]) != last_done
+            last_done = Int(done[])
+            last_progress = now
+            nap = 0.001
+        elseif now - last_progress > STALL_NS
+            park_for(fh, id, nap)
+            nap = min(2nap, 0.1)
+            last_progress = time_ns()
+        end
+    end
+end
+
+"""
+Parks the task until the library future `h` (id `id`) completes or `secs`
+have passed, as `park_until_ready` (woken by the event loop) with a timer.
+"""
+function park_for(h::Ptr{Cvoid}, id::UInt64, secs::Float64)
+    lock(RT.lock)
+    try
+        handle_isready(h) && return
+        c = get!(() -> Threads.Condition(RT.lock), RT.waiters, id)
+        timer = Timer(secs) do _
+            lock(RT.lock)
+            try
+                notify(c)
+            finally
+                unlock(RT.lock)
+            end
+        end
+        try
+            wait(c)
+        finally
+            close(timer)
+            # (woken by the timer: the entry would outlive the map's event)
+            get(RT.waiters, id, nothing) === c && delete!(RT.waiters, id)
+        end
+    finally
+        unlock(RT.lock)
+    end
+    nothing
+end
+
+"The processes a map's waiting task reads from: the pool's live members but this one."
+drive_pids(pool::AbstractWorkerPool) = filter(!=(RT.myid), try
+    workers(pool)
+catch
+    Int[]
+end)
 
 # The most calls in flight to one worker (0: the library's default), `LIBCLUSTER_JULIA_PMAP_IN_FLIGHT`.
 const PMAP_IN_FLIGHT = Ref(something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_PMAP_IN_FLIGHT", "0")), 0))
@@ -324,7 +411,7 @@ function run_pass!(vals::Vector{Any}, id::UInt64, pool::AbstractWorkerPool, item
     run = MapRun(out[])
     prog === nothing || (prog.run = run)
     try
-        mst = wait_map(run)
+        mst = wait_map(run, drive_pids(pool))
         # (read now: the calls below replace the thread's last error)
         map_error = mst == CAPI.CLUSTER_OK ? nothing : element_exception(mst)
         h = run.handle
