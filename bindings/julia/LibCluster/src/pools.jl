@@ -359,21 +359,23 @@ mutable struct CachingPool <: AbstractWorkerPool
         cp = new(pool, IdDict{Any,UInt64}())
         finalizer(cp) do c
             # No I/O in a finalizer: the next pool operation frees them.
-            append!(PENDING_UNSHARE, values(c.ids))
+            append!(PENDING_UNSHARE[], values(c.ids))
         end
         cp
     end
 end
 
-const PENDING_UNSHARE = UInt64[]
+# Numbers of collected CachingPools' functions, freed by the next pool
+# operation. Swapped, never copied: a finalizer may append while we take them.
+const PENDING_UNSHARE = Ref(UInt64[])
 
 CachingPool(pids::AbstractVector{<:Integer}) = CachingPool(WorkerPool(pids))
 CachingPool() = CachingPool(Int[])
 
 function unshare_pending()
-    isempty(PENDING_UNSHARE) && return
-    ids = copy(PENDING_UNSHARE)
-    empty!(PENDING_UNSHARE)
+    isempty(PENDING_UNSHARE[]) && return
+    ids = PENDING_UNSHARE[]
+    PENDING_UNSHARE[] = UInt64[]
     foreach(unshare_function, ids)
 end
 
