@@ -35,8 +35,31 @@ const ERR_PREFIX = "LibCluster.err:"
 
 const MAP_QUEUE = Tuple{Int,Ptr{Cvoid}}[]
 const MAP_RUNNING = Ref(false)
+const MAP_IN_ELEMENT = Ref(false)                  # the queue's task is inside an element's function
+const MAP_CURRENT = Ref((0, UInt64(0)))            # (owner, function number) of that element
+
+"(caller, function number) of a map call."
+function map_key(kind::Int, call::Ptr{Cvoid})
+    caller = Ref{Int32}(0)
+    CAPI.cluster_call_caller(call, caller)
+    data = Ref{Ptr{UInt8}}(C_NULL)
+    len = Ref{Csize_t}(0)
+    CAPI.cluster_call_args(call, data, len)
+    at = kind == KIND_MAP ? 0 : 16
+    Int(len[]) >= at + 8 || return (Int(caller[]), UInt64(0))
+    (Int(caller[]), ltoh(unsafe_load(Ptr{UInt64}(data[] + at))))
+end
 
 function queue_map_call(kind::Int, call::Ptr{Cvoid})
+    # Called by the event loop: if the queue's task is inside an element,
+    # that element waits (it yielded), maybe for this call: an element of
+    # another map (a pmap inside a pmap, whose pool has this process) gets a
+    # task of its own, so that it does not wait behind the element waiting
+    # for it. Elements of the same map run one after another.
+    if MAP_IN_ELEMENT[] && map_key(kind, call) != MAP_CURRENT[]
+        schedule(Task(() -> run_map_call(kind, call, false)))
+        return
+    end
     push!(MAP_QUEUE, (kind, call))
     if !MAP_RUNNING[]
         MAP_RUNNING[] = true
@@ -51,7 +74,7 @@ function run_map_queue()
         while i < length(MAP_QUEUE)     # grows while an element yields
             i += 1
             kind, call = @inbounds MAP_QUEUE[i]
-            run_map_call(kind, call)
+            run_map_call(kind, call, true)
         end
     finally
         empty!(MAP_QUEUE)
@@ -60,7 +83,7 @@ function run_map_queue()
     nothing
 end
 
-function run_map_call(kind::Int, call::Ptr{Cvoid})
+function run_map_call(kind::Int, call::Ptr{Cvoid}, queued::Bool)
     count!(STAT_CALLS)
     try
         bytes = call_args(call)
@@ -77,14 +100,26 @@ function run_map_call(kind::Int, call::Ptr{Cvoid})
                 f = cached_function(owner, id)
                 args = flags & FLAG_FAST_ARGS != 0 ? read_args(io) :
                        Base.invokelatest(deserialize_rest, io, owner)::Vector{Any}
-                map_ok(call_latest(f, args))
+                queued && (MAP_IN_ELEMENT[] = true; MAP_CURRENT[] = (owner, id))
+                v = try
+                    call_latest(f, args)
+                finally
+                    queued && (MAP_IN_ELEMENT[] = false)
+                end
+                map_ok(v)
             else
                 lo = read(io, Int64)
                 hi = read(io, Int64)
                 id = read(io, UInt64)
                 flags = read(io, UInt8)
                 f = cached_function(owner, id)
-                map_ok(Base.invokelatest(f, lo, hi))
+                queued && (MAP_IN_ELEMENT[] = true; MAP_CURRENT[] = (owner, id))
+                v = try
+                    Base.invokelatest(f, lo, hi)
+                finally
+                    queued && (MAP_IN_ELEMENT[] = false)
+                end
+                map_ok(v)
             end
         catch err
             e = Base.invokelatest(map_err, err, catch_backtrace())::IOBuffer

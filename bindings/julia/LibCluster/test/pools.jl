@@ -111,6 +111,11 @@
         global pool_test_offset = 1000
         @test pmap(x -> x + pool_test_offset, p, 1:3) == [1001, 1002, 1003]
         @test pmap(x -> x, p, 1:3; distributed = false) == [1, 2, 3]
+        # a pmap inside a pmap (its pool has the worker running the outer element)
+        r = within(60, "a pmap inside a pmap") do
+            pmap(x -> sum(pmap(y -> y * x, 1:4)), p, 1:6)
+        end
+        @test r == [10x for x in 1:6]
     end
 
     @testset "pmap: batch_size" begin
