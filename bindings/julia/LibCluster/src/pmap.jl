@@ -280,7 +280,7 @@ function wait_map(m::MapRun, pids::Vector{Int} = Int[])
     CAPI.cluster_pmap_wait(m.handle, 0)
 end
 
-const STALL_NS = UInt64(1_000_000)
+const STALL_NS = Ref(UInt64(1_000_000))
 
 function drive_map(m::MapRun, fh::Ptr{Cvoid}, id::UInt64, pids::Vector{Int})
     pending = Ref(false)
@@ -311,7 +311,7 @@ function drive_map(m::MapRun, fh::Ptr{Cvoid}, id::UInt64, pids::Vector{Int})
             last_done = Int(done[])
             last_progress = now
             nap = 0.001
-        elseif now - last_progress > STALL_NS
+        elseif now - last_progress > STALL_NS[]
             park_for(fh, id, nap)
             nap = min(2nap, 0.1)
             last_progress = time_ns()
