@@ -6,9 +6,13 @@
 #   - addprocs(2) of Julia workers until ready (target: no slower)
 #   - RemoteChannel put! + take! round trip through a worker's echo task
 #     (target: at most 0.33x Distributed, at most 1.2x remotecall_fetch)
+#   - pmap of a no-op over 2 workers, batch size 1 (target: at least 10x
+#     Distributed's pmap), and the cost of a progress callback (target: at
+#     most 1%)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
-# Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5).
+# Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5),
+# BENCH_PMAP (items of LibCluster's pmap, 100000; Distributed's gets a fifth).
 #
 # Both libraries export the same names: each is used qualified here.
 
@@ -19,8 +23,46 @@ using Statistics: median
 
 const CALLS = parse(Int, get(ENV, "BENCH_CALLS", "5000"))
 const ROUNDS = parse(Int, get(ENV, "BENCH_ROUNDS", "5"))
+const PMAP_ITEMS = parse(Int, get(ENV, "BENCH_PMAP", "100000"))
 
 noop() = nothing
+noop1(x) = nothing
+
+"Items per second of `pmap(noop1, pool, 1:n)` (best of `reps`)."
+function pmap_rate(pm, pool, n, reps = 3; kw...)
+    pm(noop1, pool, 1:min(n, 2000); kw...)      # warm up
+    best = 0.0
+    for _ in 1:reps
+        t = @elapsed pm(noop1, pool, 1:n; kw...)
+        best = max(best, n / t)
+    end
+    best
+end
+
+"""
+Overhead of a progress callback: LibCluster's pmap without and with one,
+run back to back `rounds` times (the order swapped each round); the median
+of the rounds' ratios, in % (pairs see the same machine load, which moves
+the figures by far more than 1% from one map to the next).
+"""
+function progress_overhead(pool, n, rounds = 9)
+    calls = Ref(0)
+    cb = (done, total) -> (calls[] += 1; nothing)
+    ratios = Float64[]
+    best = Inf
+    for r in 1:rounds
+        if isodd(r)
+            a = @elapsed LibCluster.pmap(noop1, pool, 1:n)
+            b = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
+        else
+            b = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
+            a = @elapsed LibCluster.pmap(noop1, pool, 1:n)
+        end
+        push!(ratios, b / a)
+        best = min(best, a)
+    end
+    100 * (median(ratios) - 1), n / best, calls[]
+end
 
 function time_addprocs(add, rm)
     t = @elapsed ids = add(2)
@@ -80,6 +122,8 @@ t_dist2, dids = time_addprocs(Distributed.addprocs, Distributed.rmprocs)
 dw, lw = dids[1], lids[1]
 Distributed.@everywhere dids noop() = nothing
 LibCluster.@everywhere lids noop() = nothing
+Distributed.@everywhere dids noop1(x) = nothing
+LibCluster.@everywhere lids noop1(x) = nothing
 
 # Round trips, alternating so that both see the same machine conditions.
 r_dist = Float64[]
@@ -135,6 +179,14 @@ ch_lc = [channel_rtt(LibCluster, lw, 1, lw), channel_rtt(LibCluster, lw, 1, 1)]
 pl_dist = pipelined(p -> Distributed.remotecall(noop, p), dw, 20_000)
 pl_lc = pipelined(p -> LibCluster.remotecall(noop, p), lw, 20_000)
 
+# pmap over the 2 workers, batch size 1: Distributed's over a fifth of the
+# items (it runs at ~30k items/s), the rates compared.
+dpool = Distributed.WorkerPool(dids)
+lpool = LibCluster.WorkerPool(lids)
+pm_dist = pmap_rate(Distributed.pmap, dpool, max(1000, PMAP_ITEMS ÷ 5))
+pm_lc = pmap_rate(LibCluster.pmap, lpool, PMAP_ITEMS)
+prog_pct, prog_rate, prog_calls = progress_overhead(lpool, PMAP_ITEMS)
+
 println(@sprintf("%-44s %12s %12s %10s", "", "LibCluster", "Distributed", "ratio"))
 r1 = row("remotecall_fetch no-op round trip", rt_lc, rt_dist, "µs (target <= 0.33x)")
 rc = row("remotecall_fetch of a closure, round trip", rc_lc, rc_dist, "µs (target <= 0.33x)")
@@ -142,6 +194,9 @@ row("pipelined remotecall + fetch (20k)", pl_lc, pl_dist, "calls/s (target >= 30
 c1 = row("RemoteChannel put!+take!, a here, b there", ch_lc[1], ch_dist[1], "µs (target <= 0.33x)")
 c2 = row("RemoteChannel put!+take!, both here", ch_lc[2], ch_dist[2], "µs")
 c1r = row("  same (a here, b there) vs remotecall_fetch", ch_lc[1], rt_lc, "µs (target <= 1.2x)")
+rp = row("pmap no-op, 2 workers, batch 1 (k items/s)", pm_lc / 1000, pm_dist / 1000, "k/s (target >= 10x)")
+@printf("%-44s %12.2f %12s %10s  %s\n", "pmap progress callback overhead (%)", prog_pct, "", "",
+        @sprintf("at %.0fk items/s, %d reports (target <= 1%%)", prog_rate / 1000, prog_calls))
 r2 = row("addprocs(2) until ready, first in process", t_lc1, t_dist1, "s (target <= 1x)")
 row("addprocs(2) until ready, again", t_lc2, t_dist2, "s")
 
@@ -151,6 +206,8 @@ println("closure target (<= 0.33x):    ", rc <= 0.33 ? "met" : "NOT met", @sprin
 println("pipelined target (>= 300k/s): ", pl_lc >= 300_000 ? "met" : "NOT met", @sprintf(" (%.0fk/s)", pl_lc / 1000))
 println("RemoteChannel target (<= 0.33x Distributed): ", c1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1))
 println("RemoteChannel target (<= 1.2x remotecall_fetch): ", c1r <= 1.2 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1r))
+println("pmap target (>= 10x):         ", rp >= 10 ? "met" : "NOT met", @sprintf(" (%.1fx, %.0fk/s)", rp, pm_lc / 1000))
+println("progress target (<= 1%):      ", prog_pct <= 1 ? "met" : "NOT met", @sprintf(" (%.2f%%)", prog_pct))
 println("addprocs target (<= 1x):      ", r2 <= 1.0 ? "met" : "NOT met", @sprintf(" (%.2fx)", r2))
 
 Distributed.rmprocs(dids)

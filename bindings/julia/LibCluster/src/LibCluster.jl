@@ -33,6 +33,9 @@ include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, life
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
 include("channels.jl")      # RemoteChannel
 include("serve.jl")         # incoming calls as tasks, worker serve loop
+include("pools.jl")         # WorkerPool, CachingPool, default_worker_pool, functions cached on workers
+include("pmap.jl")          # pmap over the library's pmap engine
+include("distributed_for.jl")  # @distributed, splitrange
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
 include("ptools/PTools.jl")  # LibCluster.PTools: PTools.jl's WorkerSet and queued tasks
 include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
@@ -61,7 +64,8 @@ import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, 
        add_worker_exiting_callback, add_worker_exited_callback,
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
-       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
 export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, RemoteChannel, AbstractRemoteRef, RemoteException, ProcessExitedException,
@@ -71,7 +75,8 @@ export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, o
        add_worker_exiting_callback, add_worker_exited_callback,
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
-       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw
+       ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
 end
 
 "Path of the libcluster library in use."

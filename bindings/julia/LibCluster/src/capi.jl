@@ -374,6 +374,73 @@ end
 @cfunc cluster_channel_export(ch::Ptr{Cvoid}, out::Ptr{ChannelRef})::Int32
 @cfunc cluster_channel_export_async(ch::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_channel_import(ctx::Ptr{Cvoid}, r::Ptr{ChannelRef}, out::Ptr{Ptr{Cvoid}})::Int32
+# ------------------------------------------------ pools, pmap, @distributed
+# Everything here returns at once: takes, maps and @distributed are futures
+# (`cluster_pool_take_async`, `cluster_pmap_future`) waited for in Julia.
+
+@cfunc cluster_pool_new(ctx::Ptr{Cvoid}, pids::Ptr{Int32}, n::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_pool_default(ctx::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_pool_push(pool::Ptr{Cvoid}, pid::Int32)::Int32
+@cfunc cluster_pool_put(pool::Ptr{Cvoid}, pid::Int32)::Int32
+# A future of the worker's id (4 bytes little-endian).
+@cfunc cluster_pool_take_async(pool::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_pool_length(pool::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_pool_isready(pool::Ptr{Cvoid}, out::Ptr{Bool})::Int32
+@cfunc cluster_pool_workers(pool::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_pool_free(pool::Ptr{Cvoid})::Int32
+
+"`cluster_pmap_options`: pointers borrowed until `cluster_pmap_async` returns (it copies them)."
+struct PmapOptions
+    struct_size::UInt32
+    batch_size::Csize_t
+    on_error::Bool
+    retry_delays_ms::Ptr{UInt32}
+    retries::Csize_t
+    retry_check::Ptr{Cvoid}
+    retry_user_data::Ptr{Cvoid}
+    progress::Ptr{Cvoid}
+    progress_user_data::Ptr{Cvoid}
+    progress_interval_ms::UInt32
+    max_in_flight::UInt32
+end
+
+"`cluster_bytes`: bytes lent for the duration of a call."
+struct Bytes
+    data::Ptr{UInt8}
+    len::Csize_t
+end
+
+"`cluster_range`: `first..=last`."
+struct Range64
+    first::Int64
+    last::Int64
+end
+
+const CLUSTER_BATCH_AUTO = Csize_t(0)
+
+@cfunc cluster_pmap_options_init(opts::Ptr{PmapOptions})::Int32
+@cfunc cluster_pmap_async(ctx::Ptr{Cvoid}, pool::Ptr{Cvoid}, name::Cstring, items::Ptr{Bytes}, n::Csize_t,
+                          opts::Ptr{PmapOptions}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_distributed_async(ctx::Ptr{Cvoid}, pool::Ptr{Cvoid}, name::Cstring, range::Range64, chunk::Csize_t,
+                                 args::Ptr{UInt8}, len::Csize_t, opts::Ptr{PmapOptions}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_splitrange(range::Range64, np::Csize_t, out::Ptr{Range64}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_pmap_future(pm::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+# Only with timeout 0 (just checks), once the map's future completed.
+@cfunc cluster_pmap_wait(pm::Ptr{Cvoid}, timeout_ms::Int64)::Int32
+@cfunc cluster_pmap_length(pm::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_pmap_batch_size(pm::Ptr{Cvoid}, out::Ptr{Csize_t})::Int32
+@cfunc cluster_pmap_result(pm::Ptr{Cvoid}, index::Csize_t, data::Ptr{Ptr{UInt8}}, len::Ptr{Csize_t})::Int32
+@cfunc cluster_pmap_error(pm::Ptr{Cvoid}, index::Csize_t, pid::Ptr{Int32}, message::Ptr{Ptr{UInt8}})::Int32
+@cfunc cluster_pmap_progress(pm::Ptr{Cvoid}, done::Ptr{Csize_t}, failed::Ptr{Csize_t})::Int32
+@cfunc cluster_pmap_cancel(pm::Ptr{Cvoid})::Int32
+@cfunc cluster_pmap_free(pm::Ptr{Cvoid})::Int32
+
+"Default pmap options, from `cluster_pmap_options_init`."
+function pmap_options_init()
+    r = Ref{PmapOptions}()
+    check(cluster_pmap_options_init(r))
+    r[]
+end
 
 "Functions a library may lack; their pointer stays C_NULL then."
 const OPTIONAL = (:cluster_drive, :cluster_cork)

@@ -35,6 +35,8 @@ end
 function register_builtin_handlers(ctx::Ptr{Cvoid})
     CAPI.check(CAPI.cluster_register(ctx, CALL_FN, HANDLER_PTR[], UInt(KIND_CALL)))
     CAPI.check(CAPI.cluster_register(ctx, DO_FN, HANDLER_PTR[], UInt(KIND_DO)))
+    CAPI.check(CAPI.cluster_register(ctx, MAP_FN, HANDLER_PTR[], UInt(KIND_MAP)))    # pmap.jl
+    CAPI.check(CAPI.cluster_register(ctx, DFOR_FN, HANDLER_PTR[], UInt(KIND_DFOR)))
     for (kind, (name, _)) in RAW_HANDLERS
         CAPI.check(CAPI.cluster_register(ctx, name, HANDLER_PTR[], UInt(kind)))
     end
@@ -51,7 +53,7 @@ exception fails the call with its message.
 """
 function register(f, name::AbstractString)
     name = String(name)
-    (name == CALL_FN || name == DO_FN) && throw(ArgumentError("$name is reserved by LibCluster"))
+    (name == CALL_FN || name == DO_FN || name == MAP_FN || name == DFOR_FN) && throw(ArgumentError("$name is reserved by LibCluster"))
     kind = get(RAW_KINDS, name, 0)
     if kind == 0
         kind = FIRST_RAW_KIND + length(RAW_KINDS)
@@ -79,6 +81,8 @@ end
 # ----------------------------------------------------------- running calls
 
 function start_call(kind::Int, call::Ptr{Cvoid})
+    # Elements of maps: no task each, one runs them all (pmap.jl).
+    (kind == KIND_MAP || kind == KIND_DFOR) && return queue_map_call(kind, call)
     count!(STAT_CALLS)
     t = Task(() -> run_call(kind, call))
     RT.running[call] = t

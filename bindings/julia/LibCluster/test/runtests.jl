@@ -979,6 +979,7 @@ end
 
 include("ptools.jl")         # LibCluster.PTools: WorkerSet, queued tasks
 include("channels.jl")
+include("pools.jl")
 
 @testset "shutdown" begin
     @progress "shutdown"
