@@ -259,7 +259,10 @@ impl<D: Dispatch> Reactor<D> {
             };
             if n == 0 {
                 if spinning {
-                    std::hint::spin_loop();
+                    // Let a thread waiting for this CPU run (on a machine
+                    // with fewer cores than spinning threads, the peer this
+                    // thread waits for may be the one).
+                    std::thread::yield_now();
                 } else if timeout == Some(IDLE) {
                     self.idle();
                 }
