@@ -1,0 +1,416 @@
+//! A dict's configuration and one partition as a member keeps it: the
+//! stored pairs, the sequence of writes, the writes applied here as the
+//! partition's primary that wait for their backups, and the writes that
+//! reached this backup ahead of their turn.
+//!
+//! Every operation only changes the state and lists what it makes (answers,
+//! acknowledgements); the service sends them once it has released the
+//! partition's lock.
+
+use crate::error::{Error, ErrorKind};
+use crate::node::ReplyTo;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Partitions of every dict: a key's partition is `partition(key)`.
+pub const PARTITIONS: u32 = 64;
+
+/// FNV-1a, 64 bits: the same in every process and every run.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The partition of `key`.
+pub fn partition(key: &[u8]) -> u32 {
+    (fnv1a(key) % PARTITIONS as u64) as u32
+}
+
+/// Every member holds every key (Global), or each key lives on the
+/// replicas of its partition (Distributed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DictKind {
+    Global,
+    Distributed,
+}
+
+/// The processes a dict is over, as its creator gives them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Members {
+    /// Every process, the head included.
+    All,
+    /// Every worker; the head alone when it has none.
+    Workers,
+    /// These processes.
+    Pids(Vec<u32>),
+}
+
+/// What a creator asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Empty: the head makes one up.
+    pub name: String,
+    pub kind: DictKind,
+    pub members: Members,
+    /// Replicas of each key of a Distributed dict (0: the default,
+    /// min(2, members)); ignored for a Global dict (all members).
+    pub replication: u32,
+    /// Opaque to the library; part of the specification (Julia puts its
+    /// key and value types there).
+    pub type_tag: Vec<u8>,
+}
+
+impl Spec {
+    pub fn new(kind: DictKind, members: Members) -> Spec {
+        Spec { name: String::new(), kind, members, replication: 0, type_tag: Vec::new() }
+    }
+    pub fn named(mut self, name: &str) -> Spec {
+        self.name = name.to_string();
+        self
+    }
+    pub fn replication(mut self, r: u32) -> Spec {
+        self.replication = r;
+        self
+    }
+    pub fn type_tag(mut self, tag: &[u8]) -> Spec {
+        self.type_tag = tag.to_vec();
+        self
+    }
+}
+
+/// A dict's configuration as the head made it: who stores which partition.
+/// A handle carries it; members install it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DictConfig {
+    /// Unique in the cluster while the dict lives (the head's counter).
+    pub id: u64,
+    pub name: String,
+    pub kind: DictKind,
+    /// Bumped by the head on every change of `parts`.
+    pub epoch: u64,
+    /// Sorted, not empty.
+    pub members: Vec<u32>,
+    /// Replicas of each partition (Global: every member).
+    pub replication: u32,
+    pub type_tag: Vec<u8>,
+    /// Partition -> its replicas, the primary first.
+    pub parts: Vec<Vec<u32>>,
+}
+
+impl DictConfig {
+    /// The configuration of epoch 1 over `members` (sorted, deduplicated,
+    /// not empty). Distributed: partition p on `r` consecutive members from
+    /// p mod n; Global: on every member, rotated by p so primaries spread.
+    pub fn new(id: u64, name: String, kind: DictKind, members: Vec<u32>, replication: u32, type_tag: Vec<u8>) -> DictConfig {
+        let n = members.len();
+        let r = match kind {
+            DictKind::Global => n,
+            DictKind::Distributed if replication == 0 => n.min(2),
+            DictKind::Distributed => (replication as usize).min(n),
+        }
+        .max(1);
+        let parts = (0..PARTITIONS as usize).map(|p| (0..r).map(|i| members[(p + i) % n]).collect()).collect();
+        DictConfig { id, name, kind, epoch: 1, members, replication: r as u32, type_tag, parts }
+    }
+
+    pub fn replicas(&self, part: u32) -> &[u32] {
+        self.parts.get(part as usize).map(|v| &v[..]).unwrap_or(&[])
+    }
+    /// The primary of `part` (0 when it has no replica left).
+    pub fn primary(&self, part: u32) -> u32 {
+        self.replicas(part).first().copied().unwrap_or(0)
+    }
+    pub fn is_member(&self, pid: u32) -> bool {
+        self.members.binary_search(&pid).is_ok()
+    }
+    /// Whether `pid` stores `part`.
+    pub fn stores(&self, pid: u32, part: u32) -> bool {
+        self.replicas(part).contains(&pid)
+    }
+    /// The same specification: kind, members, replication, type tag.
+    pub fn same_spec(&self, o: &DictConfig) -> bool {
+        self.kind == o.kind && self.members == o.members && self.replication == o.replication && self.type_tag == o.type_tag
+    }
+    /// Checks what a peer sent is well formed (a config from the wire).
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::new(ErrorKind::Protocol, format!("malformed dict configuration: {m}")));
+        if self.parts.len() != PARTITIONS as usize {
+            return bad("wrong number of partitions");
+        }
+        if self.members.is_empty() || self.members.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("members not sorted");
+        }
+        if self.parts.iter().flatten().any(|p| !self.is_member(*p)) {
+            return bad("a replica is no member");
+        }
+        Ok(())
+    }
+}
+
+/// A write as the primary ordered it, applied on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    /// The value is `f(args)` computed on each replica (a Global dict's
+    /// ValueF).
+    SetF { key: Vec<u8>, f: String, args: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// Computes a value function where it is stored: its name, its arguments.
+pub type Compute<'a> = &'a dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String>;
+
+/// An answer to send once the partition's lock is released.
+pub(crate) struct Answer(pub ReplyTo, pub Result<Vec<u8>, Error>);
+
+/// A write applied here as primary, waiting for its backups.
+struct Waiting {
+    reply: ReplyTo,
+    /// What the writer is answered with once every backup applied it.
+    result: Vec<u8>,
+    /// Backups that have not acknowledged it yet.
+    outstanding: Vec<u32>,
+    /// The first failure a backup reported.
+    error: Option<Error>,
+}
+
+/// One partition of one dict on one member.
+#[derive(Default)]
+pub(crate) struct Part {
+    pub store: HashMap<Vec<u8>, Vec<u8>>,
+    /// As primary: the last sequence number given to a write; as backup:
+    /// the last one applied.
+    pub seq: u64,
+    /// Backup: writes that arrived ahead of their turn, by sequence number.
+    ahead: BTreeMap<u64, Effect>,
+    /// Primary: writes waiting for their backups, by sequence number.
+    waiting: BTreeMap<u64, Waiting>,
+}
+
+impl Part {
+    /// Applies `e` to the store. A value function that fails leaves the
+    /// key absent here (never a stale value) and reports why.
+    fn apply(&mut self, e: Effect, compute: Compute) -> Result<(), String> {
+        match e {
+            Effect::Set { key, value } => {
+                self.store.insert(key, value);
+            }
+            Effect::SetF { key, f, args } => match compute(&f, &args) {
+                Ok(v) => {
+                    self.store.insert(key, v);
+                }
+                Err(m) => {
+                    self.store.remove(&key);
+                    return Err(m);
+                }
+            },
+            Effect::Delete { key } => {
+                self.store.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Primary: orders `e` (the next sequence number), applies it here,
+    /// and answers `result` to `reply` once every backup in `backups`
+    /// acknowledged it (at once when there is none). Returns the sequence
+    /// number to send the backups, or None when the write failed here
+    /// (answered, nothing to replicate).
+    pub fn write(&mut self, e: Effect, compute: Compute, reply: ReplyTo, result: Vec<u8>, backups: &[u32], out: &mut Vec<Answer>) -> Option<u64> {
+        if let Err(m) = self.apply(e, compute) {
+            out.push(Answer(reply, Err(Error::new(ErrorKind::Remote, m))));
+            return None;
+        }
+        self.seq += 1;
+        if backups.is_empty() {
+            out.push(Answer(reply, Ok(result)));
+        } else {
+            self.waiting.insert(self.seq, Waiting { reply, result, outstanding: backups.to_vec(), error: None });
+        }
+        Some(self.seq)
+    }
+
+    /// Primary: backup `from` applied write `seq` (`err`: its value
+    /// function failed there).
+    pub fn ack(&mut self, seq: u64, from: u32, err: Option<Error>, out: &mut Vec<Answer>) {
+        let Some(w) = self.waiting.get_mut(&seq) else { return };
+        let before = w.outstanding.len();
+        w.outstanding.retain(|&p| p != from);
+        if w.outstanding.len() == before {
+            return;
+        }
+        if w.error.is_none() {
+            w.error = err;
+        }
+        if w.outstanding.is_empty() {
+            let w = self.waiting.remove(&seq).expect("present");
+            out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
+        }
+    }
+
+    /// Primary: backup `pid` is gone; the writes waiting for it fail with
+    /// `why` (they are applied here and maybe on other backups: their
+    /// outcome is unknown to the writer).
+    pub fn backup_lost(&mut self, pid: u32, why: &Error, out: &mut Vec<Answer>) {
+        let hit: Vec<u64> = self.waiting.iter().filter(|(_, w)| w.outstanding.contains(&pid)).map(|(s, _)| *s).collect();
+        for s in hit {
+            let w = self.waiting.remove(&s).expect("present");
+            out.push(Answer(w.reply, Err(why.clone())));
+        }
+    }
+
+    /// Writes waiting for backups (a gauge for tests).
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Fails every write waiting here (the dict is dropped, the node closes).
+    pub fn fail_all(&mut self, why: &Error, out: &mut Vec<Answer>) {
+        for (_, w) in std::mem::take(&mut self.waiting) {
+            out.push(Answer(w.reply, Err(why.clone())));
+        }
+    }
+
+    /// Backup: write `seq` from the primary. Applies it and every buffered
+    /// one after it in sequence order; returns the writes applied now with
+    /// the failure of each (to acknowledge). A write seen before is
+    /// acknowledged again, not applied twice.
+    pub fn replicate(&mut self, seq: u64, e: Effect, compute: Compute) -> Vec<(u64, Option<String>)> {
+        if seq <= self.seq {
+            return vec![(seq, None)];
+        }
+        self.ahead.insert(seq, e);
+        let mut done = Vec::new();
+        while let Some(e) = self.ahead.remove(&(self.seq + 1)) {
+            self.seq += 1;
+            done.push((self.seq, self.apply(e, compute).err()));
+        }
+        done
+    }
+
+    /// Writes buffered ahead of a missing one (a gauge for tests).
+    #[cfg(test)]
+    pub fn ahead(&self) -> usize {
+        self.ahead.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+
+    type Out = Arc<Mutex<Vec<Result<Vec<u8>, Error>>>>;
+
+    fn none(_: &str, _: &[u8]) -> Result<Vec<u8>, String> {
+        Err("no functions".into())
+    }
+
+    fn sent(out: Vec<Answer>) -> Vec<Result<Vec<u8>, Error>> {
+        out.into_iter()
+            .map(|Answer(r, v)| match r {
+                ReplyTo::Capture(c) => {
+                    c.lock().push(v.clone());
+                    v
+                }
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    fn set(k: &str, v: &str) -> Effect {
+        Effect::Set { key: k.into(), value: v.into() }
+    }
+
+    #[test]
+    fn configurations_spread_primaries_and_replicas() {
+        let c = DictConfig::new(1, "d".into(), DictKind::Distributed, vec![2, 3, 4], 0, vec![]);
+        assert_eq!(c.replication, 2);
+        assert_eq!(c.replicas(0), &[2, 3]);
+        assert_eq!(c.replicas(2), &[4, 2]);
+        assert!(c.check().is_ok());
+        let mut primaries: Vec<u32> = (0..PARTITIONS).map(|p| c.primary(p)).collect();
+        primaries.dedup();
+        assert!(primaries.len() > 3, "primaries rotate");
+        let one = DictConfig::new(1, "d".into(), DictKind::Distributed, vec![2], 0, vec![]);
+        assert_eq!(one.replication, 1);
+        let r5 = DictConfig::new(1, "d".into(), DictKind::Distributed, vec![2, 3], 5, vec![]);
+        assert_eq!(r5.replication, 2, "at most every member");
+        let g = DictConfig::new(1, "g".into(), DictKind::Global, vec![1, 2, 3], 1, vec![]);
+        assert_eq!(g.replicas(1), &[2, 3, 1]);
+        assert!(g.same_spec(&DictConfig::new(9, "x".into(), DictKind::Global, vec![1, 2, 3], 0, vec![])));
+        assert!(!g.same_spec(&DictConfig::new(9, "x".into(), DictKind::Global, vec![1, 2], 0, vec![])));
+        assert!(!g.same_spec(&DictConfig::new(9, "x".into(), DictKind::Global, vec![1, 2, 3], 0, b"t".to_vec())));
+        let mut bad = g.clone();
+        bad.parts[3].push(9);
+        assert_eq!(bad.check().unwrap_err().kind, ErrorKind::Protocol);
+        // The hash is fixed: the same partition in every process and run.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(partition(b"a"), (0xaf63_dc4c_8601_ec8cu64 % 64) as u32);
+    }
+
+    #[test]
+    fn a_write_is_answered_once_every_backup_applied_it() {
+        let out: Out = Arc::default();
+        let mut p = Part::default();
+        let mut a = Vec::new();
+        assert_eq!(p.write(set("k", "1"), &none, ReplyTo::Capture(out.clone()), b"r1".to_vec(), &[3, 4], &mut a), Some(1));
+        assert!(a.is_empty(), "waits for 3 and 4");
+        assert_eq!(p.store.get(&b"k"[..]).unwrap(), b"1", "applied on the primary");
+        p.ack(1, 3, None, &mut a);
+        p.ack(1, 3, None, &mut a);
+        p.ack(1, 9, None, &mut a);
+        assert!(a.is_empty());
+        p.ack(1, 4, None, &mut a);
+        assert_eq!(sent(a), vec![Ok(b"r1".to_vec())]);
+        // No backup: answered at once.
+        let mut a = Vec::new();
+        assert_eq!(p.write(set("k", "2"), &none, ReplyTo::Capture(out.clone()), vec![], &[], &mut a), Some(2));
+        assert_eq!(sent(a).len(), 1);
+        // A backup's failure is the writer's; a lost backup fails what waits for it.
+        let mut a = Vec::new();
+        p.write(set("a", "x"), &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a);
+        p.write(set("b", "x"), &none, ReplyTo::Capture(out.clone()), vec![], &[4], &mut a);
+        p.ack(3, 3, Some(Error::new(ErrorKind::Remote, "no f")), &mut a);
+        assert_eq!(sent(std::mem::take(&mut a))[0].as_ref().unwrap_err().message, "no f");
+        assert_eq!(p.waiting(), 1);
+        p.backup_lost(4, &Error::exited(4), &mut a);
+        assert_eq!(sent(a)[0].as_ref().unwrap_err().kind, ErrorKind::ProcessExited);
+        assert_eq!(p.waiting(), 0);
+        // A value function failing on the primary: nothing replicated.
+        let mut a = Vec::new();
+        let f = Effect::SetF { key: b"f".to_vec(), f: "nope".into(), args: vec![] };
+        assert_eq!(p.write(f, &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a), None);
+        assert_eq!(sent(a)[0].as_ref().unwrap_err().kind, ErrorKind::Remote);
+        assert_eq!(p.seq, 4);
+    }
+
+    #[test]
+    fn a_backup_applies_in_sequence_order_and_once() {
+        let mut p = Part::default();
+        assert!(p.replicate(2, set("k", "2"), &none).is_empty(), "1 is missing");
+        assert!(p.replicate(3, Effect::Delete { key: b"k".to_vec() }, &none).is_empty());
+        assert_eq!(p.ahead(), 2);
+        let done = p.replicate(1, set("k", "1"), &none);
+        assert_eq!(done.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(p.store.is_empty(), "set 1, set 2, delete: in that order");
+        assert_eq!(p.replicate(2, set("k", "again"), &none), vec![(2, None)], "a duplicate is acknowledged, not applied");
+        assert!(p.store.is_empty());
+        // A value function computed here; one that fails leaves the key absent.
+        let myid = |f: &str, a: &[u8]| if f == "myid" { Ok([&b"7"[..], a].concat()) } else { Err(format!("no function {f}")) };
+        p.store.insert(b"y".to_vec(), b"old".to_vec());
+        let d = p.replicate(4, Effect::SetF { key: b"x".to_vec(), f: "myid".into(), args: b"!".to_vec() }, &myid);
+        assert_eq!(d, vec![(4, None)]);
+        assert_eq!(p.store.get(&b"x"[..]).unwrap(), b"7!");
+        let d = p.replicate(5, Effect::SetF { key: b"y".to_vec(), f: "other".into(), args: vec![] }, &myid);
+        assert_eq!(d, vec![(5, Some("no function other".to_string()))]);
+        assert!(!p.store.contains_key(&b"y"[..]));
+    }
+}
