@@ -218,8 +218,8 @@ struct Held {
 }
 
 impl Held {
-    fn new(cfg: DictConfig) -> Held {
-        Held { parts: (0..PARTITIONS).map(|_| Mutex::new(Part::default())).collect(), cfg }
+    fn new(me: u32, cfg: DictConfig) -> Held {
+        Held { parts: (0..PARTITIONS).map(|_| Mutex::new(Part::new(me))).collect(), cfg }
     }
 }
 
@@ -271,6 +271,23 @@ impl Dicts {
     pub fn local_dicts(&self) -> Vec<String> {
         let mut v: Vec<String> = self.held.read().values().map(|h| h.cfg.name.clone()).collect();
         v.sort();
+        v
+    }
+
+    /// What is parked here, for diagnosis: per dict and partition with
+    /// anything parked, its last write number, the writes waiting for
+    /// backups and those buffered ahead of a missing one.
+    #[doc(hidden)]
+    pub fn parked(&self) -> Vec<(String, u32, u64, usize, usize)> {
+        let mut v = Vec::new();
+        for h in self.held.read().values() {
+            for (i, p) in h.parts.iter().enumerate() {
+                let p = p.lock();
+                if p.waiting() + p.ahead() > 0 {
+                    v.push((h.cfg.name.clone(), i as u32, p.seq, p.waiting(), p.ahead()));
+                }
+            }
+        }
         v
     }
 
@@ -409,7 +426,7 @@ impl Dicts {
             }
         }
         if let Some(cfg) = install_here {
-            self.install(cfg);
+            self.install(node.myid(), cfg);
         }
         self.send_all(node, sends);
         deliver(node, out);
@@ -485,8 +502,8 @@ impl Dicts {
 
     // ---- members ----
 
-    fn install(&self, cfg: DictConfig) {
-        self.held.write().entry(cfg.id).or_insert_with(|| Arc::new(Held::new(cfg)));
+    fn install(&self, me: u32, cfg: DictConfig) {
+        self.held.write().entry(cfg.id).or_insert_with(|| Arc::new(Held::new(me, cfg)));
     }
 
     /// Drops dict `id` here; what waits on it fails.
@@ -649,7 +666,7 @@ impl Dicts {
                     node.log.warn(format!("process {from} installed a dict here that is not its to install: ignored"));
                     return Ok(());
                 }
-                self.install(cfg);
+                self.install(me, cfg);
                 self.send_all(node, vec![Outgoing { to: HEAD_ID, op: op::INSTALLED, m, payload: Vec::new() }]);
             }
             op::DROP => {

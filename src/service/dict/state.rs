@@ -181,6 +181,8 @@ struct Waiting {
 /// One partition of one dict on one member.
 #[derive(Default)]
 pub(crate) struct Part {
+    /// This process (names it in errors).
+    pub me: u32,
     pub store: HashMap<Vec<u8>, Vec<u8>>,
     /// As primary: the last sequence number given to a write; as backup:
     /// the last one applied.
@@ -192,6 +194,10 @@ pub(crate) struct Part {
 }
 
 impl Part {
+    pub fn new(me: u32) -> Part {
+        Part { me, ..Part::default() }
+    }
+
     /// Applies `e` to the store. A value function that fails leaves the
     /// key absent here (never a stale value) and reports why.
     fn apply(&mut self, e: Effect, compute: Compute) -> Result<(), String> {
@@ -222,7 +228,7 @@ impl Part {
     /// (answered, nothing to replicate).
     pub fn write(&mut self, e: Effect, compute: Compute, reply: ReplyTo, result: Vec<u8>, backups: &[u32], out: &mut Vec<Answer>) -> Option<u64> {
         if let Err(m) = self.apply(e, compute) {
-            out.push(Answer(reply, Err(Error::new(ErrorKind::Remote, m))));
+            out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, self.me, m))));
             return None;
         }
         self.seq += 1;
@@ -264,7 +270,6 @@ impl Part {
     }
 
     /// Writes waiting for backups (a gauge for tests).
-    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }
@@ -294,7 +299,6 @@ impl Part {
     }
 
     /// Writes buffered ahead of a missing one (a gauge for tests).
-    #[cfg(test)]
     pub fn ahead(&self) -> usize {
         self.ahead.len()
     }

@@ -1,0 +1,332 @@
+//! Cluster dictionaries between real processes (workers are
+//! src/bin/cluster-test-worker.rs): ClusterDicts' own matrix (member sets
+//! all / workers / [2, 3] / default x given or generated name, for both
+//! kinds), a non-member using a received handle, release leaving nothing
+//! on any member, and concurrent writers and get! from several processes
+//! leaving identical replicas.
+
+use cluster::prelude::*;
+use cluster::service::dict::DictConfig;
+use cluster::wire::{decode_payload, encode_payload};
+use cluster::{Cluster, Config, Dict, DictKind, ErrorKind, LaunchOptions, Members, Spec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_cluster-test-worker");
+
+fn head() -> Cluster {
+    let c = Cluster::init(Config::default()).expect("init head");
+    c.register_value_fn("myid", |node, _| Ok(node.myid().to_le_bytes().to_vec())).unwrap();
+    c
+}
+
+fn opts() -> LaunchOptions {
+    LaunchOptions { program: Some(WORKER.into()), args: Some(vec![]), ..Default::default() }
+}
+
+/// A worker's `outcome` bytes: Ok(value) or (kind code, pid, message).
+fn outcome(v: &[u8]) -> Result<Vec<u8>, (u8, u32, String)> {
+    match v[0] {
+        0 => Ok(v[5..].to_vec()),
+        k => Err((k, u32::from_le_bytes(v[1..5].try_into().unwrap()), String::from_utf8_lossy(&v[5..]).into_owned())),
+    }
+}
+
+/// Operation `op` on `d` from process `pid` (the head: here), as the
+/// worker's `dict_op` does it.
+fn op_on(c: &Cluster, pid: u32, d: &Dict, op: &str, key: &[u8], val: &[u8]) -> Result<Vec<u8>, (u8, u32, String)> {
+    if pid != c.myid() {
+        let args = encode_payload(&(op, d.to_bytes(), key, val));
+        return outcome(&c.remotecall_fetch(pid, "dict_op", &args).expect("dict_op"));
+    }
+    let r = match op {
+        "set" => d.set(key, val).map(|_| Vec::new()),
+        "index" => d.index(key),
+        "get!" => d.get_or_insert(key, val),
+        "pop" => d.pop(key).map(|v| encode_payload(&v)),
+        "delete" => d.delete(key).map(|_| Vec::new()),
+        "length" => d.length().map(|n| (n as u64).to_le_bytes().to_vec()),
+        "localpart" => Ok(encode_payload(&d.localpart())),
+        o => panic!("no local {o}"),
+    };
+    r.map_err(|e| (e.kind as u8, e.pid, e.message))
+}
+
+fn localpart_on(c: &Cluster, pid: u32, d: &Dict) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if pid == c.myid() {
+        return d.localpart();
+    }
+    decode_payload(&op_on(c, pid, d, "localpart", b"", b"").unwrap()).unwrap()
+}
+
+fn local_dicts_on(c: &Cluster, pid: u32) -> Vec<String> {
+    if pid == c.myid() {
+        return c.local_dicts();
+    }
+    decode_payload(&c.remotecall_fetch(pid, "dict_local", &[]).unwrap()).unwrap()
+}
+
+fn k(i: usize) -> Vec<u8> {
+    format!("key{i}").into_bytes()
+}
+
+/// One cell of the matrix: a dict of `kind` over `members`, named or not,
+/// created here; every operation of the original's tests on it, from here
+/// and from the other processes.
+fn cell(c: &Cluster, all: &[u32], kind: DictKind, members: Members, named: Option<&str>) {
+    let what = format!("{kind:?} over {members:?}, name {named:?}");
+    let mut spec = Spec::new(kind, members.clone());
+    if let Some(n) = named {
+        spec = spec.named(n);
+    }
+    let d = c.dict(&spec).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let expect: Vec<u32> = match &members {
+        Members::All => all.to_vec(),
+        Members::Workers => all[1..].to_vec(),
+        Members::Pids(p) => p.clone(),
+    };
+    assert_eq!(d.members(), &expect[..], "{what}");
+    match named {
+        Some(n) => assert_eq!(d.name(), n),
+        None => assert!(!d.name().is_empty()),
+    }
+    let non_members: Vec<u32> = all.iter().copied().filter(|p| !expect.contains(p)).collect();
+    // A new dict is empty, everywhere.
+    assert!(d.is_empty().unwrap(), "{what}");
+    assert_eq!(d.length().unwrap(), 0);
+    for &p in all {
+        assert_eq!(op_on(c, p, &d, "length", b"", b"").unwrap(), 0u64.to_le_bytes(), "{what}: from {p}");
+    }
+    // set / get / length; a missing key; get with a default; get! inserts; overwrite.
+    d.set(b"a", b"1").unwrap();
+    assert_eq!(d.index(b"a").unwrap(), b"1");
+    assert_eq!(d.length().unwrap(), 1);
+    let e = d.index(b"missing").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{what}: {e}");
+    assert_eq!(d.get(b"missing").unwrap(), None);
+    assert_eq!(d.get_or(b"missing", b"dflt").unwrap(), b"dflt");
+    assert!(!d.haskey(b"missing").unwrap(), "get with a default stores nothing");
+    assert_eq!(d.get_or_insert(b"b", b"2").unwrap(), b"2");
+    assert_eq!(d.get_or_insert(b"b", b"3").unwrap(), b"2");
+    assert_eq!(d.index(b"b").unwrap(), b"2");
+    d.set(b"a", b"11").unwrap();
+    assert_eq!(d.index(b"a").unwrap(), b"11", "overwritten");
+    assert_eq!(d.length().unwrap(), 2);
+    for &p in all {
+        let (kind_code, _, msg) = op_on(c, p, &d, "index", b"missing", b"").unwrap_err();
+        assert_eq!(kind_code, ErrorKind::NotFound as u8, "{what}: from {p}: {msg}");
+        assert_eq!(op_on(c, p, &d, "index", b"a", b"").unwrap(), b"11", "{what}: from {p}");
+    }
+    match kind {
+        DictKind::Global => {
+            // Every member holds the new value; ValueF(myid) is each member's id.
+            for &p in &expect {
+                let lp: BTreeMap<Vec<u8>, Vec<u8>> = localpart_on(c, p, &d).into_iter().collect();
+                assert_eq!(lp.get(&b"a"[..]).map(|v| &v[..]), Some(&b"11"[..]), "{what}: on member {p}");
+                assert_eq!(lp.len(), 2, "{what}: on member {p}");
+            }
+            d.set_with(b"id", "myid", b"").unwrap();
+            for &p in &expect {
+                assert_eq!(op_on(c, p, &d, "index", b"id", b"").unwrap(), p.to_le_bytes(), "{what}: ValueF on member {p}");
+            }
+            for &p in &non_members {
+                assert!(localpart_on(c, p, &d).is_empty(), "{what}: non-member {p} stores nothing");
+            }
+        }
+        DictKind::Distributed => {
+            for i in 0..100 {
+                d.set(&k(i), &(i as u32).to_le_bytes()).unwrap();
+            }
+            assert_eq!(d.length().unwrap(), 102, "{what}");
+            let r = d.config().replication as usize;
+            assert_eq!(r, expect.len().min(2));
+            let mut stored = 0;
+            for &p in &expect {
+                let lp = localpart_on(c, p, &d);
+                assert!(lp.len() > 10, "{what}: member {p} owns only {}", lp.len());
+                stored += lp.len();
+            }
+            assert_eq!(stored, 102 * r, "{what}: every key on {r} members");
+            for i in (0..100).step_by(7) {
+                assert_eq!(d.index(&k(i)).unwrap(), (i as u32).to_le_bytes());
+            }
+            assert_eq!(d.keys().unwrap().len(), 102);
+            // ValueF on the owner: its id.
+            d.set_with(b"id", "myid", b"").unwrap();
+            let owner = d.config().primary(cluster::service::dict::partition(b"id"));
+            assert_eq!(d.index(b"id").unwrap(), owner.to_le_bytes());
+            for i in 0..100 {
+                d.delete(&k(i)).unwrap();
+            }
+        }
+    }
+    // A non-member reads and writes through the handle it received.
+    for &p in &non_members {
+        op_on(c, p, &d, "set", b"from", &p.to_le_bytes()).unwrap();
+        assert_eq!(d.index(b"from").unwrap(), p.to_le_bytes(), "{what}: written by non-member {p}");
+        assert_eq!(op_on(c, p, &d, "index", b"a", b"").unwrap(), b"11");
+        assert_eq!(op_on(c, p, &d, "get!", b"a", b"x").unwrap(), b"11");
+        let popped: Option<Vec<u8>> = decode_payload(&op_on(c, p, &d, "pop", b"from", b"").unwrap()).unwrap();
+        assert_eq!(popped, Some(p.to_le_bytes().to_vec()));
+    }
+    // pop! and delete! from a member.
+    let m = expect[expect.len() - 1];
+    let popped: Option<Vec<u8>> = decode_payload(&op_on(c, m, &d, "pop", b"b", b"").unwrap()).unwrap();
+    assert_eq!(popped, Some(b"2".to_vec()));
+    op_on(c, m, &d, "delete", b"a", b"").unwrap();
+    assert!(!d.haskey(b"a").unwrap() && !d.haskey(b"b").unwrap());
+    // Opening by name with the same spec, from a worker: the same dict;
+    // another spec is an error.
+    let name = d.name().to_string();
+    let again = outcome(&c.remotecall_fetch(all[all.len() - 1], "dict_create", &encode_payload(&spec.clone().named(&name))).unwrap()).unwrap();
+    assert_eq!(decode_payload::<DictConfig>(&again).unwrap(), *d.config());
+    let other = Spec::new(if kind == DictKind::Global { DictKind::Distributed } else { DictKind::Global }, members).named(&name);
+    let (code, _, msg) = outcome(&c.remotecall_fetch(all[1], "dict_create", &encode_payload(&other)).unwrap()).unwrap_err();
+    assert_eq!(code, ErrorKind::InvalidArgument as u8, "{msg}");
+    assert!(msg.contains("another specification"), "{msg}");
+    // Release: no member holds anything, the name is free.
+    d.release().unwrap();
+    for &p in all {
+        assert!(local_dicts_on(c, p).is_empty(), "{what}: process {p} still holds {:?}", local_dicts_on(c, p));
+    }
+    let fresh = c.dict(&Spec::new(DictKind::Global, Members::Pids(vec![all[1]])).named(&name)).unwrap();
+    assert!(fresh.is_empty().unwrap(), "the name is free for a new dict");
+    fresh.release().unwrap();
+}
+
+#[test]
+fn the_cluster_dicts_matrix() {
+    let c = head();
+    c.addprocs(3, &opts()).unwrap();
+    let all = c.procs();
+    assert_eq!(all, vec![1, 2, 3, 4]);
+    let t = Instant::now();
+    for kind in [DictKind::Global, DictKind::Distributed] {
+        for (i, members) in [Members::All, Members::Workers, Members::Pids(vec![2, 3])].into_iter().enumerate() {
+            cell(&c, &all, kind, members.clone(), Some(&format!("{kind:?}-{i}")));
+            cell(&c, &all, kind, members, None);
+        }
+        // The default: workers.
+        let d = c.dict(&Spec::new(kind, Members::Workers)).unwrap();
+        assert_eq!(d.members(), &[2, 3, 4]);
+        d.release().unwrap();
+    }
+    eprintln!("matrix: {:?}", t.elapsed());
+    // A worker creates one; a handle it passes on works everywhere.
+    let h = outcome(&c.remotecall_fetch(3, "dict_create", &encode_payload(&Spec::new(DictKind::Distributed, Members::Pids(vec![2, 4])))).unwrap()).unwrap();
+    let d = c.open_dict(&h).unwrap();
+    assert!(d.name().starts_with("dict-3-"), "{}", d.name());
+    op_on(&c, 3, &d, "set", b"x", b"y").unwrap();
+    assert_eq!(d.index(b"x").unwrap(), b"y");
+    assert_eq!(op_on(&c, 2, &d, "index", b"x", b"").unwrap(), b"y");
+    op_on(&c, 3, &d, "release", b"", b"").unwrap();
+    for p in 1..=4 {
+        assert!(local_dicts_on(&c, p).is_empty());
+    }
+    assert_eq!(d.index(b"x").unwrap_err().kind, ErrorKind::InvalidArgument, "released");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Every process writes the same keys at once, many rounds.
+fn write_everywhere(c: &Cluster, d: &Dict, keys: &[Vec<u8>], rounds: u32) {
+    let args = encode_payload(&(d.to_bytes(), keys.to_vec(), rounds));
+    let fs: Vec<_> = c.workers().iter().map(|&p| c.remotecall(p, "dict_write_many", &args).unwrap()).collect();
+    for i in 0..rounds {
+        let v = format!("1:{i}").into_bytes();
+        let mine: Vec<_> = keys.iter().map(|k| d.set_async(k, &v).unwrap()).collect();
+        for f in mine {
+            if let Err(e) = f.wait(Some(Duration::from_secs(10))) {
+                let before = parked(c);
+                for p in c.workers() {
+                    for q in c.workers() {
+                        if p != q {
+                            let _ = c.remotecall_fetch(p, "call_peer", &q.to_le_bytes());
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                panic!("{e}; parked:\n{before}\nafter pokes:\n{}", parked(c));
+            }
+        }
+    }
+    for f in fs {
+        outcome(&f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap();
+    }
+}
+
+/// What is parked on every process (printed when a test fails).
+fn parked(c: &Cluster) -> String {
+    let mut s = format!("1: {:?}\n", c.service::<cluster::service::dict::Dicts>().unwrap().parked());
+    for p in c.workers() {
+        s += &format!("{p}: {}\n", String::from_utf8_lossy(&c.remotecall_fetch(p, "dict_parked", &[]).unwrap()));
+    }
+    s
+}
+
+#[test]
+fn concurrent_writers_leave_identical_replicas_and_concurrent_get_inserts_agree() {
+    let c = head();
+    c.addprocs(3, &opts()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..16).map(k).collect();
+    // Global over everyone: once writers stop, every member holds the same.
+    let g = c.dict(&Spec::new(DictKind::Global, Members::All).named("g")).unwrap();
+    write_everywhere(&c, &g, &keys, 30);
+    let first: BTreeMap<Vec<u8>, Vec<u8>> = localpart_on(&c, 1, &g).into_iter().collect();
+    assert_eq!(first.len(), keys.len());
+    for p in 2..=4 {
+        let lp: BTreeMap<Vec<u8>, Vec<u8>> = localpart_on(&c, p, &g).into_iter().collect();
+        assert_eq!(lp, first, "member {p} differs from member 1");
+    }
+    // Every value is some writer's last round.
+    for v in first.values() {
+        assert!(String::from_utf8_lossy(v).ends_with(":29"), "{:?}", String::from_utf8_lossy(v));
+    }
+    // Distributed, replication 2: both replicas of each key agree.
+    let d = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("d")).unwrap();
+    write_everywhere(&c, &d, &keys, 30);
+    let mut copies: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for p in 2..=4 {
+        for (key, v) in localpart_on(&c, p, &d) {
+            copies.entry(key).or_default().push(v);
+        }
+    }
+    assert_eq!(copies.len(), keys.len());
+    for (key, vs) in &copies {
+        assert_eq!(vs.len(), 2, "{key:?} on {} members", vs.len());
+        assert_eq!(vs[0], vs[1], "the replicas of {key:?} differ");
+    }
+    // Concurrent get!: every process gets the one value that was inserted.
+    for dict in [&g, &d] {
+        let fresh: Vec<Vec<u8>> = (0..40).map(|i| format!("new{i}").into_bytes()).collect();
+        let args = encode_payload(&(dict.to_bytes(), fresh.clone()));
+        let fs: Vec<_> = c.workers().iter().map(|&p| c.remotecall(p, "dict_get_insert_many", &args).unwrap()).collect();
+        let here: Vec<_> = fresh.iter().map(|k| dict.get_or_insert_async(k, &1u32.to_le_bytes()).unwrap()).collect();
+        let mut got: Vec<Vec<Vec<u8>>> = vec![here.iter().map(|f| f.fetch(Some(Duration::from_secs(30))).unwrap().to_vec()).collect()];
+        got.extend(fs.iter().map(|f| decode_payload::<Vec<Vec<u8>>>(&outcome(&f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap()).unwrap()));
+        assert_eq!(got.len(), 4);
+        let mut winners = BTreeSet::new();
+        for (i, key) in fresh.iter().enumerate() {
+            let v = &got[0][i];
+            for g in &got {
+                assert_eq!(&g[i], v, "get! of {key:?} disagrees");
+            }
+            assert_eq!(&dict.index(key).unwrap(), v);
+            winners.insert(v.clone());
+        }
+        eprintln!("get! winners: {}", winners.len());
+        if dict.kind() == DictKind::Global {
+            for p in 1..=4 {
+                let lp: BTreeMap<Vec<u8>, Vec<u8>> = localpart_on(&c, p, dict).into_iter().collect();
+                for (i, key) in fresh.iter().enumerate() {
+                    assert_eq!(lp.get(key), Some(&got[0][i]), "member {p}'s copy of {key:?}");
+                }
+            }
+        }
+    }
+    g.release().unwrap();
+    d.release().unwrap();
+    for p in 1..=4 {
+        assert!(local_dicts_on(&c, p).is_empty());
+    }
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
