@@ -80,7 +80,8 @@ use std::sync::Arc;
 
 pub const ID: ServiceId = 6;
 
-pub(crate) mod op {
+#[doc(hidden)]
+pub mod op {
     pub const CREATE: u16 = 1;
     pub const RELEASE: u16 = 2;
     pub const INSTALL: u16 = 3;
@@ -102,8 +103,9 @@ pub(crate) mod op {
 }
 
 /// The meta of every dict message.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Msg {
+pub struct Msg {
     pub id: u64,
     pub epoch: u64,
     pub part: u32,
@@ -125,7 +127,8 @@ pub type ValueFn = Arc<dyn Fn(&Arc<Node>, &[u8]) -> std::result::Result<Vec<u8>,
 // ---- payload encodings ---------------------------------------------------
 
 /// A key and a value: the key's length (u32 LE), the key, the value.
-pub(crate) fn encode_kv(key: &[u8], value: &[u8]) -> Vec<u8> {
+#[doc(hidden)]
+pub fn encode_kv(key: &[u8], value: &[u8]) -> Vec<u8> {
     [&(key.len() as u32).to_le_bytes()[..], key, value].concat()
 }
 
