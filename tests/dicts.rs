@@ -10,6 +10,7 @@ use cluster::service::dict::DictConfig;
 use cluster::wire::{decode_payload, encode_payload};
 use cluster::{Cluster, Config, Dict, DictKind, ErrorKind, LaunchOptions, Members, Spec};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_cluster-test-worker");
@@ -85,7 +86,7 @@ fn cell(c: &Cluster, all: &[u32], kind: DictKind, members: Members, named: Optio
         Members::Workers => all[1..].to_vec(),
         Members::Pids(p) => p.clone(),
     };
-    assert_eq!(d.members(), &expect[..], "{what}");
+    assert_eq!(d.members(), expect, "{what}");
     match named {
         Some(n) => assert_eq!(d.name(), n),
         None => assert!(!d.name().is_empty()),
@@ -208,7 +209,7 @@ fn the_cluster_dicts_matrix() {
         }
         // The default: workers.
         let d = c.dict(&Spec::new(kind, Members::Workers)).unwrap();
-        assert_eq!(d.members(), &[2, 3, 4]);
+        assert_eq!(d.members(), vec![2, 3, 4]);
         d.release().unwrap();
     }
     eprintln!("matrix: {:?}", t.elapsed());
@@ -250,7 +251,7 @@ fn write_everywhere(c: &Cluster, d: &Dict, keys: &[Vec<u8>], rounds: u32) {
         }
     }
     for f in fs {
-        outcome(&f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap();
+        outcome(f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap();
     }
 }
 
@@ -302,7 +303,7 @@ fn concurrent_writers_leave_identical_replicas_and_concurrent_get_inserts_agree(
         let fs: Vec<_> = c.workers().iter().map(|&p| c.remotecall(p, "dict_get_insert_many", &args).unwrap()).collect();
         let here: Vec<_> = fresh.iter().map(|k| dict.get_or_insert_async(k, &1u32.to_le_bytes()).unwrap()).collect();
         let mut got: Vec<Vec<Vec<u8>>> = vec![here.iter().map(|f| f.fetch(Some(Duration::from_secs(30))).unwrap().to_vec()).collect()];
-        got.extend(fs.iter().map(|f| decode_payload::<Vec<Vec<u8>>>(&outcome(&f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap()).unwrap()));
+        got.extend(fs.iter().map(|f| decode_payload::<Vec<Vec<u8>>>(&outcome(f.fetch(Some(Duration::from_secs(30))).unwrap()).unwrap()).unwrap()));
         assert_eq!(got.len(), 4);
         let mut winners = BTreeSet::new();
         for (i, key) in fresh.iter().enumerate() {
@@ -326,6 +327,121 @@ fn concurrent_writers_leave_identical_replicas_and_concurrent_get_inserts_agree(
     g.release().unwrap();
     d.release().unwrap();
     for p in 1..=4 {
+        assert!(local_dicts_on(&c, p).is_empty());
+    }
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+fn kill_worker(c: &Cluster, id: u32) {
+    let v = c.remotecall_fetch(id, "getpid", &[]).unwrap();
+    cluster::sys::kill(u32::from_le_bytes(v[..4].try_into().unwrap()), cluster::sys::SIGKILL);
+}
+
+/// Every key `prefix`i (i in `acked`) reads back as i, and is stored on
+/// `copies` of the `survivors` with one value.
+fn check_acked(c: &Cluster, d: &Dict, prefix: &str, acked: &[u32], survivors: &[u32], copies: usize) {
+    for &i in acked {
+        let k = format!("{prefix}{i}").into_bytes();
+        assert_eq!(d.index(&k).unwrap_or_else(|e| panic!("{prefix}{i}: {e}")), i.to_le_bytes(), "acknowledged {prefix}{i}");
+    }
+    let mut held: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for &p in survivors {
+        for (k, v) in localpart_on(c, p, d) {
+            held.entry(k).or_default().push(v);
+        }
+    }
+    for &i in acked {
+        let k = format!("{prefix}{i}").into_bytes();
+        let vs = held.get(&k).unwrap_or_else(|| panic!("{prefix}{i} on no survivor"));
+        assert_eq!(vs.len(), copies, "{prefix}{i} on {} survivors, not {copies}: replication not restored", vs.len());
+        assert!(vs.iter().all(|v| v == &i.to_le_bytes()), "{prefix}{i}: replicas differ");
+    }
+}
+
+#[test]
+fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
+    let c = Arc::new(head());
+    c.addprocs(4, &opts()).unwrap();
+    let d = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("d2")).unwrap();
+    assert_eq!(d.config().replication, 2);
+    let g = c.dict(&Spec::new(DictKind::Global, Members::Workers).named("g")).unwrap();
+    let r1 = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("r1").replication(1)).unwrap();
+    for i in 0..64 {
+        r1.set(&k(i), b"x").unwrap();
+    }
+    // Writers on 2, 3 and here, to both dicts, while 5 is killed.
+    let n = 2000u32;
+    let mut fs = Vec::new();
+    for (p, dict) in [(2, &d), (3, &d), (4, &g)] {
+        let args = encode_payload(&(dict.to_bytes(), format!("w{p}-"), n));
+        fs.push((p, dict.clone(), c.remotecall(p, "dict_write_seq", &args).unwrap()));
+    }
+    let here = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            for i in 0..n {
+                match d.set(format!("w1-{i}").as_bytes(), &i.to_le_bytes()) {
+                    Ok(()) => acked.push(i),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (acked, errors)
+        })
+    };
+    // Kill 5 once the writers are well under way, not done.
+    assert!(wait_until(Duration::from_secs(10), || d.length().unwrap() >= 400));
+    let t = Instant::now();
+    kill_worker(&c, 5);
+    assert!(fs.iter().all(|(_, _, f)| !f.is_ready()), "a writer was done before the kill: nothing tested");
+    let mut results = Vec::new();
+    for (p, dict, f) in fs {
+        let (acked, errors): (Vec<u32>, Vec<String>) = decode_payload(f.fetch(Some(Duration::from_secs(40))).unwrap()).unwrap();
+        results.push((format!("w{p}-"), dict, acked, errors));
+    }
+    let (acked, errors) = here.join().unwrap();
+    results.push(("w1-".to_string(), d.clone(), acked, errors));
+    eprintln!("writers done {:?} after the kill", t.elapsed());
+    let survivors = [2, 3, 4];
+    for (prefix, dict, acked, errors) in &results {
+        // The blocking forms retry on the new configuration: every write is acknowledged.
+        assert!(errors.is_empty(), "{prefix}: {errors:?}");
+        assert_eq!(acked.len(), n as usize, "{prefix}");
+        let copies = if dict.kind() == DictKind::Global { 3 } else { 2 };
+        check_acked(&c, dict, prefix, acked, &survivors, copies);
+    }
+    assert_eq!(d.length().unwrap(), 3 * n as usize);
+    assert_eq!(d.members(), vec![2, 3, 4], "the handle follows the new epoch");
+    assert!(d.config().epoch >= 2);
+    // Replication 1: the keys that lived on 5 are reported lost, naming it.
+    let mut lost = 0;
+    for i in 0..64 {
+        match r1.index(&k(i)) {
+            Ok(v) => assert_eq!(v, b"x"),
+            Err(e) => {
+                assert_eq!((e.kind, e.pid), (ErrorKind::ProcessExited, 5), "{e}");
+                assert!(e.message.contains("lost with process 5"), "{e}");
+                lost += 1;
+            }
+        }
+    }
+    assert!(lost > 0 && lost < 64, "{lost} of 64 keys lost");
+    for dict in [&d, &g, &r1] {
+        dict.release().unwrap();
+    }
+    for p in [1, 2, 3, 4] {
         assert!(local_dicts_on(&c, p).is_empty());
     }
     c.shutdown(Duration::from_secs(10)).unwrap();

@@ -180,6 +180,20 @@ fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
         });
         Ok(outcome(r.map(|_| Vec::new())))
     })?;
+    // args: (handle, prefix, n): sets prefix+i to i (u32) for i in 0..n, one
+    // after another; the acknowledged i and the errors.
+    c.register_fn("dict_write_seq", |call| {
+        let (h, prefix, n): (Vec<u8>, String, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            match d.set(format!("{prefix}{i}").as_bytes(), &i.to_le_bytes()) {
+                Ok(()) => acked.push(i),
+                Err(e) => errors.push(format!("{:?} (process {}): {}", e.kind, e.pid, e.message)),
+            }
+        }
+        Ok(encode_payload(&(acked, errors)))
+    })?;
     // args: (handle, keys): get!(k, myid) on every key, pipelined; the values got.
     c.register_fn("dict_get_insert_many", |call| {
         let (h, keys): (Vec<u8>, Vec<Vec<u8>>) = decode_payload(call.args()).map_err(|e| e.to_string())?;

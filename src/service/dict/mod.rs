@@ -46,6 +46,10 @@
 //! | ENTRIES       | request, member  | the same pairs' keys (`arg` 0), values (1) or pairs (2), as a list |
 //! | REPLICATE     | one-way, primary | partition `part`, write number `arg`, payload: the `Effect` |
 //! | ACK           | one-way, backup  | write `arg` of `part` applied (payload: why its value function failed, if it did) |
+//! | RECONFIG      | one-way, head    | payload: the configuration of a new epoch (a member died) |
+//! | STATE         | one-way, primary | partition `part` up to write `arg`, payload: its pairs (a new primary to its backups) |
+//! | STATE_ACK     | one-way, backup  | the state of `part` up to write `arg` is installed |
+//! | LOOKUP        | request to head  | answered with dict `id`'s current configuration |
 //!
 //! **Who waits where.** A client's request has an ordinary future in the
 //! node's pending table (failed with ProcessExited naming the process if
@@ -56,11 +60,38 @@
 //! connection, queued when the socket is full, or through the service's
 //! one sending thread when a worker-to-worker connection must be made.
 //!
-//! **Failures** (this stage): a write waiting for a backup that dies
-//! fails with ProcessExited naming it (applied on the primary: its outcome
-//! is unknown); an operation on a partition whose primary died fails the
-//! same way. Reconfiguration over the survivors (epochs, state transfer)
-//! is the next stage; every message carries its sender's epoch, checked.
+//! **A member's death.** The head, which decides who is in the cluster,
+//! makes the next epoch of every dict the dead process was a member of
+//! (`DictConfig::without`): each partition keeps its surviving replicas in
+//! order, the first its primary (with synchronous replication it holds
+//! every acknowledged write), and gets new members until it has `r`
+//! replicas again where the survivors allow; a partition left with no
+//! replica (replication 1) is lost, naming the dead process. The head
+//! sends RECONFIG to the survivors. A member installs it holding every
+//! partition's lock; the primary of a partition whose replicas changed
+//! sends its state (pairs and last write number) to all its backups, who
+//! replace theirs with it and acknowledge (STATE_ACK); writes of the new
+//! epoch that reach a backup first wait behind it. A primary stops waiting
+//! for a backup that died (its writes are on every survivor). Every message
+//! carries its sender's epoch: an older one is refused (STALE: the client
+//! looks the configuration up on the head and retries), one from a later
+//! epoch waits on the member until its RECONFIG arrives.
+//!
+//! **Clients** hold the newest configuration they know. The blocking forms
+//! retry on a newer one (for up to 12 s, the head noticing a death within
+//! its heartbeat timeout) when told theirs is stale, or when the process
+//! they asked died and the operation may run twice (all but pop: a pop
+//! whose primary died has an unknown outcome and fails with
+//! ProcessExited). The `_async` forms fail with those errors instead. An
+//! operation on a lost partition fails with ProcessExited naming the dead
+//! member ("... were lost with process N"); so do length and the listings
+//! of a dict with a lost partition (they would be wrong).
+//!
+//! Reads at a Global member are local and see a write once that member
+//! applied it (possibly before the writer's answer); reads of a
+//! Distributed key go to its primary and may see a write it applied that
+//! is not yet acknowledged (it is on the primary; a later primary has it
+//! unless the write fails).
 
 mod state;
 
@@ -77,6 +108,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const ID: ServiceId = 6;
 
@@ -99,7 +131,11 @@ pub mod op {
     pub const ENTRIES: u16 = 15;
     pub const REPLICATE: u16 = 16;
     pub const ACK: u16 = 17;
-    pub const LAST: u16 = ACK;
+    pub const RECONFIG: u16 = 18;
+    pub const STATE: u16 = 19;
+    pub const STATE_ACK: u16 = 20;
+    pub const LOOKUP: u16 = 21;
+    pub const LAST: u16 = LOOKUP;
 }
 
 /// The meta of every dict message.
@@ -183,6 +219,14 @@ fn unknown(node: &Node, id: u64) -> Error {
     Error::at(ErrorKind::InvalidArgument, me, format!("no dict {id:#x} on process {me} (released, or never created)"))
 }
 
+/// Begins the message of an error telling a client to look up the
+/// configuration again and retry.
+const STALE: &str = "stale configuration";
+
+fn stale(me: u32, cfg: &DictConfig, asked: u64) -> Error {
+    Error::at(ErrorKind::NotReady, me, format!("{STALE} of {}: epoch {asked} asked, {} on process {me}", name_of(cfg), cfg.epoch))
+}
+
 fn released(cfg: &DictConfig) -> Error {
     Error::new(ErrorKind::InvalidArgument, format!("{} was released", name_of(cfg)))
 }
@@ -214,15 +258,29 @@ struct Outgoing {
     payload: Vec<u8>,
 }
 
+/// A message of a later epoch than this member's, kept until its
+/// configuration arrives.
+struct Early {
+    from: u32,
+    op: u16,
+    m: Msg,
+    payload: Vec<u8>,
+}
+
 /// A dict this process is a member of: its configuration and partitions.
+/// A new configuration is installed holding every partition's lock.
 struct Held {
-    cfg: DictConfig,
+    cfg: RwLock<Arc<DictConfig>>,
     parts: Vec<Mutex<Part>>,
+    early: Mutex<Vec<Early>>,
 }
 
 impl Held {
     fn new(me: u32, cfg: DictConfig) -> Held {
-        Held { parts: (0..PARTITIONS).map(|_| Mutex::new(Part::new(me))).collect(), cfg }
+        Held { parts: (0..PARTITIONS).map(|_| Mutex::new(Part::new(me))).collect(), cfg: RwLock::new(Arc::new(cfg)), early: Mutex::new(Vec::new()) }
+    }
+    fn cfg(&self) -> Arc<DictConfig> {
+        self.cfg.read().clone()
     }
 }
 
@@ -272,7 +330,7 @@ impl Dicts {
 
     /// Names of the dicts this process holds state for, sorted.
     pub fn local_dicts(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.held.read().values().map(|h| h.cfg.name.clone()).collect();
+        let mut v: Vec<String> = self.held.read().values().map(|h| h.cfg().name.clone()).collect();
         v.sort();
         v
     }
@@ -287,7 +345,7 @@ impl Dicts {
             for (i, p) in h.parts.iter().enumerate() {
                 let p = p.lock();
                 if p.waiting() + p.ahead() > 0 {
-                    v.push((h.cfg.name.clone(), i as u32, p.seq, p.waiting(), p.ahead()));
+                    v.push((h.cfg().name.clone(), i as u32, p.seq, p.waiting(), p.ahead()));
                 }
             }
         }
@@ -512,7 +570,7 @@ impl Dicts {
     /// Drops dict `id` here; what waits on it fails.
     fn forget(&self, node: &Node, id: u64) {
         let Some(h) = self.held.write().remove(&id) else { return };
-        let why = released(&h.cfg);
+        let why = released(&h.cfg());
         let mut out = Vec::new();
         for p in &h.parts {
             p.lock().fail_all(&why, &mut out);
@@ -522,17 +580,13 @@ impl Dicts {
 
     /// Checks a request for partition `part` reached its primary in the
     /// sender's epoch.
-    fn check_primary(node: &Node, h: &Held, m: &Msg, part: u32) -> Result<()> {
+    fn check_primary(node: &Node, cfg: &DictConfig, m: &Msg, part: u32) -> Result<()> {
         let me = node.myid();
-        if m.epoch != h.cfg.epoch {
-            return Err(Error::at(
-                ErrorKind::NotReady,
-                me,
-                format!("stale configuration of {}: epoch {} asked, {} here", name_of(&h.cfg), m.epoch, h.cfg.epoch),
-            ));
+        if m.epoch != cfg.epoch {
+            return Err(stale(me, cfg, m.epoch));
         }
-        if h.cfg.primary(part) != me {
-            return Err(Error::at(ErrorKind::NotReady, me, format!("process {me} is not the primary of partition {part} of {}", name_of(&h.cfg))));
+        if cfg.primary(part) != me {
+            return Err(Error::at(ErrorKind::NotReady, me, format!("{STALE}: process {me} is not the primary of partition {part} of {}", name_of(cfg))));
         }
         Ok(())
     }
@@ -552,20 +606,23 @@ impl Dicts {
         };
         let part = partition(&key);
         let read = matches!(op, op::GET | op::HASKEY);
-        let global_read = read && h.cfg.kind == DictKind::Global && h.cfg.stores(me, part);
-        if !global_read {
-            if let Err(e) = Self::check_primary(node, &h, &m, part) {
-                deliver(node, vec![Answer(reply, Err(e))]);
-                return Ok(());
-            }
-        }
-        let backups: Vec<u32> = h.cfg.replicas(part).iter().copied().filter(|&p| p != me).collect();
         let compute = |f: &str, a: &[u8]| self.compute(node, f, a);
         let mut out = Vec::new();
         let mut seq = None;
         let mut effect = None;
+        let mut p = h.parts[part as usize].lock();
+        // Read under the partition's lock: a new configuration is installed under it.
+        let cfg = h.cfg();
+        let global_read = read && cfg.kind == DictKind::Global && cfg.stores(me, part) && !p.awaiting;
+        if !global_read {
+            if let Err(e) = Self::check_primary(node, &cfg, &m, part) {
+                drop(p);
+                deliver(node, vec![Answer(reply, Err(e))]);
+                return Ok(());
+            }
+        }
+        let backups: Vec<u32> = cfg.replicas(part).iter().copied().filter(|&p| p != me).collect();
         {
-            let mut p = h.parts[part as usize].lock();
             match op {
                 op::GET => out.push(Answer(reply, Ok(encode_opt(p.store.get(&key).map(|v| &v[..]))))),
                 op::HASKEY => out.push(Answer(reply, Ok(vec![p.store.contains_key(&key) as u8]))),
@@ -577,7 +634,7 @@ impl Dicts {
                 op::SET_F => {
                     let (key, f, args) = wire::decode_payload::<(Vec<u8>, String, Vec<u8>)>(&payload)?;
                     // Global: each replica computes its own; Distributed: the primary's value replicates.
-                    let e = match h.cfg.kind {
+                    let e = match cfg.kind {
                         DictKind::Global => Ok(Effect::SetF { key, f, args }),
                         DictKind::Distributed => compute(&f, &args).map(|value| Effect::Set { key, value }),
                     };
@@ -610,10 +667,11 @@ impl Dicts {
                 o => return Err(unknown_op("dict", o)),
             }
         }
+        drop(p);
         if let (Some(seq), Some(e)) = (seq, effect) {
             if !backups.is_empty() {
                 let payload = wire::encode_payload(&e);
-                let m = Msg { id: h.cfg.id, epoch: h.cfg.epoch, part, arg: seq };
+                let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: seq };
                 let sends = backups.iter().map(|&to| Outgoing { to, op: op::REPLICATE, m, payload: payload.clone() }).collect();
                 self.send_all(node, sends);
             }
@@ -626,7 +684,8 @@ impl Dicts {
     /// partitions it is primary of (a Global dict: all).
     fn summary(&self, node: &Node, h: &Held, what: Option<Entries>) -> Vec<u8> {
         let me = node.myid();
-        let mine = |p: u32| h.cfg.kind == DictKind::Global || h.cfg.primary(p) == me;
+        let cfg = h.cfg();
+        let mine = |p: u32| if cfg.kind == DictKind::Global { cfg.stores(me, p) } else { cfg.primary(p) == me };
         let mut n = 0u64;
         let (mut ks, mut vs, mut ps) = (Vec::new(), Vec::new(), Vec::new());
         for (i, part) in h.parts.iter().enumerate() {
@@ -696,7 +755,7 @@ impl Dicts {
                 };
                 let r = match self.held(m.id) {
                     None => Err(unknown(node, m.id)),
-                    Some(h) if h.cfg.epoch != m.epoch => Err(Error::at(ErrorKind::NotReady, me, format!("stale configuration of {}", name_of(&h.cfg)))),
+                    Some(h) if h.cfg().epoch != m.epoch => Err(stale(me, &h.cfg(), m.epoch)),
                     Some(h) => Ok(self.summary(node, &h, what)),
                 };
                 deliver(node, vec![Answer(reply, r)]);
@@ -709,13 +768,19 @@ impl Dicts {
                 }
                 let acks: Vec<(u64, Option<String>)> = match self.held(m.id) {
                     None => vec![(m.arg, Some(format!("dict {:#x} is not held on process {me}", m.id)))],
-                    Some(h) if h.cfg.primary(part) != from || h.cfg.epoch != m.epoch => {
-                        node.log.warn(format!("a write for {} from process {from}, not its primary in epoch {}: ignored", name_of(&h.cfg), h.cfg.epoch));
-                        return Ok(());
-                    }
                     Some(h) => {
                         let compute = |f: &str, a: &[u8]| self.compute(node, f, a);
                         let mut p = h.parts[part as usize].lock();
+                        let cfg = h.cfg();
+                        if m.epoch > cfg.epoch {
+                            drop(p);
+                            h.early.lock().push(Early { from, op, m, payload });
+                            return Ok(());
+                        }
+                        if cfg.primary(part) != from || cfg.epoch != m.epoch {
+                            // From an older epoch: the new primary's state supersedes it.
+                            return Ok(());
+                        }
                         p.replicate(m.arg, e, &compute)
                     }
                 };
@@ -735,9 +800,124 @@ impl Dicts {
                 h.parts[m.part as usize].lock().ack(m.arg, from, err, &mut out);
                 deliver(node, out);
             }
+            op::STATE => {
+                let pairs: Vec<(Vec<u8>, Vec<u8>)> = wire::decode_payload(&payload)?;
+                if m.part >= PARTITIONS {
+                    return Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part)));
+                }
+                let Some(h) = self.held(m.id) else { return Ok(()) };
+                let compute = |f: &str, a: &[u8]| self.compute(node, f, a);
+                let mut p = h.parts[m.part as usize].lock();
+                let cfg = h.cfg();
+                if m.epoch > cfg.epoch {
+                    drop(p);
+                    h.early.lock().push(Early { from, op, m, payload: wire::encode_payload(&pairs) });
+                    return Ok(());
+                }
+                if cfg.epoch != m.epoch || cfg.primary(m.part) != from || !cfg.stores(me, m.part) {
+                    return Ok(());
+                }
+                let applied = p.install_state(m.arg, pairs, &compute);
+                drop(p);
+                let mut sends = vec![Outgoing { to: from, op: op::STATE_ACK, m, payload: Vec::new() }];
+                sends.extend(applied.into_iter().map(|(seq, err)| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() }));
+                self.send_all(node, sends);
+            }
+            op::STATE_ACK => {
+                let Some(h) = self.held(m.id) else { return Ok(()) };
+                if m.part >= PARTITIONS {
+                    return Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part)));
+                }
+                let mut out = Vec::new();
+                let mut p = h.parts[m.part as usize].lock();
+                if h.cfg().epoch == m.epoch {
+                    p.state_acked(from, m.arg, &mut out);
+                }
+                drop(p);
+                deliver(node, out);
+            }
+            op::RECONFIG => {
+                let cfg: DictConfig = wire::decode_payload(&payload)?;
+                cfg.check()?;
+                if from != HEAD_ID || cfg.id != m.id {
+                    node.log.warn(format!("process {from} sent a dict configuration: ignored"));
+                    return Ok(());
+                }
+                self.reconfigure(node, cfg);
+            }
+            op::LOOKUP if !node.is_head() => {
+                deliver(node, vec![Answer(reply, Err(Error::at(ErrorKind::NotHead, me, "dicts are looked up on the head")))]);
+            }
+            op::LOOKUP => {
+                let r = {
+                    let reg = self.registry.lock();
+                    reg.names.get(&m.id).and_then(|n| reg.by_name.get(n)).filter(|e| e.phase == Phase::Ready).map(|e| wire::encode_payload(&e.cfg))
+                };
+                let r = r.ok_or_else(|| Error::at(ErrorKind::InvalidArgument, me, format!("no dict {:#x} (released)", m.id)));
+                deliver(node, vec![Answer(reply, r)]);
+            }
             o => return Err(unknown_op("dict", o)),
         }
         Ok(())
+    }
+
+    /// Installs a new configuration of a dict held here (a member died):
+    /// under every partition's lock, so no operation sees a partition
+    /// between two configurations. A partition whose replicas changed gets
+    /// its (new) primary's state: this process sends it as primary, or
+    /// waits for it as backup. Then the messages of the new epoch that came
+    /// early are handled.
+    fn reconfigure(&self, node: &Arc<Node>, new: DictConfig) {
+        let Some(h) = self.held(new.id) else { return };
+        let me = node.myid();
+        let mut out = Vec::new();
+        let mut sends = Vec::new();
+        {
+            let mut parts: Vec<_> = h.parts.iter().map(|p| p.lock()).collect();
+            let old = h.cfg();
+            if new.epoch <= old.epoch {
+                return;
+            }
+            let new = Arc::new(new);
+            *h.cfg.write() = new.clone();
+            let why = Error::at(ErrorKind::InvalidArgument, me, format!("process {me} no longer stores this partition of {}", name_of(&new)));
+            for (i, p) in parts.iter_mut().enumerate() {
+                let i = i as u32;
+                let (was, now) = (old.replicas(i), new.replicas(i));
+                if !now.contains(&me) {
+                    p.clear(&why, &mut out);
+                    continue;
+                }
+                let backups: Vec<u32> = now.iter().copied().filter(|&x| x != me).collect();
+                if was == now {
+                    continue;
+                }
+                if now[0] == me {
+                    let (pairs, seq) = p.become_primary(&backups, &mut out);
+                    let payload = wire::encode_payload(&pairs);
+                    for &b in &backups {
+                        sends.push(Outgoing { to: b, op: op::STATE, m: Msg { id: new.id, epoch: new.epoch, part: i, arg: seq }, payload: payload.clone() });
+                    }
+                } else {
+                    p.fail_all(&why, &mut out);
+                    p.awaiting = true;
+                }
+            }
+        }
+        self.send_all(node, sends);
+        deliver(node, out);
+        let epoch = h.cfg().epoch;
+        let early: Vec<Early> = {
+            let mut e = h.early.lock();
+            let (now, later): (Vec<Early>, Vec<Early>) = std::mem::take(&mut *e).into_iter().partition(|x| x.m.epoch <= epoch);
+            *e = later;
+            now
+        };
+        for x in early {
+            if let Err(e) = self.handle(node, x.from, x.op, x.m, x.payload, ReplyTo::Nobody) {
+                node.log.warn(format!("a dict message of process {} kept for epoch {}: {e}", x.from, x.m.epoch));
+            }
+        }
     }
 
     /// A request of this process to itself: no message, a future completed
@@ -780,14 +960,17 @@ impl Service for Dicts {
     fn on_peer_left(&self, node: &Arc<Node>, pid: u32, how: Departure) {
         let all: Vec<Arc<Held>> = self.held.read().values().cloned().collect();
         let mut out = Vec::new();
+        let me = node.myid();
+        let _ = how;
         for h in all {
-            if !h.cfg.is_member(pid) {
-                continue;
-            }
-            let how = if how.graceful { "left" } else { "died" };
-            let why = Error::at(ErrorKind::ProcessExited, pid, format!("process {pid}, a replica of {}, {how} before it applied the write", name_of(&h.cfg)));
-            for p in &h.parts {
-                p.lock().backup_lost(pid, &why, &mut out);
+            for (i, p) in h.parts.iter().enumerate() {
+                let mut p = p.lock();
+                let cfg = h.cfg();
+                if !cfg.is_member(pid) || cfg.primary(i as u32) != me {
+                    continue;
+                }
+                let backups: Vec<u32> = cfg.replicas(i as u32).iter().copied().filter(|&x| x != me && x != pid).collect();
+                p.keep_backups(&backups, &mut out);
             }
         }
         deliver(node, out);
@@ -798,10 +981,24 @@ impl Service for Dicts {
         let mut sends = Vec::new();
         let mut drop_here = Vec::new();
         let mut done = Vec::new();
+        let mut reconfigure_here = Vec::new();
         {
             let mut reg = self.registry.lock();
             let me = node.myid();
             for (name, e) in reg.by_name.iter_mut() {
+                if e.phase == Phase::Ready && e.cfg.is_member(pid) {
+                    // A new epoch over the survivors.
+                    e.cfg = e.cfg.without(pid);
+                    let payload = wire::encode_payload(&e.cfg);
+                    for &p in &e.cfg.members {
+                        if p == me {
+                            reconfigure_here.push(e.cfg.clone());
+                        } else {
+                            sends.push(Outgoing { to: p, op: op::RECONFIG, m: Msg { id: e.cfg.id, epoch: e.cfg.epoch, ..Msg::default() }, payload: payload.clone() });
+                        }
+                    }
+                    continue;
+                }
                 if !e.waiting.contains(&pid) {
                     continue;
                 }
@@ -833,6 +1030,9 @@ impl Service for Dicts {
         }
         for id in drop_here {
             self.forget(node, id);
+        }
+        for cfg in reconfigure_here {
+            self.reconfigure(node, cfg);
         }
         self.send_all(node, sends);
         deliver(node, out);
@@ -867,12 +1067,13 @@ pub fn decode(op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
     let m: Msg = wire::decode_meta(meta)?;
     match op {
         op::CREATE => wire::decode_payload::<Spec>(payload).map(drop),
-        op::INSTALL => wire::decode_payload::<DictConfig>(payload)?.check(),
+        op::INSTALL | op::RECONFIG => wire::decode_payload::<DictConfig>(payload)?.check(),
         op::SET | op::GET_OR_INSERT => decode_kv(payload).map(drop),
         op::SET_F => wire::decode_payload::<(Vec<u8>, String, Vec<u8>)>(payload).map(drop),
         op::ENTRIES if m.arg > 2 => Err(Error::new(ErrorKind::Protocol, format!("unknown dict listing {}", m.arg))),
-        op::REPLICATE | op::ACK if m.part >= PARTITIONS => Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part))),
+        op::REPLICATE | op::ACK | op::STATE | op::STATE_ACK if m.part >= PARTITIONS => Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part))),
         op::REPLICATE => wire::decode_payload::<Effect>(payload).map(drop),
+        op::STATE => wire::decode_payload::<Vec<(Vec<u8>, Vec<u8>)>>(payload).map(drop),
         _ => Ok(()),
     }
 }
@@ -886,8 +1087,20 @@ fn dicts(node: &Node) -> Result<Arc<Dicts>> {
 struct Inner {
     node: Arc<Node>,
     svc: Arc<Dicts>,
-    cfg: DictConfig,
+    name: String,
+    kind: DictKind,
+    /// The newest configuration this handle knows (looked up again when an
+    /// answer says it is stale).
+    cfg: RwLock<Arc<DictConfig>>,
 }
+
+/// How long a blocking operation keeps retrying on newer configurations
+/// after a member died (the head notices a death within the heartbeat
+/// timeout, 5 s by default).
+const RETRY_FOR: Duration = Duration::from_secs(12);
+
+/// Marks the error of an operation on a lost partition (never retried).
+const LOST: &str = "were lost";
 
 /// A dict as any process uses it: its configuration (no reference is
 /// counted: a dict lives until `release`, as in ClusterDicts). Clones
@@ -898,49 +1111,119 @@ pub struct Dict(Arc<Inner>);
 
 impl std::fmt::Debug for Dict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&name_of(&self.0.cfg))
+        f.write_str(&name_of(&self.cfg()))
     }
 }
 
 impl Dict {
     fn new(node: &Arc<Node>, svc: Arc<Dicts>, cfg: DictConfig) -> Dict {
-        Dict(Arc::new(Inner { node: node.clone(), svc, cfg }))
+        Dict(Arc::new(Inner { node: node.clone(), svc, name: cfg.name.clone(), kind: cfg.kind, cfg: RwLock::new(Arc::new(cfg)) }))
     }
 
     pub fn name(&self) -> &str {
-        &self.0.cfg.name
+        &self.0.name
     }
     pub fn kind(&self) -> DictKind {
-        self.0.cfg.kind
+        self.0.kind
     }
-    pub fn members(&self) -> &[u32] {
-        &self.0.cfg.members
+    /// The members now (the survivors, after a member died).
+    pub fn members(&self) -> Vec<u32> {
+        self.cfg().members.clone()
     }
-    pub fn config(&self) -> &DictConfig {
-        &self.0.cfg
+    /// The newest configuration this handle knows.
+    pub fn config(&self) -> Arc<DictConfig> {
+        self.cfg()
+    }
+    fn cfg(&self) -> Arc<DictConfig> {
+        self.0.cfg.read().clone()
     }
     pub fn node(&self) -> &Arc<Node> {
         &self.0.node
     }
     /// The handle as bytes, for another process's `open_dict`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        wire::encode_payload(&self.0.cfg)
+        wire::encode_payload(&*self.cfg())
+    }
+
+    /// Looks up the dict's current configuration on the head.
+    pub fn refresh(&self) -> Result<()> {
+        let cfg = self.cfg();
+        let f = self.0.svc.request(&self.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new())?;
+        let new: DictConfig = wire::decode_payload(f.fetch(Some(Duration::from_secs(10)))?)?;
+        new.check()?;
+        let mut c = self.0.cfg.write();
+        if new.epoch > c.epoch {
+            *c = Arc::new(new);
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` (an operation, waited for) again on a newer
+    /// configuration while the answer says the configuration changed, or
+    /// (`again_on_exit`: the operation may run twice) the process asked
+    /// died: the head then makes a new epoch over the survivors. Gives up
+    /// after `RETRY_FOR`, with the last error.
+    fn retrying<T>(&self, again_on_exit: bool, attempt: impl Fn() -> Result<T>) -> Result<T> {
+        let deadline = std::time::Instant::now() + RETRY_FOR;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match attempt() {
+                Err(e) if std::time::Instant::now() < deadline && self.retryable(&e, again_on_exit) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    if let Err(r) = self.refresh() {
+                        if r.kind == ErrorKind::InvalidArgument {
+                            return Err(r);
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn retryable(&self, e: &Error, again_on_exit: bool) -> bool {
+        match e.kind {
+            ErrorKind::NotReady => e.message.contains(STALE),
+            ErrorKind::ProcessExited => again_on_exit && e.pid != HEAD_ID && !e.message.contains(LOST),
+            _ => false,
+        }
     }
 
     fn msg(&self, part: u32, arg: u64) -> Msg {
-        Msg { id: self.0.cfg.id, epoch: self.0.cfg.epoch, part, arg }
+        let cfg = self.cfg();
+        Msg { id: cfg.id, epoch: cfg.epoch, part, arg }
     }
 
-    /// Whether this process reads `part` from its own copy.
+    /// This process's copy of a Global dict's `part`, if it holds one.
     fn local_copy(&self, part: u32) -> Option<Arc<Held>> {
+        if self.0.kind != DictKind::Global {
+            return None;
+        }
         let me = self.0.node.myid();
-        (self.0.cfg.kind == DictKind::Global && self.0.cfg.stores(me, part)).then(|| self.0.svc.held(self.0.cfg.id)).flatten()
+        self.0.svc.held(self.cfg().id).filter(|h| h.cfg().stores(me, part))
+    }
+
+    /// The error for a key of a partition lost with its only replica.
+    fn lost(&self, cfg: &DictConfig, part: u32) -> Option<Error> {
+        let pid = cfg.lost.get(part as usize).copied().unwrap_or(0);
+        (pid != 0).then(|| {
+            Error::at(
+                ErrorKind::ProcessExited,
+                pid,
+                format!("the keys of partition {part} of {} {LOST} with process {pid} (replication 1)", name_of(cfg)),
+            )
+        })
     }
 
     fn to_primary(&self, op: u16, key: &[u8], payload: Vec<u8>) -> Result<Future> {
         let part = partition(key);
-        let p = self.0.cfg.primary(part);
-        self.0.svc.request(&self.0.node, p, op, self.msg(part, 0), payload)
+        let cfg = self.cfg();
+        if let Some(e) = self.lost(&cfg, part) {
+            return Err(e);
+        }
+        let p = cfg.primary(part);
+        self.0.svc.request(&self.0.node, p, op, Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 }, payload)
     }
 
     fn ready(&self, v: Result<Vec<u8>>) -> Future {
@@ -955,7 +1238,7 @@ impl Dict {
         self.to_primary(op::SET, key, encode_kv(key, value))
     }
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.set_async(key, value)?.wait(None)
+        self.retrying(true, || self.set_async(key, value)?.wait(None))
     }
 
     /// Sets `key` to `f(args)` computed where it is stored (ValueF): on
@@ -965,7 +1248,7 @@ impl Dict {
         self.to_primary(op::SET_F, key, wire::encode_payload(&(key, f, args)))
     }
     pub fn set_with(&self, key: &[u8], f: &str, args: &[u8]) -> Result<()> {
-        self.set_with_async(key, f, args)?.wait(None)
+        self.retrying(true, || self.set_with_async(key, f, args)?.wait(None))
     }
 
     /// The future's value: `decode_opt` gives the value, if any. A member
@@ -977,8 +1260,10 @@ impl Dict {
         }
     }
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let f = self.get_async(key)?;
-        Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
+        self.retrying(true, || {
+            let f = self.get_async(key)?;
+            Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
+        })
     }
     /// `d[k]`: the value, or NotFound.
     pub fn index(&self, key: &[u8]) -> Result<Vec<u8>> {
@@ -990,7 +1275,7 @@ impl Dict {
     }
 
     fn not_found(&self, key: &[u8]) -> Error {
-        Error::new(ErrorKind::NotFound, format!("key {:?} not found in {}", String::from_utf8_lossy(key), name_of(&self.0.cfg)))
+        Error::new(ErrorKind::NotFound, format!("key {:?} not found in {}", String::from_utf8_lossy(key), name_of(&self.cfg())))
     }
 
     /// The future's value: one byte, 1 when `key` is there.
@@ -1001,7 +1286,7 @@ impl Dict {
         }
     }
     pub fn haskey(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.haskey_async(key)?.fetch(None)? == [1])
+        self.retrying(true, || Ok(self.haskey_async(key)?.fetch(None)? == [1]))
     }
 
     /// `get!(d, k, default)`: the value there, or `default` inserted on
@@ -1011,7 +1296,7 @@ impl Dict {
         self.to_primary(op::GET_OR_INSERT, key, encode_kv(key, default))
     }
     pub fn get_or_insert(&self, key: &[u8], default: &[u8]) -> Result<Vec<u8>> {
-        Ok(self.get_or_insert_async(key, default)?.fetch(None)?.to_vec())
+        self.retrying(true, || Ok(self.get_or_insert_async(key, default)?.fetch(None)?.to_vec()))
     }
 
     /// Removes `key` everywhere; the future's value (`decode_opt`) is the
@@ -1019,9 +1304,13 @@ impl Dict {
     pub fn pop_async(&self, key: &[u8]) -> Result<Future> {
         self.to_primary(op::POP, key, key.to_vec())
     }
+    /// Retried on a newer configuration only when it was refused unapplied
+    /// (after the primary died its outcome is unknown: ProcessExited).
     pub fn pop(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let f = self.pop_async(key)?;
-        Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
+        self.retrying(false, || {
+            let f = self.pop_async(key)?;
+            Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
+        })
     }
     /// `pop!(d, k, default)`.
     pub fn pop_or(&self, key: &[u8], default: &[u8]) -> Result<Vec<u8>> {
@@ -1033,7 +1322,7 @@ impl Dict {
         self.to_primary(op::DELETE, key, key.to_vec())
     }
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.delete_async(key)?.wait(None)
+        self.retrying(true, || self.delete_async(key)?.wait(None))
     }
 
     /// Asks the members that answer for the whole dict (Distributed: each
@@ -1042,12 +1331,18 @@ impl Dict {
     fn gather(&self, op: u16, arg: u64, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Result<Future> {
         let node = &self.0.node;
         let me = node.myid();
-        let cfg = &self.0.cfg;
+        let cfg = self.cfg();
+        if let Some(e) = (0..PARTITIONS).find_map(|p| self.lost(&cfg, p)) {
+            return Err(e);
+        }
         let targets: Vec<u32> = match cfg.kind {
             DictKind::Distributed => cfg.members.clone(),
             DictKind::Global if cfg.is_member(me) => vec![me],
-            DictKind::Global => vec![cfg.members[0]],
+            DictKind::Global => cfg.members.first().copied().into_iter().collect(),
         };
+        if targets.is_empty() {
+            return Err(Error::new(ErrorKind::ProcessExited, format!("every member of {} is gone", name_of(&cfg))));
+        }
         let futures = targets.iter().map(|&p| self.0.svc.request(node, p, op, self.msg(0, arg), Vec::new())).collect::<Result<Vec<Future>>>()?;
         let (f, p) = node.promise(targets[0]);
         struct Gather {
@@ -1096,7 +1391,7 @@ impl Dict {
         })
     }
     pub fn length(&self) -> Result<usize> {
-        decode_len(self.length_async()?.fetch(None)?)
+        self.retrying(true, || decode_len(self.length_async()?.fetch(None)?))
     }
     /// True only when no member holds any pair.
     pub fn is_empty(&self) -> Result<bool> {
@@ -1125,20 +1420,20 @@ impl Dict {
         self.gather(op::ENTRIES, what as u64, merge)
     }
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        decode_list(self.entries_async(Entries::Keys)?.fetch(None)?)
+        self.retrying(true, || decode_list(self.entries_async(Entries::Keys)?.fetch(None)?))
     }
     pub fn values(&self) -> Result<Vec<Vec<u8>>> {
-        decode_list(self.entries_async(Entries::Values)?.fetch(None)?)
+        self.retrying(true, || decode_list(self.entries_async(Entries::Values)?.fetch(None)?))
     }
     /// Every pair (iteration), in no particular order.
     pub fn pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        decode_pairs(self.entries_async(Entries::Pairs)?.fetch(None)?)
+        self.retrying(true, || decode_pairs(self.entries_async(Entries::Pairs)?.fetch(None)?))
     }
 
     /// What this process stores of the dict (every partition it is a
     /// replica of; empty on a non-member), read here with no message.
     pub fn localpart(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let Some(h) = self.0.svc.held(self.0.cfg.id) else { return Vec::new() };
+        let Some(h) = self.0.svc.held(self.cfg().id) else { return Vec::new() };
         h.parts.iter().flat_map(|p| p.lock().store.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()).collect()
     }
 
@@ -1213,7 +1508,6 @@ mod tests {
     //! process's own dicts through the public API.
     use super::*;
     use crate::node::{peer_state, Config};
-    use std::time::Duration;
 
     type Out = Arc<Mutex<Vec<Result<Vec<u8>>>>>;
 
@@ -1234,7 +1528,7 @@ mod tests {
     }
 
     fn is_request(op: u16) -> bool {
-        !matches!(op, op::INSTALL | op::INSTALLED | op::DROP | op::DROPPED | op::REPLICATE | op::ACK)
+        !matches!(op, op::INSTALL | op::INSTALLED | op::DROP | op::DROPPED | op::REPLICATE | op::ACK | op::RECONFIG | op::STATE | op::STATE_ACK)
     }
 
     fn send(n: &Arc<Node>, d: &Dicts, from: u32, op: u16, m: Msg, payload: &[u8], out: &Out) {
@@ -1394,12 +1688,74 @@ mod tests {
         assert_eq!(decode_len(&pop(&out).unwrap()).unwrap(), 1);
         send(&n, &d, 8, op::ENTRIES, m(0, 2), &[], &out);
         assert_eq!(decode_pairs(&pop(&out).unwrap()).unwrap(), vec![(k.clone(), b"first".to_vec())]);
-        // Backup 5 dies with a write waiting for it: the writer is told.
-        send(&n, &d, 7, op::SET, m(p, 0), &encode_kv(&k, b"lost?"), &out);
+        // Backup 5 dies with a write waiting for it: the write is on every
+        // survivor, so it is acknowledged; the head makes epoch 2 over [1],
+        // where the head is the primary of 5's partitions with what it got.
+        send(&n, &d, 7, op::SET, m(p, 0), &encode_kv(&k, b"kept"), &out);
+        assert!(out.lock().is_empty());
         leave(&n, &d, 5);
-        let e = pop(&out).unwrap_err();
+        assert_eq!(pop(&out).unwrap(), b"");
+        send(&n, &d, 7, op::GET, m(q, 0), &k5, &out);
+        assert!(pop(&out).unwrap_err().message.contains("stale configuration"), "epoch 1 is refused");
+        send(&n, &d, 7, op::LOOKUP, m(0, 0), &[], &out);
+        let now = cfg_of(pop(&out).unwrap());
+        assert_eq!((now.epoch, now.members.clone()), (2, vec![1]));
+        let m2 = |part: u32| Msg { id: 1, epoch: 2, part, arg: 0 };
+        send(&n, &d, 7, op::GET, m2(q), &k5, &out);
+        assert_eq!(decode_opt(&pop(&out).unwrap()).unwrap(), Some(&b"3"[..]));
+        send(&n, &d, 7, op::GET, m2(p), &k, &out);
+        assert_eq!(decode_opt(&pop(&out).unwrap()).unwrap(), Some(&b"kept"[..]));
+        // Writes there need no backup any more.
+        send(&n, &d, 7, op::SET, m2(q), &encode_kv(&k5, b"4"), &out);
+        assert_eq!(pop(&out).unwrap(), b"");
+        n.close();
+    }
+
+    #[test]
+    fn a_dead_members_partitions_are_lost_with_replication_1_and_a_new_backup_gets_the_state() {
+        let (n, d) = with_peers();
+        let out: Out = Arc::default();
+        // Replication 1 over [1, 5]: 5's keys are lost with it, named.
+        let spec = Spec::new(DictKind::Distributed, Members::Pids(vec![1, 5])).named("r1").replication(1);
+        send(&n, &d, 7, op::CREATE, Msg::default(), &wire::encode_payload(&spec), &out);
+        send(&n, &d, 5, op::INSTALLED, Msg { id: 1, ..Msg::default() }, &[], &out);
+        let cfg = cfg_of(pop(&out).unwrap());
+        let dict = n.open_dict(&wire::encode_payload(&cfg)).unwrap();
+        let mine = key_on(&cfg, 1, 0);
+        dict.set(&mine, b"here").unwrap();
+        // Replication 2 over [1, 5, 6]: 5 dies; 1 gets a new backup (6) for
+        // the partitions 5 and 1 shared, and sends it their state.
+        let spec2 = Spec::new(DictKind::Distributed, Members::Pids(vec![1, 5, 6])).named("r2");
+        send(&n, &d, 7, op::CREATE, Msg::default(), &wire::encode_payload(&spec2), &out);
+        send(&n, &d, 5, op::INSTALLED, Msg { id: 2, ..Msg::default() }, &[], &out);
+        send(&n, &d, 6, op::INSTALLED, Msg { id: 2, ..Msg::default() }, &[], &out);
+        let cfg2 = cfg_of(pop(&out).unwrap());
+        let shared = (0..PARTITIONS).find(|&p| cfg2.replicas(p) == [1, 5]).unwrap();
+        let k = (0..).map(|i| format!("s{i}").into_bytes()).find(|k| partition(k) == shared).unwrap();
+        let m = |part: u32, arg: u64| Msg { id: 2, epoch: 1, part, arg };
+        send(&n, &d, 7, op::SET, m(shared, 0), &encode_kv(&k, b"v"), &out);
+        send(&n, &d, 5, op::ACK, m(shared, 1), &[], &out);
+        assert!(pop(&out).is_ok());
+        leave(&n, &d, 5);
+        let e = dict.index(&key_on(&cfg, 5, 0)).unwrap_err();
         assert_eq!((e.kind, e.pid), (ErrorKind::ProcessExited, 5));
-        assert!(e.message.contains("replica"), "{e}");
+        assert!(e.message.contains("lost with process 5"), "{e}");
+        assert_eq!(dict.index(&mine).unwrap(), b"here", "the survivor's keys are served");
+        assert_eq!(dict.length().unwrap_err().pid, 5, "a length would be wrong: refused");
+        send(&n, &d, 7, op::LOOKUP, Msg { id: 2, ..Msg::default() }, &[], &out);
+        let now = cfg_of(pop(&out).unwrap());
+        assert_eq!(now.replicas(shared), &[1, 6], "a new backup");
+        // The write to 6's new partition waits for its state's ack.
+        let m2 = |part: u32, arg: u64| Msg { id: 2, epoch: 2, part, arg };
+        send(&n, &d, 7, op::SET, m2(shared, 0), &encode_kv(&k, b"w"), &out);
+        assert!(out.lock().is_empty());
+        send(&n, &d, 6, op::STATE_ACK, m2(shared, 1), &[], &out);
+        assert!(out.lock().is_empty(), "the state held write 1, not write 2");
+        send(&n, &d, 6, op::ACK, m2(shared, 2), &[], &out);
+        assert!(pop(&out).is_ok());
+        // An early message of a later epoch waits for its configuration.
+        let h = d.held(2).unwrap();
+        assert!(h.early.lock().is_empty());
         n.close();
     }
 
@@ -1409,7 +1765,7 @@ mod tests {
         n.register_value_fn("myid", |node, args| Ok([&node.myid().to_le_bytes()[..], args].concat())).unwrap();
         for kind in [DictKind::Global, DictKind::Distributed] {
             let d = n.dict(&Spec::new(kind, Members::Workers)).unwrap();
-            assert_eq!(d.members(), &[1], "the head alone is the workers");
+            assert_eq!(d.members(), vec![1], "the head alone is the workers");
             assert!(d.is_empty().unwrap());
             assert_eq!(d.get(b"a").unwrap(), None);
             assert_eq!(d.index(b"a").unwrap_err().kind, ErrorKind::NotFound);

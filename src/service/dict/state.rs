@@ -99,6 +99,9 @@ pub struct DictConfig {
     pub type_tag: Vec<u8>,
     /// Partition -> its replicas, the primary first.
     pub parts: Vec<Vec<u32>>,
+    /// Partition -> the process whose death lost its pairs (replication 1),
+    /// 0 while it has a replica.
+    pub lost: Vec<u32>,
 }
 
 impl DictConfig {
@@ -114,7 +117,45 @@ impl DictConfig {
         }
         .max(1);
         let parts = (0..PARTITIONS as usize).map(|p| (0..r).map(|i| members[(p + i) % n]).collect()).collect();
-        DictConfig { id, name, kind, epoch: 1, members, replication: r as u32, type_tag, parts }
+        DictConfig { id, name, kind, epoch: 1, members, replication: r as u32, type_tag, parts, lost: vec![0; PARTITIONS as usize] }
+    }
+
+    /// The configuration of the next epoch once `pid` is gone: every
+    /// partition keeps its surviving replicas in order (the first is its
+    /// primary: it holds every acknowledged write), and gets new members
+    /// (from p on, in member order) until it has `replication` again where
+    /// the survivors allow (a Global dict: every survivor). A partition
+    /// left without a replica is lost, naming `pid`.
+    pub fn without(&self, pid: u32) -> DictConfig {
+        let members: Vec<u32> = self.members.iter().copied().filter(|&p| p != pid).collect();
+        let n = members.len();
+        let mut parts = Vec::with_capacity(self.parts.len());
+        let mut lost = self.lost.clone();
+        for (p, old) in self.parts.iter().enumerate() {
+            let mut list: Vec<u32> = old.iter().copied().filter(|&x| x != pid).collect();
+            if list.is_empty() {
+                if !old.is_empty() {
+                    lost[p] = pid;
+                }
+                parts.push(list);
+                continue;
+            }
+            let want = match self.kind {
+                DictKind::Global => n,
+                DictKind::Distributed => (self.replication as usize).min(n),
+            };
+            for i in 0..n {
+                if list.len() >= want {
+                    break;
+                }
+                let cand = members[(p + i) % n];
+                if !list.contains(&cand) {
+                    list.push(cand);
+                }
+            }
+            parts.push(list);
+        }
+        DictConfig { members, parts, lost, epoch: self.epoch + 1, ..self.clone() }
     }
 
     pub fn replicas(&self, part: u32) -> &[u32] {
@@ -138,10 +179,10 @@ impl DictConfig {
     /// Checks what a peer sent is well formed (a config from the wire).
     pub fn check(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::new(ErrorKind::Protocol, format!("malformed dict configuration: {m}")));
-        if self.parts.len() != PARTITIONS as usize {
+        if self.parts.len() != PARTITIONS as usize || self.lost.len() != PARTITIONS as usize {
             return bad("wrong number of partitions");
         }
-        if self.members.is_empty() || self.members.windows(2).any(|w| w[0] >= w[1]) {
+        if self.members.windows(2).any(|w| w[0] >= w[1]) {
             return bad("members not sorted");
         }
         if self.parts.iter().flatten().any(|p| !self.is_member(*p)) {
@@ -160,6 +201,9 @@ pub enum Effect {
     SetF { key: Vec<u8>, f: String, args: Vec<u8> },
     Delete { key: Vec<u8> },
 }
+
+/// A partition's pairs, as a state transfer carries them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Computes a value function where it is stored: its name, its arguments.
 pub type Compute<'a> = &'a dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String>;
@@ -191,6 +235,9 @@ pub(crate) struct Part {
     ahead: BTreeMap<u64, Effect>,
     /// Primary: writes waiting for their backups, by sequence number.
     waiting: BTreeMap<u64, Waiting>,
+    /// Backup in a new configuration: the primary's state is on its way;
+    /// writes wait in `ahead` until it is here.
+    pub awaiting: bool,
 }
 
 impl Part {
@@ -258,15 +305,67 @@ impl Part {
         }
     }
 
-    /// Primary: backup `pid` is gone; the writes waiting for it fail with
-    /// `why` (they are applied here and maybe on other backups: their
-    /// outcome is unknown to the writer).
-    pub fn backup_lost(&mut self, pid: u32, why: &Error, out: &mut Vec<Answer>) {
-        let hit: Vec<u64> = self.waiting.iter().filter(|(_, w)| w.outstanding.contains(&pid)).map(|(s, _)| *s).collect();
-        for s in hit {
-            let w = self.waiting.remove(&s).expect("present");
-            out.push(Answer(w.reply, Err(why.clone())));
+    /// Primary: only `backups` are this partition's backups now (one died,
+    /// or a new configuration came): the writes stop waiting for any other,
+    /// and those every remaining backup applied are answered. They are on
+    /// every surviving replica.
+    pub fn keep_backups(&mut self, backups: &[u32], out: &mut Vec<Answer>) {
+        let mut done = Vec::new();
+        for (s, w) in self.waiting.iter_mut() {
+            w.outstanding.retain(|p| backups.contains(p));
+            if w.outstanding.is_empty() {
+                done.push(*s);
+            }
         }
+        for s in done {
+            let w = self.waiting.remove(&s).expect("present");
+            out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
+        }
+    }
+
+    /// Becomes the primary of a new configuration with `backups`: what
+    /// arrived from the old primary beyond a gap was never acknowledged
+    /// (every replica applies a write before it is) and goes. Returns the
+    /// state to send the backups: the pairs and the last write number.
+    pub fn become_primary(&mut self, backups: &[u32], out: &mut Vec<Answer>) -> (Pairs, u64) {
+        self.ahead.clear();
+        self.awaiting = false;
+        self.keep_backups(backups, out);
+        (self.store.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), self.seq)
+    }
+
+    /// Primary: backup `from` installed the state up to write `seq`: it
+    /// holds every write up to there.
+    pub fn state_acked(&mut self, from: u32, seq: u64, out: &mut Vec<Answer>) {
+        let hit: Vec<u64> = self.waiting.range(..=seq).map(|(s, _)| *s).collect();
+        for s in hit {
+            self.ack(s, from, None, out);
+        }
+    }
+
+    /// Backup: the primary's state, up to write `seq`. Replaces what is
+    /// here; the writes buffered after it are applied in order and
+    /// returned (to acknowledge).
+    pub fn install_state(&mut self, seq: u64, pairs: Pairs, compute: Compute) -> Vec<(u64, Option<String>)> {
+        self.store = pairs.into_iter().collect();
+        self.seq = seq;
+        self.awaiting = false;
+        self.ahead = std::mem::take(&mut self.ahead).split_off(&(seq + 1));
+        let mut done = Vec::new();
+        while let Some(e) = self.ahead.remove(&(self.seq + 1)) {
+            self.seq += 1;
+            done.push((self.seq, self.apply(e, compute).err()));
+        }
+        done
+    }
+
+    /// No longer a replica: forget everything.
+    pub fn clear(&mut self, why: &Error, out: &mut Vec<Answer>) {
+        self.fail_all(why, out);
+        self.store.clear();
+        self.ahead.clear();
+        self.seq = 0;
+        self.awaiting = false;
     }
 
     /// Writes waiting for backups (a gauge for tests).
@@ -286,6 +385,10 @@ impl Part {
     /// the failure of each (to acknowledge). A write seen before is
     /// acknowledged again, not applied twice.
     pub fn replicate(&mut self, seq: u64, e: Effect, compute: Compute) -> Vec<(u64, Option<String>)> {
+        if self.awaiting {
+            self.ahead.insert(seq, e);
+            return Vec::new();
+        }
         if seq <= self.seq {
             return vec![(seq, None)];
         }
@@ -385,8 +488,9 @@ mod tests {
         p.ack(3, 3, Some(Error::new(ErrorKind::Remote, "no f")), &mut a);
         assert_eq!(sent(std::mem::take(&mut a))[0].as_ref().unwrap_err().message, "no f");
         assert_eq!(p.waiting(), 1);
-        p.backup_lost(4, &Error::exited(4), &mut a);
-        assert_eq!(sent(a)[0].as_ref().unwrap_err().kind, ErrorKind::ProcessExited);
+        // Backup 4 is gone: its write is on every surviving replica.
+        p.keep_backups(&[3], &mut a);
+        assert!(sent(a)[0].is_ok());
         assert_eq!(p.waiting(), 0);
         // A value function failing on the primary: nothing replicated.
         let mut a = Vec::new();
@@ -416,5 +520,45 @@ mod tests {
         let d = p.replicate(5, Effect::SetF { key: b"y".to_vec(), f: "other".into(), args: vec![] }, &myid);
         assert_eq!(d, vec![(5, Some("no function other".to_string()))]);
         assert!(!p.store.contains_key(&b"y"[..]));
+    }
+
+    #[test]
+    fn a_new_configuration_moves_the_primary_and_transfers_state() {
+        let c = DictConfig::new(1, "d".into(), DictKind::Distributed, vec![2, 3, 4], 2, vec![]);
+        let n = c.without(2);
+        assert_eq!((n.epoch, n.members.clone()), (2, vec![3, 4]));
+        // Partition 0 was [2, 3]: 3 is its primary, 4 its new backup.
+        assert_eq!(n.replicas(0), &[3, 4]);
+        assert_eq!(n.replicas(1), &[3, 4], "untouched but for order");
+        assert!(n.lost.iter().all(|&l| l == 0));
+        assert!(n.check().is_ok());
+        // Replication 1: the dead member's partitions are lost, naming it.
+        let one = DictConfig::new(1, "d".into(), DictKind::Distributed, vec![2, 3], 1, vec![]).without(3);
+        assert_eq!(one.replicas(1), &[] as &[u32]);
+        assert_eq!(one.lost[1], 3);
+        assert_eq!(one.lost[0], 0);
+        let g = DictConfig::new(1, "g".into(), DictKind::Global, vec![1, 2, 3], 0, vec![]).without(1);
+        assert!(g.parts.iter().all(|l| l.len() == 2));
+        // A backup promoted: what came beyond a gap goes; the state it
+        // sends installs on a new backup, which then applies what waited.
+        let out: Out = Arc::default();
+        let mut b = Part::default();
+        b.replicate(1, set("k", "1"), &none);
+        b.replicate(3, set("k", "3"), &none);
+        let mut a = Vec::new();
+        let (pairs, seq) = b.become_primary(&[4], &mut a);
+        assert_eq!((pairs.clone(), seq), (vec![(b"k".to_vec(), b"1".to_vec())], 1));
+        assert_eq!(b.ahead(), 0);
+        b.write(set("j", "2"), &none, ReplyTo::Capture(out.clone()), vec![], &[4], &mut a);
+        let mut nb = Part { awaiting: true, ..Part::default() };
+        assert!(nb.replicate(2, set("j", "2"), &none).is_empty(), "waits for the state");
+        let done = nb.install_state(seq, pairs, &none);
+        assert_eq!(done, vec![(2, None)]);
+        assert_eq!(nb.store, b.store);
+        // The state's ack stands for the writes it held.
+        b.write(set("x", "3"), &none, ReplyTo::Capture(out.clone()), vec![], &[4], &mut a);
+        b.state_acked(4, 2, &mut a);
+        assert_eq!(sent(std::mem::take(&mut a)).len(), 1);
+        assert_eq!(b.waiting(), 1);
     }
 }
