@@ -773,12 +773,14 @@ impl Dicts {
                         let mut p = h.parts[part as usize].lock();
                         let cfg = h.cfg();
                         if m.epoch > cfg.epoch {
-                            drop(p);
+                            // Kept under the partition's lock: its RECONFIG
+                            // is installed under it, then looks here.
                             h.early.lock().push(Early { from, op, m, payload });
                             return Ok(());
                         }
-                        if cfg.primary(part) != from || cfg.epoch != m.epoch {
-                            // From an older epoch: the new primary's state supersedes it.
+                        if cfg.primary(part) != from || m.epoch < p.since {
+                            // From before the partition's replicas changed:
+                            // the new primary's state supersedes it.
                             return Ok(());
                         }
                         p.replicate(m.arg, e, &compute)
@@ -810,11 +812,12 @@ impl Dicts {
                 let mut p = h.parts[m.part as usize].lock();
                 let cfg = h.cfg();
                 if m.epoch > cfg.epoch {
-                    drop(p);
                     h.early.lock().push(Early { from, op, m, payload: wire::encode_payload(&pairs) });
                     return Ok(());
                 }
-                if cfg.epoch != m.epoch || cfg.primary(m.part) != from || !cfg.stores(me, m.part) {
+                // The state of the epoch this partition changed in (a later
+                // epoch may have left it as it is).
+                if m.epoch != p.since || cfg.primary(m.part) != from || !cfg.stores(me, m.part) {
                     return Ok(());
                 }
                 let applied = p.install_state(m.arg, pairs, &compute);
@@ -830,7 +833,7 @@ impl Dicts {
                 }
                 let mut out = Vec::new();
                 let mut p = h.parts[m.part as usize].lock();
-                if h.cfg().epoch == m.epoch {
+                if p.since == m.epoch {
                     p.state_acked(from, m.arg, &mut out);
                 }
                 drop(p);
@@ -892,6 +895,7 @@ impl Dicts {
                 if was == now {
                     continue;
                 }
+                p.since = new.epoch;
                 if now[0] == me {
                     let (pairs, seq) = p.become_primary(&backups, &mut out);
                     let payload = wire::encode_payload(&pairs);
@@ -1753,9 +1757,26 @@ mod tests {
         assert!(out.lock().is_empty(), "the state held write 1, not write 2");
         send(&n, &d, 6, op::ACK, m2(shared, 2), &[], &out);
         assert!(pop(&out).is_ok());
-        // An early message of a later epoch waits for its configuration.
+        // A write 6 numbered in epoch 1 for a partition the death left as
+        // it was ([6, 1]) is still applied and acknowledged here (refusing
+        // it left its writer waiting for good).
+        let same = (0..PARTITIONS).find(|&p| cfg2.replicas(p) == [6, 1]).unwrap();
+        assert_eq!(now.replicas(same), &[6, 1]);
+        let ks = (0..).map(|i| format!("u{i}").into_bytes()).find(|k| partition(k) == same).unwrap();
+        let eff = wire::encode_payload(&Effect::Set { key: ks.clone(), value: b"old epoch".to_vec() });
+        send(&n, &d, 6, op::REPLICATE, m(same, 1), &eff, &out);
+        let r2 = n.open_dict(&wire::encode_payload(&now)).unwrap();
+        assert!(r2.localpart().contains(&(ks.clone(), b"old epoch".to_vec())));
+        // A message of a later epoch waits for its configuration, then is handled.
         let h = d.held(2).unwrap();
+        let eff = wire::encode_payload(&Effect::Set { key: ks.clone(), value: b"epoch 3".to_vec() });
+        send(&n, &d, 6, op::REPLICATE, Msg { id: 2, epoch: 3, part: same, arg: 2 }, &eff, &out);
+        assert_eq!(h.early.lock().len(), 1);
+        let mut next = now.clone();
+        next.epoch = 3;
+        d.reconfigure(&n, next);
         assert!(h.early.lock().is_empty());
+        assert!(r2.localpart().contains(&(ks.clone(), b"epoch 3".to_vec())));
         n.close();
     }
 

@@ -238,11 +238,14 @@ pub(crate) struct Part {
     /// Backup in a new configuration: the primary's state is on its way;
     /// writes wait in `ahead` until it is here.
     pub awaiting: bool,
+    /// The epoch since which this partition has its replicas: writes its
+    /// primary numbered in an epoch from then on stay valid in later ones.
+    pub since: u64,
 }
 
 impl Part {
     pub fn new(me: u32) -> Part {
-        Part { me, ..Part::default() }
+        Part { me, since: 1, ..Part::default() }
     }
 
     /// Applies `e` to the store. A value function that fails leaves the
