@@ -384,7 +384,10 @@ impl Dicts {
             match conn {
                 Some(c) => {
                     if let Err(e) = c.send_nowait(Header::new(Kind::Oneway, ID, s.op, 0), &meta, &s.payload) {
-                        node.log.debug(format!("dict message to {} not sent: {e}", s.to));
+                        // Closed meanwhile: the sending thread connects again
+                        // (a write waits for this message's answer).
+                        node.log.debug(format!("dict message to {} not sent ({e}): through the sending thread", s.to));
+                        self.housekeeping.send(node, s.to, s.op, meta, s.payload);
                     }
                 }
                 None => self.housekeeping.send(node, s.to, s.op, meta, s.payload),
