@@ -87,11 +87,13 @@
 //! member ("... were lost with process N"); so do length and the listings
 //! of a dict with a lost partition (they would be wrong).
 //!
-//! Reads at a Global member are local and see a write once that member
-//! applied it (possibly before the writer's answer); reads of a
-//! Distributed key go to its primary and may see a write it applied that
-//! is not yet acknowledged (it is on the primary; a later primary has it
-//! unless the write fails).
+//! **Reads.** At the primary, a read (get, haskey, a get-or-insert that
+//! finds the key) of a key whose last write is not yet on every replica
+//! waits for it, parked with its answer: a read never returns what a
+//! primary's death could still take back, so every operation on a key of
+//! a Distributed dict is linearizable. A Global member reads its own copy
+//! (no message): it sees a write once it applied it, possibly before the
+//! writer's answer.
 
 mod state;
 
@@ -627,8 +629,19 @@ impl Dicts {
         let backups: Vec<u32> = cfg.replicas(part).iter().copied().filter(|&p| p != me).collect();
         {
             match op {
-                op::GET => out.push(Answer(reply, Ok(encode_opt(p.store.get(&key).map(|v| &v[..]))))),
-                op::HASKEY => out.push(Answer(reply, Ok(vec![p.store.contains_key(&key) as u8]))),
+                // At the primary, a read of a key whose last write is not on
+                // every replica yet waits for it; a Global member's own copy
+                // answers at once.
+                op::GET if global_read => out.push(Answer(reply, Ok(encode_opt(p.store.get(&key).map(|v| &v[..]))))),
+                op::HASKEY if global_read => out.push(Answer(reply, Ok(vec![p.store.contains_key(&key) as u8]))),
+                op::GET => {
+                    let v = encode_opt(p.store.get(&key).map(|v| &v[..]));
+                    p.read(&key, reply, v, &mut out);
+                }
+                op::HASKEY => {
+                    let v = vec![p.store.contains_key(&key) as u8];
+                    p.read(&key, reply, v, &mut out);
+                }
                 op::SET => {
                     let e = Effect::Set { key, value: decode_kv(&payload)?.1.to_vec() };
                     effect = Some(e.clone());
@@ -649,8 +662,8 @@ impl Dicts {
                         Err(msg) => out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, me, msg)))),
                     }
                 }
-                op::GET_OR_INSERT => match p.store.get(&key) {
-                    Some(v) => out.push(Answer(reply, Ok(v.clone()))),
+                op::GET_OR_INSERT => match p.store.get(&key).cloned() {
+                    Some(v) => p.read(&key, reply, v, &mut out),
                     None => {
                         let value = decode_kv(&payload)?.1.to_vec();
                         let e = Effect::Set { key, value: value.clone() };
@@ -1656,9 +1669,11 @@ mod tests {
         let p = partition(&k);
         send(&n, &d, 7, op::SET, m(p, 0), &encode_kv(&k, b"v1"), &out);
         assert!(out.lock().is_empty(), "5 has not applied it");
-        send(&n, &d, 7, op::GET, m(p, 0), &k, &out);
-        assert_eq!(decode_opt(&pop(&out).unwrap()).unwrap(), Some(&b"v1"[..]));
+        // A read of it waits too (it could still be lost with the head).
+        send(&n, &d, 8, op::GET, m(p, 0), &k, &out);
+        assert!(out.lock().is_empty());
         send(&n, &d, 5, op::ACK, m(p, 1), &[], &out);
+        assert_eq!(decode_opt(&pop(&out).unwrap()).unwrap(), Some(&b"v1"[..]));
         assert_eq!(pop(&out).unwrap(), b"");
         // get! finds it; pop removes it (waits for 5 again); get! inserts.
         send(&n, &d, 8, op::GET_OR_INSERT, m(p, 0), &encode_kv(&k, b"other"), &out);

@@ -220,6 +220,8 @@ struct Waiting {
     outstanding: Vec<u32>,
     /// The first failure a backup reported.
     error: Option<Error>,
+    /// The key it writes.
+    key: Vec<u8>,
 }
 
 /// One partition of one dict on one member.
@@ -233,6 +235,12 @@ pub(crate) struct Part {
     pub seq: u64,
     /// Backup: writes that arrived ahead of their turn, by sequence number.
     ahead: BTreeMap<u64, Effect>,
+    /// Primary: the keys with a write not acknowledged yet, and its number.
+    unacked: HashMap<Vec<u8>, u64>,
+    /// Primary: reads of such keys, with their answers, parked until that
+    /// write is acknowledged (a read never returns what a failure could
+    /// still take back).
+    reads: BTreeMap<u64, Vec<(ReplyTo, Vec<u8>)>>,
     /// Primary: writes waiting for their backups, by sequence number.
     waiting: BTreeMap<u64, Waiting>,
     /// Backup in a new configuration: the primary's state is on its way;
@@ -241,6 +249,14 @@ pub(crate) struct Part {
     /// The epoch since which this partition has its replicas: writes its
     /// primary numbered in an epoch from then on stay valid in later ones.
     pub since: u64,
+}
+
+impl Effect {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Effect::Set { key, .. } | Effect::SetF { key, .. } | Effect::Delete { key } => key,
+        }
+    }
 }
 
 impl Part {
@@ -277,6 +293,7 @@ impl Part {
     /// number to send the backups, or None when the write failed here
     /// (answered, nothing to replicate).
     pub fn write(&mut self, e: Effect, compute: Compute, reply: ReplyTo, result: Vec<u8>, backups: &[u32], out: &mut Vec<Answer>) -> Option<u64> {
+        let key = e.key().to_vec();
         if let Err(m) = self.apply(e, compute) {
             out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, self.me, m))));
             return None;
@@ -285,9 +302,32 @@ impl Part {
         if backups.is_empty() {
             out.push(Answer(reply, Ok(result)));
         } else {
-            self.waiting.insert(self.seq, Waiting { reply, result, outstanding: backups.to_vec(), error: None });
+            self.unacked.insert(key.clone(), self.seq);
+            self.waiting.insert(self.seq, Waiting { reply, result, outstanding: backups.to_vec(), error: None, key });
         }
         Some(self.seq)
+    }
+
+    /// Primary: answers a read of `key` with `answer` now, or once the
+    /// write of `key` still waiting for its backups is acknowledged.
+    pub fn read(&mut self, key: &[u8], reply: ReplyTo, answer: Vec<u8>, out: &mut Vec<Answer>) {
+        match self.unacked.get(key) {
+            Some(&s) => self.reads.entry(s).or_default().push((reply, answer)),
+            None => out.push(Answer(reply, Ok(answer))),
+        }
+    }
+
+    /// Write `seq` is on every replica: its writer is answered, and the
+    /// reads waiting for it.
+    fn finish(&mut self, seq: u64, out: &mut Vec<Answer>) {
+        let Some(w) = self.waiting.remove(&seq) else { return };
+        if self.unacked.get(&w.key) == Some(&seq) {
+            self.unacked.remove(&w.key);
+        }
+        out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
+        for (reply, answer) in self.reads.remove(&seq).unwrap_or_default() {
+            out.push(Answer(reply, Ok(answer)));
+        }
     }
 
     /// Primary: backup `from` applied write `seq` (`err`: its value
@@ -303,8 +343,7 @@ impl Part {
             w.error = err;
         }
         if w.outstanding.is_empty() {
-            let w = self.waiting.remove(&seq).expect("present");
-            out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
+            self.finish(seq, out);
         }
     }
 
@@ -321,8 +360,7 @@ impl Part {
             }
         }
         for s in done {
-            let w = self.waiting.remove(&s).expect("present");
-            out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
+            self.finish(s, out);
         }
     }
 
@@ -381,6 +419,10 @@ impl Part {
         for (_, w) in std::mem::take(&mut self.waiting) {
             out.push(Answer(w.reply, Err(why.clone())));
         }
+        for (reply, _) in std::mem::take(&mut self.reads).into_values().flatten() {
+            out.push(Answer(reply, Err(why.clone())));
+        }
+        self.unacked.clear();
     }
 
     /// Backup: write `seq` from the primary. Applies it and every buffered
@@ -501,6 +543,32 @@ mod tests {
         assert_eq!(p.write(f, &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a), None);
         assert_eq!(sent(a)[0].as_ref().unwrap_err().kind, ErrorKind::Remote);
         assert_eq!(p.seq, 4);
+    }
+
+    #[test]
+    fn a_read_of_a_key_with_a_write_not_acknowledged_waits_for_it() {
+        let out: Out = Arc::default();
+        let mut p = Part::default();
+        let mut a = Vec::new();
+        p.write(set("k", "1"), &none, ReplyTo::Capture(out.clone()), b"w1".to_vec(), &[3], &mut a);
+        p.read(b"other", ReplyTo::Capture(out.clone()), b"now".to_vec(), &mut a);
+        assert_eq!(sent(std::mem::take(&mut a)), vec![Ok(b"now".to_vec())], "another key is read at once");
+        p.read(b"k", ReplyTo::Capture(out.clone()), b"1".to_vec(), &mut a);
+        p.write(set("k", "2"), &none, ReplyTo::Capture(out.clone()), b"w2".to_vec(), &[3], &mut a);
+        p.read(b"k", ReplyTo::Capture(out.clone()), b"2".to_vec(), &mut a);
+        assert!(a.is_empty());
+        p.ack(1, 3, None, &mut a);
+        assert_eq!(sent(std::mem::take(&mut a)), vec![Ok(b"w1".to_vec()), Ok(b"1".to_vec())]);
+        p.ack(2, 3, None, &mut a);
+        assert_eq!(sent(std::mem::take(&mut a)), vec![Ok(b"w2".to_vec()), Ok(b"2".to_vec())]);
+        p.read(b"k", ReplyTo::Capture(out.clone()), b"2".to_vec(), &mut a);
+        assert_eq!(sent(a).len(), 1, "nothing waits any more");
+        // Failing everything fails the parked reads too.
+        let mut a = Vec::new();
+        p.write(set("k", "3"), &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a);
+        p.read(b"k", ReplyTo::Capture(out.clone()), b"3".to_vec(), &mut a);
+        p.fail_all(&Error::new(ErrorKind::Shutdown, "bye"), &mut a);
+        assert!(sent(a).iter().all(|r| r.is_err()));
     }
 
     #[test]
