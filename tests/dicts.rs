@@ -2,8 +2,11 @@
 //! src/bin/cluster-test-worker.rs): ClusterDicts' own matrix (member sets
 //! all / workers / [2, 3] / default x given or generated name, for both
 //! kinds), a non-member using a received handle, release leaving nothing
-//! on any member, and concurrent writers and get! from several processes
-//! leaving identical replicas.
+//! on any member, concurrent writers and get! from several processes
+//! leaving identical replicas, a member SIGKILLed under concurrent writers
+//! (replication 2: no acknowledged write lost, replication restored; 1:
+//! its keys reported lost), and the histories of concurrent clients across
+//! such a kill checked linearizable per key.
 
 use cluster::prelude::*;
 use cluster::service::dict::DictConfig;
@@ -445,4 +448,114 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
         assert!(local_dicts_on(&c, p).is_empty());
     }
     c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// One operation of a history: key index, value (0: absent), invoked and
+/// answered (ns, the machine's monotonic clock), whether it succeeded.
+type Op = (u32, u32, u64, u64, bool);
+
+/// Each key has one writer setting 1, 2, 3 ... in turn. Such registers are
+/// linearizable exactly when every successful read returns at least the
+/// last write acknowledged before it was invoked and at most the last write
+/// invoked before it was answered, and a read answered before another was
+/// invoked never returns a later value. Returns the reads checked.
+fn check_history(writes: &[Op], reads: &[Op], nkeys: u32) -> usize {
+    let mut checked = 0;
+    for key in 0..nkeys {
+        let w: Vec<&Op> = writes.iter().filter(|o| o.0 == key).collect();
+        let mut r: Vec<&Op> = reads.iter().filter(|o| o.0 == key && o.4).collect();
+        for rd in &r {
+            let lower = w.iter().filter(|o| o.4 && o.3 < rd.2).map(|o| o.1).max().unwrap_or(0);
+            let upper = w.iter().filter(|o| o.2 < rd.3).map(|o| o.1).max().unwrap_or(0);
+            assert!(
+                lower <= rd.1 && rd.1 <= upper,
+                "key {key}: a read in [{}, {}] returned {}, outside [{lower}, {upper}] (acknowledged before it / invoked before its answer)",
+                rd.2,
+                rd.3,
+                rd.1
+            );
+        }
+        // No new-old inversion between reads that do not overlap.
+        r.sort_by_key(|o| o.2);
+        let mut by_end: Vec<&Op> = r.clone();
+        by_end.sort_by_key(|o| o.3);
+        let (mut i, mut seen) = (0, 0u32);
+        for rd in &r {
+            while i < by_end.len() && by_end[i].3 < rd.2 {
+                seen = seen.max(by_end[i].1);
+                i += 1;
+            }
+            assert!(rd.1 >= seen, "key {key}: a read invoked at {} returned {} after an earlier read had returned {seen}", rd.2, rd.1);
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn histories_of_concurrent_clients_stay_linearizable_through_a_members_death() {
+    let c = Arc::new(head());
+    c.addprocs(4, &opts()).unwrap();
+    let d = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("h")).unwrap();
+    let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("h{i}").into_bytes()).collect();
+    let rounds = 600u32;
+    let w2 = c.remotecall(2, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[..8].to_vec(), rounds))).unwrap();
+    let w3 = c.remotecall(3, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[8..].to_vec(), rounds))).unwrap();
+    let r4 = c.remotecall(4, "dict_history_read", &encode_payload(&(d.to_bytes(), keys.clone(), 2500u32))).unwrap();
+    let here = {
+        let (d, keys) = (d.clone(), keys.clone());
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_millis(2500);
+            let mut ops: Vec<Op> = Vec::new();
+            let mut j = 0usize;
+            while Instant::now() < end {
+                let t0 = cluster::sys::monotonic_ns();
+                let r = d.get(&keys[j % keys.len()]);
+                let t1 = cluster::sys::monotonic_ns();
+                let v = r.as_ref().ok().and_then(|v| v.as_ref()).map(|v| u32::from_le_bytes(v[..4].try_into().unwrap())).unwrap_or(0);
+                ops.push(((j % keys.len()) as u32, v, t0, t1, r.is_ok()));
+                j += 1;
+            }
+            ops
+        })
+    };
+    let round_of = |v: Vec<u8>| u32::from_le_bytes(v[..4].try_into().unwrap());
+    assert!(wait_until(Duration::from_secs(10), || d.get(&keys[0]).ok().flatten().is_some_and(|v| round_of(v) >= 60)));
+    kill_worker(&c, 5);
+    assert!(!w2.is_ready() && !w3.is_ready(), "the writers were done before the kill: nothing tested");
+    let mut writes: Vec<Op> = decode_payload(w2.fetch(Some(Duration::from_secs(40))).unwrap()).unwrap();
+    let more: Vec<Op> = decode_payload(w3.fetch(Some(Duration::from_secs(40))).unwrap()).unwrap();
+    writes.extend(more.into_iter().map(|o| (o.0 + 8, o.1, o.2, o.3, o.4)));
+    let mut reads: Vec<Op> = decode_payload(r4.fetch(Some(Duration::from_secs(40))).unwrap()).unwrap();
+    reads.extend(here.join().unwrap());
+    let failed_writes = writes.iter().filter(|o| !o.4).count();
+    let failed_reads = reads.iter().filter(|o| !o.4).count();
+    let checked = check_history(&writes, &reads, 16);
+    eprintln!("history: {} writes ({failed_writes} failed), {} reads ({failed_reads} failed), {checked} checked", writes.len(), reads.len());
+    assert_eq!(failed_writes, 0, "the blocking forms retry on the new epoch");
+    assert!(checked > 1000, "only {checked} reads");
+    // Every acknowledged last value is there.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(d.index(k).unwrap(), rounds.to_le_bytes(), "key {i}");
+    }
+    d.release().unwrap();
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn the_history_check_catches_stale_reads_and_inversions() {
+    let w: Vec<Op> = vec![(0, 1, 10, 20, true), (0, 2, 30, 40, true)];
+    let ok: Vec<Op> = vec![(0, 0, 5, 15, true), (0, 1, 21, 29, true), (0, 2, 35, 50, true), (0, 2, 41, 45, true)];
+    assert_eq!(check_history(&w, &ok, 1), 4);
+    let bad = [
+        // Write 1 was acknowledged at 20: a read from 21 must see it.
+        vec![(0, 0, 21, 25, true)],
+        // Write 2 was invoked at 30: a read answered at 29 cannot see it.
+        vec![(0, 2, 21, 29, true)],
+        // 2, then 1 from a later read.
+        vec![(0, 2, 31, 33, true), (0, 1, 34, 36, true)],
+    ];
+    for r in bad {
+        assert!(std::panic::catch_unwind(|| check_history(&w, &r, 1)).is_err(), "{r:?} passed");
+    }
 }

@@ -194,6 +194,41 @@ fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
         }
         Ok(encode_payload(&(acked, errors)))
     })?;
+    // args: (handle, keys, rounds): a history for the linearizability
+    // check: round i sets every key to i (u32, one writer per key); each
+    // operation as (key index, value, invoked ns, answered ns, ok) on the
+    // system's monotonic clock.
+    c.register_fn("dict_history_write", |call| {
+        let (h, keys, rounds): (Vec<u8>, Vec<Vec<u8>>, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let mut ops = Vec::new();
+        for i in 1..=rounds {
+            for (j, k) in keys.iter().enumerate() {
+                let t0 = cluster::sys::monotonic_ns();
+                let ok = d.set(k, &i.to_le_bytes()).is_ok();
+                ops.push((j as u32, i, t0, cluster::sys::monotonic_ns(), ok));
+            }
+        }
+        Ok(encode_payload(&ops))
+    })?;
+    // args: (handle, keys, ms): reads the keys in turn for ms; each read
+    // as (key index, value (0: absent), invoked ns, answered ns, ok).
+    c.register_fn("dict_history_read", |call| {
+        let (h, keys, ms): (Vec<u8>, Vec<Vec<u8>>, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let end = Instant::now() + Duration::from_millis(ms as u64);
+        let mut ops = Vec::new();
+        let mut j = 0;
+        while Instant::now() < end {
+            let t0 = cluster::sys::monotonic_ns();
+            let r = d.get(&keys[j % keys.len()]);
+            let t1 = cluster::sys::monotonic_ns();
+            let v = r.as_ref().ok().and_then(|v| v.as_ref()).map(|v| u32::from_le_bytes(v[..4].try_into().unwrap())).unwrap_or(0);
+            ops.push(((j % keys.len()) as u32, v, t0, t1, r.is_ok()));
+            j += 1;
+        }
+        Ok(encode_payload(&ops))
+    })?;
     // args: (handle, keys): get!(k, myid) on every key, pipelined; the values got.
     c.register_fn("dict_get_insert_many", |call| {
         let (h, keys): (Vec<u8>, Vec<Vec<u8>>) = decode_payload(call.args()).map_err(|e| e.to_string())?;
