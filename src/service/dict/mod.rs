@@ -414,6 +414,13 @@ impl Dicts {
         if let Some(&p) = v.iter().find(|p| !live.contains(p)) {
             return Err(node.unknown_process(p));
         }
+        // Replicas talk to each other: two workers cannot under master_worker.
+        if node.topology() == crate::node::Topology::MasterWorker && v.iter().filter(|&&p| p != HEAD_ID).count() > 1 {
+            return Err(Error::new(
+                ErrorKind::Topology,
+                format!("a dict over workers {:?} needs worker-to-worker connections: the topology is master_worker", v),
+            ));
+        }
         Ok(v)
     }
 
@@ -1643,6 +1650,20 @@ mod tests {
         assert_eq!((e.kind, e.pid), (ErrorKind::ProcessExited, 6));
         assert!(e.message.contains("process 6"), "{e}");
         assert!(d.local_dicts().is_empty() && d.registered() == 0, "undone");
+        // Under master_worker, two workers cannot be members together.
+        let mw = Node::detached(Config { heartbeat_timeout: Duration::ZERO, topology: crate::node::Topology::MasterWorker, ..Config::default() }, true).unwrap();
+        let md = Dicts::new();
+        mw.install(md.clone()).unwrap();
+        mw.start().unwrap();
+        mw.add_peer(5, peer_state::READY);
+        mw.add_peer(6, peer_state::READY);
+        let two = Spec::new(DictKind::Global, Members::Pids(vec![5, 6]));
+        send(&mw, &md, 5, op::CREATE, Msg::default(), &wire::encode_payload(&two), &out);
+        assert_eq!(pop(&out).unwrap_err().kind, ErrorKind::Topology);
+        let with_head = Spec::new(DictKind::Global, Members::Pids(vec![1, 5]));
+        send(&mw, &md, 5, op::CREATE, Msg::default(), &wire::encode_payload(&with_head), &out);
+        assert!(out.lock().is_empty(), "the head and one worker: waits for 5 to install it");
+        mw.close();
         // Only the head creates.
         let w = Node::detached(Config { heartbeat_timeout: Duration::ZERO, ..Config::default() }, false).unwrap();
         let wd = Dicts::new();
