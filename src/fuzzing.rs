@@ -1351,7 +1351,7 @@ pub fn channel(data: &[u8]) -> Report {
 #[doc(hidden)]
 pub fn dict(data: &[u8]) -> Report {
     let sel = byte(data, 0);
-    let op = if sel < 128 { u16::from(sel % 20) } else { u16::from(sel) };
+    let op = if sel < 128 { u16::from(sel % 24) } else { u16::from(sel) };
     let n = byte(data, 1) as usize;
     let rest = data.get(2..).unwrap_or(&[]);
     let (meta, payload) = rest.split_at(n.min(rest.len()));
@@ -1568,11 +1568,16 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 input(dict::op::ENTRIES, &m(1, 0, 2), &[]),
                 input(dict::op::REPLICATE, &m(1, 63, 9), &wire::encode_payload(&set)),
                 input(dict::op::ACK, &m(1, 63, 9), b"no function"),
-                // A key longer than the payload; partition 64; listing 3; an unknown op.
+                input(dict::op::RECONFIG, &m(1, 0, 0), &wire::encode_payload(&cfg.without(2))),
+                input(dict::op::STATE, &m(1, 7, 3), &wire::encode_payload(&vec![(b"k".to_vec(), b"v".to_vec())])),
+                input(dict::op::LOOKUP, &m(1, 0, 0), &[]),
+                // A key longer than the payload; partition 64; listing 3; a
+                // configuration with no payload; an unknown op.
                 input(dict::op::SET, &m(1, 5, 0), &[9, 0, 0, 0, 1]),
                 input(dict::op::REPLICATE, &m(1, 64, 9), &wire::encode_payload(&set)),
                 input(dict::op::ENTRIES, &m(1, 0, 3), &[]),
-                input(18, &m(1, 0, 0), &[]),
+                input(dict::op::RECONFIG, &m(1, 0, 0), &[]),
+                input(22, &m(1, 0, 0), &[]),
                 vec![dict::op::GET as u8, 3, 0xff, 0xff, 0xff],
             ]
         }
