@@ -169,6 +169,10 @@ enum cluster_status
    * or the process it is bound to left.
    */
   CLUSTER_ERR_CHANNEL_CLOSED = 22,
+  /**
+   * No such key in the dict (Julia's KeyError).
+   */
+  CLUSTER_ERR_NOT_FOUND = 23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

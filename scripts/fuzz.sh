@@ -5,7 +5,7 @@
 # CI runs `scripts/fuzz.sh 20` (from scripts/test.sh); run longer by hand.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 60 s; all targets:
-#                                              frame handshake session control refs rpc channel)
+#                                              frame handshake session control refs rpc channel dict)
 #   LIBCLUSTER_FUZZ_DRIVER=stable|cargo-fuzz  force a driver
 #   LIBCLUSTER_FUZZ_JOBS=N                    cargo-fuzz: N processes per target
 #
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-60}
 shift || true
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(frame handshake session control refs rpc channel); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(frame handshake session control refs rpc channel dict); fi
 
 driver=${LIBCLUSTER_FUZZ_DRIVER:-}
 if [ -z "$driver" ]; then

@@ -6,6 +6,7 @@ use crate::launch;
 use crate::node::{Config, Node};
 use crate::service::channel::Channels;
 use crate::service::control::{Control, Role};
+use crate::service::dict::Dicts;
 use crate::service::pool::Pools;
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
@@ -65,6 +66,7 @@ impl Cluster {
         node.install(Refs::new())?;
         node.install(Channels::new())?;
         node.install(Pools::new())?;
+        node.install(Dicts::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

@@ -64,6 +64,7 @@ error_kinds! {
     BufferTooSmall = 20 => "buffer too small",
     HeadLost = 21 => "the head went away",
     ChannelClosed = 22 => "the channel is closed",
+    NotFound = 23 => "no such key",
 }
 
 /// An error with its kind, a message, and the process it concerns.

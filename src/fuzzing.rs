@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::net::auth::{self, Side, PROTOCOL_VERSION};
 use crate::node::{admit, response_outcome, session, Hello};
 use crate::service::control::{self, op as control_op, Join, Message, PeerInfo, Welcome};
-use crate::service::{channel, pool, refs, rpc};
+use crate::service::{channel, dict, pool, refs, rpc};
 use crate::wire::{self, Frame, FrameReader, Header, Kind, ReadOutcome, ServiceId, HEADER_LEN, MAGIC, MAX_META};
 use hmac::{Hmac, Mac};
 use serde::{de::DeserializeOwned, Serialize};
@@ -65,6 +65,8 @@ pub enum Decoded {
     Batch { name: String, items: Option<Vec<usize>> },
     /// A channel message and its meta's canonical re-encoding.
     Channel(u16, Vec<u8>),
+    /// A dict message and its meta's canonical re-encoding.
+    Dict(u16, Vec<u8>),
     /// A response: the value's length, or the error it carries.
     Reply(std::result::Result<usize, Error>),
 }
@@ -162,6 +164,17 @@ pub fn decode_channel(op: u16, meta: &[u8]) -> Result<Decoded> {
     Ok(Decoded::Channel(op, recanon(&m, meta.len(), false)))
 }
 
+/// The dict service (`Dicts::on_message`): every op's meta is a `Msg`;
+/// CREATE's payload a `Spec`, INSTALL's a configuration (checked),
+/// REPLICATE's an `Effect`, SET's and GET_OR_INSERT's a key and a value,
+/// SET_F's a key, a function name and its arguments.
+#[doc(hidden)]
+pub fn decode_dict(op: u16, meta: &[u8], payload: &[u8]) -> Result<Decoded> {
+    dict::decode(op, meta, payload)?;
+    let m: dict::Msg = wire::decode_meta(meta).expect("dict::decode accepted the meta");
+    Ok(Decoded::Dict(op, recanon(&m, meta.len(), false)))
+}
+
 /// The pool service (`Pools::on_message`): HOST_INFO carries nothing.
 #[doc(hidden)]
 pub fn decode_pool(op: u16, meta: &[u8]) -> Result<Decoded> {
@@ -193,6 +206,7 @@ pub fn decode_frame(f: &Frame, from: u32) -> Result<Decoded> {
         refs::ID => decode_refs(h.op, &f.meta),
         channel::ID => decode_channel(h.op, &f.meta),
         pool::ID => decode_pool(h.op, &f.meta),
+        dict::ID => decode_dict(h.op, &f.meta, &f.payload),
         s => Err(Error::new(ErrorKind::Protocol, format!("no service {s}"))),
     }
 }
@@ -242,7 +256,7 @@ pub type Target = fn(&[u8]) -> Report;
 /// (`fuzz/seeds/<name>`) have.
 #[doc(hidden)]
 pub fn targets() -> &'static [(&'static str, Target)] {
-    &[("frame", frame), ("handshake", handshake), ("session", session), ("control", control), ("refs", refs), ("rpc", rpc), ("channel", channel)]
+    &[("frame", frame), ("handshake", handshake), ("session", session), ("control", control), ("refs", refs), ("rpc", rpc), ("channel", channel), ("dict", dict)]
 }
 
 fn byte(data: &[u8], i: usize) -> u8 {
@@ -290,6 +304,7 @@ fn decoded_note(r: &Result<Decoded>) -> &'static str {
         Ok(Decoded::Batch { items: Some(_), .. }) => "batch",
         Ok(Decoded::Batch { items: None, .. }) => "bad batch",
         Ok(Decoded::Channel(..)) => "channel message",
+        Ok(Decoded::Dict(..)) => "dict message",
         Ok(Decoded::Reply(Ok(_))) => "value reply",
         Ok(Decoded::Reply(Err(_))) => "error reply",
     }
@@ -307,6 +322,7 @@ fn decoded_tag(r: &Result<Decoded>) -> u64 {
         Ok(Decoded::Call { wants_reply, .. }) => 4 + *wants_reply as u64,
         Ok(Decoded::Batch { items, .. }) => 7 + items.as_ref().map_or(0, |i| 1 + (i.len().min(3) as u64)),
         Ok(Decoded::Channel(op, _)) => 4000 + *op as u64,
+        Ok(Decoded::Dict(op, _)) => 5000 + *op as u64,
         Ok(Decoded::Reply(Ok(_))) => 6,
         Ok(Decoded::Reply(Err(e))) => 200 + e.kind as u64,
     }
@@ -1326,6 +1342,34 @@ pub fn channel(data: &[u8]) -> Report {
     Report { signature: mix(op as u64, decoded_tag(&r) ^ meta.len().min(20) as u64), alloc_bound: 4096, outcome: decoded_note(&r) }
 }
 
+/// Target (e), dict: `decode_dict` on (op, meta, payload): never a panic;
+/// accepted only for a dict op whose meta is a `Msg` (re-encoding
+/// canonically) and whose payload the op reads decodes; refusals are
+/// protocol errors; the frame router agrees; no allocation beyond what
+/// `wire::decode_payload` allows for the payload's size. Input: op
+/// selector, meta length, meta, payload.
+#[doc(hidden)]
+pub fn dict(data: &[u8]) -> Report {
+    let sel = byte(data, 0);
+    let op = if sel < 128 { u16::from(sel % 24) } else { u16::from(sel) };
+    let n = byte(data, 1) as usize;
+    let rest = data.get(2..).unwrap_or(&[]);
+    let (meta, payload) = rest.split_at(n.min(rest.len()));
+    let r = decode_dict(op, meta, payload);
+    match &r {
+        Ok(Decoded::Dict(o, canon)) => {
+            assert_eq!(*o, op);
+            assert!((dict::op::CREATE..=dict::op::LAST).contains(&op), "an unknown dict op {op} was accepted");
+            assert_eq!(wire::decode_meta::<dict::Msg>(canon).expect("canonical"), wire::decode_meta::<dict::Msg>(meta).expect("accepted"));
+        }
+        Err(e) => assert_eq!(e.kind, ErrorKind::Protocol, "{e}"),
+        other => panic!("decode_dict gave {other:?}"),
+    }
+    let routed = decode_frame(&frame_of(Kind::Request, dict::ID, op, 1, meta, payload), 2);
+    assert_eq!(decoded_tag(&routed), decoded_tag(&r));
+    Report { signature: mix(op as u64, decoded_tag(&r) ^ (payload.len().min(40) as u64) << 8), alloc_bound: wire::payload_decode_limit(payload.len()), outcome: decoded_note(&r) }
+}
+
 // ---- seeds ------------------------------------------------------------
 
 fn frame_bytes(kind: Kind, svc: ServiceId, op: u16, id: u64, meta: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -1508,6 +1552,34 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             v.push(vec![14, 7, 0]);
             v.push(vec![200, 7, 0]);
             v
+        }
+        "dict" => {
+            let m = |id: u64, part: u32, arg: u64| wire::encode_meta(&dict::Msg { id, epoch: 1, part, arg });
+            let input = |op: u16, meta: &[u8], payload: &[u8]| [&[op as u8, meta.len() as u8][..], meta, payload].concat();
+            let spec = dict::Spec::new(dict::DictKind::Distributed, dict::Members::Pids(vec![2, 3])).named("d").replication(2);
+            let cfg = dict::DictConfig::new(1, "g".into(), dict::DictKind::Global, vec![1, 2], 0, b"Int,Int".to_vec());
+            let set = dict::Effect::Set { key: b"k".to_vec(), value: b"v".to_vec() };
+            vec![
+                input(dict::op::CREATE, &m(0, 0, 0), &wire::encode_payload(&spec)),
+                input(dict::op::INSTALL, &m(1, 0, 0), &wire::encode_payload(&cfg)),
+                input(dict::op::SET, &m(1, 5, 0), &dict::encode_kv(b"k", b"v")),
+                input(dict::op::SET_F, &m(1, 5, 0), &wire::encode_payload(&(b"k", "myid", b""))),
+                input(dict::op::GET, &m(1, 5, 0), b"k"),
+                input(dict::op::ENTRIES, &m(1, 0, 2), &[]),
+                input(dict::op::REPLICATE, &m(1, 63, 9), &wire::encode_payload(&set)),
+                input(dict::op::ACK, &m(1, 63, 9), b"no function"),
+                input(dict::op::RECONFIG, &m(1, 0, 0), &wire::encode_payload(&cfg.without(2))),
+                input(dict::op::STATE, &m(1, 7, 3), &wire::encode_payload(&vec![(b"k".to_vec(), b"v".to_vec())])),
+                input(dict::op::LOOKUP, &m(1, 0, 0), &[]),
+                // A key longer than the payload; partition 64; listing 3; a
+                // configuration with no payload; an unknown op.
+                input(dict::op::SET, &m(1, 5, 0), &[9, 0, 0, 0, 1]),
+                input(dict::op::REPLICATE, &m(1, 64, 9), &wire::encode_payload(&set)),
+                input(dict::op::ENTRIES, &m(1, 0, 3), &[]),
+                input(dict::op::RECONFIG, &m(1, 0, 0), &[]),
+                input(22, &m(1, 0, 0), &[]),
+                vec![dict::op::GET as u8, 3, 0xff, 0xff, 0xff],
+            ]
         }
         _ => Vec::new(),
     }

@@ -37,12 +37,14 @@ pub use error::{Error, ErrorKind, Result};
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
 pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
 pub use service::channel::{Channel, ChannelRef, ChannelState};
+pub use service::dict::{Dict, DictKind, Members, Spec};
 pub use service::rpc::{Call, Handler, ANY_WORKER};
 
 /// The services' operations on a node: `use cluster::prelude::*`.
 pub mod prelude {
     pub use crate::service::channel::ChannelExt;
     pub use crate::service::control::ControlExt;
+    pub use crate::service::dict::DictExt;
     pub use crate::service::pool::PoolExt;
     pub use crate::service::refs::{FutureExt, RefsExt};
     pub use crate::service::rpc::RpcExt;

@@ -137,6 +137,15 @@ pub fn kill(pid: u32, sig: libc::c_int) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }
 
+/// The system's monotonic clock in nanoseconds: one clock for every
+/// process of the machine (tests order operations of several processes by it).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub const SIGTERM: libc::c_int = libc::SIGTERM;
 pub const SIGKILL: libc::c_int = libc::SIGKILL;
 

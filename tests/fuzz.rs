@@ -84,6 +84,7 @@ fn max_len(target: &str) -> usize {
         "session" => 1024,
         "refs" => 64,
         "channel" => 64,
+        "dict" => 1024,
         _ => 512,
     }
 }
@@ -449,6 +450,11 @@ fn fuzz_channel() {
     fuzz("channel");
 }
 
+#[test]
+fn fuzz_dict() {
+    fuzz("dict");
+}
+
 // ---- the seeds ----------------------------------------------------------
 
 /// The seeds reach the outcomes they were written for, so a loop that
@@ -463,6 +469,7 @@ fn seeds_reach_every_outcome() {
         ("refs", &["ref id", "refused"]),
         ("rpc", &["call", "batch", "bad batch", "signal", "refused"]),
         ("channel", &["channel message", "refused"]),
+        ("dict", &["dict message", "refused"]),
     ];
     for (name, outcomes) in want {
         let got: HashSet<&str> = fuzzing::seeds(name).iter().map(|s| run_one(name, target_fn(name), s).outcome).collect();

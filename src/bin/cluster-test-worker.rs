@@ -2,7 +2,8 @@
 //! set of functions and serves until the head stops it.
 
 use cluster::prelude::*;
-use cluster::{Call, Channel, ChannelRef, Cluster, Config, FutureRef};
+use cluster::wire::{decode_payload, encode_payload};
+use cluster::{Call, Channel, ChannelRef, Cluster, Config, FutureRef, Spec};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -131,8 +132,119 @@ fn register_channel_functions(c: &Cluster) -> cluster::Result<()> {
     Ok(())
 }
 
+/// Dict operations from this process, on a handle passed in the
+/// arguments (tests/dicts.rs).
+fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
+    c.register_value_fn("myid", |node, _| Ok(node.myid().to_le_bytes().to_vec()))?;
+    // args: (op, handle, key, value): one operation, its outcome.
+    c.register_fn("dict_op", |call| {
+        let (op, h, key, val): (String, Vec<u8>, Vec<u8>, Vec<u8>) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let r = match op.as_str() {
+            "set" => d.set(&key, &val).map(|_| Vec::new()),
+            "get" => d.get(&key).map(|v| encode_payload(&v)),
+            "index" => d.index(&key),
+            "get!" => d.get_or_insert(&key, &val),
+            "pop" => d.pop(&key).map(|v| encode_payload(&v)),
+            "delete" => d.delete(&key).map(|_| Vec::new()),
+            "haskey" => d.haskey(&key).map(|b| vec![b as u8]),
+            "length" => d.length().map(|n| (n as u64).to_le_bytes().to_vec()),
+            "setf" => d.set_with(&key, &String::from_utf8_lossy(&val), &[]).map(|_| Vec::new()),
+            "localpart" => Ok(encode_payload(&d.localpart())),
+            "pairs" => d.pairs().map(|p| encode_payload(&p)),
+            "release" => d.release().map(|_| Vec::new()),
+            o => return Err(format!("unknown dict op {o}")),
+        };
+        Ok(outcome(r))
+    })?;
+    // args: a Spec: creates or opens it from here; the handle.
+    c.register_fn("dict_create", |call| {
+        let spec: Spec = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        Ok(outcome(call.node().dict(&spec).map(|d| d.to_bytes())))
+    })?;
+    c.register_fn("dict_local", |call| Ok(encode_payload(&call.node().local_dicts())))?;
+    c.register_fn("dict_parked", |call| {
+        let d = call.node().service::<cluster::service::dict::Dicts>().ok_or("no dict service")?;
+        Ok(format!("{:?}", d.parked()).into_bytes())
+    })?;
+    // args: (handle, keys, rounds): each round sets every key to
+    // "<myid>:<round>", the round's sets pipelined; the outcome.
+    c.register_fn("dict_write_many", |call| {
+        let (h, keys, rounds): (Vec<u8>, Vec<Vec<u8>>, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let me = call.node().myid();
+        let r = (0..rounds).try_for_each(|i| {
+            let v = format!("{me}:{i}").into_bytes();
+            let fs = keys.iter().map(|k| d.set_async(k, &v)).collect::<cluster::Result<Vec<_>>>()?;
+            fs.iter().try_for_each(|f| f.wait(Some(Duration::from_secs(20))))
+        });
+        Ok(outcome(r.map(|_| Vec::new())))
+    })?;
+    // args: (handle, prefix, n): sets prefix+i to i (u32) for i in 0..n, one
+    // after another; the acknowledged i and the errors.
+    c.register_fn("dict_write_seq", |call| {
+        let (h, prefix, n): (Vec<u8>, String, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            match d.set(format!("{prefix}{i}").as_bytes(), &i.to_le_bytes()) {
+                Ok(()) => acked.push(i),
+                Err(e) => errors.push(format!("{:?} (process {}): {}", e.kind, e.pid, e.message)),
+            }
+        }
+        Ok(encode_payload(&(acked, errors)))
+    })?;
+    // args: (handle, keys, rounds): a history for the linearizability
+    // check: round i sets every key to i (u32, one writer per key); each
+    // operation as (key index, value, invoked ns, answered ns, ok) on the
+    // system's monotonic clock.
+    c.register_fn("dict_history_write", |call| {
+        let (h, keys, rounds): (Vec<u8>, Vec<Vec<u8>>, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let mut ops = Vec::new();
+        for i in 1..=rounds {
+            for (j, k) in keys.iter().enumerate() {
+                let t0 = cluster::sys::monotonic_ns();
+                let ok = d.set(k, &i.to_le_bytes()).is_ok();
+                ops.push((j as u32, i, t0, cluster::sys::monotonic_ns(), ok));
+            }
+        }
+        Ok(encode_payload(&ops))
+    })?;
+    // args: (handle, keys, ms): reads the keys in turn for ms; each read
+    // as (key index, value (0: absent), invoked ns, answered ns, ok).
+    c.register_fn("dict_history_read", |call| {
+        let (h, keys, ms): (Vec<u8>, Vec<Vec<u8>>, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let end = Instant::now() + Duration::from_millis(ms as u64);
+        let mut ops = Vec::new();
+        let mut j = 0;
+        while Instant::now() < end {
+            let t0 = cluster::sys::monotonic_ns();
+            let r = d.get(&keys[j % keys.len()]);
+            let t1 = cluster::sys::monotonic_ns();
+            let v = r.as_ref().ok().and_then(|v| v.as_ref()).map(|v| u32::from_le_bytes(v[..4].try_into().unwrap())).unwrap_or(0);
+            ops.push(((j % keys.len()) as u32, v, t0, t1, r.is_ok()));
+            j += 1;
+        }
+        Ok(encode_payload(&ops))
+    })?;
+    // args: (handle, keys): get!(k, myid) on every key, pipelined; the values got.
+    c.register_fn("dict_get_insert_many", |call| {
+        let (h, keys): (Vec<u8>, Vec<Vec<u8>>) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
+        let me = call.node().myid().to_le_bytes();
+        let r = keys.iter().map(|k| d.get_or_insert_async(k, &me)).collect::<cluster::Result<Vec<_>>>().and_then(|fs| {
+            fs.iter().map(|f| f.fetch(Some(Duration::from_secs(20))).map(|v| v.to_vec())).collect::<cluster::Result<Vec<Vec<u8>>>>()
+        });
+        Ok(outcome(r.map(|v| encode_payload(&v))))
+    })?;
+    Ok(())
+}
+
 pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
     register_channel_functions(c)?;
+    register_dict_functions(c)?;
     c.register_fn("echo", |call| Ok(call.args().to_vec()))?;
     c.register_fn("noop", |_| Ok(Vec::new()))?;
     c.register_fn("myid", |call| Ok(call.node().myid().to_le_bytes().to_vec()))?;

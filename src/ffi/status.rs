@@ -70,6 +70,8 @@ pub enum cluster_status {
     /// The channel is closed (and, for a take, empty): `cluster_channel_close`,
     /// or the process it is bound to left.
     CLUSTER_ERR_CHANNEL_CLOSED = 22,
+    /// No such key in the dict (Julia's KeyError).
+    CLUSTER_ERR_NOT_FOUND = 23,
 }
 
 impl cluster_status {
@@ -98,6 +100,7 @@ impl cluster_status {
             ErrorKind::BufferTooSmall => CLUSTER_ERR_BUFFER_TOO_SMALL,
             ErrorKind::HeadLost => CLUSTER_ERR_HEAD_LOST,
             ErrorKind::ChannelClosed => CLUSTER_ERR_CHANNEL_CLOSED,
+            ErrorKind::NotFound => CLUSTER_ERR_NOT_FOUND,
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct Reactor<D: Dispatch> {
     current: Mutex<Option<Arc<Conn>>>,
     deferred: Mutex<Vec<Arc<Conn>>>,
     look_now: Mutex<Vec<Arc<Conn>>>,
+    /// The connections the role's thread has yet to serve in its current
+    /// batch (their epoll events are consumed): the rescuer hands them on
+    /// with the role, or nobody would look at them again.
+    batch: Mutex<std::collections::VecDeque<Arc<Conn>>>,
     /// Connections with traffic just now, read directly while the role
     /// holder spins (not through epoll: no re-arm per message).
     hot: Mutex<Vec<Arc<Conn>>>,
@@ -93,6 +97,7 @@ impl<D: Dispatch> Reactor<D> {
             current: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
             look_now: Mutex::new(Vec::new()),
+            batch: Mutex::new(std::collections::VecDeque::new()),
             hot: Mutex::new(Vec::new()),
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -208,12 +213,8 @@ impl<D: Dispatch> Reactor<D> {
                 }
                 !(quiet || c.is_closed())
             });
-            for c in work {
-                match self.serve(&owner, &c, gen, false) {
-                    Served::Replaced => return,
-                    Served::Traffic => last_traffic = Some(Instant::now()),
-                    Served::Idle => {}
-                }
+            if self.serve_batch(&owner, work, gen, false, &mut last_traffic) {
+                return;
             }
             let mut spinning = last_traffic.is_some_and(|t| t.elapsed() < spin);
             if spinning {
@@ -269,6 +270,7 @@ impl<D: Dispatch> Reactor<D> {
                 continue;
             }
             let Some(owner) = self.owner.upgrade() else { return self.shut() };
+            let mut ready = Vec::with_capacity(n);
             for i in 0..n {
                 let (token, _bits) = evs.get(i);
                 if token == WAKE {
@@ -280,11 +282,28 @@ impl<D: Dispatch> Reactor<D> {
                     self.defer(&conn);
                     continue;
                 }
-                match self.serve(&owner, &conn, gen, true) {
-                    Served::Replaced => return,
-                    Served::Traffic => last_traffic = Some(Instant::now()),
-                    Served::Idle => {}
-                }
+                ready.push(conn);
+            }
+            if self.serve_batch(&owner, ready, gen, true, &mut last_traffic) {
+                return;
+            }
+        }
+    }
+
+    /// Serves `conns` in turn, those not served yet waiting in `batch`
+    /// (where the rescuer finds them if a job holds this thread). True
+    /// when the role was handed on meanwhile.
+    fn serve_batch(self: &Arc<Self>, owner: &Arc<D>, conns: Vec<Arc<Conn>>, gen: u64, may_stay_hot: bool, last_traffic: &mut Option<Instant>) -> bool {
+        if conns.is_empty() {
+            return false;
+        }
+        self.batch.lock().extend(conns);
+        loop {
+            let Some(c) = self.batch.lock().pop_front() else { return false };
+            match self.serve(owner, &c, gen, may_stay_hot) {
+                Served::Replaced => return true,
+                Served::Traffic => *last_traffic = Some(Instant::now()),
+                Served::Idle => {}
             }
         }
     }
@@ -382,6 +401,7 @@ impl<D: Dispatch> Reactor<D> {
         }
         self.deferred.lock().clear();
         self.look_now.lock().clear();
+        self.batch.lock().clear();
         self.hot.lock().clear();
         *self.current.lock() = None;
         drop(all);
@@ -418,9 +438,12 @@ impl<D: Dispatch> Reactor<D> {
                         c.flush();
                         r.look_now.lock().push(c);
                     }
-                    // The stuck thread's hot connections are nobody's now.
+                    // The stuck thread's hot connections are nobody's now,
+                    // nor the rest of its batch (their events are spent).
                     let hot: Vec<Arc<Conn>> = std::mem::take(&mut *r.hot.lock());
                     r.look_now.lock().extend(hot);
+                    let rest: Vec<Arc<Conn>> = r.batch.lock().drain(..).collect();
+                    r.look_now.lock().extend(rest);
                     r.spawn_role(gen);
                 }
                 r.rescuer_idle.store(false, Ordering::Release);
@@ -676,6 +699,69 @@ mod tests {
         let t = Instant::now();
         while !calls.third.load(Ordering::SeqCst) {
             assert!(t.elapsed() < Duration::from_secs(10), "nothing is read any more: no thread holds the reactor's role");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.stop();
+    }
+
+    /// Jobs: op 4 says it started and runs 30 ms; op 5 runs 50 ms, then
+    /// is counted.
+    struct Slow {
+        started: Mutex<Option<mpsc::Sender<()>>>,
+        done: std::sync::atomic::AtomicU32,
+    }
+
+    impl Dispatch for Slow {
+        fn on_frame(self: &Arc<Self>, _conn: &Arc<Conn>, frame: wire::Frame) -> Option<Job> {
+            let me = self.clone();
+            Some(match frame.header.op {
+                4 => Box::new(move || {
+                    if let Some(tx) = me.started.lock().take() {
+                        let _ = tx.send(());
+                    }
+                    std::thread::sleep(Duration::from_millis(30));
+                }),
+                _ => Box::new(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    me.done.fetch_add(1, Ordering::SeqCst);
+                }),
+            })
+        }
+        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
+        fn spin(&self) -> Duration {
+            Duration::from_micros(50)
+        }
+        fn is_shutting_down(&self) -> bool {
+            false
+        }
+    }
+
+    /// Two connections ready in one epoll batch, the first running a long
+    /// job: the rescuer handed on the role but not the rest of the batch,
+    /// whose events were spent, so the second connection was never read
+    /// again (found by tests/dicts.rs: a worker stopped reading the
+    /// connections of two peers for good).
+    #[test]
+    fn the_rest_of_a_batch_goes_on_with_the_role() {
+        let (tx, rx) = mpsc::channel();
+        let slow = Arc::new(Slow { started: Mutex::new(Some(tx)), done: Default::default() });
+        let r = Arc::new(Reactor::new(Arc::downgrade(&slow), ReactorParts::new().unwrap()));
+        let (c0, mut p0) = pair();
+        let (c1, mut p1) = pair();
+        let (c2, mut p2) = pair();
+        for c in [&c0, &c1, &c2] {
+            r.register(c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // While a job holds the role's thread, both become readable: the
+        // thread that takes the role finds them in one batch.
+        p0.write_all(&frame(Kind::Request, 4, 1)).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).expect("the first job never started");
+        p1.write_all(&frame(Kind::Request, 5, 2)).unwrap();
+        p2.write_all(&frame(Kind::Request, 5, 3)).unwrap();
+        let t = Instant::now();
+        while slow.done.load(Ordering::SeqCst) < 2 {
+            assert!(t.elapsed() < Duration::from_secs(5), "a connection of the batch was never read: {} of 2 jobs ran", slow.done.load(Ordering::SeqCst));
             std::thread::sleep(Duration::from_millis(5));
         }
         r.stop();

@@ -12,9 +12,12 @@
 //! thread that refs and channel share.
 //! | 5  | pool     | worker pools, pmap, @distributed, PTools' WorkerSet |
 //! |    |          | and queued tasks (host info on the wire)            |
+//! | 6  | dict     | cluster dictionaries (Global, Distributed), kept by |
+//! |    |          | their members, primary-backup per partition         |
 
 pub mod channel;
 pub mod control;
+pub mod dict;
 pub(crate) mod holders;
 pub mod pool;
 pub mod refs;
