@@ -214,7 +214,7 @@ fn the_header_status_enum_is_the_error_kind_table() {
     assert_eq!(codes, (0..h.len() as i64).collect::<Vec<_>>(), "status codes have gaps");
 }
 
-/// `const CLUSTER_X = Int32(n)` lines of capi.jl.
+/// `const CLUSTER_X = Int32(n)` (or `Int64(n)`, `Csize_t(n)`) lines of capi.jl.
 fn julia_constants(src: &str) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for line in src.lines() {
@@ -227,8 +227,9 @@ fn julia_constants(src: &str) -> BTreeMap<String, i64> {
         let inner = value
             .strip_prefix("Int32(")
             .or_else(|| value.strip_prefix("Int64("))
+            .or_else(|| value.strip_prefix("Csize_t("))
             .and_then(|v| v.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("capi.jl: {name} = {value}: expected Int32(n) or Int64(n)"));
+            .unwrap_or_else(|| panic!("capi.jl: {name} = {value}: expected Int32(n), Int64(n) or Csize_t(n)"));
         let v: i64 = inner.trim().parse().unwrap_or_else(|_| panic!("capi.jl: {name} = {value}"));
         assert!(out.insert(name.trim().to_string(), v).is_none(), "capi.jl: {name} defined twice");
     }
