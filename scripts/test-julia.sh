@@ -14,6 +14,8 @@ JULIA=${JULIA:-$REPO/scripts/julia}
 
 if [ -z "${LIBCLUSTER_PATH:-}" ]; then
     cargo build --release --quiet
+    # The package looks in the repository's target/ unless told.
+    export LIBCLUSTER_PATH="${CARGO_TARGET_DIR:-$REPO/target}/release/libcluster.so"
 fi
 
 export JULIA_PKG_OFFLINE=true
