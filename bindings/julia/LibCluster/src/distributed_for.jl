@@ -33,6 +33,7 @@ end
 "Runs the chunks on the pool; their results in range order."
 function run_chunks(job::DForChunk, R, chunk::Integer, pool::AbstractWorkerPool)
     chunk >= 0 || throw(ArgumentError("chunk must be 0 (one chunk per worker) or positive"))
+    pool = engine_pool(pool)
     unshare_pending()
     also = job.reducer isa Function ? (dfor_parts(job.body), job.reducer) : (dfor_parts(job.body),)
     id = share_function(job, also)

@@ -533,6 +533,7 @@ const NAMED_FN_IDS = IdDict{Any,UInt64}()
 
 function run_pmap(f, pool::AbstractWorkerPool, shape, args::AbstractVector, distributed::Bool, batch_size, on_error,
                   retry_delays, retry_check, progress, temporary::Bool)
+    pool = engine_pool(pool)
     n = length(args)
     unshare_pending()
     # As Distributed: no workers (a pool never given any), or asked: here, in tasks.

@@ -21,15 +21,16 @@ abstract type AbstractWorkerPool end
 
 A pool of processes, all free at first. `take!` waits (in the calling task)
 for a free member, skipping members that died; a pool left with no live
-member fails with "No active worker available in pool". As Distributed's,
-except that it cannot be passed to another process.
+member fails with "No active worker available in pool". As Distributed's; passed
+to another process it arrives as a [`RemotePool`](@ref) of this one.
 """
 mutable struct WorkerPool <: AbstractWorkerPool
     handle::Ptr{Cvoid}
     is_default::Bool
     populated::Bool         # was ever given a member (an empty pool maps locally, as Distributed)
+    export_id::Int          # its number for other processes (0: never passed on)
     function WorkerPool(handle::Ptr{Cvoid}, is_default::Bool, populated::Bool)
-        p = new(handle, is_default, populated)
+        p = new(handle, is_default, populated, 0)
         finalizer(free_pool!, p)
         p
     end
@@ -157,10 +158,86 @@ end
 
 nworkers(p::AbstractWorkerPool) = length(workers(p))
 
-# A pool lives in the process that made it (KNOWN_ISSUES.md, 10).
-function Serialization.serialize(::AbstractSerializer, ::WorkerPool)
-    throw(ErrorException("a WorkerPool cannot be passed to another process (LibCluster: KNOWN_ISSUES.md, 10)"))
+# ------------------------------------------- a pool used from another process
+
+# Distributed passes a WorkerPool to other processes (its free list is a
+# RemoteChannel kept by its creator). Here the copy is a RemotePool naming
+# the creator and the pool's number, and each operation on it is a call to
+# the creator, whose take! waits there for a free worker. The creator keeps
+# the pool weakly: its own WorkerPool object decides how long it lives.
+
+const EXPORTED_POOLS = Dict{Int,WeakRef}()
+const EXPORTED_POOLS_LOCK = ReentrantLock()
+
+"""
+    RemotePool
+
+A [`WorkerPool`](@ref) of another process (`owner`), as a WorkerPool passed
+to this one arrives: `take!`, `put!`, `push!`, `length`, `isready`,
+`workers` and calls on the pool go to the owner, so every process sharing
+it takes turns on the same workers. `pmap` over it maps on a pool of its
+workers made here.
+"""
+struct RemotePool <: AbstractWorkerPool
+    owner::Int
+    id::Int
 end
+
+function export_pool!(p::WorkerPool)
+    lock(EXPORTED_POOLS_LOCK) do
+        if p.export_id == 0
+            filter!(kv -> kv[2].value !== nothing, EXPORTED_POOLS)
+            p.export_id = isempty(EXPORTED_POOLS) ? 1 : maximum(keys(EXPORTED_POOLS)) + 1
+        end
+        EXPORTED_POOLS[p.export_id] = WeakRef(p)
+        p.export_id
+    end
+end
+
+function exported_pool(id::Integer)
+    p = lock(() -> get(EXPORTED_POOLS, Int(id), WeakRef(nothing)).value, EXPORTED_POOLS_LOCK)
+    p === nothing && throw(ErrorException("the WorkerPool $id of process $(RT.myid) no longer exists"))
+    p::WorkerPool
+end
+
+function Serialization.serialize(s::AbstractSerializer, p::WorkerPool)
+    Serialization.serialize(s, RemotePool(RT.myid, export_pool!(p)))
+end
+
+# On the owner: the operations a RemotePool asks for.
+pool_take_for(id::Int) = take!(exported_pool(id))
+pool_put_for(id::Int, pid::Int) = (put!(exported_pool(id), pid); nothing)
+pool_push_for(id::Int, pid::Int) = (push!(exported_pool(id), pid); nothing)
+pool_length_for(id::Int) = length(exported_pool(id))
+pool_isready_for(id::Int) = isready(exported_pool(id))
+pool_workers_for(id::Int) = workers(exported_pool(id))
+
+"The owner's pool itself when this process is the owner."
+local_or_nothing(p::RemotePool) = p.owner == RT.myid ? exported_pool(p.id) : nothing
+
+function Base.take!(p::RemotePool)
+    l = local_or_nothing(p)
+    l === nothing ? remotecall_fetch(pool_take_for, p.owner, p.id) : take!(l)
+end
+function Base.put!(p::RemotePool, pid::Integer)
+    l = local_or_nothing(p)
+    l === nothing ? remotecall_fetch(pool_put_for, p.owner, p.id, Int(pid)) : put!(l, pid)
+    Int(pid)
+end
+function Base.push!(p::RemotePool, pid::Integer)
+    l = local_or_nothing(p)
+    l === nothing ? remotecall_fetch(pool_push_for, p.owner, p.id, Int(pid)) : push!(l, pid)
+    p
+end
+Base.length(p::RemotePool) = remotecall_fetch(pool_length_for, p.owner, p.id)
+Base.isready(p::RemotePool) = remotecall_fetch(pool_isready_for, p.owner, p.id)
+workers(p::RemotePool) = remotecall_fetch(pool_workers_for, p.owner, p.id)
+pool_call(rc, @nospecialize(f), ::RemotePool, w::Int, @nospecialize(args::Tuple), kwargs) = rc(f, w, args...; kwargs...)
+Base.show(io::IO, p::RemotePool) = print(io, "RemotePool(owner ", p.owner, ", ", p.id, ")")
+
+"A pool the map engine of this process can use: a RemotePool's workers, here."
+engine_pool(p::AbstractWorkerPool) = p
+engine_pool(p::RemotePool) = (l = local_or_nothing(p); l === nothing ? WorkerPool(workers(p)) : l)
 
 # ------------------------------------------------------- calls on a pool
 
@@ -382,6 +459,11 @@ end
 Serialization.serialize(::AbstractSerializer, ::CachingPool) = throw(ErrorException("CachingPool objects are not serializable."))
 
 Base.show(io::IO, p::CachingPool) = print(io, "CachingPool(", workers(p.pool), ")")
+
+# Its cache is this process's: pass its `pool` (a WorkerPool) instead.
+function Serialization.serialize(::AbstractSerializer, ::CachingPool)
+    throw(ErrorException("a CachingPool cannot be passed to another process (pass its WorkerPool, cp.pool)"))
+end
 
 """
     clear!(pool::CachingPool) -> pool

@@ -225,7 +225,27 @@
         end
         @test all(w -> cached(w) == before[w], ws[1:2])
         @test_throws ErrorException serialize(IOBuffer(), cp)
-        @test_throws ErrorException serialize(IOBuffer(), p)
+    end
+
+    @testset "a WorkerPool passed to another process is the same pool there" begin
+        shared = WorkerPool(ws[1:2])
+        isremote, w = remotecall_fetch(sp -> (sp isa LibCluster.RemotePool, take!(sp)), ws[3], shared)
+        @test isremote
+        @test w in ws[1:2]
+        other = take!(shared)                       # the worker ws[3] took is out here too
+        @test other != w && other in ws[1:2]
+        @test !isready(shared)
+        remotecall_fetch((sp, x) -> put!(sp, x), ws[3], shared, w)
+        @test isready(shared)
+        @test take!(shared) == w
+        put!(shared, w); put!(shared, other)
+        @test remotecall_fetch(sp -> (length(sp), sort(workers(sp))), ws[3], shared) == (2, sort(ws[1:2]))
+        @test remotecall_fetch(sp -> remotecall_fetch(myid, sp), ws[3], shared) in ws[1:2]
+        @test remotecall_fetch(sp -> pmap(x -> 2x, sp, 1:10), ws[3], shared) == collect(2:2:20)
+        @test length(shared) == 2 && isready(shared)   # every worker given back
+        # Back on its owner, the copy is the pool itself.
+        back = remotecall_fetch(identity, ws[3], shared)
+        @test back isa LibCluster.RemotePool && take!(back) in ws[1:2]
     end
 
     @testset "progress" begin
