@@ -498,17 +498,19 @@ impl Node {
     /// connections and tells the services.
     pub(crate) fn peer_lost(self: &Arc<Self>, id: u32) {
         let Some(peer) = self.peer(id) else { return };
-        let was = peer.state.swap(GONE, Ordering::AcqRel);
-        if was == GONE {
-            return;
-        }
-        // Dropping the connections here (not only closing them) releases
-        // their sockets once their readers let go.
+        // Its connections close before anyone can see it gone: a service
+        // that answers an asker on one of them (a channel handing out an
+        // element) finds it closed from then on. Dropping them here (not
+        // only closing them) releases their sockets once their readers let go.
         let conns: Vec<Arc<Conn>> = peer.conn.lock().take().into_iter().chain(peer.extra_conns.lock().drain(..)).collect();
         for c in &conns {
             c.close();
         }
         drop(conns);
+        let was = peer.state.swap(GONE, Ordering::AcqRel);
+        if was == GONE {
+            return;
+        }
         let note = peer.exit_note.lock().clone();
         self.pending.fail_peer(id, || self.exited_error(id, note.clone()));
         let graceful = peer.graceful.load(Ordering::Acquire);

@@ -69,6 +69,12 @@ impl ReplyTo {
         !matches!(self, ReplyTo::Nobody)
     }
 
+    /// Whether the asker is gone: its connection is closed (its process
+    /// left), so nothing sent there arrives.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, ReplyTo::Remote { conn, .. } if conn.is_closed())
+    }
+
     /// Sends the outcome where it is awaited; a one-way message's failure
     /// is returned for the service to log.
     pub fn send(self, node: &Node, outcome: std::result::Result<&[u8], Error>) -> Option<Error> {

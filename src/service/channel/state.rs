@@ -238,6 +238,12 @@ impl Chan {
                 out.push(Answer(w.reply, Ok(Vec::new())));
             }
             let Some(front) = self.readers.front() else { break };
+            if front.reply.is_gone() {
+                // Its process left (the service is told a moment later):
+                // an element handed to it would be lost.
+                self.readers.pop_front();
+                continue;
+            }
             match front.want {
                 Want::Take => {
                     if let Some(item) = self.items.pop_front() {
