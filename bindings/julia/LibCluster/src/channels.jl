@@ -158,32 +158,8 @@ function wait_channel_future(h::Ptr{Cvoid}, owner::Int)
     park_until_ready(h, id[])
 end
 
-"""
-`drive_ready` for a future handle held by this task alone: reads its
-connection in slices, letting other tasks run between them, and gives up
-after `RT.busy_spin_ns` (others runnable) or `RT.spin_ns`.
-"""
-function drive_handle(h::Ptr{Cvoid})
-    ready = Ref(false)
-    t0 = time_ns()
-    contended = contention()
-    while true
-        busy = others_runnable()
-        slice = busy || contended ? RT.slice_us : max(RT.slice_us, IDLE_SLICE_US)
-        st = CAPI.cluster_future_drive(h, slice, ready)
-        if st != CAPI.CLUSTER_OK || ready[]
-            let_others_run()
-            return true
-        end
-        contended && return false
-        time_ns() - t0 >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
-        if busy || host_pending()
-            RT.last_yield = time_ns()
-            yield()
-            handle_isready(h) && return true
-        end
-    end
-end
+"`drive_ready` for a future handle held by this task alone."
+drive_handle(h::Ptr{Cvoid}) = drive_slices(() -> h, () -> handle_isready(h))
 
 # ------------------------------------------------------------- elements
 

@@ -174,8 +174,15 @@ some are runnable or the library has work for the event loop (a call to
 this process read meanwhile). It gives up (false: the caller parks) after
 `RT.busy_spin_ns` while other tasks are runnable, `RT.spin_ns` otherwise.
 """
-function drive_ready(f::Future)
-    h = f.handle
+drive_ready(f::Future) = drive_slices(() -> f.handle, () -> done_now(f))
+
+"""
+The loop of `drive_ready` for a future whose handle is `handle()` (read
+again after other tasks ran: one of them may have fetched it) and that is
+complete once `done()`.
+"""
+function drive_slices(handle::H, done::D) where {H,D}
+    h = handle()
     ready = Ref(false)
     t0 = time_ns()
     # On a machine short of CPUs, spinning keeps the CPU from the very
@@ -191,14 +198,13 @@ function drive_ready(f::Future)
             let_others_run()
             return true
         end
-        spent = time_ns() - t0
         contended && return false
-        spent >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
+        time_ns() - t0 >= (busy ? RT.busy_spin_ns : RT.spin_ns) && return false
         if busy || host_pending()
             RT.last_yield = time_ns()
             yield()
-            done_now(f) && return true
-            h = f.handle        # (another task may have fetched it meanwhile)
+            done() && return true
+            h = handle()
         end
     end
 end

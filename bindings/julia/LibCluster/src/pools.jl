@@ -215,20 +215,11 @@ pool_workers_for(id::Int) = workers(exported_pool(id))
 "The owner's pool itself when this process is the owner."
 local_or_nothing(p::RemotePool) = p.owner == RT.myid ? exported_pool(p.id) : nothing
 
-function Base.take!(p::RemotePool)
-    l = local_or_nothing(p)
-    l === nothing ? remotecall_fetch(pool_take_for, p.owner, p.id) : take!(l)
-end
-function Base.put!(p::RemotePool, pid::Integer)
-    l = local_or_nothing(p)
-    l === nothing ? remotecall_fetch(pool_put_for, p.owner, p.id, Int(pid)) : put!(l, pid)
-    Int(pid)
-end
-function Base.push!(p::RemotePool, pid::Integer)
-    l = local_or_nothing(p)
-    l === nothing ? remotecall_fetch(pool_push_for, p.owner, p.id, Int(pid)) : push!(l, pid)
-    p
-end
+# (A call to this process runs in the calling task: the owner's copy needs
+# no branch of its own.)
+Base.take!(p::RemotePool) = remotecall_fetch(pool_take_for, p.owner, p.id)
+Base.put!(p::RemotePool, pid::Integer) = (remotecall_fetch(pool_put_for, p.owner, p.id, Int(pid)); Int(pid))
+Base.push!(p::RemotePool, pid::Integer) = (remotecall_fetch(pool_push_for, p.owner, p.id, Int(pid)); p)
 Base.length(p::RemotePool) = remotecall_fetch(pool_length_for, p.owner, p.id)
 Base.isready(p::RemotePool) = remotecall_fetch(pool_isready_for, p.owner, p.id)
 workers(p::RemotePool) = remotecall_fetch(pool_workers_for, p.owner, p.id)
