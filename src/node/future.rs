@@ -189,9 +189,13 @@ impl Future {
         if self.slot.is_done() {
             return true;
         }
-        match self.conn.get().cloned().or_else(|| self.node.last_sender_conn()) {
-            Some(c) => c.drive(&self.node, spin, &|| self.slot.is_done()),
-            None => crate::sys::spin_until(spin, || self.slot.is_done()),
+        let done = || self.slot.is_done();
+        if let Some(c) = self.conn.get() {
+            return c.drive(&self.node, spin, &done);
+        }
+        match self.node.last_sender_conn() {
+            Some(c) => c.drive(&self.node, spin, &done),
+            None => crate::sys::spin_until(spin, done),
         }
     }
 
