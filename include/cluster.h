@@ -730,7 +730,9 @@ typedef bool (*cluster_retry_fn)(void *user_data,
  * Told how many elements are done (`failed` of them with an error) out
  * of `total`; at most every `progress_interval_ms` and once at the end,
  * before the map's future completes. Threads mode: on the library thread
- * completing elements; host mode: inside `cluster_poll`.
+ * completing elements; host mode: inside `cluster_poll`, and the map then
+ * completes in the `cluster_poll` that makes its last report (a host
+ * waiting on such a map polls).
  */
 typedef void (*cluster_progress_fn)(void *user_data, size_t done, size_t failed, size_t total);
 

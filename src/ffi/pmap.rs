@@ -48,7 +48,9 @@ pub const CLUSTER_BATCH_AUTO: usize = 0;
 /// Told how many elements are done (`failed` of them with an error) out
 /// of `total`; at most every `progress_interval_ms` and once at the end,
 /// before the map's future completes. Threads mode: on the library thread
-/// completing elements; host mode: inside `cluster_poll`.
+/// completing elements; host mode: inside `cluster_poll`, and the map then
+/// completes in the `cluster_poll` that makes its last report (a host
+/// waiting on such a map polls).
 pub type cluster_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, done: usize, failed: usize, total: usize)>;
 
 /// Decides whether element `index` is retried after failing with

@@ -796,11 +796,22 @@ impl Engine {
                 });
             }
             Act::Complete(r) => {
-                self.ended.store(true, Ordering::Release);
-                // A callback running on another thread (the host's) ends first.
-                drop(self.cb.lock());
-                if let Some(p) = self.promise.lock().take() {
-                    p.complete(r.map(|_| Vec::new()));
+                let me = self.clone();
+                let complete: crate::node::events::Task = Box::new(move || {
+                    me.ended.store(true, Ordering::Release);
+                    // A callback running on another thread (the host's) ends first.
+                    drop(me.cb.lock());
+                    if let Some(p) = me.promise.lock().take() {
+                        p.complete(r.map(|_| Vec::new()));
+                    }
+                });
+                // A host runs the last progress report from its queue: the
+                // map completes after it, in the same order, so that the
+                // report is neither lost nor made after the end.
+                if self.opts.progress.is_none() {
+                    complete();
+                } else if let Some(t) = self.node.to_host(complete) {
+                    t();
                 }
             }
         }
