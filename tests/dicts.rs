@@ -404,6 +404,28 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
             (acked, errors)
         })
     };
+    // And pipelined _async writes from here, 32 in flight.
+    let pipelined = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut window = std::collections::VecDeque::new();
+            for i in 0..n {
+                window.push_back(d.set_async(format!("a1-{i}").as_bytes(), &i.to_le_bytes()).expect("set_async"));
+                if window.len() == 32 {
+                    if let Err(e) = window.pop_front().unwrap().wait(Some(Duration::from_secs(30))) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            for f in window {
+                if let Err(e) = f.wait(Some(Duration::from_secs(30))) {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        })
+    };
     // Kill 5 once the writers are well under way, not done.
     assert!(wait_until(Duration::from_secs(10), || d.length().unwrap() >= 400));
     let t = Instant::now();
@@ -416,6 +438,8 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
     }
     let (acked, errors) = here.join().unwrap();
     results.push(("w1-".to_string(), d.clone(), acked, errors));
+    // The _async forms retry as the blocking ones do.
+    results.push(("a1-".to_string(), d.clone(), (0..n).collect(), pipelined.join().unwrap()));
     eprintln!("writers done {:?} after the kill", t.elapsed());
     let survivors = [2, 3, 4];
     for (prefix, dict, acked, errors) in &results {
@@ -425,7 +449,7 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
         let copies = if dict.kind() == DictKind::Global { 3 } else { 2 };
         check_acked(&c, dict, prefix, acked, &survivors, copies);
     }
-    assert_eq!(d.length().unwrap(), 3 * n as usize);
+    assert_eq!(d.length().unwrap(), 4 * n as usize);
     assert_eq!(d.members(), vec![2, 3, 4], "the handle follows the new epoch");
     assert!(d.config().epoch >= 2);
     // Replication 1: the keys that lived on 5 are reported lost, naming it.
@@ -441,6 +465,10 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
         }
     }
     assert!(lost > 0 && lost < 64, "{lost} of 64 keys lost");
+    let missing = d.get_async(b"no such key").unwrap().wait(Some(Duration::from_secs(10))).unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
+    assert_eq!(d.pop_async(b"a1-7").unwrap().fetch(Some(Duration::from_secs(10))).unwrap(), 7u32.to_le_bytes());
+    assert_eq!(d.get_async(b"a1-8").unwrap().fetch(Some(Duration::from_secs(10))).unwrap(), 8u32.to_le_bytes());
     for dict in [&d, &g, &r1] {
         dict.release().unwrap();
     }
@@ -498,7 +526,7 @@ fn histories_of_concurrent_clients_stay_linearizable_through_a_members_death() {
     c.addprocs(4, &opts()).unwrap();
     let d = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("h")).unwrap();
     let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("h{i}").into_bytes()).collect();
-    let rounds = 600u32;
+    let rounds = 1500u32;
     let w2 = c.remotecall(2, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[..8].to_vec(), rounds))).unwrap();
     let w3 = c.remotecall(3, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[8..].to_vec(), rounds))).unwrap();
     let r4 = c.remotecall(4, "dict_history_read", &encode_payload(&(d.to_bytes(), keys.clone(), 2500u32))).unwrap();

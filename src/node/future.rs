@@ -127,6 +127,14 @@ impl Future {
         self
     }
 
+    /// Waiters read `other`'s connection: its answer completes this one.
+    pub(crate) fn keeping_conn_of(self, other: &Future) -> Future {
+        if let Some(c) = other.conn.get() {
+            let _ = self.conn.set(c.clone());
+        }
+        self
+    }
+
     pub(crate) fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Future {
         self.on_drop = Some(Box::new(f));
         self

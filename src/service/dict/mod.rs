@@ -82,7 +82,9 @@
 //! its heartbeat timeout) when told theirs is stale, or when the process
 //! they asked died and the operation may run twice (all but pop: a pop
 //! whose primary died has an unknown outcome and fails with
-//! ProcessExited). The `_async` forms fail with those errors instead. An
+//! ProcessExited). The `_async` forms retry the same way without a
+//! thread waiting (the lookup and the next attempt go out from the timer
+//! thread). An
 //! operation on a lost partition fails with ProcessExited naming the dead
 //! member ("... were lost with process N"); so do length and the listings
 //! of a dict with a lost partition (they would be wrong).
@@ -156,6 +158,22 @@ pub enum Entries {
     Keys = 0,
     Values = 1,
     Pairs = 2,
+}
+
+/// The built-in value function for values computed beforehand on each
+/// process that stores one (Julia's `ValueF` on a GlobalDict: the binding
+/// runs the function on every member, then writes the results as one
+/// write): its arguments are `encode_each`'s, and each replica stores its own.
+pub const EACH: &str = "cluster.each";
+
+/// `EACH`'s arguments: a value per process.
+pub fn encode_each(values: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    wire::encode_payload(&values.to_vec())
+}
+
+fn each_value(me: u32, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let all: Vec<(u32, Vec<u8>)> = wire::decode_payload(args).map_err(|e| format!("bad {EACH} arguments: {}", e.message))?;
+    all.into_iter().find(|(p, _)| *p == me).map(|(_, v)| v).ok_or_else(|| format!("no value was computed for process {me}"))
 }
 
 /// A value function: computes the value to store from its arguments, on
@@ -364,6 +382,9 @@ impl Dicts {
     }
 
     fn compute(&self, node: &Arc<Node>, f: &str, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        if f == EACH {
+            return each_value(node.myid(), args);
+        }
         let func = self.functions.read().get(f).cloned();
         match func {
             Some(func) => func(node, args),
@@ -1129,6 +1150,87 @@ const RETRY_FOR: Duration = Duration::from_secs(12);
 /// Marks the error of an operation on a lost partition (never retried).
 const LOST: &str = "were lost";
 
+/// Makes an operation's value from its answer.
+type Map = fn(&Dict, &[u8]) -> Result<Vec<u8>>;
+
+/// An `_async` operation under way (`Dict::retry_async`).
+struct AsyncOp {
+    dict: Dict,
+    again_on_exit: bool,
+    attempt: Box<dyn Fn(&Dict) -> Result<Future> + Send + Sync>,
+    map: Map,
+    deadline: std::time::Instant,
+    pause: Mutex<Duration>,
+    promise: Mutex<Option<Promise>>,
+    /// The attempt under way (kept alive until it completes).
+    current: Mutex<Option<Future>>,
+}
+
+impl AsyncOp {
+    fn watch(self: &Arc<Self>, f: Future) {
+        let me = self.clone();
+        f.on_complete(move |r| me.answered(r));
+        // Kept only while it may still complete (else the cycle through
+        // the slot's callback would outlive it).
+        if !f.is_ready() {
+            *self.current.lock() = Some(f);
+        }
+    }
+
+    fn answered(self: &Arc<Self>, r: &Result<Vec<u8>>) {
+        match r {
+            Ok(v) => self.finish((self.map)(&self.dict, v)),
+            Err(e) if std::time::Instant::now() < self.deadline && self.dict.retryable(e, self.again_on_exit) => {
+                let pause = {
+                    let mut p = self.pause.lock();
+                    let now = *p;
+                    *p = (now * 2).min(Duration::from_millis(50));
+                    now
+                };
+                let me = self.clone();
+                self.dict.0.node.after(pause, move || me.refresh());
+            }
+            Err(e) => self.finish(Err(e.clone())),
+        }
+    }
+
+    /// On the timer thread: asks the head for the configuration, then tries again.
+    fn refresh(self: &Arc<Self>) {
+        let d = &self.dict;
+        let cfg = d.cfg();
+        let lookup = d.0.svc.request(&d.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new());
+        match lookup {
+            Err(e) => self.finish(Err(e)),
+            Ok(f) => {
+                let me = self.clone();
+                f.on_complete(move |r| match r.as_ref().map_err(Clone::clone).and_then(|b| me.dict.install_config(b)) {
+                    Err(e) if e.kind == ErrorKind::InvalidArgument => me.finish(Err(e)),
+                    _ => {
+                        let again = me.clone();
+                        me.dict.0.node.after(Duration::ZERO, move || again.again());
+                    }
+                });
+                *self.current.lock() = Some(f);
+            }
+        }
+    }
+
+    fn again(self: &Arc<Self>) {
+        match (self.attempt)(&self.dict) {
+            Ok(f) => self.watch(f),
+            Err(e) => self.answered(&Err(e)),
+        }
+    }
+
+    fn finish(&self, r: Result<Vec<u8>>) {
+        let p = self.promise.lock().take();
+        if let Some(p) = p {
+            p.complete(r);
+        }
+        self.current.lock().take();
+    }
+}
+
 /// A dict as any process uses it: its configuration (no reference is
 /// counted: a dict lives until `release`, as in ClusterDicts). Clones
 /// share it; `to_bytes` passes it to another process (`DictExt::open_dict`).
@@ -1176,7 +1278,12 @@ impl Dict {
     pub fn refresh(&self) -> Result<()> {
         let cfg = self.cfg();
         let f = self.0.svc.request(&self.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new())?;
-        let new: DictConfig = wire::decode_payload(f.fetch(Some(Duration::from_secs(10)))?)?;
+        self.install_config(f.fetch(Some(Duration::from_secs(10)))?)
+    }
+
+    /// Keeps a configuration the head sent, if newer than this handle's.
+    fn install_config(&self, bytes: &[u8]) -> Result<()> {
+        let new: DictConfig = wire::decode_payload(bytes)?;
         new.check()?;
         let mut c = self.0.cfg.write();
         if new.epoch > c.epoch {
@@ -1253,6 +1360,43 @@ impl Dict {
         self.0.svc.request(&self.0.node, p, op, Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 }, payload)
     }
 
+    /// The `_async` form of an operation: `attempt` sends it (a raw
+    /// future), `map` makes the value the caller sees. Retried as the
+    /// blocking forms are (`retrying`), with no thread waiting: a stale
+    /// configuration or a dead primary schedules a lookup on the head and
+    /// another attempt on the timer thread.
+    fn retry_async(&self, again_on_exit: bool, attempt: impl Fn(&Dict) -> Result<Future> + Send + Sync + 'static, map: Map) -> Result<Future> {
+        let first = match attempt(self) {
+            Err(e) if self.retryable(&e, again_on_exit) => Err(e),
+            Err(e) => return Err(e),
+            Ok(f) => Ok(f),
+        };
+        let node = self.0.node.clone();
+        let pid = first.as_ref().map(Future::pid).unwrap_or_else(|e| e.pid);
+        let (outer, promise) = node.promise(pid);
+        let op = Arc::new(AsyncOp {
+            dict: self.clone(),
+            again_on_exit,
+            attempt: Box::new(attempt),
+            map,
+            deadline: std::time::Instant::now() + RETRY_FOR,
+            pause: Mutex::new(Duration::from_millis(1)),
+            promise: Mutex::new(Some(promise)),
+            current: Mutex::new(None),
+        });
+        match first {
+            Ok(f) => {
+                let outer = outer.keeping_conn_of(&f);
+                op.watch(f);
+                Ok(outer)
+            }
+            Err(e) => {
+                op.answered(&Err(e));
+                Ok(outer)
+            }
+        }
+    }
+
     fn ready(&self, v: Result<Vec<u8>>) -> Future {
         let (f, p) = self.0.node.promise(self.0.node.myid());
         p.complete(v);
@@ -1261,34 +1405,56 @@ impl Dict {
 
     /// Sets `key` to `value` on every replica; the future completes once
     /// all of them applied it.
-    pub fn set_async(&self, key: &[u8], value: &[u8]) -> Result<Future> {
+    fn set_raw(&self, key: &[u8], value: &[u8]) -> Result<Future> {
         self.to_primary(op::SET, key, encode_kv(key, value))
     }
+    /// Sets `key` to `value` on every replica; the future completes (empty)
+    /// once all of them applied it. Every `_async` form retries as its
+    /// blocking form does (on a newer configuration after a member died),
+    /// with no thread waiting.
+    pub fn set_async(&self, key: &[u8], value: &[u8]) -> Result<Future> {
+        let (k, v) = (key.to_vec(), value.to_vec());
+        self.retry_async(true, move |d| d.set_raw(&k, &v), |_, _| Ok(Vec::new()))
+    }
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.retrying(true, || self.set_async(key, value)?.wait(None))
+        self.retrying(true, || self.set_raw(key, value)?.wait(None))
     }
 
     /// Sets `key` to `f(args)` computed where it is stored (ValueF): on
     /// each member of a Global dict, on the primary of a Distributed one.
     /// `f` is a value function registered by that name there.
-    pub fn set_with_async(&self, key: &[u8], f: &str, args: &[u8]) -> Result<Future> {
+    fn set_with_raw(&self, key: &[u8], f: &str, args: &[u8]) -> Result<Future> {
         self.to_primary(op::SET_F, key, wire::encode_payload(&(key, f, args)))
     }
+    pub fn set_with_async(&self, key: &[u8], f: &str, args: &[u8]) -> Result<Future> {
+        let (k, f, a) = (key.to_vec(), f.to_string(), args.to_vec());
+        self.retry_async(true, move |d| d.set_with_raw(&k, &f, &a), |_, _| Ok(Vec::new()))
+    }
     pub fn set_with(&self, key: &[u8], f: &str, args: &[u8]) -> Result<()> {
-        self.retrying(true, || self.set_with_async(key, f, args)?.wait(None))
+        self.retrying(true, || self.set_with_raw(key, f, args)?.wait(None))
     }
 
     /// The future's value: `decode_opt` gives the value, if any. A member
     /// of a Global dict reads its own copy (the future is ready at once).
-    pub fn get_async(&self, key: &[u8]) -> Result<Future> {
+    fn get_raw(&self, key: &[u8]) -> Result<Future> {
         match self.local_copy(partition(key)) {
             Some(h) => Ok(self.ready(Ok(encode_opt(h.parts[partition(key) as usize].lock().store.get(key).map(|v| &v[..]))))),
             None => self.to_primary(op::GET, key, key.to_vec()),
         }
     }
+    /// The future's value is the value; a missing key fails it with
+    /// NotFound.
+    pub fn get_async(&self, key: &[u8]) -> Result<Future> {
+        let k = key.to_vec();
+        self.retry_async(true, move |d| d.get_raw(&k), |d, b| d.found(b))
+    }
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let part = partition(key);
+        if let Some(h) = self.local_copy(part) {
+            return Ok(h.parts[part as usize].lock().store.get(key).cloned());
+        }
         self.retrying(true, || {
-            let f = self.get_async(key)?;
+            let f = self.get_raw(key)?;
             Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
         })
     }
@@ -1301,41 +1467,66 @@ impl Dict {
         Ok(self.get(key)?.unwrap_or_else(|| default.to_vec()))
     }
 
+    /// A GET or POP answer as the value, or NotFound.
+    fn found(&self, answer: &[u8]) -> Result<Vec<u8>> {
+        decode_opt(answer)?.map(<[u8]>::to_vec).ok_or_else(|| Error::new(ErrorKind::NotFound, format!("key not found in {}", name_of(&self.cfg()))))
+    }
+
     fn not_found(&self, key: &[u8]) -> Error {
         Error::new(ErrorKind::NotFound, format!("key {:?} not found in {}", String::from_utf8_lossy(key), name_of(&self.cfg())))
     }
 
     /// The future's value: one byte, 1 when `key` is there.
-    pub fn haskey_async(&self, key: &[u8]) -> Result<Future> {
+    fn haskey_raw(&self, key: &[u8]) -> Result<Future> {
         match self.local_copy(partition(key)) {
             Some(h) => Ok(self.ready(Ok(vec![h.parts[partition(key) as usize].lock().store.contains_key(key) as u8]))),
             None => self.to_primary(op::HASKEY, key, key.to_vec()),
         }
     }
+    /// The future's value: one byte, 1 when `key` is there.
+    pub fn haskey_async(&self, key: &[u8]) -> Result<Future> {
+        let k = key.to_vec();
+        self.retry_async(true, move |d| d.haskey_raw(&k), |_, b| Ok(b.to_vec()))
+    }
     pub fn haskey(&self, key: &[u8]) -> Result<bool> {
-        self.retrying(true, || Ok(self.haskey_async(key)?.fetch(None)? == [1]))
+        let part = partition(key);
+        if let Some(h) = self.local_copy(part) {
+            return Ok(h.parts[part as usize].lock().store.contains_key(key));
+        }
+        self.retrying(true, || Ok(self.haskey_raw(key)?.fetch(None)? == [1]))
     }
 
     /// `get!(d, k, default)`: the value there, or `default` inserted on
     /// every replica (atomic at the primary); the future's value is the
     /// value the key has.
-    pub fn get_or_insert_async(&self, key: &[u8], default: &[u8]) -> Result<Future> {
+    fn get_or_insert_raw(&self, key: &[u8], default: &[u8]) -> Result<Future> {
         self.to_primary(op::GET_OR_INSERT, key, encode_kv(key, default))
     }
+    /// The future's value is the value the key has.
+    pub fn get_or_insert_async(&self, key: &[u8], default: &[u8]) -> Result<Future> {
+        let (k, v) = (key.to_vec(), default.to_vec());
+        self.retry_async(true, move |d| d.get_or_insert_raw(&k, &v), |_, b| Ok(b.to_vec()))
+    }
     pub fn get_or_insert(&self, key: &[u8], default: &[u8]) -> Result<Vec<u8>> {
-        self.retrying(true, || Ok(self.get_or_insert_async(key, default)?.fetch(None)?.to_vec()))
+        self.retrying(true, || Ok(self.get_or_insert_raw(key, default)?.fetch(None)?.to_vec()))
     }
 
     /// Removes `key` everywhere; the future's value (`decode_opt`) is the
     /// value it had, if any.
-    pub fn pop_async(&self, key: &[u8]) -> Result<Future> {
+    fn pop_raw(&self, key: &[u8]) -> Result<Future> {
         self.to_primary(op::POP, key, key.to_vec())
+    }
+    /// The future's value is the value the key had; a missing key fails
+    /// it with NotFound.
+    pub fn pop_async(&self, key: &[u8]) -> Result<Future> {
+        let k = key.to_vec();
+        self.retry_async(false, move |d| d.pop_raw(&k), |d, b| d.found(b))
     }
     /// Retried on a newer configuration only when it was refused unapplied
     /// (after the primary died its outcome is unknown: ProcessExited).
     pub fn pop(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.retrying(false, || {
-            let f = self.pop_async(key)?;
+            let f = self.pop_raw(key)?;
             Ok(decode_opt(f.fetch(None)?)?.map(<[u8]>::to_vec))
         })
     }
@@ -1345,11 +1536,15 @@ impl Dict {
     }
 
     /// `delete!(d, k)`: removes `key` everywhere (nothing if absent).
-    pub fn delete_async(&self, key: &[u8]) -> Result<Future> {
+    fn delete_raw(&self, key: &[u8]) -> Result<Future> {
         self.to_primary(op::DELETE, key, key.to_vec())
     }
+    pub fn delete_async(&self, key: &[u8]) -> Result<Future> {
+        let k = key.to_vec();
+        self.retry_async(true, move |d| d.delete_raw(&k), |_, _| Ok(Vec::new()))
+    }
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.retrying(true, || self.delete_async(key)?.wait(None))
+        self.retrying(true, || self.delete_raw(key)?.wait(None))
     }
 
     /// Asks the members that answer for the whole dict (Distributed: each
@@ -1408,7 +1603,7 @@ impl Dict {
     }
 
     /// `length(d)`; the future's value: `decode_len`.
-    pub fn length_async(&self) -> Result<Future> {
+    fn length_raw(&self) -> Result<Future> {
         self.gather(op::LENGTH, 0, |all| {
             let mut n = 0usize;
             for v in all {
@@ -1417,8 +1612,12 @@ impl Dict {
             Ok((n as u64).to_le_bytes().to_vec())
         })
     }
+    /// The future's value: the length as a u64, little-endian (`decode_len`).
+    pub fn length_async(&self) -> Result<Future> {
+        self.retry_async(true, |d| d.length_raw(), |_, b| Ok(b.to_vec()))
+    }
     pub fn length(&self) -> Result<usize> {
-        self.retrying(true, || decode_len(self.length_async()?.fetch(None)?))
+        self.retrying(true, || decode_len(self.length_raw()?.fetch(None)?))
     }
     /// True only when no member holds any pair.
     pub fn is_empty(&self) -> Result<bool> {
@@ -1427,7 +1626,7 @@ impl Dict {
 
     /// The keys, values or pairs; the future's value: `decode_list` (keys,
     /// values) or `decode_pairs`.
-    pub fn entries_async(&self, what: Entries) -> Result<Future> {
+    fn entries_raw(&self, what: Entries) -> Result<Future> {
         let merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>> = match what {
             Entries::Pairs => |all| {
                 let mut v = Vec::new();
@@ -1446,15 +1645,19 @@ impl Dict {
         };
         self.gather(op::ENTRIES, what as u64, merge)
     }
+    /// The future's value: `decode_list` (keys, values) or `decode_pairs`.
+    pub fn entries_async(&self, what: Entries) -> Result<Future> {
+        self.retry_async(true, move |d| d.entries_raw(what), |_, b| Ok(b.to_vec()))
+    }
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        self.retrying(true, || decode_list(self.entries_async(Entries::Keys)?.fetch(None)?))
+        self.retrying(true, || decode_list(self.entries_raw(Entries::Keys)?.fetch(None)?))
     }
     pub fn values(&self) -> Result<Vec<Vec<u8>>> {
-        self.retrying(true, || decode_list(self.entries_async(Entries::Values)?.fetch(None)?))
+        self.retrying(true, || decode_list(self.entries_raw(Entries::Values)?.fetch(None)?))
     }
     /// Every pair (iteration), in no particular order.
     pub fn pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.retrying(true, || decode_pairs(self.entries_async(Entries::Pairs)?.fetch(None)?))
+        self.retrying(true, || decode_pairs(self.entries_raw(Entries::Pairs)?.fetch(None)?))
     }
 
     /// What this process stores of the dict (every partition it is a
