@@ -466,6 +466,47 @@ typedef int32_t cluster_task_queue;
 #endif // __cplusplus
 
 /**
+ * `cluster_dict_spec.kind`.
+ */
+typedef enum {
+  /**
+   * Every member holds every key; members read their own copy.
+   */
+  CLUSTER_DICT_GLOBAL = 0,
+  /**
+   * Each key lives on the members its hash picks (`replication` of them).
+   */
+  CLUSTER_DICT_DISTRIBUTED = 1,
+} cluster_dict_kind;
+
+/**
+ * `cluster_dict_spec.members`: which processes store the dict.
+ */
+typedef enum {
+  /**
+   * Every worker (the head alone when there are none): ClusterDicts' default.
+   */
+  CLUSTER_MEMBERS_WORKERS = 0,
+  /**
+   * Every process, the head included.
+   */
+  CLUSTER_MEMBERS_ALL = 1,
+  /**
+   * `pids[0..npids)`.
+   */
+  CLUSTER_MEMBERS_PIDS = 2,
+} cluster_dict_members;
+
+/**
+ * What `cluster_dict_entries` lists (`cluster_dict_list`).
+ */
+typedef enum {
+  CLUSTER_DICT_KEYS = 0,
+  CLUSTER_DICT_VALUES = 1,
+  CLUSTER_DICT_PAIRS = 2,
+} cluster_dict_listing;
+
+/**
  * An incoming call, passed to a handler.
  */
 typedef struct cluster_call cluster_call;
@@ -480,6 +521,19 @@ typedef struct cluster_channel cluster_channel;
  * A cluster: this process's membership and everything it owns.
  */
 typedef struct cluster_ctx cluster_ctx;
+
+/**
+ * A handle to a dict. Any number of handles, in any processes, name the
+ * same dict; freeing one frees only the handle (`cluster_dict_release`
+ * removes the dict itself).
+ */
+typedef struct cluster_dict cluster_dict;
+
+/**
+ * A listing read from a dict: `count` entries, each a key, a value or a
+ * pair (`cluster_dict_entries_get`).
+ */
+typedef struct cluster_dict_entries cluster_dict_entries;
 
 /**
  * A pending or completed remote call result.
@@ -501,6 +555,12 @@ typedef struct cluster_pool cluster_pool;
  * A queue of tasks for workers, run in priority order (PTools' queued tasks).
  */
 typedef struct cluster_taskqueue cluster_taskqueue;
+
+/**
+ * Where a value function (`cluster_value_fn`) puts the value it computed;
+ * valid only during that call.
+ */
+typedef struct cluster_value cluster_value;
 
 /**
  * A set of workers called in turn (PTools' `WorkerSet`).
@@ -896,6 +956,59 @@ typedef bool (*cluster_task_filter_fn)(void *user_data, const cluster_task_info 
  * PTools' `calc_prio(target, task, priority)`: the entry's new priority.
  */
 typedef double (*cluster_priority_fn)(void *user_data, const cluster_task_info *info);
+
+/**
+ * What a creator asks for. Fill it with `cluster_dict_spec_init`, then
+ * set what differs. Two creations with the same name open one dict when
+ * every other field is the same, and fail with CLUSTER_ERR_INVALID_ARGUMENT
+ * when one differs.
+ */
+typedef struct {
+  /**
+   * NUL-terminated, unique in the cluster; NULL or "": the head makes one up.
+   */
+  const char *name;
+  /**
+   * A `cluster_dict_kind`. Default CLUSTER_DICT_DISTRIBUTED.
+   */
+  int32_t kind;
+  /**
+   * A `cluster_dict_members`. Default CLUSTER_MEMBERS_WORKERS.
+   */
+  int32_t members;
+  /**
+   * The members when `members` is CLUSTER_MEMBERS_PIDS.
+   */
+  const int32_t *pids;
+  size_t npids;
+  /**
+   * Copies of each key of a distributed dict; 0 (the default): 2 when
+   * it has at least 2 members, else 1. Ignored for a global dict.
+   */
+  uint32_t replication;
+  /**
+   * Opaque bytes that are part of the specification (bindings put
+   * their key and value types there); may be NULL when 0 long.
+   */
+  const uint8_t *type_tag;
+  size_t type_tag_len;
+} cluster_dict_spec;
+
+/**
+ * Computes the value to store from `args[0..len)`, on the process that
+ * stores it (each member of a global dict, the owner of a key of a
+ * distributed one; see `cluster_dict_set_with`). Puts the value with
+ * `cluster_value_set` and returns 0; any other return fails the write,
+ * with what was put as the error message.
+ *
+ * Threads: a library thread applying the write, in threads and host
+ * mode alike, holding the key's partition: it must be quick, must not
+ * block and must not use this dict.
+ */
+typedef int32_t (*cluster_value_fn)(void *user_data,
+                                    const uint8_t *args,
+                                    size_t len,
+                                    cluster_value *value);
 
 #ifdef __cplusplus
 extern "C" {
@@ -2581,6 +2694,472 @@ cluster_status cluster_taskqueue_length(cluster_taskqueue *tq, size_t *queued, s
  * Threads: any, once per handle; not from the queue's own callback.
  */
 cluster_status cluster_taskqueue_free(cluster_taskqueue *tq);
+
+/**
+ * Fills `*spec` with the defaults: a distributed dict over the workers,
+ * a generated name, the default replication, no type tag.
+ *
+ * Ownership: `spec` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_spec_init(cluster_dict_spec *spec);
+
+/**
+ * Creates the dict `spec` describes, or opens the one of that name if its
+ * specification is the same; returns once every member holds it. Any
+ * process may create one, member or not.
+ *
+ * Ownership: `spec` is read during the call; `*out` receives a new
+ * handle, released with `cluster_dict_free`.
+ * Blocking: yes, a round trip to the head and from it to every member.
+ * Threads: any.
+ */
+cluster_status cluster_dict_create(cluster_ctx *ctx,
+                                   const cluster_dict_spec *spec,
+                                   cluster_dict **out);
+
+/**
+ * `cluster_dict_create` as a future, returned at once: its value is the
+ * dict's handle as bytes, for `cluster_dict_open`.
+ *
+ * Ownership: `spec` is read during the call; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_create_async(cluster_ctx *ctx,
+                                         const cluster_dict_spec *spec,
+                                         cluster_future **out);
+
+/**
+ * Opens the dict `data[0..len)` names: bytes from `cluster_dict_to_bytes`
+ * or a `cluster_dict_create_async` future, made in any process of the
+ * cluster. CLUSTER_ERR_INVALID_ARGUMENT if they are not a dict's.
+ *
+ * Ownership: `data` is read during the call; `*out` receives a new
+ * handle, released with `cluster_dict_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_open(cluster_ctx *ctx,
+                                 const uint8_t *data,
+                                 size_t len,
+                                 cluster_dict **out);
+
+/**
+ * The handle as bytes, to pass to another process (e.g. inside call
+ * arguments), which opens it with `cluster_dict_open`.
+ *
+ * Ownership: `d` stays the caller's; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_to_bytes(cluster_dict *d, cluster_buffer *out);
+
+/**
+ * Frees the handle (the dict stays; see `cluster_dict_release`). NULL is
+ * accepted; a second free is CLUSTER_ERR_BAD_HANDLE.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: no.
+ * Threads: any, once per handle.
+ */
+cluster_status cluster_dict_free(cluster_dict *d);
+
+/**
+ * Copies the dict's name, NUL-terminated, into `buf[0..cap)` and sets
+ * `*len` to its length without the NUL (CLUSTER_ERR_TOO_LARGE when `cap`
+ * is too small: `*len` still says what is needed).
+ *
+ * Ownership: `d` stays the caller's; `buf` is written, never kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_name(cluster_dict *d, char *buf, size_t cap, size_t *len);
+
+/**
+ * `*kind` = a `cluster_dict_kind`; `*replication` = the copies of each
+ * key (a global dict: its member count). Either may be NULL.
+ *
+ * Ownership: `d` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_info(cluster_dict *d, int32_t *kind, uint32_t *replication);
+
+/**
+ * Copies the ids of the dict's members (the survivors, once one died),
+ * ascending, into `ids[0..cap)`; `*count` = how many there are.
+ *
+ * Ownership: `d` stays the caller's; `ids` is written, never kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_members(cluster_dict *d, int32_t *ids, size_t cap, size_t *count);
+
+/**
+ * `d[k] = v`: sets `key` to `value` on every replica; returns once all of
+ * them applied it. Writes to one key are applied in one order everywhere.
+ *
+ * Ownership: `key` and `value` are copied or written before return.
+ * Blocking: yes, a round trip to the key's primary and from it to its
+ * backups (after a member died, retried on the survivors for up to 12 s).
+ * Threads: any.
+ */
+cluster_status cluster_dict_set(cluster_dict *d,
+                                const uint8_t *key,
+                                size_t klen,
+                                const uint8_t *value,
+                                size_t vlen);
+
+/**
+ * `cluster_dict_set` as a future, returned at once (no value); retried
+ * as the blocking form is, with no thread waiting.
+ *
+ * Ownership: `key` and `value` are copied before return; `*out` receives
+ * a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_set_async(cluster_dict *d,
+                                      const uint8_t *key,
+                                      size_t klen,
+                                      const uint8_t *value,
+                                      size_t vlen,
+                                      cluster_future **out);
+
+/**
+ * Sets `key` to what the value function `fname` computes from
+ * `args[0..len)` where the value is stored: on each member of a global
+ * dict (each stores its own result), on the primary of a distributed
+ * one (its backups copy it). Every process that stores values needs
+ * `fname` registered (`cluster_dict_register_value_fn`); a function
+ * that fails fails the write (CLUSTER_ERR_REMOTE).
+ *
+ * Ownership: everything is copied or written before return.
+ * Blocking: as `cluster_dict_set`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_set_with(cluster_dict *d,
+                                     const uint8_t *key,
+                                     size_t klen,
+                                     const char *fname,
+                                     const uint8_t *args,
+                                     size_t len);
+
+/**
+ * `cluster_dict_set_with` as a future, returned at once (no value).
+ *
+ * Ownership: everything is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_set_with_async(cluster_dict *d,
+                                           const uint8_t *key,
+                                           size_t klen,
+                                           const char *fname,
+                                           const uint8_t *args,
+                                           size_t len,
+                                           cluster_future **out);
+
+/**
+ * `d[k]`: the value of `key` into `*out`; CLUSTER_ERR_NOT_FOUND when it
+ * is not there. A member of a global dict reads its own copy, with no
+ * message; anyone else asks the key's primary.
+ *
+ * Ownership: `key` is read during the call; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: a round trip, except on a global dict's member.
+ * Threads: any.
+ */
+cluster_status cluster_dict_get(cluster_dict *d,
+                                const uint8_t *key,
+                                size_t klen,
+                                cluster_buffer *out);
+
+/**
+ * `cluster_dict_get` as a future, returned at once: its value is the
+ * value; a missing key fails it with CLUSTER_ERR_NOT_FOUND.
+ *
+ * Ownership: `key` is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_get_async(cluster_dict *d,
+                                      const uint8_t *key,
+                                      size_t klen,
+                                      cluster_future **out);
+
+/**
+ * `haskey(d, k)` into `*out`.
+ *
+ * Ownership: `key` is read during the call.
+ * Blocking: as `cluster_dict_get`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_haskey(cluster_dict *d, const uint8_t *key, size_t klen, bool *out);
+
+/**
+ * `cluster_dict_haskey` as a future: its value is one byte, 1 when the
+ * key is there, else 0.
+ *
+ * Ownership: `key` is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_haskey_async(cluster_dict *d,
+                                         const uint8_t *key,
+                                         size_t klen,
+                                         cluster_future **out);
+
+/**
+ * `get!(d, k, default)`: the value of `key` into `*out`, or, when it is
+ * not there, `default` inserted on every replica and returned; atomic at
+ * the key's primary, so concurrent callers all get the one value stored.
+ *
+ * Ownership: `key` and `default` are copied or written before return;
+ * `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: as `cluster_dict_set`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_get_or_insert(cluster_dict *d,
+                                          const uint8_t *key,
+                                          size_t klen,
+                                          const uint8_t *default_,
+                                          size_t dlen,
+                                          cluster_buffer *out);
+
+/**
+ * `cluster_dict_get_or_insert` as a future: its value is the key's value.
+ *
+ * Ownership: `key` and `default` are copied before return; `*out`
+ * receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_get_or_insert_async(cluster_dict *d,
+                                                const uint8_t *key,
+                                                size_t klen,
+                                                const uint8_t *default_,
+                                                size_t dlen,
+                                                cluster_future **out);
+
+/**
+ * `pop!(d, k)`: removes `key` everywhere and puts the value it had into
+ * `*out`; CLUSTER_ERR_NOT_FOUND when it was not there. Not retried when
+ * the primary dies while it runs (whether it was applied is unknown):
+ * CLUSTER_ERR_PROCESS_EXITED then.
+ *
+ * Ownership: `key` is read during the call; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: as `cluster_dict_set`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_pop(cluster_dict *d,
+                                const uint8_t *key,
+                                size_t klen,
+                                cluster_buffer *out);
+
+/**
+ * `cluster_dict_pop` as a future: its value is the value the key had; a
+ * missing key fails it with CLUSTER_ERR_NOT_FOUND.
+ *
+ * Ownership: `key` is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_pop_async(cluster_dict *d,
+                                      const uint8_t *key,
+                                      size_t klen,
+                                      cluster_future **out);
+
+/**
+ * `delete!(d, k)`: removes `key` everywhere (nothing when it is not there).
+ *
+ * Ownership: `key` is read during the call.
+ * Blocking: as `cluster_dict_set`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_delete(cluster_dict *d, const uint8_t *key, size_t klen);
+
+/**
+ * `cluster_dict_delete` as a future (no value).
+ *
+ * Ownership: `key` is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_delete_async(cluster_dict *d,
+                                         const uint8_t *key,
+                                         size_t klen,
+                                         cluster_future **out);
+
+/**
+ * `length(d)` into `*out`: the pairs of every member (a distributed dict:
+ * summed over the members; a global one: one member's). `isempty(d)` is
+ * a length of 0.
+ *
+ * Ownership: `d` stays the caller's.
+ * Blocking: yes, a round trip to each member (a global dict's member: none).
+ * Threads: any.
+ */
+cluster_status cluster_dict_length(cluster_dict *d, size_t *out);
+
+/**
+ * `cluster_dict_length` as a future: its value is the length, a uint64_t
+ * little-endian (8 bytes).
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_length_async(cluster_dict *d, cluster_future **out);
+
+/**
+ * Lists the dict's keys, values or pairs (a `cluster_dict_listing`), in
+ * no particular order: `keys`, `values` and iteration.
+ *
+ * Ownership: `*out` receives a new listing, released with
+ * `cluster_dict_entries_free`.
+ * Blocking: yes, as `cluster_dict_length`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_list(cluster_dict *d, int32_t what, cluster_dict_entries **out);
+
+/**
+ * `cluster_dict_list` as a future, returned at once; read its value with
+ * `cluster_dict_entries_decode` and the same `what`.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_list_async(cluster_dict *d, int32_t what, cluster_future **out);
+
+/**
+ * A listing from the value `data[0..len)` of a `cluster_dict_list_async`
+ * future made with `what`.
+ *
+ * Ownership: `data` is read during the call; `*out` receives a new
+ * listing, released with `cluster_dict_entries_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_entries_decode(const uint8_t *data,
+                                           size_t len,
+                                           int32_t what,
+                                           cluster_dict_entries **out);
+
+/**
+ * `localpart(d)`: the pairs this process stores of the dict (none on a
+ * non-member), read here with no message.
+ *
+ * Ownership: `*out` receives a new listing of pairs, released with
+ * `cluster_dict_entries_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_localpart(cluster_dict *d, cluster_dict_entries **out);
+
+/**
+ * `delete!(d)`: removes the dict from every member; once this returns no
+ * member holds anything of it and its name is free. Handles to it then
+ * fail with CLUSTER_ERR_INVALID_ARGUMENT (they still need freeing).
+ *
+ * Ownership: `d` stays the caller's.
+ * Blocking: yes, a round trip to the head and from it to every member.
+ * Threads: any.
+ */
+cluster_status cluster_dict_release(cluster_dict *d);
+
+/**
+ * `cluster_dict_release` as a future (no value).
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_release_async(cluster_dict *d, cluster_future **out);
+
+/**
+ * `local_dicts()`: the names of the dicts this process holds state for
+ * (as a member), sorted, as a listing of keys.
+ *
+ * Ownership: `*out` receives a new listing, released with
+ * `cluster_dict_entries_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_local_names(cluster_ctx *ctx, cluster_dict_entries **out);
+
+/**
+ * `*count` = how many entries the listing has.
+ *
+ * Ownership: `e` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_entries_count(cluster_dict_entries *e, size_t *count);
+
+/**
+ * Entry `i`: its key into `*key`/`*klen` and its value into
+ * `*value`/`*vlen` (any of the four may be NULL). A listing of keys has
+ * no values (NULL, 0), one of values no keys.
+ *
+ * Ownership: the bytes belong to the listing and stay valid until
+ * `cluster_dict_entries_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_entries_get(cluster_dict_entries *e,
+                                        size_t i,
+                                        const uint8_t **key,
+                                        size_t *klen,
+                                        const uint8_t **value,
+                                        size_t *vlen);
+
+/**
+ * Frees a listing. NULL is accepted.
+ *
+ * Ownership: the listing and the bytes read from it are gone after the call.
+ * Blocking: no.
+ * Threads: any, once per listing.
+ */
+cluster_status cluster_dict_entries_free(cluster_dict_entries *e);
+
+/**
+ * Registers the value function `name` in this process (replacing an
+ * earlier one), for `cluster_dict_set_with`: every process that stores
+ * values computed by it needs it.
+ *
+ * Ownership: `name` is copied; `user_data` is passed to every call and
+ * must stay valid while the cluster runs.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_register_value_fn(cluster_ctx *ctx,
+                                              const char *name,
+                                              cluster_value_fn f,
+                                              void *user_data);
+
+/**
+ * Inside a `cluster_value_fn`: the value to store is `data[0..len)`
+ * (replacing what was put before); when the function fails, the error
+ * message.
+ *
+ * Ownership: `data` is copied.
+ * Blocking: no.
+ * Threads: the value function's, during its call (afterwards the handle
+ * is stale: CLUSTER_ERR_BAD_HANDLE).
+ */
+cluster_status cluster_value_set(cluster_value *value, const uint8_t *data, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -24,6 +24,14 @@ pub(crate) fn buffer_from(v: Value) -> Result<cluster_buffer, crate::Error> {
     Ok(cluster_buffer { data, len, handle })
 }
 
+/// A buffer owning `v` (bytes made for the caller, e.g. a dict's value).
+pub(crate) fn buffer_from_vec(v: Vec<u8>) -> Result<cluster_buffer, crate::Error> {
+    let v = std::sync::Arc::new(v);
+    let (data, len) = (v.as_ptr(), v.len());
+    let handle = handles::insert(Kind::Buffer, v)?;
+    Ok(cluster_buffer { data, len, handle })
+}
+
 /// Releases a buffer and zeroes `*buf`. NULL, and an already zeroed
 /// buffer, are accepted; a copy of a freed buffer is CLUSTER_ERR_BAD_HANDLE.
 ///

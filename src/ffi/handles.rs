@@ -31,6 +31,10 @@ pub(crate) enum Kind {
     Pmap = 17,
     WorkerSet = 18,
     TaskQueue = 19,
+    // Dictionaries.
+    Dict = 20,
+    DictEntries = 21,
+    DictValue = 22,
 }
 
 impl Kind {
@@ -45,6 +49,9 @@ impl Kind {
             Kind::Pmap => "cluster_pmap",
             Kind::WorkerSet => "cluster_workerset",
             Kind::TaskQueue => "cluster_taskqueue",
+            Kind::Dict => "cluster_dict",
+            Kind::DictEntries => "cluster_dict_entries",
+            Kind::DictValue => "cluster_value",
         }
     }
 }

@@ -23,6 +23,8 @@
 //!   way, `cluster_splitrange`.
 //! - `workerset`: `cluster_workerset` (PTools' `WorkerSet`).
 //! - `taskqueue`: `cluster_taskqueue` (PTools' queued tasks).
+//! - `dict`: `cluster_dict` (ClusterDicts' GlobalDict and DistributedDict),
+//!   `cluster_dict_spec`, `cluster_dict_entries`, `cluster_value`.
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -50,6 +52,7 @@ mod pool;
 mod pmap;
 mod workerset;
 mod taskqueue;
+mod dict;
 
 #[cfg(test)]
 mod header_checks;
@@ -59,6 +62,7 @@ pub use call::*;
 pub use channel::*;
 pub use config::*;
 pub use ctx::*;
+pub use dict::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;
