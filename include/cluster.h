@@ -31,6 +31,12 @@
 #define CLUSTER_CHANNEL_UNBOUNDED SIZE_MAX
 
 /**
+ * The built-in value function of `cluster_dict_set_with` that stores a
+ * value computed beforehand for each process.
+ */
+#define CLUSTER_DICT_EACH "cluster.each"
+
+/**
  * Major version of this header and library.
  */
 #define CLUSTER_VERSION_MAJOR 0
@@ -2836,7 +2842,10 @@ cluster_status cluster_dict_set_async(cluster_dict *d,
  * dict (each stores its own result), on the primary of a distributed
  * one (its backups copy it). Every process that stores values needs
  * `fname` registered (`cluster_dict_register_value_fn`); a function
- * that fails fails the write (CLUSTER_ERR_REMOTE).
+ * that fails fails the write (CLUSTER_ERR_REMOTE). The built-in
+ * CLUSTER_DICT_EACH ("cluster.each") stores values computed beforehand,
+ * one per process: `args` holds, for each, its id (uint32_t
+ * little-endian), its length (uint64_t little-endian) and its bytes.
  *
  * Ownership: everything is copied or written before return.
  * Blocking: as `cluster_dict_set`.

@@ -37,6 +37,14 @@ pub struct cluster_value {
     _private: [u8; 0],
 }
 
+/// The built-in value function of `cluster_dict_set_with` storing a value
+/// computed beforehand for each process. (Written into the header by
+/// cbindgen.toml.)
+/// cbindgen:ignore
+pub const CLUSTER_DICT_EACH: &std::ffi::CStr = c"cluster.each";
+
+const _: () = assert!(CLUSTER_DICT_EACH.to_bytes().len() == crate::service::dict::EACH.len());
+
 /// `cluster_dict_spec.kind`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,7 +370,10 @@ pub unsafe extern "C" fn cluster_dict_set_async(d: *mut cluster_dict, key: *cons
 /// dict (each stores its own result), on the primary of a distributed
 /// one (its backups copy it). Every process that stores values needs
 /// `fname` registered (`cluster_dict_register_value_fn`); a function
-/// that fails fails the write (CLUSTER_ERR_REMOTE).
+/// that fails fails the write (CLUSTER_ERR_REMOTE). The built-in
+/// CLUSTER_DICT_EACH ("cluster.each") stores values computed beforehand,
+/// one per process: `args` holds, for each, its id (uint32_t
+/// little-endian), its length (uint64_t little-endian) and its bytes.
 ///
 /// Ownership: everything is copied or written before return.
 /// Blocking: as `cluster_dict_set`.

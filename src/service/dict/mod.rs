@@ -166,14 +166,32 @@ pub enum Entries {
 /// write): its arguments are `encode_each`'s, and each replica stores its own.
 pub const EACH: &str = "cluster.each";
 
-/// `EACH`'s arguments: a value per process.
+/// `EACH`'s arguments: a value per process, each as its id (u32 LE), its
+/// length (u64 LE) and its bytes, one after another (simple to write from
+/// any language).
 pub fn encode_each(values: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    wire::encode_payload(&values.to_vec())
+    let mut out = Vec::with_capacity(values.iter().map(|(_, v)| 12 + v.len()).sum());
+    for (pid, v) in values {
+        out.extend_from_slice(&pid.to_le_bytes());
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
 }
 
-fn each_value(me: u32, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let all: Vec<(u32, Vec<u8>)> = wire::decode_payload(args).map_err(|e| format!("bad {EACH} arguments: {}", e.message))?;
-    all.into_iter().find(|(p, _)| *p == me).map(|(_, v)| v).ok_or_else(|| format!("no value was computed for process {me}"))
+fn each_value(me: u32, mut args: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    while !args.is_empty() {
+        let bad = || format!("bad {EACH} arguments");
+        let pid = u32::from_le_bytes(args.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes"));
+        let len = u64::from_le_bytes(args.get(4..12).ok_or_else(bad)?.try_into().expect("8 bytes"));
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        let end = 12usize.checked_add(len).filter(|&e| e <= args.len()).ok_or_else(bad)?;
+        if pid == me {
+            return Ok(args[12..end].to_vec());
+        }
+        args = &args[end..];
+    }
+    Err(format!("no value was computed for process {me}"))
 }
 
 /// A value function: computes the value to store from its arguments, on
@@ -1755,6 +1773,19 @@ mod tests {
             n.add_peer(p, peer_state::READY);
         }
         (n, d)
+    }
+
+    #[test]
+    fn each_value_picks_this_process_entry_and_refuses_garbage() {
+        let args = encode_each(&[(2, b"two".to_vec()), (3, Vec::new()), (4, b"four".to_vec())]);
+        assert_eq!(each_value(2, &args).unwrap(), b"two");
+        assert_eq!(each_value(3, &args).unwrap(), b"");
+        assert_eq!(each_value(4, &args).unwrap(), b"four");
+        assert!(each_value(5, &args).unwrap_err().contains("process 5"));
+        assert!(each_value(4, &args[..args.len() - 1]).is_err());
+        let mut huge = 2u32.to_le_bytes().to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(each_value(2, &huge).is_err());
     }
 
     fn is_request(op: u16) -> bool {
