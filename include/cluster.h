@@ -2890,6 +2890,34 @@ cluster_status cluster_dict_get(cluster_dict *d,
                                 cluster_buffer *out);
 
 /**
+ * Reads `key` from this process's own copy, never waiting: when this
+ * process is a member of a global dict, `*held` = true and the value goes
+ * into `*out` (CLUSTER_ERR_NOT_FOUND when the key is not there); else
+ * `*held` = false and nothing is read (use `cluster_dict_get_async`).
+ *
+ * Ownership: `key` is read during the call; `*out` is the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_get_local(cluster_dict *d,
+                                      const uint8_t *key,
+                                      size_t klen,
+                                      bool *held,
+                                      cluster_buffer *out);
+
+/**
+ * `*pid` = the process that owns `key` now: the primary of its
+ * partition, which orders its writes (a distributed dict's value
+ * functions run there). It changes when a member dies.
+ *
+ * Ownership: `key` is read during the call.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_owner(cluster_dict *d, const uint8_t *key, size_t klen, int32_t *pid);
+
+/**
  * `cluster_dict_get` as a future, returned at once: its value is the
  * value; a missing key fails it with CLUSTER_ERR_NOT_FOUND.
  *

@@ -422,6 +422,43 @@ pub unsafe extern "C" fn cluster_dict_get(d: *mut cluster_dict, key: *const u8, 
     })
 }
 
+/// Reads `key` from this process's own copy, never waiting: when this
+/// process is a member of a global dict, `*held` = true and the value goes
+/// into `*out` (CLUSTER_ERR_NOT_FOUND when the key is not there); else
+/// `*held` = false and nothing is read (use `cluster_dict_get_async`).
+///
+/// Ownership: `key` is read during the call; `*out` is the caller's until
+/// `cluster_buffer_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_dict_get_local(d: *mut cluster_dict, key: *const u8, klen: usize, held: *mut bool, out: *mut cluster_buffer) -> cluster_status {
+    ffi!([d => dict] {
+        check_out(held, "held")?;
+        check_out(out, "out")?;
+        match dict.get_local(bytes(key, klen, "key")?) {
+            None => put(held, "held", false),
+            Some(v) => {
+                put(held, "held", true)?;
+                let v = v.ok_or_else(|| Error::new(crate::ErrorKind::NotFound, format!("key not found in {}", dict.name())))?;
+                put(out, "out", buffer_from_vec(v)?)
+            }
+        }
+    })
+}
+
+/// `*pid` = the process that owns `key` now: the primary of its
+/// partition, which orders its writes (a distributed dict's value
+/// functions run there). It changes when a member dies.
+///
+/// Ownership: `key` is read during the call.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_dict_owner(d: *mut cluster_dict, key: *const u8, klen: usize, pid: *mut i32) -> cluster_status {
+    ffi!([d => dict] put(pid, "pid", dict.owner(bytes(key, klen, "key")?) as i32))
+}
+
 /// `cluster_dict_get` as a future, returned at once: its value is the
 /// value; a missing key fails it with CLUSTER_ERR_NOT_FOUND.
 ///

@@ -1460,6 +1460,20 @@ impl Dict {
             None => self.to_primary(op::GET, key, key.to_vec()),
         }
     }
+    /// Reads `key` from this process's own copy, never waiting: `None`
+    /// unless this process is a member of a Global dict (then
+    /// `Some(value or None)`), as `get` would without a message.
+    pub fn get_local(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let part = partition(key);
+        self.local_copy(part).map(|h| h.parts[part as usize].lock().store.get(key).cloned())
+    }
+
+    /// The process that owns `key` now (its partition's primary, which
+    /// orders its writes; a Distributed dict's value functions run there).
+    pub fn owner(&self, key: &[u8]) -> u32 {
+        self.cfg().primary(partition(key))
+    }
+
     /// The future's value is the value; a missing key fails it with
     /// NotFound.
     pub fn get_async(&self, key: &[u8]) -> Result<Future> {
