@@ -2837,6 +2837,35 @@ cluster_status cluster_dict_set_async(cluster_dict *d,
                                       cluster_future **out);
 
 /**
+ * Sets `keys[i]` to `values[i]` for i < n: one request to each primary
+ * concerned, carrying its pairs (each a write of its own, ordered and
+ * replicated as `cluster_dict_set`); returns once every pair is on every
+ * replica, or with the first error (pairs already applied stay applied).
+ *
+ * Ownership: the arrays and the bytes they point to are read during the call.
+ * Blocking: as `cluster_dict_set`.
+ * Threads: any.
+ */
+cluster_status cluster_dict_set_many(cluster_dict *d,
+                                     const cluster_bytes *keys,
+                                     const cluster_bytes *values,
+                                     size_t n);
+
+/**
+ * `cluster_dict_set_many` as a future, returned at once (no value).
+ *
+ * Ownership: the pairs are copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_dict_set_many_async(cluster_dict *d,
+                                           const cluster_bytes *keys,
+                                           const cluster_bytes *values,
+                                           size_t n,
+                                           cluster_future **out);
+
+/**
  * Sets `key` to what the value function `fname` computes from
  * `args[0..len)` where the value is stored: on each member of a global
  * dict (each stores its own result), on the primary of a distributed

@@ -426,6 +426,23 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
             errors
         })
     };
+    // And batches of 50 sets (one request per primary) from here.
+    let batched = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            for b in 0..n / 50 {
+                let keys: Vec<Vec<u8>> = (b * 50..(b + 1) * 50).map(|i| format!("b1-{i}").into_bytes()).collect();
+                let vals: Vec<[u8; 4]> = (b * 50..(b + 1) * 50).map(u32::to_le_bytes).collect();
+                let pairs: Vec<(&[u8], &[u8])> = keys.iter().zip(&vals).map(|(k, v)| (&k[..], &v[..])).collect();
+                let r = if b % 2 == 0 { d.set_many(&pairs) } else { d.set_many_async(&pairs).and_then(|f| f.wait(Some(Duration::from_secs(30)))) };
+                if let Err(e) = r {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        })
+    };
     // Kill 5 once the writers are well under way, not done.
     assert!(wait_until(Duration::from_secs(10), || d.length().unwrap() >= 400));
     let t = Instant::now();
@@ -440,6 +457,7 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
     results.push(("w1-".to_string(), d.clone(), acked, errors));
     // The _async forms retry as the blocking ones do.
     results.push(("a1-".to_string(), d.clone(), (0..n).collect(), pipelined.join().unwrap()));
+    results.push(("b1-".to_string(), d.clone(), (0..n).collect(), batched.join().unwrap()));
     eprintln!("writers done {:?} after the kill", t.elapsed());
     let survivors = [2, 3, 4];
     for (prefix, dict, acked, errors) in &results {
@@ -449,7 +467,7 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
         let copies = if dict.kind() == DictKind::Global { 3 } else { 2 };
         check_acked(&c, dict, prefix, acked, &survivors, copies);
     }
-    assert_eq!(d.length().unwrap(), 4 * n as usize);
+    assert_eq!(d.length().unwrap(), 5 * n as usize);
     assert_eq!(d.members(), vec![2, 3, 4], "the handle follows the new epoch");
     assert!(d.config().epoch >= 2);
     // Replication 1: the keys that lived on 5 are reported lost, naming it.

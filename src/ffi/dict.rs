@@ -9,6 +9,7 @@ use super::boundary::Handle;
 use super::buffer::{buffer_from_vec, cluster_buffer};
 use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
+use super::pmap::cluster_bytes;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
 use super::UserData;
@@ -362,6 +363,50 @@ pub unsafe extern "C" fn cluster_dict_set_async(d: *mut cluster_dict, key: *cons
     ffi!([d => dict] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(dict.set_async(bytes(key, klen, "key")?, bytes(value, vlen, "value")?)?)?)
+    })
+}
+
+unsafe fn pairs_arg<'a>(keys: *const cluster_bytes, values: *const cluster_bytes, n: usize) -> Result<Vec<(&'a [u8], &'a [u8])>, Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if keys.is_null() || values.is_null() {
+        return Err(null_arg(if keys.is_null() { "keys" } else { "values" }));
+    }
+    let (ks, vs) = (std::slice::from_raw_parts(keys, n), std::slice::from_raw_parts(values, n));
+    ks.iter().zip(vs).map(|(k, v)| Ok((bytes(k.data, k.len, "keys[i]")?, bytes(v.data, v.len, "values[i]")?))).collect()
+}
+
+/// Sets `keys[i]` to `values[i]` for i < n: one request to each primary
+/// concerned, carrying its pairs (each a write of its own, ordered and
+/// replicated as `cluster_dict_set`); returns once every pair is on every
+/// replica, or with the first error (pairs already applied stay applied).
+///
+/// Ownership: the arrays and the bytes they point to are read during the call.
+/// Blocking: as `cluster_dict_set`.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_dict_set_many(d: *mut cluster_dict, keys: *const cluster_bytes, values: *const cluster_bytes, n: usize) -> cluster_status {
+    ffi!([d => dict] dict.set_many(&pairs_arg(keys, values, n)?))
+}
+
+/// `cluster_dict_set_many` as a future, returned at once (no value).
+///
+/// Ownership: the pairs are copied before return; `*out` receives a new
+/// future, released with `cluster_future_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_dict_set_many_async(
+    d: *mut cluster_dict,
+    keys: *const cluster_bytes,
+    values: *const cluster_bytes,
+    n: usize,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
+    ffi!([d => dict] {
+        check_out(out, "out")?;
+        put(out, "out", new_future_handle(dict.set_many_async(&pairs_arg(keys, values, n)?)?)?)
     })
 }
 

@@ -50,6 +50,7 @@
 //! | STATE         | one-way, primary | partition `part` up to write `arg`, payload: its pairs (a new primary to its backups) |
 //! | STATE_ACK     | one-way, backup  | the state of `part` up to write `arg` is installed |
 //! | LOOKUP        | request to head  | answered with dict `id`'s current configuration |
+//! | SET_MANY      | request, primary | payload: pairs (`encode_pairs`) of keys this process is primary of; each is a SET, answered once all are on every replica |
 //!
 //! **Who waits where.** A client's request has an ordinary future in the
 //! node's pending table (failed with ProcessExited naming the process if
@@ -139,7 +140,8 @@ pub mod op {
     pub const STATE: u16 = 19;
     pub const STATE_ACK: u16 = 20;
     pub const LOOKUP: u16 = 21;
-    pub const LAST: u16 = LOOKUP;
+    pub const SET_MANY: u16 = 22;
+    pub const LAST: u16 = SET_MANY;
 }
 
 /// The meta of every dict message.
@@ -742,6 +744,43 @@ impl Dicts {
         Ok(())
     }
 
+    /// A batch of sets at their primary: each pair is a SET of its own
+    /// (ordered in its partition, replicated, answered when on every
+    /// replica); the batch is answered once all are, with the first error
+    /// if one failed (the others stay applied: a set may run twice).
+    fn set_many(&self, node: &Arc<Node>, m: Msg, payload: &[u8], reply: ReplyTo) -> Result<()> {
+        let pairs = decode_pairs(payload)?;
+        if pairs.is_empty() {
+            deliver(node, vec![Answer(reply, Ok(Vec::new()))]);
+            return Ok(());
+        }
+        struct Batch {
+            left: usize,
+            error: Option<Error>,
+            reply: Option<ReplyTo>,
+        }
+        let batch = Arc::new(Mutex::new(Batch { left: pairs.len(), error: None, reply: Some(reply) }));
+        for (k, v) in pairs {
+            let slot = Arc::new(crate::node::slot::Slot::new(0, node.myid()));
+            let (b, n) = (batch.clone(), node.clone());
+            slot.on_complete(move |r| {
+                let mut g = b.lock();
+                if let (Err(e), None) = (r, &g.error) {
+                    g.error = Some(e.clone());
+                }
+                g.left -= 1;
+                if g.left == 0 {
+                    let reply = g.reply.take().expect("one answer");
+                    let r = g.error.take().map_or(Ok(Vec::new()), Err);
+                    drop(g);
+                    deliver(&n, vec![Answer(reply, r)]);
+                }
+            });
+            self.keyed(node, op::SET, Msg { part: partition(&k), ..m }, encode_kv(&k, &v), ReplyTo::Local(slot))?;
+        }
+        Ok(())
+    }
+
     /// The pairs this member answers LENGTH and ENTRIES for: of the
     /// partitions it is primary of (a Global dict: all).
     fn summary(&self, node: &Node, h: &Held, what: Option<Entries>) -> Vec<u8> {
@@ -807,6 +846,7 @@ impl Dicts {
                 }
             }
             op::SET..=op::DELETE => self.keyed(node, op, m, payload, reply)?,
+            op::SET_MANY => self.set_many(node, m, &payload, reply)?,
             op::LENGTH | op::ENTRIES => {
                 let what = match (op, m.arg) {
                     (op::LENGTH, _) => None,
@@ -1135,6 +1175,7 @@ pub fn decode(op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
         op::CREATE => wire::decode_payload::<Spec>(payload).map(drop),
         op::INSTALL | op::RECONFIG => wire::decode_payload::<DictConfig>(payload)?.check(),
         op::SET | op::GET_OR_INSERT => decode_kv(payload).map(drop),
+        op::SET_MANY => decode_pairs(payload).map(drop),
         op::SET_F => wire::decode_payload::<(Vec<u8>, String, Vec<u8>)>(payload).map(drop),
         op::ENTRIES if m.arg > 2 => Err(Error::new(ErrorKind::Protocol, format!("unknown dict listing {}", m.arg))),
         op::REPLICATE | op::ACK | op::STATE | op::STATE_ACK if m.part >= PARTITIONS => Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part))),
@@ -1167,6 +1208,49 @@ const RETRY_FOR: Duration = Duration::from_secs(12);
 
 /// Marks the error of an operation on a lost partition (never retried).
 const LOST: &str = "were lost";
+
+/// A future completed by `merge` of every one of `futures`' values, or
+/// by the first of their errors.
+fn join(node: &Arc<Node>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+    let (f, p) = node.promise(pid);
+    if futures.is_empty() {
+        p.complete(merge(Vec::new()));
+        return f;
+    }
+    struct Gather {
+        got: Vec<Option<Vec<u8>>>,
+        left: usize,
+        promise: Option<Promise>,
+    }
+    let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p) }));
+    let mut f = f;
+    for (i, part) in futures.into_iter().enumerate() {
+        let g = g.clone();
+        part.on_complete(move |r| {
+            let mut s = g.lock();
+            let Some(_) = s.promise.as_ref() else { return };
+            match r {
+                Err(e) => {
+                    let p = s.promise.take().expect("present");
+                    drop(s);
+                    p.complete(Err(e.clone()));
+                }
+                Ok(v) => {
+                    s.got[i] = Some(v.clone());
+                    s.left -= 1;
+                    if s.left == 0 {
+                        let p = s.promise.take().expect("present");
+                        let all = s.got.drain(..).map(|v| v.expect("every answer")).collect();
+                        drop(s);
+                        p.complete(merge(all));
+                    }
+                }
+            }
+        });
+        f = f.keeping(part);
+    }
+    f
+}
 
 /// Makes an operation's value from its answer.
 type Map = fn(&Dict, &[u8]) -> Result<Vec<u8>>;
@@ -1474,6 +1558,38 @@ impl Dict {
         self.cfg().primary(partition(key))
     }
 
+    /// Sets many keys at once: one request to each primary concerned,
+    /// carrying its pairs (each still a write of its own, ordered and
+    /// replicated as `set`); the future completes once every pair is on
+    /// every replica, or fails with the first error (pairs already applied
+    /// stay applied).
+    pub fn set_many_async(&self, pairs: &[(&[u8], &[u8])]) -> Result<Future> {
+        let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        self.retry_async(true, move |d| d.set_many_raw(&owned), |_, _| Ok(Vec::new()))
+    }
+    pub fn set_many(&self, pairs: &[(&[u8], &[u8])]) -> Result<()> {
+        self.retrying(true, || self.set_many_raw(pairs)?.wait(None))
+    }
+
+    fn set_many_raw<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<Future> {
+        let cfg = self.cfg();
+        let mut by_primary: std::collections::BTreeMap<u32, Vec<(&[u8], &[u8])>> = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            let part = partition(k.as_ref());
+            if let Some(e) = self.lost(&cfg, part) {
+                return Err(e);
+            }
+            by_primary.entry(cfg.primary(part)).or_default().push((k.as_ref(), v.as_ref()));
+        }
+        let node = &self.0.node;
+        let futures = by_primary
+            .iter()
+            .map(|(&p, batch)| self.0.svc.request(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch)))
+            .collect::<Result<Vec<Future>>>()?;
+        let pid = by_primary.keys().next().copied().unwrap_or(node.myid());
+        Ok(join(node, pid, futures, |_| Ok(Vec::new())))
+    }
+
     /// The future's value is the value; a missing key fails it with
     /// NotFound.
     pub fn get_async(&self, key: &[u8]) -> Result<Future> {
@@ -1598,40 +1714,7 @@ impl Dict {
             return Err(Error::new(ErrorKind::ProcessExited, format!("every member of {} is gone", name_of(&cfg))));
         }
         let futures = targets.iter().map(|&p| self.0.svc.request(node, p, op, self.msg(0, arg), Vec::new())).collect::<Result<Vec<Future>>>()?;
-        let (f, p) = node.promise(targets[0]);
-        struct Gather {
-            got: Vec<Option<Vec<u8>>>,
-            left: usize,
-            promise: Option<Promise>,
-        }
-        let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p) }));
-        let mut f = f;
-        for (i, part) in futures.into_iter().enumerate() {
-            let g = g.clone();
-            part.on_complete(move |r| {
-                let mut s = g.lock();
-                let Some(_) = s.promise.as_ref() else { return };
-                match r {
-                    Err(e) => {
-                        let p = s.promise.take().expect("present");
-                        drop(s);
-                        p.complete(Err(e.clone()));
-                    }
-                    Ok(v) => {
-                        s.got[i] = Some(v.clone());
-                        s.left -= 1;
-                        if s.left == 0 {
-                            let p = s.promise.take().expect("present");
-                            let all = s.got.drain(..).map(|v| v.expect("every answer")).collect();
-                            drop(s);
-                            p.complete(merge(all));
-                        }
-                    }
-                }
-            });
-            f = f.keeping(part);
-        }
-        Ok(f)
+        Ok(join(node, targets[0], futures, merge))
     }
 
     /// `length(d)`; the future's value: `decode_len`.
