@@ -1,7 +1,7 @@
 //! Benchmarks: each libcluster figure next to a baseline measured in the
 //! same run on this machine, and the ratio.
 //!
-//!     cargo run --release --example bench [-- --quick] [--pmap-only]
+//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only]
 //!
 //! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
 //! RemoteChannel).
@@ -10,7 +10,7 @@
 //! TCP peers of the baselines (chosen by BENCH_ROLE).
 
 use cluster::prelude::*;
-use cluster::{Channel, ChannelRef, Cluster, Config, LaunchOptions};
+use cluster::{Channel, ChannelRef, Cluster, Config, Dict, DictKind, LaunchOptions, Members, Spec};
 use cluster::service::pool::{Items, PmapOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -56,6 +56,14 @@ fn main() {
             Ok(Vec::new())
         })
         .unwrap();
+        c.register_fn("dict_flood", |call| {
+            let (handle, prefix, n, batch, window): (Vec<u8>, String, u32, u32, u32) =
+                cluster::wire::decode_payload(call.args()).map_err(|e| e.to_string())?;
+            let d = call.node().open_dict(&handle).map_err(|e| e.to_string())?;
+            dict_flood(&d, &prefix, n, batch, window).map_err(|e| e.to_string())?;
+            Ok(Vec::new())
+        })
+        .unwrap();
         let _ = c.serve();
         return;
     }
@@ -64,6 +72,13 @@ fn main() {
     let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
 
     let mut rows: Vec<Row> = Vec::new();
+
+    if std::env::args().any(|a| a == "--dict-only") {
+        dict_rows(&c, quick, &mut rows);
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
 
     if std::env::args().any(|a| a == "--pmap-only") {
         c.addprocs(2, &own_args).unwrap();
@@ -189,6 +204,7 @@ fn main() {
 
     pmap_rows(&c, quick, &mut rows);
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
+    dict_rows(&c, quick, &mut rows);
 
     // Threads and idle CPU with many workers, each connected to all others.
     let many = if quick { 64 } else { 256 };
@@ -219,6 +235,160 @@ fn main() {
     rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
     c.shutdown(Duration::from_secs(10)).unwrap();
     print_rows(&rows);
+}
+
+/// `n` sets of 8-byte values to keys `prefix`i: `window` requests in
+/// flight, each a `set_async` (batch 1) or a `set_many_async` of `batch` pairs.
+fn dict_flood(d: &Dict, prefix: &str, n: u32, batch: u32, window: u32) -> cluster::Result<()> {
+    let mut inflight = std::collections::VecDeque::new();
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("{prefix}{i}").into_bytes()).collect();
+    let val = 7u64.to_le_bytes();
+    for chunk in keys.chunks(batch.max(1) as usize) {
+        let f = if chunk.len() == 1 {
+            d.set_async(&chunk[0], &val)?
+        } else {
+            let pairs: Vec<(&[u8], &[u8])> = chunk.iter().map(|k| (&k[..], &val[..])).collect();
+            d.set_many_async(&pairs)?
+        };
+        inflight.push_back(f);
+        if inflight.len() >= window as usize {
+            inflight.pop_front().unwrap().wait(None)?;
+        }
+    }
+    for f in inflight {
+        f.wait(None)?;
+    }
+    Ok(())
+}
+
+/// Cluster dictionaries (issue 8): a non-member's get and set beside its
+/// remotecall_fetch round trip to the same worker (interleaved blocks,
+/// medians), a set with replication 2, a Global member's local read, and
+/// sets from several clients at once beside Redis on loopback.
+fn dict_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
+    let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
+    let ids = c.addprocs(4, &own_args).unwrap();
+    let members = Members::Pids(ids[..2].to_vec());
+    let r1 = c.dict(&Spec::new(DictKind::Distributed, members.clone()).named("bench-r1").replication(1)).unwrap();
+    let r2 = c.dict(&Spec::new(DictKind::Distributed, members).named("bench-r2").replication(2)).unwrap();
+    let w = ids[0];
+    // Keys owned by the first member (the round trip's worker).
+    let key_of = |d: &Dict| (0..).map(|i| format!("key{i}").into_bytes()).find(|k| d.owner(k) == w).unwrap();
+    let (k1, k2) = (key_of(&r1), key_of(&r2));
+    let arg = 42u64.to_le_bytes();
+    r1.set(&k1, &arg).unwrap();
+    let blocks = 40;
+    let block = if quick { 50 } else { 250 };
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..block {
+            f();
+        }
+        t.elapsed().as_secs_f64() / block as f64
+    };
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..200 {
+        c.remotecall_fetch(w, "echo", &arg).unwrap();
+        r1.get(&k1).unwrap();
+        r2.set(&k2, &arg).unwrap();
+    }
+    for _ in 0..blocks {
+        t[0].push(time(&|| assert_eq!(c.remotecall_fetch(w, "echo", &arg).unwrap().len(), 8)));
+        t[1].push(time(&|| assert_eq!(r1.get(&k1).unwrap().unwrap().len(), 8)));
+        t[2].push(time(&|| r1.set(&k1, &arg).unwrap()));
+        t[3].push(time(&|| r2.set(&k2, &arg).unwrap()));
+    }
+    let [rtt, get, set, set2] = t.map(|mut v| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    });
+    rows.push(Row::new("DistributedDict get, non-member, 8 B", us(get), us(rtt), "remotecall_fetch, interleaved", "<= 1.5x"));
+    rows.push(Row::new("DistributedDict set, non-member (r=1)", us(set), us(rtt), "remotecall_fetch, interleaved", "<= 1.5x"));
+    rows.push(Row::new("DistributedDict set, replication 2", us(set2), us(rtt), "remotecall_fetch, interleaved", "<= 2.5x"));
+
+    // A Global member's read of its own copy, beside a locked HashMap's.
+    let g = c.dict(&Spec::new(DictKind::Global, Members::All).named("bench-g")).unwrap();
+    g.set(b"gkey", &arg).unwrap();
+    let reads = if quick { 200_000 } else { 2_000_000 };
+    let local = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..reads {
+            std::hint::black_box(g.get(std::hint::black_box(b"gkey")).unwrap());
+        }
+        t.elapsed().as_secs_f64() / reads as f64
+    });
+    let map = parking_lot::Mutex::new(std::collections::HashMap::from([(b"gkey".to_vec(), arg.to_vec())]));
+    let base = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..reads {
+            std::hint::black_box(map.lock().get(&std::hint::black_box(b"gkey")[..]).cloned());
+        }
+        t.elapsed().as_secs_f64() / reads as f64
+    });
+    rows.push(Row::new("GlobalDict local read (us)", us(local), us(base), "Mutex<HashMap> get+clone", "<= 1 us"));
+
+    // Sets from 3 clients (the head and two non-member workers) to a
+    // DistributedDict (r=1) over the other two, beside redis-benchmark.
+    let n: u32 = if quick { 100_000 } else { 400_000 };
+    let clients = [c.myid(), ids[2], ids[3]];
+    let flood = |batch: u32, window: u32, tag: &str| {
+        let r = c.dict(&Spec::new(DictKind::Distributed, Members::Pids(ids[..2].to_vec())).named(&format!("bench-flood-{tag}")).replication(1)).unwrap();
+        let t = Instant::now();
+        let futures: Vec<_> = clients[1..]
+            .iter()
+            .map(|&p| c.remotecall(p, "dict_flood", &cluster::wire::encode_payload(&(r.to_bytes(), format!("c{p}-"), n, batch, window))).unwrap())
+            .collect();
+        dict_flood(&r, "c1-", n, batch, window).unwrap();
+        for f in &futures {
+            f.wait(None).unwrap();
+        }
+        let rate = (n as usize * clients.len()) as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(r.length().unwrap(), n as usize * clients.len());
+        r.release().unwrap();
+        rate
+    };
+    let pipelined = flood(1, 64, "p");
+    let batched = flood(256, 8, "b");
+    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+    for d in [r1, r2, g] {
+        let _ = d.release();
+    }
+    match redis_set_rate(if quick { 300_000 } else { 1_000_000 }) {
+        Some(redis) => {
+            rows.push(Row::new("dict sets, 3 clients, 64 in flight (k/s)", pipelined / 1e3, redis / 1e3, "Redis SET, 50 clients, -P 16", ">= 1x"));
+            rows.push(Row::new("dict sets, 3 clients, set_many 256 (k/s)", batched / 1e3, redis / 1e3, "Redis SET, 50 clients, -P 16", ">= 1x"));
+        }
+        None => {
+            eprintln!("bench: redis-server / redis-benchmark not found (scripts/install-deps.sh installs them): no Redis baseline");
+            rows.push(Row::new("dict sets, 3 clients, 64 in flight (k/s)", pipelined / 1e3, 1800.0, "Redis figure of the issue", ">= 1x"));
+            rows.push(Row::new("dict sets, 3 clients, set_many 256 (k/s)", batched / 1e3, 1800.0, "Redis figure of the issue", ">= 1x"));
+        }
+    }
+}
+
+/// SETs per second of `redis-benchmark -P 16` (50 clients) against a
+/// `redis-server` started here on a free loopback port; `None` without Redis.
+fn redis_set_rate(n: usize) -> Option<f64> {
+    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port().to_string();
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let up = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
+    });
+    let out = up.then(|| {
+        Command::new("redis-benchmark").args(["-p", &port, "-t", "set", "-n", &n.to_string(), "-P", "16", "-q"]).stderr(Stdio::null()).output().ok()
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out??.stdout).into_owned();
+    // The last record: "SET: 1420454.50 requests per second, ..."
+    let last = text.rsplit('\r').next()?.rsplit("SET:").next()?;
+    last.split_whitespace().next()?.parse().ok()
 }
 
 /// pmap of a no-op over 2 workers (the cluster's), batch size 1, beside
