@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system dependencies the libcluster test suite needs on Debian
-# bookworm: cmake (+ ninja), and Julia 1.5.3 from bullseye together with the
-# libunwind it was built against (used via scripts/julia). Idempotent; run as root.
+# bookworm: cmake (+ ninja), Julia 1.5.3 from bullseye together with the
+# libunwind it was built against (used via scripts/julia), and Redis (a
+# benchmark baseline). Idempotent; run as root.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -76,6 +77,16 @@ if [ ! -e "$LIBUNWIND_DIR/usr/lib/x86_64-linux-gnu/libunwind.so.8" ]; then
     rm -rf "$LIBUNWIND_DIR"
     mkdir -p "$LIBUNWIND_DIR"
     dpkg -x "$tmp"/libunwind8_*.deb "$LIBUNWIND_DIR"
+fi
+
+# 3. Redis (the dictionaries' benchmark baseline: redis-server and
+# redis-benchmark), kept from running as a service.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+    apt_update_once
+    apt-get install -y -q --no-install-recommends redis-server redis-tools
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
 fi
 
 echo "install-deps.sh: done"
