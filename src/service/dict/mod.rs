@@ -692,7 +692,7 @@ impl Dicts {
                 }
                 op::SET => {
                     let e = Effect::Set { key, value: decode_kv(&payload)?.1.to_vec() };
-                    effect = Some(e.clone());
+                    effect = (!backups.is_empty()).then(|| e.clone());
                     seq = p.write(e, &compute, reply, Vec::new(), &backups, &mut out);
                 }
                 op::SET_F => {
@@ -704,7 +704,7 @@ impl Dicts {
                     };
                     match e {
                         Ok(e) => {
-                            effect = Some(e.clone());
+                            effect = (!backups.is_empty()).then(|| e.clone());
                             seq = p.write(e, &compute, reply, Vec::new(), &backups, &mut out);
                         }
                         Err(msg) => out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, me, msg)))),
@@ -715,7 +715,7 @@ impl Dicts {
                     None => {
                         let value = decode_kv(&payload)?.1.to_vec();
                         let e = Effect::Set { key, value: value.clone() };
-                        effect = Some(e.clone());
+                        effect = (!backups.is_empty()).then(|| e.clone());
                         seq = p.write(e, &compute, reply, value, &backups, &mut out);
                     }
                 },
@@ -723,7 +723,7 @@ impl Dicts {
                     None => out.push(Answer(reply, Ok(if op == op::POP { encode_opt(None) } else { Vec::new() }))),
                     Some(v) => {
                         let e = Effect::Delete { key };
-                        effect = Some(e.clone());
+                        effect = (!backups.is_empty()).then(|| e.clone());
                         let result = if op == op::POP { encode_opt(Some(&v)) } else { Vec::new() };
                         seq = p.write(e, &compute, reply, result, &backups, &mut out);
                     }
@@ -744,13 +744,22 @@ impl Dicts {
         Ok(())
     }
 
-    /// A batch of sets at their primary: each pair is a SET of its own
-    /// (ordered in its partition, replicated, answered when on every
-    /// replica); the batch is answered once all are, with the first error
-    /// if one failed (the others stay applied: a set may run twice).
+    /// A batch of sets at their primary: the pairs of each partition are
+    /// one write (ordered, applied, replicated and acknowledged as one);
+    /// the batch is answered once every partition's is on every replica,
+    /// with the first error if one failed (the others stay applied: a
+    /// retried batch sets them again).
     fn set_many(&self, node: &Arc<Node>, m: Msg, payload: &[u8], reply: ReplyTo) -> Result<()> {
         let pairs = decode_pairs(payload)?;
-        if pairs.is_empty() {
+        let Some(h) = self.held(m.id) else {
+            deliver(node, vec![Answer(reply, Err(unknown(node, m.id)))]);
+            return Ok(());
+        };
+        let mut parts: std::collections::BTreeMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            parts.entry(partition(&k)).or_default().push((k, v));
+        }
+        if parts.is_empty() {
             deliver(node, vec![Answer(reply, Ok(Vec::new()))]);
             return Ok(());
         }
@@ -759,9 +768,13 @@ impl Dicts {
             error: Option<Error>,
             reply: Option<ReplyTo>,
         }
-        let batch = Arc::new(Mutex::new(Batch { left: pairs.len(), error: None, reply: Some(reply) }));
-        for (k, v) in pairs {
-            let slot = Arc::new(crate::node::slot::Slot::new(0, node.myid()));
+        let batch = Arc::new(Mutex::new(Batch { left: parts.len(), error: None, reply: Some(reply) }));
+        let me = node.myid();
+        let compute = |f: &str, a: &[u8]| self.compute(node, f, a);
+        let mut out = Vec::new();
+        let mut sends = Vec::new();
+        for (part, pairs) in parts {
+            let slot = Arc::new(crate::node::slot::Slot::new(0, me));
             let (b, n) = (batch.clone(), node.clone());
             slot.on_complete(move |r| {
                 let mut g = b.lock();
@@ -776,8 +789,26 @@ impl Dicts {
                     deliver(&n, vec![Answer(reply, r)]);
                 }
             });
-            self.keyed(node, op::SET, Msg { part: partition(&k), ..m }, encode_kv(&k, &v), ReplyTo::Local(slot))?;
+            let sub = ReplyTo::Local(slot);
+            let mut p = h.parts[part as usize].lock();
+            let cfg = h.cfg();
+            if let Err(e) = Self::check_primary(node, &cfg, &m, part) {
+                drop(p);
+                out.push(Answer(sub, Err(e)));
+                continue;
+            }
+            let backups: Vec<u32> = cfg.replicas(part).iter().copied().filter(|&p| p != me).collect();
+            let e = Effect::SetMany { pairs };
+            let payload = (!backups.is_empty()).then(|| wire::encode_payload(&e));
+            let seq = p.write(e, &compute, sub, Vec::new(), &backups, &mut out);
+            drop(p);
+            if let (Some(seq), Some(payload)) = (seq, payload) {
+                let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: seq };
+                sends.extend(backups.iter().map(|&to| Outgoing { to, op: op::REPLICATE, m, payload: payload.clone() }));
+            }
         }
+        self.send_all(node, sends);
+        deliver(node, out);
         Ok(())
     }
 

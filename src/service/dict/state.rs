@@ -200,6 +200,9 @@ pub enum Effect {
     /// ValueF).
     SetF { key: Vec<u8>, f: String, args: Vec<u8> },
     Delete { key: Vec<u8> },
+    /// Many sets of one partition as one write (a batch's pairs at their
+    /// primary): one number, one message to each backup.
+    SetMany { pairs: Vec<(Vec<u8>, Vec<u8>)> },
 }
 
 /// A partition's pairs, as a state transfer carries them.
@@ -220,8 +223,8 @@ struct Waiting {
     outstanding: Vec<u32>,
     /// The first failure a backup reported.
     error: Option<Error>,
-    /// The key it writes.
-    key: Vec<u8>,
+    /// The keys it writes.
+    keys: Vec<Vec<u8>>,
 }
 
 /// One partition of one dict on one member.
@@ -252,9 +255,10 @@ pub(crate) struct Part {
 }
 
 impl Effect {
-    pub fn key(&self) -> &[u8] {
+    pub fn keys(&self) -> Vec<Vec<u8>> {
         match self {
-            Effect::Set { key, .. } | Effect::SetF { key, .. } | Effect::Delete { key } => key,
+            Effect::Set { key, .. } | Effect::SetF { key, .. } | Effect::Delete { key } => vec![key.clone()],
+            Effect::SetMany { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Part {
             Effect::Delete { key } => {
                 self.store.remove(&key);
             }
+            Effect::SetMany { pairs } => self.store.extend(pairs),
         }
         Ok(())
     }
@@ -293,7 +298,7 @@ impl Part {
     /// number to send the backups, or None when the write failed here
     /// (answered, nothing to replicate).
     pub fn write(&mut self, e: Effect, compute: Compute, reply: ReplyTo, result: Vec<u8>, backups: &[u32], out: &mut Vec<Answer>) -> Option<u64> {
-        let key = e.key().to_vec();
+        let keys = if backups.is_empty() { Vec::new() } else { e.keys() };
         if let Err(m) = self.apply(e, compute) {
             out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, self.me, m))));
             return None;
@@ -302,8 +307,10 @@ impl Part {
         if backups.is_empty() {
             out.push(Answer(reply, Ok(result)));
         } else {
-            self.unacked.insert(key.clone(), self.seq);
-            self.waiting.insert(self.seq, Waiting { reply, result, outstanding: backups.to_vec(), error: None, key });
+            for k in &keys {
+                self.unacked.insert(k.clone(), self.seq);
+            }
+            self.waiting.insert(self.seq, Waiting { reply, result, outstanding: backups.to_vec(), error: None, keys });
         }
         Some(self.seq)
     }
@@ -321,8 +328,10 @@ impl Part {
     /// reads waiting for it.
     fn finish(&mut self, seq: u64, out: &mut Vec<Answer>) {
         let Some(w) = self.waiting.remove(&seq) else { return };
-        if self.unacked.get(&w.key) == Some(&seq) {
-            self.unacked.remove(&w.key);
+        for k in &w.keys {
+            if self.unacked.get(k) == Some(&seq) {
+                self.unacked.remove(k);
+            }
         }
         out.push(Answer(w.reply, w.error.map_or(Ok(w.result), Err)));
         for (reply, answer) in self.reads.remove(&seq).unwrap_or_default() {
@@ -543,6 +552,25 @@ mod tests {
         assert_eq!(p.write(f, &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a), None);
         assert_eq!(sent(a)[0].as_ref().unwrap_err().kind, ErrorKind::Remote);
         assert_eq!(p.seq, 4);
+    }
+
+    #[test]
+    fn a_batch_is_one_write_and_parks_reads_of_each_of_its_keys() {
+        let out: Out = Arc::default();
+        let mut p = Part::default();
+        let mut a = Vec::new();
+        let e = Effect::SetMany { pairs: vec![(b"x".to_vec(), b"1".to_vec()), (b"y".to_vec(), b"2".to_vec())] };
+        assert_eq!(p.write(e, &none, ReplyTo::Capture(out.clone()), vec![], &[3], &mut a), Some(1));
+        assert_eq!((p.store.get(&b"x"[..]).unwrap(), p.store.get(&b"y"[..]).unwrap()), (&b"1".to_vec(), &b"2".to_vec()));
+        p.read(b"y", ReplyTo::Capture(out.clone()), b"2".to_vec(), &mut a);
+        p.read(b"z", ReplyTo::Capture(out.clone()), b"-".to_vec(), &mut a);
+        assert_eq!(sent(std::mem::take(&mut a)), vec![Ok(b"-".to_vec())], "only the read of a key outside the batch is answered");
+        p.ack(1, 3, None, &mut a);
+        assert_eq!(sent(a).len(), 2, "the batch's writer and the parked read");
+        // A backup applies it as one write.
+        let mut b = Part::default();
+        assert_eq!(b.replicate(1, Effect::SetMany { pairs: vec![(b"x".to_vec(), b"1".to_vec())] }, &none), vec![(1, None)]);
+        assert_eq!(b.store.get(&b"x"[..]).unwrap(), b"1");
     }
 
     #[test]
