@@ -7,6 +7,7 @@ use crate::node::{Config, Node};
 use crate::service::channel::Channels;
 use crate::service::control::{Control, Role};
 use crate::service::dict::Dicts;
+use crate::service::shm::Shm;
 use crate::service::pool::Pools;
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
@@ -67,6 +68,7 @@ impl Cluster {
         node.install(Channels::new())?;
         node.install(Pools::new())?;
         node.install(Dicts::new())?;
+        node.install(Shm::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

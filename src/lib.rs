@@ -39,6 +39,7 @@ pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, 
 pub use service::channel::{Channel, ChannelRef, ChannelState};
 pub use service::dict::{Dict, DictKind, Members, Spec};
 pub use service::rpc::{Call, Handler, ANY_WORKER};
+pub use service::shm::{Segment, ShmSpec};
 
 /// The services' operations on a node: `use cluster::prelude::*`.
 pub mod prelude {
@@ -48,6 +49,7 @@ pub mod prelude {
     pub use crate::service::pool::PoolExt;
     pub use crate::service::refs::{FutureExt, RefsExt};
     pub use crate::service::rpc::RpcExt;
+    pub use crate::service::shm::ShmExt;
 }
 
 /// The header cbindgen generated in this build, to check the committed copy.

@@ -1,6 +1,9 @@
 //! The few operating-system calls std does not offer: poll, writev on a
 //! non-blocking socket, eventfd, signals and random bytes. Each wrapper is
 //! safe to call; the `unsafe` blocks only pass valid, owned buffers to libc.
+//! `shm`: POSIX shared-memory segments and their mappings.
+
+pub mod shm;
 
 use std::io;
 use std::os::unix::io::RawFd;

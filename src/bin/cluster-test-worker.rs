@@ -242,9 +242,35 @@ fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
     Ok(())
 }
 
+/// Shared memory: args are encode_payload of (name, prefix, ...).
+fn register_shm_functions(c: &Cluster) -> cluster::Result<()> {
+    c.register_fn("shm_create", |call| {
+        let (name, prefix, size): (String, String, u64) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let spec = cluster::ShmSpec::new(&name, 0, 1, &[size]).prefixed(&prefix);
+        let seg = call.node().shm_create(&spec, None).map_err(|e| e.to_string())?;
+        Ok(seg.os_name().as_bytes().to_vec())
+    })?;
+    c.register_fn("shm_read", |call| {
+        let (name, prefix, offset, n): (String, String, u64, u64) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let seg = call.node().shm_segment(&name, &prefix).ok_or("not mapped here")?;
+        let mut out = vec![0u8; n as usize];
+        seg.read_at(offset as usize, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })?;
+    c.register_fn("shm_write", |call| {
+        let (name, prefix, offset, data): (String, String, u64, Vec<u8>) = decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let seg = call.node().shm_segment(&name, &prefix).ok_or("not mapped here")?;
+        seg.write_at(offset as usize, &data).map_err(|e| e.to_string())?;
+        Ok(Vec::new())
+    })?;
+    c.register_fn("shm_count", |call| Ok((call.node().shm_segments().len() as u32).to_le_bytes().to_vec()))?;
+    Ok(())
+}
+
 pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
     register_channel_functions(c)?;
     register_dict_functions(c)?;
+    register_shm_functions(c)?;
     c.register_fn("echo", |call| Ok(call.args().to_vec()))?;
     c.register_fn("noop", |_| Ok(Vec::new()))?;
     c.register_fn("myid", |call| Ok(call.node().myid().to_le_bytes().to_vec()))?;
@@ -440,6 +466,17 @@ fn main() {
             let f = c.addprocs_async(2, &opts).expect("addprocs_async");
             println!("launching");
             let _ = f.wait(Some(Duration::from_secs(60)));
+            std::process::exit(0);
+        }
+        if let Ok(prefix) = std::env::var("TEST_SHM_HEAD") {
+            // A head for the shared-memory orphan test: a worker creates a
+            // segment, mapped here too; say so, then wait to be killed.
+            let opts = cluster::LaunchOptions { args: Some(vec![]), ..Default::default() };
+            let ids = c.addprocs(1, &opts).expect("addprocs");
+            let args = encode_payload(&("orphan".to_string(), prefix, 4096u64));
+            let name = c.remotecall_fetch(ids[0], "shm_create", &args).expect("shm_create");
+            println!("{}", String::from_utf8_lossy(&name));
+            std::thread::sleep(Duration::from_secs(60));
             std::process::exit(0);
         }
         if std::env::var("TEST_AS_HEAD").is_ok() {

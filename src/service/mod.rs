@@ -7,13 +7,15 @@
 //! | 2  | rpc      | functions by name, remote calls, interrupts         |
 //! | 3  | refs     | futures passed between processes                    |
 //! | 4  | channel  | RemoteChannels: bounded FIFO queues kept by an owner |
-//!
-//! `holders` is no service: the reference counting and the housekeeping
-//! thread that refs and channel share.
 //! | 5  | pool     | worker pools, pmap, @distributed, PTools' WorkerSet |
 //! |    |          | and queued tasks (host info on the wire)            |
 //! | 6  | dict     | cluster dictionaries (Global, Distributed), kept by |
 //! |    |          | their members, primary-backup per partition         |
+//! | 7  | shm      | shared-memory segments mapped by the processes of a |
+//! |    |          | host; orphans of dead clusters found and removed    |
+//!
+//! `holders` is no service: the reference counting and the housekeeping
+//! thread that refs and channel share.
 
 pub mod channel;
 pub mod control;
@@ -22,3 +24,4 @@ pub(crate) mod holders;
 pub mod pool;
 pub mod refs;
 pub mod rpc;
+pub mod shm;
