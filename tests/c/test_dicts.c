@@ -1039,7 +1039,7 @@ static void cell(int32_t kind, int32_t members, const char *name) {
     size_t count = 0;
     EXPECT_OK(cluster_dict_members(d, got, 8, &count));
     EXPECTF(count == nexp && memcmp(got, expect, nexp * sizeof *got) == 0, "%s: %zu members", what, count);
-    char nm[128];
+    char nm[sizeof ((struct wire_spec *)0)->name];
     size_t nl = 0;
     EXPECT_OK(cluster_dict_name(d, nm, sizeof nm, &nl));
     if (name)
