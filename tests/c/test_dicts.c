@@ -2093,8 +2093,7 @@ static void case_misuse(void) {
     REQUIRE_OK(cluster_dict_get_async(d, K("k1"), &f));
     EXPECT_ST(cluster_future_wait(f, 10000), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_OK(cluster_future_free(f));
-    cluster_status again = cluster_dict_release(d);
-    EXPECTF(again == CLUSTER_OK || again == CLUSTER_ERR_INVALID_ARGUMENT, "second release: %s", cluster_status_str(again));
+    EXPECT_OK(cluster_dict_release(d)); /* released already: nothing to do */
     /* Its old bytes open a handle to nothing. */
     REQUIRE_OK(cluster_dict_open(g_ctx, hb.data, hb.len, &x));
     EXPECT_ST(cluster_dict_set(x, K("k"), K("v")), CLUSTER_ERR_INVALID_ARGUMENT);
