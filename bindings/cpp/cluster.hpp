@@ -10,7 +10,9 @@
 //
 // Ownership. Every C handle has one move-only owner: `Cluster` (cluster_ctx),
 // `Future` (cluster_future), `Buffer` (cluster_buffer), `Channel`
-// (cluster_channel) and a deferred `Call` (cluster_call). Destructors release the handle and never throw; a moved-from
+// (cluster_channel), `Dict` (cluster_dict), `DictEntries`
+// (cluster_dict_entries), the work-distribution owners below and a deferred
+// `Call` (cluster_call). Destructors release the handle and never throw; a moved-from
 // owner is empty and safe to destroy. `Bytes` is a non-owning view (pointer +
 // length), like std::span<const std::uint8_t>: it is only valid while what it
 // points into lives (a std::string, a Buffer, a Future, a Call's arguments).
@@ -35,14 +37,13 @@
 // byte views (C++ only), cluster_buffer (Buffer), cluster_future (Future),
 // cluster_channel (Channel), cluster_call (Call), cluster_config and
 // cluster_launch_options (Config, LaunchOptions), cluster_ctx (Cluster, with
-// its callback trampolines). The order is the one C++ needs: an object comes
-// after those it uses.
-// cluster_call (Call), cluster_config and cluster_launch_options (Config,
-// LaunchOptions), cluster_ctx (Cluster, with its callback trampolines), then
-// work distribution: cluster_pool (Pool), cluster_pmap (Pmap, PmapOptions,
+// its callback trampolines), then work distribution: cluster_pool (Pool),
+// cluster_pmap (Pmap, PmapOptions,
 // the typed pmap<R>() / pmap_results<R>() / distributed_reduce(), and
 // splitrange()), cluster_workerset (WorkerSet), cluster_taskqueue (TaskQueue,
-// Task). The order is the one C++ needs: an object comes after those it uses.
+// Task), cluster_dict (Dict, DictSpec, DictEntries; value functions are
+// registered on the Cluster). The order is the one C++ needs: an object comes
+// after those it uses.
 //
 // Work distribution owns its callbacks: a Pmap keeps its retry check and
 // progress callables (destroying a running map cancels it and waits for its
@@ -888,6 +889,49 @@ template <class R> void reply_with(Call &call, R &&r) {
     }
 }
 
+/// A dict value function (Cluster::register_value_fn): computes the value
+/// to store from its arguments and puts it into `value`.
+struct ValueFnBox {
+    State *state;
+    std::function<void(Bytes, cluster_value *)> fn;
+};
+
+inline std::int32_t value_fn_trampoline(void *ud, const std::uint8_t *args, std::size_t len, cluster_value *value) noexcept {
+    auto *box = static_cast<ValueFnBox *>(ud);
+    Inflight guard(box->state);
+    auto fail = [value](const char *msg) {
+        cluster_value_set(value, reinterpret_cast<const std::uint8_t *>(msg), std::strlen(msg));
+        return std::int32_t(1);
+    };
+    try {
+        box->fn(Bytes(args, len), value);
+        return 0;
+    } catch (const Error &e) {
+        return fail(e.message().empty() ? e.what() : e.message().c_str());
+    } catch (const std::exception &e) {
+        return fail(e.what());
+    } catch (...) {
+        return fail("unknown C++ exception in a value function");
+    }
+}
+
+/// What a value function's return value becomes: the value stored.
+template <class R> void put_value(cluster_value *value, const R &r) {
+    using T = std::decay_t<R>;
+    Bytes b;
+    if constexpr (std::is_same_v<T, Buffer>) {
+        b = r.bytes();
+    } else if constexpr (std::is_convertible_v<const T &, Bytes>) {
+        b = Bytes(r);
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "a value function returns bytes (std::string, std::vector<uint8_t>, Bytes, Buffer) "
+                      "or a trivially copyable value");
+        b = Bytes::of(r);
+    }
+    check(cluster_value_set(value, b.data(), b.size()));
+}
+
 template <class Fn> std::vector<std::int32_t> ids(Fn fn) {
     std::vector<std::int32_t> v(8);
     for (;;) {
@@ -1143,6 +1187,25 @@ public:
         check(cluster_register(ctx_, name.c_str(), handler, user_data));
     }
     void unregister(const std::string &name) { check(cluster_unregister(ctx_, name.c_str())); }
+
+    /// Registers the dict value function `name` (Dict::set_with), replacing
+    /// an earlier one: called as f(Bytes args) on the process storing the
+    /// value (each member of a global dict, a distributed key's owner), it
+    /// returns the value to store: bytes (std::string, std::vector<uint8_t>,
+    /// Bytes, Buffer) or a trivially copyable value. A thrown exception
+    /// fails the write (CLUSTER_ERR_REMOTE with its text). It runs on a
+    /// library thread holding the key's partition: quick, never waiting,
+    /// never using the dict. Every process storing such values needs it.
+    template <class F> void register_value_fn(const std::string &name, F &&f) {
+        static_assert(std::is_invocable_v<F &, Bytes>, "a value function is called as f(cluster::Bytes args)");
+        using R = std::invoke_result_t<F &, Bytes>;
+        static_assert(!std::is_void_v<R>, "a value function returns the value to store");
+        std::function<void(Bytes, cluster_value *)> fn = [g = std::forward<F>(f)](Bytes args, cluster_value *v) mutable {
+            detail::put_value(v, g(args));
+        };
+        auto box = keep(std::make_shared<detail::ValueFnBox>(detail::ValueFnBox{state_.get(), std::move(fn)}));
+        check(cluster_dict_register_value_fn(ctx_, name.c_str(), &detail::value_fn_trampoline, box));
+    }
 
     // -- calls --
     /// Calls `name` on `pid` (any_worker: round robin); returns at once.
@@ -1928,6 +1991,459 @@ private:
     cluster_taskqueue *q_ = nullptr;
     std::mutex mu_;
     std::vector<std::unique_ptr<detail::TaskBox>> boxes_;
+};
+
+// ==== cluster_dict, cluster_dict_spec, cluster_dict_entries: Dict, DictSpec, DictEntries ====
+
+/// What a dict is created with (cluster_dict_spec, with owned strings):
+///
+///     auto d = cluster::Dict::create(c, cluster::DictSpec::global().name("g").all());
+///
+/// The defaults (DictSpec()): a distributed dict over the workers, a
+/// generated name, replication 2 when it has at least 2 members.
+class DictSpec {
+public:
+    DictSpec() { check(cluster_dict_spec_init(&s_)); }
+    static DictSpec global() { return DictSpec().kind(CLUSTER_DICT_GLOBAL); }
+    static DictSpec distributed() { return DictSpec().kind(CLUSTER_DICT_DISTRIBUTED); }
+
+    DictSpec &kind(cluster_dict_kind k) { return s_.kind = static_cast<std::int32_t>(k), *this; }
+    /// Unique in the cluster; empty: the head makes one up.
+    DictSpec &name(std::string n) { return name_ = std::move(n), *this; }
+    /// Every process, the head included.
+    DictSpec &all() { return s_.members = CLUSTER_MEMBERS_ALL, *this; }
+    /// Every worker (the head alone when there are none): the default.
+    DictSpec &workers() { return s_.members = CLUSTER_MEMBERS_WORKERS, *this; }
+    DictSpec &pids(std::vector<std::int32_t> ids) {
+        pids_ = std::move(ids);
+        return s_.members = CLUSTER_MEMBERS_PIDS, *this;
+    }
+    /// Copies of each key of a distributed dict (0: the default).
+    DictSpec &replication(std::uint32_t r) { return s_.replication = r, *this; }
+    /// Opaque bytes that are part of the specification (e.g. key and value types).
+    DictSpec &type_tag(Bytes tag) { return tag_ = tag.vec(), *this; }
+
+    /// The C struct, pointing into this object.
+    const cluster_dict_spec *get() const noexcept {
+        s_.name = name_.empty() ? nullptr : name_.c_str();
+        s_.pids = pids_.empty() ? nullptr : pids_.data();
+        s_.npids = s_.members == CLUSTER_MEMBERS_PIDS ? pids_.size() : 0;
+        s_.type_tag = tag_.empty() ? nullptr : tag_.data();
+        s_.type_tag_len = tag_.size();
+        return &s_;
+    }
+    /// Direct access to the plain fields (kind, members, replication).
+    cluster_dict_spec &raw() noexcept { return s_; }
+
+private:
+    mutable cluster_dict_spec s_{};
+    std::string name_;
+    std::vector<std::int32_t> pids_;
+    std::vector<std::uint8_t> tag_;
+};
+
+namespace detail {
+
+/// A dict key or value as bytes: std::string, std::string_view, const
+/// char *, std::vector<uint8_t>, Bytes, or a trivially copyable value's
+/// object representation.
+template <class T> Bytes dict_bytes(const T &v) {
+    if constexpr (std::is_same_v<T, Buffer>) {
+        return v.bytes();
+    } else if constexpr (std::is_convertible_v<const T &, Bytes>) {
+        return Bytes(v);
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "dict keys and values are bytes (std::string, std::vector<uint8_t>, Bytes) or trivially copyable");
+        return Bytes::of(v);
+    }
+}
+
+} // namespace detail
+
+/// Owns a cluster_dict_entries: a listing of keys, values or pairs (a
+/// listing of keys has empty values, one of values empty keys). The bytes
+/// belong to the listing.
+class DictEntries {
+public:
+    DictEntries() noexcept = default;
+    explicit DictEntries(cluster_dict_entries *e) noexcept : e_(e) {}
+    DictEntries(DictEntries &&o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+    DictEntries &operator=(DictEntries &&o) noexcept {
+        if (this != &o) {
+            reset();
+            e_ = std::exchange(o.e_, nullptr);
+        }
+        return *this;
+    }
+    DictEntries(const DictEntries &) = delete;
+    DictEntries &operator=(const DictEntries &) = delete;
+    ~DictEntries() { reset(); }
+
+    /// The listing a Dict::list_async future holds, made with `what`.
+    static DictEntries of(const Future &f, cluster_dict_listing what, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        return decode(f.fetch(timeout_ms), what);
+    }
+    /// A listing from a list_async future's value.
+    static DictEntries decode(Bytes data, cluster_dict_listing what) {
+        cluster_dict_entries *e = nullptr;
+        check(cluster_dict_entries_decode(data.data(), data.size(), static_cast<std::int32_t>(what), &e));
+        return DictEntries(e);
+    }
+
+    cluster_dict_entries *get() const noexcept { return e_; }
+    void reset() noexcept {
+        if (e_) cluster_dict_entries_free(e_);
+        e_ = nullptr;
+    }
+    std::size_t size() const {
+        std::size_t n = 0;
+        check(cluster_dict_entries_count(e_, &n));
+        return n;
+    }
+    bool empty() const { return size() == 0; }
+    /// Entry i's key and value (CLUSTER_ERR_INVALID_ARGUMENT past the end).
+    std::pair<Bytes, Bytes> at(std::size_t i) const {
+        const std::uint8_t *k = nullptr, *v = nullptr;
+        std::size_t kl = 0, vl = 0;
+        check(cluster_dict_entries_get(e_, i, &k, &kl, &v, &vl));
+        return {Bytes(k, kl), Bytes(v, vl)};
+    }
+    Bytes key(std::size_t i) const { return at(i).first; }
+    Bytes value(std::size_t i) const { return at(i).second; }
+    /// Every key, value or pair as K / V (std::string, std::vector<uint8_t>
+    /// or trivially copyable, size checked).
+    template <class K = std::string> std::vector<K> keys() const {
+        std::vector<K> out;
+        for (std::size_t i = 0, n = size(); i < n; i++) out.push_back(detail::element_value<K>(key(i)));
+        return out;
+    }
+    template <class V = std::string> std::vector<V> values() const {
+        std::vector<V> out;
+        for (std::size_t i = 0, n = size(); i < n; i++) out.push_back(detail::element_value<V>(value(i)));
+        return out;
+    }
+    template <class K = std::string, class V = std::string> std::vector<std::pair<K, V>> items() const {
+        std::vector<std::pair<K, V>> out;
+        for (std::size_t i = 0, n = size(); i < n; i++) {
+            auto [k, v] = at(i);
+            out.emplace_back(detail::element_value<K>(k), detail::element_value<V>(v));
+        }
+        return out;
+    }
+
+private:
+    cluster_dict_entries *e_ = nullptr;
+};
+
+/// Owns a cluster_dict: one handle to a cluster dictionary (ClusterDicts'
+/// GlobalDict or DistributedDict), usable from any process. Destroying it
+/// frees the handle only; release() removes the dict from every member.
+/// Keys and values are bytes: std::string, std::vector<uint8_t>, Bytes, or
+/// any trivially copyable type (its object representation); reads take
+/// the type to return (default std::string, sizes checked):
+///
+///     auto d = cluster::Dict::create(c, cluster::DictSpec::distributed().name("scores"));
+///     d.set("alice", 3);
+///     int a = d.at<int>("alice");                   // throws CLUSTER_ERR_NOT_FOUND when missing
+///     std::optional<int> b = d.get<int>("bob");     // nullopt
+///     int n = d.get_or_insert<int>("carol", 0);     // atomic get!
+///
+/// Every operation that waits has an _async form returning a Future; read
+/// its value with value_of<V>() (get, get_or_insert, pop), has_of()
+/// (haskey), size_of() (size) or DictEntries::of() (list). Failures throw
+/// cluster::Error with the status and the process (e.g. a member that
+/// died: CLUSTER_ERR_PROCESS_EXITED naming it).
+class Dict {
+public:
+    Dict() noexcept = default;
+    /// Adopts `d`; it is freed by this object.
+    explicit Dict(cluster_dict *d) noexcept : d_(d) {}
+    Dict(Dict &&o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+    Dict &operator=(Dict &&o) noexcept {
+        if (this != &o) {
+            reset();
+            d_ = std::exchange(o.d_, nullptr);
+        }
+        return *this;
+    }
+    Dict(const Dict &) = delete;
+    Dict &operator=(const Dict &) = delete;
+    ~Dict() { reset(); }
+
+    // -- creating, opening, passing on --
+    /// Creates the dict, or opens the one of that name with the same
+    /// specification (another one: CLUSTER_ERR_INVALID_ARGUMENT); returns
+    /// once every member holds it.
+    static Dict create(Cluster &c, const DictSpec &spec = DictSpec()) {
+        cluster_dict *d = nullptr;
+        check(cluster_dict_create(c.get(), spec.get(), &d));
+        return Dict(d);
+    }
+    /// create as a future; its value is the handle's bytes: open(c, f.fetch()).
+    static Future create_async(Cluster &c, const DictSpec &spec = DictSpec()) {
+        cluster_future *f = nullptr;
+        check(cluster_dict_create_async(c.get(), spec.get(), &f));
+        return Future(f);
+    }
+    /// A handle from to_bytes() (or a create_async value), made in any process.
+    static Dict open(Cluster &c, Bytes handle) {
+        cluster_dict *d = nullptr;
+        check(cluster_dict_open(c.get(), handle.data(), handle.size(), &d));
+        return Dict(d);
+    }
+    /// The handle as bytes, to pass to another process (e.g. in call arguments).
+    std::vector<std::uint8_t> to_bytes() const {
+        Buffer b;
+        check(cluster_dict_to_bytes(d_, b.out()));
+        return b.vec();
+    }
+    /// local_dicts(): the dicts this process holds state for, sorted.
+    static std::vector<std::string> local_names(Cluster &c) {
+        cluster_dict_entries *e = nullptr;
+        check(cluster_dict_local_names(c.get(), &e));
+        return DictEntries(e).keys<std::string>();
+    }
+
+    bool valid() const noexcept { return d_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    cluster_dict *get() const noexcept { return d_; }
+    /// Gives up ownership of the handle; the caller must cluster_dict_free
+    /// it. (release() is the dict's delete!.)
+    cluster_dict *take() noexcept { return std::exchange(d_, nullptr); }
+    /// Frees the handle now (the dict stays); never blocks.
+    void reset() noexcept {
+        if (d_) cluster_dict_free(d_);
+        d_ = nullptr;
+    }
+
+    // -- what it is --
+    std::string name() const {
+        return detail::text([&](char *b, std::size_t c, std::size_t *n) { return cluster_dict_name(d_, b, c, n); });
+    }
+    cluster_dict_kind kind() const {
+        std::int32_t k = 0;
+        check(cluster_dict_info(d_, &k, nullptr));
+        return static_cast<cluster_dict_kind>(k);
+    }
+    /// Copies of each key (a global dict: its member count).
+    std::uint32_t replication() const {
+        std::uint32_t r = 0;
+        check(cluster_dict_info(d_, nullptr, &r));
+        return r;
+    }
+    /// The members now (the survivors, once one died), ascending.
+    std::vector<std::int32_t> members() const {
+        return detail::ids([&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_dict_members(d_, o, c, n); });
+    }
+    /// The process owning `key` now (its partition's primary).
+    template <class K> std::int32_t owner(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        std::int32_t pid = 0;
+        check(cluster_dict_owner(d_, k.data(), k.size(), &pid));
+        return pid;
+    }
+
+    // -- keys --
+    /// d[k] = v on every replica.
+    template <class K, class V> void set(const K &key, const V &value) {
+        Bytes k = detail::dict_bytes(key), v = detail::dict_bytes(value);
+        check(cluster_dict_set(d_, k.data(), k.size(), v.data(), v.size()));
+    }
+    template <class K, class V> Future set_async(const K &key, const V &value) {
+        Bytes k = detail::dict_bytes(key), v = detail::dict_bytes(value);
+        cluster_future *f = nullptr;
+        check(cluster_dict_set_async(d_, k.data(), k.size(), v.data(), v.size(), &f));
+        return Future(f);
+    }
+    /// ValueF: sets `key` to what the value function `fn` (registered with
+    /// Cluster::register_value_fn, or CLUSTER_DICT_EACH) computes from
+    /// `args` where the value is stored.
+    template <class K> void set_with(const K &key, const std::string &fn, Bytes args = {}) {
+        Bytes k = detail::dict_bytes(key);
+        check(cluster_dict_set_with(d_, k.data(), k.size(), fn.c_str(), args.data(), args.size()));
+    }
+    template <class K> Future set_with_async(const K &key, const std::string &fn, Bytes args = {}) {
+        Bytes k = detail::dict_bytes(key);
+        cluster_future *f = nullptr;
+        check(cluster_dict_set_with_async(d_, k.data(), k.size(), fn.c_str(), args.data(), args.size(), &f));
+        return Future(f);
+    }
+    /// CLUSTER_DICT_EACH's arguments: a value per process, stored by that one.
+    static std::vector<std::uint8_t> each(const std::vector<std::pair<std::int32_t, std::vector<std::uint8_t>>> &values) {
+        std::vector<std::uint8_t> out;
+        for (const auto &[pid, v] : values) {
+            for (int i = 0; i < 4; i++) out.push_back(static_cast<std::uint8_t>(static_cast<std::uint32_t>(pid) >> (8 * i)));
+            for (int i = 0; i < 8; i++) out.push_back(static_cast<std::uint8_t>(static_cast<std::uint64_t>(v.size()) >> (8 * i)));
+            out.insert(out.end(), v.begin(), v.end());
+        }
+        return out;
+    }
+
+    /// The value of `key`, nullopt when it is not there.
+    template <class V = std::string, class K> std::optional<V> get(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        Buffer b;
+        cluster_status st = cluster_dict_get(d_, k.data(), k.size(), b.out());
+        if (st == CLUSTER_ERR_NOT_FOUND) return std::nullopt;
+        check(st);
+        return detail::element_value<V>(b.bytes());
+    }
+    /// d[k]: the value; throws Error(CLUSTER_ERR_NOT_FOUND) when it is not there.
+    template <class V = std::string, class K> V at(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        Buffer b;
+        check(cluster_dict_get(d_, k.data(), k.size(), b.out()));
+        return detail::element_value<V>(b.bytes());
+    }
+    /// get(d, k, default): nothing is stored.
+    template <class V = std::string, class K> V get_or(const K &key, V dflt) const {
+        std::optional<V> v = get<V>(key);
+        return v ? std::move(*v) : std::move(dflt);
+    }
+    /// This process's own copy, never waiting: nullopt unless this process
+    /// is a member of a global dict; then the value, or nullopt when missing.
+    template <class V = std::string, class K> std::optional<std::optional<V>> get_local(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        Buffer b;
+        bool held = false;
+        cluster_status st = cluster_dict_get_local(d_, k.data(), k.size(), &held, b.out());
+        if (st == CLUSTER_ERR_NOT_FOUND && held) return std::optional<std::optional<V>>(std::in_place); // held, missing
+        check(st);
+        if (!held) return std::nullopt;
+        return std::optional<std::optional<V>>(std::in_place, detail::element_value<V>(b.bytes()));
+    }
+    /// get as a future (value: the value; a missing key fails it with
+    /// CLUSTER_ERR_NOT_FOUND); see value_of().
+    template <class K> Future get_async(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        cluster_future *f = nullptr;
+        check(cluster_dict_get_async(d_, k.data(), k.size(), &f));
+        return Future(f);
+    }
+    /// The value a get, get_or_insert or pop future holds.
+    template <class V = std::string> static V value_of(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        return detail::element_value<V>(f.fetch(timeout_ms), f.pid());
+    }
+
+    template <class K> bool haskey(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        bool v = false;
+        check(cluster_dict_haskey(d_, k.data(), k.size(), &v));
+        return v;
+    }
+    template <class K> bool contains(const K &key) const { return haskey(key); }
+    /// haskey as a future; see has_of().
+    template <class K> Future haskey_async(const K &key) const {
+        Bytes k = detail::dict_bytes(key);
+        cluster_future *f = nullptr;
+        check(cluster_dict_haskey_async(d_, k.data(), k.size(), &f));
+        return Future(f);
+    }
+    static bool has_of(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        return f.fetch_as<std::uint8_t>(timeout_ms) != 0;
+    }
+
+    /// get!(d, k, default): the value there, or `dflt` inserted everywhere
+    /// (atomic: concurrent callers all get the one value stored).
+    template <class V = std::string, class K, class D> V get_or_insert(const K &key, const D &dflt) {
+        Bytes k = detail::dict_bytes(key), v = detail::dict_bytes(dflt);
+        Buffer b;
+        check(cluster_dict_get_or_insert(d_, k.data(), k.size(), v.data(), v.size(), b.out()));
+        return detail::element_value<V>(b.bytes());
+    }
+    template <class K, class D> Future get_or_insert_async(const K &key, const D &dflt) {
+        Bytes k = detail::dict_bytes(key), v = detail::dict_bytes(dflt);
+        cluster_future *f = nullptr;
+        check(cluster_dict_get_or_insert_async(d_, k.data(), k.size(), v.data(), v.size(), &f));
+        return Future(f);
+    }
+
+    /// pop!(d, k): removes `key` everywhere; the value it had, nullopt when
+    /// it was not there.
+    template <class V = std::string, class K> std::optional<V> pop(const K &key) {
+        Bytes k = detail::dict_bytes(key);
+        Buffer b;
+        cluster_status st = cluster_dict_pop(d_, k.data(), k.size(), b.out());
+        if (st == CLUSTER_ERR_NOT_FOUND) return std::nullopt;
+        check(st);
+        return detail::element_value<V>(b.bytes());
+    }
+    /// pop as a future (a missing key fails it with CLUSTER_ERR_NOT_FOUND).
+    template <class K> Future pop_async(const K &key) {
+        Bytes k = detail::dict_bytes(key);
+        cluster_future *f = nullptr;
+        check(cluster_dict_pop_async(d_, k.data(), k.size(), &f));
+        return Future(f);
+    }
+    /// delete!(d, k): nothing when it is not there.
+    template <class K> void erase(const K &key) {
+        Bytes k = detail::dict_bytes(key);
+        check(cluster_dict_delete(d_, k.data(), k.size()));
+    }
+    template <class K> Future erase_async(const K &key) {
+        Bytes k = detail::dict_bytes(key);
+        cluster_future *f = nullptr;
+        check(cluster_dict_delete_async(d_, k.data(), k.size(), &f));
+        return Future(f);
+    }
+
+    // -- the whole dict --
+    /// length(d): the pairs of every member.
+    std::size_t size() const {
+        std::size_t n = 0;
+        check(cluster_dict_length(d_, &n));
+        return n;
+    }
+    bool empty() const { return size() == 0; }
+    /// size as a future; see size_of().
+    Future size_async() const {
+        cluster_future *f = nullptr;
+        check(cluster_dict_length_async(d_, &f));
+        return Future(f);
+    }
+    static std::size_t size_of(const Future &f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        return static_cast<std::size_t>(f.fetch_as<std::uint64_t>(timeout_ms));
+    }
+    /// The keys, values or pairs, in no particular order.
+    DictEntries list(cluster_dict_listing what) const {
+        cluster_dict_entries *e = nullptr;
+        check(cluster_dict_list(d_, static_cast<std::int32_t>(what), &e));
+        return DictEntries(e);
+    }
+    /// list as a future; read it with DictEntries::of(f, what).
+    Future list_async(cluster_dict_listing what) const {
+        cluster_future *f = nullptr;
+        check(cluster_dict_list_async(d_, static_cast<std::int32_t>(what), &f));
+        return Future(f);
+    }
+    template <class K = std::string> std::vector<K> keys() const { return list(CLUSTER_DICT_KEYS).keys<K>(); }
+    template <class V = std::string> std::vector<V> values() const { return list(CLUSTER_DICT_VALUES).values<V>(); }
+    /// Iteration as pairs.
+    template <class K = std::string, class V = std::string> std::vector<std::pair<K, V>> items() const {
+        return list(CLUSTER_DICT_PAIRS).items<K, V>();
+    }
+    /// localpart(d): the pairs this process stores (none on a non-member).
+    DictEntries localpart_entries() const {
+        cluster_dict_entries *e = nullptr;
+        check(cluster_dict_localpart(d_, &e));
+        return DictEntries(e);
+    }
+    template <class K = std::string, class V = std::string> std::vector<std::pair<K, V>> localpart() const {
+        return localpart_entries().items<K, V>();
+    }
+
+    /// delete!(d): removes the dict from every member; the name is free
+    /// and this handle (still to be destroyed) fails from now on.
+    void release() { check(cluster_dict_release(d_)); }
+    Future release_async() {
+        cluster_future *f = nullptr;
+        check(cluster_dict_release_async(d_, &f));
+        return Future(f);
+    }
+
+private:
+    cluster_dict *d_ = nullptr;
 };
 
 } // namespace cluster

@@ -32,6 +32,18 @@ int main() {
     // pmap results of a type that is neither bytes nor trivially copyable
     auto r = cluster::pmap<std::wstring>(c, "f", std::vector<int>{1});
     (void)r;
+#elif CLUSTER_FAIL_CASE == 7
+    // copying a dict handle
+    cluster::Dict d = cluster::Dict::create(c);
+    cluster::Dict e = d;
+    (void)e;
+#elif CLUSTER_FAIL_CASE == 8
+    // a dict key that is neither bytes nor trivially copyable
+    cluster::Dict d;
+    d.set(std::vector<std::string>{"k"}, 1);
+#elif CLUSTER_FAIL_CASE == 9
+    // a value function returning something that is neither bytes nor trivially copyable
+    c.register_value_fn("f", [](cluster::Bytes) { return std::wstring(L"no"); });
 #else
 #error "set CLUSTER_FAIL_CASE"
 #endif

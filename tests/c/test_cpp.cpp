@@ -1,7 +1,8 @@
 // Tests of the C++ wrapper (bindings/cpp/cluster.hpp): RAII owners, moves,
 // exceptions, byte views, typed calls, callable handlers (state, return
-// values, exceptions), deferred calls, callbacks, host mode, workers and
-// channels.
+// values, exceptions), deferred calls, callbacks, host mode, workers,
+// channels, pools and the rest of work distribution, and cluster dicts
+// (Dict, DictSpec, DictEntries, value functions).
 //
 // Usage: test_cpp <case>. Like the C tests, the binary is its own worker.
 #include "harness.h"
@@ -11,6 +12,7 @@
 #include <poll.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -150,6 +152,29 @@ void register_all(cluster::Cluster &c) {
             std::this_thread::sleep_for(20ms);
             c.reset(); // unanswered: the caller gets an error
         }).detach();
+    });
+    // Dicts: a handle received in the arguments, used here.
+    c.register_function("dict_use", [](cluster::Call &call) {
+        cluster::Dict d = cluster::Dict::open(*g_cluster, call.args());
+        std::int32_t me = g_cluster->myid();
+        d.set("from" + std::to_string(me), me);
+        return d.at("a") + "|" + std::to_string(d.size()) + "|" + std::to_string(d.localpart().size());
+    });
+    c.register_function("dict_local_count", [](cluster::Call &) {
+        return static_cast<std::int32_t>(cluster::Dict::local_names(*g_cluster).size());
+    });
+    // This process's own copy of "id" (-1: no copy here, -2: no such key).
+    c.register_function("dict_local_id", [](cluster::Call &call) {
+        cluster::Dict d = cluster::Dict::open(*g_cluster, call.args());
+        auto v = d.get_local<std::int32_t>("id");
+        return !v ? std::int32_t(-1) : !*v ? std::int32_t(-2) : **v;
+    });
+    // Value functions: this process's id; a string; one that throws.
+    c.register_value_fn("myid", [](cluster::Bytes) { return g_cluster->myid(); });
+    c.register_value_fn("greet", [](cluster::Bytes args) { return "hello " + args.str() + " from " + std::to_string(g_cluster->myid()); });
+    c.register_value_fn("throws", [](cluster::Bytes) -> std::string { throw std::runtime_error("no value here"); });
+    c.register_value_fn("throws_cluster", [](cluster::Bytes) -> std::int32_t {
+        throw cluster::Error(CLUSTER_ERR_INVALID_ARGUMENT, "a cluster error in a value function");
     });
 }
 
@@ -789,10 +814,148 @@ void case_pools() {
     c.shutdown(10000);
 }
 
+// Cluster dicts through the wrapper: creation and the spec builder, typed
+// keys and values, every operation and its _async form, value functions,
+// handles passed to workers, release.
+void case_dicts() {
+    cluster::Cluster &c = *g_cluster;
+    auto ids = c.addprocs(3);
+    // A global dict over everyone.
+    cluster::Dict g = cluster::Dict::create(c, cluster::DictSpec::global().name("cpp-g").all());
+    EXPECT(g.valid() && g.name() == "cpp-g" && g.kind() == CLUSTER_DICT_GLOBAL && g.replication() == 4);
+    EXPECT((g.members() == std::vector<std::int32_t>{1, 2, 3, 4}));
+    EXPECT(g.empty() && g.size() == 0);
+    // Typed keys and values: strings, byte vectors, trivially copyable types.
+    g.set("a", "1");
+    g.set(std::string("b"), std::vector<std::uint8_t>{1, 2, 3});
+    g.set(std::int32_t(7), Point{3, 4});
+    g.set(Point{1, 2}, 2.5);
+    EXPECT(g.at("a") == "1");
+    EXPECT((g.at<std::vector<std::uint8_t>>("b") == std::vector<std::uint8_t>{1, 2, 3}));
+    Point p = g.at<Point>(std::int32_t(7));
+    EXPECT(p.x == 3 && p.y == 4);
+    EXPECT(g.at<double>(Point{1, 2}) == 2.5);
+    EXPECT(g.size() == 4 && !g.empty());
+    // Missing keys: nullopt, a default, or NOT_FOUND for d[k].
+    EXPECT(!g.get("missing").has_value());
+    EXPECT(g.get_or<std::string>("missing", "dflt") == "dflt" && !g.haskey("missing"));
+    auto err = EXPECT_THROWS(g.at("missing"), CLUSTER_ERR_NOT_FOUND);
+    EXPECT(err && err->message().find("not found") != std::string::npos);
+    EXPECT_THROWS(g.at<std::int64_t>("a"), CLUSTER_ERR_PROTOCOL); // 1 byte, not 8
+    EXPECT(g.get<std::string>("a") == std::optional<std::string>("1"));
+    EXPECT(g.contains("a") && g.haskey(std::int32_t(7)));
+    // get! inserts once; pop; erase.
+    EXPECT(g.get_or_insert<std::int32_t>("n", std::int32_t(5)) == 5);
+    EXPECT(g.get_or_insert<std::int32_t>("n", std::int32_t(6)) == 5);
+    EXPECT(g.pop<std::int32_t>("n") == std::optional<std::int32_t>(5));
+    EXPECT(!g.pop("n").has_value());
+    g.erase("n"); // absent: nothing
+    g.erase(Point{1, 2});
+    EXPECT(!g.haskey(Point{1, 2}) && g.size() == 3);
+    // A member's own copy; the owner of a key.
+    auto local = g.get_local("a");
+    EXPECT(local && *local && **local == "1");
+    auto none = g.get_local("missing");
+    EXPECT(none && !*none);
+    EXPECT(g.owner("a") >= 1 && g.owner("a") <= 4);
+    // Listings.
+    auto keys = g.keys();
+    std::sort(keys.begin(), keys.end());
+    EXPECT(keys.size() == 3 && keys[0] == std::string("\x07\0\0\0", 4) && keys[1] == "a" && keys[2] == "b");
+    EXPECT(g.values<std::vector<std::uint8_t>>().size() == 3);
+    auto items = g.items<std::string, std::vector<std::uint8_t>>();
+    EXPECT(items.size() == 3);
+    EXPECT((g.localpart<std::vector<std::uint8_t>, std::vector<std::uint8_t>>().size() == 3));
+    cluster::DictEntries lp = g.localpart_entries();
+    EXPECT(lp.size() == 3 && !lp.empty());
+    EXPECT_THROWS(lp.at(3), CLUSTER_ERR_INVALID_ARGUMENT);
+    // Value functions: each member's own id; a string; failures.
+    g.set_with("id", "myid");
+    EXPECT(g.at<std::int32_t>("id") == 1); // read here: the head's own copy
+    std::vector<std::uint8_t> handle = g.to_bytes();
+    for (auto id : ids) EXPECT(c.remotecall_fetch(id, "dict_local_id", handle).as<std::int32_t>() == id);
+    g.set_with_async("hello", "greet", "you").wait();
+    EXPECT(g.at("hello") == "hello you from 1");
+    err = EXPECT_THROWS(g.set_with("bad", "throws"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("no value here") != std::string::npos && err->pid() >= 1);
+    err = EXPECT_THROWS(g.set_with("bad", "throws_cluster"), CLUSTER_ERR_REMOTE);
+    EXPECT(err && err->message().find("a cluster error in a value function") != std::string::npos);
+    EXPECT_THROWS(g.set_with("bad", "unknown"), CLUSTER_ERR_REMOTE);
+    EXPECT(!g.haskey("bad"));
+    std::vector<std::pair<std::int32_t, std::vector<std::uint8_t>>> each;
+    for (std::int32_t pid = 1; pid <= 4; pid++) each.push_back({pid, {std::uint8_t('0' + pid)}});
+    g.set_with("each", CLUSTER_DICT_EACH, cluster::Dict::each(each));
+    EXPECT(g.at("each") == "1");
+    // Every _async form.
+    g.set_async("x", std::int32_t(10)).wait();
+    EXPECT(cluster::Dict::value_of<std::int32_t>(g.get_async("x")) == 10);
+    EXPECT_THROWS(g.get_async("nope").wait(), CLUSTER_ERR_NOT_FOUND);
+    EXPECT(cluster::Dict::has_of(g.haskey_async("x")) && !cluster::Dict::has_of(g.haskey_async("nope")));
+    EXPECT(cluster::Dict::value_of(g.get_or_insert_async("y", "yy")) == "yy");
+    EXPECT(cluster::Dict::value_of(g.get_or_insert_async("y", "zz")) == "yy");
+    EXPECT(cluster::Dict::size_of(g.size_async()) == g.size());
+    cluster::DictEntries ks = cluster::DictEntries::of(g.list_async(CLUSTER_DICT_KEYS), CLUSTER_DICT_KEYS);
+    EXPECT(ks.size() == g.size() && ks.value(0).empty());
+    cluster::DictEntries ps = cluster::DictEntries::of(g.list_async(CLUSTER_DICT_PAIRS), CLUSTER_DICT_PAIRS);
+    EXPECT(ps.size() == g.size());
+    EXPECT((ps.items<std::string, std::vector<std::uint8_t>>().size() == g.size()));
+    cluster::Future vs = g.list_async(CLUSTER_DICT_VALUES);
+    EXPECT(cluster::DictEntries::decode(vs.fetch(10000), CLUSTER_DICT_VALUES).values<std::vector<std::uint8_t>>().size() == g.size());
+    EXPECT_THROWS(cluster::DictEntries::decode(cluster::Bytes("\xff\xff\xff"), CLUSTER_DICT_KEYS), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT(cluster::Dict::value_of<std::int32_t>(g.pop_async("x")) == 10);
+    EXPECT_THROWS(g.pop_async("x").wait(), CLUSTER_ERR_NOT_FOUND);
+    g.erase_async("y").wait();
+    EXPECT(!g.haskey("y"));
+    // The same spec opens it; another is an error.
+    {
+        cluster::Dict again = cluster::Dict::create(c, cluster::DictSpec::global().name("cpp-g").all());
+        EXPECT(again.at("a") == "1");
+        EXPECT_THROWS(cluster::Dict::create(c, cluster::DictSpec::distributed().name("cpp-g").all()), CLUSTER_ERR_INVALID_ARGUMENT);
+        EXPECT_THROWS(cluster::Dict::create(c, cluster::DictSpec::global().name("cpp-g").all().type_tag("T")),
+                      CLUSTER_ERR_INVALID_ARGUMENT);
+    }
+    // A distributed dict over two workers, made as a future; the head and a
+    // third worker are not members and use it through handles.
+    cluster::Future made = cluster::Dict::create_async(c, cluster::DictSpec().pids({ids[0], ids[1]}).replication(2));
+    cluster::Dict d = cluster::Dict::open(c, made.fetch(20000));
+    EXPECT(d.kind() == CLUSTER_DICT_DISTRIBUTED && d.replication() == 2 && d.name().rfind("dict-1-", 0) == 0);
+    EXPECT((d.members() == std::vector<std::int32_t>{ids[0], ids[1]}));
+    d.set("a", "A");
+    EXPECT(d.localpart().empty()); // the head stores nothing
+    EXPECT(!d.get_local("a").has_value());
+    EXPECT(c.remotecall_fetch(ids[2], "dict_use", d.to_bytes()).str() == "A|2|0");
+    EXPECT(d.at<std::int32_t>("from" + std::to_string(ids[2])) == ids[2]);
+    EXPECT(c.remotecall_fetch(ids[0], "dict_use", d.to_bytes()).str() == "A|3|3"); // a member stores every key (r = 2)
+    d.set_with("id", "myid");
+    EXPECT(d.at<std::int32_t>("id") == d.owner("id"));
+    for (std::int32_t i = 0; i < 50; i++) d.set_async(i, i * i).wait();
+    EXPECT(d.size() == 54 && d.at<std::int32_t>(std::int32_t(7)) == 49);
+    // Moves, take(), reset().
+    cluster::Dict moved = std::move(d);
+    EXPECT(!d.valid() && moved.valid() && moved.size() == 54);
+    d = std::move(moved);
+    cluster_dict *raw = d.take();
+    EXPECT(!d.valid() && raw != nullptr);
+    d = cluster::Dict(raw);
+    EXPECT(d.size() == 54);
+    // Release: nothing anywhere, the handles fail.
+    d.release_async().wait();
+    g.release();
+    EXPECT(cluster::Dict::local_names(c).empty());
+    for (auto id : ids) EXPECT(c.remotecall_fetch_as<std::int32_t>(id, "dict_local_count") == 0);
+    EXPECT_THROWS(g.at("a"), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(d.set("a", "b"), CLUSTER_ERR_INVALID_ARGUMENT);
+    d.reset();
+    EXPECT(!d.valid());
+    EXPECT_THROWS(d.size(), CLUSTER_ERR_BAD_HANDLE); // an empty owner
+    EXPECT_THROWS(cluster::Dict::open(c, cluster::Bytes("junk")), CLUSTER_ERR_INVALID_ARGUMENT);
+    c.shutdown(10000);
+}
+
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
-    if (which == "workers" || which == "pools") {
+    if (which == "workers" || which == "pools" || which == "dicts") {
         try {
             cluster::Cluster c(cluster::Config().startup_timeout_ms(20000));
             g_cluster = &c;
@@ -810,6 +973,8 @@ int main(int argc, char **argv) {
             harness_watchdog(45);
             if (which == "workers")
                 case_workers();
+            else if (which == "dicts")
+                case_dicts();
             else
                 case_pools();
             g_cluster = nullptr;
@@ -826,7 +991,7 @@ int main(int argc, char **argv) {
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers|pools\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers|pools|dicts\n", argv[0]);
         return 2;
     }
     try {
