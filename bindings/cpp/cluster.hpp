@@ -2256,6 +2256,18 @@ public:
         check(cluster_dict_set_async(d_, k.data(), k.size(), v.data(), v.size(), &f));
         return Future(f);
     }
+    /// Many pairs at once: one request to each primary concerned (each
+    /// pair still a write of its own); returns once all are on every replica.
+    template <class K, class V> void set_many(const std::vector<std::pair<K, V>> &pairs) {
+        Batch b(pairs);
+        check(cluster_dict_set_many(d_, b.keys.data(), b.values.data(), b.keys.size()));
+    }
+    template <class K, class V> Future set_many_async(const std::vector<std::pair<K, V>> &pairs) {
+        Batch b(pairs);
+        cluster_future *f = nullptr;
+        check(cluster_dict_set_many_async(d_, b.keys.data(), b.values.data(), b.keys.size(), &f));
+        return Future(f);
+    }
     /// ValueF: sets `key` to what the value function `fn` (registered with
     /// Cluster::register_value_fn, or CLUSTER_DICT_EACH) computes from
     /// `args` where the value is stored.
@@ -2443,6 +2455,22 @@ public:
     }
 
 private:
+    /// A batch's keys and values as bytes, with views the C call reads.
+    struct Batch {
+        std::vector<Bytes> owned;
+        std::vector<cluster_bytes> keys, values;
+        template <class K, class V> explicit Batch(const std::vector<std::pair<K, V>> &pairs) {
+            owned.reserve(pairs.size() * 2);
+            for (const auto &p : pairs) {
+                owned.push_back(detail::dict_bytes(p.first));
+                owned.push_back(detail::dict_bytes(p.second));
+            }
+            for (std::size_t i = 0; i < owned.size(); i += 2) {
+                keys.push_back(cluster_bytes{owned[i].data(), owned[i].size()});
+                values.push_back(cluster_bytes{owned[i + 1].data(), owned[i + 1].size()});
+            }
+        }
+    };
     cluster_dict *d_ = nullptr;
 };
 

@@ -844,6 +844,11 @@ void case_dicts() {
     EXPECT_THROWS(g.at<std::int64_t>("a"), CLUSTER_ERR_PROTOCOL); // 1 byte, not 8
     EXPECT(g.get<std::string>("a") == std::optional<std::string>("1"));
     EXPECT(g.contains("a") && g.haskey(std::int32_t(7)));
+    // Batches, blocking and as a future.
+    g.set_many(std::vector<std::pair<std::string, std::int32_t>>{{"m0", 10}, {"m1", 11}});
+    g.set_many_async(std::vector<std::pair<std::string, std::int32_t>>{{"m2", 12}}).wait();
+    EXPECT(g.at<std::int32_t>("m0") == 10 && g.at<std::int32_t>("m1") == 11 && g.at<std::int32_t>("m2") == 12);
+    for (const char *k : {"m0", "m1", "m2"}) g.erase(std::string(k));
     // get! inserts once; pop; erase.
     EXPECT(g.get_or_insert<std::int32_t>("n", std::int32_t(5)) == 5);
     EXPECT(g.get_or_insert<std::int32_t>("n", std::int32_t(6)) == 5);

@@ -923,6 +923,26 @@ static void async_ops(cluster_dict *d, size_t base, bool local_global) {
     CHECK_FUTURE(f, CLUSTER_OK, "2", 1);
     REQUIRE_OK(cluster_dict_get_or_insert_async(d, K("as-y"), K("3"), &f));
     CHECK_FUTURE(f, CLUSTER_OK, "2", 1);
+    /* Batches: blocking and as a future; each pair reads back. */
+    {
+        const char *ks[3] = {"as-m0", "as-m1", "as-m2"}, *vs[3] = {"m0", "m1", "m2"};
+        cluster_bytes kb[3], vb[3];
+        for (int i = 0; i < 3; i++) {
+            kb[i] = (cluster_bytes){(const uint8_t *)ks[i], strlen(ks[i])};
+            vb[i] = (cluster_bytes){(const uint8_t *)vs[i], strlen(vs[i])};
+        }
+        REQUIRE_OK(cluster_dict_set_many(d, kb, vb, 3));
+        REQUIRE_OK(cluster_dict_get_async(d, K("as-m1"), &f));
+        CHECK_FUTURE(f, CLUSTER_OK, "m1", 2);
+        vb[2] = (cluster_bytes){(const uint8_t *)"M2", 2};
+        REQUIRE_OK(cluster_dict_set_many_async(d, kb + 2, vb + 2, 1, &f));
+        CHECK_FUTURE(f, CLUSTER_OK, "", 0);
+        REQUIRE_OK(cluster_dict_get_async(d, K("as-m2"), &f));
+        CHECK_FUTURE(f, CLUSTER_OK, "M2", 2);
+        EXPECT_OK(cluster_dict_set_many(d, NULL, NULL, 0));
+        EXPECT_ST(cluster_dict_set_many(d, NULL, vb, 1), CLUSTER_ERR_INVALID_ARGUMENT);
+        for (int i = 0; i < 3; i++) REQUIRE_OK(cluster_dict_delete(d, kb[i].data, kb[i].len));
+    }
     REQUIRE_OK(cluster_dict_set_with_async(d, K("as-z"), "myid", NULL, 0, &f));
     CHECK_FUTURE(f, CLUSTER_OK, "", 0);
     int32_t z = local_global ? g_me : owner_of(d, "as-z");
