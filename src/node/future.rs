@@ -252,6 +252,49 @@ impl Promise {
 }
 
 impl Node {
+    /// A future completed by `merge` of every one of `futures`' values, or
+    /// by the first of their errors.
+    pub(crate) fn join(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+        let (f, p) = self.promise(pid);
+        if futures.is_empty() {
+            p.complete(merge(Vec::new()));
+            return f;
+        }
+        struct Gather {
+            got: Vec<Option<Vec<u8>>>,
+            left: usize,
+            promise: Option<Promise>,
+        }
+        let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p) }));
+        let mut f = f;
+        for (i, part) in futures.into_iter().enumerate() {
+            let g = g.clone();
+            part.on_complete(move |r| {
+                let mut s = g.lock();
+                let Some(_) = s.promise.as_ref() else { return };
+                match r {
+                    Err(e) => {
+                        let p = s.promise.take().expect("present");
+                        drop(s);
+                        p.complete(Err(e.clone()));
+                    }
+                    Ok(v) => {
+                        s.got[i] = Some(v.clone());
+                        s.left -= 1;
+                        if s.left == 0 {
+                            let p = s.promise.take().expect("present");
+                            let all = s.got.drain(..).map(|v| v.expect("every answer")).collect();
+                            drop(s);
+                            p.complete(merge(all));
+                        }
+                    }
+                }
+            });
+            f = f.keeping(part);
+        }
+        f
+    }
+
     /// A future with its promise: complete the promise to complete it.
     pub fn promise(self: &Arc<Self>, pid: u32) -> (Future, Promise) {
         let slot = self.new_slot(pid);

@@ -1240,49 +1240,6 @@ const RETRY_FOR: Duration = Duration::from_secs(12);
 /// Marks the error of an operation on a lost partition (never retried).
 const LOST: &str = "were lost";
 
-/// A future completed by `merge` of every one of `futures`' values, or
-/// by the first of their errors.
-fn join(node: &Arc<Node>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
-    let (f, p) = node.promise(pid);
-    if futures.is_empty() {
-        p.complete(merge(Vec::new()));
-        return f;
-    }
-    struct Gather {
-        got: Vec<Option<Vec<u8>>>,
-        left: usize,
-        promise: Option<Promise>,
-    }
-    let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p) }));
-    let mut f = f;
-    for (i, part) in futures.into_iter().enumerate() {
-        let g = g.clone();
-        part.on_complete(move |r| {
-            let mut s = g.lock();
-            let Some(_) = s.promise.as_ref() else { return };
-            match r {
-                Err(e) => {
-                    let p = s.promise.take().expect("present");
-                    drop(s);
-                    p.complete(Err(e.clone()));
-                }
-                Ok(v) => {
-                    s.got[i] = Some(v.clone());
-                    s.left -= 1;
-                    if s.left == 0 {
-                        let p = s.promise.take().expect("present");
-                        let all = s.got.drain(..).map(|v| v.expect("every answer")).collect();
-                        drop(s);
-                        p.complete(merge(all));
-                    }
-                }
-            }
-        });
-        f = f.keeping(part);
-    }
-    f
-}
-
 /// Makes an operation's value from its answer.
 type Map = fn(&Dict, &[u8]) -> Result<Vec<u8>>;
 
@@ -1618,7 +1575,7 @@ impl Dict {
             .map(|(&p, batch)| self.0.svc.request(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch)))
             .collect::<Result<Vec<Future>>>()?;
         let pid = by_primary.keys().next().copied().unwrap_or(node.myid());
-        Ok(join(node, pid, futures, |_| Ok(Vec::new())))
+        Ok(node.join(pid, futures, |_| Ok(Vec::new())))
     }
 
     /// The future's value is the value; a missing key fails it with
@@ -1745,7 +1702,7 @@ impl Dict {
             return Err(Error::new(ErrorKind::ProcessExited, format!("every member of {} is gone", name_of(&cfg))));
         }
         let futures = targets.iter().map(|&p| self.0.svc.request(node, p, op, self.msg(0, arg), Vec::new())).collect::<Result<Vec<Future>>>()?;
-        Ok(join(node, targets[0], futures, merge))
+        Ok(node.join(targets[0], futures, merge))
     }
 
     /// `length(d)`; the future's value: `decode_len`.

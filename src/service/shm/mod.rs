@@ -28,6 +28,7 @@
 //! |----------|-----------------|--------------------------------------------------|
 //! | MAP      | request         | payload: `MapRequest`; answered 1 (mapped) or 0 (another host, skipped) |
 //! | UNMAP    | request         | payload: the OS name; the process drops its mapping of it |
+//! | UNMAP_NOW | one-way        | as UNMAP, unanswered (a failed creation's undo) |
 //! | IDENTITY | request to head | answered with the head's OS pid (u32 LE), start time (u64 LE) and cluster number (u32 LE) |
 
 use crate::error::{Error, ErrorKind, Result};
@@ -49,7 +50,8 @@ pub mod op {
     pub const MAP: u16 = 1;
     pub const UNMAP: u16 = 2;
     pub const IDENTITY: u16 = 3;
-    pub const LAST: u16 = IDENTITY;
+    pub const UNMAP_NOW: u16 = 4;
+    pub const LAST: u16 = UNMAP_NOW;
 }
 
 const TAG: &str = "lcshm";
@@ -315,7 +317,7 @@ fn decode_stamp(b: &[u8]) -> Result<ClusterStamp> {
 pub fn decode(op: u16, _meta: &[u8], payload: &[u8]) -> Result<()> {
     match op {
         op::MAP => wire::decode_payload::<MapRequest>(payload).map(drop),
-        op::UNMAP => std::str::from_utf8(payload).map(drop).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8")),
+        op::UNMAP | op::UNMAP_NOW => std::str::from_utf8(payload).map(drop).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8")),
         op::IDENTITY => Ok(()),
         o => Err(unknown_op("shm", o)),
     }
@@ -341,7 +343,7 @@ impl Service for Shm {
                     self.map_here(&m.os_name, &m.spec).map(|_| vec![1]).map_err(|e| Error::at(ErrorKind::Io, me, e))
                 }
             }
-            op::UNMAP => {
+            op::UNMAP | op::UNMAP_NOW => {
                 let name = String::from_utf8(msg.payload.clone()).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8"))?;
                 self.mapped.lock().remove(&name);
                 Ok(Vec::new())
@@ -374,6 +376,10 @@ impl Service for Shm {
     }
 }
 
+fn map_error(pid: u32, name: &str, e: Error) -> Error {
+    Error::at(e.kind, pid, format!("process {pid} could not map shared segment {name}: {}", e.message))
+}
+
 fn shm(node: &Node) -> Result<Arc<Shm>> {
     node.service::<Shm>().ok_or_else(|| Error::new(ErrorKind::WrongMode, "no shm service on this node"))
 }
@@ -385,6 +391,9 @@ pub trait ShmExt {
     /// returns once all did. On failure nothing is left: the segment is
     /// unlinked and the mappings made are dropped.
     fn shm_create(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Segment>;
+    /// `shm_create` as a future, returned once the segment exists here; it
+    /// completes (its value the OS name) once every process mapped it.
+    fn shm_create_async(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Future>;
     /// The segment `name` with `prefix` this process maps, if any.
     fn shm_segment(&self, name: &str, prefix: &str) -> Option<Segment>;
     /// Every segment this process maps.
@@ -392,10 +401,13 @@ pub trait ShmExt {
     /// Removes segment `name` with `prefix` from /dev/shm and has every
     /// process drop its mapping (mappings in use stay valid until dropped).
     fn shm_unlink(&self, name: &str, prefix: &str) -> Result<()>;
+    /// `shm_unlink` as a future, returned once /dev/shm no longer has the
+    /// segment; it completes once every process dropped its mapping.
+    fn shm_unlink_async(&self, name: &str, prefix: &str) -> Result<Future>;
 }
 
 impl ShmExt for Arc<Node> {
-    fn shm_create(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Segment> {
+    fn shm_create_async(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Future> {
         self.check_open()?;
         spec.check()?;
         let svc = shm(self)?;
@@ -431,29 +443,49 @@ impl ShmExt for Arc<Node> {
             None => (self.procs().into_iter().filter(|&p| p != me).collect(), true),
         };
         let req = wire::encode_payload(&MapRequest { os_name: name.clone(), spec: spec.clone(), host: crate::sys::hostname(), only_local });
-        let sent: Vec<(u32, Result<Future>)> = targets.iter().map(|&p| (p, self.request(p, ID, op::MAP, &[], &req))).collect();
-        let mut failed = None;
-        let mut mapped = Vec::new();
-        for (p, f) in sent {
-            match f.and_then(|f| f.fetch(Some(Duration::from_secs(30))).map(|v| v.to_vec())) {
-                Ok(v) if v == [1] => mapped.push(p),
-                Ok(_) => {}
-                Err(e) => {
-                    failed.get_or_insert(Error::at(e.kind, p, format!("process {p} could not map shared segment {}: {}", spec.name, e.message)));
-                }
-            }
-        }
-        if let Some(e) = failed {
+        let undo = |node: &Arc<Node>| {
             let _ = os::unlink(&name);
             svc.mapped.lock().remove(&name);
-            for p in mapped {
-                if let Ok(f) = self.request(p, ID, op::UNMAP, &[], name.as_bytes()) {
-                    let _ = f.wait(Some(Duration::from_secs(10)));
+            // In order after each MAP on its connection: whoever mapped it drops it.
+            for &p in &targets {
+                let _ = node.request(p, ID, op::UNMAP, &[], name.as_bytes());
+            }
+        };
+        let mut futures = Vec::with_capacity(targets.len());
+        for &p in &targets {
+            match self.request(p, ID, op::MAP, &[], &req) {
+                Ok(f) => futures.push(f),
+                Err(e) => {
+                    undo(self);
+                    return Err(map_error(p, &spec.name, e));
                 }
             }
-            return Err(e);
         }
-        Ok(seg)
+        let all = self.join(me, futures, |_| Ok(Vec::new()));
+        let (f, promise) = self.promise(me);
+        let (node, svc2, spec2, name2, targets2) = (Arc::downgrade(self), svc.clone(), spec.clone(), name.clone(), targets.clone());
+        all.on_complete(move |r| match r {
+            Ok(_) => {
+                promise.complete(Ok(name2.into_bytes()));
+            }
+            Err(e) => {
+                let _ = os::unlink(&name2);
+                svc2.mapped.lock().remove(&name2);
+                if let Some(node) = node.upgrade() {
+                    for &p in &targets2 {
+                        let _ = node.send_oneway_nowait(p, ID, op::UNMAP_NOW, &[], name2.as_bytes());
+                    }
+                }
+                promise.complete(Err(map_error(e.pid, &spec2.name, e.clone())));
+            }
+        });
+        Ok(f.keeping(all))
+    }
+
+    fn shm_create(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Segment> {
+        let f = self.shm_create_async(spec, procs)?;
+        let name = String::from_utf8(f.fetch(Some(Duration::from_secs(60)))?.to_vec()).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8"))?;
+        shm(self)?.mapped.lock().get(&name).cloned().ok_or_else(|| Error::new(ErrorKind::NotFound, format!("shared segment {name} was unlinked meanwhile")))
     }
 
     fn shm_segment(&self, name: &str, prefix: &str) -> Option<Segment> {
@@ -467,7 +499,7 @@ impl ShmExt for Arc<Node> {
         v
     }
 
-    fn shm_unlink(&self, name: &str, prefix: &str) -> Result<()> {
+    fn shm_unlink_async(&self, name: &str, prefix: &str) -> Result<Future> {
         self.check_open()?;
         check_name(name)?;
         check_prefix(prefix)?;
@@ -500,11 +532,35 @@ impl ShmExt for Arc<Node> {
         let me = self.myid();
         let futures: Vec<Future> =
             self.procs().into_iter().filter(|&p| p != me).flat_map(|p| names.iter().filter_map(move |n| self.request(p, ID, op::UNMAP, &[], n.as_bytes()).ok()).collect::<Vec<_>>()).collect();
-        for f in futures {
-            // A process that left meanwhile has dropped its mappings anyway.
-            let _ = f.wait(Some(Duration::from_secs(10)));
+        // Complete once every process answered or left (a process that left
+        // has dropped its mappings anyway).
+        let (f, promise) = self.promise(me);
+        let left = Arc::new(Mutex::new((futures.len(), Some(promise))));
+        if futures.is_empty() {
+            if let Some(p) = left.lock().1.take() {
+                p.complete(Ok(Vec::new()));
+            }
         }
-        Ok(())
+        let mut f = f;
+        for u in futures {
+            let left = left.clone();
+            u.on_complete(move |_| {
+                let mut g = left.lock();
+                g.0 -= 1;
+                if g.0 == 0 {
+                    if let Some(p) = g.1.take() {
+                        drop(g);
+                        p.complete(Ok(Vec::new()));
+                    }
+                }
+            });
+            f = f.keeping(u);
+        }
+        Ok(f)
+    }
+
+    fn shm_unlink(&self, name: &str, prefix: &str) -> Result<()> {
+        self.shm_unlink_async(name, prefix)?.wait(Some(Duration::from_secs(30)))
     }
 }
 
