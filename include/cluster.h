@@ -474,7 +474,11 @@ typedef int32_t cluster_task_queue;
 /**
  * `cluster_dict_spec.kind`.
  */
-typedef enum {
+enum cluster_dict_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   /**
    * Every member holds every key; members read their own copy.
    */
@@ -483,12 +487,24 @@ typedef enum {
    * Each key lives on the members its hash picks (`replication` of them).
    */
   CLUSTER_DICT_DISTRIBUTED = 1,
-} cluster_dict_kind;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_dict_kind cluster_dict_kind;
+#else
+typedef int32_t cluster_dict_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
- * `cluster_dict_spec.members`: which processes store the dict.
+ * `cluster_dict_spec.members`: which processes store the dict. (Not
+ * named `cluster_dict_members`: that is the function listing them.)
  */
-typedef enum {
+enum cluster_dict_member_set
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   /**
    * Every worker (the head alone when there are none): ClusterDicts' default.
    */
@@ -501,16 +517,34 @@ typedef enum {
    * `pids[0..npids)`.
    */
   CLUSTER_MEMBERS_PIDS = 2,
-} cluster_dict_members;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_dict_member_set cluster_dict_member_set;
+#else
+typedef int32_t cluster_dict_member_set;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
  * What `cluster_dict_entries` lists (`cluster_dict_list`).
  */
-typedef enum {
+enum cluster_dict_listing
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   CLUSTER_DICT_KEYS = 0,
   CLUSTER_DICT_VALUES = 1,
   CLUSTER_DICT_PAIRS = 2,
-} cluster_dict_listing;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_dict_listing cluster_dict_listing;
+#else
+typedef int32_t cluster_dict_listing;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
  * An incoming call, passed to a handler.
@@ -979,7 +1013,7 @@ typedef struct {
    */
   int32_t kind;
   /**
-   * A `cluster_dict_members`. Default CLUSTER_MEMBERS_WORKERS.
+   * A `cluster_dict_member_set`. Default CLUSTER_MEMBERS_WORKERS.
    */
   int32_t members;
   /**
@@ -2776,8 +2810,8 @@ cluster_status cluster_dict_free(cluster_dict *d);
 
 /**
  * Copies the dict's name, NUL-terminated, into `buf[0..cap)` and sets
- * `*len` to its length without the NUL (CLUSTER_ERR_TOO_LARGE when `cap`
- * is too small: `*len` still says what is needed).
+ * `*len` to its length without the NUL (CLUSTER_ERR_BUFFER_TOO_SMALL
+ * when `cap` is too small: `*len` still says what is needed).
  *
  * Ownership: `d` stays the caller's; `buf` is written, never kept.
  * Blocking: no.
@@ -2797,7 +2831,8 @@ cluster_status cluster_dict_info(cluster_dict *d, int32_t *kind, uint32_t *repli
 
 /**
  * Copies the ids of the dict's members (the survivors, once one died),
- * ascending, into `ids[0..cap)`; `*count` = how many there are.
+ * ascending, into `ids[0..cap)`; `*count` = how many there are (also on
+ * CLUSTER_ERR_BUFFER_TOO_SMALL).
  *
  * Ownership: `d` stays the caller's; `ids` is written, never kept.
  * Blocking: no.

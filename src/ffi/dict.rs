@@ -46,7 +46,7 @@ pub const CLUSTER_DICT_EACH: &std::ffi::CStr = c"cluster.each";
 const _: () = assert!(CLUSTER_DICT_EACH.to_bytes().len() == crate::service::dict::EACH.len());
 
 /// `cluster_dict_spec.kind`.
-#[repr(C)]
+#[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum cluster_dict_kind {
     /// Every member holds every key; members read their own copy.
@@ -55,10 +55,11 @@ pub enum cluster_dict_kind {
     CLUSTER_DICT_DISTRIBUTED = 1,
 }
 
-/// `cluster_dict_spec.members`: which processes store the dict.
-#[repr(C)]
+/// `cluster_dict_spec.members`: which processes store the dict. (Not
+/// named `cluster_dict_members`: that is the function listing them.)
+#[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum cluster_dict_members {
+pub enum cluster_dict_member_set {
     /// Every worker (the head alone when there are none): ClusterDicts' default.
     CLUSTER_MEMBERS_WORKERS = 0,
     /// Every process, the head included.
@@ -68,7 +69,7 @@ pub enum cluster_dict_members {
 }
 
 /// What `cluster_dict_entries` lists (`cluster_dict_list`).
-#[repr(C)]
+#[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum cluster_dict_listing {
     CLUSTER_DICT_KEYS = 0,
@@ -87,7 +88,7 @@ pub struct cluster_dict_spec {
     pub name: *const c_char,
     /// A `cluster_dict_kind`. Default CLUSTER_DICT_DISTRIBUTED.
     pub kind: i32,
-    /// A `cluster_dict_members`. Default CLUSTER_MEMBERS_WORKERS.
+    /// A `cluster_dict_member_set`. Default CLUSTER_MEMBERS_WORKERS.
     pub members: i32,
     /// The members when `members` is CLUSTER_MEMBERS_PIDS.
     pub pids: *const i32,
@@ -193,7 +194,7 @@ pub unsafe extern "C" fn cluster_dict_spec_init(spec: *mut cluster_dict_spec) ->
             cluster_dict_spec {
                 name: std::ptr::null(),
                 kind: cluster_dict_kind::CLUSTER_DICT_DISTRIBUTED as i32,
-                members: cluster_dict_members::CLUSTER_MEMBERS_WORKERS as i32,
+                members: cluster_dict_member_set::CLUSTER_MEMBERS_WORKERS as i32,
                 pids: std::ptr::null(),
                 npids: 0,
                 replication: 0,
@@ -287,8 +288,8 @@ pub extern "C" fn cluster_dict_free(d: *mut cluster_dict) -> cluster_status {
 }
 
 /// Copies the dict's name, NUL-terminated, into `buf[0..cap)` and sets
-/// `*len` to its length without the NUL (CLUSTER_ERR_TOO_LARGE when `cap`
-/// is too small: `*len` still says what is needed).
+/// `*len` to its length without the NUL (CLUSTER_ERR_BUFFER_TOO_SMALL
+/// when `cap` is too small: `*len` still says what is needed).
 ///
 /// Ownership: `d` stays the caller's; `buf` is written, never kept.
 /// Blocking: no.
@@ -326,7 +327,8 @@ pub unsafe extern "C" fn cluster_dict_info(d: *mut cluster_dict, kind: *mut i32,
 }
 
 /// Copies the ids of the dict's members (the survivors, once one died),
-/// ascending, into `ids[0..cap)`; `*count` = how many there are.
+/// ascending, into `ids[0..cap)`; `*count` = how many there are (also on
+/// CLUSTER_ERR_BUFFER_TOO_SMALL).
 ///
 /// Ownership: `d` stays the caller's; `ids` is written, never kept.
 /// Blocking: no.
