@@ -324,13 +324,34 @@ end
         ospid = remotecall_fetch(getpid, victim)
         acked = Int[]
         failed = Any[]
-        writer = @async for i in 101:400
+        stop = Ref(false)
+        # writes until told to stop (sets are retried by the library across the death)
+        writer = @async begin
+            i = 100
+            while !stop[]
+                i += 1
+                try
+                    d[i] = i
+                    g[i] = -i
+                    push!(acked, i)
+                catch e
+                    push!(failed, (i, e))
+                end
+            end
+        end
+        # and reads back what was acknowledged, at random
+        bad = Any[]
+        reader = @async while !stop[]
+            if isempty(acked)
+                sleep(0.001)
+                continue
+            end
+            i = acked[rand(1:length(acked))]
             try
-                d[i] = i
-                g[i] = -i
-                push!(acked, i)
+                d[i] == i || push!(bad, (i, :d, d[i]))
+                g[i] == -i || push!(bad, (i, :g, g[i]))
             catch e
-                push!(failed, (i, e))
+                push!(bad, (i, e))
             end
         end
         within(30, "the first writes") do
@@ -340,11 +361,26 @@ end
         end
         at = length(acked)
         run(`kill -9 $ospid`)
-        t = @elapsed within(60, "the writer across the death") do
-            wait(writer)
+        t = @elapsed within(30, "the death to be noticed") do
+            while victim in procs()
+                sleep(0.005)
+            end
         end
-        @info "ClusterDicts: $(victim) killed after $at acknowledged writes; the other $(length(acked) - at) took $(round(t, digits = 2)) s"
+        noticed = length(acked)
+        within(30, "writes after the death") do     # the dicts keep serving
+            while length(acked) < noticed + 100 && isempty(failed)
+                sleep(0.005)
+            end
+        end
+        stop[] = true
+        within(30, "the writer and the reader to stop") do
+            wait(writer)
+            wait(reader)
+        end
+        @info "ClusterDicts: $(victim) killed after $at acknowledged writes, noticed $(round(t, digits = 2)) s " *
+              "and $(noticed - at) writes later; $(length(acked) - noticed) more since"
         @test isempty(failed)
+        @test isempty(bad)
         survivors = ws[1:2]
         within(30, "the dicts to drop the dead member") do
             # (a handle learns of the new membership from its next operation)
