@@ -264,6 +264,8 @@ end
         @test_throws ArgumentError d[1] = 2
         @test_throws ArgumentError length(g)
         @test_throws ArgumentError DistributedDict(ws; replication = -1)
+        e = try DistributedDict([ws[1], 999]) catch e; e end
+        @test e isa ErrorException && occursin("no process with id", e.msg)
         @test sprint(show, g) == "GlobalDict{Any,Any}($(repr(g.name)), $(ws))"
     end
 
