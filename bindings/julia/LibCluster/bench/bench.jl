@@ -9,6 +9,9 @@
 #   - pmap of a no-op over 2 workers, batch size 1 (target: at least 10x
 #     Distributed's pmap), and the cost of a progress callback (target: at
 #     most 1%)
+#   - ClusterDicts: a DistributedDict's get and set from a non-member beside
+#     remotecall_fetch (targets: 1.5x; a set with replication 2: 2.5x), and
+#     a GlobalDict member's read of its own copy (target: at most 1 µs)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
 # Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5),
@@ -176,6 +179,37 @@ end
 ch_dist = [channel_rtt(Distributed, dw, 1, dw), channel_rtt(Distributed, dw, 1, 1)]
 ch_lc = [channel_rtt(LibCluster, lw, 1, lw), channel_rtt(LibCluster, lw, 1, 1)]
 
+# ClusterDicts (issue 8): from the head, a non-member of DistributedDicts
+# over the 2 workers, a key's get and set beside remotecall_fetch's round
+# trip, interleaved (best of 3 each); and a GlobalDict member's read of its
+# own copy (the head, a member of a dict over every process).
+CDs = LibCluster.ClusterDicts
+dd2 = CDs.DistributedDict(lids; ktype = Int, vtype = Int)                    # replication 2
+dd1 = CDs.DistributedDict(lids; ktype = Int, vtype = Int, replication = 1)
+gd = CDs.GlobalDict(CDs.PidsAll(); ktype = Int, vtype = Int)
+foreach(i -> (dd2[i] = i; dd1[i] = i; gd[i] = i), 1:100)
+dict_rt, dict_get, dict_set1, dict_set2 = (Float64[] for _ in 1:4)
+for _ in 1:3
+    push!(dict_rt, rtt(p -> LibCluster.remotecall_fetch(noop, p), lw))
+    push!(dict_get, rtt(_ -> dd2[7], lw))
+    push!(dict_set1, rtt(_ -> (dd1[7] = 7), lw))
+    push!(dict_set2, rtt(_ -> (dd2[7] = 7), lw))
+end
+"µs per read of a GlobalDict member's own copy (median of rounds of 100k)."
+function local_read(d, n = 100_000)
+    per = Float64[]
+    for _ in 1:max(ROUNDS, 3)
+        t = time_ns()
+        for _ in 1:n
+            d[7]
+        end
+        push!(per, (time_ns() - t) / n / 1000)
+    end
+    median(per)
+end
+dict_local = local_read(gd)
+foreach(delete!, (dd1, dd2, gd))
+
 pl_dist = pipelined(p -> Distributed.remotecall(noop, p), dw, 20_000)
 pl_lc = pipelined(p -> LibCluster.remotecall(noop, p), lw, 20_000)
 
@@ -201,6 +235,14 @@ r2 = row("addprocs(2) until ready, first in process", t_lc1, t_dist1, "s (target
 row("addprocs(2) until ready, again", t_lc2, t_dist2, "s")
 
 println()
+println(@sprintf("%-44s %12s %12s %10s", "ClusterDicts, from a non-member", "dict", "remotecall", "ratio"))
+rt_d = minimum(dict_rt)
+dg = row("DistributedDict get", minimum(dict_get), rt_d, "µs (target <= 1.5x)")
+ds1 = row("DistributedDict set, replication 1", minimum(dict_set1), rt_d, "µs (target <= 1.5x)")
+ds2 = row("DistributedDict set, replication 2", minimum(dict_set2), rt_d, "µs (target <= 2.5x)")
+@printf("%-44s %12.3f %12s %10s  %s\n", "GlobalDict member's local read", dict_local, "", "", "µs (target <= 1 µs)")
+
+println()
 println("round trip target (<= 0.33x): ", r1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", r1))
 println("closure target (<= 0.33x):    ", rc <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", rc))
 println("pipelined target (>= 300k/s): ", pl_lc >= 300_000 ? "met" : "NOT met", @sprintf(" (%.0fk/s)", pl_lc / 1000))
@@ -209,6 +251,10 @@ println("RemoteChannel target (<= 1.2x remotecall_fetch): ", c1r <= 1.2 ? "met" 
 println("pmap target (>= 10x):         ", rp >= 10 ? "met" : "NOT met", @sprintf(" (%.1fx, %.0fk/s)", rp, pm_lc / 1000))
 println("progress target (<= 1%):      ", prog_pct <= 1 ? "met" : "NOT met", @sprintf(" (%.2f%%)", prog_pct))
 println("addprocs target (<= 1x):      ", r2 <= 1.0 ? "met" : "NOT met", @sprintf(" (%.2fx)", r2))
+println("dict get target (<= 1.5x):    ", dg <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", dg))
+println("dict set target (<= 1.5x, replication 1): ", ds1 <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", ds1))
+println("dict set target (<= 2.5x, replication 2): ", ds2 <= 2.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", ds2))
+println("dict local read target (<= 1 µs): ", dict_local <= 1 ? "met" : "NOT met", @sprintf(" (%.3f µs)", dict_local))
 
 Distributed.rmprocs(dids)
 LibCluster.rmprocs(lids)

@@ -38,6 +38,7 @@ include("pmap.jl")          # pmap over the library's pmap engine
 include("distributed_for.jl")  # @distributed, splitrange
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
 include("ptools/PTools.jl")  # LibCluster.PTools: PTools.jl's WorkerSet and queued tasks
+include("clusterdicts/ClusterDicts.jl")  # LibCluster.ClusterDicts: GlobalDict, DistributedDict
 include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
 
 # Only LibCluster's own names are exported: the Distributed-named API is

@@ -437,6 +437,88 @@ const CLUSTER_BATCH_AUTO = Csize_t(0)
 @cfunc cluster_pmap_cancel(pm::Ptr{Cvoid})::Int32
 @cfunc cluster_pmap_free(pm::Ptr{Cvoid})::Int32
 
+# ------------------------------------------------ cluster dicts (ClusterDicts)
+# Only forms that never wait are called: creation, every key operation,
+# length, listings and release go through their `_async` form (the library
+# retries those by itself after a member died); `cluster_dict_get_local`
+# reads a GlobalDict member's own copy; `_open`, `_to_bytes`, `_name`,
+# `_info`, `_members`, `_owner`, `_localpart`, `_local_names` and the
+# listing accessors are local.
+
+# cluster_dict_kind
+const CLUSTER_DICT_GLOBAL = Int32(0)
+const CLUSTER_DICT_DISTRIBUTED = Int32(1)
+
+# cluster_dict_member_set
+const CLUSTER_MEMBERS_WORKERS = Int32(0)
+const CLUSTER_MEMBERS_ALL = Int32(1)
+const CLUSTER_MEMBERS_PIDS = Int32(2)
+
+# cluster_dict_listing
+const CLUSTER_DICT_KEYS = Int32(0)
+const CLUSTER_DICT_VALUES = Int32(1)
+const CLUSTER_DICT_PAIRS = Int32(2)
+
+# The header's CLUSTER_DICT_EACH: the built-in value function storing a
+# value computed beforehand for each process (a string, hence no CLUSTER_
+# prefix here: capi.jl's CLUSTER_ constants are the header's integers).
+const DICT_EACH = "cluster.each"
+
+"`cluster_dict_spec`: fill with `cluster_dict_spec_init`; pointers borrowed for the call."
+struct DictSpec
+    name::Ptr{UInt8}
+    kind::Int32
+    members::Int32
+    pids::Ptr{Int32}
+    npids::Csize_t
+    replication::UInt32
+    type_tag::Ptr{UInt8}
+    type_tag_len::Csize_t
+end
+
+@cfunc cluster_dict_spec_init(spec::Ptr{DictSpec})::Int32
+# A future at once: its value is the handle's bytes (cluster_dict_open).
+@cfunc cluster_dict_create_async(ctx::Ptr{Cvoid}, spec::Ptr{DictSpec}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_open(ctx::Ptr{Cvoid}, data::Ptr{UInt8}, len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_to_bytes(d::Ptr{Cvoid}, out::Ref{Buffer})::Int32
+@cfunc cluster_dict_free(d::Ptr{Cvoid})::Int32
+@cfunc cluster_dict_name(d::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
+@cfunc cluster_dict_info(d::Ptr{Cvoid}, kind::Ptr{Int32}, replication::Ptr{UInt32})::Int32
+@cfunc cluster_dict_members(d::Ptr{Cvoid}, ids::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+@cfunc cluster_dict_owner(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, pid::Ptr{Int32})::Int32
+# Never waits: `held` false when this process is no member of a global dict.
+@cfunc cluster_dict_get_local(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, held::Ptr{Bool}, out::Ref{Buffer})::Int32
+@cfunc cluster_dict_set_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, value::Ptr{UInt8}, vlen::Csize_t,
+                              out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_set_with_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, fname::Cstring, args::Ptr{UInt8},
+                                   len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_get_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_haskey_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_get_or_insert_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, default::Ptr{UInt8},
+                                        dlen::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_pop_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_delete_async(d::Ptr{Cvoid}, key::Ptr{UInt8}, klen::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+# Its value: the length, a UInt64 little-endian.
+@cfunc cluster_dict_length_async(d::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+# Its value is read with cluster_dict_entries_decode (the same `what`).
+@cfunc cluster_dict_list_async(d::Ptr{Cvoid}, what::Int32, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_entries_decode(data::Ptr{UInt8}, len::Csize_t, what::Int32, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_localpart(d::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_release_async(d::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_local_names(ctx::Ptr{Cvoid}, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_dict_entries_count(e::Ptr{Cvoid}, count::Ptr{Csize_t})::Int32
+@cfunc cluster_dict_entries_get(e::Ptr{Cvoid}, i::Csize_t, key::Ptr{Ptr{UInt8}}, klen::Ptr{Csize_t},
+                                value::Ptr{Ptr{UInt8}}, vlen::Ptr{Csize_t})::Int32
+@cfunc cluster_dict_entries_free(e::Ptr{Cvoid})::Int32
+
+"The bytes of a filled `Buffer`, copied; the buffer is freed."
+function take_buffer!(buf::Buffer)
+    n = Int(buf.len)
+    v = n == 0 ? UInt8[] : copy(unsafe_wrap(Array, buf.data, n))
+    GC.@preserve buf cluster_buffer_free(Ptr{Cvoid}(pointer_from_objref(buf)))
+    v
+end
+
 "Default pmap options, from `cluster_pmap_options_init`."
 function pmap_options_init()
     r = Ref{PmapOptions}()

@@ -134,3 +134,25 @@ for (f, types) in (
     )
     precompile(f, types)
 end
+
+# ClusterDicts (clusterdicts/), for the default key and value types and Int.
+let CDs = ClusterDicts
+    for D in (CDs.GlobalDict{Any,Any}, CDs.DistributedDict{Any,Any}, CDs.GlobalDict{Int,Int}, CDs.DistributedDict{Int,Int})
+        for (f, types) in (
+                (getindex, (D, Int)), (get, (D, Int, Nothing)), (haskey, (D, Int)), (get!, (D, Int, Int)),
+                (setindex!, (D, Int, Int)), (setindex!, (D, CDs.ValueF, Int)), (pop!, (D, Int)), (pop!, (D, Int, Nothing)),
+                (delete!, (D, Int)), (delete!, (D,)), (length, (D,)), (isempty, (D,)), (keys, (D,)), (values, (D,)),
+                (iterate, (D,)), (CDs.localpart, (D,)), (CDs.dict_members, (D,)), (CDs.handle_bytes, (D,)),
+                (CDs.open_dict, (Type{D}, Vector{UInt8})), (CDs.free_handle!, (D,)),
+                (serialize, (Serializer{IOBuffer}, D)), (deserialize, (Serializer{IOBuffer}, Type{D})),
+            )
+            precompile(f, types)
+        end
+    end
+    for (f, types) in (
+            (CDs.GlobalDict, ()), (CDs.DistributedDict, ()), (CDs.local_dicts, ()), (CDs.encode_bytes, (Int,)),
+            (CDs.await_future, (Ptr{Cvoid},)), (CDs.valuef_bytes, (Function, Type{Any})),
+        )
+        precompile(f, types)
+    end
+end

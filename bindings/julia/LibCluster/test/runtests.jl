@@ -980,6 +980,7 @@ end
 include("ptools.jl")         # LibCluster.PTools: WorkerSet, queued tasks
 include("channels.jl")
 include("pools.jl")
+include("clusterdicts.jl")    # LibCluster.ClusterDicts: GlobalDict, DistributedDict
 
 @testset "shutdown" begin
     @progress "shutdown"
