@@ -447,14 +447,10 @@ function unshare_pending()
     foreach(unshare_function, ids)
 end
 
+# Distributed's message; its cache is this process's (pass `cp.pool`, a WorkerPool, instead).
 Serialization.serialize(::AbstractSerializer, ::CachingPool) = throw(ErrorException("CachingPool objects are not serializable."))
 
 Base.show(io::IO, p::CachingPool) = print(io, "CachingPool(", workers(p.pool), ")")
-
-# Its cache is this process's: pass its `pool` (a WorkerPool) instead.
-function Serialization.serialize(::AbstractSerializer, ::CachingPool)
-    throw(ErrorException("a CachingPool cannot be passed to another process (pass its WorkerPool, cp.pool)"))
-end
 
 """
     clear!(pool::CachingPool) -> pool
