@@ -547,6 +547,39 @@ typedef int32_t cluster_dict_listing;
 #endif // __cplusplus
 
 /**
+ * `cluster_shm_spec.elem_type`: tags the bindings agree on, so that each
+ * process views a segment as the same array. CLUSTER_ELEM_OPAQUE is any
+ * other element of `elem_size` bytes.
+ */
+enum cluster_elem_type
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  CLUSTER_ELEM_OPAQUE = 0,
+  CLUSTER_ELEM_U8 = 1,
+  CLUSTER_ELEM_I8 = 2,
+  CLUSTER_ELEM_U16 = 3,
+  CLUSTER_ELEM_I16 = 4,
+  CLUSTER_ELEM_U32 = 5,
+  CLUSTER_ELEM_I32 = 6,
+  CLUSTER_ELEM_U64 = 7,
+  CLUSTER_ELEM_I64 = 8,
+  CLUSTER_ELEM_F32 = 9,
+  CLUSTER_ELEM_F64 = 10,
+  CLUSTER_ELEM_BOOL = 11,
+  CLUSTER_ELEM_COMPLEX64 = 12,
+  CLUSTER_ELEM_COMPLEX128 = 13,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_elem_type cluster_elem_type;
+#else
+typedef int32_t cluster_elem_type;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An incoming call, passed to a handler.
  */
 typedef struct cluster_call cluster_call;
@@ -590,6 +623,12 @@ typedef struct cluster_pmap cluster_pmap;
  * on a pool run on a free worker and give it back when they complete.
  */
 typedef struct cluster_pool cluster_pool;
+
+/**
+ * A handle to a segment mapped in this process. The mapping stays valid
+ * while any handle to it is held, even once the segment is unlinked.
+ */
+typedef struct cluster_shm cluster_shm;
 
 /**
  * A queue of tasks for workers, run in priority order (PTools' queued tasks).
@@ -1049,6 +1088,24 @@ typedef int32_t (*cluster_value_fn)(void *user_data,
                                     const uint8_t *args,
                                     size_t len,
                                     cluster_value *value);
+
+/**
+ * A segment as its creator describes it. `name` (letters, digits, '_',
+ * '-') and `prefix` (NULL or any text without '/', to keep jobs apart)
+ * name it in the cluster; its size is `elem_size` times the product of
+ * `dims[0..ndims)` (no dims: one element).
+ */
+typedef struct {
+  const char *name;
+  const char *prefix;
+  /**
+   * A `cluster_elem_type`.
+   */
+  int32_t elem_type;
+  uint32_t elem_size;
+  const uint64_t *dims;
+  size_t ndims;
+} cluster_shm_spec;
 
 #ifdef __cplusplus
 extern "C" {
@@ -3261,6 +3318,150 @@ cluster_status cluster_dict_register_value_fn(cluster_ctx *ctx,
  * is stale: CLUSTER_ERR_BAD_HANDLE).
  */
 cluster_status cluster_value_set(cluster_value *value, const uint8_t *data, size_t len);
+
+/**
+ * Creates segment `spec` here, every page reserved (a full /dev/shm is
+ * CLUSTER_ERR_IO naming the sizes, never a SIGBUS later), and has each of
+ * `pids[0..npids)` map it (`pids` NULL: every process of the cluster on
+ * this host); returns once all did. On failure nothing is left.
+ *
+ * Ownership: `spec` and `pids` are read during the call; `*out` receives
+ * a new handle, released with `cluster_shm_free`.
+ * Blocking: yes, a round trip to each process that maps it.
+ * Threads: any.
+ */
+cluster_status cluster_shm_create(cluster_ctx *ctx,
+                                  const cluster_shm_spec *spec,
+                                  const int32_t *pids,
+                                  size_t npids,
+                                  cluster_shm **out);
+
+/**
+ * `cluster_shm_create` as a future, returned once the segment exists
+ * here (`cluster_shm_find` gives it); the future completes once every
+ * process mapped it, or fails (and the segment is gone).
+ *
+ * Ownership: `spec` and `pids` are read during the call; `*out` receives
+ * a new future, released with `cluster_future_free`.
+ * Blocking: no (the segment is created and reserved on this thread).
+ * Threads: any.
+ */
+cluster_status cluster_shm_create_async(cluster_ctx *ctx,
+                                        const cluster_shm_spec *spec,
+                                        const int32_t *pids,
+                                        size_t npids,
+                                        cluster_future **out);
+
+/**
+ * The segment `name` with `prefix` (NULL: none) that this process maps
+ * (it created it, or another process's creation mapped it here);
+ * CLUSTER_ERR_NOT_FOUND when it maps none.
+ *
+ * Ownership: the strings are read during the call; `*out` receives a new
+ * handle, released with `cluster_shm_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_find(cluster_ctx *ctx,
+                                const char *name,
+                                const char *prefix,
+                                cluster_shm **out);
+
+/**
+ * Frees the handle (the segment stays; see `cluster_shm_unlink`). NULL is
+ * accepted; a second free is CLUSTER_ERR_BAD_HANDLE.
+ *
+ * Ownership: the handle is gone after the call; the memory it pointed to
+ * stays valid only while another handle or this process's table holds it.
+ * Blocking: no.
+ * Threads: any, once per handle.
+ */
+cluster_status cluster_shm_free(cluster_shm *s);
+
+/**
+ * `*data` = the mapping's first byte, `*len` = its size in bytes. Other
+ * processes read and write the same bytes: synchronizing is the caller's.
+ *
+ * Ownership: the memory belongs to the mapping, valid while the handle is held.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_data(cluster_shm *s, void **data, size_t *len);
+
+/**
+ * The segment's element type (`*elem_type`, `*elem_size`) and dimensions
+ * (copied into `dims[0..cap)`, `*ndims` = how many there are). Any out
+ * pointer may be NULL.
+ *
+ * Ownership: `s` stays the caller's; `dims` is written, never kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_info(cluster_shm *s,
+                                int32_t *elem_type,
+                                uint32_t *elem_size,
+                                uint64_t *dims,
+                                size_t cap,
+                                size_t *ndims);
+
+/**
+ * Copies the segment's name in /dev/shm, NUL-terminated, into
+ * `buf[0..cap)`; `*len` = its length without the NUL
+ * (CLUSTER_ERR_BUFFER_TOO_SMALL when `cap` is too small).
+ *
+ * Ownership: `s` stays the caller's; `buf` is written, never kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_os_name(cluster_shm *s, char *buf, size_t cap, size_t *len);
+
+/**
+ * `unlink_shm`: removes segment `name` with `prefix` (NULL: none) of
+ * this cluster from /dev/shm and has every process drop its mapping
+ * (memory still held through handles stays valid until they are freed).
+ * CLUSTER_ERR_NOT_FOUND when the cluster has no such segment.
+ *
+ * Ownership: the strings are read during the call.
+ * Blocking: yes, a round trip to every process.
+ * Threads: any.
+ */
+cluster_status cluster_shm_unlink(cluster_ctx *ctx, const char *name, const char *prefix);
+
+/**
+ * `cluster_shm_unlink` as a future, returned once /dev/shm no longer has
+ * the segment; it completes once every process dropped its mapping.
+ *
+ * Ownership: the strings are read during the call; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_unlink_async(cluster_ctx *ctx,
+                                        const char *name,
+                                        const char *prefix,
+                                        cluster_future **out);
+
+/**
+ * `shm_orphans(prefix)`: the segments in /dev/shm of clusters whose head
+ * process is gone (with `prefix` only, unless NULL), as their /dev/shm
+ * names, each NUL-terminated, one after another in `*out`; `*count` (may
+ * be NULL) = how many. Needs no cluster.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: no (reads /dev/shm and /proc).
+ * Threads: any.
+ */
+cluster_status cluster_shm_orphans(const char *prefix, cluster_buffer *out, size_t *count);
+
+/**
+ * `remove_shm_orphans(prefix)`: unlinks what `cluster_shm_orphans` lists
+ * and reports what it removed the same way.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_shm_remove_orphans(const char *prefix, cluster_buffer *out, size_t *count);
 
 #ifdef __cplusplus
 }  // extern "C"

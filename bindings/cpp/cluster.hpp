@@ -42,8 +42,9 @@
 // the typed pmap<R>() / pmap_results<R>() / distributed_reduce(), and
 // splitrange()), cluster_workerset (WorkerSet), cluster_taskqueue (TaskQueue,
 // Task), cluster_dict (Dict, DictSpec, DictEntries; value functions are
-// registered on the Cluster). The order is the one C++ needs: an object comes
-// after those it uses.
+// registered on the Cluster), cluster_shm (Shm, ShmSpec, Span<T>, and the
+// orphan cleaner shm_orphans() / remove_shm_orphans()). The order is the one
+// C++ needs: an object comes after those it uses.
 //
 // Work distribution owns its callbacks: a Pmap keeps its retry check and
 // progress callables (destroying a running map cancels it and waits for its
@@ -2473,6 +2474,187 @@ private:
     };
     cluster_dict *d_ = nullptr;
 };
+
+// ---- cluster_shm ---------------------------------------------------------------
+
+/// A typed view of shared memory: `size()` elements of T from `data()`.
+/// Other processes write the same memory: synchronizing is the caller's.
+template <class T> class Span {
+public:
+    Span(T *data, std::size_t n) noexcept : p_(data), n_(n) {}
+    T *data() const noexcept { return p_; }
+    std::size_t size() const noexcept { return n_; }
+    T &operator[](std::size_t i) const noexcept { return p_[i]; }
+    T *begin() const noexcept { return p_; }
+    T *end() const noexcept { return p_ + n_; }
+
+private:
+    T *p_;
+    std::size_t n_;
+};
+
+namespace detail {
+template <class T> constexpr std::int32_t elem_type_of() {
+    if constexpr (std::is_same_v<T, std::uint8_t>) return CLUSTER_ELEM_U8;
+    else if constexpr (std::is_same_v<T, std::int8_t>) return CLUSTER_ELEM_I8;
+    else if constexpr (std::is_same_v<T, std::uint16_t>) return CLUSTER_ELEM_U16;
+    else if constexpr (std::is_same_v<T, std::int16_t>) return CLUSTER_ELEM_I16;
+    else if constexpr (std::is_same_v<T, std::uint32_t>) return CLUSTER_ELEM_U32;
+    else if constexpr (std::is_same_v<T, std::int32_t>) return CLUSTER_ELEM_I32;
+    else if constexpr (std::is_same_v<T, std::uint64_t>) return CLUSTER_ELEM_U64;
+    else if constexpr (std::is_same_v<T, std::int64_t>) return CLUSTER_ELEM_I64;
+    else if constexpr (std::is_same_v<T, float>) return CLUSTER_ELEM_F32;
+    else if constexpr (std::is_same_v<T, double>) return CLUSTER_ELEM_F64;
+    else if constexpr (std::is_same_v<T, bool>) return CLUSTER_ELEM_BOOL;
+    else return CLUSTER_ELEM_OPAQUE;
+}
+
+/// Names, each NUL-terminated, one after another, as a vector.
+inline std::vector<std::string> split_names(const Buffer &b) {
+    std::vector<std::string> v;
+    const char *p = reinterpret_cast<const char *>(b.data());
+    for (std::size_t at = 0; at < b.size();) {
+        std::string n(p + at);
+        at += n.size() + 1;
+        v.push_back(std::move(n));
+    }
+    return v;
+}
+} // namespace detail
+
+/// What a creator asks for: ShmSpec::of<double>("svar", {100, 100}, "myjob").
+class ShmSpec {
+public:
+    ShmSpec(std::string name, std::int32_t elem_type, std::uint32_t elem_size, std::vector<std::uint64_t> dims, std::string prefix = "")
+        : name_(std::move(name)), prefix_(std::move(prefix)), dims_(std::move(dims)) {
+        s_.elem_type = elem_type;
+        s_.elem_size = elem_size;
+    }
+    /// Elements of type T (trivially copyable), tagged for the bindings.
+    template <class T> static ShmSpec of(std::string name, std::vector<std::uint64_t> dims, std::string prefix = "") {
+        static_assert(std::is_trivially_copyable_v<T>, "shared memory holds trivially copyable types");
+        return ShmSpec(std::move(name), detail::elem_type_of<T>(), sizeof(T), std::move(dims), std::move(prefix));
+    }
+    const cluster_shm_spec *get() const {
+        s_.name = name_.c_str();
+        s_.prefix = prefix_.c_str();
+        s_.dims = dims_.data();
+        s_.ndims = dims_.size();
+        return &s_;
+    }
+
+private:
+    std::string name_, prefix_;
+    std::vector<std::uint64_t> dims_;
+    mutable cluster_shm_spec s_{};
+};
+
+/// A shared-memory segment mapped in this process (PTools' ShmCfg /
+/// pmap_shm_create): move-only; the mapping stays valid while this object
+/// lives, even once the segment is unlinked.
+class Shm {
+public:
+    Shm() noexcept = default;
+    explicit Shm(cluster_shm *s) noexcept : s_(s) {}
+    Shm(Shm &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    Shm &operator=(Shm &&o) noexcept {
+        if (this != &o) {
+            reset();
+            s_ = std::exchange(o.s_, nullptr);
+        }
+        return *this;
+    }
+    Shm(const Shm &) = delete;
+    Shm &operator=(const Shm &) = delete;
+    ~Shm() { reset(); }
+
+    /// Creates it here and has `pids` map it (empty: every local process).
+    static Shm create(Cluster &c, const ShmSpec &spec, const std::vector<std::int32_t> &pids = {}) {
+        cluster_shm *s = nullptr;
+        check(cluster_shm_create(c.get(), spec.get(), pids.empty() ? nullptr : pids.data(), pids.size(), &s));
+        return Shm(s);
+    }
+    /// create as a future (exists here at once; find() it).
+    static Future create_async(Cluster &c, const ShmSpec &spec, const std::vector<std::int32_t> &pids = {}) {
+        cluster_future *f = nullptr;
+        check(cluster_shm_create_async(c.get(), spec.get(), pids.empty() ? nullptr : pids.data(), pids.size(), &f));
+        return Future(f);
+    }
+    /// The segment this process maps by that name; nullopt when none.
+    static std::optional<Shm> find(Cluster &c, const std::string &name, const std::string &prefix = "") {
+        cluster_shm *s = nullptr;
+        cluster_status st = cluster_shm_find(c.get(), name.c_str(), prefix.c_str(), &s);
+        if (st == CLUSTER_ERR_NOT_FOUND) return std::nullopt;
+        check(st);
+        return Shm(s);
+    }
+    /// unlink_shm: removed from /dev/shm and from every process.
+    static void unlink(Cluster &c, const std::string &name, const std::string &prefix = "") { check(cluster_shm_unlink(c.get(), name.c_str(), prefix.c_str())); }
+    static Future unlink_async(Cluster &c, const std::string &name, const std::string &prefix = "") {
+        cluster_future *f = nullptr;
+        check(cluster_shm_unlink_async(c.get(), name.c_str(), prefix.c_str(), &f));
+        return Future(f);
+    }
+
+    bool valid() const noexcept { return s_ != nullptr; }
+    cluster_shm *get() const noexcept { return s_; }
+    void *data() const {
+        void *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_shm_data(s_, &d, &n));
+        return d;
+    }
+    std::size_t size_bytes() const {
+        void *d = nullptr;
+        std::size_t n = 0;
+        check(cluster_shm_data(s_, &d, &n));
+        return n;
+    }
+    std::int32_t elem_type() const {
+        std::int32_t t = 0;
+        check(cluster_shm_info(s_, &t, nullptr, nullptr, 0, nullptr));
+        return t;
+    }
+    std::vector<std::uint64_t> dims() const {
+        std::size_t n = 0;
+        check(cluster_shm_info(s_, nullptr, nullptr, nullptr, 0, &n));
+        std::vector<std::uint64_t> d(n);
+        check(cluster_shm_info(s_, nullptr, nullptr, d.data(), d.size(), &n));
+        return d;
+    }
+    /// The elements as T; the element size must be sizeof(T).
+    template <class T> Span<T> span() const {
+        static_assert(std::is_trivially_copyable_v<T>, "shared memory holds trivially copyable types");
+        std::uint32_t es = 0;
+        check(cluster_shm_info(s_, nullptr, &es, nullptr, 0, nullptr));
+        if (es != sizeof(T)) throw Error(CLUSTER_ERR_INVALID_ARGUMENT, "the segment's elements are not of this size", 0);
+        return Span<T>(static_cast<T *>(data()), size_bytes() / sizeof(T));
+    }
+    /// The name in /dev/shm.
+    std::string os_name() const {
+        return detail::text([&](char *b, std::size_t c, std::size_t *n) { return cluster_shm_os_name(s_, b, c, n); });
+    }
+
+private:
+    void reset() noexcept {
+        if (s_) cluster_shm_free(std::exchange(s_, nullptr));
+    }
+    cluster_shm *s_ = nullptr;
+};
+
+/// Segments of clusters whose head is gone (`prefix` only, unless empty
+/// and `any_prefix`), by their /dev/shm names.
+inline std::vector<std::string> shm_orphans(const std::string &prefix, bool any_prefix = false) {
+    Buffer b;
+    check(cluster_shm_orphans(any_prefix ? nullptr : prefix.c_str(), b.out(), nullptr));
+    return detail::split_names(b);
+}
+/// Unlinks what shm_orphans lists; returns what it removed.
+inline std::vector<std::string> remove_shm_orphans(const std::string &prefix, bool any_prefix = false) {
+    Buffer b;
+    check(cluster_shm_remove_orphans(any_prefix ? nullptr : prefix.c_str(), b.out(), nullptr));
+    return detail::split_names(b);
+}
 
 } // namespace cluster
 

@@ -35,6 +35,8 @@ pub(crate) enum Kind {
     Dict = 20,
     DictEntries = 21,
     DictValue = 22,
+    // Shared memory.
+    Shm = 23,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Dict => "cluster_dict",
             Kind::DictEntries => "cluster_dict_entries",
             Kind::DictValue => "cluster_value",
+            Kind::Shm => "cluster_shm",
         }
     }
 }

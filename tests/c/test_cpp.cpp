@@ -957,6 +957,36 @@ void case_dicts() {
     c.shutdown(10000);
 }
 
+// Shared memory through the wrapper, in a lone head: typed creation, the
+// span view, find, the async forms, unlink, the orphan cleaner.
+void case_shm() {
+    cluster::Cluster c;
+    const std::string pfx = "cpp" + std::to_string(getpid());
+    cluster::Shm s = cluster::Shm::create(c, cluster::ShmSpec::of<double>("grid", {8, 4}, pfx));
+    EXPECT(s.valid() && s.size_bytes() == 8 * 4 * sizeof(double) && s.elem_type() == CLUSTER_ELEM_F64);
+    EXPECT((s.dims() == std::vector<std::uint64_t>{8, 4}));
+    EXPECT(s.os_name().find(pfx) != std::string::npos);
+    auto grid = s.span<double>();
+    EXPECT(grid.size() == 32);
+    for (std::size_t i = 0; i < grid.size(); i++) grid[i] = double(i) / 2;
+    auto again = cluster::Shm::find(c, "grid", pfx);
+    EXPECT(again.has_value() && again->span<double>()[7] == 3.5);
+    EXPECT_THROWS(s.span<float>(), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT(!cluster::Shm::find(c, "nope", pfx).has_value());
+    EXPECT_THROWS(cluster::Shm::create(c, cluster::ShmSpec::of<double>("grid", {1}, pfx)), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster::Future f = cluster::Shm::create_async(c, cluster::ShmSpec::of<std::int32_t>("ids", {3}, pfx));
+    f.wait();
+    EXPECT(cluster::Shm::find(c, "ids", pfx).has_value());
+    EXPECT(cluster::shm_orphans(pfx).empty() && cluster::remove_shm_orphans(pfx).empty());
+    EXPECT(cluster::shm_orphans("", true).size() >= cluster::shm_orphans(pfx).size());
+    (void)cluster::remove_shm_orphans(pfx, false);
+    cluster::Shm::unlink(c, "grid", pfx);
+    cluster::Shm::unlink_async(c, "ids", pfx).wait();
+    EXPECT(!cluster::Shm::find(c, "grid", pfx).has_value());
+    EXPECT(grid[7] == 3.5); // still mapped while held
+    EXPECT_THROWS(cluster::Shm::unlink(c, "grid", pfx), CLUSTER_ERR_NOT_FOUND);
+}
+
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
@@ -992,11 +1022,11 @@ int main(int argc, char **argv) {
     harness_watchdog(30);
     const std::map<std::string, void (*)()> cases = {
         {"basics", case_basics}, {"calls", case_calls}, {"callbacks", case_callbacks},
-        {"close_waits", case_close_waits}, {"host", case_host},
+        {"close_waits", case_close_waits}, {"host", case_host}, {"shm", case_shm},
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|workers|pools|dicts\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|workers|pools|dicts\n", argv[0]);
         return 2;
     }
     try {
