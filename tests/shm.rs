@@ -14,6 +14,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_cluster-test-worker");
+const CLEANER: &str = env!("CARGO_BIN_EXE_cluster-shm-orphans");
 
 fn opts() -> LaunchOptions {
     LaunchOptions { program: Some(WORKER.into()), args: Some(vec![]), ..Default::default() }
@@ -122,8 +123,14 @@ fn a_killed_clusters_segment_is_an_orphan_and_a_live_ones_is_not() {
     assert!(in_dev_shm(&theirs), "a SIGKILL leaves the segment");
     let found: Vec<String> = shm::orphans(Some(&pfx)).unwrap().into_iter().map(|s| s.os_name).collect();
     assert_eq!(found, vec![theirs.clone()], "only the dead cluster's segment");
+    // The command line lists it (and only it, under this prefix).
+    let out = std::process::Command::new(CLEANER).args(["--prefix", &pfx]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && listed.lines().count() == 1 && listed.starts_with(&theirs), "{listed}");
     assert!(shm::orphans(Some("another-prefix")).unwrap().iter().all(|s| s.os_name != theirs));
-    assert_eq!(shm::remove_orphans(Some(&pfx)).unwrap(), vec![theirs.clone()]);
+    let out = std::process::Command::new(CLEANER).args(["--prefix", &pfx, "--remove"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("removed 1 segment"), "{out:?}");
+    assert!(shm::remove_orphans(Some(&pfx)).unwrap().is_empty(), "nothing left to remove");
     assert!(!in_dev_shm(&theirs) && in_dev_shm(mine.os_name()));
     c.shm_unlink("live", &pfx).unwrap();
     c.shutdown(Duration::from_secs(10)).unwrap();

@@ -9,7 +9,7 @@
 //! creator's OS pid says who made it; the user's prefix keeps jobs apart). A segment whose head process is gone is an orphan: the
 //! cluster it belonged to has ended (its workers leave with their head).
 //! `orphans` lists them and `remove_orphans` unlinks them, from any
-//! process, cluster or not (`examples/shm_orphans.rs` is the command line).
+//! process, cluster or not (`cluster-shm-orphans` is the command line).
 //! A head that closes unlinks every segment of its cluster.
 //!
 //! **Creation** reserves every page (`posix_fallocate`): a full /dev/shm
