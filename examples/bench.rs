@@ -1,7 +1,7 @@
 //! Benchmarks: each libcluster figure next to a baseline measured in the
 //! same run on this machine, and the ratio.
 //!
-//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only]
+//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only | --shm-only]
 //!
 //! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
 //! RemoteChannel).
@@ -72,6 +72,13 @@ fn main() {
     let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
 
     let mut rows: Vec<Row> = Vec::new();
+
+    if std::env::args().any(|a| a == "--shm-only") {
+        shm_rows(&c, &mut rows);
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
 
     if std::env::args().any(|a| a == "--dict-only") {
         dict_rows(&c, quick, &mut rows);
@@ -205,6 +212,7 @@ fn main() {
     pmap_rows(&c, quick, &mut rows);
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
     dict_rows(&c, quick, &mut rows);
+    shm_rows(&c, &mut rows);
 
     // Threads and idle CPU with many workers, each connected to all others.
     let many = if quick { 64 } else { 256 };
@@ -364,6 +372,54 @@ fn dict_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
             rows.push(Row::new("dict set_many 1024, 3 clients (k/s)", batched / 1e3, 1800.0, "Redis figure of the issue", ">= 1x"));
         }
     }
+}
+
+/// Shared memory (issue 9): a 256 MiB segment created here (every page
+/// reserved), mapped by 2 workers and touched here, beside the OS floor:
+/// shm_open + ftruncate + mmap + touch in this process.
+fn shm_rows(c: &Cluster, rows: &mut Vec<Row>) {
+    use cluster::ShmSpec;
+    const SIZE: usize = 256 << 20;
+    let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
+    let ids = c.addprocs(2, &own_args).unwrap();
+    let touch = |p: *mut u8| {
+        for off in (0..SIZE).step_by(4096) {
+            // SAFETY: inside a fresh SIZE-byte mapping of this process.
+            unsafe { p.add(off).write_volatile(1) };
+        }
+    };
+    let mut n = 0;
+    let ours = median_of(5, || {
+        n += 1;
+        let name = format!("bench{n}");
+        let t = Instant::now();
+        let seg = c.shm_create(&ShmSpec::new(&name, 0, 1, &[SIZE as u64]).prefixed("bench"), None).unwrap();
+        touch(seg.as_ptr());
+        let d = t.elapsed().as_secs_f64();
+        drop(seg);
+        c.shm_unlink(&name, "bench").unwrap();
+        d
+    });
+    let floor = median_of(5, || {
+        let name = std::ffi::CString::new(format!("/lcbench-floor-{}", std::process::id())).unwrap();
+        let t = Instant::now();
+        // SAFETY: a fresh segment of this process, mapped, touched and removed here.
+        unsafe {
+            let fd = libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, SIZE as libc::off_t), 0);
+            let p = libc::mmap(std::ptr::null_mut(), SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            assert_ne!(p, libc::MAP_FAILED);
+            touch(p as *mut u8);
+            let d = t.elapsed().as_secs_f64();
+            libc::munmap(p, SIZE);
+            libc::close(fd);
+            libc::shm_unlink(name.as_ptr());
+            d
+        }
+    });
+    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+    rows.push(Row::new("shm 256 MiB: create+map on 2+touch (ms)", ours * 1e3, floor * 1e3, "shm_open+ftruncate+mmap+touch", "<= 1.1x"));
 }
 
 /// SETs per second of `redis-benchmark -P 16` (50 clients) against a
