@@ -631,6 +631,12 @@ typedef struct cluster_pool cluster_pool;
 typedef struct cluster_shm cluster_shm;
 
 /**
+ * A set of server tasks: task i runs on process `pids[i]`
+ * (`cluster_stasks_pids`). Freeing the handle does not stop them.
+ */
+typedef struct cluster_stasks cluster_stasks;
+
+/**
  * A queue of tasks for workers, run in priority order (PTools' queued tasks).
  */
 typedef struct cluster_taskqueue cluster_taskqueue;
@@ -3462,6 +3468,144 @@ cluster_status cluster_shm_orphans(const char *prefix, cluster_buffer *out, size
  * Threads: any.
  */
 cluster_status cluster_shm_remove_orphans(const char *prefix, cluster_buffer *out, size_t *count);
+
+/**
+ * `start_stasks`: a task on each of `pids[0..npids)` (`pids` NULL: every
+ * worker, or this process when it has none); returns once every task
+ * exists. Task i's functions run on `pids[i]`.
+ *
+ * Ownership: `pids` is read during the call; `*out` receives a new
+ * handle, released with `cluster_stasks_free`.
+ * Blocking: yes, a round trip to each process.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_start(cluster_ctx *ctx,
+                                    const int32_t *pids,
+                                    size_t npids,
+                                    cluster_stasks **out);
+
+/**
+ * `cluster_stasks_start` as a future: `*out` is usable once `*started`
+ * completes (if it fails, stop the set with `cluster_stasks_stop`).
+ *
+ * Ownership: `pids` is read during the call; `*out` receives a new handle
+ * (`cluster_stasks_free`), `*started` a new future (`cluster_future_free`).
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_start_async(cluster_ctx *ctx,
+                                          const int32_t *pids,
+                                          size_t npids,
+                                          cluster_stasks **out,
+                                          cluster_future **started);
+
+/**
+ * Frees the handle (the tasks run on until `cluster_stasks_stop`). NULL
+ * is accepted.
+ *
+ * Ownership: the handle is gone after the call.
+ * Blocking: no.
+ * Threads: any, once per handle.
+ */
+cluster_status cluster_stasks_free(cluster_stasks *h);
+
+/**
+ * `count_stasks(h)` into `*out`.
+ *
+ * Ownership: `h` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_count(cluster_stasks *h, size_t *out);
+
+/**
+ * Copies the tasks' processes, in task order, into `ids[0..cap)`;
+ * `*count` = how many tasks there are.
+ *
+ * Ownership: `ids` is written, never kept.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_pids(cluster_stasks *h, int32_t *ids, size_t cap, size_t *count);
+
+/**
+ * `pmap_stasks(h, f, args)`: calls the function `fname` (registered with
+ * `cluster_register` on the tasks' processes) on every task, task i with
+ * `args[i]` (`n` must be the task count: CLUSTER_ERR_INVALID_ARGUMENT
+ * otherwise); `futures[i]` receives task i's future (a task whose
+ * process is gone gets a failed one). Inside the function,
+ * `cluster_stask_state` gives the task and its arguments.
+ *
+ * Ownership: `args` is written before return, never kept; each
+ * `futures[i]` is a new future, released with `cluster_future_free`.
+ * Blocking: no (only while large arguments are written).
+ * Threads: any.
+ */
+cluster_status cluster_stasks_pmap_async(cluster_stasks *h,
+                                         const char *fname,
+                                         const cluster_bytes *args,
+                                         size_t n,
+                                         cluster_future **futures);
+
+/**
+ * `cluster_stasks_pmap_async`, waited for: `statuses[i]` = task i's
+ * outcome and `results[i]` = its value (CLUSTER_OK) or its error's
+ * message. Returns CLUSTER_OK once every task answered, whatever each
+ * answered (read `statuses`).
+ *
+ * Ownership: `args` is never kept; each `results[i]` is the caller's
+ * until `cluster_buffer_free`.
+ * Blocking: yes, until every task answers.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_pmap(cluster_stasks *h,
+                                   const char *fname,
+                                   const cluster_bytes *args,
+                                   size_t n,
+                                   cluster_buffer *results,
+                                   cluster_status *statuses);
+
+/**
+ * `stop_stasks`: calls `fname` (if not NULL) on every task with empty
+ * arguments, to free what its state holds, then drops the tasks; returns
+ * the first failure of `fname` other than a task whose process is gone
+ * (the tasks are dropped all the same).
+ *
+ * Ownership: `h` stays the caller's (free it after).
+ * Blocking: yes, until every task answered.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_stop(cluster_stasks *h, const char *fname);
+
+/**
+ * `cluster_stasks_stop` as a future, returned at once.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_stasks_stop_async(cluster_stasks *h,
+                                         const char *fname,
+                                         cluster_future **out);
+
+/**
+ * Inside a function a server task runs (`cluster_stasks_pmap`): `*task`
+ * = the task's index, `*args`/`*len` = the arguments given to this task,
+ * and `*state` = the task's state slot, a pointer the task's functions
+ * keep from one call to the next (NULL at first; free what it points to
+ * in the function given to `cluster_stasks_stop`). Any out pointer may be
+ * NULL. CLUSTER_ERR_INVALID_ARGUMENT when `call` is not a server task's.
+ *
+ * Ownership: `*args` is the call's, valid during the call; the slot stays
+ * the library's (read and write it during the call only).
+ * Blocking: no.
+ * Threads: the handler's, during the call.
+ */
+cluster_status cluster_stask_state(cluster_call *call,
+                                   size_t *task,
+                                   const uint8_t **args,
+                                   size_t *len,
+                                   void ***state);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -8,6 +8,7 @@ use crate::service::channel::Channels;
 use crate::service::control::{Control, Role};
 use crate::service::dict::Dicts;
 use crate::service::shm::Shm;
+use crate::service::stasks::Stasks;
 use crate::service::pool::Pools;
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
@@ -69,6 +70,7 @@ impl Cluster {
         node.install(Pools::new())?;
         node.install(Dicts::new())?;
         node.install(Shm::new())?;
+        node.install(Stasks::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::net::auth::{self, Side, PROTOCOL_VERSION};
 use crate::node::{admit, response_outcome, session, Hello};
 use crate::service::control::{self, op as control_op, Join, Message, PeerInfo, Welcome};
-use crate::service::{channel, dict, pool, refs, rpc, shm};
+use crate::service::{channel, dict, pool, refs, rpc, shm, stasks};
 use crate::wire::{self, Frame, FrameReader, Header, Kind, ReadOutcome, ServiceId, HEADER_LEN, MAGIC, MAX_META};
 use hmac::{Hmac, Mac};
 use serde::{de::DeserializeOwned, Serialize};
@@ -208,6 +208,7 @@ pub fn decode_frame(f: &Frame, from: u32) -> Result<Decoded> {
         pool::ID => decode_pool(h.op, &f.meta),
         dict::ID => decode_dict(h.op, &f.meta, &f.payload),
         shm::ID => shm::decode(h.op, &f.meta, &f.payload).map(|()| Decoded::Signal(shm::ID, h.op)),
+        stasks::ID => stasks::decode(h.op, &f.meta, &f.payload).map(|()| Decoded::Signal(stasks::ID, h.op)),
         s => Err(Error::new(ErrorKind::Protocol, format!("no service {s}"))),
     }
 }

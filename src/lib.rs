@@ -40,6 +40,7 @@ pub use service::channel::{Channel, ChannelRef, ChannelState};
 pub use service::dict::{Dict, DictKind, Members, Spec};
 pub use service::rpc::{Call, Handler, ANY_WORKER};
 pub use service::shm::{Segment, ShmSpec};
+pub use service::stasks::{task_of, ServerTasks};
 
 /// The services' operations on a node: `use cluster::prelude::*`.
 pub mod prelude {
@@ -50,6 +51,7 @@ pub mod prelude {
     pub use crate::service::refs::{FutureExt, RefsExt};
     pub use crate::service::rpc::RpcExt;
     pub use crate::service::shm::ShmExt;
+    pub use crate::service::stasks::StasksExt;
 }
 
 /// The header cbindgen generated in this build, to check the committed copy.

@@ -49,7 +49,7 @@ fn answered(deferred: bool) -> Error {
     }
 }
 
-fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> Result<T, Error> {
+pub(crate) fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> Result<T, Error> {
     let obj = c.object()?;
     let st = obj.state.lock();
     match st.call.as_ref() {

@@ -37,6 +37,7 @@ pub(crate) enum Kind {
     DictValue = 22,
     // Shared memory.
     Shm = 23,
+    Stasks = 24,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Kind::DictEntries => "cluster_dict_entries",
             Kind::DictValue => "cluster_value",
             Kind::Shm => "cluster_shm",
+            Kind::Stasks => "cluster_stasks",
         }
     }
 }

@@ -27,6 +27,7 @@
 //!   `cluster_dict_spec`, `cluster_dict_entries`, `cluster_value`.
 //! - `shm`: `cluster_shm`, a shared-memory segment (PTools' `ShmCfg`),
 //!   `cluster_shm_spec`, the orphan cleaner.
+//! - `stasks`: `cluster_stasks`, server tasks (PTools' `start_stasks`).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -56,6 +57,7 @@ mod workerset;
 mod taskqueue;
 mod dict;
 mod shm;
+mod stasks;
 
 #[cfg(test)]
 mod header_checks;
@@ -67,6 +69,7 @@ pub use config::*;
 pub use ctx::*;
 pub use dict::*;
 pub use shm::*;
+pub use stasks::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;

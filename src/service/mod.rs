@@ -13,6 +13,8 @@
 //! |    |          | their members, primary-backup per partition         |
 //! | 7  | shm      | shared-memory segments mapped by the processes of a |
 //! |    |          | host; orphans of dead clusters found and removed    |
+//! | 8  | stasks   | server tasks: a task per process with state kept    |
+//! |    |          | across the calls pmap_stasks makes                  |
 //!
 //! `holders` is no service: the reference counting and the housekeeping
 //! thread that refs and channel share.
@@ -25,3 +27,4 @@ pub mod pool;
 pub mod refs;
 pub mod rpc;
 pub mod shm;
+pub mod stasks;
