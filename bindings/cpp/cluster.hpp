@@ -43,7 +43,8 @@
 // splitrange()), cluster_workerset (WorkerSet), cluster_taskqueue (TaskQueue,
 // Task), cluster_dict (Dict, DictSpec, DictEntries; value functions are
 // registered on the Cluster), cluster_shm (Shm, ShmSpec, Span<T>, and the
-// orphan cleaner shm_orphans() / remove_shm_orphans()). The order is the one
+// orphan cleaner shm_orphans() / remove_shm_orphans()), cluster_stasks
+// (ServerTasks, StaskState). The order is the one
 // C++ needs: an object comes after those it uses.
 //
 // Work distribution owns its callbacks: a Pmap keeps its retry check and
@@ -2655,6 +2656,113 @@ inline std::vector<std::string> remove_shm_orphans(const std::string &prefix, bo
     check(cluster_shm_remove_orphans(any_prefix ? nullptr : prefix.c_str(), b.out(), nullptr));
     return detail::split_names(b);
 }
+
+// ---- cluster_stasks --------------------------------------------------------------
+
+/// What a server task's function finds (inside the handler only): its
+/// task index, its arguments and the task's state slot, a pointer kept
+/// from call to call (null at first).
+struct StaskState {
+    std::size_t task = 0;
+    Bytes args;
+    void **state = nullptr;
+    /// The state of the call `call` (CLUSTER_ERR_INVALID_ARGUMENT when it is
+    /// not a server task's).
+    static StaskState of(const Call &call) {
+        StaskState s;
+        const std::uint8_t *a = nullptr;
+        std::size_t n = 0;
+        check(cluster_stask_state(call.get(), &s.task, &a, &n, &s.state));
+        s.args = Bytes(a, n);
+        return s;
+    }
+};
+
+/// A set of server tasks (PTools' start_stasks): move-only; destroying it
+/// frees the handle, not the tasks (stop() does).
+class ServerTasks {
+public:
+    ServerTasks() noexcept = default;
+    explicit ServerTasks(cluster_stasks *h) noexcept : h_(h) {}
+    ServerTasks(ServerTasks &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    ServerTasks &operator=(ServerTasks &&o) noexcept {
+        if (this != &o) {
+            reset();
+            h_ = std::exchange(o.h_, nullptr);
+        }
+        return *this;
+    }
+    ServerTasks(const ServerTasks &) = delete;
+    ServerTasks &operator=(const ServerTasks &) = delete;
+    ~ServerTasks() { reset(); }
+
+    /// A task on each of `pids` (empty: every worker, or this process alone).
+    static ServerTasks start(Cluster &c, const std::vector<std::int32_t> &pids = {}) {
+        cluster_stasks *h = nullptr;
+        check(cluster_stasks_start(c.get(), pids.empty() ? nullptr : pids.data(), pids.size(), &h));
+        return ServerTasks(h);
+    }
+    /// start as a future: the set is usable once `started` completes.
+    static ServerTasks start_async(Cluster &c, Future &started, const std::vector<std::int32_t> &pids = {}) {
+        cluster_stasks *h = nullptr;
+        cluster_future *f = nullptr;
+        check(cluster_stasks_start_async(c.get(), pids.empty() ? nullptr : pids.data(), pids.size(), &h, &f));
+        started = Future(f);
+        return ServerTasks(h);
+    }
+
+    cluster_stasks *get() const noexcept { return h_; }
+    /// count_stasks(h).
+    std::size_t count() const {
+        std::size_t n = 0;
+        check(cluster_stasks_count(h_, &n));
+        return n;
+    }
+    std::vector<std::int32_t> pids() const {
+        return detail::ids([&](std::int32_t *o, std::size_t c, std::size_t *n) { return cluster_stasks_pids(h_, o, c, n); });
+    }
+    /// One outcome per task, in task order.
+    struct Outcome {
+        cluster_status status;
+        Buffer value; // the error's message when status is not CLUSTER_OK
+    };
+    /// pmap_stasks: the function `fn` on every task, task i with args[i].
+    std::vector<Outcome> pmap(const std::string &fn, const std::vector<Bytes> &args) const {
+        std::vector<cluster_bytes> a = views(args);
+        std::vector<cluster_buffer> res(a.size(), cluster_buffer{nullptr, 0, 0});
+        std::vector<cluster_status> st(a.size(), CLUSTER_OK);
+        check(cluster_stasks_pmap(h_, fn.c_str(), a.data(), a.size(), res.data(), st.data()));
+        std::vector<Outcome> out;
+        for (std::size_t i = 0; i < a.size(); i++) out.push_back(Outcome{st[i], Buffer(res[i])});
+        return out;
+    }
+    std::vector<Future> pmap_async(const std::string &fn, const std::vector<Bytes> &args) const {
+        std::vector<cluster_bytes> a = views(args);
+        std::vector<cluster_future *> fs(a.size(), nullptr);
+        check(cluster_stasks_pmap_async(h_, fn.c_str(), a.data(), a.size(), fs.data()));
+        std::vector<Future> out;
+        for (auto *f : fs) out.emplace_back(f);
+        return out;
+    }
+    /// stop_stasks: `free_fn` (if not empty) on every task, then drops them.
+    void stop(const std::string &free_fn = "") const { check(cluster_stasks_stop(h_, free_fn.empty() ? nullptr : free_fn.c_str())); }
+    Future stop_async(const std::string &free_fn = "") const {
+        cluster_future *f = nullptr;
+        check(cluster_stasks_stop_async(h_, free_fn.empty() ? nullptr : free_fn.c_str(), &f));
+        return Future(f);
+    }
+
+private:
+    static std::vector<cluster_bytes> views(const std::vector<Bytes> &args) {
+        std::vector<cluster_bytes> a;
+        for (const auto &b : args) a.push_back(cluster_bytes{b.data(), b.size()});
+        return a;
+    }
+    void reset() noexcept {
+        if (h_) cluster_stasks_free(std::exchange(h_, nullptr));
+    }
+    cluster_stasks *h_ = nullptr;
+};
 
 } // namespace cluster
 

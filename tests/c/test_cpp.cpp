@@ -73,6 +73,19 @@ struct Point {
 // Every process registers the same functions.
 void register_all(cluster::Cluster &c) {
     c.register_function("echo", [](cluster::Call &call) { return call.args(); });
+    // A server task's function: a count kept in the task's state slot.
+    c.register_function("stk_count", [](cluster::Call &call) {
+        cluster::StaskState st = cluster::StaskState::of(call);
+        if (*st.state == nullptr) *st.state = new std::int32_t(0);
+        auto *n = static_cast<std::int32_t *>(*st.state);
+        return std::int32_t(st.task * 100 + ++*n);
+    });
+    c.register_function("stk_free", [](cluster::Call &call) {
+        cluster::StaskState st = cluster::StaskState::of(call);
+        delete static_cast<std::int32_t *>(*st.state);
+        *st.state = nullptr;
+        return std::int32_t(0);
+    });
     c.register_function("upper", [](cluster::Call &call) {
         std::string s = call.args_string();
         for (auto &ch : s) ch = (char)toupper((unsigned char)ch);
@@ -957,6 +970,29 @@ void case_dicts() {
     c.shutdown(10000);
 }
 
+// Server tasks through the wrapper: state kept per task, futures, stop.
+void case_stasks() {
+    cluster::Cluster &c = *g_cluster;
+    auto ids = c.addprocs(2);
+    cluster::ServerTasks h = cluster::ServerTasks::start(c);
+    EXPECT(h.count() == 2 && h.pids() == ids);
+    for (std::int32_t round = 1; round <= 2; round++) {
+        auto out = h.pmap("stk_count", {cluster::Bytes(), cluster::Bytes()});
+        EXPECT(out.size() == 2 && out[0].status == CLUSTER_OK && out[1].status == CLUSTER_OK);
+        EXPECT(out[0].value.as<std::int32_t>() == round && out[1].value.as<std::int32_t>() == 100 + round);
+    }
+    EXPECT_THROWS(h.pmap("stk_count", {cluster::Bytes()}), CLUSTER_ERR_INVALID_ARGUMENT);
+    auto fs = h.pmap_async("stk_count", {cluster::Bytes(), cluster::Bytes()});
+    EXPECT(fs.size() == 2 && fs[1].fetch(10000).as<std::int32_t>() == 103);
+    h.stop("stk_free");
+    EXPECT(h.pmap("stk_count", {cluster::Bytes(), cluster::Bytes()})[0].status == CLUSTER_ERR_REMOTE);
+    cluster::Future started;
+    cluster::ServerTasks one = cluster::ServerTasks::start_async(c, started, {ids[1]});
+    started.wait();
+    EXPECT(one.pmap("stk_count", {cluster::Bytes()})[0].value.as<std::int32_t>() == 1);
+    one.stop_async("stk_free").wait();
+}
+
 // Shared memory through the wrapper, in a lone head: typed creation, the
 // span view, find, the async forms, unlink, the orphan cleaner.
 void case_shm() {
@@ -990,7 +1026,7 @@ void case_shm() {
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
-    if (which == "workers" || which == "pools" || which == "dicts") {
+    if (which == "workers" || which == "pools" || which == "dicts" || which == "stasks") {
         try {
             cluster::Cluster c(cluster::Config().startup_timeout_ms(20000));
             g_cluster = &c;
@@ -1010,6 +1046,8 @@ int main(int argc, char **argv) {
                 case_workers();
             else if (which == "dicts")
                 case_dicts();
+            else if (which == "stasks")
+                case_stasks();
             else
                 case_pools();
             g_cluster = nullptr;
@@ -1026,7 +1064,7 @@ int main(int argc, char **argv) {
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|workers|pools|dicts\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|workers|pools|dicts|stasks\n", argv[0]);
         return 2;
     }
     try {

@@ -1,11 +1,15 @@
 /*
- * Shared memory from C (cluster_shm_*; tests/shm.rs is the Rust twin):
+ * Shared memory and server tasks from C (cluster_shm_*, cluster_stasks_*;
+ * tests/shm.rs and tests/stasks.rs are the Rust twins). Shared memory:
  * a segment created here is mapped by every local process (or a given
  * set) and sees their writes; one a worker creates is mapped here; its
  * type and dimensions travel with it; unlink (blocking and as a future)
  * removes it everywhere; a segment larger than /dev/shm fails at creation
  * leaving nothing; a dead cluster's segment is an orphan the cleaner
  * removes while a live one's stays; misuse gives errors, never crashes.
+ * Server tasks: a task per worker whose state slot its calls keep,
+ * mismatched argument counts refused, a plain call is no task's, stop
+ * frees the state through a function of the user's.
  *
  * Usage: test_shm <case>. The binary is its own worker.
  */
@@ -92,6 +96,31 @@ static int32_t h_create(void *ud, cluster_call *call) {
     cluster_shm *s = NULL;
     if (cluster_shm_create(g_ctx, &spec, NULL, 0, &s) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
     cluster_shm_free(s);
+    return cluster_call_reply(call, NULL, 0);
+}
+
+/* A server task's function: counts its calls in the task's state slot
+ * (allocated on the first) and replies (task index, count). */
+static int32_t h_stk_count(void *ud, cluster_call *call) {
+    (void)ud;
+    size_t task = 0, len = 0;
+    const uint8_t *args = NULL;
+    void **state = NULL;
+    if (cluster_stask_state(call, &task, &args, &len, &state) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    if (*state == NULL) *state = calloc(1, sizeof(int32_t));
+    int32_t *n = *state;
+    (*n)++;
+    int32_t out[3] = {(int32_t)task, *n, (int32_t)len};
+    return cluster_call_reply(call, (const uint8_t *)out, sizeof out);
+}
+
+/* stop_stasks' freeing function. */
+static int32_t h_stk_free(void *ud, cluster_call *call) {
+    (void)ud;
+    void **state = NULL;
+    if (cluster_stask_state(call, NULL, NULL, NULL, &state) != CLUSTER_OK) return cluster_call_fail(call, cluster_last_error());
+    free(*state);
+    *state = NULL;
     return cluster_call_reply(call, NULL, 0);
 }
 
@@ -328,10 +357,88 @@ static void case_misuse(void) {
     EXPECT_OK(cluster_shm_unlink(g_ctx, "m", g_prefix));
 }
 
+static void case_stasks(void) {
+    int32_t ids[2];
+    REQUIRE_OK(cluster_addprocs(g_ctx, 2, NULL, ids));
+    cluster_stasks *h = NULL;
+    REQUIRE_OK(cluster_stasks_start(g_ctx, NULL, 0, &h));
+    size_t n = 0, np = 0;
+    int32_t pids[4] = {0};
+    EXPECT_OK(cluster_stasks_count(h, &n));
+    EXPECT_OK(cluster_stasks_pids(h, pids, 4, &np));
+    EXPECT(n == 2 && np == 2 && pids[0] == ids[0] && pids[1] == ids[1]);
+    cluster_bytes args[2] = {{(const uint8_t *)"a", 1}, {(const uint8_t *)"bcd", 3}};
+    for (int32_t round = 1; round <= 3; round++) {
+        cluster_buffer res[2] = {{0}};
+        cluster_status st[2] = {CLUSTER_ERR_IO, CLUSTER_ERR_IO};
+        REQUIRE_OK(cluster_stasks_pmap(h, "stk_count", args, 2, res, st));
+        for (int i = 0; i < 2; i++) {
+            EXPECT(st[i] == CLUSTER_OK && res[i].len == 12);
+            if (res[i].len == 12) {
+                int32_t v[3];
+                memcpy(v, res[i].data, 12);
+                EXPECTF(v[0] == i && v[1] == round && v[2] == (int32_t)args[i].len, "task %d round %d: %d %d %d", i, round, v[0], v[1], v[2]);
+            }
+            cluster_buffer_free(&res[i]);
+        }
+    }
+    /* One argument per task, no more, no less. */
+    cluster_buffer res1[1] = {{0}};
+    cluster_status st1[1];
+    EXPECT_ST(cluster_stasks_pmap(h, "stk_count", args, 1, res1, st1), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_LAST_ERROR_HAS("1 argument(s) for 2 server task(s)");
+    /* As futures. */
+    cluster_future *fs[2] = {NULL, NULL};
+    REQUIRE_OK(cluster_stasks_pmap_async(h, "stk_count", args, 2, fs));
+    for (int i = 0; i < 2; i++) {
+        const uint8_t *d = NULL;
+        size_t l = 0;
+        EXPECT_OK(cluster_future_fetch(fs[i], 10000, &d, &l));
+        int32_t v[3] = {0};
+        if (l == 12) memcpy(v, d, 12);
+        EXPECT(v[1] == 4);
+        cluster_future_free(fs[i]);
+    }
+    /* A plain call is no server task's. */
+    cluster_buffer b = {0};
+    EXPECT_ST(cluster_remotecall_fetch(g_ctx, ids[0], "stk_count", NULL, 0, &b), CLUSTER_ERR_REMOTE);
+    EXPECT_LAST_ERROR_HAS("not a server task");
+    /* Stop frees every state (ASan would see a leak otherwise). */
+    EXPECT_OK(cluster_stasks_stop(h, "stk_free"));
+    cluster_buffer res[2] = {{0}};
+    cluster_status st[2];
+    REQUIRE_OK(cluster_stasks_pmap(h, "stk_count", args, 2, res, st));
+    EXPECT(st[0] == CLUSTER_ERR_REMOTE && st[1] == CLUSTER_ERR_REMOTE);
+    EXPECT(res[0].len > 0 && memmem(res[0].data, res[0].len, "not a server task", 17) != NULL);
+    cluster_buffer_free(&res[0]);
+    cluster_buffer_free(&res[1]);
+    EXPECT_OK(cluster_stasks_free(h));
+    EXPECT_ST(cluster_stasks_count(h, &n), CLUSTER_ERR_BAD_HANDLE);
+    /* Started as a future on one worker; stopped as one. */
+    cluster_future *started = NULL;
+    REQUIRE_OK(cluster_stasks_start_async(g_ctx, &ids[1], 1, &h, &started));
+    EXPECT_OK(cluster_future_wait(started, 10000));
+    cluster_future_free(started);
+    cluster_buffer r1[1] = {{0}};
+    REQUIRE_OK(cluster_stasks_pmap(h, "stk_count", args, 1, r1, st1));
+    EXPECT(st1[0] == CLUSTER_OK);
+    cluster_buffer_free(&r1[0]);
+    cluster_future *stopped = NULL;
+    REQUIRE_OK(cluster_stasks_stop_async(h, "stk_free", &stopped));
+    EXPECT_OK(cluster_future_wait(stopped, 10000));
+    cluster_future_free(stopped);
+    EXPECT_OK(cluster_stasks_free(h));
+    EXPECT_OK(cluster_stasks_free(NULL));
+    /* Misuse. */
+    EXPECT_ST(cluster_stasks_start(g_ctx, NULL, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_stask_state(NULL, NULL, NULL, NULL, NULL), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_ST(cluster_stasks_pmap_async((cluster_stasks *)g_ctx, "f", args, 2, fs), CLUSTER_ERR_BAD_HANDLE);
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
-} cases[] = {{"basic", case_basic}, {"full", case_full}, {"orphans", case_orphans}, {"misuse", case_misuse}};
+} cases[] = {{"basic", case_basic}, {"full", case_full}, {"orphans", case_orphans}, {"misuse", case_misuse}, {"stasks", case_stasks}};
 
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "";
@@ -340,7 +447,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (strcmp(which, cases[i].name) == 0) fn = cases[i].fn;
     if (!fn && getenv("LIBCLUSTER_HEAD") == NULL) {
-        fprintf(stderr, "usage: %s basic|full|orphans|misuse\n", argv[0]);
+        fprintf(stderr, "usage: %s basic|full|orphans|misuse|stasks\n", argv[0]);
         return 2;
     }
     cluster_config cfg;
@@ -351,6 +458,8 @@ int main(int argc, char **argv) {
     REQUIRE_OK(cluster_register(g_ctx, "shm_peek", h_peek, NULL));
     REQUIRE_OK(cluster_register(g_ctx, "shm_poke", h_poke, NULL));
     REQUIRE_OK(cluster_register(g_ctx, "shm_create", h_create, NULL));
+    REQUIRE_OK(cluster_register(g_ctx, "stk_count", h_stk_count, NULL));
+    REQUIRE_OK(cluster_register(g_ctx, "stk_free", h_stk_free, NULL));
     bool head = false;
     REQUIRE_OK(cluster_is_head(g_ctx, &head));
     if (!head) {
