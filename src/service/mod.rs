@@ -14,12 +14,16 @@
 //! | 7  | shm      | shared-memory segments mapped by the processes of a |
 //! |    |          | host; orphans of dead clusters found and removed    |
 //!
+//! `fork` is no wire service: PTools' `pfork`, children forked from the
+//! caller (see its module doc for why it sits here).
+//!
 //! `holders` is no service: the reference counting and the housekeeping
 //! thread that refs and channel share.
 
 pub mod channel;
 pub mod control;
 pub mod dict;
+pub mod fork;
 pub(crate) mod holders;
 pub mod pool;
 pub mod refs;
