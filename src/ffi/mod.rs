@@ -25,6 +25,8 @@
 //! - `taskqueue`: `cluster_taskqueue` (PTools' queued tasks).
 //! - `dict`: `cluster_dict` (ClusterDicts' GlobalDict and DistributedDict),
 //!   `cluster_dict_spec`, `cluster_dict_entries`, `cluster_value`.
+//! - `fork`: `cluster_pfork` (PTools' `pfork`), `cluster_fork_results`,
+//!   `cluster_fork_child` (a child's way to return its bytes).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -53,6 +55,7 @@ mod pmap;
 mod workerset;
 mod taskqueue;
 mod dict;
+mod fork;
 
 #[cfg(test)]
 mod header_checks;
@@ -63,6 +66,7 @@ pub use channel::*;
 pub use config::*;
 pub use ctx::*;
 pub use dict::*;
+pub use fork::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;
