@@ -3335,8 +3335,8 @@ cluster_status cluster_value_set(cluster_value *value, const uint8_t *data, size
  * memory (shared mappings stay shared: children can write output arrays
  * the parent reads afterwards) and `_exit`s. Every child is reaped before
  * this returns, and children die with this thread (PR_SET_PDEATHSIG);
- * with `timeout_ms` (CLUSTER_FOREVER: none) those still running then are
- * SIGKILLed. Results are read from all children at once, so large ones
+ * with `timeout_ms` (CLUSTER_FOREVER: none; 0 kills them at once) those
+ * still running then are SIGKILLed. Results are read from all children at once, so large ones
  * never block. C stdio is flushed before forking (children do not repeat
  * buffered output) and in each child before it exits. Returns CLUSTER_OK
  * when every child returned a value, else the status of the first child

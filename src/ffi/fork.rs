@@ -111,8 +111,8 @@ c_handle!(cluster_fork_results, Kind::ForkResults, ResultsObj);
 /// memory (shared mappings stay shared: children can write output arrays
 /// the parent reads afterwards) and `_exit`s. Every child is reaped before
 /// this returns, and children die with this thread (PR_SET_PDEATHSIG);
-/// with `timeout_ms` (CLUSTER_FOREVER: none) those still running then are
-/// SIGKILLed. Results are read from all children at once, so large ones
+/// with `timeout_ms` (CLUSTER_FOREVER: none; 0 kills them at once) those
+/// still running then are SIGKILLed. Results are read from all children at once, so large ones
 /// never block. C stdio is flushed before forking (children do not repeat
 /// buffered output) and in each child before it exits. Returns CLUSTER_OK
 /// when every child returned a value, else the status of the first child
@@ -146,7 +146,6 @@ pub unsafe extern "C" fn cluster_pfork(
         let ud = UserData(user_data);
         let opts = ForkOptions { timeout: timeout_arg(timeout_ms) };
         let kids = fork::pfork_with(n, &opts, |i| {
-            let ud = ud;
             IN_CHILD.store(true, Ordering::Relaxed);
             let mut s = ChildSlot { value: Vec::new(), error: None };
             CURRENT_CHILD.store(&mut s as *mut ChildSlot as usize, Ordering::Relaxed);
