@@ -537,6 +537,27 @@ mod tests {
         assert!(r(Outcome::NotStarted("fork failed: EAGAIN".into())).error().unwrap().message.starts_with("child 3 was not started"));
     }
 
+    /// The guard behind "every child is reaped": a wait that ends early
+    /// (a panic unwinding through `pfork_with`) drops the brood, which
+    /// kills and reaps the children still running.
+    #[test]
+    fn dropping_the_brood_kills_and_reaps_its_children() {
+        let mut hang = |_| -> Result<Vec<u8>, String> {
+            std::thread::sleep(Duration::from_secs(60));
+            Ok(Vec::new())
+        };
+        let kids: Vec<Kid> = (0..2).map(|i| spawn(i, &mut hang).unwrap()).collect();
+        let pids: Vec<u32> = kids.iter().map(|k| k.pid).collect();
+        let me = std::process::id();
+        assert!(pids.iter().all(|&p| os::state_and_parent(p).is_some_and(|(_, pp)| pp == me)));
+        let t = Instant::now();
+        drop(Brood { kids });
+        assert!(t.elapsed() < Duration::from_secs(10));
+        for p in pids {
+            assert!(os::state_and_parent(p).is_none_or(|(_, pp)| pp != me), "child {p} is left: {:?}", os::state_and_parent(p));
+        }
+    }
+
     #[test]
     fn a_panicking_function_is_the_childs_error() {
         let got = pfork(2, |i| if i == 1 { panic!("boom {i}") } else { Ok(vec![i as u8]) });
