@@ -1,7 +1,7 @@
 //! Benchmarks: each libcluster figure next to a baseline measured in the
 //! same run on this machine, and the ratio.
 //!
-//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only | --shm-only]
+//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only | --shm-only | --fork-only]
 //!
 //! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
 //! RemoteChannel).
@@ -82,6 +82,14 @@ fn main() {
 
     if std::env::args().any(|a| a == "--dict-only") {
         dict_rows(&c, quick, &mut rows);
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
+
+    if std::env::args().any(|a| a == "--fork-only") {
+        c.addprocs(1, &own_args).unwrap();
+        fork_rows(quick, &mut rows);
         c.shutdown(Duration::from_secs(10)).unwrap();
         print_rows(&rows);
         return;
@@ -210,6 +218,7 @@ fn main() {
     rows.push(Row::new("pipelined calls/s, 2 workers (k/s)", ours_tp / 1e3, 200.0, "target", ">= 1x"));
 
     pmap_rows(&c, quick, &mut rows);
+    fork_rows(quick, &mut rows);
     c.rmprocs(&c.workers(), Duration::from_secs(10)).unwrap();
     dict_rows(&c, quick, &mut rows);
     shm_rows(&c, &mut rows);
@@ -480,6 +489,46 @@ fn pmap_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
             rows.push(Row::new("time inside progress callbacks (%)", share, 1.0, "target 1%", "<= 1x"));
         }
     }
+}
+
+/// pfork beside its OS floor, both from this process with its cluster's
+/// threads running: rounds of pfork(2) with 8-byte results interleaved
+/// with rounds of two bare `fork` + `_exit(0)` + `waitpid`, compared by
+/// their medians; then pfork(64) against 64 bare forks.
+fn fork_rows(quick: bool, rows: &mut Vec<Row>) {
+    use cluster::sys::process as os;
+    let bare = |n: usize| {
+        let t = Instant::now();
+        let pids: Vec<u32> = (0..n).map(|_| os::fork_child(false, || 0).unwrap()).collect();
+        for p in pids {
+            os::wait_child(p, true).unwrap();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let ours = |n: usize| {
+        let t = Instant::now();
+        let r = cluster::pfork(n, |i| Ok((i as u64).to_le_bytes().to_vec()));
+        let d = t.elapsed().as_secs_f64();
+        assert!(r.iter().all(|x| x.as_ref().is_ok_and(|v| v.len() == 8)));
+        d
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let rounds = if quick { 300 } else { 1000 };
+    let (mut b2, mut o2) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        b2.push(bare(2));
+        o2.push(ours(2));
+    }
+    rows.push(Row::new("pfork(2), 8 B results (us)", us(median(o2)), us(median(b2)), "2x fork+_exit+waitpid", "<= 1.5x"));
+    let (mut b64, mut o64) = (Vec::new(), Vec::new());
+    for _ in 0..(if quick { 15 } else { 41 }) {
+        b64.push(bare(64));
+        o64.push(ours(64));
+    }
+    rows.push(Row::new("pfork(64), 8 B results (ms)", median(o64) * 1e3, median(b64) * 1e3, "64x fork+_exit+waitpid", ""));
 }
 
 fn print_rows(rows: &[Row]) {

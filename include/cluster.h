@@ -580,6 +580,52 @@ typedef int32_t cluster_elem_type;
 #endif // __cplusplus
 
 /**
+ * How a child ended (`cluster_fork_results_child`).
+ */
+enum cluster_fork_outcome
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Its function returned 0 and it exited cleanly: its bytes are its value.
+   */
+  CLUSTER_FORK_RETURNED = 0,
+  /**
+   * Its function failed (`cluster_fork_fail`, a non-zero return).
+   */
+  CLUSTER_FORK_FAILED = 1,
+  /**
+   * It exited (`exit`, `_exit`) before returning; `code` is the status.
+   */
+  CLUSTER_FORK_EXITED = 2,
+  /**
+   * A signal ended it (a crash, `kill`); `code` is the signal number.
+   */
+  CLUSTER_FORK_SIGNALED = 3,
+  /**
+   * Still running at the timeout: killed with SIGKILL and reaped.
+   */
+  CLUSTER_FORK_TIMED_OUT = 4,
+  /**
+   * It exited with status 0 without a complete result (it wrote on its
+   * result pipe, or called `_exit(0)` in its function).
+   */
+  CLUSTER_FORK_NO_RESULT = 5,
+  /**
+   * It could not be forked (see its message).
+   */
+  CLUSTER_FORK_NOT_STARTED = 6,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_fork_outcome cluster_fork_outcome;
+#else
+typedef int32_t cluster_fork_outcome;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An incoming call, passed to a handler.
  */
 typedef struct cluster_call cluster_call;
@@ -607,6 +653,17 @@ typedef struct cluster_dict cluster_dict;
  * pair (`cluster_dict_entries_get`).
  */
 typedef struct cluster_dict_entries cluster_dict_entries;
+
+/**
+ * A child's way to return bytes (`cluster_fork_return`) or an error
+ * (`cluster_fork_fail`); valid only in that child, during its function.
+ */
+typedef struct cluster_fork_child cluster_fork_child;
+
+/**
+ * The outcomes of a `cluster_pfork`, one per child in index order.
+ */
+typedef struct cluster_fork_results cluster_fork_results;
 
 /**
  * A pending or completed remote call result.
@@ -1112,6 +1169,16 @@ typedef struct {
   const uint64_t *dims;
   size_t ndims;
 } cluster_shm_spec;
+
+/**
+ * Child `index` (0-based) of a `cluster_pfork`, run in the child process
+ * on a copy of the parent's memory. Return 0 for success: the child's
+ * value is what it gave `cluster_fork_return` (none: empty). Any other
+ * return, or a call of `cluster_fork_fail`, fails the child (the message
+ * given there, or "the child function returned N"). The function may also
+ * exit or crash: the parent reports that as the child's error.
+ */
+typedef int32_t (*cluster_fork_fn)(void *user_data, int32_t index, cluster_fork_child *child);
 
 #ifdef __cplusplus
 extern "C" {
@@ -3606,6 +3673,112 @@ cluster_status cluster_stask_state(cluster_call *call,
                                    const uint8_t **args,
                                    size_t *len,
                                    void ***state);
+
+/**
+ * PTools' `pfork(n, f)`: forks `n` children of the calling process;
+ * child i runs `f(user_data, i, child)` on a copy of this process's
+ * memory (shared mappings stay shared: children can write output arrays
+ * the parent reads afterwards) and `_exit`s. Every child is reaped before
+ * this returns, and children die with this thread (PR_SET_PDEATHSIG);
+ * with `timeout_ms` (CLUSTER_FOREVER: none; 0 kills them at once) those
+ * still running then are SIGKILLed. Results are read from all children at once, so large ones
+ * never block. C stdio is flushed before forking (children do not repeat
+ * buffered output) and in each child before it exits. Returns CLUSTER_OK
+ * when every child returned a value, else the status of the first child
+ * that did not (CLUSTER_ERR_REMOTE: its function failed;
+ * CLUSTER_ERR_PROCESS_EXITED: it exited, crashed or was killed;
+ * CLUSTER_ERR_TIMEOUT; CLUSTER_ERR_IO: not started), with
+ * `cluster_last_error()` naming it and what happened; `*out` holds every
+ * child's outcome in both cases. No cluster is needed; see the README
+ * (*Fork*) for what a child may do in a multi-threaded process: in short,
+ * only its own work, no libcluster object.
+ *
+ * Ownership: `*out` is a new handle (NULL on an argument error),
+ * released with `cluster_fork_results_free`; `user_data` is the caller's.
+ * Blocking: until every child has ended and been reaped (at most about
+ * `timeout_ms`).
+ * Threads: any, several at once (each waits for its own children); not
+ * in a pfork child (CLUSTER_ERR_WRONG_MODE).
+ */
+cluster_status cluster_pfork(int32_t n,
+                             cluster_fork_fn f,
+                             void *user_data,
+                             int64_t timeout_ms,
+                             cluster_fork_results **out);
+
+/**
+ * Inside a child's `cluster_fork_fn`: its value is `data[0..len)`
+ * (replacing what was given before).
+ *
+ * Ownership: `data` is copied.
+ * Blocking: no.
+ * Threads: the child's function, during its call; elsewhere
+ * CLUSTER_ERR_BAD_HANDLE.
+ */
+cluster_status cluster_fork_return(cluster_fork_child *child, const uint8_t *data, size_t len);
+
+/**
+ * Inside a child's `cluster_fork_fn`: the child fails with `message`
+ * (whatever the function returns afterwards), which the parent reports
+ * with the child's index and pid.
+ *
+ * Ownership: `message` is copied.
+ * Blocking: no.
+ * Threads: the child's function, during its call; elsewhere
+ * CLUSTER_ERR_BAD_HANDLE.
+ */
+cluster_status cluster_fork_fail(cluster_fork_child *child, const char *message);
+
+/**
+ * `*count` = the number of children.
+ *
+ * Ownership: `r` stays the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_fork_results_count(cluster_fork_results *r, size_t *count);
+
+/**
+ * Child `index`'s value: CLUSTER_OK with `*data`/`*len` its bytes, or the
+ * child's error status (as `cluster_pfork` returns it) with
+ * `cluster_last_error()` naming the child and what happened.
+ *
+ * Ownership: the bytes belong to `r`, valid until `cluster_fork_results_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_fork_results_get(cluster_fork_results *r,
+                                        size_t index,
+                                        const uint8_t **data,
+                                        size_t *len);
+
+/**
+ * How child `index` ended: `*outcome` (a `cluster_fork_outcome`),
+ * `*code` (the exit status for CLUSTER_FORK_EXITED, the signal number for
+ * CLUSTER_FORK_SIGNALED and CLUSTER_FORK_TIMED_OUT, else 0), `*os_pid`
+ * (its process id; 0 when not started) and `*message` ("" for a value,
+ * else its error, naming it and what happened). Any out pointer may be NULL.
+ *
+ * Ownership: `*message` belongs to `r`, valid until it is freed.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_fork_results_child(cluster_fork_results *r,
+                                          size_t index,
+                                          int32_t *outcome,
+                                          int32_t *code,
+                                          int32_t *os_pid,
+                                          const char **message);
+
+/**
+ * Releases the results. NULL is accepted.
+ *
+ * Ownership: the handle, and bytes and messages read from it, are gone
+ * after the call.
+ * Blocking: no.
+ * Threads: any, once per results.
+ */
+cluster_status cluster_fork_results_free(cluster_fork_results *r);
 
 #ifdef __cplusplus
 }  // extern "C"

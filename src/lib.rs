@@ -38,6 +38,7 @@ pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
 pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
 pub use service::channel::{Channel, ChannelRef, ChannelState};
 pub use service::dict::{Dict, DictKind, Members, Spec};
+pub use service::fork::{pfork, pfork_with, ForkChild, ForkOptions, Outcome as ForkOutcome};
 pub use service::rpc::{Call, Handler, ANY_WORKER};
 pub use service::shm::{Segment, ShmSpec};
 pub use service::stasks::{task_of, ServerTasks};

@@ -1,8 +1,10 @@
 //! The few operating-system calls std does not offer: poll, writev on a
 //! non-blocking socket, eventfd, signals and random bytes. Each wrapper is
 //! safe to call; the `unsafe` blocks only pass valid, owned buffers to libc.
-//! `shm`: POSIX shared-memory segments and their mappings.
+//! `shm`: POSIX shared-memory segments and their mappings; `process`:
+//! forked children (fork, pipes, waitpid, PR_SET_PDEATHSIG, signals).
 
+pub mod process;
 pub mod shm;
 
 use std::io;

@@ -11,8 +11,8 @@
 // Ownership. Every C handle has one move-only owner: `Cluster` (cluster_ctx),
 // `Future` (cluster_future), `Buffer` (cluster_buffer), `Channel`
 // (cluster_channel), `Dict` (cluster_dict), `DictEntries`
-// (cluster_dict_entries), the work-distribution owners below and a deferred
-// `Call` (cluster_call). Destructors release the handle and never throw; a moved-from
+// (cluster_dict_entries), `ForkResults` (cluster_fork_results), the
+// work-distribution owners below and a deferred `Call` (cluster_call). Destructors release the handle and never throw; a moved-from
 // owner is empty and safe to destroy. `Bytes` is a non-owning view (pointer +
 // length), like std::span<const std::uint8_t>: it is only valid while what it
 // points into lives (a std::string, a Buffer, a Future, a Call's arguments).
@@ -44,8 +44,9 @@
 // Task), cluster_dict (Dict, DictSpec, DictEntries; value functions are
 // registered on the Cluster), cluster_shm (Shm, ShmSpec, Span<T>, and the
 // orphan cleaner shm_orphans() / remove_shm_orphans()), cluster_stasks
-// (ServerTasks, StaskState). The order is the one
-// C++ needs: an object comes after those it uses.
+// (ServerTasks, StaskState), then cluster_pfork (pfork(), ForkResults,
+// ForkChild, ForkError; no Cluster needed). The order is the one C++ needs:
+// an object comes after those it uses.
 //
 // Work distribution owns its callbacks: a Pmap keeps its retry check and
 // progress callables (destroying a running map cancels it and waits for its
@@ -2763,6 +2764,185 @@ private:
     }
     cluster_stasks *h_ = nullptr;
 };
+
+
+// ==== cluster_pfork, cluster_fork_results, cluster_fork_child: pfork(), ForkResults, ForkChild ====
+//
+// PTools' pfork: n children forked from the calling process, child i running
+// f(i) on a copy of this process's memory (shared mappings stay shared). No
+// Cluster is needed. In a child, use no libcluster object (every handle is
+// refused there with CLUSTER_ERR_WRONG_MODE): only the child's own work, then
+// return its value (see the README's *Fork* section).
+
+/// In a pfork child, during its function: where it returns its bytes or an
+/// error (a function taking `(int index, ForkChild &child)` uses it directly).
+class ForkChild {
+public:
+    explicit ForkChild(cluster_fork_child *c) noexcept : c_(c) {}
+    /// The child's value (copied; replaces what was given before).
+    void return_bytes(Bytes b) const { check(cluster_fork_return(c_, b.data(), b.size())); }
+    /// The child fails with `message`, whatever it returns afterwards.
+    void fail(const std::string &message) const { check(cluster_fork_fail(c_, message.c_str())); }
+    cluster_fork_child *get() const noexcept { return c_; }
+
+private:
+    cluster_fork_child *c_;
+};
+
+/// How one child ended (cluster_fork_results_child).
+struct ForkOutcome {
+    /// A cluster_fork_outcome.
+    std::int32_t outcome = CLUSTER_FORK_RETURNED;
+    /// The exit status (CLUSTER_FORK_EXITED) or signal (SIGNALED, TIMED_OUT), else 0.
+    std::int32_t code = 0;
+    std::int32_t os_pid = 0;
+    /// "" for a value, else the error naming the child and what happened.
+    std::string message;
+    bool ok() const noexcept { return outcome == CLUSTER_FORK_RETURNED; }
+};
+
+/// A child that returned no value: thrown by pfork() and ForkResults::value().
+class ForkError : public Error {
+public:
+    ForkError(cluster_status status, std::size_t index, ForkOutcome o)
+        : Error(status, o.message), index_(index), outcome_(std::move(o)) {}
+    std::size_t index() const noexcept { return index_; }
+    const ForkOutcome &outcome() const noexcept { return outcome_; }
+
+private:
+    std::size_t index_;
+    ForkOutcome outcome_;
+};
+
+namespace detail {
+
+/// A child's value as bytes: a trivially copyable value, a string, bytes.
+template <class T> Bytes fork_bytes(const T &v) {
+    if constexpr (std::is_same_v<T, std::vector<std::uint8_t>> || std::is_same_v<T, Bytes>) {
+        return Bytes(v);
+    } else {
+        return element_bytes(v);
+    }
+}
+
+/// What f(int) returns, or void when f takes (int, ForkChild &).
+template <class F, class = void> struct fork_result { using type = void; };
+template <class F> struct fork_result<F, std::enable_if_t<std::is_invocable_v<F &, int>>> {
+    using type = std::invoke_result_t<F &, int>;
+};
+
+/// Runs in the child: f(i), its value to the parent, an exception as the child's error.
+template <class F> std::int32_t fork_trampoline(void *ud, std::int32_t index, cluster_fork_child *c) noexcept {
+    F &f = *static_cast<F *>(ud);
+    ForkChild child(c);
+    try {
+        if constexpr (std::is_invocable_v<F &, int, ForkChild &>) {
+            f(static_cast<int>(index), child);
+        } else {
+            using R = typename fork_result<F>::type;
+            if constexpr (std::is_void_v<R>) {
+                f(static_cast<int>(index));
+            } else {
+                const R value = f(static_cast<int>(index));
+                child.return_bytes(fork_bytes(value));
+            }
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        cluster_fork_fail(c, e.what());
+    } catch (...) {
+        cluster_fork_fail(c, "unknown C++ exception");
+    }
+    return 1;
+}
+
+} // namespace detail
+
+/// Owns a cluster_fork_results: every child's outcome, in index order.
+class ForkResults {
+public:
+    ForkResults() noexcept = default;
+    explicit ForkResults(cluster_fork_results *r) noexcept : r_(r) {}
+    ForkResults(ForkResults &&o) noexcept : r_(std::exchange(o.r_, nullptr)) {}
+    ForkResults &operator=(ForkResults &&o) noexcept {
+        if (this != &o) {
+            reset();
+            r_ = std::exchange(o.r_, nullptr);
+        }
+        return *this;
+    }
+    ForkResults(const ForkResults &) = delete;
+    ForkResults &operator=(const ForkResults &) = delete;
+    ~ForkResults() { reset(); }
+
+    /// cluster_pfork: forks n children running `f(i)` (returning the value:
+    /// trivially copyable, std::string, bytes, or void for none) or
+    /// `f(i, child)` (returning through `child`); an exception is the
+    /// child's error. Returns once every child is reaped; a child's failure
+    /// is not thrown here (value(), check()), an argument error is.
+    template <class F> static ForkResults run(int n, F &&f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+        using Fn = std::remove_reference_t<F>;
+        ForkResults r;
+        void *ud = const_cast<void *>(static_cast<const void *>(std::addressof(f)));
+        cluster_status st = cluster_pfork(n, &detail::fork_trampoline<Fn>, ud, timeout_ms, &r.r_);
+        if (!r.r_) throw Error::last(st);
+        return r;
+    }
+
+    cluster_fork_results *get() const noexcept { return r_; }
+    explicit operator bool() const noexcept { return r_ != nullptr; }
+    void reset() noexcept {
+        if (r_) cluster_fork_results_free(r_);
+        r_ = nullptr;
+    }
+
+    std::size_t size() const {
+        std::size_t n = 0;
+        check(cluster_fork_results_count(r_, &n));
+        return n;
+    }
+    /// How child `i` ended.
+    ForkOutcome child(std::size_t i) const {
+        ForkOutcome o;
+        const char *msg = nullptr;
+        check(cluster_fork_results_child(r_, i, &o.outcome, &o.code, &o.os_pid, &msg));
+        o.message = msg ? msg : "";
+        return o;
+    }
+    bool ok(std::size_t i) const { return child(i).ok(); }
+    /// Child `i`'s bytes (owned by the results); throws ForkError when it
+    /// returned none.
+    Bytes value(std::size_t i) const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        cluster_status st = cluster_fork_results_get(r_, i, &d, &n);
+        if (st == CLUSTER_OK) return Bytes(d, n);
+        if (st == CLUSTER_ERR_INVALID_ARGUMENT || st == CLUSTER_ERR_BAD_HANDLE) throw Error::last(st);
+        throw ForkError(st, i, child(i));
+    }
+    /// Child `i`'s value as R (trivially copyable, std::string, bytes).
+    template <class R> R value_as(std::size_t i) const { return detail::element_value<R>(value(i)); }
+    /// Throws the first child's failure, if any.
+    void check_all() const {
+        for (std::size_t i = 0, n = size(); i < n; i++) (void)value(i);
+    }
+
+private:
+    cluster_fork_results *r_ = nullptr;
+};
+
+/// Typed pfork: the n children's values in index order, of f's result type
+/// (or R when given: `pfork<std::string>(n, f)`); throws ForkError for the
+/// first child that returned none (an exception, exit, crash, kill, timeout).
+template <class R = void, class F> auto pfork(int n, F &&f, std::int64_t timeout_ms = CLUSTER_FOREVER) {
+    using T = std::conditional_t<std::is_void_v<R>, typename detail::fork_result<std::remove_reference_t<F>>::type, R>;
+    static_assert(!std::is_void_v<T>, "pfork needs a value type: a function returning one, or pfork<R>(...)");
+    ForkResults r = ForkResults::run(n, f, timeout_ms);
+    std::vector<T> out;
+    out.reserve(n > 0 ? static_cast<std::size_t>(n) : 0);
+    for (std::size_t i = 0, k = r.size(); i < k; i++) out.push_back(r.template value_as<T>(i));
+    return out;
+}
 
 } // namespace cluster
 

@@ -289,6 +289,22 @@ pub fn register_stask_functions(c: &Cluster) -> cluster::Result<()> {
         let t = cluster::task_of(&call).ok_or("not a server task")?;
         let held = t.task.state.lock().take().and_then(|b| b.downcast::<u32>().ok()).map_or(0, |b| *b);
         Ok(held.to_le_bytes().to_vec())
+/// pfork on a worker (tests/fork.rs): args are n (u32) and the index of a
+/// child that aborts (u32, n or more: none). Answers each child's square
+/// (u64 LE) or error text, encode_payload'ed, and the zombies left.
+fn register_fork_functions(c: &Cluster) -> cluster::Result<()> {
+    c.register_fn("pfork_squares", |call| {
+        let (n, crash) = (u32_arg(call)? as usize, u32_at(call, 4)? as usize);
+        let results = cluster::pfork(n, |i| {
+            if i == crash {
+                std::process::abort();
+            }
+            Ok(((i * i) as u64).to_le_bytes().to_vec())
+        });
+        let out: Vec<Result<u64, String>> =
+            results.into_iter().map(|r| r.map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).map_err(|e| e.to_string())).collect();
+        let zombies = cluster::sys::process::children_in_state(std::process::id(), 'Z').len() as u32;
+        Ok(encode_payload(&(out, zombies)))
     })?;
     Ok(())
 }
@@ -298,6 +314,7 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
     register_channel_functions(c)?;
     register_dict_functions(c)?;
     register_shm_functions(c)?;
+    register_fork_functions(c)?;
     c.register_fn("echo", |call| Ok(call.args().to_vec()))?;
     c.register_fn("noop", |_| Ok(Vec::new()))?;
     c.register_fn("myid", |call| Ok(call.node().myid().to_le_bytes().to_vec()))?;

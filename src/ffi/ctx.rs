@@ -65,6 +65,7 @@ c_handle!(cluster_ctx, Kind::Cluster, CtxObj);
 pub unsafe extern "C" fn cluster_init(config: *const cluster_config, out: *mut *mut cluster_ctx) -> cluster_status {
     ffi!({
         check_out(out, "out")?;
+        super::fork::refuse_in_child("cluster_init")?;
         let cfg = config_from(config)?;
         let c = Cluster::init(cfg)?;
         let obj = CtxObj { cluster: c, gate: Arc::new(Gate::default()) };

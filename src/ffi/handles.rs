@@ -38,6 +38,8 @@ pub(crate) enum Kind {
     // Shared memory.
     Shm = 23,
     Stasks = 24,
+    // Fork (kinds 32 and up).
+    ForkResults = 32,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::DictValue => "cluster_value",
             Kind::Shm => "cluster_shm",
             Kind::Stasks => "cluster_stasks",
+            Kind::ForkResults => "cluster_fork_results",
         }
     }
 }
@@ -168,17 +171,23 @@ impl Table {
     }
 }
 
+// In a pfork child the table's lock may be held by a thread that does not
+// exist there: every use is refused before taking it (ffi/fork.rs).
+
 pub(crate) fn insert<T: Send + Sync + 'static>(kind: Kind, obj: Arc<T>) -> Result<u64, Error> {
+    super::fork::refuse_in_child(kind.name())?;
     TABLE.lock().insert(kind, obj)
 }
 
 pub(crate) fn get<T: Send + Sync + 'static>(kind: Kind, h: u64) -> Result<Arc<T>, Error> {
+    super::fork::refuse_in_child(kind.name())?;
     let obj = TABLE.lock().get(h, kind)?;
     obj.downcast::<T>().map_err(|_| bad(kind, "wrong object"))
 }
 
 /// Removes the handle; its object is dropped by the caller, outside the lock.
 pub(crate) fn remove(kind: Kind, h: u64) -> Result<Object, Error> {
+    super::fork::refuse_in_child(kind.name())?;
     TABLE.lock().remove(h, kind)
 }
 

@@ -28,6 +28,8 @@
 //! - `shm`: `cluster_shm`, a shared-memory segment (PTools' `ShmCfg`),
 //!   `cluster_shm_spec`, the orphan cleaner.
 //! - `stasks`: `cluster_stasks`, server tasks (PTools' `start_stasks`).
+//! - `fork`: `cluster_pfork` (PTools' `pfork`), `cluster_fork_results`,
+//!   `cluster_fork_child` (a child's way to return its bytes).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -58,6 +60,7 @@ mod taskqueue;
 mod dict;
 mod shm;
 mod stasks;
+mod fork;
 
 #[cfg(test)]
 mod header_checks;
@@ -70,6 +73,7 @@ pub use ctx::*;
 pub use dict::*;
 pub use shm::*;
 pub use stasks::*;
+pub use fork::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;

@@ -16,12 +16,16 @@
 //! | 8  | stasks   | server tasks: a task per process with state kept    |
 //! |    |          | across the calls pmap_stasks makes                  |
 //!
+//! `fork` is no wire service: PTools' `pfork`, children forked from the
+//! caller (see its module doc for why it sits here).
+//!
 //! `holders` is no service: the reference counting and the housekeeping
 //! thread that refs and channel share.
 
 pub mod channel;
 pub mod control;
 pub mod dict;
+pub mod fork;
 pub(crate) mod holders;
 pub mod pool;
 pub mod refs;

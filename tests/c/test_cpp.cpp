@@ -2,7 +2,7 @@
 // exceptions, byte views, typed calls, callable handlers (state, return
 // values, exceptions), deferred calls, callbacks, host mode, workers,
 // channels, pools and the rest of work distribution, and cluster dicts
-// (Dict, DictSpec, DictEntries, value functions).
+// (Dict, DictSpec, DictEntries, value functions), and pfork (no cluster).
 //
 // Usage: test_cpp <case>. Like the C tests, the binary is its own worker.
 #include "harness.h"
@@ -10,6 +10,7 @@
 #include <cluster.hpp>
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -672,6 +673,75 @@ void case_workers() {
     EXPECT_THROWS(c.addprocs(1), CLUSTER_ERR_SHUTDOWN);
 }
 
+// pfork: typed values in order, ForkChild, a child's exception / crash /
+// timeout as ForkError naming it, children writing a shared mapping,
+// argument errors, moves. No cluster.
+void case_fork() {
+    auto squares = cluster::pfork(5, [](int i) { return static_cast<std::int64_t>(i) * i; });
+    EXPECT((squares == std::vector<std::int64_t>{0, 1, 4, 9, 16}));
+    auto names = cluster::pfork(3, [](int i) { return "child " + std::to_string(i); });
+    EXPECT((names == std::vector<std::string>{"child 0", "child 1", "child 2"}));
+    auto raw = cluster::pfork<std::string>(2, [](int i, cluster::ForkChild &c) { c.return_bytes(std::string(i + 1, 'x')); });
+    EXPECT((raw == std::vector<std::string>{"x", "xx"}));
+    EXPECT(cluster::pfork(0, [](int i) { return i; }).empty());
+
+    // The first failing child is thrown, naming it and what happened.
+    auto fails = [](int i) {
+        if (i == 1) throw std::runtime_error("bad input 1");
+        if (i == 2) std::abort();
+        return i;
+    };
+    try {
+        (void)cluster::pfork(3, fails);
+        EXPECT(!"pfork did not throw");
+    } catch (const cluster::ForkError &e) {
+        EXPECT(e.index() == 1 && e.status() == CLUSTER_ERR_REMOTE && e.outcome().outcome == CLUSTER_FORK_FAILED);
+        EXPECTF(std::strstr(e.what(), "child 1 (pid ") && std::strstr(e.what(), "failed: bad input 1"), "%s", e.what());
+    }
+    cluster::ForkResults all = cluster::ForkResults::run(3, fails);
+    EXPECT(all.size() == 3 && all.ok(0) && !all.ok(1) && !all.ok(2));
+    EXPECT(all.value_as<int>(0) == 0);
+    cluster::ForkOutcome crashed = all.child(2);
+    EXPECT(crashed.outcome == CLUSTER_FORK_SIGNALED && crashed.code == SIGABRT && crashed.os_pid > 0);
+    EXPECTF(crashed.message.find("killed by signal 6 (SIGABRT)") != std::string::npos, "%s", crashed.message.c_str());
+    auto e2 = EXPECT_THROWS(all.value(2), CLUSTER_ERR_PROCESS_EXITED);
+    EXPECT_THROWS(all.check_all(), CLUSTER_ERR_REMOTE);
+    EXPECT_THROWS(all.value(3), CLUSTER_ERR_INVALID_ARGUMENT);
+    (void)e2;
+
+    // ForkChild::fail, and a hung child killed at the timeout.
+    cluster::ForkResults t = cluster::ForkResults::run(
+        3,
+        [](int i, cluster::ForkChild &c) {
+            if (i == 0) c.fail("told to fail");
+            if (i == 1) std::this_thread::sleep_for(60s);
+            c.return_bytes("ok");
+        },
+        300);
+    EXPECT(t.child(0).outcome == CLUSTER_FORK_FAILED && t.child(0).message.find("told to fail") != std::string::npos);
+    EXPECT(t.child(1).outcome == CLUSTER_FORK_TIMED_OUT && t.child(1).code == SIGKILL);
+    EXPECT_THROWS(t.value(1), CLUSTER_ERR_TIMEOUT);
+    EXPECT(t.value(2).str() == "ok");
+
+    // Void children writing into a shared mapping the parent reads.
+    const std::size_t n = 4;
+    auto *shared = static_cast<std::int32_t *>(
+        mmap(nullptr, n * sizeof(std::int32_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(shared != MAP_FAILED);
+    cluster::ForkResults w = cluster::ForkResults::run(static_cast<int>(n), [shared](int i) { shared[i] = 100 + i; });
+    w.check_all();
+    for (std::size_t i = 0; i < n; i++) EXPECT(shared[i] == static_cast<std::int32_t>(100 + i));
+    EXPECT(w.value(0).empty());
+    munmap(shared, n * sizeof(std::int32_t));
+
+    // Argument errors throw at once; the owner moves.
+    EXPECT_THROWS(cluster::ForkResults::run(-1, [](int i) { return i; }), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster::ForkResults moved = std::move(w);
+    EXPECT(moved && !w && moved.size() == n);
+    moved.reset();
+    EXPECT(!moved);
+}
+
 } // namespace
 
 // Pools, pmap (typed, with strings, with errors, retries and progress),
@@ -1060,11 +1130,11 @@ int main(int argc, char **argv) {
     harness_watchdog(30);
     const std::map<std::string, void (*)()> cases = {
         {"basics", case_basics}, {"calls", case_calls}, {"callbacks", case_callbacks},
-        {"close_waits", case_close_waits}, {"host", case_host}, {"shm", case_shm},
+        {"close_waits", case_close_waits}, {"host", case_host}, {"shm", case_shm}, {"fork", case_fork},
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|workers|pools|dicts|stasks\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|fork|workers|pools|dicts|stasks\n", argv[0]);
         return 2;
     }
     try {
