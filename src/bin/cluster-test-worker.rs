@@ -289,6 +289,10 @@ pub fn register_stask_functions(c: &Cluster) -> cluster::Result<()> {
         let t = cluster::task_of(&call).ok_or("not a server task")?;
         let held = t.task.state.lock().take().and_then(|b| b.downcast::<u32>().ok()).map_or(0, |b| *b);
         Ok(held.to_le_bytes().to_vec())
+    })?;
+    Ok(())
+}
+
 /// pfork on a worker (tests/fork.rs): args are n (u32) and the index of a
 /// child that aborts (u32, n or more: none). Answers each child's square
 /// (u64 LE) or error text, encode_payload'ed, and the zombies left.
