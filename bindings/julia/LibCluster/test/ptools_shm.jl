@@ -73,10 +73,16 @@ end
             @test old[64] == -1                          # still valid while reachable
             @test all(p -> remotecall_fetch(() -> length(shm_ints), p) == 8, everyone)
             @test length(shm_here("shm_ints")) == 1
+            shm_ints[2] = 5
+            remotecall_fetch(() -> (global shm_kept = reshape(shm_ints, 2, 4); nothing), a)
             unlink_shm(ShmCfg(:shm_ints, Int, 8), SHM_PFX)
             @test shm_ints === nothing
             @test all(p -> remotecall_fetch(() -> shm_ints === nothing, p), everyone)
             @test isempty(shm_here())
+            # A reshaped array still reaches the memory: mapped until it goes.
+            @test remotecall_fetch(shm_mappings, a, SHM_PFX) == 1
+            @test remotecall_fetch(() -> shm_kept[2, 1], a) == 5
+            remotecall_fetch(() -> (global shm_kept = nothing), a)
             # Unreachable now on the workers: their mappings go with the arrays.
             @test all(p -> remotecall_fetch(shm_mappings, p, SHM_PFX) == 0, mine)
         end
@@ -123,6 +129,11 @@ end
             @test_throws ArgumentError ShmCfg(:bad, Int, (2, -1))
             e = try pmap_shm_create(ShmCfg(Symbol("bad.name"), Int, 1), SHM_PFX) catch e; e end
             @test e isa ClusterError && occursin("letters, digits", e.msg)
+            # A name Main cannot rebind: an error, and nothing is left.
+            Core.eval(Main, :(const shm_taken = 1))
+            e = try pmap_shm_create(ShmCfg(:shm_taken, Int, 2), SHM_PFX) catch e; e end
+            @test e isa ErrorException && occursin("cannot be bound to Main.shm_taken on process 1", e.msg)
+            @test isempty(shm_here()) && shm_taken === 1
             unlink_shm(:never_made, SHM_PFX)              # ignored, as PTools
             @test isempty(shm_here())
         end

@@ -109,10 +109,15 @@ function wrap_segment(h::Ptr{Cvoid}, name::Symbol, @nospecialize(T::Type))
     end
     a = unsafe_wrap(Array, Ptr{T}(data[]), d; own = false)
     # The array keeps the handle, hence the mapping: released only once
-    # nothing reaches the array.
-    finalizer(_ -> release_handle(h), a)
+    # nothing reaches the memory.
+    finalizer(_ -> release_handle(h), memory_owner(a))
     a
 end
+
+# What lives as long as an array's memory: the array itself before Julia
+# 1.11 (a reshaped array keeps its parent), its `Memory` since (arrays made
+# from it, by `reshape` for one, share the Memory, not the Array).
+memory_owner(a::Array) = isdefined(a, :ref) ? getfield(getfield(a, :ref), :mem) : a
 
 """
 This process's array over segment `name` with `prefix` (the library has
@@ -141,7 +146,13 @@ end
 "Binds Main's `name` to `a`, which closures then never carry (each process has its own)."
 function bind_global(name::Symbol, a::Array)
     lock(() -> (LibCluster.LOCAL_GLOBALS[name] = a), LibCluster.SERIAL_LOCK)
-    Core.eval(Main, Expr(:global, Expr(:(=), name, QuoteNode(a))))
+    try
+        Core.eval(Main, Expr(:global, Expr(:(=), name, QuoteNode(a))))
+    catch err
+        lock(() -> delete!(LibCluster.LOCAL_GLOBALS, name), LibCluster.SERIAL_LOCK)
+        # e.g. a constant, or a name Main has from Base (`big`)
+        error("shared segment $name cannot be bound to Main.$name on process $(myid()): " * sprint(showerror, err))
+    end
     nothing
 end
 
