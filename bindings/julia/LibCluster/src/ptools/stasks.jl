@@ -9,7 +9,7 @@
 # ProcessExitedException then come back by the paths of any remotecall,
 # and nothing waits on a process that is gone.
 
-export start_stasks, count_stasks, pmap_stasks, stop_stasks, STasks
+export start_stasks, count_stasks, pmap_stasks, stop_stasks
 
 """
     STasks
