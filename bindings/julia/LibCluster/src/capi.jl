@@ -511,6 +511,56 @@ end
                                 value::Ptr{Ptr{UInt8}}, vlen::Ptr{Csize_t})::Int32
 @cfunc cluster_dict_entries_free(e::Ptr{Cvoid})::Int32
 
+# ------------------------------------- shared memory (PTools' ShmCfg & co)
+# Creation and unlinking go through their `_async` forms (a round trip to
+# every local process); `cluster_shm_find`, `_data`, `_info`, `_os_name`,
+# `_free` and the orphan listing are local (no process is asked).
+
+# cluster_elem_type
+const CLUSTER_ELEM_OPAQUE = Int32(0)
+const CLUSTER_ELEM_U8 = Int32(1)
+const CLUSTER_ELEM_I8 = Int32(2)
+const CLUSTER_ELEM_U16 = Int32(3)
+const CLUSTER_ELEM_I16 = Int32(4)
+const CLUSTER_ELEM_U32 = Int32(5)
+const CLUSTER_ELEM_I32 = Int32(6)
+const CLUSTER_ELEM_U64 = Int32(7)
+const CLUSTER_ELEM_I64 = Int32(8)
+const CLUSTER_ELEM_F32 = Int32(9)
+const CLUSTER_ELEM_F64 = Int32(10)
+const CLUSTER_ELEM_BOOL = Int32(11)
+const CLUSTER_ELEM_COMPLEX64 = Int32(12)
+const CLUSTER_ELEM_COMPLEX128 = Int32(13)
+
+"`cluster_shm_spec`: pointers borrowed for the call (the library copies them)."
+struct ShmSpec
+    name::Ptr{UInt8}
+    prefix::Ptr{UInt8}
+    elem_type::Int32
+    elem_size::UInt32
+    dims::Ptr{UInt64}
+    ndims::Csize_t
+end
+
+# A future at once (the segment is made and reserved on this thread); its
+# value is the /dev/shm name, once every process of `pids` (NULL: every
+# local one) mapped it.
+@cfunc cluster_shm_create_async(ctx::Ptr{Cvoid}, spec::Ptr{ShmSpec}, pids::Ptr{Int32}, npids::Csize_t,
+                                out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_shm_find(ctx::Ptr{Cvoid}, name::Cstring, prefix::Cstring, out::Ptr{Ptr{Cvoid}})::Int32
+# Never blocks (unmaps when it was the last handle): safe from a finalizer.
+@cfunc cluster_shm_free(s::Ptr{Cvoid})::Int32
+@cfunc cluster_shm_data(s::Ptr{Cvoid}, data::Ptr{Ptr{Cvoid}}, len::Ptr{Csize_t})::Int32
+@cfunc cluster_shm_info(s::Ptr{Cvoid}, elem_type::Ptr{Int32}, elem_size::Ptr{UInt32}, dims::Ptr{UInt64}, cap::Csize_t,
+                        ndims::Ptr{Csize_t})::Int32
+@cfunc cluster_shm_os_name(s::Ptr{Cvoid}, buf::Ptr{UInt8}, cap::Csize_t, len::Ptr{Csize_t})::Int32
+# A future at once (the name is gone from /dev/shm when it returns); it
+# completes once every process dropped its mapping.
+@cfunc cluster_shm_unlink_async(ctx::Ptr{Cvoid}, name::Cstring, prefix::Cstring, out::Ptr{Ptr{Cvoid}})::Int32
+# Read /dev/shm and /proc only; `prefix` C_NULL: every prefix.
+@cfunc cluster_shm_orphans(prefix::Cstring, out::Ref{Buffer}, count::Ptr{Csize_t})::Int32
+@cfunc cluster_shm_remove_orphans(prefix::Cstring, out::Ref{Buffer}, count::Ptr{Csize_t})::Int32
+
 "The bytes of a filled `Buffer`, copied; the buffer is freed."
 function take_buffer!(buf::Buffer)
     n = Int(buf.len)

@@ -371,6 +371,13 @@ undeserializable(pid, typ, text, remote_bt) =
 
 const GLOBALS_SENT = Dict{Tuple{Int,Symbol},Tuple{UInt64,UInt64}}()
 
+# Main globals this process bound to its own view of something every
+# process has its own of (LibCluster.PTools' `pmap_shm_create`: each local
+# process binds the name to its mapping of the segment): name => the value
+# bound. A closure using one never carries it; the receiver's own binding
+# is used. Changed under SERIAL_LOCK.
+const LOCAL_GLOBALS = Dict{Symbol,Any}()
+
 function forget_process(pid::Int)
     lock(SERIAL_LOCK) do
         filter!(kv -> first(kv)[1] != pid, GLOBALS_SENT)
@@ -422,6 +429,7 @@ function globals_to_send(pid::Integer, @nospecialize(f), @nospecialize(args::Tup
         isdefined(Main, sym) || continue
         v = getfield(Main, sym)
         v isa Function && add_static_globals!(syms, typeof(v))
+        haskey(LOCAL_GLOBALS, sym) && LOCAL_GLOBALS[sym] === v && continue
         if pid > 0 && !isbits(v)
             stamp = (UInt64(objectid(v)), UInt64(hash(v)))
             get(GLOBALS_SENT, (Int(pid), sym), nothing) == stamp && continue

@@ -981,6 +981,7 @@ include("ptools.jl")         # LibCluster.PTools: WorkerSet, queued tasks
 include("channels.jl")
 include("pools.jl")
 include("clusterdicts.jl")    # LibCluster.ClusterDicts: GlobalDict, DistributedDict
+include("ptools_shm.jl")      # LibCluster.PTools: shared memory, server tasks
 
 @testset "shutdown" begin
     @progress "shutdown"
