@@ -1156,7 +1156,9 @@ typedef int32_t (*cluster_value_fn)(void *user_data,
  * A segment as its creator describes it. `name` (letters, digits, '_',
  * '-') and `prefix` (NULL or any text without '/', to keep jobs apart)
  * name it in the cluster; its size is `elem_size` times the product of
- * `dims[0..ndims)` (no dims: one element).
+ * `dims[0..ndims)` (no dims: one element). The dims are the creator's
+ * array shape as its language orders it: Julia's are column-major (the
+ * first index varies fastest), C's row-major; the library only keeps them.
  */
 typedef struct {
   const char *name;
@@ -3452,8 +3454,9 @@ cluster_status cluster_shm_find(cluster_ctx *ctx,
 cluster_status cluster_shm_free(cluster_shm *s);
 
 /**
- * `*data` = the mapping's first byte, `*len` = its size in bytes. Other
- * processes read and write the same bytes: synchronizing is the caller's.
+ * `*data` = the mapping's first byte (NULL for an empty segment), `*len`
+ * = its size in bytes. Other processes read and write the same bytes:
+ * synchronizing is the caller's.
  *
  * Ownership: the memory belongs to the mapping, valid while the handle is held.
  * Blocking: no.

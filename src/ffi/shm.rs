@@ -46,7 +46,9 @@ pub enum cluster_elem_type {
 /// A segment as its creator describes it. `name` (letters, digits, '_',
 /// '-') and `prefix` (NULL or any text without '/', to keep jobs apart)
 /// name it in the cluster; its size is `elem_size` times the product of
-/// `dims[0..ndims)` (no dims: one element).
+/// `dims[0..ndims)` (no dims: one element). The dims are the creator's
+/// array shape as its language orders it: Julia's are column-major (the
+/// first index varies fastest), C's row-major; the library only keeps them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct cluster_shm_spec {
@@ -184,8 +186,9 @@ pub extern "C" fn cluster_shm_free(s: *mut cluster_shm) -> cluster_status {
     })
 }
 
-/// `*data` = the mapping's first byte, `*len` = its size in bytes. Other
-/// processes read and write the same bytes: synchronizing is the caller's.
+/// `*data` = the mapping's first byte (NULL for an empty segment), `*len`
+/// = its size in bytes. Other processes read and write the same bytes:
+/// synchronizing is the caller's.
 ///
 /// Ownership: the memory belongs to the mapping, valid while the handle is held.
 /// Blocking: no.
@@ -193,7 +196,9 @@ pub extern "C" fn cluster_shm_free(s: *mut cluster_shm) -> cluster_status {
 #[no_mangle]
 pub unsafe extern "C" fn cluster_shm_data(s: *mut cluster_shm, data: *mut *mut c_void, len: *mut usize) -> cluster_status {
     ffi!([s => seg] {
-        put(data, "data", seg.as_ptr() as *mut c_void)?;
+        // An empty segment has no bytes to point at.
+        let p = if seg.is_empty() { std::ptr::null_mut() } else { seg.as_ptr() as *mut c_void };
+        put(data, "data", p)?;
         put(len, "len", seg.len())
     })
 }

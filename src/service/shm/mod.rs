@@ -262,11 +262,14 @@ struct MapRequest {
 pub struct Shm {
     mapped: Mutex<HashMap<String, Segment>>,
     stamp: OnceLock<ClusterStamp>,
+    /// A worker's request for the stamp, sent when it starts, so that a
+    /// first creation does not wait for it.
+    asking: Mutex<Option<Future>>,
 }
 
 impl Shm {
     pub fn new() -> Arc<Shm> {
-        Arc::new(Shm { mapped: Mutex::new(HashMap::new()), stamp: OnceLock::new() })
+        Arc::new(Shm { mapped: Mutex::new(HashMap::new()), stamp: OnceLock::new(), asking: Mutex::new(None) })
     }
 
     fn stamp(&self, node: &Arc<Node>) -> Result<ClusterStamp> {
@@ -276,7 +279,12 @@ impl Shm {
         let s = if node.is_head() {
             ClusterStamp::new_here().ok_or_else(|| Error::new(ErrorKind::Io, "cannot read this process's start time in /proc"))?
         } else {
-            let f = node.request(HEAD_ID, ID, op::IDENTITY, &[], &[])?;
+            // Asked for at start; only a creation racing that answer waits.
+            let asked = self.asking.lock().take();
+            let f = match asked {
+                Some(f) => f,
+                None => node.request(HEAD_ID, ID, op::IDENTITY, &[], &[])?,
+            };
             decode_stamp(f.fetch(Some(Duration::from_secs(10)))?)?
         };
         Ok(*self.stamp.get_or_init(|| s))
@@ -329,6 +337,26 @@ impl Service for Shm {
     }
     fn name(&self) -> &'static str {
         "shm"
+    }
+
+    /// A worker asks its head for the cluster's stamp at once (answered
+    /// before any creation of its needs it, in practice).
+    fn on_start(&self, node: &Arc<Node>) -> Result<()> {
+        if node.is_head() {
+            return Ok(());
+        }
+        if let Ok(f) = node.request(HEAD_ID, ID, op::IDENTITY, &[], &[]) {
+            let svc = Arc::downgrade(&shm(node)?);
+            f.on_complete(move |r| {
+                if let (Some(svc), Ok(b)) = (svc.upgrade(), r) {
+                    if let Ok(s) = decode_stamp(b) {
+                        let _ = svc.stamp.set(s);
+                    }
+                }
+            });
+            *self.asking.lock() = Some(f);
+        }
+        Ok(())
     }
 
     fn on_message(&self, node: &Arc<Node>, msg: Incoming) -> Result<Option<Job>> {
