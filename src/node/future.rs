@@ -249,13 +249,22 @@ impl Promise {
     pub fn complete(&self, outcome: Result<Vec<u8>>) -> bool {
         self.slot.complete(outcome)
     }
+
 }
 
 impl Node {
     /// A future completed by `merge` of every one of `futures`' values, or
     /// by the first of their errors.
     pub(crate) fn join(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
-        let (f, p) = self.promise(pid);
+        self.join_with(self.promise(pid), futures, merge)
+    }
+
+    /// `join` for a future only this library waits on (no host event).
+    pub(crate) fn join_quiet(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+        self.join_with(self.promise_quiet(pid), futures, merge)
+    }
+
+    fn join_with(self: &Arc<Self>, (f, p): (Future, Promise), futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
         if futures.is_empty() {
             p.complete(merge(Vec::new()));
             return f;
@@ -298,6 +307,13 @@ impl Node {
     /// A future with its promise: complete the promise to complete it.
     pub fn promise(self: &Arc<Self>, pid: u32) -> (Future, Promise) {
         let slot = self.new_slot(pid);
+        (Future::new(self, slot.clone(), None), Promise { slot })
+    }
+
+    /// A promise whose future only this library waits on: in host mode its
+    /// completion is no host event.
+    pub(crate) fn promise_quiet(self: &Arc<Self>, pid: u32) -> (Future, Promise) {
+        let slot = Arc::new(Slot::new(self.next_request_id(), pid));
         (Future::new(self, slot.clone(), None), Promise { slot })
     }
 }

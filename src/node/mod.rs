@@ -676,6 +676,16 @@ impl Node {
         Ok(Future::new(self, slot, Some(conn)))
     }
 
+    /// A request whose future only this library waits on (a part of
+    /// another future): in host mode its completion is no host event, so
+    /// the host's loop is not woken for it.
+    pub(crate) fn request_quiet(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+        let conn = self.conn_for(pid)?;
+        let slot = Arc::new(Slot::new(self.next_request_id(), pid));
+        self.send_request(&conn, &slot, service, op, meta, payload)?;
+        Ok(Future::new(self, slot, Some(conn)))
+    }
+
     /// Sends a request for `slot` on `conn`: registered as pending first,
     /// removed and failed if it cannot be sent.
     pub(crate) fn send_request(&self, conn: &Arc<Conn>, slot: &Arc<Slot>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {

@@ -1059,19 +1059,31 @@ impl Dicts {
 
     /// A request of this process to itself: no message, a future completed
     /// by the answer.
-    fn local_request(&self, node: &Arc<Node>, op: u16, m: Msg, payload: Vec<u8>) -> Result<Future> {
+    fn local_request(&self, node: &Arc<Node>, op: u16, m: Msg, payload: Vec<u8>, quiet: bool) -> Result<Future> {
         node.check_open()?;
-        let (f, slot) = node.local_future(node.myid());
-        self.handle(node, node.myid(), op, m, payload, ReplyTo::Local(slot))?;
+        let me = node.myid();
+        // No promise: the reply may be parked past this call (a write waiting for backups).
+        let slot = if quiet { Arc::new(crate::node::slot::Slot::new(node.next_request_id(), me)) } else { node.new_slot(me) };
+        let f = Future::new(node, slot.clone(), None);
+        self.handle(node, me, op, m, payload, ReplyTo::Local(slot))?;
         Ok(f)
     }
 
     /// `op` to process `pid` (this one: handled here).
     fn request(&self, node: &Arc<Node>, pid: u32, op: u16, m: Msg, payload: Vec<u8>) -> Result<Future> {
         if pid == node.myid() {
-            self.local_request(node, op, m, payload)
+            self.local_request(node, op, m, payload, false)
         } else {
             node.request(pid, ID, op, &wire::encode_meta(&m), &payload)
+        }
+    }
+
+    /// `request` for a part of another future (no host event of its own).
+    fn request_quiet(&self, node: &Arc<Node>, pid: u32, op: u16, m: Msg, payload: Vec<u8>) -> Result<Future> {
+        if pid == node.myid() {
+            self.local_request(node, op, m, payload, true)
+        } else {
+            node.request_quiet(pid, ID, op, &wire::encode_meta(&m), &payload)
         }
     }
 }
@@ -1288,7 +1300,7 @@ impl AsyncOp {
     fn refresh(self: &Arc<Self>) {
         let d = &self.dict;
         let cfg = d.cfg();
-        let lookup = d.0.svc.request(&d.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new());
+        let lookup = d.0.svc.request_quiet(&d.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new());
         match lookup {
             Err(e) => self.finish(Err(e)),
             Ok(f) => {
@@ -1367,7 +1379,7 @@ impl Dict {
     /// Looks up the dict's current configuration on the head.
     pub fn refresh(&self) -> Result<()> {
         let cfg = self.cfg();
-        let f = self.0.svc.request(&self.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new())?;
+        let f = self.0.svc.request_quiet(&self.0.node, HEAD_ID, op::LOOKUP, Msg { id: cfg.id, epoch: cfg.epoch, ..Msg::default() }, Vec::new())?;
         self.install_config(f.fetch(Some(Duration::from_secs(10)))?)
     }
 
@@ -1447,7 +1459,7 @@ impl Dict {
             return Err(e);
         }
         let p = cfg.primary(part);
-        self.0.svc.request(&self.0.node, p, op, Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 }, payload)
+        self.0.svc.request_quiet(&self.0.node, p, op, Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 }, payload)
     }
 
     /// The `_async` form of an operation: `attempt` sends it (a raw
@@ -1488,7 +1500,7 @@ impl Dict {
     }
 
     fn ready(&self, v: Result<Vec<u8>>) -> Future {
-        let (f, p) = self.0.node.promise(self.0.node.myid());
+        let (f, p) = self.0.node.promise_quiet(self.0.node.myid());
         p.complete(v);
         f
     }
@@ -1572,10 +1584,10 @@ impl Dict {
         let node = &self.0.node;
         let futures = by_primary
             .iter()
-            .map(|(&p, batch)| self.0.svc.request(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch)))
+            .map(|(&p, batch)| self.0.svc.request_quiet(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch)))
             .collect::<Result<Vec<Future>>>()?;
         let pid = by_primary.keys().next().copied().unwrap_or(node.myid());
-        Ok(node.join(pid, futures, |_| Ok(Vec::new())))
+        Ok(node.join_quiet(pid, futures, |_| Ok(Vec::new())))
     }
 
     /// The future's value is the value; a missing key fails it with
@@ -1701,8 +1713,8 @@ impl Dict {
         if targets.is_empty() {
             return Err(Error::new(ErrorKind::ProcessExited, format!("every member of {} is gone", name_of(&cfg))));
         }
-        let futures = targets.iter().map(|&p| self.0.svc.request(node, p, op, self.msg(0, arg), Vec::new())).collect::<Result<Vec<Future>>>()?;
-        Ok(node.join(targets[0], futures, merge))
+        let futures = targets.iter().map(|&p| self.0.svc.request_quiet(node, p, op, self.msg(0, arg), Vec::new())).collect::<Result<Vec<Future>>>()?;
+        Ok(node.join_quiet(targets[0], futures, merge))
     }
 
     /// `length(d)`; the future's value: `decode_len`.
