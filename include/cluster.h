@@ -1704,6 +1704,23 @@ cluster_status cluster_set_notify(cluster_ctx *ctx, cluster_notify_fn notify, vo
 cluster_status cluster_drive(cluster_ctx *ctx, int32_t pid, uint32_t spin_us, bool *pending);
 
 /**
+ * `cluster_drive`, also setting `*served` to whether it handled traffic
+ * on the connection (requests the library's services answered on this
+ * thread, such as dictionary reads): a host keeps reading after such
+ * traffic as after a call, or the next request waits for a library
+ * thread's wake-up.
+ *
+ * Ownership: `ctx` stays the caller's.
+ * Blocking: no; busy for at most `spin_us`, never parks.
+ * Threads: the host's thread.
+ */
+cluster_status cluster_drive_ex(cluster_ctx *ctx,
+                                int32_t pid,
+                                uint32_t spin_us,
+                                bool *pending,
+                                bool *served);
+
+/**
  * Host mode: while `on`, the replies this thread sends to process `pid`
  * (`cluster_call_reply`, `cluster_call_fail`) are held and written
  * together when corking ends: `on` false, or corking another process. A

@@ -1343,6 +1343,17 @@ public:
         check(cluster_drive(ctx_, pid, spin_us, &pending));
         return pending;
     }
+    /// drive(), also saying whether it served traffic (requests the library
+    /// answered on this thread): keep reading then, as after a call.
+    struct Driven {
+        bool pending;
+        bool served;
+    };
+    Driven drive_ex(std::int32_t pid, std::uint32_t spin_us) {
+        Driven d{false, false};
+        check(cluster_drive_ex(ctx_, pid, spin_us, &d.pending, &d.served));
+        return d;
+    }
     /// Host mode: hold the replies this thread sends to `pid` and write them
     /// together when corking ends (`on` false).
     void cork(std::int32_t pid, bool on) { check(cluster_cork(ctx_, pid, on)); }

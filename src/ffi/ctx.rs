@@ -689,6 +689,27 @@ pub unsafe extern "C" fn cluster_drive(ctx: *mut cluster_ctx, pid: i32, spin_us:
     })
 }
 
+/// `cluster_drive`, also setting `*served` to whether it handled traffic
+/// on the connection (requests the library's services answered on this
+/// thread, such as dictionary reads): a host keeps reading after such
+/// traffic as after a call, or the next request waits for a library
+/// thread's wake-up.
+///
+/// Ownership: `ctx` stays the caller's.
+/// Blocking: no; busy for at most `spin_us`, never parks.
+/// Threads: the host's thread.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_drive_ex(ctx: *mut cluster_ctx, pid: i32, spin_us: u32, pending: *mut bool, served: *mut bool) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(pending, "pending")?;
+        check_out(served, "served")?;
+        let pid = u32::try_from(pid).map_err(|_| invalid(format!("bad process id {pid}")))?;
+        let (p, sv) = c.drive_peer_served(pid, Duration::from_micros(spin_us as u64))?;
+        put(pending, "pending", p)?;
+        put(served, "served", sv)
+    })
+}
+
 /// Host mode: while `on`, the replies this thread sends to process `pid`
 /// (`cluster_call_reply`, `cluster_call_fail`) are held and written
 /// together when corking ends: `on` false, or corking another process. A

@@ -527,16 +527,23 @@ impl Conn {
     /// Waits for `done()` by reading this connection on the caller's
     /// thread for up to `spin`; false when it is still not done.
     pub fn drive<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> bool {
+        self.drive_served(owner, spin, done).0
+    }
+
+    /// `drive`, also saying whether it served any frame (traffic handled
+    /// on this thread, e.g. requests of a service answered inline).
+    pub fn drive_served<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> (bool, bool) {
         self.flush();
         // A caller that waits between requests is not pipelining: its next
         // request goes out at once.
         self.last_send.store(0, Ordering::Relaxed);
         if spin.is_zero() || self.is_closed() {
-            return done();
+            return (done(), false);
         }
         self.drivers.fetch_add(1, Ordering::AcqRel);
         let start = Instant::now();
         let mut finished = false;
+        let mut served = false;
         let mut n = 0u32;
         loop {
             if done() {
@@ -550,12 +557,13 @@ impl Conn {
                     self.watch_while_busy();
                     job();
                     self.drivers.fetch_add(1, Ordering::AcqRel);
+                    served = true;
                 }
-                Step::Dispatched => {}
+                Step::Dispatched => served = true,
                 Step::Closed(why) => {
                     self.drivers.fetch_sub(1, Ordering::AcqRel);
                     self.fail(owner, why);
-                    return done();
+                    return (done(), served);
                 }
                 Step::Busy | Step::Empty => std::hint::spin_loop(),
             }
@@ -600,7 +608,7 @@ impl Conn {
             // The caller parks: the reactor must watch this connection now.
             self.watch_now();
         }
-        finished
+        (finished, served)
     }
 
     /// Asks the reactor to look at this connection now if it left it

@@ -811,13 +811,21 @@ impl Node {
     /// parks and never connects: without an open connection to `pid` it
     /// returns at once. True when work is pending.
     pub fn drive_peer(self: &Arc<Self>, pid: u32, spin: Duration) -> Result<bool> {
+        self.drive_peer_served(pid, spin).map(|(pending, _)| pending)
+    }
+
+    /// `drive_peer`, also saying whether it served traffic on the
+    /// connection (requests its services answered on this thread): a host
+    /// keeps reading then, or the next such request needs a wake-up of
+    /// the reactor.
+    pub fn drive_peer_served(self: &Arc<Self>, pid: u32, spin: Duration) -> Result<(bool, bool)> {
         let host = self.host_or_err()?;
         if host.is_pending() || spin.is_zero() {
-            return Ok(host.is_pending());
+            return Ok((host.is_pending(), false));
         }
         match self.peer(pid).and_then(|p| p.conn.lock().clone()) {
-            Some(c) if !c.is_closed() => Ok(c.drive(self, spin, &|| host.is_pending())),
-            _ => Ok(host.is_pending()),
+            Some(c) if !c.is_closed() => Ok(c.drive_served(self, spin, &|| host.is_pending())),
+            _ => Ok((host.is_pending(), false)),
         }
     }
 

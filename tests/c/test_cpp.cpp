@@ -511,6 +511,7 @@ void case_host() {
     cluster_event evs[2];
     EXPECT(c.poll(evs, 2) <= 2);
     EXPECT(!c.drive(99, 1000)); // no connection to 99: at once, nothing pending
+    { auto d = c.drive_ex(99, 1000); EXPECT(!d.pending && !d.served); }
     c.cork(99, true);           // nothing to hold
     c.cork(99, false);
     c.on_notify(nullptr);

@@ -1657,8 +1657,9 @@ static void drive_worker_loop(void) {
             if (ev[i].service == CLUSTER_SERVICE_CORE && (ev[i].kind == CLUSTER_EVENT_SHUTDOWN || ev[i].kind == CLUSTER_EVENT_HEAD_LOST)) stop = true;
         if (count > 0) last = now_ms();
         if (now_ms() - last < 100) {
-            bool pending = false;
-            if (cluster_drive(g_ctx, CLUSTER_HEAD, 200, &pending) != CLUSTER_OK) break;
+            bool pending = false, served = false;
+            if (cluster_drive_ex(g_ctx, CLUSTER_HEAD, 200, &pending, &served) != CLUSTER_OK) break;
+            if (served) last = now_ms(); /* requests answered here: keep reading */
             continue;
         }
         struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -1673,6 +1674,11 @@ static void case_drive(void) {
     EXPECT_ST(cluster_drive(g_ctx, 2, 0, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_ST(cluster_drive(g_ctx, -1, 0, &pending), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_ST(cluster_drive(NULL, 2, 0, &pending), CLUSTER_ERR_BAD_HANDLE);
+    bool served = true;
+    EXPECT_ST(cluster_drive_ex(g_ctx, 2, 0, &pending, NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_drive_ex(NULL, 2, 0, &pending, &served), CLUSTER_ERR_BAD_HANDLE);
+    EXPECT_OK(cluster_drive_ex(g_ctx, 99, 1000, &pending, &served));
+    EXPECT(!pending && !served);
     /* No connection to that process: returns at once, nothing pending. */
     int64_t t0 = now_ms();
     EXPECT_OK(cluster_drive(g_ctx, 99, 500000, &pending));

@@ -295,6 +295,9 @@ end
 # cluster_poll has work; never parks. Optional: older libraries lack it (see
 # `has_drive`), and then incoming calls reach us through the notify hook only.
 @cfunc cluster_drive(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool})::Int32
+# cluster_drive that also says whether it served traffic (requests the
+# library answered on this thread, e.g. dict reads). Optional, as cluster_drive.
+@cfunc cluster_drive_ex(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool}, served::Ptr{Bool})::Int32
 
 # Holds the replies this thread sends to `pid` until called again with
 # `on` false (or for tens of microseconds at most). Optional, as cluster_drive.
@@ -577,10 +580,13 @@ function pmap_options_init()
 end
 
 "Functions a library may lack; their pointer stays C_NULL then."
-const OPTIONAL = (:cluster_drive, :cluster_cork)
+const OPTIONAL = (:cluster_drive, :cluster_cork, :cluster_drive_ex)
 
 "Whether the library has `cluster_drive`."
 has_drive() = fp_cluster_drive[] != C_NULL
+
+"Whether the library has `cluster_drive_ex`."
+has_drive_ex() = fp_cluster_drive_ex[] != C_NULL
 
 "Whether the library has `cluster_cork`."
 has_cork() = fp_cluster_cork[] != C_NULL

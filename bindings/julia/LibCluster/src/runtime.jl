@@ -202,6 +202,7 @@ function event_loop()
     evs = Vector{CAPI.Event}(undef, POLL_CAP)
     cnt = Ref{Csize_t}(0)
     pending = Ref(false)
+    served = Ref(false)
     last = time_ns()
     window = RT.spin_ns             # how long it reads after the last activity
     gave_up = UInt64(0)             # when it last stopped reading to park
@@ -232,9 +233,16 @@ function event_loop()
             # reading it here; it returns as soon as work is queued.
             ctx = RT.ctx
             ctx == C_NULL && break
-            CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending)
+            if CAPI.has_drive_ex()
+                CAPI.cluster_drive_ex(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending, served)
+                # Requests the library answered here (dict reads): more
+                # may follow, read them here as after a call.
+                served[] && (last = time_ns())
+            else
+                CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending)
+            end
             count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
-            pending[] || (gave_up = time_ns())
+            pending[] || served[] || (gave_up = time_ns())
         elseif !polled
             # Poll (next turn) before parking.
         else
