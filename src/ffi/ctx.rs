@@ -629,7 +629,12 @@ pub unsafe extern "C" fn cluster_interrupt(ctx: *mut cluster_ctx, ids: *const i3
 // ---- host-driven mode -------------------------------------------------------
 
 /// Host mode: `*out` = an eventfd that becomes readable when
-/// `cluster_poll` has work. Threads mode: CLUSTER_ERR_WRONG_MODE.
+/// `cluster_poll` has work. Threads mode: CLUSTER_ERR_WRONG_MODE. It also
+/// becomes readable (and the notify hook runs) with nothing queued when a
+/// library thread answered a request for this process while the host was
+/// not reading (a dictionary read, say): `cluster_poll` then returns no
+/// event, and a host that reads its callers' connections for a while
+/// (`cluster_drive_ex`) answers the next such request with no wake-up.
 ///
 /// Ownership: the fd is owned by the cluster; do not close it.
 /// Blocking: no.

@@ -154,6 +154,17 @@ impl HostQueue {
         }
     }
 
+    /// Signals the host with nothing queued: traffic the library served
+    /// on its own threads (a dict read, a channel put) while the host was
+    /// not reading. Its loop then polls (no events) and reads its
+    /// connections itself for a while, so the next such request needs no
+    /// library thread's wake-up. At most once until the host's next poll.
+    pub(crate) fn nudge(&self) {
+        if !self.signalled.load(Ordering::Acquire) {
+            self.signal();
+        }
+    }
+
     /// Whether something was queued since the last `take` (lock-free).
     pub(crate) fn is_pending(&self) -> bool {
         self.signalled.load(Ordering::Acquire)

@@ -41,6 +41,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// This thread is the host's, reading a connection in `drive_peer`.
+    static HOST_DRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread answered a request (`respond`) since it was cleared.
+    static RESPONDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 pub const HEAD_ID: u32 = 1;
 
 /// The session: the core's own messages.
@@ -728,6 +735,7 @@ impl Node {
 
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
+        RESPONDED.with(|r| r.set(true));
         let r = Header::new(Kind::Response, h.service, h.op, h.id);
         let send_err = |mut r: Header, e: &Error| {
             r.status = e.kind as u8;
@@ -824,7 +832,12 @@ impl Node {
             return Ok((host.is_pending(), false));
         }
         match self.peer(pid).and_then(|p| p.conn.lock().clone()) {
-            Some(c) if !c.is_closed() => Ok(c.drive_served(self, spin, &|| host.is_pending())),
+            Some(c) if !c.is_closed() => {
+                HOST_DRIVING.with(|d| d.set(true));
+                let r = c.drive_served(self, spin, &|| host.is_pending());
+                HOST_DRIVING.with(|d| d.set(false));
+                Ok(r)
+            }
             _ => Ok((host.is_pending(), false)),
         }
     }
@@ -961,8 +974,24 @@ impl Dispatch for Node {
         if self.last_sender.load(Ordering::Relaxed) != from {
             self.last_sender.store(from, Ordering::Relaxed);
         }
+        // Host mode: a request a service answered at once on a library
+        // thread (not the host's own drive) nudges the host to read its
+        // connections, so that the next one needs no wake-up of that
+        // thread. One answered later (a write waiting for its backups)
+        // does not: the host would only add a thread spinning for CPUs the
+        // library's threads need.
+        let nudge = self.host.is_some() && f.header.kind == Kind::Request && !HOST_DRIVING.with(|d| d.get());
+        if nudge {
+            RESPONDED.with(|r| r.set(false));
+        }
         let msg = Incoming { from, header: f.header, meta: f.meta, payload: f.payload, reply };
-        match svc.on_message(self, msg) {
+        let r = svc.on_message(self, msg);
+        if nudge && RESPONDED.with(|r| r.get()) {
+            if let Some(h) = &self.host {
+                h.nudge();
+            }
+        }
+        match r {
             Ok(job) => job,
             Err(e) => {
                 self.log.error(format!("closing connection to process {}: {e}", conn.peer()));

@@ -236,13 +236,14 @@ function event_loop()
             if CAPI.has_drive_ex()
                 CAPI.cluster_drive_ex(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending, served)
                 # Requests the library answered here (dict reads): more
-                # may follow, read them here as after a call.
-                served[] && (last = time_ns())
+                # may follow, read them here as after a call; not when
+                # short of CPUs (the library's threads then need them).
+                served[] && !contention() && (last = time_ns())
             else
                 CAPI.cluster_drive(ctx, Int32(RT.last_peer), UInt32(cld(span - idle, 1000)), pending)
             end
             count!(pending[] ? STAT_LOOP_DRIVEN : STAT_LOOP_IDLE)
-            pending[] || served[] || (gave_up = time_ns())
+            pending[] || (gave_up = time_ns())
         elseif !polled
             # Poll (next turn) before parking.
         else
