@@ -195,6 +195,14 @@ else
     ccall(:jl_gc_enable_finalizers, Cvoid, (Ptr{Cvoid}, Int32), ccall(:jl_get_ptls_states, Ptr{Cvoid}, ()), 0)
 end
 
+# `f(i, args...)` in the latest world through the builtin itself:
+# `invokelatest` would be compiled in each child for each number of arguments.
+@static if isdefined(Core, :_call_latest)
+    call_latest(@nospecialize(f), i::Int, @nospecialize(args::Tuple)) = Core._call_latest(f, i, args...)
+else
+    call_latest(@nospecialize(f), i::Int, @nospecialize(args::Tuple)) = Core._apply_latest(f, (i,), args)
+end
+
 function run_fork_child(job::ForkJob, i::Int, child::Ptr{Cvoid})
     LibCluster.detach_fork_child!()
     finalizers_off()
@@ -203,7 +211,7 @@ function run_fork_child(job::ForkJob, i::Int, child::Ptr{Cvoid})
     Threads.nthreads() > 1 && GC.enable(false)
     Random.seed!(hash(i, job.seed))
     value = try
-        Base.invokelatest(job.f, i, job.args...)
+        call_latest(job.f, i, job.args)
     catch e
         return fail_child(child, LibCluster.safe_showerror(e) * stacktrace_text(catch_backtrace()))
     end
@@ -278,6 +286,7 @@ function child_entry()
     dry = ForkJob(nothing, (), Cint(getpid()), UInt64(0), true)
     GC.@preserve dry ccall(p, Int32, (Ptr{Cvoid}, Int32, Ptr{Cvoid}), pointer_from_objref(dry), Int32(0), C_NULL)
     precompile(run_fork_child, (ForkJob, Int, Ptr{Cvoid}))
+    precompile(call_latest, (Any, Int, Tuple))
     precompile(fail_child, (Ptr{Cvoid}, String))
     precompile(LibCluster.detach_fork_child!, ())
     precompile(finalizers_off, ())
