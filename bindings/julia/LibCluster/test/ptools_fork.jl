@@ -34,9 +34,25 @@ pf(n, f, args...; kw...) = pfork(n, f, args...; timeout = 20, kw...)
 "/dev/shm's entries made by this process (the library's names carry the creator's pid)."
 fork_shm_here() = filter(n -> startswith(n, "lcshm.$(getpid())-"), readdir("/dev/shm"))
 
+"Whether process `p` exists and is not a zombie."
+fork_alive(p) = try
+    s = read("/proc/$p/stat", String)
+    strip(s[findlast(')', s) + 1:end])[1] != 'Z'
+catch
+    false
+end
+
 @testset "PTools: pfork" begin
     @progress "PTools: pfork"
     shm_before = fork_shm_here()
+    # A process whose children sleep in its pfork, SIGKILLed below: they die
+    # with it. Started first, it loads while the rest runs.
+    orphan_file = tempname() * ".jl"
+    write(orphan_file, """
+        using LibCluster.PTools
+        pfork(2, i -> (println("child ", getpid()); flush(stdout); sleep(120); i))
+        """)
+    forker = open(`$JULIA --startup-file=no --project=$PROJECT $orphan_file`, "r")
     seen_pids = Int[]           # the children's, all to be gone at the end
     begin
         @testset "results in index order, with arguments" begin
@@ -218,6 +234,21 @@ fork_shm_here() = filter(n -> startswith(n, "lcshm.$(getpid())-"), readdir("/dev
             @test_throws ArgumentError pfork_shm(2, [(Int, (2,)), :bad], (i, r, s) -> nothing)
         end
     end
+    @testset "children die with their parent" begin
+        kids = within(120, "the forking process to start its children") do
+            sort([parse(Int, split(readline(forker))[2]) for _ in 1:2])
+        end
+        @test length(kids) == 2 && all(fork_alive, kids)
+        kill(forker, Base.SIGKILL)
+        within(10, "the children to die with their parent") do
+            while any(fork_alive, kids)
+                sleep(0.02)
+            end
+        end
+        @test !any(fork_alive, kids)
+    end
+    process_running(forker) && kill(forker, Base.SIGKILL)
+    rm(orphan_file; force = true)
     # Every child was reaped: none is left, as a zombie or otherwise.
     kids = fork_children()
     @test !any(k -> k[2] == 'Z', kids)
