@@ -222,7 +222,8 @@ function run_fork_child(job::ForkJob, i::Int, child::Ptr{Cvoid})
     end
     flush_buffered(stdout)
     flush_buffered(stderr)
-    GC.@preserve bytes CAPI.cluster_fork_return(child, pointer(bytes), Csize_t(length(bytes)))
+    st = GC.@preserve bytes CAPI.cluster_fork_return(child, pointer(bytes), Csize_t(length(bytes)))
+    st == CAPI.CLUSTER_OK || return fail_child(child, "its result could not be returned: " * CAPI.status_text(st))
     Int32(0)
 end
 
