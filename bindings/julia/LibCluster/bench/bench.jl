@@ -12,6 +12,8 @@
 #   - ClusterDicts: a DistributedDict's get and set from a non-member beside
 #     remotecall_fetch (targets: 1.5x; a set with replication 2: 2.5x), and
 #     a GlobalDict member's read of its own copy (target: at most 1 µs)
+#   - PTools' pfork: pfork(2) with small results beside 2 bare fork + _exit +
+#     waitpid from this process (target: at most 1.5x), and pfork(64)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
 # Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5),
@@ -221,6 +223,44 @@ pm_dist = pmap_rate(Distributed.pmap, dpool, max(1000, PMAP_ITEMS ÷ 5))
 pm_lc = pmap_rate(LibCluster.pmap, lpool, PMAP_ITEMS)
 prog_pct, prog_rate, prog_calls = progress_overhead(lpool, PMAP_ITEMS)
 
+# PTools' pfork (issue 9) from this process (a head with LibCluster's and
+# Distributed's workers): pfork(n) with Int results beside n bare forks that
+# `_exit(0)` at once, all forked then all waited for (the library's own
+# bench does the same), interleaved rounds compared by their medians.
+fork_value(i) = i
+function bare_forks(n)
+    t = time_ns()
+    pids = Vector{Cint}(undef, n)
+    for i in 1:n
+        p = ccall(:fork, Cint, ())
+        p == 0 && ccall(:_exit, Cvoid, (Cint,), 0)
+        pids[i] = p
+    end
+    status = Ref{Cint}(0)
+    for p in pids
+        ccall(:waitpid, Cint, (Cint, Ptr{Cint}, Cint), p, status, 0)
+    end
+    (time_ns() - t) / 1e9
+end
+function pfork_seconds(n)
+    t = time_ns()
+    r = LibCluster.PTools.pfork(n, fork_value)
+    d = (time_ns() - t) / 1e9
+    r == collect(1:n) || error("pfork($n) returned $r")
+    d
+end
+function fork_figures(n, rounds)
+    pfork_seconds(n), bare_forks(n)                   # warm up
+    ours, bare = Float64[], Float64[]
+    for _ in 1:rounds
+        push!(bare, bare_forks(n))
+        push!(ours, pfork_seconds(n))
+    end
+    median(ours), median(bare)
+end
+pf2, bare2 = fork_figures(2, 10 * ROUNDS)
+pf64, bare64 = fork_figures(64, ROUNDS)
+
 println(@sprintf("%-44s %12s %12s %10s", "", "LibCluster", "Distributed", "ratio"))
 r1 = row("remotecall_fetch no-op round trip", rt_lc, rt_dist, "µs (target <= 0.33x)")
 rc = row("remotecall_fetch of a closure, round trip", rc_lc, rc_dist, "µs (target <= 0.33x)")
@@ -243,6 +283,11 @@ ds2 = row("DistributedDict set, replication 2", minimum(dict_set2), rt_d, "µs (
 @printf("%-44s %12.3f %12s %10s  %s\n", "GlobalDict member's local read", dict_local, "", "", "µs (target <= 1 µs)")
 
 println()
+println(@sprintf("%-44s %12s %12s %10s", "PTools' pfork", "pfork", "bare forks", "ratio"))
+fk2 = row("pfork(2), Int results", 1000 * pf2, 1000 * bare2, "ms (2 fork+_exit+waitpid; target <= 1.5x)")
+row("pfork(64), Int results", 1000 * pf64, 1000 * bare64, "ms (64 fork+_exit+waitpid)")
+
+println()
 println("round trip target (<= 0.33x): ", r1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", r1))
 println("closure target (<= 0.33x):    ", rc <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", rc))
 println("pipelined target (>= 300k/s): ", pl_lc >= 300_000 ? "met" : "NOT met", @sprintf(" (%.0fk/s)", pl_lc / 1000))
@@ -255,6 +300,7 @@ println("dict get target (<= 1.5x):    ", dg <= 1.5 ? "met" : "NOT met", @sprint
 println("dict set target (<= 1.5x, replication 1): ", ds1 <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", ds1))
 println("dict set target (<= 2.5x, replication 2): ", ds2 <= 2.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", ds2))
 println("dict local read target (<= 1 µs): ", dict_local <= 1 ? "met" : "NOT met", @sprintf(" (%.3f µs)", dict_local))
+println("pfork(2) target (<= 1.5x):    ", fk2 <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", fk2))
 
 Distributed.rmprocs(dids)
 LibCluster.rmprocs(lids)

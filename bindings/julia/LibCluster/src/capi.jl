@@ -564,6 +564,31 @@ end
 @cfunc cluster_shm_orphans(prefix::Cstring, out::Ref{Buffer}, count::Ptr{Csize_t})::Int32
 @cfunc cluster_shm_remove_orphans(prefix::Cstring, out::Ref{Buffer}, count::Ptr{Csize_t})::Int32
 
+# ----------------------------------------------------- fork (PTools' pfork)
+# The one blocking call LibCluster makes: `cluster_pfork` waits (no
+# network: pipes and pidfds of its own children) until every child has
+# ended and been reaped, at most about `timeout_ms`. Only `PTools.pfork`
+# calls it. `cluster_fork_return` / `_fail` are the child's side (its
+# `cluster_fork_child` is valid only there); the results are local reads.
+
+# cluster_fork_outcome
+const CLUSTER_FORK_RETURNED = Int32(0)
+const CLUSTER_FORK_FAILED = Int32(1)
+const CLUSTER_FORK_EXITED = Int32(2)
+const CLUSTER_FORK_SIGNALED = Int32(3)
+const CLUSTER_FORK_TIMED_OUT = Int32(4)
+const CLUSTER_FORK_NO_RESULT = Int32(5)
+const CLUSTER_FORK_NOT_STARTED = Int32(6)
+
+@cfunc cluster_pfork(n::Int32, f::Ptr{Cvoid}, user_data::Ptr{Cvoid}, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_fork_return(child::Ptr{Cvoid}, data::Ptr{UInt8}, len::Csize_t)::Int32
+@cfunc cluster_fork_fail(child::Ptr{Cvoid}, message::Cstring)::Int32
+@cfunc cluster_fork_results_count(r::Ptr{Cvoid}, count::Ptr{Csize_t})::Int32
+@cfunc cluster_fork_results_get(r::Ptr{Cvoid}, index::Csize_t, data::Ptr{Ptr{UInt8}}, len::Ptr{Csize_t})::Int32
+@cfunc cluster_fork_results_child(r::Ptr{Cvoid}, index::Csize_t, outcome::Ptr{Int32}, code::Ptr{Int32},
+                                  os_pid::Ptr{Int32}, message::Ptr{Ptr{UInt8}})::Int32
+@cfunc cluster_fork_results_free(r::Ptr{Cvoid})::Int32
+
 "The bytes of a filled `Buffer`, copied; the buffer is freed."
 function take_buffer!(buf::Buffer)
     n = Int(buf.len)

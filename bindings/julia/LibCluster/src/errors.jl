@@ -111,7 +111,7 @@ end
 # Frames without their MethodInstance: plain data that any process can
 # deserialize, even where the remote method does not exist.
 # LibCluster's own frames below the user's code are dropped.
-const SERVE_FRAMES = (:run_julia_call, :run_raw_call, :run_call, :run_map_call)
+const SERVE_FRAMES = (:run_julia_call, :run_raw_call, :run_call, :run_map_call, :run_fork_child)
 
 function portable_backtrace(bt)
     out = Any[]

@@ -5,9 +5,10 @@
     myid()
 
 The id of this process: 1 on the head, 2, 3, ... on workers in the order they
-were added.
+were added. In a `PTools.pfork` child, its parent's id.
 """
 function myid()
+    IN_FORK_CHILD[] && return max(RT.myid, 1)
     context()
     RT.myid
 end

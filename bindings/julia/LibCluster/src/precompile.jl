@@ -156,3 +156,21 @@ let CDs = ClusterDicts
         precompile(f, types)
     end
 end
+
+# PTools' pfork (ptools/pfork.jl): the parent's path and what each child
+# runs (compiled again at run time before the first fork, see child_entry).
+let PT = PTools
+    for (f, types) in (
+            (PT.pfork, (Int, Function)), (PT.child_entry, ()), (PT.child_result, (Ptr{Cvoid}, Int)),
+            (PT.what_happened, (String, Int, Int)), (PT.decode_fork_value, (Vector{UInt8},)),
+            (PT.warm_result_types, (Vector{Any},)), (PT.precompile_call, (Function, Tuple{})),
+            (PT.flush_buffered, (Base.TTY,)), (PT.flush_buffered, (Base.PipeEndpoint,)), (PT.flush_buffered, (IOStream,)),
+            (PT.fork_child_entry, (Ptr{Cvoid}, Int32, Ptr{Cvoid})), (PT.replace_inherited_proc_mem, (Cint, Bool)),
+            (PT.replace_event_backend, (Bool,)), (PT.run_fork_child, (PT.ForkJob, Int, Ptr{Cvoid})),
+            (PT.call_latest, (Any, Int, Tuple)), (PT.fail_child, (Ptr{Cvoid}, String)),
+            (PT.stacktrace_text, (Vector{Union{Ptr{Nothing}, Base.InterpreterIP}},)), (detach_fork_child!, ()),
+            (PT.pfork_shm, (Int, Type, Tuple{Int}, Function)), (PT.shared_output, (Type, Tuple{Int})),
+        )
+        precompile(f, types)
+    end
+end

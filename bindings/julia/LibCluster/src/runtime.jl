@@ -50,6 +50,30 @@ Runtime() = Runtime(C_NULL, :none, 0, nothing, nothing, ReentrantLock(),
 const RT = Runtime()
 const INIT_LOCK = ReentrantLock()
 
+# Set in a `PTools.pfork` child: its copy of the runtime belongs to the
+# parent, which alone talks on the connections.
+const IN_FORK_CHILD = Ref(false)
+
+"""
+    detach_fork_child!()
+
+In a `pfork` child, before the user's function: its copy of the runtime is
+closed without a word to the library (which refuses every handle in a
+child anyway), so that the event loop's copy ends if it ever runs, an
+`exit` there runs no shutdown, and any use of the cluster is a clear error.
+The eventfd watcher is dropped, not closed: libuv must not touch the
+parent's registration.
+"""
+function detach_fork_child!()
+    IN_FORK_CHILD[] = true
+    RT.closed = true
+    RT.ctx = C_NULL
+    RT.watcher = nothing
+    RT.event_fd = Cint(-1)
+    RT.last_peer = -1
+    nothing
+end
+
 "Spin time of fetch and of the event loop, in microseconds (`LIBCLUSTER_JULIA_SPIN_US`, default 200)."
 spin_us_from_env() = something(tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_SPIN_US", "200")), 200)
 
@@ -93,6 +117,8 @@ is `cluster_cookie(c)`'s if it was set, else a random one.
 """
 function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,AbstractString} = nothing,
               log_level::Union{Nothing,Integer} = nothing, max_message_bytes::Union{Nothing,Integer} = nothing)
+    IN_FORK_CHILD[] && error("LibCluster: a pfork child cannot use the cluster (its parent owns the connections); " *
+                             "return what it computed instead")
     lock(INIT_LOCK) do
         RT.ctx != C_NULL && return RT.ctx
         RT.closed && error("LibCluster: the cluster of this process was shut down")

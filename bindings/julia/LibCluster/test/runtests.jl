@@ -982,6 +982,7 @@ include("channels.jl")
 include("pools.jl")
 include("clusterdicts.jl")    # LibCluster.ClusterDicts: GlobalDict, DistributedDict
 include("ptools_shm.jl")      # LibCluster.PTools: shared memory, server tasks
+include("ptools_fork.jl")     # LibCluster.PTools: pfork, pfork_shm
 
 @testset "shutdown" begin
     @progress "shutdown"
