@@ -368,7 +368,7 @@ pub unsafe extern "C" fn cluster_dict_set_async(d: *mut cluster_dict, key: *cons
     })
 }
 
-unsafe fn pairs_arg<'a>(keys: *const cluster_bytes, values: *const cluster_bytes, n: usize) -> Result<Vec<(&'a [u8], &'a [u8])>, Error> {
+unsafe fn pairs_arg<'a>(keys: *const cluster_bytes, values: *const cluster_bytes, n: usize) -> Result<crate::service::dict::PairRefs<'a>, Error> {
     if n == 0 {
         return Ok(Vec::new());
     }

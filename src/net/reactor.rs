@@ -231,7 +231,7 @@ impl<D: Dispatch> Reactor<D> {
                     }
                 }
                 spins += 1;
-                if !hot.is_empty() && spins % 8 != 0 {
+                if !hot.is_empty() && !spins.is_multiple_of(8) {
                     std::hint::spin_loop();
                     continue;
                 }

@@ -755,7 +755,7 @@ impl Dicts {
             deliver(node, vec![Answer(reply, Err(unknown(node, m.id)))]);
             return Ok(());
         };
-        let mut parts: std::collections::BTreeMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = std::collections::BTreeMap::new();
+        let mut parts: std::collections::BTreeMap<u32, state::Pairs> = std::collections::BTreeMap::new();
         for (k, v) in pairs {
             parts.entry(partition(&k)).or_default().push((k, v));
         }
@@ -1255,11 +1255,17 @@ const LOST: &str = "were lost";
 /// Makes an operation's value from its answer.
 type Map = fn(&Dict, &[u8]) -> Result<Vec<u8>>;
 
+/// Sends one attempt of an operation.
+type Attempt = Box<dyn Fn(&Dict) -> Result<Future> + Send + Sync>;
+
+/// Pairs of borrowed keys and values.
+pub type PairRefs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 /// An `_async` operation under way (`Dict::retry_async`).
 struct AsyncOp {
     dict: Dict,
     again_on_exit: bool,
-    attempt: Box<dyn Fn(&Dict) -> Result<Future> + Send + Sync>,
+    attempt: Attempt,
     map: Map,
     deadline: std::time::Instant,
     pause: Mutex<Duration>,
@@ -1573,7 +1579,7 @@ impl Dict {
 
     fn set_many_raw<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<Future> {
         let cfg = self.cfg();
-        let mut by_primary: std::collections::BTreeMap<u32, Vec<(&[u8], &[u8])>> = std::collections::BTreeMap::new();
+        let mut by_primary: std::collections::BTreeMap<u32, PairRefs<'_>> = std::collections::BTreeMap::new();
         for (k, v) in pairs {
             let part = partition(k.as_ref());
             if let Some(e) = self.lost(&cfg, part) {

@@ -224,7 +224,7 @@ impl ServerTasks {
         let first: Arc<Mutex<Option<Error>>> = Arc::default();
         let calls: Vec<Future> = calls
             .into_iter()
-            .map(|c| {
+            .inspect(|c| {
                 let first = first.clone();
                 c.on_complete(move |r| {
                     if let Err(e) = r {
@@ -233,7 +233,6 @@ impl ServerTasks {
                         }
                     }
                 });
-                c
             })
             .collect();
         let settled = self.node.join(me, calls.into_iter().map(|c| self.settled(c)).collect(), |_| Ok(Vec::new()));
@@ -315,7 +314,7 @@ impl StasksExt for Arc<Node> {
         self.check_open()?;
         let svc = stasks(self)?;
         let pids: Vec<u32> = match pids {
-            Some(p) if p.is_empty() => return Err(Error::new(ErrorKind::InvalidArgument, "start_stasks: no processes")),
+            Some([]) => return Err(Error::new(ErrorKind::InvalidArgument, "start_stasks: no processes")),
             Some(p) => p.to_vec(),
             None if self.workers().is_empty() => vec![self.myid()],
             None => self.workers(),
