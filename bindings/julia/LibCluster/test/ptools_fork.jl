@@ -50,7 +50,8 @@ end
     orphan_file = tempname() * ".jl"
     write(orphan_file, """
         using LibCluster.PTools
-        pfork(2, i -> (println("child ", getpid()); flush(stdout); sleep(120); i))
+        # One write per line (at most PIPE_BUF: atomic), so the two children's lines never interleave.
+        pfork(2, i -> (write(stdout, string("child ", getpid(), "\\n")); flush(stdout); sleep(120); i))
         """)
     forker = open(`$JULIA --startup-file=no --project=$PROJECT $orphan_file`, "r")
     seen_pids = Int[]           # the children's, all to be gone at the end
@@ -248,6 +249,8 @@ end
         @test !any(fork_alive, kids)
     end
     process_running(forker) && kill(forker, Base.SIGKILL)
+    # The killed forker is this process's child until Julia reaps it.
+    wait(forker)
     rm(orphan_file; force = true)
     # Every child was reaped: none is left, as a zombie or otherwise.
     kids = fork_children()
