@@ -160,7 +160,8 @@ fn parent_role_for_the_death_test() {
     let _ = pfork(3, |_| {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| e.to_string())?;
-        writeln!(f, "{}", std::process::id()).map_err(|e| e.to_string())?;
+        // One write (O_APPEND): three children's lines never interleave.
+        f.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_secs(60));
         Ok(Vec::new())
     });
