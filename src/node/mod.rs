@@ -735,7 +735,10 @@ impl Node {
 
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
-        RESPONDED.with(|r| r.set(true));
+        if self.host.is_some() {
+            // Read by on_frame's nudge (host mode only).
+            RESPONDED.with(|r| r.set(true));
+        }
         let r = Header::new(Kind::Response, h.service, h.op, h.id);
         let send_err = |mut r: Header, e: &Error| {
             r.status = e.kind as u8;

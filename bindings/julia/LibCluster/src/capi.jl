@@ -604,6 +604,22 @@ function pmap_options_init()
     r[]
 end
 
+"""
+    free_once!(free, obj)
+
+Frees `obj.handle` with `free` (a `cluster_*_free`) and clears it: once,
+never blocking, safe from a finalizer (nothing is called once the library
+is unloaded).
+"""
+@inline function free_once!(free::F, obj) where {F}
+    h = obj.handle
+    if h != C_NULL
+        obj.handle = C_NULL
+        LIB_HANDLE[] != C_NULL && free(h)
+    end
+    nothing
+end
+
 "Functions a library may lack; their pointer stays C_NULL then."
 const OPTIONAL = (:cluster_drive, :cluster_cork, :cluster_drive_ex)
 

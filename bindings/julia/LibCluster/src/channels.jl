@@ -77,14 +77,7 @@ Base.show(io::IO, rc::RemoteChannel{T}) where {T} =
     print(io, "RemoteChannel{", T, "}(", rc.where, ", ", rc.whence, ", ", rc.id, ")")
 
 "Releases the library handle (idempotent; never blocks: safe from a finalizer)."
-function release!(rc::RemoteChannel)
-    h = rc.handle
-    if h != C_NULL
-        rc.handle = C_NULL
-        CAPI.LIB_HANDLE[] != C_NULL && CAPI.cluster_channel_free(h)
-    end
-    nothing
-end
+release!(rc::RemoteChannel) = CAPI.free_once!(CAPI.cluster_channel_free, rc)
 
 @inline function channel_handle(rc::RemoteChannel)
     h = rc.handle

@@ -120,14 +120,7 @@ function Base.show(io::IO, f::Future)
 end
 
 "Releases the library handle (idempotent; safe from a finalizer)."
-function release!(f::Future)
-    h = f.handle
-    if h != C_NULL
-        f.handle = C_NULL
-        CAPI.LIB_HANDLE[] != C_NULL && CAPI.cluster_future_free(h)
-    end
-    nothing
-end
+release!(f::Future) = CAPI.free_once!(CAPI.cluster_future_free, f)
 
 @inline has_outcome(f::Future) = f.v !== nothing || f.err !== nothing
 

@@ -60,14 +60,7 @@ dict_kind(::Type{<:GlobalDict}) = CAPI.CLUSTER_DICT_GLOBAL
 dict_kind(::Type{<:DistributedDict}) = CAPI.CLUSTER_DICT_DISTRIBUTED
 
 "Frees the library handle (idempotent, never blocks: safe from a finalizer). The dict stays."
-function free_handle!(d::DistributedAssociative)
-    h = d.handle
-    if h != C_NULL
-        d.handle = C_NULL
-        CAPI.LIB_HANDLE[] != C_NULL && CAPI.cluster_dict_free(h)
-    end
-    nothing
-end
+free_handle!(d::DistributedAssociative) = CAPI.free_once!(CAPI.cluster_dict_free, d)
 
 @inline function dict_handle(d::DistributedAssociative)
     h = d.handle
