@@ -179,6 +179,11 @@ enum cluster_status
    * No such key in the dict (Julia's KeyError).
    */
   CLUSTER_ERR_NOT_FOUND = 23,
+  /**
+   * A file or message is damaged, truncated or not of this format
+   * (`cluster_load`).
+   */
+  CLUSTER_ERR_CORRUPT = 24,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

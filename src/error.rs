@@ -65,6 +65,7 @@ error_kinds! {
     HeadLost = 21 => "the head went away",
     ChannelClosed = 22 => "the channel is closed",
     NotFound = 23 => "no such key",
+    Corrupt = 24 => "damaged, truncated or foreign data",
 }
 
 /// An error with its kind, a message, and the process it concerns.

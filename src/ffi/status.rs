@@ -72,6 +72,9 @@ pub enum cluster_status {
     CLUSTER_ERR_CHANNEL_CLOSED = 22,
     /// No such key in the dict (Julia's KeyError).
     CLUSTER_ERR_NOT_FOUND = 23,
+    /// A file or message is damaged, truncated or not of this format
+    /// (`cluster_load`).
+    CLUSTER_ERR_CORRUPT = 24,
 }
 
 impl cluster_status {
@@ -101,6 +104,7 @@ impl cluster_status {
             ErrorKind::HeadLost => CLUSTER_ERR_HEAD_LOST,
             ErrorKind::ChannelClosed => CLUSTER_ERR_CHANNEL_CLOSED,
             ErrorKind::NotFound => CLUSTER_ERR_NOT_FOUND,
+            ErrorKind::Corrupt => CLUSTER_ERR_CORRUPT,
         }
     }
 }
