@@ -89,4 +89,10 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/d
     fi
 fi
 
+# 4. OpenMPI (the all-gather's benchmark baseline: mpicc, mpirun).
+if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then
+    apt_update_once
+    apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev
+fi
+
 echo "install-deps.sh: done"

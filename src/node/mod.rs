@@ -623,8 +623,25 @@ impl Node {
                 Some(c) => c,
                 None => {
                     let c = self.connect_peer(&peer)?;
-                    *peer.conn.lock() = Some(c.clone());
-                    c
+                    let mut primary = peer.conn.lock();
+                    match primary.clone() {
+                        None => {
+                            *primary = Some(c.clone());
+                            c
+                        }
+                        // The peer connected to us meanwhile. Both sides
+                        // make the connection the lower id opened their
+                        // primary, so both write on the one both read.
+                        Some(accepted) if self.myid() < pid => {
+                            peer.extra_conns.lock().push(accepted);
+                            *primary = Some(c.clone());
+                            c
+                        }
+                        Some(accepted) => {
+                            peer.extra_conns.lock().push(c);
+                            accepted
+                        }
+                    }
                 }
             }
         };
@@ -657,6 +674,7 @@ impl Node {
         };
         let conn = self.new_conn(s)?;
         conn.peer.store(pid, Ordering::Release);
+        conn.dialed.store(true, Ordering::Release);
         let me = self.myid();
         let proof = transcript.prove(&key, admit::HELLO_LABEL, &[&me.to_le_bytes(), &pid.to_le_bytes()]);
         let hello = Hello { id: me, addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes, proof };
@@ -760,6 +778,16 @@ impl Node {
         conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)
     }
 
+    /// Sends a one-way message written out now, never corked behind other
+    /// work nor waiting for the socket (a step of a protocol whose next
+    /// step waits for it: a collective's round).
+    pub(crate) fn send_oneway_now(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
+        let conn = self.conn_for(pid)?;
+        conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)?;
+        conn.flush();
+        Ok(())
+    }
+
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
         if self.host.is_some() {
@@ -811,6 +839,51 @@ impl Node {
         if done {
             return true;
         }
+        self.park_slot(slot, deadline)
+    }
+
+    /// Reads, for up to `spin`, the connection of the process whose
+    /// message `next` names (0: none), following it as it changes: a
+    /// future that a protocol of several steps completes, each step's
+    /// message from another process (a collective's rounds). True when
+    /// `slot` is done.
+    pub(crate) fn drive_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, spin: Duration) -> bool {
+        let end = Instant::now() + spin;
+        loop {
+            if slot.is_done() {
+                return true;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let pid = next.load(Ordering::Acquire);
+            let moved = || slot.is_done() || next.load(Ordering::Acquire) != pid;
+            // The peer writes on its primary connection, which is ours
+            // (`conn_for`); others are the reactor's to read.
+            let conn = if pid == 0 { None } else { self.peer(pid).and_then(|p| p.conn.lock().clone()) };
+            match conn {
+                Some(c) => {
+                    c.drive(self, left, &moved);
+                }
+                None => {
+                    sys::spin_until(left, moved);
+                }
+            }
+        }
+    }
+
+    /// `wait_slot` for a future `drive_following` reads for.
+    pub(crate) fn wait_slot_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, deadline: Option<Instant>) -> bool {
+        if self.drive_following(slot, next, self.cfg.spin) {
+            return true;
+        }
+        self.park_slot(slot, deadline)
+    }
+
+    /// Parks until `slot` is done or `deadline`, lending what this thread
+    /// holds meanwhile.
+    fn park_slot(self: &Arc<Self>, slot: &Arc<Slot>, deadline: Option<Instant>) -> bool {
         let lender = self.lender.get().filter(|l| l.lend(self));
         let done = slot.park_until(deadline);
         if let Some(l) = lender {

@@ -41,6 +41,7 @@ use crate::wire::{self, parts, ServiceId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -143,6 +144,17 @@ struct Running {
     round: u32,
     blocks: Vec<Option<Vec<u8>>>,
     promise: Option<Promise>,
+    /// The process whose message the current round awaits (0 once done):
+    /// a waiter reads its connection (`Future::following`).
+    next: Arc<AtomicU32>,
+}
+
+impl Running {
+    fn expect_next(&self) {
+        let n = self.ranks.len();
+        let pid = if self.round < self.algorithm.rounds(n) { self.ranks[self.algorithm.round(n, self.me, self.round).2] } else { 0 };
+        self.next.store(pid, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -205,6 +217,7 @@ impl Collectives {
                 return (sends, run.promise.take().map(|p| (p, Err(e))));
             }
             run.round += 1;
+            run.expect_next();
             if run.round < total {
                 sends.push(Self::send_round(run, key));
             }
@@ -253,7 +266,7 @@ impl Collectives {
             p.complete(r);
         }
         for (to, op, meta, payload) in sends {
-            if let Err(e) = node.send_oneway_nowait(to, ID, op, &meta, &payload) {
+            if let Err(e) = node.send_oneway_now(to, ID, op, &meta, &payload) {
                 // The participant is gone or unreachable: membership fails
                 // the call when it leaves; a send that fails otherwise
                 // fails it now.
@@ -413,11 +426,14 @@ impl CollectiveExt for Arc<Node> {
         };
         let key = Key { tag, set, seq };
         let (out, promise) = self.promise(me);
+        let next = Arc::new(AtomicU32::new(0));
+        let out = out.following(next.clone());
         let n = ranks.len();
         let algorithm = Algorithm::choose(n, data.len());
         let mut blocks = vec![None; n];
         blocks[rank] = Some(data.to_vec());
-        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise) };
+        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise), next };
+        run.expect_next();
         let (sends, outcome) = {
             let mut calls = svc.calls.lock();
             let inst = calls.entry(key).or_default();
@@ -470,7 +486,7 @@ mod tests {
         for (r, inst) in insts.iter_mut().enumerate() {
             let mut blocks = vec![None; n];
             blocks[r] = Some(vec![r as u8; r + 1]);
-            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1) };
+            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1), next: Arc::default() };
             if algorithm.rounds(n) > 0 {
                 wire.push((r, Collectives::send_round(&run, key)));
             } else {
