@@ -30,6 +30,8 @@
 //! - `stasks`: `cluster_stasks`, server tasks (PTools' `start_stasks`).
 //! - `fork`: `cluster_pfork` (PTools' `pfork`), `cluster_fork_results`,
 //!   `cluster_fork_child` (a child's way to return its bytes).
+//! - `savefile`: `cluster_save` / `cluster_load`, the save/load container
+//!   (ClusterUtils' `save` / `load` over bytes).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -61,6 +63,7 @@ mod dict;
 mod shm;
 mod stasks;
 mod fork;
+mod savefile;
 
 #[cfg(test)]
 mod header_checks;
@@ -74,6 +77,7 @@ pub use dict::*;
 pub use shm::*;
 pub use stasks::*;
 pub use fork::*;
+pub use savefile::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;
