@@ -105,7 +105,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Loaded> {
     let meta = f.metadata().map_err(|e| Error::io(&format!("load {name}"), e))?;
     // A regular file's length is checked against the header before the
     // payload is read (and bounds what is allocated for it).
-    let len = meta.is_file().then(|| meta.len());
+    let len = meta.is_file().then_some(meta.len());
     read_container(&mut f, &name, len)
 }
 
