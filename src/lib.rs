@@ -56,6 +56,8 @@ pub mod prelude {
     pub use crate::service::rpc::RpcExt;
     pub use crate::service::shm::ShmExt;
     pub use crate::service::stasks::StasksExt;
+    pub use crate::service::vars::VarsExt;
+    pub use crate::service::collective::CollectiveExt;
     /// `savefile::save` / `savefile::load` (plain functions, no node needed).
     pub use crate::savefile;
 }

@@ -63,6 +63,8 @@ mod dict;
 mod shm;
 mod stasks;
 mod fork;
+mod vars;
+mod collective;
 mod savefile;
 
 #[cfg(test)]
@@ -77,6 +79,8 @@ pub use dict::*;
 pub use shm::*;
 pub use stasks::*;
 pub use fork::*;
+pub use vars::*;
+pub use collective::*;
 pub use savefile::*;
 pub use future::*;
 pub use pmap::*;
