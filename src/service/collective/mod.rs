@@ -12,8 +12,8 @@
 //! n = its size): blocks under `RING_MIN_BLOCK` use recursive doubling
 //! when n is a power of two (log2 n rounds, each an exchange with rank
 //! XOR 2^k of everything held) and Bruck's otherwise (ceil(log2 n)
-//! rounds: round k sends the first min(2^k, n - 2^k) blocks held to rank
-//! - 2^k and receives as many from rank + 2^k); larger blocks use the ring
+//! rounds: round k sends the first min(2^k, n - 2^k) blocks held to
+//! rank minus 2^k and receives as many from rank plus 2^k); larger blocks use the ring
 //! (n - 1 rounds, each passing one block to the next rank), which only
 //! ever talks to neighbours. Each round is one message to one process and
 //! one from another; a round's message is sent once the previous round's
@@ -169,6 +169,8 @@ struct Instance {
 
 /// A message to send: to, op, meta, payload.
 type Outgoing = (u32, u16, Vec<u8>, Vec<u8>);
+/// A call that ended: its promise and outcome.
+type Ended = Option<(Promise, Result<Vec<u8>>)>;
 
 #[derive(Default)]
 pub struct Collectives {
@@ -189,7 +191,7 @@ impl Collectives {
 
     /// Moves the call `key` as far as its messages allow; what to send and
     /// the outcome, if it ended, are returned to act on without the lock.
-    fn advance(inst: &mut Instance, key: Key) -> (Vec<Outgoing>, Option<(Promise, Result<Vec<u8>>)>) {
+    fn advance(inst: &mut Instance, key: Key) -> (Vec<Outgoing>, Ended) {
         let mut sends = Vec::new();
         let Some(run) = inst.running.as_mut() else { return (sends, None) };
         let n = run.ranks.len();
@@ -260,7 +262,7 @@ impl Collectives {
         }
     }
 
-    fn act(&self, node: &Arc<Node>, key: Key, sends: Vec<Outgoing>, outcome: Option<(Promise, Result<Vec<u8>>)>) {
+    fn act(&self, node: &Arc<Node>, key: Key, sends: Vec<Outgoing>, outcome: Ended) {
         if let Some((p, r)) = outcome {
             self.calls.lock().remove(&key);
             p.complete(r);
