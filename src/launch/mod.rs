@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod ssh;
+pub use ssh::{Count, Machine, SshLauncher, SshOptions};
+
 pub const ENV_HEAD: &str = "LIBCLUSTER_HEAD";
 pub const ENV_ID: &str = "LIBCLUSTER_ID";
 pub const ENV_COOKIE_STDIN: &str = "LIBCLUSTER_COOKIE_STDIN";
@@ -120,6 +123,12 @@ pub struct Launched {
 /// input.
 pub trait Launcher: Send + Sync {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+    /// Starts the workers of one `addprocs` call, a result per spec in
+    /// order. Launchers that start a group at once (one ssh per host)
+    /// override it; it returns once each has started or failed to.
+    fn launch_all(&self, specs: &[LaunchSpec]) -> Vec<Result<Launched>> {
+        specs.iter().map(|s| self.launch(s)).collect()
+    }
 }
 
 /// Starts workers as child processes of the head.

@@ -149,6 +149,39 @@ enum Stop {
     HeadLost,
 }
 
+/// Listens on `spec`: a host (any free port), or `host:first-last`, the
+/// first free port of a range (clusters whose firewalls allow only some).
+pub(crate) fn listen(spec: &str) -> Result<TcpListener> {
+    let range = spec.rsplit_once(':').and_then(|(h, r)| {
+        let (a, b) = r.split_once('-')?;
+        Some((h.trim_matches(['[', ']']), a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
+    });
+    let Some((host, first, last)) = range else {
+        return TcpListener::bind((spec, 0)).map_err(|e| Error::io(&format!("listen on {spec}"), e));
+    };
+    if first == 0 || first > last {
+        return Err(Error::new(ErrorKind::InvalidArgument, format!("bad port range in {spec}")));
+    }
+    let mut last_err = None;
+    for port in first..=last {
+        match TcpListener::bind((host, port)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(Error::io(&format!("listen on {spec}: no free port in the range"), last_err.expect("a port was tried")))
+}
+
+/// The address to give others for a listener bound to `local`: itself,
+/// unless it is a wildcard (0.0.0.0, ::), then the address this process
+/// has on the connection `via` (the interface that reaches the head).
+pub(crate) fn reachable_addr(local: &str, via: &TcpStream) -> String {
+    match (local.parse::<SocketAddr>(), via.local_addr()) {
+        (Ok(l), Ok(v)) if l.ip().is_unspecified() => SocketAddr::new(v.ip(), l.port()).to_string(),
+        _ => local.to_string(),
+    }
+}
+
 pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("bad address {addr}: {e}")))?
@@ -160,8 +193,7 @@ impl Node {
     /// A node listening on `cfg.listen_host`, with no services and no
     /// threads yet: install services, then `start`.
     pub fn new(cfg: Config, head: bool, cookie: String) -> Result<Arc<Node>> {
-        let listener = TcpListener::bind((cfg.listen_host.as_str(), 0))
-            .map_err(|e| Error::io(&format!("listen on {}", cfg.listen_host), e))?;
+        let listener = listen(&cfg.listen_host)?;
         Node::with_listener(cfg, head, cookie, Some(listener))
     }
 

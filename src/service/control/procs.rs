@@ -144,14 +144,23 @@ impl Control {
         let mut ids = Vec::with_capacity(n);
         let mut peers = Vec::with_capacity(n);
         let mut failures: Vec<String> = Vec::new();
+        let mut specs = Vec::with_capacity(n);
         for _ in 0..n {
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
             ids.push(id);
-            let peer = node.add_peer(id, LAUNCHING);
-            peers.push(peer.clone());
-            let launched = LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout)
-                .and_then(|spec| launcher.launch(&spec.with_join_key(self.join_key(id))));
-            match launched {
+            peers.push(node.add_peer(id, LAUNCHING));
+            match LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout) {
+                Ok(spec) => specs.push(spec.with_join_key(self.join_key(id))),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    node.peer_lost(id);
+                }
+            }
+        }
+        let launched = if failures.is_empty() { launcher.launch_all(&specs) } else { Vec::new() };
+        for (spec, l) in specs.iter().zip(launched) {
+            let Some(peer) = node.peer(spec.id) else { continue };
+            match l {
                 Ok(l) => {
                     if let Some(pid) = l.os_pid {
                         peer.os_pid.store(pid, Ordering::Release);
@@ -163,7 +172,7 @@ impl Control {
                 }
                 Err(e) => {
                     failures.push(e.to_string());
-                    node.peer_lost(id);
+                    node.peer_lost(spec.id);
                 }
             }
         }
