@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system dependencies the libcluster test suite needs on Debian
 # bookworm: cmake (+ ninja), Julia 1.5.3 from bullseye together with the
-# libunwind it was built against (used via scripts/julia), and Redis (a
-# benchmark baseline). Idempotent; run as root.
+# libunwind it was built against (used via scripts/julia), Redis and OpenMPI
+# (benchmark baselines) and openssh-server (for scripts/test-hosts.sh).
+# Idempotent; run as root.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -93,6 +94,37 @@ fi
 if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then
     apt_update_once
     apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev
+fi
+
+# 5. OpenSSH server (scripts/test-hosts.sh runs its own sshd, /usr/sbin/sshd,
+# inside network namespaces), kept from running as a system service: a
+# policy-rc.d forbids starting it during the install, the units are disabled
+# afterwards, and an sshd the package started anyway is stopped.
+if [ ! -x /usr/sbin/sshd ]; then
+    apt_update_once
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# libcluster install-deps.sh: no service starts while installing\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    apt-get install -y -q --no-install-recommends openssh-server || status=$?
+    if [ "$own_policy" -eq 1 ]; then
+        rm -f "$policy"
+    fi
+    [ "$status" -eq 0 ] || exit "$status"
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now ssh ssh.socket >/dev/null 2>&1 || true
+    fi
+    if [ -s /run/sshd.pid ]; then
+        pid=$(cat /run/sshd.pid)
+        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/sbin/sshd ]; then
+            kill "$pid" 2>/dev/null || true
+        fi
+        rm -f /run/sshd.pid
+    fi
 fi
 
 echo "install-deps.sh: done"
