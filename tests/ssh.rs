@@ -133,8 +133,17 @@ fn ssh_to_three_hosts_calls_across_them_and_fails_clearly() {
     c.set_launcher(gone).unwrap();
     let e = c.addprocs(1, &LaunchOptions::default()).unwrap_err();
     assert!(e.message.contains(&format!("{net}.250")), "{e}");
+    // Tolerating failures: the good host's worker joins, the bad one is
+    // reported (logged), not fatal.
+    let mixed = Arc::new(SshLauncher::new(vec![h.machine(2), h.machine(4)], h.opts()).unwrap());
+    c.set_launcher(mixed).unwrap();
+    let joined = c.addprocs(2, &LaunchOptions { tolerate_failures: true, ..Default::default() }).unwrap();
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    assert_eq!(c.node().host_of(joined[0]).unwrap(), h.hosts[1].0);
+    let e = c.addprocs(2, &LaunchOptions::default()).unwrap_err();
+    assert!(e.message.contains("Permission denied"), "without tolerance, all or nothing: {e}");
     // The survivors serve on.
-    for &p in &ids[..3] {
+    for &p in ids[..3].iter().chain(&joined) {
         assert_eq!(c.remotecall_fetch(p, "myid", &[]).unwrap().as_ref(), &p.to_le_bytes());
     }
     c.shutdown(Duration::from_secs(10)).unwrap();
@@ -177,4 +186,54 @@ fn tunnel_mode_and_multiplexing_off() {
     let e = c.addprocs(1, &LaunchOptions::default()).unwrap_err();
     assert!(e.message.contains("cannot reach"), "{e}");
     c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Not a test on its own: the head of `remote_workers_exit_when_their_head_is_killed`,
+/// run as a child of the test (SSH_TEST_HEAD names the hosts' state dir).
+#[test]
+fn ssh_head_child() {
+    let Ok(dir) = std::env::var("SSH_TEST_HEAD") else { return };
+    let ip = std::env::var("SSH_TEST_HOST").unwrap();
+    let c = head(Topology::AllToAll, "0.0.0.0");
+    let opts = SshOptions {
+        ssh_flags: vec!["-F".into(), format!("{dir}/ssh_config")],
+        exename: Some(WORKER.into()),
+        args: Some(vec![]),
+        ..Default::default()
+    };
+    let l = Arc::new(SshLauncher::new(vec![Machine::parse(&format!("root@{ip}")).unwrap().with_count(Count::N(2))], opts).unwrap());
+    c.set_launcher(l).unwrap();
+    let ids = c.addprocs(2, &LaunchOptions::default()).unwrap();
+    let pids: Vec<String> = ids.iter().map(|&p| getpid(&c, p).to_string()).collect();
+    println!("workers {}", pids.join(" "));
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn remote_workers_exit_when_their_head_is_killed() {
+    let Some(h) = Hosts::up("sshc", 1, None) else { return };
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "ssh_head_child", "--nocapture", "--test-threads=1"])
+        .env("SSH_TEST_HEAD", &h.dir)
+        .env("SSH_TEST_HOST", &h.hosts[0].1)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let pids: Vec<u32> = loop {
+        let l = lines.next().expect("the head says its workers").unwrap();
+        // libtest's "test ssh_head_child ... " precedes it on the line.
+        if let Some(rest) = l.split_once("workers ").map(|(_, r)| r) {
+            break rest.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        }
+    };
+    assert_eq!(pids.len(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    let alive = |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| !s.contains("State:\tZ"));
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pids.iter().all(|&p| !alive(p)), "remote workers outlived their head: {pids:?}");
 }

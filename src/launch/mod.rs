@@ -41,6 +41,10 @@ pub struct LaunchOptions {
     pub env: Vec<(String, String)>,
     /// Working directory; `None` keeps the head's.
     pub dir: Option<PathBuf>,
+    /// `addprocs` returns the workers that joined when others failed
+    /// (each failure logged as a warning) instead of stopping them all;
+    /// it fails only when none joined.
+    pub tolerate_failures: bool,
 }
 
 /// Everything a launcher needs to start one worker.

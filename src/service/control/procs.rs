@@ -194,6 +194,18 @@ impl Control {
         if failures.is_empty() {
             return Ok(ids);
         }
+        let joined: Vec<u32> = peers.iter().filter(|p| p.is_ready()).map(|p| p.id).collect();
+        if opts.tolerate_failures && !joined.is_empty() {
+            for p in peers.iter().filter(|p| !p.is_ready()) {
+                p.graceful.store(false, Ordering::Release);
+                kill_peer(p);
+                node.peer_lost(p.id);
+            }
+            for f in &failures {
+                node.log.warn(format!("addprocs: {f}"));
+            }
+            return Ok(joined);
+        }
         // Leave no orphans: stop every worker of this call.
         for p in &peers {
             p.graceful.store(false, Ordering::Release);
