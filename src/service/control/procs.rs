@@ -27,6 +27,13 @@ pub trait ControlExt {
     /// `addprocs` on a thread of the library; the future's value is the
     /// new ids, 4 bytes each (little endian).
     fn addprocs_async(&self, n: usize, opts: &LaunchOptions) -> Result<Future>;
+    /// `addprocs` with `launcher` for this call only (e.g. an
+    /// `SshLauncher`), the node's own launcher unchanged.
+    fn addprocs_with(&self, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>>;
+    /// `addprocs_with` on a thread of the library; `make` builds the
+    /// launcher there (it may ask hosts their core counts) and says how
+    /// many workers to start. The value: the new ids, 4 bytes each.
+    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future>;
     /// Stops workers: asks them to leave, then terminates, then kills,
     /// each after a share of `timeout`. Returns once all are gone.
     fn rmprocs(&self, ids: &[u32], timeout: Duration) -> Result<()>;
@@ -65,12 +72,28 @@ fn ids_bytes(ids: &[u32]) -> Vec<u8> {
 
 impl ControlExt for Arc<Node> {
     fn addprocs(&self, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
-        control(self)?.addprocs(self, n, opts)
+        let c = control(self)?;
+        let launcher = c.launcher.read().clone();
+        c.addprocs(self, launcher, n, opts)
+    }
+    fn addprocs_with(&self, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
+        control(self)?.addprocs(self, launcher, n, opts)
+    }
+    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future> {
+        self.require_head()?;
+        let (c, opts) = (control(self)?, opts.clone());
+        on_thread(self, "cluster-addprocs", move |node| {
+            let (launcher, n) = make()?;
+            c.addprocs(node, launcher, n, &opts).map(|ids| ids_bytes(&ids))
+        })
     }
     fn addprocs_async(&self, n: usize, opts: &LaunchOptions) -> Result<Future> {
         self.require_head()?;
         let (c, opts) = (control(self)?, opts.clone());
-        on_thread(self, "cluster-addprocs", move |node| c.addprocs(node, n, &opts).map(|ids| ids_bytes(&ids)))
+        on_thread(self, "cluster-addprocs", move |node| {
+            let launcher = c.launcher.read().clone();
+            c.addprocs(node, launcher, n, &opts).map(|ids| ids_bytes(&ids))
+        })
     }
     fn rmprocs(&self, ids: &[u32], timeout: Duration) -> Result<()> {
         control(self)?.rmprocs(self, ids, timeout)
@@ -136,11 +159,10 @@ impl ControlExt for Arc<Node> {
 }
 
 impl Control {
-    fn addprocs(&self, node: &Arc<Node>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
+    fn addprocs(&self, node: &Arc<Node>, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
         node.require_head()?;
         node.check_open()?;
         self.workers_added.store(true, Ordering::Release);
-        let launcher = self.launcher.read().clone();
         let mut ids = Vec::with_capacity(n);
         let mut peers = Vec::with_capacity(n);
         let mut failures: Vec<String> = Vec::new();
