@@ -338,6 +338,7 @@ fn register_clusterutils_functions(c: &Cluster) -> cluster::Result<()> {
     })?;
     c.register_fn("var_twice", |call| Ok([call.args(), call.args()].concat()))?;
     c.register_fn("hostname", |call| Ok(call.node().hostname().as_bytes().to_vec()))?;
+    c.register_fn("env_var", |call| Ok(std::env::var(String::from_utf8_lossy(call.args()).as_ref()).unwrap_or_default().into_bytes()))?;
     c.register_fn("host_of", |call| Ok(call.node().host_of(u32_arg(call)?).map_err(|e| e.to_string())?.into_bytes()))?;
     Ok(())
 }

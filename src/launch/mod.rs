@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod slurm;
 pub mod ssh;
+pub use slurm::{SlurmLauncher, SlurmOptions};
 pub use ssh::{Count, Machine, SshLauncher, SshOptions};
 
 pub const ENV_HEAD: &str = "LIBCLUSTER_HEAD";
