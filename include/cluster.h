@@ -1266,6 +1266,50 @@ typedef struct {
   int32_t count;
 } cluster_machine;
 
+/**
+ * Settings for `cluster_addprocs_slurm`. Fill with
+ * `cluster_slurm_options_init` first; everything is copied by the call.
+ */
+typedef struct {
+  /**
+   * `sizeof(cluster_slurm_options)`, set by `cluster_slurm_options_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * The srun program. NULL: "srun".
+   */
+  const char *srun;
+  /**
+   * NULL-terminated extra srun arguments (e.g. "-p", "debug"), or NULL.
+   */
+  const char *const *srun_args;
+  /**
+   * NULL-terminated "NAME=value" entries for srun itself (e.g. SLURM_CONF), or NULL.
+   */
+  const char *const *srun_env;
+  /**
+   * The worker program. NULL: this program's path.
+   */
+  const char *exename;
+  /**
+   * NULL-terminated arguments (without argv[0]). NULL: this process's
+   * own when `exename` is NULL, else none.
+   */
+  const char *const *argv;
+  /**
+   * NULL-terminated "NAME=value" entries for the workers, or NULL.
+   */
+  const char *const *env;
+  /**
+   * Where workers listen. NULL: every interface.
+   */
+  const char *worker_listen;
+  /**
+   * The head's address as the nodes reach it. NULL: its listening address.
+   */
+  const char *head_addr;
+} cluster_slurm_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -4152,6 +4196,48 @@ cluster_status cluster_addprocs_ssh_async(cluster_ctx *ctx,
                                           size_t n,
                                           const cluster_ssh_options *options,
                                           cluster_future **out);
+
+/**
+ * Fills `*options` with the defaults.
+ *
+ * Ownership: `*options` is the caller's; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_slurm_options_init(cluster_slurm_options *options);
+
+/**
+ * Head only: starts `n` workers (0: the allocation's `SLURM_NTASKS`) as
+ * the tasks of one srun step, and writes their ids to `out_ids[0..cap)`
+ * (`*count` = how many; CLUSTER_ERR_BUFFER_TOO_SMALL when more than
+ * `cap`). An srun that fails before its tasks start fails the call with
+ * its message (CLUSTER_ERR_LAUNCH); the step's tasks die with it
+ * (`scancel`), and workers exit when the head goes away.
+ *
+ * Ownership: everything is copied; `out_ids` is the caller's.
+ * Blocking: until every worker is ready, or the startup timeout.
+ * Threads: any, not from a handler of this process.
+ */
+cluster_status cluster_addprocs_slurm(cluster_ctx *ctx,
+                                      size_t n,
+                                      const cluster_slurm_options *options,
+                                      int32_t *out_ids,
+                                      size_t cap,
+                                      size_t *count);
+
+/**
+ * Head only: `cluster_addprocs_slurm` as a future, returned at once; its
+ * value is the new ids, little-endian `int32_t`s.
+ *
+ * Ownership: everything is copied; `*out` receives a new future,
+ * released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_addprocs_slurm_async(cluster_ctx *ctx,
+                                            size_t n,
+                                            const cluster_slurm_options *options,
+                                            cluster_future **out);
 
 /**
  * Saves `data[0..len)` to the file `path` in the libcluster container

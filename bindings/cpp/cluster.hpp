@@ -2912,6 +2912,59 @@ inline Future addprocs_ssh_async(const Cluster &c, const std::vector<Machine> &m
     return Future(f);
 }
 
+// ---- workers started by Slurm (cluster_addprocs_slurm) --------------------------
+
+/// cluster_slurm_options, with owned strings. See cluster.h for each field.
+struct SlurmOptions {
+    std::optional<std::string> srun, exename, worker_listen, head_addr;
+    std::vector<std::string> srun_args, srun_env, env;
+    std::optional<std::vector<std::string>> argv;
+};
+
+namespace detail {
+struct SlurmCall {
+    std::vector<const char *> args, senv, argv, env;
+    cluster_slurm_options o{};
+    explicit SlurmCall(const SlurmOptions &so) {
+        check(cluster_slurm_options_init(&o));
+        auto list = [](const std::vector<std::string> &v, std::vector<const char *> &out) {
+            for (const auto &x : v) out.push_back(x.c_str());
+            out.push_back(nullptr);
+            return out.data();
+        };
+        auto opt = [](const std::optional<std::string> &v) { return v ? v->c_str() : nullptr; };
+        o.srun = opt(so.srun);
+        o.exename = opt(so.exename);
+        o.worker_listen = opt(so.worker_listen);
+        o.head_addr = opt(so.head_addr);
+        o.srun_args = list(so.srun_args, args);
+        o.srun_env = list(so.srun_env, senv);
+        o.env = list(so.env, env);
+        o.argv = so.argv ? list(*so.argv, argv) : nullptr;
+    }
+};
+} // namespace detail
+
+/// Head only: `n` workers (0: the allocation's SLURM_NTASKS) as the tasks
+/// of one srun step; their ids once all joined.
+inline std::vector<std::int32_t> addprocs_slurm(const Cluster &c, std::size_t n, const SlurmOptions &o = {}) {
+    detail::SlurmCall call(o);
+    // Room for every worker at once: a retry would launch them again.
+    std::vector<std::int32_t> v(n ? n : 65536);
+    std::size_t count = 0;
+    check(cluster_addprocs_slurm(c.get(), n, &call.o, v.data(), v.size(), &count));
+    v.resize(count);
+    return v;
+}
+
+/// addprocs_slurm as a future (its value: the ids, int32_t each).
+inline Future addprocs_slurm_async(const Cluster &c, std::size_t n, const SlurmOptions &o = {}) {
+    detail::SlurmCall call(o);
+    cluster_future *f = nullptr;
+    check(cluster_addprocs_slurm_async(c.get(), n, &call.o, &f));
+    return Future(f);
+}
+
 // ---- cluster_stasks --------------------------------------------------------------
 
 /// What a server task's function finds (inside the handler only): its

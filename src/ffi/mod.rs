@@ -66,6 +66,7 @@ mod fork;
 mod vars;
 mod collective;
 mod ssh;
+mod slurm;
 mod savefile;
 
 #[cfg(test)]
@@ -83,6 +84,7 @@ pub use fork::*;
 pub use vars::*;
 pub use collective::*;
 pub use ssh::*;
+pub use slurm::*;
 pub use savefile::*;
 pub use future::*;
 pub use pmap::*;

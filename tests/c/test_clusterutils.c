@@ -424,10 +424,51 @@ static void case_ssh(void) {
     hosts_script("down cssh");
 }
 
+/* Workers as the tasks of one srun step (scripts/test-slurm.sh starts a
+ * one-node Slurm; TEST_SLURM_SCRIPT finds it); skips, passing, without it. */
+static void case_slurm(void) {
+    const char *script = getenv("TEST_SLURM_SCRIPT");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s check >/dev/null 2>&1", script ? script : "false");
+    if (!script || system(cmd) != 0) {
+        harness_logf("SKIPPED: Slurm cannot run here (scripts/test-slurm.sh check)");
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "%s up >/dev/null", script);
+    REQUIRE(system(cmd) == 0);
+    const char *senv[] = {"SLURM_CONF=/tmp/lc-slurm/slurm.conf", NULL};
+    cluster_slurm_options o;
+    REQUIRE_OK(cluster_slurm_options_init(&o));
+    o.srun_env = senv;
+    int32_t ids[4] = {0};
+    size_t n = 0;
+    EXPECT_OK(cluster_addprocs_slurm(g_ctx, 3, &o, ids, 4, &n));
+    EXPECTF(n == 3, "%zu workers", n);
+    for (size_t i = 0; i < n && i < 4; i++) {
+        cluster_buffer b = {0};
+        EXPECT_OK(cluster_remotecall_fetch(g_ctx, ids[i], "getpid", NULL, 0, &b));
+        cluster_buffer_free(&b);
+    }
+    /* A partition that does not exist: srun's own reason. */
+    const char *bad[] = {"-p", "nosuchpartition", NULL};
+    o.srun_args = bad;
+    cluster_future *f = NULL;
+    REQUIRE_OK(cluster_addprocs_slurm_async(g_ctx, 2, &o, &f));
+    EXPECT_ST(cluster_future_wait(f, 30000), CLUSTER_ERR_LAUNCH);
+    cluster_future_free(f);
+    EXPECT_ST(cluster_slurm_options_init(NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_slurm_options stale = o;
+    stale.struct_size = 4;
+    EXPECT_ST(cluster_addprocs_slurm(g_ctx, 1, &stale, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_shutdown(g_ctx, 10000));
+    snprintf(cmd, sizeof cmd, "%s down >/dev/null 2>&1", script);
+    if (system(cmd) != 0) harness_logf("test-slurm.sh down failed");
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
-} cases[] = {{"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}, {"ssh", case_ssh}};
+} cases[] = {{"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}, {"ssh", case_ssh}, {"slurm", case_slurm}};
 
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "";
@@ -436,7 +477,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (strcmp(which, cases[i].name) == 0) fn = cases[i].fn;
     if (!fn && getenv("LIBCLUSTER_HEAD") == NULL) {
-        fprintf(stderr, "usage: %s hosts|vars|allgather|kill|ssh\n", argv[0]);
+        fprintf(stderr, "usage: %s hosts|vars|allgather|kill|ssh|slurm\n", argv[0]);
         return 2;
     }
     cluster_config cfg;
@@ -462,7 +503,7 @@ int main(int argc, char **argv) {
     harness_watchdog(50);
     harness_logf("case %s", which);
     fn();
-    if (fn != case_ssh) EXPECT_OK(cluster_shutdown(g_ctx, 10000));
+    if (fn != case_ssh && fn != case_slurm) EXPECT_OK(cluster_shutdown(g_ctx, 10000));
     EXPECT_OK(cluster_free(g_ctx));
     return harness_finish();
 }

@@ -1103,6 +1103,12 @@ void case_clusterutils() {
     cluster::SshOptions so;
     so.max_parallel = 0;
     EXPECT_THROWS(cluster::addprocs_ssh_async(c, {{"host", 1}}, so), CLUSTER_ERR_INVALID_ARGUMENT);
+    // Slurm: an srun that cannot start fails at once, naming it.
+    cluster::SlurmOptions sl;
+    sl.srun = "/nonexistent/srun";
+    EXPECT_THROWS(cluster::addprocs_slurm(c, 1, sl), CLUSTER_ERR_LAUNCH);
+    cluster::Future sf = cluster::addprocs_slurm_async(c, 1, sl);
+    EXPECT_THROWS(sf.wait(), CLUSTER_ERR_LAUNCH);
 }
 
 void case_stasks() {
