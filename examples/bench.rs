@@ -114,6 +114,13 @@ fn main() {
         return;
     }
 
+    if std::env::args().any(|a| a == "--scale-only") {
+        scale_rows(&c, quick, &mut rows);
+        c.shutdown(Duration::from_secs(30)).unwrap();
+        print_rows(&rows);
+        return;
+    }
+
     if std::env::args().any(|a| a == "--collective-only") {
         collective_rows(&c, quick, &mut rows);
         c.shutdown(Duration::from_secs(10)).unwrap();
@@ -512,6 +519,28 @@ fn collective_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     });
     rows.push(Row::new("reap a variable from 8 workers (us)", us(ours), us(base), "8 sequential remotecall_fetch", "< 1x"));
     c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+}
+
+/// 512 workers (64 with --quick) joining, with master_worker and then
+/// all_to_all (lazy connections), beside the targets; the head's threads;
+/// the first everywhere over them.
+fn scale_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
+    let n = std::env::var("BENCH_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 64 } else { 512 });
+    let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
+    for (t, name) in [(cluster::Topology::MasterWorker, "master_worker"), (cluster::Topology::AllToAll, "all_to_all")] {
+        c.set_topology(t).unwrap();
+        let t0 = Instant::now();
+        let ids = c.addprocs(n, &own_args).unwrap();
+        let joined = t0.elapsed().as_secs_f64();
+        let threads = cluster::sys::thread_count().unwrap_or(0) as f64;
+        let t1 = Instant::now();
+        c.everywhere(Some(&ids), "noop", &[], Some(Duration::from_secs(60))).unwrap();
+        let first = t1.elapsed().as_secs_f64();
+        rows.push(Row::new(leak(format!("{n} workers joined, {name} (s)")), joined, 10.0, "target 10 s", "<= 1x"));
+        rows.push(Row::new(leak(format!("first everywhere over {n}, {name} (s)")), first, 1.0, "target 1 s", "<= 1x"));
+        rows.push(Row::new(leak(format!("head threads with {n} workers, {name}")), threads, threads, "itself", ""));
+        c.rmprocs(&ids, Duration::from_secs(60)).unwrap();
+    }
 }
 
 /// examples/mpi/allgather.c built with mpicc, when OpenMPI is installed.
