@@ -787,6 +787,19 @@ typedef struct {
 } cluster_config;
 
 /**
+ * Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
+ * Read `data[0..len)`; release with `cluster_buffer_free`.
+ */
+typedef struct {
+  const uint8_t *data;
+  size_t len;
+  /**
+   * Opaque; 0 once freed.
+   */
+  uint64_t handle;
+} cluster_buffer;
+
+/**
  * How `cluster_addprocs` starts workers on this machine. All fields may
  * be NULL; strings are copied before the call returns.
  */
@@ -831,19 +844,6 @@ typedef void (*cluster_log_fn)(void *user_data, cluster_log_level level, const c
  * the call with that status's description.
  */
 typedef int32_t (*cluster_handler)(void *user_data, cluster_call *call);
-
-/**
- * Bytes owned by the library, e.g. a `cluster_remotecall_fetch` result.
- * Read `data[0..len)`; release with `cluster_buffer_free`.
- */
-typedef struct {
-  const uint8_t *data;
-  size_t len;
-  /**
-   * Opaque; 0 once freed.
-   */
-  uint64_t handle;
-} cluster_buffer;
 
 /**
  * Called from a library thread when host-mode work becomes pending. It
@@ -1404,6 +1404,29 @@ cluster_status cluster_nworkers(cluster_ctx *ctx, size_t *out);
  * Threads: any.
  */
 cluster_status cluster_procs(cluster_ctx *ctx, int32_t *out, size_t cap, size_t *count);
+
+/**
+ * The host process `pid` runs on into `*out` (its gethostname(), or its
+ * LIBCLUSTER_HOSTNAME when set), as membership told this process: no
+ * message. CLUSTER_ERR_PROCESS_EXITED / CLUSTER_ERR_NO_SUCH_PROCESS for
+ * a process that left or never was.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_host_of(cluster_ctx *ctx, int32_t pid, cluster_buffer *out);
+
+/**
+ * Every live process with its host name into `*out`, in the parts layout
+ * (`cluster_parts_next`), ascending by id: what ClusterUtils'
+ * `describepids` groups, with no message.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_hosts(cluster_ctx *ctx, cluster_buffer *out);
 
 /**
  * As `cluster_procs`, for the workers (`[1]` when the head is alone).
@@ -1978,6 +2001,26 @@ cluster_status cluster_call_free(cluster_call *c);
  * Threads: any, once per buffer.
  */
 cluster_status cluster_buffer_free(cluster_buffer *buf);
+
+/**
+ * Walks the parts layout (one byte string per process: its id as
+ * uint32_t little-endian, the length as uint64_t little-endian, the
+ * bytes), as `cluster_vars_get`, `cluster_allgather` and `cluster_hosts`
+ * give it: the part at `*offset` (start at 0) into `*pid`, `*part` (a
+ * pointer into `data`) and `*part_len`, and `*offset` moved past it.
+ * CLUSTER_ERR_NOT_FOUND at the end; CLUSTER_ERR_CORRUPT when `data` is
+ * not in the layout.
+ *
+ * Ownership: `*part` points into `data`; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_parts_next(const uint8_t *data,
+                                  size_t len,
+                                  size_t *offset,
+                                  int32_t *pid,
+                                  const uint8_t **part,
+                                  size_t *part_len);
 
 /**
  * A new channel kept by process `pid` (0: this process) with room for
@@ -3809,6 +3852,183 @@ cluster_status cluster_fork_results_child(cluster_fork_results *r,
  * Threads: any, once per results.
  */
 cluster_status cluster_fork_results_free(cluster_fork_results *r);
+
+/**
+ * Sets variable `name` to `value[0..len)` on every process of
+ * `pids[0..npids)` (this one included when listed).
+ *
+ * Ownership: everything is copied or sent before return.
+ * Blocking: yes, a round trip to each process (at once).
+ * Threads: any.
+ */
+cluster_status cluster_vars_set(cluster_ctx *ctx,
+                                const int32_t *pids,
+                                size_t npids,
+                                const char *name,
+                                const uint8_t *value,
+                                size_t len);
+
+/**
+ * `cluster_vars_set` as a future (no value), returned at once; a process
+ * that cannot be reached fails it, naming the process.
+ *
+ * Ownership: everything is copied or sent before return; `*out` receives
+ * a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_vars_set_async(cluster_ctx *ctx,
+                                      const int32_t *pids,
+                                      size_t npids,
+                                      const char *name,
+                                      const uint8_t *value,
+                                      size_t len,
+                                      cluster_future **out);
+
+/**
+ * Variable `name` from every process of `pids[0..npids)` into `*out`, in
+ * the parts layout, in the order of `pids`; a process without it fails
+ * the call with CLUSTER_ERR_NOT_FOUND naming it (`cluster_last_error_pid`).
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: yes, a round trip to each process (at once).
+ * Threads: any.
+ */
+cluster_status cluster_vars_get(cluster_ctx *ctx,
+                                const int32_t *pids,
+                                size_t npids,
+                                const char *name,
+                                cluster_buffer *out);
+
+/**
+ * `cluster_vars_get` as a future, returned at once: its value is the
+ * parts layout.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_vars_get_async(cluster_ctx *ctx,
+                                      const int32_t *pids,
+                                      size_t npids,
+                                      const char *name,
+                                      cluster_future **out);
+
+/**
+ * Calls the function `fname` (registered with `cluster_register` on each
+ * process) with variable `name`'s value as its arguments, on every
+ * process of `pids[0..npids)`, where the variable lives. `keep_as` NULL:
+ * the results into `*out` (parts layout, order of `pids`); else each
+ * result is stored there as variable `keep_as` and the parts are empty.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: yes, until every call is done.
+ * Threads: any.
+ */
+cluster_status cluster_vars_apply(cluster_ctx *ctx,
+                                  const int32_t *pids,
+                                  size_t npids,
+                                  const char *name,
+                                  const char *fname,
+                                  const char *keep_as,
+                                  cluster_buffer *out);
+
+/**
+ * `cluster_vars_apply` as a future, returned at once: its value is the
+ * parts layout.
+ *
+ * Ownership: `*out` receives a new future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_vars_apply_async(cluster_ctx *ctx,
+                                        const int32_t *pids,
+                                        size_t npids,
+                                        const char *name,
+                                        const char *fname,
+                                        const char *keep_as,
+                                        cluster_future **out);
+
+/**
+ * Removes variable `name` from every process of `pids[0..npids)` (a
+ * process without it is no error).
+ *
+ * Ownership: nothing is kept.
+ * Blocking: yes, a round trip to each process (at once).
+ * Threads: any.
+ */
+cluster_status cluster_vars_delete(cluster_ctx *ctx,
+                                   const int32_t *pids,
+                                   size_t npids,
+                                   const char *name);
+
+/**
+ * This process's variable `name` into `*out`, read here (no message);
+ * CLUSTER_ERR_NOT_FOUND when it holds none.
+ *
+ * Ownership: `*out` is the caller's until `cluster_buffer_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_vars_local_get(cluster_ctx *ctx, const char *name, cluster_buffer *out);
+
+/**
+ * Sets this process's variable `name` to `value[0..len)` (no message).
+ *
+ * Ownership: `value` is copied.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_vars_local_set(cluster_ctx *ctx,
+                                      const char *name,
+                                      const uint8_t *value,
+                                      size_t len);
+
+/**
+ * All-gather: every process of `pids[0..npids)` (which must hold this
+ * one; the same set on each, in any order) calls it with the same `tag`
+ * and its `data[0..len)`; each gets everyone's data into `*out`, in the
+ * parts layout (`cluster_parts_next`), in the order of its own `pids`.
+ * The k-th call with a (set, tag) on each process meets the k-th on the
+ * others. A participant that leaves fails it on every other with
+ * CLUSTER_ERR_PROCESS_EXITED naming it; `timeout_ms` (negative: none)
+ * fails it with CLUSTER_ERR_TIMEOUT naming a process not heard from.
+ * Between workers it needs the all_to_all topology (CLUSTER_ERR_TOPOLOGY).
+ * Blocks under 64 KiB use recursive doubling or Bruck's algorithm,
+ * larger ones the ring; blocks of one call on either side of 64 KiB
+ * fail it everywhere with CLUSTER_ERR_INVALID_ARGUMENT.
+ *
+ * Ownership: `data` is copied before return; `*out` is the caller's
+ * until `cluster_buffer_free`.
+ * Blocking: yes, until every participant's data is here.
+ * Threads: any.
+ */
+cluster_status cluster_allgather(cluster_ctx *ctx,
+                                 const int32_t *pids,
+                                 size_t npids,
+                                 uint64_t tag,
+                                 const uint8_t *data,
+                                 size_t len,
+                                 int64_t timeout_ms,
+                                 cluster_buffer *out);
+
+/**
+ * `cluster_allgather` as a future, returned at once: its value is the
+ * parts layout.
+ *
+ * Ownership: `data` is copied before return; `*out` receives a new
+ * future, released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_allgather_async(cluster_ctx *ctx,
+                                       const int32_t *pids,
+                                       size_t npids,
+                                       uint64_t tag,
+                                       const uint8_t *data,
+                                       size_t len,
+                                       int64_t timeout_ms,
+                                       cluster_future **out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -9,6 +9,8 @@ use crate::service::control::{Control, Role};
 use crate::service::dict::Dicts;
 use crate::service::shm::Shm;
 use crate::service::stasks::Stasks;
+use crate::service::vars::Vars;
+use crate::service::collective::Collectives;
 use crate::service::pool::Pools;
 use crate::service::refs::Refs;
 use crate::service::rpc::Rpc;
@@ -71,6 +73,8 @@ impl Cluster {
         node.install(Dicts::new())?;
         node.install(Shm::new())?;
         node.install(Stasks::new())?;
+        node.install(Vars::new())?;
+        node.install(Collectives::new())?;
         let c = Cluster(node);
         c.0.start()?;
         Ok(c)

@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::net::auth::{self, Side, PROTOCOL_VERSION};
 use crate::node::{admit, response_outcome, session, Hello};
 use crate::service::control::{self, op as control_op, Join, Message, PeerInfo, Welcome};
-use crate::service::{channel, dict, pool, refs, rpc, shm, stasks};
+use crate::service::{channel, collective, dict, pool, refs, rpc, shm, stasks, vars};
 use crate::wire::{self, Frame, FrameReader, Header, Kind, ReadOutcome, ServiceId, HEADER_LEN, MAGIC, MAX_META};
 use hmac::{Hmac, Mac};
 use serde::{de::DeserializeOwned, Serialize};
@@ -209,6 +209,8 @@ pub fn decode_frame(f: &Frame, from: u32) -> Result<Decoded> {
         dict::ID => decode_dict(h.op, &f.meta, &f.payload),
         shm::ID => shm::decode(h.op, &f.meta, &f.payload).map(|()| Decoded::Signal(shm::ID, h.op)),
         stasks::ID => stasks::decode(h.op, &f.meta, &f.payload).map(|()| Decoded::Signal(stasks::ID, h.op)),
+        vars::ID => vars::decode(h.op, &f.meta).map(|()| Decoded::Signal(vars::ID, h.op)),
+        collective::ID => collective::decode(h.op, &f.meta).map(|()| Decoded::Signal(collective::ID, h.op)),
         s => Err(Error::new(ErrorKind::Protocol, format!("no service {s}"))),
     }
 }
@@ -1380,16 +1382,16 @@ fn frame_bytes(kind: Kind, svc: ServiceId, op: u16, id: u64, meta: &[u8], payloa
 }
 
 fn join_meta(id: u32, addr: &str) -> Vec<u8> {
-    wire::encode_meta(&Join { id, listen_addr: addr.to_string(), os_pid: 4242, max_message: 1 << 30, proof: [0x5a; 32] })
+    wire::encode_meta(&Join { id, listen_addr: addr.to_string(), os_pid: 4242, max_message: 1 << 30, host: "fuzz".into(), proof: [0x5a; 32] })
 }
 
 fn welcome_payload(id: u32, peers: &[(u32, &str)]) -> Vec<u8> {
-    let peers = peers.iter().map(|(p, a)| PeerInfo { id: *p, addr: a.to_string(), key: [*p as u8; 32] }).collect();
-    wire::encode_payload(&Welcome { id, topology: crate::Topology::AllToAll, peers, max_message: 1 << 30 })
+    let peers = peers.iter().map(|(p, a)| PeerInfo { id: *p, addr: a.to_string(), key: [*p as u8; 32], host: "fuzz".into() }).collect();
+    wire::encode_payload(&Welcome { id, topology: crate::Topology::AllToAll, peers, max_message: 1 << 30, head_host: "fuzz".into() })
 }
 
 fn peer_info_meta(id: u32, addr: &str) -> Vec<u8> {
-    wire::encode_meta(&PeerInfo { id, addr: addr.to_string(), key: [0x33; 32] })
+    wire::encode_meta(&PeerInfo { id, addr: addr.to_string(), key: [0x33; 32], host: "fuzz".into() })
 }
 
 fn hello_meta(id: u32, addr: &str) -> Vec<u8> {

@@ -53,6 +53,8 @@ pub mod prelude {
     pub use crate::service::rpc::RpcExt;
     pub use crate::service::shm::ShmExt;
     pub use crate::service::stasks::StasksExt;
+    pub use crate::service::vars::VarsExt;
+    pub use crate::service::collective::CollectiveExt;
 }
 
 /// The header cbindgen generated in this build, to check the committed copy.

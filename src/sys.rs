@@ -420,6 +420,15 @@ pub fn cpu_seconds() -> f64 {
 }
 
 /// This machine's host name ("" if it cannot be read).
+/// The host name this process gives the cluster: `LIBCLUSTER_HOSTNAME`
+/// when set and not empty (a launcher's override), else gethostname().
+pub fn host_name() -> String {
+    match std::env::var("LIBCLUSTER_HOSTNAME") {
+        Ok(h) if !h.is_empty() => h,
+        _ => hostname(),
+    }
+}
+
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is writable for its length; gethostname NUL-terminates

@@ -816,7 +816,7 @@ fn a_launched_workers_id_is_taken_only_by_that_worker() {
     // worker itself connects.
     let mut s = TcpStream::connect(c.address()).unwrap();
     auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
-    let join = cluster::service::control::Join { id: 2, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, proof: [0; 32] };
+    let join = cluster::service::control::Join { id: 2, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, host: "h".into(), proof: [0; 32] };
     let h = Header::new(Kind::Request, cluster::service::control::ID, cluster::service::control::op::JOIN, 1);
     wire::write_frame(s.as_raw_fd(), h, &wire::encode_meta(&join), &[]).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

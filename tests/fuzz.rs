@@ -551,7 +551,7 @@ mod regressions {
     fn join(head: &Cluster, listen_addr: &str) -> (TcpStream, Frame) {
         let mut s = TcpStream::connect(head.address()).unwrap();
         auth::handshake(&mut s, head.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
-        let join = Join { id: 0, listen_addr: listen_addr.to_string(), os_pid: 0, max_message: 1 << 30, proof: [0; 32] };
+        let join = Join { id: 0, listen_addr: listen_addr.to_string(), os_pid: 0, max_message: 1 << 30, host: "h".into(), proof: [0; 32] };
         let meta = wire::encode_meta(&join);
         wire::write_frame(s.as_raw_fd(), Header::new(Kind::Request, control::ID, op::JOIN, 1), &meta, &[]).unwrap();
         let reply = read_frame(&s, Duration::from_secs(10));

@@ -73,6 +73,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -2667,6 +2668,170 @@ inline std::vector<std::string> remove_shm_orphans(const std::string &prefix, bo
     Buffer b;
     check(cluster_shm_remove_orphans(any_prefix ? nullptr : prefix.c_str(), b.out(), nullptr));
     return detail::split_names(b);
+}
+
+// ---- hosts, remote variables, all-gather (ClusterUtils) -------------------------
+
+/// One process's share of a result that holds one byte string per process
+/// (the parts layout): a view into the Parts that holds it.
+struct Part {
+    std::int32_t pid = 0;
+    Bytes bytes;
+};
+
+/// A result in the parts layout (cluster_vars_get, cluster_allgather,
+/// cluster_hosts), owning its buffer: the parts in order, viewed in place.
+class Parts {
+public:
+    Parts() = default;
+    /// Adopts `b` and walks it (CLUSTER_ERR_CORRUPT when it is not the layout).
+    explicit Parts(Buffer b) : buf_(std::move(b)) { walk(buf_.bytes()); }
+    /// Views a future's value, which must outlive these parts.
+    static Parts view(Bytes b) {
+        Parts p;
+        p.walk(b);
+        return p;
+    }
+
+    std::size_t size() const noexcept { return parts_.size(); }
+    bool empty() const noexcept { return parts_.empty(); }
+    const Part &operator[](std::size_t i) const noexcept { return parts_[i]; }
+    std::vector<Part>::const_iterator begin() const noexcept { return parts_.begin(); }
+    std::vector<Part>::const_iterator end() const noexcept { return parts_.end(); }
+    /// Process `pid`'s part; throws Error(CLUSTER_ERR_NOT_FOUND) without one.
+    Bytes at(std::int32_t pid) const {
+        for (const Part &p : parts_)
+            if (p.pid == pid) return p.bytes;
+        throw Error(CLUSTER_ERR_NOT_FOUND, "no part of process " + std::to_string(pid), pid);
+    }
+    /// Every part as T (trivially copyable, std::string, bytes), in order.
+    template <class T> std::vector<T> values() const {
+        std::vector<T> out;
+        out.reserve(parts_.size());
+        for (const Part &p : parts_) out.push_back(detail::element_value<T>(p.bytes, p.pid));
+        return out;
+    }
+
+private:
+    void walk(Bytes b) {
+        std::size_t off = 0;
+        for (;;) {
+            std::int32_t pid = 0;
+            const std::uint8_t *d = nullptr;
+            std::size_t n = 0;
+            cluster_status st = cluster_parts_next(b.data(), b.size(), &off, &pid, &d, &n);
+            if (st == CLUSTER_ERR_NOT_FOUND) return;
+            check(st);
+            parts_.push_back(Part{pid, Bytes(d, n)});
+        }
+    }
+    Buffer buf_;
+    std::vector<Part> parts_;
+};
+
+/// The host process `pid` runs on, from membership (no message).
+inline std::string host_of(const Cluster &c, std::int32_t pid) {
+    Buffer b;
+    check(cluster_host_of(c.get(), pid, b.out()));
+    return b.str();
+}
+
+/// Every live process with its host, ascending by id.
+inline std::map<std::int32_t, std::string> hosts(const Cluster &c) {
+    Buffer b;
+    check(cluster_hosts(c.get(), b.out()));
+    std::map<std::int32_t, std::string> out;
+    for (const Part &p : Parts(std::move(b))) out.emplace(p.pid, p.bytes.str());
+    return out;
+}
+
+/// Remote variables of a cluster (ClusterUtils' sow / reap over bytes):
+/// named byte values each process holds. A view: the Cluster must outlive it.
+class Vars {
+public:
+    explicit Vars(const Cluster &c) noexcept : ctx_(c.get()) {}
+
+    /// Sets `name` to `value` on every process of `pids`.
+    void set(const std::vector<std::int32_t> &pids, const std::string &name, Bytes value) const {
+        check(cluster_vars_set(ctx_, pids.data(), pids.size(), name.c_str(), value.data(), value.size()));
+    }
+    Future set_async(const std::vector<std::int32_t> &pids, const std::string &name, Bytes value) const {
+        cluster_future *f = nullptr;
+        check(cluster_vars_set_async(ctx_, pids.data(), pids.size(), name.c_str(), value.data(), value.size(), &f));
+        return Future(f);
+    }
+    /// A trivially copyable value or a string.
+    template <class T> void set_value(const std::vector<std::int32_t> &pids, const std::string &name, const T &v) const {
+        set(pids, name, detail::element_bytes(v));
+    }
+    /// `name` from each of `pids`, in their order (CLUSTER_ERR_NOT_FOUND
+    /// naming a process without it).
+    Parts get(const std::vector<std::int32_t> &pids, const std::string &name) const {
+        Buffer b;
+        check(cluster_vars_get(ctx_, pids.data(), pids.size(), name.c_str(), b.out()));
+        return Parts(std::move(b));
+    }
+    /// A future whose value is the parts layout (Parts::view(f.fetch())).
+    Future get_async(const std::vector<std::int32_t> &pids, const std::string &name) const {
+        cluster_future *f = nullptr;
+        check(cluster_vars_get_async(ctx_, pids.data(), pids.size(), name.c_str(), &f));
+        return Future(f);
+    }
+    /// Calls the registered function `fn` with `name`'s value on each of
+    /// `pids`: the results, or (keep_as given) each kept there and empty parts.
+    Parts apply(const std::vector<std::int32_t> &pids, const std::string &name, const std::string &fn,
+                const std::optional<std::string> &keep_as = std::nullopt) const {
+        Buffer b;
+        check(cluster_vars_apply(ctx_, pids.data(), pids.size(), name.c_str(), fn.c_str(),
+                                 keep_as ? keep_as->c_str() : nullptr, b.out()));
+        return Parts(std::move(b));
+    }
+    Future apply_async(const std::vector<std::int32_t> &pids, const std::string &name, const std::string &fn,
+                       const std::optional<std::string> &keep_as = std::nullopt) const {
+        cluster_future *f = nullptr;
+        check(cluster_vars_apply_async(ctx_, pids.data(), pids.size(), name.c_str(), fn.c_str(),
+                                       keep_as ? keep_as->c_str() : nullptr, &f));
+        return Future(f);
+    }
+    void erase(const std::vector<std::int32_t> &pids, const std::string &name) const {
+        check(cluster_vars_delete(ctx_, pids.data(), pids.size(), name.c_str()));
+    }
+    /// This process's own `name`, without a message.
+    Buffer local(const std::string &name) const {
+        Buffer b;
+        check(cluster_vars_local_get(ctx_, name.c_str(), b.out()));
+        return b;
+    }
+    void set_local(const std::string &name, Bytes value) const {
+        check(cluster_vars_local_set(ctx_, name.c_str(), value.data(), value.size()));
+    }
+
+private:
+    cluster_ctx *ctx_;
+};
+
+/// All-gather over `pids` (holding this process; the same set everywhere):
+/// everyone's `data`, in the order of `pids`. See cluster_allgather.
+inline Parts allgather(const Cluster &c, const std::vector<std::int32_t> &pids, std::uint64_t tag, Bytes data,
+                       std::int64_t timeout_ms = CLUSTER_FOREVER) {
+    Buffer b;
+    check(cluster_allgather(c.get(), pids.data(), pids.size(), tag, data.data(), data.size(), timeout_ms, b.out()));
+    return Parts(std::move(b));
+}
+
+/// allgather as a future (its value: the parts layout; Parts::view reads it).
+inline Future allgather_async(const Cluster &c, const std::vector<std::int32_t> &pids, std::uint64_t tag, Bytes data,
+                              std::int64_t timeout_ms = CLUSTER_FOREVER) {
+    cluster_future *f = nullptr;
+    check(cluster_allgather_async(c.get(), pids.data(), pids.size(), tag, data.data(), data.size(), timeout_ms, &f));
+    return Future(f);
+}
+
+/// Typed all-gather of one value per process (trivially copyable or std::string).
+template <class T>
+std::vector<T> allgather_values(const Cluster &c, const std::vector<std::int32_t> &pids, std::uint64_t tag, const T &v,
+                                std::int64_t timeout_ms = CLUSTER_FOREVER) {
+    return allgather(c, pids, tag, detail::element_bytes(v), timeout_ms).template values<T>();
 }
 
 // ---- cluster_stasks --------------------------------------------------------------

@@ -313,7 +313,37 @@ fn register_fork_functions(c: &Cluster) -> cluster::Result<()> {
     Ok(())
 }
 
+/// ClusterUtils' pieces (tests/clusterutils.rs, the bench): an all-gather
+/// run here, a function applied to remote variables, host names.
+fn register_clusterutils_functions(c: &Cluster) -> cluster::Result<()> {
+    // args: encode_payload((pids, tag, data, timeout_ms or -1, reps, delay_ms)):
+    // sleeps delay_ms, then runs `reps` all-gathers; answers the last result
+    // (parts layout) and the mean time per call in ns, or the error.
+    c.register_fn("ag_run", |call| {
+        let (pids, tag, data, timeout_ms, reps, delay_ms): (Vec<u32>, u64, Vec<u8>, i64, u32, u32) =
+            decode_payload(call.args()).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(delay_ms as u64));
+        let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+        let node = call.node();
+        let t0 = Instant::now();
+        let mut last = Ok(Vec::new());
+        for _ in 0..reps.max(1) {
+            last = node.allgather_async(&pids, tag, &data, timeout).and_then(|f| f.fetch(None).map(<[u8]>::to_vec));
+            if last.is_err() {
+                break;
+            }
+        }
+        let ns = (t0.elapsed().as_nanos() / u128::from(reps.max(1))) as u64;
+        Ok(encode_payload(&(outcome(last), ns)))
+    })?;
+    c.register_fn("var_twice", |call| Ok([call.args(), call.args()].concat()))?;
+    c.register_fn("hostname", |call| Ok(call.node().hostname().as_bytes().to_vec()))?;
+    c.register_fn("host_of", |call| Ok(call.node().host_of(u32_arg(call)?).map_err(|e| e.to_string())?.into_bytes()))?;
+    Ok(())
+}
+
 pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
+    register_clusterutils_functions(c)?;
     register_stask_functions(c)?;
     register_channel_functions(c)?;
     register_dict_functions(c)?;

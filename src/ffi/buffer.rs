@@ -52,3 +52,44 @@ pub unsafe extern "C" fn cluster_buffer_free(buf: *mut cluster_buffer) -> cluste
         r
     })
 }
+
+/// Walks the parts layout (one byte string per process: its id as
+/// uint32_t little-endian, the length as uint64_t little-endian, the
+/// bytes), as `cluster_vars_get`, `cluster_allgather` and `cluster_hosts`
+/// give it: the part at `*offset` (start at 0) into `*pid`, `*part` (a
+/// pointer into `data`) and `*part_len`, and `*offset` moved past it.
+/// CLUSTER_ERR_NOT_FOUND at the end; CLUSTER_ERR_CORRUPT when `data` is
+/// not in the layout.
+///
+/// Ownership: `*part` points into `data`; nothing is allocated.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_parts_next(
+    data: *const u8,
+    len: usize,
+    offset: *mut usize,
+    pid: *mut i32,
+    part: *mut *const u8,
+    part_len: *mut usize,
+) -> cluster_status {
+    ffi!({
+        use super::args::*;
+        let d = bytes(data, len, "data")?;
+        check_out(offset, "offset")?;
+        check_out(pid, "pid")?;
+        check_out(part, "part")?;
+        check_out(part_len, "part_len")?;
+        let mut at = *offset;
+        match crate::wire::parts::next_part(d, &mut at)? {
+            None => Err(crate::Error::new(crate::ErrorKind::NotFound, "no more parts")),
+            Some((p, b)) => {
+                *offset = at;
+                *pid = p as i32;
+                *part = b.as_ptr();
+                *part_len = b.len();
+                Ok(())
+            }
+        }
+    })
+}

@@ -251,6 +251,40 @@ pub unsafe extern "C" fn cluster_procs(ctx: *mut cluster_ctx, out: *mut i32, cap
     ffi!([ctx => c] put_ids(c.procs(), out, cap, count))
 }
 
+/// The host process `pid` runs on into `*out` (its gethostname(), or its
+/// LIBCLUSTER_HOSTNAME when set), as membership told this process: no
+/// message. CLUSTER_ERR_PROCESS_EXITED / CLUSTER_ERR_NO_SUCH_PROCESS for
+/// a process that left or never was.
+///
+/// Ownership: `*out` is the caller's until `cluster_buffer_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_host_of(ctx: *mut cluster_ctx, pid: i32, out: *mut cluster_buffer) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let h = c.node().host_of(pid_arg(pid)?)?;
+        put(out, "out", super::buffer::buffer_from_vec(h.into_bytes())?)
+    })
+}
+
+/// Every live process with its host name into `*out`, in the parts layout
+/// (`cluster_parts_next`), ascending by id: what ClusterUtils'
+/// `describepids` groups, with no message.
+///
+/// Ownership: `*out` is the caller's until `cluster_buffer_free`.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_hosts(ctx: *mut cluster_ctx, out: *mut cluster_buffer) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let hosts = c.node().hosts();
+        let v = crate::wire::parts::encode_parts(hosts.iter().map(|(p, h)| (*p, h.as_bytes())));
+        put(out, "out", super::buffer::buffer_from_vec(v)?)
+    })
+}
+
 /// As `cluster_procs`, for the workers (`[1]` when the head is alone).
 ///
 /// Ownership: `out` is the caller's; nothing is kept.

@@ -61,6 +61,8 @@ mod dict;
 mod shm;
 mod stasks;
 mod fork;
+mod vars;
+mod collective;
 
 #[cfg(test)]
 mod header_checks;
@@ -74,6 +76,8 @@ pub use dict::*;
 pub use shm::*;
 pub use stasks::*;
 pub use fork::*;
+pub use vars::*;
+pub use collective::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;

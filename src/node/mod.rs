@@ -114,6 +114,8 @@ pub struct Node {
     head: bool,
     cookie: String,
     listen_addr: String,
+    /// The host this process runs on, as it tells others when it joins.
+    hostname: String,
     listener: Mutex<Option<TcpListener>>,
     listener_fd: i32,
     topology: AtomicU8,
@@ -197,6 +199,7 @@ impl Node {
             head,
             cookie,
             listen_addr,
+            hostname: crate::sys::host_name(),
             listener_fd: listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1),
             listener: Mutex::new(listener),
             peers: RwLock::new(HashMap::new()),
@@ -343,6 +346,11 @@ impl Node {
     pub fn address(&self) -> &str {
         &self.listen_addr
     }
+    /// The host this process runs on: `LIBCLUSTER_HOSTNAME` when set, else
+    /// gethostname(). Every member learns it with membership.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -419,13 +427,32 @@ impl Node {
 
     /// A worker learns of a member from the head: its address, and the
     /// key the two share to prove who they are to each other.
-    pub(crate) fn add_announced_peer(&self, id: u32, addr: String, key: [u8; 32]) {
+    pub(crate) fn add_announced_peer(&self, id: u32, addr: String, key: [u8; 32], host: String) {
         if id == self.myid() || id == HEAD_ID {
             return;
         }
         let p = self.add_peer(id, READY);
         *p.addr.lock() = addr;
         *p.key.lock() = Some(key);
+        *p.host.lock() = host;
+    }
+
+    /// The host process `pid` runs on, as membership told it (no message).
+    pub fn host_of(&self, pid: u32) -> Result<String> {
+        if pid == self.myid() {
+            return Ok(self.hostname.clone());
+        }
+        match self.peer(pid) {
+            Some(p) if p.is_ready() => Ok(p.host.lock().clone()),
+            Some(p) if p.is_gone() => Err(Error::exited(pid)),
+            Some(_) => Err(Error::at(ErrorKind::NotReady, pid, format!("process {pid} has not joined yet"))),
+            None => Err(self.unknown_process(pid)),
+        }
+    }
+
+    /// Every live process with its host, ascending by id.
+    pub fn hosts(&self) -> Vec<(u32, String)> {
+        self.procs().into_iter().filter_map(|p| self.host_of(p).ok().map(|h| (p, h))).collect()
     }
 
     /// The peer `id`, made with `state` if this node did not know it.

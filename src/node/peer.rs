@@ -13,6 +13,8 @@ pub(crate) const GONE: u8 = 3;
 pub struct Peer {
     pub id: u32,
     pub(crate) addr: Mutex<String>,
+    /// The host it runs on, as it said when it joined.
+    pub(crate) host: Mutex<String>,
     pub(crate) conn: Mutex<Option<Arc<Conn>>>,
     /// Connections the peer opened to us while ours existed.
     pub(crate) extra_conns: Mutex<Vec<Arc<Conn>>>,
@@ -38,6 +40,7 @@ impl Peer {
         Arc::new(Peer {
             id,
             addr: Mutex::new(String::new()),
+            host: Mutex::new(String::new()),
             conn: Mutex::new(None),
             extra_conns: Mutex::new(Vec::new()),
             connecting: Mutex::new(()),

@@ -15,6 +15,10 @@
 //! |    |          | host; orphans of dead clusters found and removed    |
 //! | 8  | stasks   | server tasks: a task per process with state kept    |
 //! |    |          | across the calls pmap_stasks makes                  |
+//! | 9  | vars     | remote variables: named byte values per process,    |
+//! |    |          | set, read and transformed where they live           |
+//! | 10 | collective | all-gather over a process set (recursive doubling, |
+//! |    |          | Bruck or ring, as MPI chooses)                      |
 //!
 //! `fork` is no wire service: PTools' `pfork`, children forked from the
 //! caller (see its module doc for why it sits here).
@@ -23,6 +27,7 @@
 //! thread that refs and channel share.
 
 pub mod channel;
+pub mod collective;
 pub mod control;
 pub mod dict;
 pub mod fork;
@@ -32,3 +37,4 @@ pub mod refs;
 pub mod rpc;
 pub mod shm;
 pub mod stasks;
+pub mod vars;

@@ -87,6 +87,18 @@ void register_all(cluster::Cluster &c) {
         *st.state = nullptr;
         return std::int32_t(0);
     });
+    // ClusterUtils: a variable doubled; an all-gather of this process's id
+    // over the set in the arguments (tag 1), answered as the ids gathered.
+    c.register_function("twice", [](cluster::Call &call) { return call.args_string() + call.args_string(); });
+    c.register_function("ag_ids", [](cluster::Call &call) {
+        cluster::Bytes a = call.args();
+        std::vector<std::int32_t> pids(a.size() / 4);
+        if (!pids.empty()) std::memcpy(pids.data(), a.data(), pids.size() * 4);
+        auto got = cluster::allgather_values<std::int32_t>(*g_cluster, pids, 1, g_cluster->myid(), 20000);
+        std::string out;
+        for (auto v : got) out += std::to_string(v) + ",";
+        return out;
+    });
     c.register_function("upper", [](cluster::Call &call) {
         std::string s = call.args_string();
         for (auto &ch : s) ch = (char)toupper((unsigned char)ch);
@@ -1042,6 +1054,49 @@ void case_dicts() {
 }
 
 // Server tasks through the wrapper: state kept per task, futures, stop.
+void case_clusterutils() {
+    cluster::Cluster &c = *g_cluster;
+    auto ids = c.addprocs(3);
+    // Hosts from membership.
+    auto hosts = cluster::hosts(c);
+    EXPECT(hosts.size() == 4 && hosts.count(1) == 1 && hosts[ids[0]] == hosts[1]);
+    EXPECT(cluster::host_of(c, ids[2]) == hosts[1]);
+    EXPECT_THROWS(cluster::host_of(c, 99), CLUSTER_ERR_NO_SUCH_PROCESS);
+    // Remote variables.
+    cluster::Vars vars(c);
+    std::vector<std::int32_t> all = {1, ids[0], ids[1], ids[2]};
+    vars.set(all, "x", "ab");
+    cluster::Parts got = vars.get({ids[2], 1}, "x");
+    EXPECT(got.size() == 2 && got[0].pid == ids[2] && got[1].pid == 1 && got.at(1).str() == "ab");
+    EXPECT_THROWS(got.at(42), CLUSTER_ERR_NOT_FOUND);
+    for (auto &s : vars.apply(ids, "x", "twice").values<std::string>()) EXPECT(s == "abab");
+    cluster::Future kept = vars.apply_async(ids, "x", "twice", std::string("y"));
+    for (const cluster::Part &p : cluster::Parts::view(kept.fetch(10000))) EXPECT(p.bytes.empty());
+    EXPECT(vars.get(ids, "y").values<std::string>() == std::vector<std::string>(3, "abab"));
+    vars.set_value<std::int32_t>({ids[0]}, "n", 7);
+    EXPECT(vars.get({ids[0]}, "n").values<std::int32_t>() == std::vector<std::int32_t>{7});
+    cluster::Future g = vars.get_async(ids, "x");
+    EXPECT(cluster::Parts::view(g.fetch(10000)).size() == 3);
+    vars.set_async({1}, "z", "zz").wait();
+    EXPECT(vars.local("z").str() == "zz");
+    vars.set_local("w", "w1");
+    EXPECT(vars.local("w").str() == "w1");
+    vars.erase(ids, "y");
+    EXPECT_THROWS(vars.get(ids, "y"), CLUSTER_ERR_NOT_FOUND);
+    EXPECT_THROWS(vars.local("nope"), CLUSTER_ERR_NOT_FOUND);
+    // All-gather among the workers and the head.
+    std::vector<cluster::Future> calls;
+    for (auto id : ids) calls.push_back(c.remotecall(id, "ag_ids", cluster::Bytes(all.data(), all.size() * 4)));
+    auto mine = cluster::allgather_values<std::int32_t>(c, all, 1, c.myid(), 20000);
+    EXPECT(mine == all);
+    std::string want;
+    for (auto v : all) want += std::to_string(v) + ",";
+    for (auto &f : calls) EXPECT(f.fetch_string(20000) == want);
+    cluster::Future af = cluster::allgather_async(c, {1}, 2, "solo");
+    EXPECT(cluster::Parts::view(af.fetch(10000)).at(1).str() == "solo");
+    EXPECT_THROWS(cluster::allgather(c, {ids[0]}, 3, "x"), CLUSTER_ERR_INVALID_ARGUMENT);
+}
+
 void case_stasks() {
     cluster::Cluster &c = *g_cluster;
     auto ids = c.addprocs(2);
@@ -1097,7 +1152,7 @@ void case_shm() {
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
-    if (which == "workers" || which == "pools" || which == "dicts" || which == "stasks") {
+    if (which == "workers" || which == "pools" || which == "dicts" || which == "stasks" || which == "clusterutils") {
         try {
             cluster::Cluster c(cluster::Config().startup_timeout_ms(20000));
             g_cluster = &c;
@@ -1119,6 +1174,8 @@ int main(int argc, char **argv) {
                 case_dicts();
             else if (which == "stasks")
                 case_stasks();
+            else if (which == "clusterutils")
+                case_clusterutils();
             else
                 case_pools();
             g_cluster = nullptr;

@@ -170,7 +170,7 @@ impl Control {
             Some(k) if *id != 0 => transcript.prove(k, JOIN_LABEL, &[&id.to_le_bytes()]),
             _ => [0; 32],
         };
-        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max, proof };
+        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max, host: node.hostname().to_string(), proof };
         conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
         let reply_by = deadline.max(Instant::now() + cfg.handshake_timeout);
         let reply = loop {
@@ -187,8 +187,9 @@ impl Control {
         node.store_topology(welcome.topology);
         let head = node.add_peer(HEAD_ID, READY);
         *head.conn.lock() = Some(conn.clone());
+        *head.host.lock() = welcome.head_host;
         for p in welcome.peers {
-            node.add_announced_peer(p.id, p.addr, p.key);
+            node.add_announced_peer(p.id, p.addr, p.key, p.host);
         }
         node.adopt(&conn);
         Ok(())
@@ -228,6 +229,7 @@ impl Control {
             }
         };
         *peer.addr.lock() = join.listen_addr;
+        *peer.host.lock() = join.host;
         if peer.os_pid.load(Ordering::Acquire) == 0 {
             peer.os_pid.store(join.os_pid, Ordering::Release);
         }
@@ -236,7 +238,7 @@ impl Control {
         *peer.conn.lock() = Some(conn.clone());
         peer.state.store(CONNECTED, Ordering::Release);
         let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| self.introduce(p, peer.id)).collect();
-        let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes };
+        let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes, head_host: node.hostname().to_string() };
         // The welcome lists every ready worker: it goes in the payload,
         // which the worker's maximum message size bounds, not in the meta
         // (64 KiB: about 1,100 workers).
@@ -301,7 +303,7 @@ mod tests {
         // SAFETY: a stream socket, owned from here on by the TcpStream.
         let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
         let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
-        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, proof: [0; 32] };
+        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, host: "h".into(), proof: [0; 32] };
         let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
         control.admit(&node, &conn, &f, &transcript).unwrap();
         let reply = read_reply(&theirs);
@@ -316,7 +318,7 @@ mod tests {
         // Why the meta would not do: 1,200 members fit a meta on the wire
         // (about 60 KB), but its decoder, whose limit counts decoded sizes,
         // refuses them.
-        let some = Welcome { id: 9, topology: node.topology(), peers: w.peers.into_iter().take(1200).collect(), max_message: 1 };
+        let some = Welcome { id: 9, topology: node.topology(), peers: w.peers.into_iter().take(1200).collect(), max_message: 1, head_host: String::new() };
         let meta = wire::encode_meta(&some);
         assert!(meta.len() <= wire::MAX_META, "{} bytes", meta.len());
         assert!(wire::decode_meta::<Welcome>(&meta).is_err());
@@ -337,7 +339,7 @@ mod tests {
         // SAFETY: a stream socket, owned from here on by the TcpStream.
         let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
         let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
-        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1000, proof: [0; 32] };
+        let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1000, host: "h".into(), proof: [0; 32] };
         let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
         assert_eq!(control.admit(&node, &conn, &f, &transcript).unwrap_err().kind, ErrorKind::Auth);
         let reply = read_reply(&theirs);

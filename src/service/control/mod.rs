@@ -42,6 +42,8 @@ pub struct Join {
     pub listen_addr: String,
     pub os_pid: u32,
     pub max_message: u64,
+    /// The host it runs on (`Node::hostname`).
+    pub host: String,
     /// A launched worker's proof of its id: HMAC(launch key, "libcluster
     /// join", both handshake nonces, id). Zero for an elastic worker.
     pub proof: [u8; 32],
@@ -54,6 +56,8 @@ pub(crate) struct Welcome {
     /// The ready members, each with the key the new worker shares with it.
     pub peers: Vec<PeerInfo>,
     pub max_message: u64,
+    /// The head's host.
+    pub head_host: String,
 }
 
 /// A member as the head introduces it to one other member.
@@ -64,6 +68,8 @@ pub(crate) struct PeerInfo {
     /// The key the two workers share (all zero in PEER_LEFT): either
     /// proves its id to the other with it when it connects.
     pub key: [u8; 32],
+    /// The host it runs on.
+    pub host: String,
 }
 
 pub struct Control {
@@ -103,7 +109,7 @@ impl Control {
 
     /// Head: worker `p` as introduced to worker `to`.
     pub(crate) fn introduce(&self, p: &crate::node::Peer, to: u32) -> PeerInfo {
-        PeerInfo { id: p.id, addr: p.addr.lock().clone(), key: self.pair_key(p.id, to) }
+        PeerInfo { id: p.id, addr: p.addr.lock().clone(), key: self.pair_key(p.id, to), host: p.host.lock().clone() }
     }
 
     /// The head introduces a worker that became ready to the others, and
@@ -143,7 +149,7 @@ impl Service for Control {
         let from_head = !node.is_head() && msg.from == HEAD_ID;
         match parse(msg.op(), &msg.meta)? {
             Message::Ready if node.is_head() => self.on_ready(node, msg.from),
-            Message::PeerJoined(info) if from_head => node.add_announced_peer(info.id, info.addr, info.key),
+            Message::PeerJoined(info) if from_head => node.add_announced_peer(info.id, info.addr, info.key, info.host),
             Message::PeerLeft(info) if from_head => node.peer_lost(info.id),
             Message::Shutdown if from_head => {
                 node.log.info("asked to stop");
@@ -166,7 +172,7 @@ impl Service for Control {
 
     fn on_peer_left(&self, node: &Arc<Node>, pid: u32, how: Departure) {
         if node.is_head() && how.was_ready {
-            let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new(), key: [0; 32] });
+            let meta = wire::encode_meta(&PeerInfo { id: pid, addr: String::new(), key: [0; 32], host: String::new() });
             for p in node.peers_where(|p| p.is_ready()) {
                 if let Some(c) = p.conn.lock().clone() {
                     let _ = c.send_nowait(Header::new(Kind::Oneway, ID, op::PEER_LEFT, 0), &meta, &[]);

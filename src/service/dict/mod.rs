@@ -172,26 +172,15 @@ pub const EACH: &str = "cluster.each";
 /// length (u64 LE) and its bytes, one after another (simple to write from
 /// any language).
 pub fn encode_each(values: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.iter().map(|(_, v)| 12 + v.len()).sum());
-    for (pid, v) in values {
-        out.extend_from_slice(&pid.to_le_bytes());
-        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-        out.extend_from_slice(v);
-    }
-    out
+    wire::parts::encode_parts(values.iter().map(|(p, v)| (*p, v.as_slice())))
 }
 
-fn each_value(me: u32, mut args: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    while !args.is_empty() {
-        let bad = || format!("bad {EACH} arguments");
-        let pid = u32::from_le_bytes(args.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes"));
-        let len = u64::from_le_bytes(args.get(4..12).ok_or_else(bad)?.try_into().expect("8 bytes"));
-        let len = usize::try_from(len).map_err(|_| bad())?;
-        let end = 12usize.checked_add(len).filter(|&e| e <= args.len()).ok_or_else(bad)?;
+fn each_value(me: u32, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut at = 0;
+    while let Some((pid, v)) = wire::parts::next_part(args, &mut at).map_err(|_| format!("bad {EACH} arguments"))? {
         if pid == me {
-            return Ok(args[12..end].to_vec());
+            return Ok(v.to_vec());
         }
-        args = &args[end..];
     }
     Err(format!("no value was computed for process {me}"))
 }
