@@ -674,9 +674,7 @@ end
 
 "Functions a library may lack; their pointer stays C_NULL then."
 const OPTIONAL = (:cluster_drive, :cluster_cork, :cluster_drive_ex,
-                  # TEMPORARY until issue 10's C API is on main
-                  :cluster_parts_next, :cluster_host_of, :cluster_hosts, :cluster_vars_set_async, :cluster_vars_get_async,
-                  :cluster_vars_apply_async, :cluster_vars_local_get, :cluster_vars_local_set, :cluster_allgather_async,
+                  # TEMPORARY until issue 10's save/load container is on main
                   :cluster_save, :cluster_load)
 
 "Whether the library has `cluster_drive`."

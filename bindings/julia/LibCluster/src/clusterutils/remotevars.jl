@@ -43,6 +43,9 @@ function sow_here(mod::Module, name::Doable, value, evaluate::Bool)
     nothing
 end
 
+"Whether `sow` has `value` evaluated where it binds it: code (a name, an expression, a quoted value), as ClusterUtils' put it into the assignment it evaluates there."
+evaluated(value) = value isa Union{Doable,QuoteNode}
+
 "On the target: `expr` evaluated in Main."
 reap_here(expr) = Core.eval(Main, expr)
 
@@ -98,8 +101,10 @@ pid_list(pids) = throw(ArgumentError("expected a process id or a vector of them;
     sow(name, value; ...)                  # on workers()
 
 Binds the global `name` of module `mod` on each of `pids`, all at once. An
-expression (or a name) `value` is evaluated there (`sow(pids, :x,
-:(100 + myid()))` gives 102, 103...); any other value is shipped as it is.
+expression `value` is evaluated there (`sow(pids, :x, :(100 + myid()))`
+gives 102, 103...), as are a name (its value there) and a `QuoteNode` (the
+value quoted: `QuoteNode(:s)` binds the Symbol `:s`); any other value is
+shipped as it is.
 `name` may be a slice or key expression (`:(bar[1:2, :])`,
 `:(somedict[:buzz][:, :])`), which assigns into what is there (one value to
 many places broadcasts). Returns once every binding is done (with
@@ -107,13 +112,13 @@ many places broadcasts). Returns once every binding is done (with
 `nothing`). A failure on any process is thrown once all completed.
 """
 function sow(pid::Integer, name::Doable, value; mod::Module = Main, callstyle = remotecall_wait)
-    callstyle(sow_here, Int(pid), mod, name, value, value isa Doable)
+    callstyle(sow_here, Int(pid), mod, name, value, evaluated(value))
 end
 
 function sow(pids::AbstractVector{<:Integer}, name::Doable, value; mod::Module = Main, callstyle = remotecall_wait)
     refs = Dict{Int,Any}()
     if callstyle === remotecall_wait || callstyle === remotecall
-        calls = call_each(sow_here, pids, mod, name, value, value isa Doable)
+        calls = call_each(sow_here, pids, mod, name, value, evaluated(value))
         callstyle === remotecall_wait ? wait_each(calls) : foreach(c -> c[2] isa Exception && throw(c[2]), calls)
         for (p, f) in calls
             refs[p] = f
