@@ -4030,6 +4030,50 @@ cluster_status cluster_allgather_async(cluster_ctx *ctx,
                                        int64_t timeout_ms,
                                        cluster_future **out);
 
+/**
+ * Saves `data[0..len)` to the file `path` in the libcluster container
+ * format (README "Save and load": magic, version, content type, length,
+ * payload, SHA-256), tagged with `content_type` (UTF-8, at most 255
+ * bytes; "" is allowed; Julia's save uses "julia.serialization").
+ * Written atomically: the bytes go to a new file in the same directory
+ * (unnamed, O_TMPFILE, where the file system has it), which is fsynced and
+ * renamed over `path`, then the directory is fsynced; a crash or kill
+ * mid-save leaves the old file as it was. A new file gets 0644 minus the
+ * umask, an existing one keeps its mode. CLUSTER_ERR_INVALID_ARGUMENT for
+ * a NULL or over-long argument or a path naming no file (a trailing '/');
+ * CLUSTER_ERR_IO naming the path and the step that failed (no directory,
+ * no permission, a full disk, a directory at `path`), leaving no
+ * temporary file.
+ *
+ * Ownership: `path`, `content_type` and `data` are read during the call
+ * only; `data` may be NULL when `len` is 0.
+ * Blocking: yes, writes and fsyncs the file and its directory.
+ * Threads: any; concurrent saves to one path leave one of them whole.
+ */
+cluster_status cluster_save(const char *path,
+                            const char *content_type,
+                            const uint8_t *data,
+                            size_t len);
+
+/**
+ * Loads the file `path` written by `cluster_save`, checking all of it:
+ * `*data` receives the payload, `*content_type` (may be NULL) its content
+ * type, NUL-terminated (the NUL is not counted in its `len`). Errors,
+ * with a message saying which: CLUSTER_ERR_IO for a missing or unreadable
+ * file (naming the path); CLUSTER_ERR_CORRUPT for a file that is not of
+ * this format (bad magic, e.g. a text file or line endings converted), of
+ * a newer format version (naming the one this library reads), truncated
+ * or with trailing bytes (expected and found lengths), or damaged
+ * (checksum mismatch); CLUSTER_ERR_INVALID_ARGUMENT for NULL `path` or
+ * `data`. On an error the out buffers are left untouched.
+ *
+ * Ownership: `*data` and `*content_type` are the caller's until
+ * `cluster_buffer_free`.
+ * Blocking: yes, reads the whole file.
+ * Threads: any.
+ */
+cluster_status cluster_load(const char *path, cluster_buffer *data, cluster_buffer *content_type);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -4,6 +4,8 @@
 //! Layers, each depending only on those above it:
 //!
 //! - `error`, `log`, `sys`: errors, logging, the few syscalls std lacks;
+//! - `savefile`: the save/load container (a versioned, checksummed file
+//!   written atomically), on `error` and `sys` only;
 //! - `wire`: frames and their encoding;
 //! - `net`: the handshake and connections;
 //! - `node`: the node core (identity, peers, messaging, futures, events,
@@ -19,6 +21,7 @@
 pub mod error;
 pub mod log;
 pub mod sys;
+pub mod savefile;
 pub mod wire;
 pub mod net;
 pub mod node;
@@ -55,6 +58,8 @@ pub mod prelude {
     pub use crate::service::stasks::StasksExt;
     pub use crate::service::vars::VarsExt;
     pub use crate::service::collective::CollectiveExt;
+    /// `savefile::save` / `savefile::load` (plain functions, no node needed).
+    pub use crate::savefile;
 }
 
 /// The header cbindgen generated in this build, to check the committed copy.

@@ -2,8 +2,10 @@
 //! non-blocking socket, eventfd, signals and random bytes. Each wrapper is
 //! safe to call; the `unsafe` blocks only pass valid, owned buffers to libc.
 //! `shm`: POSIX shared-memory segments and their mappings; `process`:
-//! forked children (fork, pipes, waitpid, PR_SET_PDEATHSIG, signals).
+//! forked children (fork, pipes, waitpid, PR_SET_PDEATHSIG, signals);
+//! `file`: files replaced atomically (O_TMPFILE, linkat, the *at calls).
 
+pub mod file;
 pub mod process;
 pub mod shm;
 

@@ -45,7 +45,8 @@
 // registered on the Cluster), cluster_shm (Shm, ShmSpec, Span<T>, and the
 // orphan cleaner shm_orphans() / remove_shm_orphans()), cluster_stasks
 // (ServerTasks, StaskState), then cluster_pfork (pfork(), ForkResults,
-// ForkChild, ForkError; no Cluster needed). The order is the one C++ needs:
+// ForkChild, ForkError; no Cluster needed), then cluster_save / cluster_load
+// (save(), load(), load_buffer(), Loaded; no Cluster needed). The order is the one C++ needs:
 // an object comes after those it uses.
 //
 // Work distribution owns its callbacks: a Pmap keeps its retry check and
@@ -3118,6 +3119,42 @@ template <class R = void, class F> auto pfork(int n, F &&f, std::int64_t timeout
     out.reserve(n > 0 ? static_cast<std::size_t>(n) : 0);
     for (std::size_t i = 0, k = r.size(); i < k; i++) out.push_back(r.template value_as<T>(i));
     return out;
+}
+
+// ==== cluster_save / cluster_load: save(), load() ============================
+
+/// A loaded container (`load`): its content type and payload.
+struct Loaded {
+    std::string content_type;
+    std::vector<std::uint8_t> data;
+};
+
+/// Saves `bytes` to the file `path`, tagged with `content_type` (at most 255
+/// bytes), atomically: a crash mid-save leaves the old file (cluster_save).
+/// Throws Error (CLUSTER_ERR_IO, CLUSTER_ERR_INVALID_ARGUMENT).
+inline void save(const std::string &path, const std::string &content_type, Bytes bytes) {
+    if (path.find('\0') != std::string::npos || content_type.find('\0') != std::string::npos)
+        throw Error(CLUSTER_ERR_INVALID_ARGUMENT, "a path or content type holds no NUL");
+    check(cluster_save(path.c_str(), content_type.c_str(), bytes.data(), bytes.size()));
+}
+
+/// Loads the file `path` written by save() into a Buffer (no copy of the
+/// payload); `*content_type` (may be null) receives its content type.
+/// Throws Error: CLUSTER_ERR_IO (missing, unreadable), CLUSTER_ERR_CORRUPT
+/// (not this format, a newer version, truncated, damaged: the message says which).
+inline Buffer load_buffer(const std::string &path, std::string *content_type = nullptr) {
+    Buffer data, ct;
+    check(cluster_load(path.c_str(), data.out(), content_type ? ct.out() : nullptr));
+    if (content_type) *content_type = ct.str();
+    return data;
+}
+
+/// Loads the file `path` written by save(); throws as load_buffer().
+inline Loaded load(const std::string &path) {
+    Loaded l;
+    Buffer data = load_buffer(path, &l.content_type);
+    l.data = data.vec();
+    return l;
 }
 
 } // namespace cluster

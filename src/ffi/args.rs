@@ -32,6 +32,16 @@ pub(crate) unsafe fn opt_cstr<'a>(p: *const c_char, name: &str) -> Result<Option
     }
 }
 
+/// Borrows a required NUL-terminated file path (any bytes but NUL, as
+/// the kernel takes them: not necessarily UTF-8).
+pub(crate) unsafe fn path_arg<'a>(p: *const c_char, name: &str) -> Result<&'a std::path::Path, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    if p.is_null() {
+        return Err(null_arg(name));
+    }
+    Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(CStr::from_ptr(p).to_bytes())))
+}
+
 /// Reads a NULL-terminated list of strings (NULL gives `None`).
 pub(crate) unsafe fn str_list(p: *const *const c_char, name: &str) -> Result<Option<Vec<String>>, Error> {
     if p.is_null() {

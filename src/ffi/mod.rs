@@ -30,6 +30,8 @@
 //! - `stasks`: `cluster_stasks`, server tasks (PTools' `start_stasks`).
 //! - `fork`: `cluster_pfork` (PTools' `pfork`), `cluster_fork_results`,
 //!   `cluster_fork_child` (a child's way to return its bytes).
+//! - `savefile`: `cluster_save` / `cluster_load`, the save/load container
+//!   (ClusterUtils' `save` / `load` over bytes).
 //! - `gate`: the callback gate of a cluster, behind `cluster_close`.
 //!
 //! cbindgen reads this module tree only (see build.rs): whatever is `pub`
@@ -63,6 +65,7 @@ mod stasks;
 mod fork;
 mod vars;
 mod collective;
+mod savefile;
 
 #[cfg(test)]
 mod header_checks;
@@ -78,6 +81,7 @@ pub use stasks::*;
 pub use fork::*;
 pub use vars::*;
 pub use collective::*;
+pub use savefile::*;
 pub use future::*;
 pub use pmap::*;
 pub use pool::*;

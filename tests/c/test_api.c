@@ -107,7 +107,7 @@ static void *fresh_thread_last_error(void *arg) {
 }
 
 /* The highest status code (statuses are 0..LAST_STATUS without gaps). */
-#define LAST_STATUS CLUSTER_ERR_NOT_FOUND
+#define LAST_STATUS CLUSTER_ERR_CORRUPT
 
 static void case_status(void) {
     const char *seen[LAST_STATUS + 1];
@@ -126,6 +126,7 @@ static void case_status(void) {
      * process, so a crash (KI-1, fixed) fails this check, not the binary. */
     EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_CHANNEL_CLOSED), "the channel is closed") == 0);
     EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_NOT_FOUND), "no such key") == 0);
+    EXPECT(strcmp(cluster_status_str(CLUSTER_ERR_CORRUPT), "damaged, truncated or foreign data") == 0);
     int odd[] = {LAST_STATUS + 1, LAST_STATUS + 2, 100, 255, 256, 65536, -1, -100, 0x7fffffff, (int)0x80000000};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         fflush(NULL);

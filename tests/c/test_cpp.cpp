@@ -2,7 +2,8 @@
 // exceptions, byte views, typed calls, callable handlers (state, return
 // values, exceptions), deferred calls, callbacks, host mode, workers,
 // channels, pools and the rest of work distribution, and cluster dicts
-// (Dict, DictSpec, DictEntries, value functions), and pfork (no cluster).
+// (Dict, DictSpec, DictEntries, value functions), pfork and save/load (no
+// cluster).
 //
 // Usage: test_cpp <case>. Like the C tests, the binary is its own worker.
 #include "harness.h"
@@ -1149,6 +1150,46 @@ void case_shm() {
     EXPECT_THROWS(cluster::Shm::unlink(c, "grid", pfx), CLUSTER_ERR_NOT_FOUND);
 }
 
+// save/load (no cluster): round trip, overwrite, the errors thrown.
+void case_savefile() {
+    char dir[] = "/tmp/test_cpp_savefile.XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    const std::string p = std::string(dir) + "/state.bin";
+    std::vector<std::uint8_t> payload(100000);
+    for (std::size_t i = 0; i < payload.size(); i++) payload[i] = static_cast<std::uint8_t>(i * 7);
+    cluster::save(p, "julia.serialization", payload);
+    cluster::Loaded l = cluster::load(p);
+    EXPECT(l.content_type == "julia.serialization" && l.data == payload);
+    cluster::save(p, "", std::string("second")); // overwrite; empty content type
+    l = cluster::load(p);
+    EXPECT(l.content_type.empty() && l.data == std::vector<std::uint8_t>({'s', 'e', 'c', 'o', 'n', 'd'}));
+    std::string ct = "unchanged";
+    cluster::Buffer b = cluster::load_buffer(p, &ct);
+    EXPECT(b.str() == "second" && ct.empty());
+    EXPECT(cluster::load_buffer(p).size() == 6);
+    cluster::save(p, "empty", cluster::Bytes());
+    EXPECT(cluster::load(p).data.empty());
+    // Errors.
+    auto missing = EXPECT_THROWS(cluster::load(std::string(dir) + "/missing"), CLUSTER_ERR_IO);
+    EXPECT(missing && missing->message().find("/missing") != std::string::npos);
+    EXPECT_THROWS(cluster::save(std::string(dir) + "/no/such/f", "ct", "x"), CLUSTER_ERR_IO);
+    EXPECT_THROWS(cluster::save(p, std::string(256, 't'), "x"), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(cluster::save(p, std::string("a\0b", 3), "x"), CLUSTER_ERR_INVALID_ARGUMENT);
+    {
+        FILE *f = std::fopen(p.c_str(), "wb");
+        REQUIRE(f != nullptr);
+        std::fputs("not a save file\n", f);
+        std::fclose(f);
+    }
+    auto foreign = EXPECT_THROWS(cluster::load(p), CLUSTER_ERR_CORRUPT);
+    EXPECT(foreign && foreign->message().find("bad magic") != std::string::npos);
+    cluster::save(p, "ct", payload);
+    EXPECT(truncate(p.c_str(), 5000) == 0);
+    auto cut = EXPECT_THROWS(cluster::load(p), CLUSTER_ERR_CORRUPT);
+    EXPECT(cut && cut->message().find("truncated: expected 100062 bytes, found 5000") != std::string::npos);
+    EXPECT(std::remove(p.c_str()) == 0 && rmdir(dir) == 0); // nothing else was left there
+}
+
 int main(int argc, char **argv) {
     const std::string which = argc > 1 ? argv[1] : "";
     harness_name = argc > 1 ? argv[1] : "test_cpp";
@@ -1189,10 +1230,11 @@ int main(int argc, char **argv) {
     const std::map<std::string, void (*)()> cases = {
         {"basics", case_basics}, {"calls", case_calls}, {"callbacks", case_callbacks},
         {"close_waits", case_close_waits}, {"host", case_host}, {"shm", case_shm}, {"fork", case_fork},
+        {"savefile", case_savefile},
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|fork|workers|pools|dicts|stasks\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|fork|savefile|workers|pools|dicts|stasks\n", argv[0]);
         return 2;
     }
     try {
