@@ -673,9 +673,7 @@ is unloaded).
 end
 
 "Functions a library may lack; their pointer stays C_NULL then."
-const OPTIONAL = (:cluster_drive, :cluster_cork, :cluster_drive_ex,
-                  # TEMPORARY until issue 10's save/load container is on main
-                  :cluster_save, :cluster_load)
+const OPTIONAL = (:cluster_drive, :cluster_cork, :cluster_drive_ex)
 
 "Whether the library has `cluster_drive`."
 has_drive() = fp_cluster_drive[] != C_NULL

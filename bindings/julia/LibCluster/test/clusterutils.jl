@@ -40,11 +40,11 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
     # A head of its own (a child process) with a worker under another host
     # name: its broadcast_shared segments must go when it closes; then,
     # alone, it saves a large value and is killed with SIGKILL while it
-    # writes. Started first, it loads while the rest runs.
+    # writes. Started once this cluster's workers are up, it loads while
+    # the tests run.
     exename = namespaced_julia(OTHER_HOST)
     target = joinpath(dir, "killed.jlf")
     save(target, "the old value")
-    known = readdir(dir)
     child_file = joinpath(dir, "child.jl")
     write(child_file, """
         using LibCluster, LibCluster.API, LibCluster.ClusterUtils
@@ -57,12 +57,12 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
         LibCluster.shutdown()
         println("closed")
         value = ones(UInt8, 400_000_000)
+        readline(stdin)                # until the parent watches
         println("saving"); flush(stdout)
         save($(repr(target)), value)
         println("saved"); flush(stdout)
         sleep(60)
         """)
-    child = open(`$JULIA --startup-file=no --project=$PROJECT $child_file`, "r")
 
     # Workers: local ones up to 6 processes with the head, two on another
     # host: 8 processes for the exchanges. The last local one is killed.
@@ -75,6 +75,7 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
         others = addprocs(2; exename = exename, flags...)
     end
     victim = locals[end]
+    child = open(`$JULIA --startup-file=no --project=$PROJECT $child_file`, "r+")
     mine = vcat(locals, others)
     LAST_ID[] = max(LAST_ID[], maximum(mine))
     @everywhere using LibCluster.ClusterUtils
@@ -116,8 +117,8 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
             @test reap(pids, :morebob; returntype = Int) isa Dict{Int,Int}
             # into a module of one's own (the README's mod = ClusterUtils)
             sow(pids[3], :specificbob, :(sqrt(myid())); mod = CUTestModule)
-            @test (@fetchfrom pids[3] CUTestModule.specificbob) == sqrt(pids[3])
-            @test remotecall_fetch(() -> isdefined(Main, :specificbob), pids[3]) == false
+            @test reap(pids[3], :(CUTestModule.specificbob)) == Dict(pids[3] => sqrt(pids[3]))
+            @test reap(pids[3], :(isdefined(Main, :specificbob))) == Dict(pids[3] => false)
             # slices and keys assign into what is there
             sow(pids, :bar, :(randn(4, 4)))
             before = reap(pids, :bar)
@@ -413,9 +414,10 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
             # The child's cluster closed: its segments are gone from /dev/shm.
             lines = String[]
             within(120, "the child to close its cluster") do
-                while isempty(lines) || lines[end] != "closed"
-                    push!(lines, readline(child))
-                    eof(child) && break
+                while true
+                    l = readline(child)
+                    push!(lines, l)
+                    (l == "closed" || isempty(l) && eof(child)) && break
                 end
             end
             seg = filter(l -> startswith(l, "segments "), lines)
@@ -429,6 +431,8 @@ shared_here(name = "") = filter(n -> startswith(n, "lcshm.$(getpid())-") && occu
             end
             # A save killed with SIGKILL while it writes leaves the old file.
             try
+                known = readdir(dir)
+                println(child, "go")
                 @test within(120, "the child to start saving") do
                     readline(child)
                 end == "saving"

@@ -13,7 +13,7 @@ where the binding runs). A slice or key (`bar[1:2, :]`,
 assignment, or, when that refuses one value for many places (Julia 1
 wants `.=` there, where ClusterUtils' Julia 0.5 took `=`), a broadcast one.
 """
-function binding_expr(name::Doable, value)
+function binding_expr(name::Doable, @nospecialize(value))
     name isa Expr && name.head === :ref || return Expr(:(=), name, value)
     v = gensym(:value)
     err = gensym(:err)
@@ -38,13 +38,13 @@ On the target: binds `name` in `mod` to `value`, evaluated here when
 `evaluate` (an expression of the caller's), else as it came. Returns
 nothing: the value does not travel back.
 """
-function sow_here(mod::Module, name::Doable, value, evaluate::Bool)
+function sow_here(mod::Module, name::Doable, @nospecialize(value), evaluate::Bool)
     Core.eval(mod, binding_expr(name, evaluate ? value : QuoteNode(value)))
     nothing
 end
 
 "Whether `sow` has `value` evaluated where it binds it: code (a name, an expression, a quoted value), as ClusterUtils' put it into the assignment it evaluates there."
-evaluated(value) = value isa Union{Doable,QuoteNode}
+evaluated(@nospecialize(value)) = value isa Union{Doable,QuoteNode}
 
 "On the target: `expr` evaluated in Main."
 reap_here(expr) = Core.eval(Main, expr)
@@ -54,7 +54,7 @@ The remote calls of `f(args...)` on each of `pids`, sent one after the
 other without waiting: pid => its Future, or the exception of the send
 (a process that has left).
 """
-function call_each(f, pids, args...)
+function call_each(@nospecialize(f), pids, @nospecialize(args...))
     calls = Pair{Int,Any}[]
     for p in pids
         r = try
@@ -111,11 +111,11 @@ many places broadcasts). Returns once every binding is done (with
 `callstyle = remotecall`: at once), with the Future of each (its value is
 `nothing`). A failure on any process is thrown once all completed.
 """
-function sow(pid::Integer, name::Doable, value; mod::Module = Main, callstyle = remotecall_wait)
+function sow(pid::Integer, name::Doable, @nospecialize(value); mod::Module = Main, callstyle = remotecall_wait)
     callstyle(sow_here, Int(pid), mod, name, value, evaluated(value))
 end
 
-function sow(pids::AbstractVector{<:Integer}, name::Doable, value; mod::Module = Main, callstyle = remotecall_wait)
+function sow(pids::AbstractVector{<:Integer}, name::Doable, @nospecialize(value); mod::Module = Main, callstyle = remotecall_wait)
     refs = Dict{Int,Any}()
     if callstyle === remotecall_wait || callstyle === remotecall
         calls = call_each(sow_here, pids, mod, name, value, evaluated(value))
@@ -131,7 +131,7 @@ function sow(pids::AbstractVector{<:Integer}, name::Doable, value; mod::Module =
     refs
 end
 
-sow(name::Doable, value; mod::Module = Main, callstyle = remotecall_wait) =
+sow(name::Doable, @nospecialize(value); mod::Module = Main, callstyle = remotecall_wait) =
     sow(workers(), name, value; mod = mod, callstyle = callstyle)
 
 """

@@ -141,7 +141,7 @@ function forget_shared(name::Symbol, unlink::Bool)
 end
 
 "On a representative: makes its host's segment (mapped by `pids`, its host's processes) and copies `value` in."
-function make_shared(name::Symbol, T::Type, value::AbstractArray, pids::Vector{Int})
+function make_shared(name::Symbol, @nospecialize(T::Type), @nospecialize(value::AbstractArray), pids::Vector{Int})
     sname = String(name)
     dims = UInt64[d for d in size(value)]
     ids = Int32.(pids)
@@ -168,7 +168,7 @@ function make_shared(name::Symbol, T::Type, value::AbstractArray, pids::Vector{I
 end
 
 "On each process of a host: binds Main's `name` to its view of the host's segment."
-bind_shared(name::Symbol, T::Type) = (PTools.bind_global(name, PTools.view_of(name, SHARED_PREFIX, T)); nothing)
+bind_shared(name::Symbol, @nospecialize(T::Type)) = (PTools.bind_global(name, PTools.view_of(name, SHARED_PREFIX, T)); nothing)
 
 """
     broadcast_shared(topo, T, value, name)
@@ -181,7 +181,7 @@ one of them is seen by the others of its host; each host has its own copy.
 The segments made by an earlier call with the same name are replaced.
 They go when the cluster closes (and a representative's when it exits).
 """
-function broadcast_shared(topo::AbstractDict, T::Type, value::AbstractArray, name::Symbol)
+function broadcast_shared(topo::AbstractDict, @nospecialize(T::Type), @nospecialize(value::AbstractArray), name::Symbol)
     isbitstype(T) && sizeof(T) > 0 ||
         throw(ArgumentError("broadcast_shared: the element type must be a bits type of some size; got $T"))
     hosts = Pair{Int,Vector{Int}}[]
