@@ -118,8 +118,10 @@ const SHARED_PREFIX = "clusterutils"
 # /dev/shm when it closes; a representative on another host does it here).
 const MADE_HERE = Set{String}()
 const EXIT_HOOK = Ref(false)
+const MADE_BY = Ref(0)                  # the OS pid that made them (not a fork of it)
 
 function remove_made_here()
+    getpid() == MADE_BY[] || return nothing
     for n in MADE_HERE
         rm(joinpath("/dev/shm", n); force = true)
     end
@@ -160,6 +162,7 @@ function make_shared(name::Symbol, @nospecialize(T::Type), @nospecialize(value::
     end
     if !EXIT_HOOK[]
         EXIT_HOOK[] = true
+        MADE_BY[] = getpid()
         atexit(remove_made_here)
     end
     a = PTools.view_of(name, prefix, T)
