@@ -181,7 +181,8 @@ array of element type `T` (a bits type) and the shape of `value` (an
 array of any shape), holding a copy of `value` (converted to `T`), bound
 to the global `name` of Main on every process of that host. A write on
 one of them is seen by the others of its host; each host has its own copy.
-The segments made by an earlier call with the same name are replaced.
+The segments of this process's earlier broadcast of the name are replaced
+(the processes of either drop their views first).
 They go when the cluster closes (and a representative's when it exits).
 """
 function broadcast_shared(topo::AbstractDict, @nospecialize(T::Type), @nospecialize(value::AbstractArray), name::Symbol)
@@ -194,17 +195,27 @@ function broadcast_shared(topo::AbstractDict, @nospecialize(T::Type), @nospecial
         push!(hosts, r => members)
     end
     reps = Set(first.(hosts))
-    everyone = procs()
-    unbind_all() = wait_each([p => (try remotecall(forget_shared, p, name, p in reps) catch err; err end)
-                              for p in everyone])
+    everyone = reduce(vcat, last.(hosts); init = Int[])
+    # The processes of this broadcast and of this process's last one of the
+    # name (only Julia processes are asked: a C worker has no view).
+    old_reps, old_everyone = get(BROADCASTS, name, (Set{Int}(), Int[]))
+    live = Set(procs())
+    all_reps = intersect(union(reps, old_reps), live)
+    concerned = sort!(collect(intersect(union(Set(everyone), old_everyone, all_reps), live)))
+    unbind_all() = wait_each([p => (try remotecall(forget_shared, p, name, p in all_reps) catch err; err end)
+                              for p in concerned])
     unbind_all()
+    BROADCASTS[name] = (reps, everyone)
     try
         wait_each([r => (try remotecall(make_shared, r, name, T, value, members) catch err; err end)
                    for (r, members) in hosts])
-        wait_each(call_each(bind_shared, reduce(vcat, last.(hosts); init = Int[]), name, T))
+        wait_each(call_each(bind_shared, everyone, name, T))
     catch
         try unbind_all() catch end
         rethrow()
     end
     nothing
 end
+
+# name => (representatives, processes) of this process's last broadcast_shared of it.
+const BROADCASTS = Dict{Symbol,Tuple{Set{Int},Vector{Int}}}()
