@@ -1,7 +1,7 @@
 //! Benchmarks: each libcluster figure next to a baseline measured in the
 //! same run on this machine, and the ratio.
 //!
-//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only | --shm-only | --fork-only]
+//!     cargo run --release --example bench [-- --quick] [--pmap-only | --dict-only | --shm-only | --fork-only | --collective-only]
 //!
 //! BENCH_ONLY=round-trips stops after the round trips (remotecall_fetch,
 //! RemoteChannel).
@@ -64,6 +64,25 @@ fn main() {
             Ok(Vec::new())
         })
         .unwrap();
+        c.register_fn("ag_loop", |call| {
+            let (pids, size, reps): (Vec<u32>, u32, u32) = cluster::wire::decode_payload(call.args()).map_err(|e| e.to_string())?;
+            let node = call.node();
+            let block = vec![node.myid() as u8; size as usize];
+            let run = |tag: u64, n: u32| -> Result<(), String> {
+                for _ in 0..n {
+                    let f = node.allgather_async(&pids, tag, &block, Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                    let v = f.fetch(None).map_err(|e| e.to_string())?;
+                    assert_eq!(v.len(), pids.len() * (12 + size as usize));
+                }
+                Ok(())
+            };
+            run(1, reps / 10 + 10)?;
+            let t = Instant::now();
+            run(2, reps)?;
+            Ok(((t.elapsed().as_nanos() / u128::from(reps.max(1))) as u64).to_le_bytes().to_vec())
+        })
+        .unwrap();
+        c.register_fn("var_read", |call| Ok(call.node().local_var("v").map_err(|e| e.to_string())?.to_vec())).unwrap();
         let _ = c.serve();
         return;
     }
@@ -90,6 +109,13 @@ fn main() {
     if std::env::args().any(|a| a == "--fork-only") {
         c.addprocs(1, &own_args).unwrap();
         fork_rows(quick, &mut rows);
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
+
+    if std::env::args().any(|a| a == "--collective-only") {
+        collective_rows(&c, quick, &mut rows);
         c.shutdown(Duration::from_secs(10)).unwrap();
         print_rows(&rows);
         return;
@@ -429,6 +455,84 @@ fn shm_rows(c: &Cluster, rows: &mut Vec<Row>) {
     });
     c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
     rows.push(Row::new("shm 256 MiB: create+map on 2+touch (ms)", ours * 1e3, floor * 1e3, "shm_open+ftruncate+mmap+touch", "<= 1.1x"));
+}
+
+/// All-gather over 2, 4 and 8 workers (8 B and 1 KiB blocks) beside
+/// OpenMPI's MPI_Allgather over TCP measured now (examples/mpi/allgather.c,
+/// built with mpicc); reap of a variable from 8 workers beside 8 sequential
+/// remotecall_fetch calls reading it.
+fn collective_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
+    let own_args = LaunchOptions { args: Some(vec![]), ..Default::default() };
+    let ids = c.addprocs(8, &own_args).unwrap();
+    let reps: u32 = if quick { 500 } else { 3000 };
+    let mpi = build_mpi_allgather();
+    if mpi.is_none() {
+        eprintln!("bench: mpicc / mpirun not found (scripts/install-deps.sh installs openmpi-bin, libopenmpi-dev): no MPI baseline");
+    }
+    for n in [2usize, 4, 8] {
+        for size in [8u32, 1024] {
+            let set = &ids[..n];
+            let args = cluster::wire::encode_payload(&(set.to_vec(), size, reps));
+            let fs: Vec<_> = set.iter().map(|&p| c.remotecall(p, "ag_loop", &args).unwrap()).collect();
+            let ours = fs
+                .iter()
+                .map(|f| u64::from_le_bytes(f.fetch(Some(Duration::from_secs(120))).expect("ag_loop")[..8].try_into().unwrap()))
+                .max()
+                .unwrap() as f64
+                / 1e3;
+            let base = mpi.as_ref().and_then(|exe| mpi_allgather_us(exe, n, size, reps));
+            let name = leak(format!("all-gather {n} procs, {} (us)", if size == 8 { "8 B".to_string() } else { "1 KiB".to_string() }));
+            let base_name = if base.is_some() { "MPI_Allgather, OpenMPI, TCP" } else { "(no MPI: itself)" };
+            rows.push(Row::new(name, ours, base.unwrap_or(ours), base_name, "<= 3x"));
+        }
+    }
+    // reap: one variable from 8 workers at once, beside 8 sequential reads.
+    let n = c.node();
+    n.set_var(&ids, "v", &42u64.to_le_bytes()).unwrap();
+    let rounds = if quick { 300 } else { 2000 };
+    for _ in 0..50 {
+        n.get_var(&ids, "v").unwrap();
+        c.remotecall_fetch(ids[0], "var_read", &[]).unwrap();
+    }
+    let ours = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..rounds / 5 {
+            assert_eq!(n.get_var(&ids, "v").unwrap().len(), 8);
+        }
+        t.elapsed().as_secs_f64() / (rounds / 5) as f64
+    });
+    let base = median_of(5, || {
+        let t = Instant::now();
+        for _ in 0..rounds / 5 {
+            for &p in &ids {
+                assert_eq!(c.remotecall_fetch(p, "var_read", &[]).unwrap().len(), 8);
+            }
+        }
+        t.elapsed().as_secs_f64() / (rounds / 5) as f64
+    });
+    rows.push(Row::new("reap a variable from 8 workers (us)", us(ours), us(base), "8 sequential remotecall_fetch", "< 1x"));
+    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+}
+
+/// examples/mpi/allgather.c built with mpicc, when OpenMPI is installed.
+fn build_mpi_allgather() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::temp_dir().join(format!("libcluster-bench-mpi-allgather-{}", std::process::id()));
+    let ok = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(root.join("examples/mpi/allgather.c")).status().ok()?.success();
+    ok.then_some(exe)
+}
+
+/// Mean microseconds of MPI_Allgather of `size`-byte blocks among `n`
+/// ranks over TCP (the slowest rank's mean).
+fn mpi_allgather_us(exe: &std::path::Path, n: usize, size: u32, iters: u32) -> Option<f64> {
+    let out = Command::new("mpirun")
+        .args(["--oversubscribe", "--allow-run-as-root", "-np", &n.to_string(), "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"])
+        .arg(exe)
+        .args([size.to_string(), iters.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    keyed(&String::from_utf8_lossy(&out.stdout), "allgather_us")
 }
 
 /// SETs per second of `redis-benchmark -P 16` (50 clients) against a

@@ -85,6 +85,11 @@
 #define CLUSTER_BATCH_AUTO 0
 
 /**
+ * `cluster_machine.count`: as many workers as the host has cores.
+ */
+#define CLUSTER_COUNT_AUTO -1
+
+/**
  * Outcome of every call. Values are fixed and never renumbered.
  */
 enum cluster_status
@@ -1186,6 +1191,80 @@ typedef struct {
  * exit or crash: the parent reports that as the child's error.
  */
 typedef int32_t (*cluster_fork_fn)(void *user_data, int32_t index, cluster_fork_child *child);
+
+/**
+ * Settings for `cluster_addprocs_ssh`. Fill with `cluster_ssh_options_init`
+ * first, then change fields; everything is copied by the call.
+ */
+typedef struct {
+  /**
+   * `sizeof(cluster_ssh_options)`, set by `cluster_ssh_options_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * The ssh program. NULL: "ssh".
+   */
+  const char *ssh;
+  /**
+   * NULL-terminated extra ssh arguments (e.g. "-F", "config"), or NULL.
+   */
+  const char *const *ssh_flags;
+  /**
+   * At most this many ssh connections set up at once. Default 10.
+   */
+  size_t max_parallel;
+  /**
+   * Connection multiplexing (ControlMaster). Default true.
+   */
+  bool multiplex;
+  /**
+   * Workers reach the head through a reverse forward over ssh (the head
+   * may listen on loopback; use the master_worker topology). Default false.
+   */
+  bool tunnel;
+  /**
+   * Return the workers that joined when some hosts fail (failures are
+   * logged); fail only when none joined. Default false: all or nothing.
+   */
+  bool tolerate_failures;
+  /**
+   * The head's address as hosts reach it. NULL: the listening address,
+   * or on a wildcard the local address of the route to each host.
+   */
+  const char *head_addr;
+  /**
+   * Where workers listen ("0.0.0.0", or "host:first-last" for a port
+   * range). NULL: every interface (127.0.0.1 with `tunnel`).
+   */
+  const char *worker_listen;
+  /**
+   * The worker program on the hosts. NULL: this program's path.
+   */
+  const char *exename;
+  /**
+   * NULL-terminated arguments (without argv[0]). NULL: this process's
+   * own when `exename` is NULL, else none.
+   */
+  const char *const *argv;
+  /**
+   * Working directory on the hosts. NULL: the login directory.
+   */
+  const char *dir;
+  /**
+   * NULL-terminated "NAME=value" entries for the workers, or NULL.
+   */
+  const char *const *env;
+} cluster_ssh_options;
+
+/**
+ * One machine: a spec as Distributed writes it (`"host"`,
+ * `"user@host:port"`) and how many workers it runs (at least 1, or
+ * CLUSTER_COUNT_AUTO).
+ */
+typedef struct {
+  const char *spec;
+  int32_t count;
+} cluster_machine;
 
 #ifdef __cplusplus
 extern "C" {
@@ -4029,6 +4108,50 @@ cluster_status cluster_allgather_async(cluster_ctx *ctx,
                                        size_t len,
                                        int64_t timeout_ms,
                                        cluster_future **out);
+
+/**
+ * Fills `*options` with the defaults.
+ *
+ * Ownership: `*options` is the caller's; nothing is allocated.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_ssh_options_init(cluster_ssh_options *options);
+
+/**
+ * Head only: starts workers on `machines[0..n)` over SSH, one ssh per
+ * host (see `cluster_ssh_options`), as many as the machines' counts add
+ * up to, and writes their ids to `out_ids[0..cap)` (`*count` = how many
+ * joined; CLUSTER_ERR_BUFFER_TOO_SMALL when more than `cap`). A host
+ * that fails is named with ssh's reason (CLUSTER_ERR_LAUNCH); all or
+ * nothing unless `tolerate_failures`.
+ *
+ * Ownership: everything is copied; `out_ids` is the caller's.
+ * Blocking: until every worker is ready, or the startup timeout.
+ * Threads: any, not from a handler of this process.
+ */
+cluster_status cluster_addprocs_ssh(cluster_ctx *ctx,
+                                    const cluster_machine *machines,
+                                    size_t n,
+                                    const cluster_ssh_options *options,
+                                    int32_t *out_ids,
+                                    size_t cap,
+                                    size_t *count);
+
+/**
+ * Head only: `cluster_addprocs_ssh` as a future, returned at once; its
+ * value is the new ids, little-endian `int32_t`s.
+ *
+ * Ownership: everything is copied; `*out` receives a new future,
+ * released with `cluster_future_free`.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_addprocs_ssh_async(cluster_ctx *ctx,
+                                          const cluster_machine *machines,
+                                          size_t n,
+                                          const cluster_ssh_options *options,
+                                          cluster_future **out);
 
 /**
  * Saves `data[0..len)` to the file `path` in the libcluster container

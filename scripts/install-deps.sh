@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the system dependencies the libcluster test suite needs on Debian
 # bookworm: cmake (+ ninja), Julia 1.5.3 from bullseye together with the
-# libunwind it was built against (used via scripts/julia), and Redis (a
-# benchmark baseline). Idempotent; run as root.
+# libunwind it was built against (used via scripts/julia), Redis and OpenMPI
+# (benchmark baselines), openssh-server (for scripts/test-hosts.sh) and a
+# one-node Slurm with munge (for scripts/test-slurm.sh).
+# Idempotent; run as root.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -87,6 +89,78 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/d
     if command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now redis-server >/dev/null 2>&1 || true
     fi
+fi
+
+# 4. OpenMPI (the all-gather's benchmark baseline: mpicc, mpirun).
+if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then
+    apt_update_once
+    apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev
+fi
+
+# 5. OpenSSH server (scripts/test-hosts.sh runs its own sshd, /usr/sbin/sshd,
+# inside network namespaces), kept from running as a system service: a
+# policy-rc.d forbids starting it during the install, the units are disabled
+# afterwards, and an sshd the package started anyway is stopped.
+if [ ! -x /usr/sbin/sshd ]; then
+    apt_update_once
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# libcluster install-deps.sh: no service starts while installing\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    apt-get install -y -q --no-install-recommends openssh-server || status=$?
+    if [ "$own_policy" -eq 1 ]; then
+        rm -f "$policy"
+    fi
+    [ "$status" -eq 0 ] || exit "$status"
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now ssh ssh.socket >/dev/null 2>&1 || true
+    fi
+    if [ -s /run/sshd.pid ]; then
+        pid=$(cat /run/sshd.pid)
+        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/sbin/sshd ]; then
+            kill "$pid" 2>/dev/null || true
+        fi
+        rm -f /run/sshd.pid
+    fi
+fi
+
+# 6. Slurm and munge (scripts/test-slurm.sh runs its own munged, slurmctld
+# and slurmd with a configuration and key of its own): the smallest set for a
+# one-node cluster, kept from running as system services like sshd above.
+if ! command -v munged >/dev/null 2>&1 || ! command -v slurmctld >/dev/null 2>&1 ||
+   ! command -v slurmd >/dev/null 2>&1 || ! command -v srun >/dev/null 2>&1; then
+    apt_update_once
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# libcluster install-deps.sh: no service starts while installing\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    apt-get install -y -q --no-install-recommends munge slurmctld slurmd slurm-client || status=$?
+    if [ "$own_policy" -eq 1 ]; then
+        rm -f "$policy"
+    fi
+    [ "$status" -eq 0 ] || exit "$status"
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now munge slurmctld slurmd >/dev/null 2>&1 || true
+    fi
+    # Daemons the packages started anyway (their default pid files).
+    for pf in /run/munge/munged.pid:/usr/sbin/munged /run/slurmctld.pid:/usr/sbin/slurmctld \
+              /run/slurmd.pid:/usr/sbin/slurmd; do
+        f=${pf%%:*}; exe=${pf#*:}
+        [ -s "$f" ] || continue
+        pid=$(cat "$f")
+        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$exe")" ]; then
+            kill "$pid" 2>/dev/null || true
+        fi
+        rm -f "$f"
+    done
 fi
 
 echo "install-deps.sh: done"

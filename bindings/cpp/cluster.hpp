@@ -2835,6 +2835,83 @@ std::vector<T> allgather_values(const Cluster &c, const std::vector<std::int32_t
     return allgather(c, pids, tag, detail::element_bytes(v), timeout_ms).template values<T>();
 }
 
+// ---- workers on other hosts over SSH (cluster_addprocs_ssh) -----------------------
+
+/// A machine as Distributed writes it ("host", "user@host:port") and how
+/// many workers it runs (Machine::auto_count: its cores).
+struct Machine {
+    static constexpr std::int32_t auto_count = CLUSTER_COUNT_AUTO;
+    std::string spec;
+    std::int32_t count = 1;
+};
+
+/// cluster_ssh_options, with owned strings. See cluster.h for each field.
+struct SshOptions {
+    std::optional<std::string> ssh;
+    std::vector<std::string> ssh_flags;
+    std::size_t max_parallel = 10;
+    bool multiplex = true;
+    bool tunnel = false;
+    bool tolerate_failures = false;
+    std::optional<std::string> head_addr, worker_listen, exename, dir;
+    std::optional<std::vector<std::string>> argv;
+    std::vector<std::string> env;
+};
+
+namespace detail {
+/// The C views of SshOptions and machines, alive as long as this object.
+struct SshCall {
+    std::vector<const char *> flags, argv, env;
+    std::vector<cluster_machine> machines;
+    cluster_ssh_options o{};
+    SshCall(const std::vector<Machine> &ms, const SshOptions &so) {
+        check(cluster_ssh_options_init(&o));
+        auto list = [](const std::vector<std::string> &v, std::vector<const char *> &out) {
+            for (const auto &x : v) out.push_back(x.c_str());
+            out.push_back(nullptr);
+            return out.data();
+        };
+        auto opt = [](const std::optional<std::string> &v) { return v ? v->c_str() : nullptr; };
+        o.ssh = opt(so.ssh);
+        o.ssh_flags = list(so.ssh_flags, flags);
+        o.max_parallel = so.max_parallel;
+        o.multiplex = so.multiplex;
+        o.tunnel = so.tunnel;
+        o.tolerate_failures = so.tolerate_failures;
+        o.head_addr = opt(so.head_addr);
+        o.worker_listen = opt(so.worker_listen);
+        o.exename = opt(so.exename);
+        o.dir = opt(so.dir);
+        o.argv = so.argv ? list(*so.argv, argv) : nullptr;
+        o.env = list(so.env, env);
+        for (const auto &m : ms) machines.push_back(cluster_machine{m.spec.c_str(), m.count});
+    }
+};
+} // namespace detail
+
+/// Head only: workers on `machines` over SSH, one ssh per host; their ids
+/// once all joined (or, with tolerate_failures, those that did). Throws
+/// Error(CLUSTER_ERR_LAUNCH) naming a failed host and why.
+inline std::vector<std::int32_t> addprocs_ssh(const Cluster &c, const std::vector<Machine> &machines, const SshOptions &o = {}) {
+    detail::SshCall call(machines, o);
+    // Room for every worker at once: a retry would launch them again.
+    std::size_t cap = 0;
+    for (const auto &m : machines) cap += m.count > 0 ? static_cast<std::size_t>(m.count) : 4096;
+    std::vector<std::int32_t> v(cap);
+    std::size_t n = 0;
+    check(cluster_addprocs_ssh(c.get(), call.machines.data(), call.machines.size(), &call.o, v.data(), v.size(), &n));
+    v.resize(n);
+    return v;
+}
+
+/// addprocs_ssh as a future (its value: the ids, int32_t each).
+inline Future addprocs_ssh_async(const Cluster &c, const std::vector<Machine> &machines, const SshOptions &o = {}) {
+    detail::SshCall call(machines, o);
+    cluster_future *f = nullptr;
+    check(cluster_addprocs_ssh_async(c.get(), call.machines.data(), call.machines.size(), &call.o, &f));
+    return Future(f);
+}
+
 // ---- cluster_stasks --------------------------------------------------------------
 
 /// What a server task's function finds (inside the handler only): its

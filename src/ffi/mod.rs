@@ -65,6 +65,7 @@ mod stasks;
 mod fork;
 mod vars;
 mod collective;
+mod ssh;
 mod savefile;
 
 #[cfg(test)]
@@ -81,6 +82,7 @@ pub use stasks::*;
 pub use fork::*;
 pub use vars::*;
 pub use collective::*;
+pub use ssh::*;
 pub use savefile::*;
 pub use future::*;
 pub use pmap::*;

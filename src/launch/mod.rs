@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod ssh;
+pub use ssh::{Count, Machine, SshLauncher, SshOptions};
+
 pub const ENV_HEAD: &str = "LIBCLUSTER_HEAD";
 pub const ENV_ID: &str = "LIBCLUSTER_ID";
 pub const ENV_COOKIE_STDIN: &str = "LIBCLUSTER_COOKIE_STDIN";
@@ -38,6 +41,10 @@ pub struct LaunchOptions {
     pub env: Vec<(String, String)>,
     /// Working directory; `None` keeps the head's.
     pub dir: Option<PathBuf>,
+    /// `addprocs` returns the workers that joined when others failed
+    /// (each failure logged as a warning) instead of stopping them all;
+    /// it fails only when none joined.
+    pub tolerate_failures: bool,
 }
 
 /// Everything a launcher needs to start one worker.
@@ -120,6 +127,12 @@ pub struct Launched {
 /// input.
 pub trait Launcher: Send + Sync {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+    /// Starts the workers of one `addprocs` call, a result per spec in
+    /// order. Launchers that start a group at once (one ssh per host)
+    /// override it; it returns once each has started or failed to.
+    fn launch_all(&self, specs: &[LaunchSpec]) -> Vec<Result<Launched>> {
+        specs.iter().map(|s| self.launch(s)).collect()
+    }
 }
 
 /// Starts workers as child processes of the head.

@@ -90,6 +90,8 @@ pub struct Conn {
     pub(crate) token: AtomicU64,
     /// The reactor left it unwatched because a driver was reading it.
     pub(crate) deferred: AtomicBool,
+    /// This process opened it (rather than accepted it).
+    pub(crate) dialed: AtomicBool,
 }
 
 /// How a sender treats a full socket.
@@ -135,6 +137,7 @@ impl Conn {
             watcher: OnceLock::new(),
             token: AtomicU64::new(0),
             deferred: AtomicBool::new(false),
+            dialed: AtomicBool::new(false),
         }))
     }
 

@@ -442,10 +442,15 @@ impl Node {
         conn.peer.store(info.id, Ordering::Release);
         conn.peer_max.store(info.max_message, Ordering::Relaxed);
         let mut primary = peer.conn.lock();
-        if primary.is_none() {
-            *primary = Some(conn.clone());
-        } else {
-            peer.extra_conns.lock().push(conn.clone());
+        match primary.clone() {
+            None => *primary = Some(conn.clone()),
+            // Both connected at once: the connection the lower id opened is
+            // the primary on both sides (see `Node::conn_for`).
+            Some(ours) if ours.dialed.load(Ordering::Acquire) && info.id < me => {
+                peer.extra_conns.lock().push(ours);
+                *primary = Some(conn.clone());
+            }
+            Some(_) => peer.extra_conns.lock().push(conn.clone()),
         }
         Verdict::Admitted
     }

@@ -54,7 +54,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen_host: "127.0.0.1".into(),
+            // A launcher tells a remote worker where to listen
+            // (`LIBCLUSTER_LISTEN`: a host, or host:first-last for a port range).
+            listen_host: std::env::var("LIBCLUSTER_LISTEN").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "127.0.0.1".into()),
             cookie: None,
             topology: Topology::AllToAll,
             dispatch: DispatchMode::Threads,

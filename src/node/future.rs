@@ -5,7 +5,7 @@ use super::Node;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Conn;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,9 @@ pub struct Future {
     start_pending: AtomicBool,
     start: Mutex<Option<Start>>,
     on_drop: Option<OnDrop>,
+    /// The process whose message completes (or advances) it next, when
+    /// that changes as it goes: waiters read that one's connection.
+    following: Option<Arc<AtomicU32>>,
 }
 
 /// A fetched value, kept alive without a copy.
@@ -91,6 +94,7 @@ impl Future {
             start_pending: AtomicBool::new(false),
             start: Mutex::new(None),
             on_drop: None,
+            following: None,
         }
     }
 
@@ -117,6 +121,9 @@ impl Future {
         if let Some(c) = other.conn.get() {
             let _ = self.conn.set(c.clone());
         }
+        if self.following.is_none() {
+            self.following = other.following.clone();
+        }
         let prev = self.on_drop.take();
         self.on_drop = Some(Box::new(move || {
             drop(other);
@@ -137,6 +144,13 @@ impl Future {
 
     pub(crate) fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Future {
         self.on_drop = Some(Box::new(f));
+        self
+    }
+
+    /// Waiters read the connection of the process `next` names (0: none),
+    /// following it as it changes.
+    pub(crate) fn following(mut self, next: Arc<AtomicU32>) -> Future {
+        self.following = Some(next);
         self
     }
 
@@ -180,7 +194,11 @@ impl Future {
     pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
         self.start();
         let deadline = timeout.map(|t| Instant::now() + t);
-        if !self.node.wait_slot(&self.slot, self.conn.get(), deadline) {
+        let done = match &self.following {
+            Some(next) => self.node.wait_slot_following(&self.slot, next, deadline),
+            None => self.node.wait_slot(&self.slot, self.conn.get(), deadline),
+        };
+        if !done {
             return Err(Error::at(ErrorKind::Timeout, self.slot.pid, "timed out waiting for the future"));
         }
         slot::outcome(&self.slot).map(|_| ())
@@ -198,6 +216,9 @@ impl Future {
             return true;
         }
         let done = || self.slot.is_done();
+        if let Some(next) = &self.following {
+            return self.node.drive_following(&self.slot, next, spin);
+        }
         if let Some(c) = self.conn.get() {
             return c.drive(&self.node, spin, &done);
         }

@@ -149,6 +149,39 @@ enum Stop {
     HeadLost,
 }
 
+/// Listens on `spec`: a host (any free port), or `host:first-last`, the
+/// first free port of a range (clusters whose firewalls allow only some).
+pub(crate) fn listen(spec: &str) -> Result<TcpListener> {
+    let range = spec.rsplit_once(':').and_then(|(h, r)| {
+        let (a, b) = r.split_once('-')?;
+        Some((h.trim_matches(['[', ']']), a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
+    });
+    let Some((host, first, last)) = range else {
+        return TcpListener::bind((spec, 0)).map_err(|e| Error::io(&format!("listen on {spec}"), e));
+    };
+    if first == 0 || first > last {
+        return Err(Error::new(ErrorKind::InvalidArgument, format!("bad port range in {spec}")));
+    }
+    let mut last_err = None;
+    for port in first..=last {
+        match TcpListener::bind((host, port)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(Error::io(&format!("listen on {spec}: no free port in the range"), last_err.expect("a port was tried")))
+}
+
+/// The address to give others for a listener bound to `local`: itself,
+/// unless it is a wildcard (0.0.0.0, ::), then the address this process
+/// has on the connection `via` (the interface that reaches the head).
+pub(crate) fn reachable_addr(local: &str, via: &TcpStream) -> String {
+    match (local.parse::<SocketAddr>(), via.local_addr()) {
+        (Ok(l), Ok(v)) if l.ip().is_unspecified() => SocketAddr::new(v.ip(), l.port()).to_string(),
+        _ => local.to_string(),
+    }
+}
+
 pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("bad address {addr}: {e}")))?
@@ -160,8 +193,7 @@ impl Node {
     /// A node listening on `cfg.listen_host`, with no services and no
     /// threads yet: install services, then `start`.
     pub fn new(cfg: Config, head: bool, cookie: String) -> Result<Arc<Node>> {
-        let listener = TcpListener::bind((cfg.listen_host.as_str(), 0))
-            .map_err(|e| Error::io(&format!("listen on {}", cfg.listen_host), e))?;
+        let listener = listen(&cfg.listen_host)?;
         Node::with_listener(cfg, head, cookie, Some(listener))
     }
 
@@ -623,8 +655,25 @@ impl Node {
                 Some(c) => c,
                 None => {
                     let c = self.connect_peer(&peer)?;
-                    *peer.conn.lock() = Some(c.clone());
-                    c
+                    let mut primary = peer.conn.lock();
+                    match primary.clone() {
+                        None => {
+                            *primary = Some(c.clone());
+                            c
+                        }
+                        // The peer connected to us meanwhile. Both sides
+                        // make the connection the lower id opened their
+                        // primary, so both write on the one both read.
+                        Some(accepted) if self.myid() < pid => {
+                            peer.extra_conns.lock().push(accepted);
+                            *primary = Some(c.clone());
+                            c
+                        }
+                        Some(accepted) => {
+                            peer.extra_conns.lock().push(c);
+                            accepted
+                        }
+                    }
                 }
             }
         };
@@ -657,6 +706,7 @@ impl Node {
         };
         let conn = self.new_conn(s)?;
         conn.peer.store(pid, Ordering::Release);
+        conn.dialed.store(true, Ordering::Release);
         let me = self.myid();
         let proof = transcript.prove(&key, admit::HELLO_LABEL, &[&me.to_le_bytes(), &pid.to_le_bytes()]);
         let hello = Hello { id: me, addr: self.listen_addr.clone(), max_message: self.cfg.max_message_bytes, proof };
@@ -760,6 +810,16 @@ impl Node {
         conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)
     }
 
+    /// Sends a one-way message written out now, never corked behind other
+    /// work nor waiting for the socket (a step of a protocol whose next
+    /// step waits for it: a collective's round).
+    pub(crate) fn send_oneway_now(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
+        let conn = self.conn_for(pid)?;
+        conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)?;
+        conn.flush();
+        Ok(())
+    }
+
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
         if self.host.is_some() {
@@ -811,6 +871,51 @@ impl Node {
         if done {
             return true;
         }
+        self.park_slot(slot, deadline)
+    }
+
+    /// Reads, for up to `spin`, the connection of the process whose
+    /// message `next` names (0: none), following it as it changes: a
+    /// future that a protocol of several steps completes, each step's
+    /// message from another process (a collective's rounds). True when
+    /// `slot` is done.
+    pub(crate) fn drive_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, spin: Duration) -> bool {
+        let end = Instant::now() + spin;
+        loop {
+            if slot.is_done() {
+                return true;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let pid = next.load(Ordering::Acquire);
+            let moved = || slot.is_done() || next.load(Ordering::Acquire) != pid;
+            // The peer writes on its primary connection, which is ours
+            // (`conn_for`); others are the reactor's to read.
+            let conn = if pid == 0 { None } else { self.peer(pid).and_then(|p| p.conn.lock().clone()) };
+            match conn {
+                Some(c) => {
+                    c.drive(self, left, &moved);
+                }
+                None => {
+                    sys::spin_until(left, moved);
+                }
+            }
+        }
+    }
+
+    /// `wait_slot` for a future `drive_following` reads for.
+    pub(crate) fn wait_slot_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, deadline: Option<Instant>) -> bool {
+        if self.drive_following(slot, next, self.cfg.spin) {
+            return true;
+        }
+        self.park_slot(slot, deadline)
+    }
+
+    /// Parks until `slot` is done or `deadline`, lending what this thread
+    /// holds meanwhile.
+    fn park_slot(self: &Arc<Self>, slot: &Arc<Slot>, deadline: Option<Instant>) -> bool {
         let lender = self.lender.get().filter(|l| l.lend(self));
         let done = slot.park_until(deadline);
         if let Some(l) = lender {

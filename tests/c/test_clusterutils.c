@@ -6,6 +6,10 @@
  * its failures (a participant killed mid-exchange, a timeout), the parts
  * layout walked with cluster_parts_next, misuse giving errors.
  *
+ * The `ssh` case starts workers on namespaced hosts over SSH
+ * (cluster_addprocs_ssh; scripts/test-hosts.sh builds the hosts, found
+ * through TEST_HOSTS_SCRIPT) and skips, passing, where they cannot run.
+ *
  * Usage: test_clusterutils <case>. The binary is its own worker.
  */
 #define _GNU_SOURCE
@@ -351,10 +355,79 @@ static int32_t h_getpid(void *ud, cluster_call *call) {
     return cluster_call_reply(call, (const uint8_t *)&p, 4);
 }
 
+/* Runs the hosts script with `args`; 0 on success. */
+static int hosts_script(const char *args) {
+    const char *script = getenv("TEST_HOSTS_SCRIPT");
+    if (!script) return -1;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s %s", script, args);
+    return system(cmd);
+}
+
+static void case_ssh(void) {
+    if (hosts_script("check >/dev/null 2>&1") != 0) {
+        harness_logf("SKIPPED: the test hosts cannot run here (scripts/test-hosts.sh check)");
+        return;
+    }
+    REQUIRE(hosts_script("up cssh 3 --bad-key 3 >/dev/null") == 0);
+    char names[3][64] = {{0}}, ips[3][32] = {{0}};
+    FILE *f = fopen("/tmp/lc-hosts-cssh/hosts", "r");
+    REQUIRE(f != NULL);
+    for (int i = 0; i < 3; i++) REQUIRE(fscanf(f, "%63s %31s", names[i], ips[i]) == 2);
+    fclose(f);
+    char spec[3][128];
+    for (int i = 0; i < 3; i++) snprintf(spec[i], sizeof spec[i], "root@%s", ips[i]);
+    const char *flags[] = {"-F", "/tmp/lc-hosts-cssh/ssh_config", NULL};
+    cluster_ssh_options o;
+    REQUIRE_OK(cluster_ssh_options_init(&o));
+    o.ssh_flags = flags;
+    cluster_machine ms[2] = {{spec[0], 2}, {spec[1], 1}};
+    int32_t ids[4] = {0};
+    size_t n = 0;
+    EXPECT_OK(cluster_addprocs_ssh(g_ctx, ms, 2, &o, ids, 4, &n));
+    EXPECTF(n == 3, "%zu workers", n);
+    for (size_t i = 0; i < n && i < 4; i++) {
+        cluster_buffer b = {0};
+        EXPECT_OK(cluster_host_of(g_ctx, ids[i], &b));
+        const char *want = i < 2 ? names[0] : names[1];
+        EXPECTF(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "worker %d on %.*s", ids[i], (int)b.len, (const char *)b.data);
+        cluster_buffer_free(&b);
+        cluster_buffer pid = {0};
+        EXPECT_OK(cluster_remotecall_fetch(g_ctx, ids[i], "getpid", NULL, 0, &pid));
+        cluster_buffer_free(&pid);
+    }
+    /* A host refusing the key: named, with ssh's reason; as a future too. */
+    cluster_machine bad = {spec[2], 1};
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, &bad, 1, &o, ids, 4, &n), CLUSTER_ERR_LAUNCH);
+    EXPECT_LAST_ERROR_HAS("Permission denied");
+    EXPECT_LAST_ERROR_HAS(ips[2]);
+    cluster_future *fut = NULL;
+    cluster_machine mixed[2] = {{spec[1], 1}, {spec[2], 1}};
+    o.tolerate_failures = true;
+    REQUIRE_OK(cluster_addprocs_ssh_async(g_ctx, mixed, 2, &o, &fut));
+    const uint8_t *d = NULL;
+    size_t l = 0;
+    EXPECT_OK(cluster_future_fetch(fut, 30000, &d, &l));
+    EXPECTF(l == 4, "one worker joined (%zu bytes)", l);
+    cluster_future_free(fut);
+    /* Misuse. */
+    cluster_machine zero = {spec[0], 0};
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, &zero, 1, &o, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_machine junk = {"h:notaport", 1};
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, &junk, 1, &o, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, NULL, 1, &o, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_ssh_options_init(NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster_ssh_options stale = o;
+    stale.struct_size = 8;
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, ms, 1, &stale, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(cluster_shutdown(g_ctx, 10000));
+    hosts_script("down cssh");
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
-} cases[] = {{"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}};
+} cases[] = {{"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}, {"ssh", case_ssh}};
 
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "";
@@ -363,12 +436,14 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (strcmp(which, cases[i].name) == 0) fn = cases[i].fn;
     if (!fn && getenv("LIBCLUSTER_HEAD") == NULL) {
-        fprintf(stderr, "usage: %s hosts|vars|allgather|kill\n", argv[0]);
+        fprintf(stderr, "usage: %s hosts|vars|allgather|kill|ssh\n", argv[0]);
         return 2;
     }
     cluster_config cfg;
     REQUIRE_OK(cluster_config_init(&cfg));
     cfg.startup_timeout_ms = 20000;
+    /* Workers on other hosts reach the head on its bridge address. */
+    if (strcmp(which, "ssh") == 0) cfg.listen_host = "0.0.0.0";
     REQUIRE_OK(cluster_init(&cfg, &g_ctx));
     REQUIRE_OK(cluster_myid(g_ctx, &g_me));
     REQUIRE_OK(cluster_register(g_ctx, "ag", h_ag, NULL));
@@ -387,7 +462,7 @@ int main(int argc, char **argv) {
     harness_watchdog(50);
     harness_logf("case %s", which);
     fn();
-    EXPECT_OK(cluster_shutdown(g_ctx, 10000));
+    if (fn != case_ssh) EXPECT_OK(cluster_shutdown(g_ctx, 10000));
     EXPECT_OK(cluster_free(g_ctx));
     return harness_finish();
 }

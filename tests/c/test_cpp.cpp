@@ -1096,6 +1096,13 @@ void case_clusterutils() {
     cluster::Future af = cluster::allgather_async(c, {1}, 2, "solo");
     EXPECT(cluster::Parts::view(af.fetch(10000)).at(1).str() == "solo");
     EXPECT_THROWS(cluster::allgather(c, {ids[0]}, 3, "x"), CLUSTER_ERR_INVALID_ARGUMENT);
+    // SSH: bad machine specs are refused before any ssh runs (the real
+    // hosts are tested in C, tests/c/test_clusterutils.c, and Rust).
+    EXPECT_THROWS(cluster::addprocs_ssh(c, {{"h:notaport", 1}}), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_THROWS(cluster::addprocs_ssh(c, {{"host", 0}}), CLUSTER_ERR_INVALID_ARGUMENT);
+    cluster::SshOptions so;
+    so.max_parallel = 0;
+    EXPECT_THROWS(cluster::addprocs_ssh_async(c, {{"host", 1}}, so), CLUSTER_ERR_INVALID_ARGUMENT);
 }
 
 void case_stasks() {
@@ -1234,7 +1241,7 @@ int main(int argc, char **argv) {
     };
     auto it = cases.find(which);
     if (it == cases.end()) {
-        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|fork|savefile|workers|pools|dicts|stasks\n", argv[0]);
+        fprintf(stderr, "usage: %s basics|calls|callbacks|close_waits|host|shm|fork|savefile|workers|pools|dicts|stasks|clusterutils\n", argv[0]);
         return 2;
     }
     try {

@@ -12,8 +12,8 @@
 //! n = its size): blocks under `RING_MIN_BLOCK` use recursive doubling
 //! when n is a power of two (log2 n rounds, each an exchange with rank
 //! XOR 2^k of everything held) and Bruck's otherwise (ceil(log2 n)
-//! rounds: round k sends the first min(2^k, n - 2^k) blocks held to rank
-//! - 2^k and receives as many from rank + 2^k); larger blocks use the ring
+//! rounds: round k sends the first min(2^k, n - 2^k) blocks held to
+//! rank minus 2^k and receives as many from rank plus 2^k); larger blocks use the ring
 //! (n - 1 rounds, each passing one block to the next rank), which only
 //! ever talks to neighbours. Each round is one message to one process and
 //! one from another; a round's message is sent once the previous round's
@@ -41,6 +41,7 @@ use crate::wire::{self, parts, ServiceId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -143,6 +144,17 @@ struct Running {
     round: u32,
     blocks: Vec<Option<Vec<u8>>>,
     promise: Option<Promise>,
+    /// The process whose message the current round awaits (0 once done):
+    /// a waiter reads its connection (`Future::following`).
+    next: Arc<AtomicU32>,
+}
+
+impl Running {
+    fn expect_next(&self) {
+        let n = self.ranks.len();
+        let pid = if self.round < self.algorithm.rounds(n) { self.ranks[self.algorithm.round(n, self.me, self.round).2] } else { 0 };
+        self.next.store(pid, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -157,6 +169,8 @@ struct Instance {
 
 /// A message to send: to, op, meta, payload.
 type Outgoing = (u32, u16, Vec<u8>, Vec<u8>);
+/// A call that ended: its promise and outcome.
+type Ended = Option<(Promise, Result<Vec<u8>>)>;
 
 #[derive(Default)]
 pub struct Collectives {
@@ -177,7 +191,7 @@ impl Collectives {
 
     /// Moves the call `key` as far as its messages allow; what to send and
     /// the outcome, if it ended, are returned to act on without the lock.
-    fn advance(inst: &mut Instance, key: Key) -> (Vec<Outgoing>, Option<(Promise, Result<Vec<u8>>)>) {
+    fn advance(inst: &mut Instance, key: Key) -> (Vec<Outgoing>, Ended) {
         let mut sends = Vec::new();
         let Some(run) = inst.running.as_mut() else { return (sends, None) };
         let n = run.ranks.len();
@@ -205,6 +219,7 @@ impl Collectives {
                 return (sends, run.promise.take().map(|p| (p, Err(e))));
             }
             run.round += 1;
+            run.expect_next();
             if run.round < total {
                 sends.push(Self::send_round(run, key));
             }
@@ -247,13 +262,13 @@ impl Collectives {
         }
     }
 
-    fn act(&self, node: &Arc<Node>, key: Key, sends: Vec<Outgoing>, outcome: Option<(Promise, Result<Vec<u8>>)>) {
+    fn act(&self, node: &Arc<Node>, key: Key, sends: Vec<Outgoing>, outcome: Ended) {
         if let Some((p, r)) = outcome {
             self.calls.lock().remove(&key);
             p.complete(r);
         }
         for (to, op, meta, payload) in sends {
-            if let Err(e) = node.send_oneway_nowait(to, ID, op, &meta, &payload) {
+            if let Err(e) = node.send_oneway_now(to, ID, op, &meta, &payload) {
                 // The participant is gone or unreachable: membership fails
                 // the call when it leaves; a send that fails otherwise
                 // fails it now.
@@ -413,11 +428,14 @@ impl CollectiveExt for Arc<Node> {
         };
         let key = Key { tag, set, seq };
         let (out, promise) = self.promise(me);
+        let next = Arc::new(AtomicU32::new(0));
+        let out = out.following(next.clone());
         let n = ranks.len();
         let algorithm = Algorithm::choose(n, data.len());
         let mut blocks = vec![None; n];
         blocks[rank] = Some(data.to_vec());
-        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise) };
+        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise), next };
+        run.expect_next();
         let (sends, outcome) = {
             let mut calls = svc.calls.lock();
             let inst = calls.entry(key).or_default();
@@ -470,7 +488,7 @@ mod tests {
         for (r, inst) in insts.iter_mut().enumerate() {
             let mut blocks = vec![None; n];
             blocks[r] = Some(vec![r as u8; r + 1]);
-            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1) };
+            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1), next: Arc::default() };
             if algorithm.rounds(n) > 0 {
                 wire.push((r, Collectives::send_round(&run, key)));
             } else {

@@ -164,13 +164,16 @@ impl Control {
             std::thread::sleep(RETRY);
         };
         let max = cfg.max_message_bytes;
+        // Listening on every interface: tell the address on the one that
+        // reaches the head.
+        let reachable = crate::node::reachable_addr(node.address(), &stream);
         let conn = node.new_conn(stream)?;
         conn.peer.store(HEAD_ID, Ordering::Release);
         let proof = match join_key {
             Some(k) if *id != 0 => transcript.prove(k, JOIN_LABEL, &[&id.to_le_bytes()]),
             _ => [0; 32],
         };
-        let join = Join { id: *id, listen_addr: node.address().to_string(), os_pid: std::process::id(), max_message: max, host: node.hostname().to_string(), proof };
+        let join = Join { id: *id, listen_addr: reachable, os_pid: std::process::id(), max_message: max, host: node.hostname().to_string(), proof };
         conn.send(Header::new(Kind::Request, ID, op::JOIN, 1), &wire::encode_meta(&join), &[])?;
         let reply_by = deadline.max(Instant::now() + cfg.handshake_timeout);
         let reply = loop {

@@ -27,6 +27,13 @@ pub trait ControlExt {
     /// `addprocs` on a thread of the library; the future's value is the
     /// new ids, 4 bytes each (little endian).
     fn addprocs_async(&self, n: usize, opts: &LaunchOptions) -> Result<Future>;
+    /// `addprocs` with `launcher` for this call only (e.g. an
+    /// `SshLauncher`), the node's own launcher unchanged.
+    fn addprocs_with(&self, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>>;
+    /// `addprocs_with` on a thread of the library; `make` builds the
+    /// launcher there (it may ask hosts their core counts) and says how
+    /// many workers to start. The value: the new ids, 4 bytes each.
+    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future>;
     /// Stops workers: asks them to leave, then terminates, then kills,
     /// each after a share of `timeout`. Returns once all are gone.
     fn rmprocs(&self, ids: &[u32], timeout: Duration) -> Result<()>;
@@ -65,12 +72,28 @@ fn ids_bytes(ids: &[u32]) -> Vec<u8> {
 
 impl ControlExt for Arc<Node> {
     fn addprocs(&self, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
-        control(self)?.addprocs(self, n, opts)
+        let c = control(self)?;
+        let launcher = c.launcher.read().clone();
+        c.addprocs(self, launcher, n, opts)
+    }
+    fn addprocs_with(&self, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
+        control(self)?.addprocs(self, launcher, n, opts)
+    }
+    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future> {
+        self.require_head()?;
+        let (c, opts) = (control(self)?, opts.clone());
+        on_thread(self, "cluster-addprocs", move |node| {
+            let (launcher, n) = make()?;
+            c.addprocs(node, launcher, n, &opts).map(|ids| ids_bytes(&ids))
+        })
     }
     fn addprocs_async(&self, n: usize, opts: &LaunchOptions) -> Result<Future> {
         self.require_head()?;
         let (c, opts) = (control(self)?, opts.clone());
-        on_thread(self, "cluster-addprocs", move |node| c.addprocs(node, n, &opts).map(|ids| ids_bytes(&ids)))
+        on_thread(self, "cluster-addprocs", move |node| {
+            let launcher = c.launcher.read().clone();
+            c.addprocs(node, launcher, n, &opts).map(|ids| ids_bytes(&ids))
+        })
     }
     fn rmprocs(&self, ids: &[u32], timeout: Duration) -> Result<()> {
         control(self)?.rmprocs(self, ids, timeout)
@@ -136,22 +159,30 @@ impl ControlExt for Arc<Node> {
 }
 
 impl Control {
-    fn addprocs(&self, node: &Arc<Node>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
+    fn addprocs(&self, node: &Arc<Node>, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
         node.require_head()?;
         node.check_open()?;
         self.workers_added.store(true, Ordering::Release);
-        let launcher = self.launcher.read().clone();
         let mut ids = Vec::with_capacity(n);
         let mut peers = Vec::with_capacity(n);
         let mut failures: Vec<String> = Vec::new();
+        let mut specs = Vec::with_capacity(n);
         for _ in 0..n {
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
             ids.push(id);
-            let peer = node.add_peer(id, LAUNCHING);
-            peers.push(peer.clone());
-            let launched = LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout)
-                .and_then(|spec| launcher.launch(&spec.with_join_key(self.join_key(id))));
-            match launched {
+            peers.push(node.add_peer(id, LAUNCHING));
+            match LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout) {
+                Ok(spec) => specs.push(spec.with_join_key(self.join_key(id))),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    node.peer_lost(id);
+                }
+            }
+        }
+        let launched = if failures.is_empty() { launcher.launch_all(&specs) } else { Vec::new() };
+        for (spec, l) in specs.iter().zip(launched) {
+            let Some(peer) = node.peer(spec.id) else { continue };
+            match l {
                 Ok(l) => {
                     if let Some(pid) = l.os_pid {
                         peer.os_pid.store(pid, Ordering::Release);
@@ -163,7 +194,7 @@ impl Control {
                 }
                 Err(e) => {
                     failures.push(e.to_string());
-                    node.peer_lost(id);
+                    node.peer_lost(spec.id);
                 }
             }
         }
@@ -184,6 +215,18 @@ impl Control {
         }
         if failures.is_empty() {
             return Ok(ids);
+        }
+        let joined: Vec<u32> = peers.iter().filter(|p| p.is_ready()).map(|p| p.id).collect();
+        if opts.tolerate_failures && !joined.is_empty() {
+            for p in peers.iter().filter(|p| !p.is_ready()) {
+                p.graceful.store(false, Ordering::Release);
+                kill_peer(p);
+                node.peer_lost(p.id);
+            }
+            for f in &failures {
+                node.log.warn(format!("addprocs: {f}"));
+            }
+            return Ok(joined);
         }
         // Leave no orphans: stop every worker of this call.
         for p in &peers {
