@@ -14,6 +14,8 @@
 #     a GlobalDict member's read of its own copy (target: at most 1 µs)
 #   - PTools' pfork: pfork(2) with small results beside 2 bare fork + _exit +
 #     waitpid from this process (target: at most 1.5x), and pfork(64)
+#   - ClusterUtils: `reap` of a variable from 8 workers beside 8 sequential
+#     remotecall_fetch of it (the issue asks for the figure, no target)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
 # Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5),
@@ -261,6 +263,41 @@ end
 pf2, bare2 = fork_figures(2, 10 * ROUNDS)
 pf64, bare64 = fork_figures(64, ROUNDS)
 
+# ClusterUtils (issue 10): reap of a variable from 8 LibCluster workers (its
+# calls all sent, then waited for) beside 8 sequential remotecall_fetch of
+# the same variable; rounds interleaved, medians compared.
+CUs = LibCluster.ClusterUtils
+reap_pids = vcat(lids, LibCluster.addprocs(8 - length(lids)))
+reapvar_value() = reapvar            # called by name: the workers' own
+LibCluster.@everywhere reap_pids reapvar_value() = reapvar
+CUs.sow(reap_pids, :reapvar, :(myid()))
+function reap_figures(pids, rounds, n)
+    seq() = for p in pids
+        LibCluster.remotecall_fetch(reapvar_value, p)
+    end
+    got = CUs.reap(pids, :reapvar)
+    got == Dict(p => p for p in pids) || error("reap returned $got")
+    for _ in 1:100                     # warm up
+        CUs.reap(pids, :reapvar); seq()
+    end
+    ours, seqs = Float64[], Float64[]
+    for _ in 1:rounds
+        t = time_ns()
+        for _ in 1:n
+            CUs.reap(pids, :reapvar)
+        end
+        push!(ours, (time_ns() - t) / n / 1000)
+        t = time_ns()
+        for _ in 1:n
+            seq()
+        end
+        push!(seqs, (time_ns() - t) / n / 1000)
+    end
+    median(ours), median(seqs)
+end
+reap8, seq8 = reap_figures(reap_pids, ROUNDS, max(100, CALLS ÷ 10))
+LibCluster.rmprocs(setdiff(reap_pids, lids))
+
 println(@sprintf("%-44s %12s %12s %10s", "", "LibCluster", "Distributed", "ratio"))
 r1 = row("remotecall_fetch no-op round trip", rt_lc, rt_dist, "µs (target <= 0.33x)")
 rc = row("remotecall_fetch of a closure, round trip", rc_lc, rc_dist, "µs (target <= 0.33x)")
@@ -286,6 +323,10 @@ println()
 println(@sprintf("%-44s %12s %12s %10s", "PTools' pfork", "pfork", "bare forks", "ratio"))
 fk2 = row("pfork(2), Int results", 1000 * pf2, 1000 * bare2, "ms (2 fork+_exit+waitpid; target <= 1.5x)")
 row("pfork(64), Int results", 1000 * pf64, 1000 * bare64, "ms (64 fork+_exit+waitpid)")
+
+println()
+println(@sprintf("%-44s %12s %12s %10s", "ClusterUtils", "reap", "sequential", "ratio"))
+rr = row("reap of a variable from 8 workers", reap8, seq8, "µs (8 sequential remotecall_fetch)")
 
 println()
 println("round trip target (<= 0.33x): ", r1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", r1))

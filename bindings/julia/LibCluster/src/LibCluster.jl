@@ -39,6 +39,7 @@ include("distributed_for.jl")  # @distributed, splitrange
 include("macros.jl")        # @spawnat, @spawn, @fetch, @fetchfrom, @everywhere
 include("ptools/PTools.jl")  # LibCluster.PTools: PTools.jl's WorkerSet and queued tasks
 include("clusterdicts/ClusterDicts.jl")  # LibCluster.ClusterDicts: GlobalDict, DistributedDict
+include("clusterutils/ClusterUtils.jl")  # LibCluster.ClusterUtils: sow/reap, topology, message dicts, save/load
 include("precompile.jl")    # compiling ahead: a workload, precompile directives, warm-up
 
 # Only LibCluster's own names are exported: the Distributed-named API is

@@ -591,6 +591,56 @@ const CLUSTER_FORK_NOT_STARTED = Int32(6)
                                   os_pid::Ptr{Int32}, message::Ptr{Ptr{UInt8}})::Int32
 @cfunc cluster_fork_results_free(r::Ptr{Cvoid})::Int32
 
+# ------------------------- ClusterUtils: hosts, remote variables, all-gather, files
+# Results holding one byte string per process ("parts": pid u32 LE, length
+# u64 LE, bytes, repeated) are walked with `cluster_parts_next`. Only the
+# forms that never wait on the network are wrapped: `cluster_vars_set`,
+# `_get`, `_apply`, `_delete` and `cluster_allgather` block, their `_async`
+# forms do not. `cluster_save` / `cluster_load` touch a local file only
+# (`cluster_save` fsyncs it and its directory).
+
+@cfunc cluster_parts_next(data::Ptr{UInt8}, len::Csize_t, offset::Ptr{Csize_t}, pid::Ptr{Int32},
+                          part::Ptr{Ptr{UInt8}}, part_len::Ptr{Csize_t})::Int32
+# Local: the host names travel with membership.
+@cfunc cluster_host_of(ctx::Ptr{Cvoid}, pid::Int32, out::Ref{Buffer})::Int32
+@cfunc cluster_hosts(ctx::Ptr{Cvoid}, out::Ref{Buffer})::Int32
+@cfunc cluster_vars_set_async(ctx::Ptr{Cvoid}, pids::Ptr{Int32}, npids::Csize_t, name::Cstring, value::Ptr{UInt8},
+                              len::Csize_t, out::Ptr{Ptr{Cvoid}})::Int32
+# A future whose value is in the parts layout, in the order of `pids`.
+@cfunc cluster_vars_get_async(ctx::Ptr{Cvoid}, pids::Ptr{Int32}, npids::Csize_t, name::Cstring,
+                              out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_vars_apply_async(ctx::Ptr{Cvoid}, pids::Ptr{Int32}, npids::Csize_t, name::Cstring, fname::Cstring,
+                                keep_as::Cstring, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_vars_local_get(ctx::Ptr{Cvoid}, name::Cstring, out::Ref{Buffer})::Int32
+@cfunc cluster_vars_local_set(ctx::Ptr{Cvoid}, name::Cstring, value::Ptr{UInt8}, len::Csize_t)::Int32
+# A future whose value is every participant's data (parts layout, order of `pids`).
+@cfunc cluster_allgather_async(ctx::Ptr{Cvoid}, pids::Ptr{Int32}, npids::Csize_t, tag::UInt64, data::Ptr{UInt8},
+                               len::Csize_t, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_save(path::Cstring, content_type::Cstring, data::Ptr{UInt8}, len::Csize_t)::Int32
+@cfunc cluster_load(path::Cstring, data::Ref{Buffer}, content_type::Ref{Buffer})::Int32
+
+"""
+    parts(bytes) -> Vector{Pair{Int,Vector{UInt8}}}
+
+The (pid => bytes) of a result in the parts layout, in its order (walked
+with `cluster_parts_next`, which refuses a damaged layout).
+"""
+function parts(bytes::Vector{UInt8})
+    out = Pair{Int,Vector{UInt8}}[]
+    offset = Ref{Csize_t}(0)
+    pid = Ref{Int32}(0)
+    part = Ref{Ptr{UInt8}}(C_NULL)
+    plen = Ref{Csize_t}(0)
+    GC.@preserve bytes while true
+        st = cluster_parts_next(pointer(bytes), Csize_t(length(bytes)), offset, pid, part, plen)
+        st == CLUSTER_ERR_NOT_FOUND && break
+        check(st)
+        n = Int(plen[])
+        push!(out, Int(pid[]) => (n == 0 ? UInt8[] : copy(unsafe_wrap(Array, part[], n))))
+    end
+    out
+end
+
 "The bytes of a filled `Buffer`, copied; the buffer is freed."
 function take_buffer!(buf::Buffer)
     n = Int(buf.len)

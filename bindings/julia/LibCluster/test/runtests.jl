@@ -983,6 +983,7 @@ include("pools.jl")
 include("clusterdicts.jl")    # LibCluster.ClusterDicts: GlobalDict, DistributedDict
 include("ptools_shm.jl")      # LibCluster.PTools: shared memory, server tasks
 include("ptools_fork.jl")     # LibCluster.PTools: pfork, pfork_shm
+include("clusterutils.jl")    # LibCluster.ClusterUtils: sow/reap, topology, message dicts, save/load
 
 @testset "shutdown" begin
     @progress "shutdown"
