@@ -51,7 +51,7 @@ pub struct Future {
     on_drop: Option<OnDrop>,
     /// The process whose message completes (or advances) it next, when
     /// that changes as it goes: waiters read that one's connection.
-    following: Option<Arc<AtomicU32>>,
+    following: Option<(Arc<AtomicU32>, bool)>,
 }
 
 /// A fetched value, kept alive without a copy.
@@ -148,9 +148,10 @@ impl Future {
     }
 
     /// Waiters read the connection of the process `next` names (0: none),
-    /// following it as it changes.
-    pub(crate) fn following(mut self, next: Arc<AtomicU32>) -> Future {
-        self.following = Some(next);
+    /// following it as it changes; `share`: yielding the CPU now and then
+    /// (more processes wait for each other than there are cores).
+    pub(crate) fn following(mut self, next: Arc<AtomicU32>, share: bool) -> Future {
+        self.following = Some((next, share));
         self
     }
 
@@ -195,7 +196,7 @@ impl Future {
         self.start();
         let deadline = timeout.map(|t| Instant::now() + t);
         let done = match &self.following {
-            Some(next) => self.node.wait_slot_following(&self.slot, next, deadline),
+            Some((next, share)) => self.node.wait_slot_following(&self.slot, next, *share, deadline),
             None => self.node.wait_slot(&self.slot, self.conn.get(), deadline),
         };
         if !done {
@@ -216,8 +217,8 @@ impl Future {
             return true;
         }
         let done = || self.slot.is_done();
-        if let Some(next) = &self.following {
-            return self.node.drive_following(&self.slot, next, spin);
+        if let Some((next, share)) = &self.following {
+            return self.node.drive_following(&self.slot, next, *share, spin);
         }
         if let Some(c) = self.conn.get() {
             return c.drive(&self.node, spin, &done);

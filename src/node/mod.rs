@@ -149,6 +149,9 @@ enum Stop {
     HeadLost,
 }
 
+/// How long `drive_following` reads before it yields the CPU once.
+const FOLLOW_SLICE: Duration = Duration::from_micros(5);
+
 /// Listens on `spec`: a host (any free port), or `host:first-last`, the
 /// first free port of a range (clusters whose firewalls allow only some).
 pub(crate) fn listen(spec: &str) -> Result<TcpListener> {
@@ -879,7 +882,9 @@ impl Node {
     /// future that a protocol of several steps completes, each step's
     /// message from another process (a collective's rounds). True when
     /// `slot` is done.
-    pub(crate) fn drive_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, spin: Duration) -> bool {
+    /// `share`: yield the CPU between short slices (more processes wait
+    /// for each other than there are cores).
+    pub(crate) fn drive_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, share: bool, spin: Duration) -> bool {
         let end = Instant::now() + spin;
         loop {
             if slot.is_done() {
@@ -894,20 +899,23 @@ impl Node {
             // The peer writes on its primary connection, which is ours
             // (`conn_for`); others are the reactor's to read.
             let conn = if pid == 0 { None } else { self.peer(pid).and_then(|p| p.conn.lock().clone()) };
-            match conn {
-                Some(c) => {
-                    c.drive(self, left, &moved);
-                }
-                None => {
-                    sys::spin_until(left, moved);
-                }
+            // In short slices, yielding between them: the process awaited
+            // may be waiting for a CPU this thread would otherwise hold
+            // (more processes than cores).
+            let slice = if share { left.min(FOLLOW_SLICE) } else { left };
+            let done = match conn {
+                Some(c) => c.drive(self, slice, &moved),
+                None => sys::spin_until(slice, moved),
+            };
+            if share && !done {
+                std::thread::yield_now();
             }
         }
     }
 
     /// `wait_slot` for a future `drive_following` reads for.
-    pub(crate) fn wait_slot_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, deadline: Option<Instant>) -> bool {
-        if self.drive_following(slot, next, self.cfg.spin) {
+    pub(crate) fn wait_slot_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, share: bool, deadline: Option<Instant>) -> bool {
+        if self.drive_following(slot, next, share, self.cfg.spin) {
             return true;
         }
         self.park_slot(slot, deadline)

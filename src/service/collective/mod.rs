@@ -429,7 +429,10 @@ impl CollectiveExt for Arc<Node> {
         let key = Key { tag, set, seq };
         let (out, promise) = self.promise(me);
         let next = Arc::new(AtomicU32::new(0));
-        let out = out.following(next.clone());
+        // More participants than cores (all here, at worst): a waiter
+        // yields now and then to the one it waits for.
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let out = out.following(next.clone(), ranks.len() > cores);
         let n = ranks.len();
         let algorithm = Algorithm::choose(n, data.len());
         let mut blocks = vec![None; n];
