@@ -1254,6 +1254,11 @@ typedef struct {
    * NULL-terminated "NAME=value" entries for the workers, or NULL.
    */
   const char *const *env;
+  /**
+   * How long this call's workers have to start and join, in
+   * milliseconds. 0 (the default): the cluster's `startup_timeout_ms`.
+   */
+  uint32_t startup_timeout_ms;
 } cluster_ssh_options;
 
 /**
@@ -1308,6 +1313,11 @@ typedef struct {
    * The head's address as the nodes reach it. NULL: its listening address.
    */
   const char *head_addr;
+  /**
+   * How long the step's workers have to start and join, in
+   * milliseconds. 0 (the default): the cluster's `startup_timeout_ms`.
+   */
+  uint32_t startup_timeout_ms;
 } cluster_slurm_options;
 
 #ifdef __cplusplus

@@ -35,6 +35,9 @@ pub struct cluster_slurm_options {
     pub worker_listen: *const c_char,
     /// The head's address as the nodes reach it. NULL: its listening address.
     pub head_addr: *const c_char,
+    /// How long the step's workers have to start and join, in
+    /// milliseconds. 0 (the default): the cluster's `startup_timeout_ms`.
+    pub startup_timeout_ms: u32,
 }
 
 /// Fills `*options` with the defaults.
@@ -57,6 +60,7 @@ pub unsafe extern "C" fn cluster_slurm_options_init(options: *mut cluster_slurm_
             env: std::ptr::null(),
             worker_listen: std::ptr::null(),
             head_addr: std::ptr::null(),
+            startup_timeout_ms: 0,
         },
     ))
 }
@@ -69,10 +73,10 @@ unsafe fn pairs(p: *const *const c_char, name: &str) -> Result<Vec<(String, Stri
         .collect()
 }
 
-unsafe fn slurm_from(o: *const cluster_slurm_options) -> Result<SlurmOptions, Error> {
+unsafe fn slurm_from(o: *const cluster_slurm_options) -> Result<(SlurmOptions, LaunchOptions), Error> {
     let mut opts = SlurmOptions::default();
     if o.is_null() {
-        return Ok(opts);
+        return Ok((opts, LaunchOptions::default()));
     }
     let o = &*o;
     if (o.struct_size as usize) < std::mem::size_of::<cluster_slurm_options>() {
@@ -88,18 +92,19 @@ unsafe fn slurm_from(o: *const cluster_slurm_options) -> Result<SlurmOptions, Er
     opts.env = pairs(o.env, "env")?;
     opts.worker_listen = opt_cstr(o.worker_listen, "worker_listen")?.map(Into::into);
     opts.head_addr = opt_cstr(o.head_addr, "head_addr")?.map(Into::into);
-    Ok(opts)
+    let launch = LaunchOptions { startup_timeout: super::ssh::timeout_ms(o.startup_timeout_ms), ..Default::default() };
+    Ok((opts, launch))
 }
 
 unsafe fn start(node: &Arc<crate::Node>, n: usize, o: *const cluster_slurm_options) -> Result<crate::Future, Error> {
     node.require_head()?;
-    let opts = slurm_from(o)?;
+    let (opts, launch) = slurm_from(o)?;
     let n = match n {
         0 => SlurmLauncher::allocation_tasks().ok_or_else(|| invalid("n is 0 outside a Slurm allocation (no SLURM_NTASKS)"))?,
         n => n,
     };
     let make = Box::new(move || Ok((Arc::new(SlurmLauncher::new(opts)) as Arc<dyn Launcher>, n)));
-    node.addprocs_with_async(make, &LaunchOptions::default())
+    node.addprocs_with_async(make, &launch)
 }
 
 /// Head only: starts `n` workers (0: the allocation's `SLURM_NTASKS`) as

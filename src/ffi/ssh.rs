@@ -60,6 +60,9 @@ pub struct cluster_ssh_options {
     pub dir: *const c_char,
     /// NULL-terminated "NAME=value" entries for the workers, or NULL.
     pub env: *const *const c_char,
+    /// How long this call's workers have to start and join, in
+    /// milliseconds. 0 (the default): the cluster's `startup_timeout_ms`.
+    pub startup_timeout_ms: u32,
 }
 
 /// Fills `*options` with the defaults.
@@ -88,12 +91,13 @@ pub unsafe extern "C" fn cluster_ssh_options_init(options: *mut cluster_ssh_opti
                 argv: std::ptr::null(),
                 dir: std::ptr::null(),
                 env: std::ptr::null(),
+                startup_timeout_ms: 0,
             },
         )
     })
 }
 
-unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster_ssh_options) -> Result<(Vec<Machine>, SshOptions, bool), Error> {
+unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster_ssh_options) -> Result<(Vec<Machine>, SshOptions, LaunchOptions), Error> {
     if n == 0 {
         return Err(invalid("no machines"));
     }
@@ -110,7 +114,7 @@ unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster
         ms.push(Machine::parse(cstr(m.spec, "spec")?)?.with_count(count));
     }
     let mut opts = SshOptions::default();
-    let mut tolerate = false;
+    let mut launch = LaunchOptions::default();
     if !o.is_null() {
         let o = &*o;
         if (o.struct_size as usize) < std::mem::size_of::<cluster_ssh_options>() {
@@ -126,7 +130,8 @@ unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster
         opts.max_parallel = o.max_parallel;
         opts.multiplex = o.multiplex;
         opts.tunnel = o.tunnel;
-        tolerate = o.tolerate_failures;
+        launch.tolerate_failures = o.tolerate_failures;
+        launch.startup_timeout = timeout_ms(o.startup_timeout_ms);
         opts.head_addr = opt_cstr(o.head_addr, "head_addr")?.map(Into::into);
         opts.worker_listen = opt_cstr(o.worker_listen, "worker_listen")?.map(Into::into);
         opts.exename = opt_cstr(o.exename, "exename")?.map(Into::into);
@@ -137,7 +142,7 @@ unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster
             opts.env.push((k.to_string(), v.to_string()));
         }
     }
-    Ok((ms, opts, tolerate))
+    Ok((ms, opts, launch))
 }
 
 /// Head only: starts workers on `machines[0..n)` over SSH, one ssh per
@@ -192,11 +197,16 @@ pub unsafe extern "C" fn cluster_addprocs_ssh_async(
 
 unsafe fn start(node: &Arc<crate::Node>, machines: *const cluster_machine, n: usize, options: *const cluster_ssh_options) -> Result<crate::Future, Error> {
     node.require_head()?;
-    let (ms, opts, tolerate) = ssh_from(machines, n, options)?;
+    let (ms, opts, launch) = ssh_from(machines, n, options)?;
     let make = Box::new(move || {
         let l = SshLauncher::new(ms, opts)?;
         let n = l.count();
         Ok((Arc::new(l) as Arc<dyn Launcher>, n))
     });
-    node.addprocs_with_async(make, &LaunchOptions { tolerate_failures: tolerate, ..Default::default() })
+    node.addprocs_with_async(make, &launch)
+}
+
+/// A call's startup timeout: 0 is the cluster's.
+pub(super) fn timeout_ms(ms: u32) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
 }

@@ -47,6 +47,9 @@ pub struct LaunchOptions {
     /// (each failure logged as a warning) instead of stopping them all;
     /// it fails only when none joined.
     pub tolerate_failures: bool,
+    /// How long the workers of this call have to join; `None`: the
+    /// cluster's `Config::startup_timeout`.
+    pub startup_timeout: Option<Duration>,
 }
 
 /// Everything a launcher needs to start one worker.

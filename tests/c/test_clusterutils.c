@@ -410,6 +410,19 @@ static void case_ssh(void) {
     EXPECT_OK(cluster_future_fetch(fut, 30000, &d, &l));
     EXPECTF(l == 4, "one worker joined (%zu bytes)", l);
     cluster_future_free(fut);
+    /* A per-call startup timeout: a program that never joins fails the
+     * call after it, not after the cluster's 60 s. */
+    cluster_ssh_options slow = o;
+    const char *forever[] = {"30", NULL};
+    slow.tolerate_failures = false;
+    slow.exename = "sleep";
+    slow.argv = forever;
+    slow.startup_timeout_ms = 1500;
+    cluster_machine one = {spec[1], 1};
+    time_t t0 = time(NULL);
+    EXPECT_ST(cluster_addprocs_ssh(g_ctx, &one, 1, &slow, ids, 4, &n), CLUSTER_ERR_LAUNCH);
+    EXPECT_LAST_ERROR_HAS("startup timeout of 1.5s");
+    EXPECTF(time(NULL) - t0 < 15, "failed after %lds", (long)(time(NULL) - t0));
     /* Misuse. */
     cluster_machine zero = {spec[0], 0};
     EXPECT_ST(cluster_addprocs_ssh(g_ctx, &zero, 1, &o, ids, 4, &n), CLUSTER_ERR_INVALID_ARGUMENT);

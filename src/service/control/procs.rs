@@ -167,11 +167,12 @@ impl Control {
         let mut peers = Vec::with_capacity(n);
         let mut failures: Vec<String> = Vec::new();
         let mut specs = Vec::with_capacity(n);
+        let startup_timeout = opts.startup_timeout.unwrap_or(node.config().startup_timeout);
         for _ in 0..n {
             let id = self.next_id.fetch_add(1, Ordering::AcqRel);
             ids.push(id);
             peers.push(node.add_peer(id, LAUNCHING));
-            match LaunchSpec::new(id, opts, node.address(), node.cookie(), node.config().startup_timeout) {
+            match LaunchSpec::new(id, opts, node.address(), node.cookie(), startup_timeout) {
                 Ok(spec) => specs.push(spec.with_join_key(self.join_key(id))),
                 Err(e) => {
                     failures.push(e.to_string());
@@ -198,7 +199,7 @@ impl Control {
                 }
             }
         }
-        let deadline = Instant::now() + node.config().startup_timeout + Duration::from_secs(2);
+        let deadline = Instant::now() + startup_timeout + Duration::from_secs(2);
         node.wait_membership(deadline, || peers.iter().all(|p| p.announced.load(Ordering::Acquire) || p.is_gone()));
         for p in &peers {
             if p.is_ready() {
@@ -207,7 +208,7 @@ impl Control {
             let why = if p.is_gone() {
                 p.exit_note.lock().clone().unwrap_or_else(|| "exited before it was ready".into())
             } else {
-                format!("not ready within the startup timeout of {:?}", node.config().startup_timeout)
+                format!("not ready within the startup timeout of {startup_timeout:?}")
             };
             if !failures.iter().any(|f| f.starts_with(&format!("worker {}:", p.id))) {
                 failures.push(format!("worker {}: {why}", p.id));

@@ -30,6 +30,7 @@ include("fastwire.jl")      # compact encoding of common calls and values
 include("wire.jl")          # payload formats, Main globals shipped with closures
 include("futures.jl")       # Future: isready / wait / fetch, passing futures on
 include("membership.jl")    # myid, procs..., addprocs, rmprocs, interrupt, lifecycle callbacks
+include("launchers.jl")     # addprocs(machines) over SSH, SlurmManager
 include("remotecall.jl")    # remotecall & co, calls by name with raw bytes
 include("channels.jl")      # RemoteChannel
 include("serve.jl")         # incoming calls as tasks, worker serve loop
@@ -67,7 +68,8 @@ import ..LibCluster: addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, 
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
        ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
-       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed,
+       ClusterManager, SlurmManager
 export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, other_workers, cluster_cookie,
        remotecall, remotecall_fetch, remotecall_wait, remote_do, remotecall_eval,
        Future, RemoteChannel, AbstractRemoteRef, RemoteException, ProcessExitedException,
@@ -78,7 +80,9 @@ export addprocs, rmprocs, myid, nprocs, nworkers, procs, workers, other_procs, o
        remove_worker_starting_callback, remove_worker_started_callback,
        remove_worker_exiting_callback, remove_worker_exited_callback,
        ClusterError, addprocs_exec, remotecall_raw, remotecall_fetch_raw, remote_do_raw,
-       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed
+       AbstractWorkerPool, WorkerPool, CachingPool, default_worker_pool, clear!, pmap, remote, @distributed,
+       ClusterManager,
+       SlurmManager    # LibCluster's (SlurmClusterManager.jl's use), not Distributed's
 end
 
 "Path of the libcluster library in use."

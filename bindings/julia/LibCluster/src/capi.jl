@@ -124,6 +124,46 @@ struct LaunchOptions
     dir::Ptr{UInt8}
 end
 
+"`cluster_machine`: a Distributed machine spec and its worker count (or CLUSTER_COUNT_AUTO)."
+struct Machine
+    spec::Ptr{UInt8}
+    count::Int32
+end
+
+const CLUSTER_COUNT_AUTO = Int32(-1)
+
+"`cluster_ssh_options`: fill with `ssh_options_init()`; pointers borrowed for the call (copied)."
+struct SshOptions
+    struct_size::UInt32
+    ssh::Ptr{UInt8}
+    ssh_flags::Ptr{Ptr{UInt8}}
+    max_parallel::Csize_t
+    multiplex::Bool
+    tunnel::Bool
+    tolerate_failures::Bool
+    head_addr::Ptr{UInt8}
+    worker_listen::Ptr{UInt8}
+    exename::Ptr{UInt8}
+    argv::Ptr{Ptr{UInt8}}
+    dir::Ptr{UInt8}
+    env::Ptr{Ptr{UInt8}}
+    startup_timeout_ms::UInt32
+end
+
+"`cluster_slurm_options`: fill with `slurm_options_init()`; pointers borrowed for the call (copied)."
+struct SlurmOptions
+    struct_size::UInt32
+    srun::Ptr{UInt8}
+    srun_args::Ptr{Ptr{UInt8}}
+    srun_env::Ptr{Ptr{UInt8}}
+    exename::Ptr{UInt8}
+    argv::Ptr{Ptr{UInt8}}
+    env::Ptr{Ptr{UInt8}}
+    worker_listen::Ptr{UInt8}
+    head_addr::Ptr{UInt8}
+    startup_timeout_ms::UInt32
+end
+
 "`cluster_buffer`: bytes owned by the library until `cluster_buffer_free`."
 mutable struct Buffer
     data::Ptr{UInt8}
@@ -256,6 +296,12 @@ end
 @cfunc cluster_addprocs_async(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{LaunchOptions}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_rmprocs_async(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_set_topology(ctx::Ptr{Cvoid}, topology::Int32)::Int32
+@cfunc cluster_ssh_options_init(options::Ptr{SshOptions})::Int32
+@cfunc cluster_slurm_options_init(options::Ptr{SlurmOptions})::Int32
+# Futures at once (ssh / srun run on a library thread): their values are the new ids (little-endian Int32).
+@cfunc cluster_addprocs_ssh_async(ctx::Ptr{Cvoid}, machines::Ptr{Machine}, n::Csize_t, options::Ptr{SshOptions},
+                                  out::Ptr{Ptr{Cvoid}})::Int32
+@cfunc cluster_addprocs_slurm_async(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{SlurmOptions}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_set_lifecycle_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_set_log_callback(ctx::Ptr{Cvoid}, cb::Ptr{Cvoid}, user_data::Ptr{Cvoid})::Int32
 @cfunc cluster_set_log_level(ctx::Ptr{Cvoid}, level::Int32)::Int32
@@ -647,6 +693,20 @@ function take_buffer!(buf::Buffer)
     v = n == 0 ? UInt8[] : copy(unsafe_wrap(Array, buf.data, n))
     GC.@preserve buf cluster_buffer_free(Ptr{Cvoid}(pointer_from_objref(buf)))
     v
+end
+
+"Default SSH launch options, from `cluster_ssh_options_init`."
+function ssh_options_init()
+    r = Ref{SshOptions}()
+    check(cluster_ssh_options_init(r))
+    r[]
+end
+
+"Default Slurm launch options, from `cluster_slurm_options_init`."
+function slurm_options_init()
+    r = Ref{SlurmOptions}()
+    check(cluster_slurm_options_init(r))
+    r[]
 end
 
 "Default pmap options, from `cluster_pmap_options_init`."

@@ -39,19 +39,31 @@ other_procs() = CAPI.read_ids(CAPI.cluster_other_procs, context())
 "`workers()` without this process."
 other_workers() = CAPI.read_ids(CAPI.cluster_other_workers, context())
 
+"Every live process => the host name it reported when it joined (`cluster_hosts`)."
+function process_hosts()
+    buf = CAPI.Buffer()
+    CAPI.check(CAPI.cluster_hosts(context(), buf))
+    Dict{Int,String}(p => String(b) for (p, b) in CAPI.parts(CAPI.take_buffer!(buf)))
+end
+
 """
     procs(pid)
 
-All processes on the same host as `pid`. Every LibCluster worker is launched
-on this machine, so this is `procs()`.
+All processes on the same host as `pid` (by the host name each process
+reported when it joined; Distributed compares bind addresses), sorted.
 """
-procs(pid::Integer) = procs()
+function procs(pid::Integer)
+    hosts = process_hosts()
+    h = get(hosts, Int(pid), nothing)
+    h === nothing && throw(ArgumentError("procs: no process with id $pid in the cluster"))
+    sort!([p for (p, n) in hosts if n == h])
+end
 
 "`procs(pid)` without this process (DistributedNext)."
 other_procs(pid::Integer) = filter(!=(myid()), procs(pid))
 
-"The workers on the same host as `pid`, without this process: every worker is on this machine."
-other_workers(pid::Integer) = other_workers()
+"The workers on the same host as `pid`, without this process (DistributedNext)."
+other_workers(pid::Integer) = filter(p -> p != 1 && p != myid(), procs(pid))
 
 # --------------------------------------------------------------- cookie
 
@@ -104,8 +116,18 @@ shutdown), `WorkerState_exterminated` for one that died.
 """
 @enum WorkerState WorkerState_terminated WorkerState_exterminated
 
-"What `add_worker_starting_callback` callbacks receive as their manager."
-struct LocalManager
+"""
+    ClusterManager
+
+What `add_worker_starting_callback` callbacks receive as their manager:
+`LocalManager` (`addprocs(n)`), `SSHManager` (`addprocs(machines)`) or
+[`SlurmManager`](@ref). LibCluster's own type, not Distributed's: it is
+no interface to implement (workers are started by the library).
+"""
+abstract type ClusterManager end
+
+"The manager of `addprocs(n)`: `np` workers on this machine."
+struct LocalManager <: ClusterManager
     np::Int
 end
 
@@ -135,7 +157,7 @@ end
 failure stops `addprocs` (a `TaskFailedException`).
 """
 add_worker_starting_callback(f::Base.Callable; key = nothing) =
-    add_callback(f, key, STARTING_CBS, Tuple{LocalManager,Dict{Symbol,Any}})
+    add_callback(f, key, STARTING_CBS, Tuple{ClusterManager,Dict{Symbol,Any}})
 """
     add_worker_started_callback(f; key=nothing) -> key
 
@@ -301,13 +323,27 @@ function addprocs(n::Integer = Sys.CPU_THREADS; exeflags = ``, env = [], dir::Ab
     end
     n == 0 && return Int[]
     program, args = worker_command(exename, exeflags)
-    launched = Ref(false)
     # Compile the call path while the workers start, if a core is free for it.
-    (WARMED_UP[] || Sys.CPU_THREADS <= n) || @async warmup(until = () -> launched[])
+    start_workers(topo, lazy, callback_warning_interval; warm = Sys.CPU_THREADS > n) do
+        launch(n, program, args, worker_env(env; threaded_blas = enable_threaded_blas), dir)
+    end
+end
+
+"""
+    start_workers(launch, topology, lazy, callback_warning_interval; warm) -> ids
+
+What every `addprocs` form does around its launch: under the process lock,
+Distributed's topology checks, `launch()` (which returns the new ids),
+the connections of a `lazy = false` cluster; then the worker-started
+callbacks. With `warm`, the call path compiles meanwhile.
+"""
+function start_workers(launch::F, topo::Symbol, lazy::Bool, callback_warning_interval::Real; warm::Bool = true) where {F}
+    launched = Ref(false)
+    (WARMED_UP[] || !warm) || @async warmup(until = () -> launched[])
     ids = try
         lock(RT.pid_lock) do
             eager = set_topology(topo, lazy)
-            ids = launch(n, program, args, worker_env(env; threaded_blas = enable_threaded_blas), dir)
+            ids = launch()
             eager && connect_workers(ids)
             ids
         end
@@ -395,18 +431,29 @@ function launch(n::Integer, program::AbstractString, args::Vector{String}, env::
     prog = String(program)
     d = String(dir)
     opts = Ref(CAPI.LaunchOptions(pointer(prog), pointer(argv), pointer(envp), pointer(d)))
-    out = Ref{Ptr{Cvoid}}(C_NULL)
     # The options are copied before cluster_addprocs_async returns.
-    st = GC.@preserve args env argv envp prog d opts CAPI.cluster_addprocs_async(ctx, Csize_t(n), opts, out)
+    ids = GC.@preserve args env argv envp prog d opts await_ids(out -> CAPI.cluster_addprocs_async(ctx, Csize_t(n), opts, out))
+    length(ids) == n || error("addprocs: the library returned $(length(ids)) ids for $n")
+    ids
+end
+
+"""
+    await_ids(start) -> Vector{Int}
+
+Starts an addprocs future with `start(out) -> status` and waits for it in
+this task (the others run): its value is the new ids. A failure is an
+`ErrorException` with the library's message.
+"""
+function await_ids(start::F) where {F}
+    out = Ref{Ptr{Cvoid}}(C_NULL)
     bytes = try
-        CAPI.check(st)
-        await_op(out[])         # this task waits; the others run
+        CAPI.check(start(out))
+        await_op(out[])
     catch err
         err isa CAPI.ClusterError || rethrow()
         err.status == CAPI.CLUSTER_ERR_NOT_HEAD && error("Only process 1 can add and remove workers")
         error("addprocs: " * err.msg)
     end
-    length(bytes) == 4n || error("addprocs: the library returned $(length(bytes)) bytes for $n ids")
     Int[ltoh(x) for x in reinterpret(Int32, bytes)]
 end
 

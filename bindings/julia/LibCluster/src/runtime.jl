@@ -138,6 +138,17 @@ end
 # The head's max_message_bytes when init was given one (its workers get it).
 const MAX_MESSAGE = Ref{Union{Nothing,Int}}(nothing)
 
+# The library's log level as this process started it: init's `log_level`,
+# else `LIBCLUSTER_LOG` as the library reads it (off when unset).
+const LOG_LEVEL = Ref{Int32}(CAPI.CLUSTER_LOG_OFF)
+
+function log_level_from_env()
+    v = lowercase(strip(get(ENV, "LIBCLUSTER_LOG", "")))
+    v in ("error", "1") ? CAPI.CLUSTER_LOG_ERROR : v in ("warn", "warning", "2") ? CAPI.CLUSTER_LOG_WARN :
+    v in ("info", "3") ? CAPI.CLUSTER_LOG_INFO : v in ("debug", "trace", "4") ? CAPI.CLUSTER_LOG_DEBUG :
+    CAPI.CLUSTER_LOG_OFF
+end
+
 # What a head tells its Julia workers through their environment (`serve`
 # applies it, then removes it, as the launch variables).
 const WORKER_ENV = ("LIBCLUSTER_JULIA_THREADED_BLAS", "LIBCLUSTER_JULIA_TOPOLOGY",
@@ -180,6 +191,7 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
                                  d.heartbeat_timeout_ms, d.handshake_timeout_ms)
         # On a worker this blocks until it has joined its head (startup only).
         CAPI.check(CAPI.cluster_init(Ref(cfg), out))
+        LOG_LEVEL[] = log_level === nothing ? log_level_from_env() : Int32(log_level)
     end
     ctx = out[]
     is_head = Ref(false)

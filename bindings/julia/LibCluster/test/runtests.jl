@@ -984,6 +984,7 @@ include("clusterdicts.jl")    # LibCluster.ClusterDicts: GlobalDict, Distributed
 include("ptools_shm.jl")      # LibCluster.PTools: shared memory, server tasks
 include("ptools_fork.jl")     # LibCluster.PTools: pfork, pfork_shm
 include("clusterutils.jl")    # LibCluster.ClusterUtils: sow/reap, topology, message dicts, save/load
+include("launchers.jl")       # addprocs over SSH to namespaced hosts, SlurmManager in a one-node Slurm
 
 @testset "shutdown" begin
     @progress "shutdown"
