@@ -16,6 +16,9 @@
 #     waitpid from this process (target: at most 1.5x), and pfork(64)
 #   - ClusterUtils: `reap` of a variable from 8 workers beside 8 sequential
 #     remotecall_fetch of it (the issue asks for the figure, no target)
+#   - addprocs over SSH to 3 namespaced hosts, 1 worker each, beside
+#     Distributed's (bench_ssh.jl, run at the end in processes of its own;
+#     skipped where scripts/test-hosts.sh cannot run)
 #
 # Run: scripts/julia --project=bindings/julia/LibCluster bindings/julia/LibCluster/bench/bench.jl
 # Options (environment): BENCH_CALLS (default 5000), BENCH_ROUNDS (5),
@@ -345,3 +348,9 @@ println("pfork(2) target (<= 1.5x):    ", fk2 <= 1.5 ? "met" : "NOT met", @sprin
 
 Distributed.rmprocs(dids)
 LibCluster.rmprocs(lids)
+
+# addprocs over SSH (issue 11): heads of their own (one must listen beyond
+# loopback, and Distributed's SSH workers must not meet this process's).
+println()
+flush(stdout)
+run(`$(Base.julia_cmd()) --startup-file=no --project=$(normpath(joinpath(@__DIR__, ".."))) $(joinpath(@__DIR__, "bench_ssh.jl"))`)

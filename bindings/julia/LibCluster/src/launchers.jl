@@ -169,52 +169,81 @@ function addprocs(manager::SSHManager; tunnel::Bool = false, multiplex::Bool = t
     isempty(kwargs) || throw(ArgumentError("Invalid keyword argument $(first(keys(kwargs)))"))
     shell === :posix || throw(ArgumentError("addprocs: the hosts' login shell runs `sh -c`: only shell=:posix, not :$shell"))
     max_parallel >= 1 || throw(ArgumentError("addprocs: max_parallel must be >= 1"))
-    tunnel || listen_beyond_loopback()
-    check_head()
-    topo = topology === nothing ? DEFAULT_TOPOLOGY[] : Symbol(topology)
     if !isempty(STARTING_CBS)
         params = Dict{Symbol,Any}(:machines => manager.machines, :tunnel => tunnel, :multiplex => multiplex,
                                   :ssh => ssh, :sshflags => sshflags, :max_parallel => max_parallel, :shell => shell,
                                   :dir => dir, :exename => exename, :exeflags => exeflags, :env => env,
-                                  :topology => topo, :lazy => lazy, :enable_threaded_blas => enable_threaded_blas,
+                                  :topology => topology, :lazy => lazy, :enable_threaded_blas => enable_threaded_blas,
                                   :callback_warning_interval => callback_warning_interval,
                                   :tolerate_failures => tolerate_failures, :startup_timeout => startup_timeout,
                                   :worker_listen => worker_listen, :head_addr => head_addr)
-        run_callbacks("worker-starting", STARTING_CBS, [(manager, params)]; warn_every = callback_warning_interval)
+    else
+        params = nothing
+    end
+    p = SSHParams(tunnel, multiplex, c_string("ssh", ssh), c_strings("sshflags", flag_strings(sshflags)),
+                  Int(max_parallel), c_string("dir", dir), exename === nothing ? nothing : c_string("exename", exename),
+                  c_strings("exeflags", flag_strings(exeflags)), c_strings("env", env_strings(env)),
+                  topology === nothing ? nothing : Symbol(topology), lazy, enable_threaded_blas,
+                  Float64(callback_warning_interval), tolerate_failures,
+                  startup_timeout === nothing ? nothing : Float64(startup_timeout),
+                  worker_listen === nothing ? nothing : c_string("worker_listen", worker_listen),
+                  head_addr === nothing ? nothing : c_string("head_addr", head_addr))
+    ssh_addprocs(manager, p, params)
+end
+
+"The keywords of `addprocs(machines)`, checked and made concrete (one compiled path for all)."
+struct SSHParams
+    tunnel::Bool
+    multiplex::Bool
+    ssh::String
+    sshflags::Vector{String}
+    max_parallel::Int
+    dir::String
+    exename::Union{Nothing,String}
+    exeflags::Vector{String}
+    env::Vector{String}
+    topology::Union{Nothing,Symbol}
+    lazy::Bool
+    enable_threaded_blas::Bool
+    callback_warning_interval::Float64
+    tolerate_failures::Bool
+    startup_timeout::Union{Nothing,Float64}
+    worker_listen::Union{Nothing,String}
+    head_addr::Union{Nothing,String}
+end
+
+function ssh_addprocs(manager::SSHManager, p::SSHParams, params::Union{Nothing,Dict{Symbol,Any}})
+    p.tunnel || listen_beyond_loopback()
+    check_head()
+    topo = p.topology === nothing ? DEFAULT_TOPOLOGY[] : p.topology
+    if params !== nothing
+        params[:topology] = topo
+        run_callbacks("worker-starting", STARTING_CBS, [(manager, params)]; warn_every = p.callback_warning_interval)
     end
     machines = filter(m -> last(m) !== 0, manager.machines)
     isempty(machines) && return Int[]
-    program, args = worker_command(exename, exeflags)
-    wenv = worker_env(env; threaded_blas = enable_threaded_blas)
-    start_workers(topo, lazy, callback_warning_interval) do
-        launch_ssh(machines, program, args, wenv, dir; ssh = ssh, sshflags = sshflags, max_parallel = max_parallel,
-                   multiplex = multiplex, tunnel = tunnel, tolerate_failures = tolerate_failures,
-                   startup_timeout = startup_timeout, worker_listen = worker_listen, head_addr = head_addr)
-    end
+    program, args = worker_command(p.exename, p.exeflags)
+    env = worker_env(p.env; threaded_blas = p.enable_threaded_blas)
+    start_workers(() -> launch_ssh(machines, program, args, env, p), topo, p.lazy, p.callback_warning_interval)
 end
 
-function launch_ssh(machines, program, args, env, dir; ssh, sshflags, max_parallel, multiplex, tunnel,
-                    tolerate_failures, startup_timeout, worker_listen, head_addr)
+function launch_ssh(machines::Vector{Pair{String,Union{Int,Symbol}}}, program::String, args::Vector{String},
+                    env::Vector{String}, p::SSHParams)
     ctx = context()
     specs = String[first(m) for m in machines]
     cms = CAPI.Machine[CAPI.Machine(pointer(s), c === :auto ? CAPI.CLUSTER_COUNT_AUTO : Int32(c))
                        for (s, c) in zip(specs, last.(machines))]
-    flags = c_strings("sshflags", flag_strings(sshflags))
     argv = c_strings("exeflags", args)
     envs = c_strings("env", env)
     prog = c_string("exename", program)
-    sshp = c_string("ssh", ssh)
-    d = c_string("dir", dir)
-    listen = worker_listen === nothing ? nothing : c_string("worker_listen", worker_listen)
-    head = head_addr === nothing ? nothing : c_string("head_addr", head_addr)
-    flagp, argvp, envp = c_array(flags), c_array(argv), c_array(envs)
+    flagp, argvp, envp = c_array(p.sshflags), c_array(argv), c_array(envs)
     init = CAPI.ssh_options_init()
-    opts = Ref(CAPI.SshOptions(init.struct_size, pointer(sshp), pointer(flagp), Csize_t(max_parallel), multiplex,
-                               tunnel, tolerate_failures, c_or_null(head), c_or_null(listen), pointer(prog),
-                               pointer(argvp), pointer(d), pointer(envp), timeout_ms(startup_timeout)))
+    opts = Ref(CAPI.SshOptions(init.struct_size, pointer(p.ssh), pointer(flagp), Csize_t(p.max_parallel), p.multiplex,
+                               p.tunnel, p.tolerate_failures, c_or_null(p.head_addr), c_or_null(p.worker_listen),
+                               pointer(prog), pointer(argvp), pointer(p.dir), pointer(envp), timeout_ms(p.startup_timeout)))
     # Everything is copied before cluster_addprocs_ssh_async returns.
     try
-        GC.@preserve specs cms flags argv envs prog sshp d listen head flagp argvp envp opts warnings_shown(tolerate_failures) do
+        GC.@preserve specs cms argv envs prog p flagp argvp envp opts warnings_shown(p.tolerate_failures) do
             await_ids(out -> CAPI.cluster_addprocs_ssh_async(ctx, cms, Csize_t(length(cms)), opts, out))
         end
     catch err
@@ -282,46 +311,70 @@ function addprocs(manager::SlurmManager; dir::AbstractString = pwd(), exename = 
     for (k, v) in kwargs
         @warn "LibCluster's SlurmManager does not support this kwarg: $(k)" kwarg = k value = v
     end
+    params = isempty(STARTING_CBS) ? nothing :
+             Dict{Symbol,Any}(:dir => dir, :exename => exename, :exeflags => exeflags, :env => env,
+                              :topology => topology, :lazy => lazy, :enable_threaded_blas => enable_threaded_blas,
+                              :callback_warning_interval => callback_warning_interval,
+                              :worker_listen => worker_listen, :head_addr => head_addr)
+    p = SlurmParams(c_string("dir", dir), exename === nothing ? nothing : c_string("exename", exename),
+                    c_strings("exeflags", flag_strings(exeflags)), c_strings("env", env_strings(env)),
+                    topology === nothing ? nothing : Symbol(topology), lazy, enable_threaded_blas,
+                    Float64(callback_warning_interval),
+                    worker_listen === nothing ? nothing : c_string("worker_listen", worker_listen),
+                    head_addr === nothing ? nothing : c_string("head_addr", head_addr))
+    slurm_addprocs(manager, p, params)
+end
+
+"The keywords of `addprocs(::SlurmManager)`, checked and made concrete."
+struct SlurmParams
+    dir::String
+    exename::Union{Nothing,String}
+    exeflags::Vector{String}
+    env::Vector{String}
+    topology::Union{Nothing,Symbol}
+    lazy::Bool
+    enable_threaded_blas::Bool
+    callback_warning_interval::Float64
+    worker_listen::Union{Nothing,String}
+    head_addr::Union{Nothing,String}
+end
+
+function slurm_addprocs(manager::SlurmManager, p::SlurmParams, params::Union{Nothing,Dict{Symbol,Any}})
     listen_beyond_loopback()
     check_head()
-    topo = topology === nothing ? DEFAULT_TOPOLOGY[] : Symbol(topology)
-    if !isempty(STARTING_CBS)
-        params = Dict{Symbol,Any}(:dir => dir, :exename => exename, :exeflags => exeflags, :env => env,
-                                  :topology => topo, :lazy => lazy, :enable_threaded_blas => enable_threaded_blas,
-                                  :callback_warning_interval => callback_warning_interval,
-                                  :worker_listen => worker_listen, :head_addr => head_addr)
-        run_callbacks("worker-starting", STARTING_CBS, [(manager, params)]; warn_every = callback_warning_interval)
+    topo = p.topology === nothing ? DEFAULT_TOPOLOGY[] : p.topology
+    if params !== nothing
+        params[:topology] = topo
+        run_callbacks("worker-starting", STARTING_CBS, [(manager, params)]; warn_every = p.callback_warning_interval)
     end
     manager.ntasks == 0 && return Int[]
-    program, args = worker_command(exename, exeflags)
-    wenv = worker_env(env; threaded_blas = enable_threaded_blas)
-    if head_addr === nothing
+    program, args = worker_command(p.exename, p.exeflags)
+    env = worker_env(p.env; threaded_blas = p.enable_threaded_blas)
+    head = p.head_addr
+    if head === nothing
         # On a wildcard the library would hand the tasks 0.0.0.0, which
         # reaches only this machine: the nodes get this host's name.
         host, port = head_address()
-        is_wildcard(host) && (head_addr = "$(gethostname()):$port")
+        is_wildcard(host) && (head = "$(gethostname()):$port")
     end
-    start_workers(topo, lazy, callback_warning_interval) do
-        launch_slurm(manager, program, args, wenv, dir, worker_listen, head_addr)
-    end
+    start_workers(() -> launch_slurm(manager, program, args, env, p, head), topo, p.lazy, p.callback_warning_interval)
 end
 
-function launch_slurm(manager::SlurmManager, program, args, env, dir, worker_listen, head_addr)
+function launch_slurm(manager::SlurmManager, program::String, args::Vector{String}, env::Vector{String},
+                      p::SlurmParams, head::Union{Nothing,String})
     ctx = context()
-    srun_args = String[c_string("dir", "--chdir=" * dir); manager.srun_args]
+    srun_args = String[c_string("dir", "--chdir=" * p.dir); manager.srun_args]
     argv = c_strings("exeflags", args)
     envs = c_strings("env", env)
     prog = c_string("exename", program)
     srun = manager.srun
-    listen = worker_listen === nothing ? nothing : c_string("worker_listen", worker_listen)
-    head = head_addr === nothing ? nothing : c_string("head_addr", head_addr)
     srunp, argvp, envp = c_array(srun_args), c_array(argv), c_array(envs)
     init = CAPI.slurm_options_init()
     # srun itself inherits this process's environment (SLURM_CONF & co.): no srun_env.
     opts = Ref(CAPI.SlurmOptions(init.struct_size, pointer(srun), pointer(srunp), Ptr{Ptr{UInt8}}(C_NULL),
-                                 pointer(prog), pointer(argvp), pointer(envp), c_or_null(listen), c_or_null(head),
-                                 timeout_ms(manager.launch_timeout)))
-    GC.@preserve srun_args argv envs prog srun listen head srunp argvp envp opts begin
+                                 pointer(prog), pointer(argvp), pointer(envp), c_or_null(p.worker_listen),
+                                 c_or_null(head), timeout_ms(manager.launch_timeout)))
+    GC.@preserve srun_args argv envs prog srun p head srunp argvp envp opts begin
         await_ids(out -> CAPI.cluster_addprocs_slurm_async(ctx, Csize_t(manager.ntasks), opts, out))
     end
 end

@@ -107,6 +107,24 @@ for (f, types) in (
     precompile(f, types)
 end
 
+# addprocs over SSH and Slurm (launchers.jl): the paths behind the keyword
+# methods, whose keywords are made concrete first (SSHParams, SlurmParams).
+for (f, types) in (
+        (SSHManager, (Vector{String},)), (SSHManager, (Vector{Any},)), (merge_machines, (Vector{String},)),
+        (addprocs, (Vector{String},)), (addprocs, (SSHManager,)), (addprocs, (SlurmManager,)),
+        (ssh_addprocs, (SSHManager, SSHParams, Nothing)), (ssh_addprocs, (SSHManager, SSHParams, Dict{Symbol,Any})),
+        (launch_ssh, (Vector{Pair{String,Union{Int,Symbol}}}, String, Vector{String}, Vector{String}, SSHParams)),
+        (slurm_addprocs, (SlurmManager, SlurmParams, Nothing)),
+        (launch_slurm, (SlurmManager, String, Vector{String}, Vector{String}, SlurmParams, Nothing)),
+        (launch_slurm, (SlurmManager, String, Vector{String}, Vector{String}, SlurmParams, String)),
+        (worker_command, (Nothing, Vector{String})), (worker_command, (String, Vector{String})),
+        (worker_env, (Vector{String},)), (listen_beyond_loopback, ()), (head_address, ()),
+        (with_listen_hint, (String,)), (c_strings, (String, Vector{String})), (timeout_ms, (Nothing,)),
+        (timeout_ms, (Float64,)), (process_hosts, ()), (procs, (Int,)),
+    )
+    precompile(f, types)
+end
+
 # What the start and the waits use of FileWatching and Base (methods of
 # other modules; cached here only where this Julia keeps them).
 for (f, types) in (

@@ -87,7 +87,7 @@ const SSH_HEAD = raw"""
     R[:badkw] = try addprocs(["root@$(ips[1])"]; sshflag = flags); "" catch e; string(nameof(typeof(e))) end
     # A program that never joins: the call's own startup timeout ends it.
     R[:slow_t] = @elapsed R[:slow] = try
-        addprocs(["root@$(ips[3])"]; sshflags = flags, exename = slow, startup_timeout = 1.5); "no error"
+        addprocs(["root@$(ips[3])"]; sshflags = flags, exename = slow, startup_timeout = 0.5); "no error"
     catch e
         sprint(showerror, e)
     end
@@ -172,8 +172,8 @@ const SLURM_HEAD = raw"""
             @test R[:tolerated_host] == names[2]
             @test occursin("warn: addprocs: worker", out) && count("Permission denied", out) >= 1
             @test R[:badkw] == "ArgumentError"       # as Distributed, a misspelt keyword
-            @test occursin("startup timeout of 1.5s", R[:slow])
-            @test R[:slow_t] < 10
+            @test occursin("startup timeout of 500ms", R[:slow])
+            @test R[:slow_t] < 8
             @test R[:nworkers] == 4
             @test R[:after] == [1]
         end
