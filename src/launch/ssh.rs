@@ -366,7 +366,11 @@ impl SshLauncher {
 impl Drop for SshLauncher {
     fn drop(&mut self) {
         self.reap();
-        if self.opts.multiplex {
+        // A master still carrying the sessions of running workers stays:
+        // their standard error is that session's, and closing it would
+        // fail every write of theirs (EPIPE). It leaves by itself
+        // (ControlPersist) once its last session ended.
+        if self.opts.multiplex && self.sessions.lock().is_empty() {
             for m in &self.machines {
                 let _ = self.ssh_command(m).args(["-O", "exit"]).arg(m.target()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
             }

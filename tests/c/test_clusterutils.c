@@ -355,6 +355,15 @@ static int32_t h_getpid(void *ud, cluster_call *call) {
     return cluster_call_reply(call, (const uint8_t *)&p, 4);
 }
 
+/* Writes a line to standard error: replies 1 if it got there, 0 if the
+ * write failed (a closed ssh session: EPIPE, SIGPIPE being ignored). */
+static int32_t h_stderr_ok(void *ud, cluster_call *call) {
+    (void)ud;
+    static const char line[] = "worker: a line on stderr\n";
+    uint8_t ok = write(2, line, sizeof line - 1) == (ssize_t)(sizeof line - 1);
+    return cluster_call_reply(call, &ok, 1);
+}
+
 /* Runs the hosts script with `args`; 0 on success. */
 static int hosts_script(const char *args) {
     const char *script = getenv("TEST_HOSTS_SCRIPT");
@@ -395,6 +404,12 @@ static void case_ssh(void) {
         cluster_buffer pid = {0};
         EXPECT_OK(cluster_remotecall_fetch(g_ctx, ids[i], "getpid", NULL, 0, &pid));
         cluster_buffer_free(&pid);
+        /* The call's ssh sessions (multiplexed) outlive it: the workers'
+         * output still reaches the head. */
+        cluster_buffer ok = {0};
+        EXPECT_OK(cluster_remotecall_fetch(g_ctx, ids[i], "stderr_ok", NULL, 0, &ok));
+        EXPECTF(ok.len == 1 && ok.data[0] == 1, "worker %d cannot write to its stderr", ids[i]);
+        cluster_buffer_free(&ok);
     }
     /* A host refusing the key: named, with ssh's reason; as a future too. */
     cluster_machine bad = {spec[2], 1};
@@ -503,10 +518,12 @@ int main(int argc, char **argv) {
     REQUIRE_OK(cluster_register(g_ctx, "ag", h_ag, NULL));
     REQUIRE_OK(cluster_register(g_ctx, "twice", h_twice, NULL));
     REQUIRE_OK(cluster_register(g_ctx, "getpid", h_getpid, NULL));
+    REQUIRE_OK(cluster_register(g_ctx, "stderr_ok", h_stderr_ok, NULL));
     bool head = false;
     REQUIRE_OK(cluster_is_head(g_ctx, &head));
     if (!head) {
         harness_name = "worker";
+        signal(SIGPIPE, SIG_IGN);
         harness_watchdog(60);
         cluster_status st = cluster_serve(g_ctx);
         if (st != CLUSTER_OK && st != CLUSTER_ERR_HEAD_LOST) harness_logf("serve: %s", cluster_last_error());

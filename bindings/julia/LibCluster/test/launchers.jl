@@ -74,6 +74,8 @@ const SSH_HEAD = raw"""
     R[:pwd] = [remotecall_fetch(pwd, p) for p in ids]
     R[:project] = remotecall_fetch(Base.active_project, ids[2]) == Base.active_project()
     R[:cross] = remotecall_fetch(q -> remotecall_fetch(gethostname, q), ids[1], ids[3])
+    # A worker's output reaches the head (its ssh session outlives addprocs).
+    R[:printed] = remotecall_fetch(() -> (println("a line from ", gethostname()); flush(stdout); true), ids[1])
     R[:describe] = describepids(procs())
     R[:procs_of] = procs(ids[2])
     R[:bad_t] = @elapsed R[:bad] = try
@@ -161,6 +163,7 @@ const SLURM_HEAD = raw"""
             @test R[:pwd] == fill(workdir, 3)
             @test R[:project]
             @test R[:cross] == names[3]              # worker to worker, across hosts
+            @test R[:printed] && occursin("a line from $(names[1])", out)
             # describepids: one group per host, the head's on its own.
             @test sort(collect(values(R[:describe]))) == [[1], [2], [3], [4]]
             @test R[:procs_of] == [3]
