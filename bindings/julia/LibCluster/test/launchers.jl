@@ -1,16 +1,15 @@
 # Workers on other hosts (issue 11), included from runtests.jl (uses its
-# `within`, `@progress`, JULIA, PROJECT, LAST_ID). Expected results are
+# `within`, `@progress`, JULIA, PROJECT). Expected results are
 # Distributed's `addprocs(machines)` and SlurmClusterManager.jl's
 # `addprocs(SlurmManager())`, tested for real: hosts are network namespaces
 # on a bridge with their own host names and sshds (scripts/test-hosts.sh),
 # Slurm is a one-node Slurm of this file's own (scripts/test-slurm.sh).
 # Each part is skipped, saying why, where its harness cannot run.
 #
-# The SSH head that needs to be reached from the hosts runs in a child
-# process listening on every interface (this suite's head listens on
-# loopback); it prints what it saw as a `RESULT` line which is tested here.
-# The tunnel tests use this suite's own loopback head: that the workers
-# reach it at all shows the tunnel works.
+# The heads run in child processes (this suite's head listens on loopback
+# and has workers of its own): one listening on every interface, and for
+# tunnel mode one on loopback, which the workers reach only through the
+# tunnel. Each prints what it saw as a `RESULT` line, tested here.
 
 const REPO = normpath(joinpath(@__DIR__, "..", "..", "..", ".."))
 const HOSTS_SH = joinpath(REPO, "scripts", "test-hosts.sh")
@@ -95,6 +94,30 @@ const SSH_HEAD = raw"""
     end
     R[:nworkers] = nworkers()
     rmprocs(workers())
+    R[:after] = workers()
+    println("RESULT ", repr(R))
+    """
+
+# The tunnel mode's head: on loopback (LIBCLUSTER_LISTEN), master_worker
+# (tunnelled workers listen on their own loopback).
+const TUNNEL_HEAD = raw"""
+    using LibCluster, LibCluster.API
+    dir, wrapper = ARGS
+    ips = [split(l)[2] for l in readlines(joinpath(dir, "hosts"))]
+    flags = `-F $(joinpath(dir, "ssh_config"))`
+    R = Dict{Symbol,Any}()
+    R[:t] = @elapsed ids = addprocs(["root@$(ips[1])", "root@$(ips[2])"]; sshflags = flags, exename = wrapper,
+                                    tunnel = true, multiplex = false, topology = :master_worker)
+    R[:head] = LibCluster.head_address()[1]
+    R[:hosts] = [remotecall_fetch(gethostname, p) for p in ids]
+    R[:sum] = remotecall_fetch(+, ids[2], 1, 2)
+    R[:listen] = remotecall_fetch(() -> LibCluster.head_address()[1], ids[1])
+    R[:notunnel] = try
+        addprocs(["root@$(ips[1])"]; sshflags = flags, exename = wrapper, topology = :master_worker); "no error"
+    catch e
+        sprint(showerror, e)
+    end
+    rmprocs(ids)
     R[:after] = workers()
     println("RESULT ", repr(R))
     """
@@ -188,20 +211,25 @@ const SLURM_HEAD = raw"""
         end
         @test all(i -> isempty(julia_left(i)), 1:3)
 
-        # Tunnel mode, from this suite's head on loopback: only the tunnel reaches it.
-        e = try addprocs(["root@$(ips[1])"]; sshflags = flags, exename = REMOTE_JULIA) catch e; e end
-        @test e isa ErrorException && occursin("cannot reach", e.msg) && occursin("listen_host", e.msg)
-        t = @elapsed ids = addprocs(["root@$(ips[1])", "root@$(ips[2])"]; sshflags = flags, exename = REMOTE_JULIA,
-                                    tunnel = true, multiplex = false)
-        @info "addprocs over ssh, tunnel mode (2 Julia workers): $(round(t, digits = 2)) s"
-        LAST_ID[] = max(LAST_ID[], maximum(ids))
-        @test length(ids) == 2
-        @test [remotecall_fetch(gethostname, p) for p in ids] == names[1:2]
-        @test remotecall_fetch(+, ids[2], 1, 2) == 3
-        # The workers listen on their own loopback: reached only through the head.
-        @test remotecall_fetch(() -> LibCluster.head_address()[1], ids[1]) == "127.0.0.1"
-        rmprocs(ids)
-        @test isempty(intersect(workers(), ids))
+        # Tunnel mode, from a head on loopback: only the tunnel reaches it.
+        file = joinpath(workdir, "tunnel_head.jl")
+        write(file, TUNNEL_HEAD)
+        code, out = run_child(`$JULIA --startup-file=no --project=$PROJECT $file $dir $REMOTE_JULIA`, 60;
+                              env = Dict("LIBCLUSTER_LISTEN" => "127.0.0.1"))
+        R = child_result(out)
+        (code == 0 && R !== nothing) || println(out)
+        @test code == 0
+        @test R isa Dict
+        if R isa Dict
+            @info "addprocs over ssh, tunnel mode (2 Julia workers): $(round(R[:t], digits = 2)) s"
+            @test R[:head] == "127.0.0.1"
+            @test R[:hosts] == names[1:2]
+            @test R[:sum] == 3
+            # The workers listen on their own loopback: reached only through the head.
+            @test R[:listen] == "127.0.0.1"
+            @test occursin("cannot reach", R[:notunnel]) && occursin("listen_host", R[:notunnel])
+            @test R[:after] == [1]
+        end
     finally
         run_child(`$HOSTS_SH down $HOSTS_NAME`, 30)
     end
