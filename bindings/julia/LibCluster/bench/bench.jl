@@ -353,4 +353,6 @@ LibCluster.rmprocs(lids)
 # loopback, and Distributed's SSH workers must not meet this process's).
 println()
 flush(stdout)
-run(`$(Base.julia_cmd()) --startup-file=no --project=$(normpath(joinpath(@__DIR__, ".."))) $(joinpath(@__DIR__, "bench_ssh.jl"))`)
+const SSH_BENCH = joinpath(@__DIR__, "bench_ssh.jl")     # (no @__DIR__ inside backticks)
+const BENCH_PROJECT = normpath(joinpath(@__DIR__, ".."))
+run(`$(Base.julia_cmd()) --startup-file=no --project=$BENCH_PROJECT $SSH_BENCH`)
