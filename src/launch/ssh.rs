@@ -205,7 +205,7 @@ impl SshLauncher {
         let auto: Vec<usize> = (0..self.machines.len()).filter(|&i| self.machines[i].count == Count::Auto).collect();
         let counts = parallel(self.opts.max_parallel, auto.clone(), |&i| {
             let m = &self.machines[i];
-            let out = self.ssh_command(m).arg("nproc").stdin(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| Error::io("ssh", e))?;
+            let out = self.ssh_command(m).arg(m.target()).arg("nproc").stdin(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| Error::io("ssh", e))?;
             let text = String::from_utf8_lossy(&out.stdout);
             text.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
                 Error::new(ErrorKind::Launch, format!("host {}: cannot count its cores: {}", m.label(), String::from_utf8_lossy(&out.stderr).trim()))
