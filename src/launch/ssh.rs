@@ -32,7 +32,7 @@
 //! reach the head through a reverse forward of its port over the same ssh
 //! (`-R`), at 127.0.0.1 on their host.
 
-use super::{LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_ID, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
+use super::{sh_quote as quote, LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_ID, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -283,12 +283,7 @@ impl SshLauncher {
             }
             env.extend(spec.env.iter().cloned());
             env.extend(self.opts.env.iter().cloned());
-            let program = self.opts.exename.clone().unwrap_or_else(|| spec.program.display().to_string());
-            let args = match (&self.opts.args, &self.opts.exename) {
-                (Some(a), _) => a.clone(),
-                (None, Some(_)) => Vec::new(),
-                (None, None) => spec.args.clone(),
-            };
+            let (program, args) = super::remote_command(spec, &self.opts.exename, &self.opts.args);
             let lines = if spec.join_key.is_some() { 2 } else { 1 };
             s += "IFS= read -r s1 || exit 96\n";
             if lines == 2 {
@@ -430,10 +425,6 @@ fn parallel<T: Sync, R: Send>(width: usize, items: Vec<T>, f: impl Fn(&T) -> R +
     results.into_inner().into_iter().map(|r| r.expect("every item ran")).collect()
 }
 
-/// `s` quoted for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 impl Launcher for SshLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
