@@ -31,6 +31,10 @@ fn main() {
         }
         _ => {}
     }
+    // Workers on other hosts reach the head on the bridge.
+    if std::env::args().any(|a| a == "--hosts-only") && std::env::var_os("LIBCLUSTER_LISTEN").is_none() {
+        std::env::set_var("LIBCLUSTER_LISTEN", "0.0.0.0");
+    }
     let c = Cluster::init(Config::default()).expect("init");
     if !c.is_head() {
         c.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
@@ -110,6 +114,13 @@ fn main() {
         c.addprocs(1, &own_args).unwrap();
         fork_rows(quick, &mut rows);
         c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
+
+    if std::env::args().any(|a| a == "--hosts-only") {
+        hosts_rows(&c, quick, &mut rows);
+        c.shutdown(Duration::from_secs(30)).unwrap();
         print_rows(&rows);
         return;
     }
@@ -519,6 +530,97 @@ fn collective_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     });
     rows.push(Row::new("reap a variable from 8 workers (us)", us(ours), us(base), "8 sequential remotecall_fetch", "< 1x"));
     c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+}
+
+/// Across hosts (namespaced, scripts/test-hosts.sh; needs root and sshd):
+/// addprocs over SSH to 3 hosts, 1 worker each, first with a new ssh
+/// connection per host and then multiplexed, beside 3 bare `ssh host true`
+/// in parallel; a round trip to a worker across the namespace boundary
+/// beside raw TCP ping-pong across it.
+fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
+    use cluster::launch::{Machine, SshLauncher, SshOptions};
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-hosts.sh");
+    if !Command::new(&script).arg("check").status().is_ok_and(|s| s.success()) {
+        eprintln!("bench: the test hosts cannot run here (scripts/test-hosts.sh check): no host rows");
+        return;
+    }
+    let out = Command::new(&script).args(["up", "bench", "3"]).output().unwrap();
+    let hosts: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().nth(1).map(String::from)).collect();
+    assert_eq!(hosts.len(), 3, "test-hosts.sh up: {}", String::from_utf8_lossy(&out.stderr));
+    let cfg = "/tmp/lc-hosts-bench/ssh_config";
+    let opts = SshOptions { ssh_flags: vec!["-F".into(), cfg.into()], exename: Some(self_exe().display().to_string()), args: Some(vec![]), ..Default::default() };
+    let machines: Vec<Machine> = hosts.iter().map(|h| Machine::parse(&format!("root@{h}")).unwrap()).collect();
+    let bare = || {
+        let t = Instant::now();
+        let kids: Vec<_> = hosts.iter().map(|h| Command::new("ssh").args(["-F", cfg, &format!("root@{h}"), "true"]).spawn().unwrap()).collect();
+        for mut k in kids {
+            k.wait().unwrap();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let base = bare();
+    let l = std::sync::Arc::new(SshLauncher::new(machines, opts).unwrap());
+    let t = Instant::now();
+    let ids = c.addprocs_with(l.clone(), 3, &LaunchOptions::default()).unwrap();
+    let first = t.elapsed().as_secs_f64();
+    rows.push(Row::new("addprocs over SSH, 3 hosts x 1 (ms)", first * 1e3, base * 1e3, "3 parallel `ssh host true`", ""));
+    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+    let t = Instant::now();
+    let ids = c.addprocs_with(l.clone(), 3, &LaunchOptions::default()).unwrap();
+    let again = t.elapsed().as_secs_f64();
+    rows.push(Row::new("same again, multiplexed (ms)", again * 1e3, base * 1e3, "3 parallel `ssh host true`", ""));
+    // Round trip across the boundary, then raw TCP across it (not
+    // interleaved: the busy-polling echo would take a CPU from ours).
+    let rounds = if quick { 2_000 } else { 20_000 };
+    let arg = 42u64.to_le_bytes();
+    for _ in 0..1000 {
+        c.remotecall_fetch(ids[0], "echo", &arg).unwrap();
+    }
+    let head_ip = std::fs::read_to_string("/tmp/lc-hosts-bench/env").ok().and_then(|e| e.lines().find_map(|l| l.strip_prefix("HEAD_IP=").map(|v| v.trim_matches('"').to_string())));
+    let (mut ours_v, mut raw_v) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let block = rounds / 10;
+        let t = Instant::now();
+        for _ in 0..block {
+            c.remotecall_fetch(ids[0], "echo", &arg).unwrap();
+        }
+        ours_v.push(t.elapsed().as_secs_f64() / block as f64);
+    }
+    if let Some(ip) = head_ip {
+        let l = TcpListener::bind((ip.as_str(), 0)).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut child = Command::new("ip").args(["netns", "exec", "lc-bench-h1"]).arg(self_exe()).env("BENCH_ROLE", "tcp-echo").env("BENCH_ADDR", &addr).spawn().unwrap();
+        let (mut sock, _) = l.accept().unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let mut b = [7u8; 8];
+        let mut one = || {
+            cluster::sys::write_all_vectored(sock.as_raw_fd(), &[&b.clone()]).unwrap();
+            assert!(read_exact_spin(&mut sock, &mut b));
+        };
+        for _ in 0..1000 {
+            one();
+        }
+        let block = rounds / 10;
+        for _ in 0..10 {
+            let t = Instant::now();
+            for _ in 0..block {
+                one();
+            }
+            raw_v.push(t.elapsed().as_secs_f64() / block as f64);
+        }
+        drop(sock);
+        let _ = child.wait();
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (ours, raw) = (median(ours_v), median(raw_v));
+    rows.push(Row::new("round trip across a namespace (us)", us(ours), us(raw), "TCP busy-poll ping-pong across it", "<= 1.3x"));
+    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+    drop(l);
+    let _ = Command::new(&script).args(["down", "bench"]).status();
 }
 
 /// 512 workers (64 with --quick) joining, with master_worker and then

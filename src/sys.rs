@@ -422,6 +422,26 @@ pub fn cpu_seconds() -> f64 {
 }
 
 /// This machine's host name ("" if it cannot be read).
+/// A tag of this machine (its kernel's boot id, hashed): processes in
+/// network or UTS namespaces of one machine share it; another machine's
+/// differs. 0 when the boot id cannot be read.
+pub fn machine_tag() -> u32 {
+    static TAG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.trim().bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        if id.trim().is_empty() {
+            0
+        } else {
+            h
+        }
+    })
+}
+
 /// The host name this process gives the cluster: `LIBCLUSTER_HOSTNAME`
 /// when set and not empty (a launcher's override), else gethostname().
 pub fn host_name() -> String {

@@ -170,6 +170,23 @@ fn ssh_to_three_hosts_calls_across_them_and_fails_clearly() {
 #[test]
 fn tunnel_mode_and_multiplexing_off() {
     let Some(h) = Hosts::up("sshb", 2, None) else { return };
+    // `Count::Auto`: the host's cores, asked over ssh once.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let auto = SshLauncher::new(vec![h.machine(1).with_count(Count::Auto)], h.opts()).unwrap();
+    assert_eq!(auto.count(), cores, "the namespaced host has this machine's cores");
+    drop(auto);
+    // A port range for the workers' listeners.
+    let c = head(Topology::AllToAll, "0.0.0.0");
+    let ranged = SshOptions { worker_listen: Some("0.0.0.0:47310-47320".into()), ..h.opts() };
+    let l = Arc::new(SshLauncher::new(vec![h.machine(2).with_count(Count::N(2))], ranged).unwrap());
+    let ids = c.addprocs_with(l, 2, &LaunchOptions::default()).unwrap();
+    for &p in &ids {
+        let v = c.remotecall_fetch(p, "env_var", b"LIBCLUSTER_LISTEN").unwrap();
+        assert_eq!(v.as_ref(), b"0.0.0.0:47310-47320");
+    }
+    // Worker to worker, each listening in the range.
+    assert_eq!(c.remotecall_fetch(ids[0], "call_peer", &ids[1].to_le_bytes()).unwrap().as_ref(), &ids[1].to_le_bytes());
+    c.shutdown(Duration::from_secs(10)).unwrap();
     // The head listens on loopback only: workers reach it through ssh.
     let c = head(Topology::MasterWorker, "127.0.0.1");
     let opts = SshOptions { tunnel: true, multiplex: false, ..h.opts() };

@@ -171,6 +171,23 @@ impl Launcher for LocalLauncher {
     }
 }
 
+/// `s` quoted for sh (remote launchers' scripts).
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// What a remote launcher runs for `spec`: `exename` and `args` when
+/// given (no arguments with an `exename` alone), else the spec's own.
+pub(crate) fn remote_command(spec: &LaunchSpec, exename: &Option<String>, args: &Option<Vec<String>>) -> (String, Vec<String>) {
+    let program = exename.clone().unwrap_or_else(|| spec.program.display().to_string());
+    let args = match (args, exename) {
+        (Some(a), _) => a.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => spec.args.clone(),
+    };
+    (program, args)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -22,7 +22,7 @@
 //! its message; workers that start but never join are reported by
 //! `addprocs` when its startup timeout passes.
 
-use super::{LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
+use super::{sh_quote as quote, LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::io::{Read, Write};
@@ -104,12 +104,7 @@ impl SlurmLauncher {
         }
         env.extend(spec.env.iter().cloned());
         env.extend(self.opts.env.iter().cloned());
-        let program = self.opts.exename.clone().unwrap_or_else(|| spec.program.display().to_string());
-        let args = match (&self.opts.args, &self.opts.exename) {
-            (Some(a), _) => a.clone(),
-            (None, Some(_)) => Vec::new(),
-            (None, None) => spec.args.clone(),
-        };
+        let (program, args) = super::remote_command(spec, &self.opts.exename, &self.opts.args);
         let ids: Vec<String> = specs.iter().map(|s| s.id.to_string()).collect();
         let mut s = format!("set -- {}\n", ids.join(" "));
         s += "i=${SLURM_PROCID:?not a Slurm task}\n";
@@ -156,9 +151,6 @@ impl Drop for SlurmLauncher {
     }
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 impl Launcher for SlurmLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
@@ -278,7 +270,8 @@ mod tests {
             assert!(c.wait().unwrap().success());
         }
         let mut c = Command::new("sh").arg("-c").arg(&script).env("SLURM_PROCID", "3").stdin(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(secrets.as_bytes()).unwrap();
+        // It may refuse before reading: a broken pipe then.
+        let _ = c.stdin.take().unwrap().write_all(secrets.as_bytes());
         assert_eq!(c.wait().unwrap().code(), Some(95), "a task beyond the workers refuses");
         let mut got: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(String::from).collect();
         got.sort();

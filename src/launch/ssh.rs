@@ -32,7 +32,7 @@
 //! reach the head through a reverse forward of its port over the same ssh
 //! (`-R`), at 127.0.0.1 on their host.
 
-use super::{LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_ID, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
+use super::{sh_quote as quote, LaunchSpec, Launched, Launcher, ENV_COOKIE_STDIN, ENV_HEAD, ENV_ID, ENV_JOIN_KEY_STDIN, ENV_STARTUP_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -205,7 +205,7 @@ impl SshLauncher {
         let auto: Vec<usize> = (0..self.machines.len()).filter(|&i| self.machines[i].count == Count::Auto).collect();
         let counts = parallel(self.opts.max_parallel, auto.clone(), |&i| {
             let m = &self.machines[i];
-            let out = self.ssh_command(m).arg("nproc").stdin(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| Error::io("ssh", e))?;
+            let out = self.ssh_command(m).arg(m.target()).arg("nproc").stdin(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| Error::io("ssh", e))?;
             let text = String::from_utf8_lossy(&out.stdout);
             text.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
                 Error::new(ErrorKind::Launch, format!("host {}: cannot count its cores: {}", m.label(), String::from_utf8_lossy(&out.stderr).trim()))
@@ -283,12 +283,7 @@ impl SshLauncher {
             }
             env.extend(spec.env.iter().cloned());
             env.extend(self.opts.env.iter().cloned());
-            let program = self.opts.exename.clone().unwrap_or_else(|| spec.program.display().to_string());
-            let args = match (&self.opts.args, &self.opts.exename) {
-                (Some(a), _) => a.clone(),
-                (None, Some(_)) => Vec::new(),
-                (None, None) => spec.args.clone(),
-            };
+            let (program, args) = super::remote_command(spec, &self.opts.exename, &self.opts.args);
             let lines = if spec.join_key.is_some() { 2 } else { 1 };
             s += "IFS= read -r s1 || exit 96\n";
             if lines == 2 {
@@ -434,10 +429,6 @@ fn parallel<T: Sync, R: Send>(width: usize, items: Vec<T>, f: impl Fn(&T) -> R +
     results.into_inner().into_iter().map(|r| r.expect("every item ran")).collect()
 }
 
-/// `s` quoted for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 impl Launcher for SshLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {

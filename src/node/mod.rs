@@ -1202,3 +1202,28 @@ pub fn response_outcome(h: &Header, from: u32, payload: Vec<u8>) -> Result<Vec<u
 pub(crate) mod peer_state {
     pub(crate) use super::peer::{CONNECTED, LAUNCHING, READY};
 }
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_range_takes_its_first_free_port_and_a_full_one_fails() {
+        let a = listen("127.0.0.1:47400-47402").unwrap();
+        let b = listen("127.0.0.1:47400-47402").unwrap();
+        assert_eq!(a.local_addr().unwrap().port(), 47400);
+        assert_eq!(b.local_addr().unwrap().port(), 47401);
+        let _c = listen("127.0.0.1:47400-47402").unwrap();
+        assert!(listen("127.0.0.1:47400-47402").unwrap_err().message.contains("no free port"));
+        assert!(listen("127.0.0.1:9-3").is_err());
+        assert_ne!(listen("127.0.0.1").unwrap().local_addr().unwrap().port(), 0);
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_told_by_the_interface_that_reaches_the_head() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(reachable_addr("0.0.0.0:5000", &s), "127.0.0.1:5000");
+        assert_eq!(reachable_addr("10.1.2.3:5000", &s), "10.1.2.3:5000");
+    }
+}

@@ -54,7 +54,11 @@ impl Timers {
         }
         s.seq += 1;
         let seq = s.seq;
-        s.heap.push(Reverse(Entry { at: Instant::now() + delay, seq, action: Box::new(action) }));
+        let at = Instant::now() + delay;
+        // The thread sleeps until the earliest deadline: a later one needs
+        // no wake-up (a hot path arming long timeouts costs no thread hop).
+        let sooner = s.heap.peek().is_none_or(|e| at < e.0.at);
+        s.heap.push(Reverse(Entry { at, seq, action: Box::new(action) }));
         if !s.running {
             s.running = true;
             let inner = self.inner.clone();
@@ -64,7 +68,9 @@ impl Timers {
                 .spawn(move || Timers::run(&inner))
                 .expect("spawn timer thread");
         }
-        cv.notify_one();
+        if sooner {
+            cv.notify_one();
+        }
     }
 
     fn run(inner: &(Mutex<State>, Condvar)) {

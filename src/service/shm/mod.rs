@@ -3,7 +3,10 @@
 //! same host maps, each keeping its mapping until the segment is unlinked.
 //!
 //! **Names.** A segment's name in /dev/shm carries what finds it again
-//! after a crash: `lcshm.<head pid>-<head start>-<cluster>.<creator pid>.<prefix>.<name>`
+//! after a crash: `lcshm.<head pid>-<head start>-<cluster>-<machine>.<creator pid>.<prefix>.<name>`
+//! (`<machine>`: a tag of the head's machine, its boot id hashed, so a
+//! host judges only the segments of heads that ran on it; names without
+//! it, from before, count as this machine's)
 //! (the head's OS pid and start time name its process for the machine's
 //! uptime, a random number the cluster among those one process ran; the
 //! creator's OS pid says who made it; the user's prefix keeps jobs apart). A segment whose head process is gone is an orphan: the
@@ -119,6 +122,8 @@ pub struct ClusterStamp {
     pub head_pid: u32,
     pub head_start: u64,
     pub cluster: u32,
+    /// The head's machine (`sys::machine_tag`).
+    pub machine: u32,
 }
 
 impl ClusterStamp {
@@ -127,18 +132,19 @@ impl ClusterStamp {
         let mut r = [0u8; 4];
         crate::sys::random_bytes(&mut r).ok()?;
         let pid = std::process::id();
-        os::start_time(pid).map(|head_start| ClusterStamp { head_pid: pid, head_start, cluster: u32::from_le_bytes(r) })
+        os::start_time(pid).map(|head_start| ClusterStamp { head_pid: pid, head_start, cluster: u32::from_le_bytes(r), machine: crate::sys::machine_tag() })
     }
-    /// Whether the head process it names still runs.
+    /// Whether the head process it names still runs. A head on another
+    /// machine cannot be looked up here: it counts as alive.
     pub fn alive(&self) -> bool {
-        os::start_time(self.head_pid) == Some(self.head_start)
+        self.machine != crate::sys::machine_tag() || os::start_time(self.head_pid) == Some(self.head_start)
     }
 }
 
 /// The OS name of segment `name` with `prefix` made by `creator` in the
 /// cluster `stamp`.
 fn os_name(stamp: ClusterStamp, creator: u32, prefix: &str, name: &str) -> String {
-    format!("{TAG}.{}-{}-{}.{creator}.{prefix}.{name}", stamp.head_pid, stamp.head_start, stamp.cluster)
+    format!("{TAG}.{}-{}-{}-{:x}.{creator}.{prefix}.{name}", stamp.head_pid, stamp.head_start, stamp.cluster, stamp.machine)
 }
 
 /// A segment's OS name taken apart.
@@ -158,6 +164,10 @@ impl SegmentName {
         let (stamp, rest) = rest.split_once('.')?;
         let mut it = stamp.split('-');
         let (hp, hs, cl) = (it.next()?, it.next()?, it.next()?);
+        let machine = match it.next() {
+            Some(m) => u32::from_str_radix(m, 16).ok()?,
+            None => crate::sys::machine_tag(),
+        };
         if it.next().is_some() {
             return None;
         }
@@ -166,7 +176,7 @@ impl SegmentName {
         check_name(name).ok()?;
         Some(SegmentName {
             os_name: os_name.to_string(),
-            stamp: ClusterStamp { head_pid: hp.parse().ok()?, head_start: hs.parse().ok()?, cluster: cl.parse().ok()? },
+            stamp: ClusterStamp { head_pid: hp.parse().ok()?, head_start: hs.parse().ok()?, cluster: cl.parse().ok()?, machine },
             creator_pid: creator.parse().ok()?,
             prefix: prefix.to_string(),
             name: name.to_string(),
@@ -311,13 +321,14 @@ impl Shm {
 }
 
 fn decode_stamp(b: &[u8]) -> Result<ClusterStamp> {
-    if b.len() != 16 {
-        return Err(Error::new(ErrorKind::Protocol, "a cluster stamp is 16 bytes"));
+    if b.len() != 20 {
+        return Err(Error::new(ErrorKind::Protocol, "a cluster stamp is 20 bytes"));
     }
     Ok(ClusterStamp {
         head_pid: u32::from_le_bytes(b[..4].try_into().expect("4")),
         head_start: u64::from_le_bytes(b[4..12].try_into().expect("8")),
-        cluster: u32::from_le_bytes(b[12..].try_into().expect("4")),
+        cluster: u32::from_le_bytes(b[12..16].try_into().expect("4")),
+        machine: u32::from_le_bytes(b[16..].try_into().expect("4")),
     })
 }
 
@@ -377,7 +388,7 @@ impl Service for Shm {
                 Ok(Vec::new())
             }
             op::IDENTITY if node.is_head() => {
-                self.stamp(node).map(|s| [&s.head_pid.to_le_bytes()[..], &s.head_start.to_le_bytes(), &s.cluster.to_le_bytes()].concat())
+                self.stamp(node).map(|s| [&s.head_pid.to_le_bytes()[..], &s.head_start.to_le_bytes(), &s.cluster.to_le_bytes(), &s.machine.to_le_bytes()].concat())
             }
             op::IDENTITY => Err(Error::at(ErrorKind::NotHead, me, "the head knows the cluster's stamp")),
             o => return Err(unknown_op("shm", o)),
@@ -598,13 +609,15 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_foreign_names_are_ignored() {
-        let stamp = ClusterStamp { head_pid: 4242, head_start: 99, cluster: 5 };
+        let stamp = ClusterStamp { head_pid: 4242, head_start: 99, cluster: 5, machine: 0xab12 };
         let n = os_name(stamp, 77, "my.job", "svar_1");
-        assert_eq!(n, "lcshm.4242-99-5.77.my.job.svar_1");
+        assert_eq!(n, "lcshm.4242-99-5-ab12.77.my.job.svar_1");
+        // A name from before the machine tag: this machine's.
+        assert_eq!(SegmentName::parse("lcshm.4242-99-5.77.p.n").unwrap().stamp.machine, crate::sys::machine_tag());
         let p = SegmentName::parse(&n).unwrap();
         assert_eq!((p.stamp, p.creator_pid, p.prefix.as_str(), p.name.as_str()), (stamp, 77, "my.job", "svar_1"));
         assert_eq!(SegmentName::parse(&os_name(stamp, 1, "", "x")).unwrap().prefix, "");
-        for foreign in ["julia_x_svar", "lcshm.1.2.3", "lcshm.a-1-1.2.p.n", "lcshm.1-1.2.p.n", "lcshm.1-1-1-1.2.p.n", "lcshm.1-1-1.2.p.bad.name!"] {
+        for foreign in ["julia_x_svar", "lcshm.1.2.3", "lcshm.a-1-1.2.p.n", "lcshm.1-1.2.p.n", "lcshm.1-1-1-1-1.2.p.n", "lcshm.1-1-1-zz.2.p.n", "lcshm.1-1-1.2.p.bad.name!"] {
             assert!(SegmentName::parse(foreign).is_none(), "{foreign}");
         }
     }
@@ -632,5 +645,11 @@ mod tests {
         assert_eq!(remove_orphans(Some(&prefix)).unwrap(), vec![b.clone()]);
         assert!(os::list().unwrap().contains(&a) && !os::list().unwrap().contains(&b));
         os::unlink(&a).unwrap();
+        // A head on another machine is no orphan here, whatever its pid.
+        let far = ClusterStamp { head_start: live.head_start + 1, machine: live.machine ^ 1, ..live };
+        let c = os_name(far, 1, &prefix, "far");
+        drop(os::create(&c, 64).unwrap());
+        assert!(orphans(Some(&prefix)).unwrap().is_empty());
+        os::unlink(&c).unwrap();
     }
 }
