@@ -2853,6 +2853,8 @@ struct SshOptions {
     bool multiplex = true;
     bool tunnel = false;
     bool tolerate_failures = false;
+    /// This call's startup timeout in ms; 0: the cluster's.
+    std::uint32_t startup_timeout_ms = 0;
     std::optional<std::string> head_addr, worker_listen, exename, dir;
     std::optional<std::vector<std::string>> argv;
     std::vector<std::string> env;
@@ -2878,6 +2880,7 @@ struct SshCall {
         o.multiplex = so.multiplex;
         o.tunnel = so.tunnel;
         o.tolerate_failures = so.tolerate_failures;
+        o.startup_timeout_ms = so.startup_timeout_ms;
         o.head_addr = opt(so.head_addr);
         o.worker_listen = opt(so.worker_listen);
         o.exename = opt(so.exename);
@@ -2916,6 +2919,8 @@ inline Future addprocs_ssh_async(const Cluster &c, const std::vector<Machine> &m
 
 /// cluster_slurm_options, with owned strings. See cluster.h for each field.
 struct SlurmOptions {
+    /// This call's startup timeout in ms; 0: the cluster's.
+    std::uint32_t startup_timeout_ms = 0;
     std::optional<std::string> srun, exename, worker_listen, head_addr;
     std::vector<std::string> srun_args, srun_env, env;
     std::optional<std::vector<std::string>> argv;
@@ -2934,6 +2939,7 @@ struct SlurmCall {
         };
         auto opt = [](const std::optional<std::string> &v) { return v ? v->c_str() : nullptr; };
         o.srun = opt(so.srun);
+        o.startup_timeout_ms = so.startup_timeout_ms;
         o.exename = opt(so.exename);
         o.worker_listen = opt(so.worker_listen);
         o.head_addr = opt(so.head_addr);

@@ -94,7 +94,7 @@ impl SlurmLauncher {
     fn script(&self, specs: &[LaunchSpec]) -> String {
         let spec = &specs[0];
         let mut env: Vec<(String, String)> = vec![
-            (ENV_HEAD.into(), self.opts.head_addr.clone().unwrap_or_else(|| spec.head_addr.clone())),
+            (ENV_HEAD.into(), self.opts.head_addr.clone().unwrap_or_else(|| head_on_nodes(&spec.head_addr))),
             (ENV_COOKIE_STDIN.into(), "1".into()),
             (ENV_STARTUP_TIMEOUT_MS.into(), spec.startup_timeout.as_millis().to_string()),
             ("LIBCLUSTER_LISTEN".into(), self.opts.worker_listen.clone().unwrap_or_else(|| "0.0.0.0".into())),
@@ -145,9 +145,29 @@ impl SlurmLauncher {
     }
 }
 
+/// The head's address as the allocation's nodes reach it: its listening
+/// address, or on a wildcard this host's name with the port (the nodes
+/// resolve it as Slurm itself does).
+fn head_on_nodes(listening: &str) -> String {
+    match listening.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("{}:{}", crate::sys::hostname(), a.port()),
+        _ => listening.to_string(),
+    }
+}
+
 impl Drop for SlurmLauncher {
     fn drop(&mut self) {
         self.reap();
+        // A step still running ends with its workers: wait for its srun
+        // there, so none is left a zombie.
+        let left = std::mem::take(&mut *self.steps.lock());
+        if !left.is_empty() {
+            let _ = std::thread::Builder::new().name("cluster-srun-reap".into()).stack_size(64 * 1024).spawn(move || {
+                for mut c in left {
+                    let _ = c.wait();
+                }
+            });
+        }
     }
 }
 
@@ -245,6 +265,12 @@ impl Launcher for SlurmLauncher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_head_is_named_by_its_host_for_the_nodes() {
+        assert_eq!(head_on_nodes("10.0.0.5:77"), "10.0.0.5:77");
+        assert_eq!(head_on_nodes("0.0.0.0:77"), format!("{}:77", crate::sys::hostname()));
+    }
 
     #[test]
     fn each_task_takes_its_own_id_and_key() {

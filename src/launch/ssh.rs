@@ -371,6 +371,16 @@ impl Drop for SshLauncher {
             }
         }
         let _ = std::fs::remove_dir_all(&self.control_dir);
+        // Each ssh still running ends with its host's workers: wait for
+        // them there, so none is left a zombie (one short-lived thread).
+        let left = std::mem::take(&mut *self.sessions.lock());
+        if !left.is_empty() {
+            let _ = std::thread::Builder::new().name("cluster-ssh-reap".into()).stack_size(64 * 1024).spawn(move || {
+                for mut c in left {
+                    let _ = c.wait();
+                }
+            });
+        }
     }
 }
 
