@@ -41,9 +41,9 @@ use crate::wire::{self, parts, ServiceId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const ID: ServiceId = 10;
 
@@ -147,6 +147,8 @@ struct Running {
     /// The process whose message the current round awaits (0 once done):
     /// a waiter reads its connection (`Future::following`).
     next: Arc<AtomicU32>,
+    /// When it times out, and the timeout asked for.
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl Running {
@@ -177,7 +179,14 @@ pub struct Collectives {
     calls: Mutex<HashMap<Key, Instance>>,
     /// The next sequence number of each (tag, set) this process used.
     seqs: Mutex<HashMap<(u64, u64), u64>>,
+    /// A sweep for timed-out calls is scheduled: one timer for all calls,
+    /// not one per call (a hot loop of calls with long timeouts would
+    /// pile up entries until they fire).
+    sweeping: AtomicBool,
 }
+
+/// How often running calls with a timeout are checked.
+const SWEEP: Duration = Duration::from_millis(20);
 
 impl Collectives {
     pub fn new() -> Arc<Collectives> {
@@ -379,6 +388,45 @@ impl Service for Collectives {
     }
 }
 
+/// Schedules a sweep: calls past their deadline fail with Timeout naming a
+/// process not heard from; another sweep follows while any call has one.
+fn sweep_later(node: &Arc<Node>, svc: &Arc<Collectives>) {
+    let (weak_node, weak_svc): (Weak<Node>, Weak<Collectives>) = (Arc::downgrade(node), Arc::downgrade(svc));
+    node.after(SWEEP, move || {
+        let (Some(node), Some(svc)) = (weak_node.upgrade(), weak_svc.upgrade()) else { return };
+        let now = Instant::now();
+        let (expired, more) = {
+            let calls = svc.calls.lock();
+            let mut expired = Vec::new();
+            let mut more = false;
+            for (key, inst) in calls.iter() {
+                let Some(r) = inst.running.as_ref() else { continue };
+                let Some((at, t)) = r.deadline else { continue };
+                if at <= now {
+                    let (_, _, from) = r.algorithm.round(r.ranks.len(), r.me, r.round);
+                    expired.push((*key, r.ranks[from], r.round, t));
+                } else {
+                    more = true;
+                }
+            }
+            (expired, more)
+        };
+        for (key, pid, round, t) in expired {
+            svc.fail(key, Error::at(ErrorKind::Timeout, pid, format!("all-gather timed out after {t:?} waiting for process {pid} (round {round})")));
+        }
+        if more {
+            sweep_later(&node, &svc);
+            return;
+        }
+        svc.sweeping.store(false, Ordering::Release);
+        // A call armed between the scan and now found a sweep scheduled.
+        let armed = svc.calls.lock().values().any(|i| i.running.as_ref().is_some_and(|r| r.deadline.is_some()));
+        if armed && !svc.sweeping.swap(true, Ordering::AcqRel) {
+            sweep_later(&node, &svc);
+        }
+    });
+}
+
 fn collectives(node: &Node) -> Result<Arc<Collectives>> {
     node.service::<Collectives>().ok_or_else(|| Error::new(ErrorKind::WrongMode, "no collective service on this node"))
 }
@@ -437,7 +485,8 @@ impl CollectiveExt for Arc<Node> {
         let algorithm = Algorithm::choose(n, data.len());
         let mut blocks = vec![None; n];
         blocks[rank] = Some(data.to_vec());
-        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise), next };
+        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise), next, deadline };
         run.expect_next();
         let (sends, outcome) = {
             let mut calls = svc.calls.lock();
@@ -456,18 +505,8 @@ impl CollectiveExt for Arc<Node> {
             (sends, outcome)
         };
         svc.act(self, key, sends, outcome);
-        if let Some(t) = timeout {
-            let weak: Weak<Collectives> = Arc::downgrade(&svc);
-            self.after(t, move || {
-                let Some(svc) = weak.upgrade() else { return };
-                let waiting_on = svc.calls.lock().get(&key).and_then(|i| i.running.as_ref()).map(|r| {
-                    let (_, _, from) = r.algorithm.round(r.ranks.len(), r.me, r.round);
-                    (r.ranks[from], r.round)
-                });
-                if let Some((pid, round)) = waiting_on {
-                    svc.fail(key, Error::at(ErrorKind::Timeout, pid, format!("all-gather timed out after {t:?} waiting for process {pid} (round {round})")));
-                }
-            });
+        if timeout.is_some() && !svc.sweeping.swap(true, Ordering::AcqRel) {
+            sweep_later(self, &svc);
         }
         Ok(out)
     }
@@ -491,7 +530,7 @@ mod tests {
         for (r, inst) in insts.iter_mut().enumerate() {
             let mut blocks = vec![None; n];
             blocks[r] = Some(vec![r as u8; r + 1]);
-            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1), next: Arc::default() };
+            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1), next: Arc::default(), deadline: None };
             if algorithm.rounds(n) > 0 {
                 wire.push((r, Collectives::send_round(&run, key)));
             } else {
