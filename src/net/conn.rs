@@ -101,6 +101,9 @@ enum Mode {
     Wait,
     /// Never wait: queue what the socket does not take.
     Queue,
+    /// As `Queue`, and never corked: written at once (a protocol step the
+    /// next step waits for).
+    Now,
 }
 
 /// Frames up to this size queue behind a waiting writer instead of waiting.
@@ -191,6 +194,12 @@ impl Conn {
         self.send_mode(header, meta, payload, Mode::Queue)
     }
 
+    /// `send_nowait`, written out at once: never corked behind other
+    /// frames (nor a flusher woken for it).
+    pub fn send_now(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
+        self.send_mode(header, meta, payload, Mode::Now)
+    }
+
     fn check_size(&self, size: u64) -> Result<()> {
         let max = self.peer_max.load(Ordering::Relaxed);
         if size > max {
@@ -223,6 +232,7 @@ impl Conn {
         // many small messages then cost one write, not one each.
         let mut schedule = false;
         let cork = match header.kind {
+            _ if mode == Mode::Now => false,
             wire::Kind::Response if CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize => {
                 // A host thread's cork ends when it says so, or at the
                 // latest when the flusher comes by.
@@ -253,7 +263,7 @@ impl Conn {
         if out.writer || out.backlog {
             // Someone waits for room, or bytes wait for writability:
             // queue behind them, or (a large request) wait for them.
-            if mode == Mode::Queue || frame_len <= QUEUE_MAX {
+            if mode != Mode::Wait || frame_len <= QUEUE_MAX {
                 push_frame(&mut out.buf, &hb, meta, payload);
                 return Ok(());
             }
@@ -283,7 +293,7 @@ impl Conn {
             out.buf = recycle_buf(corked);
             return Ok(());
         }
-        if mode == Mode::Queue || total - wrote <= QUEUE_MAX {
+        if mode != Mode::Wait || total - wrote <= QUEUE_MAX {
             out.buf = rest_of(&parts, wrote);
             out.backlog = true;
             drop(out);

@@ -817,10 +817,7 @@ impl Node {
     /// work nor waiting for the socket (a step of a protocol whose next
     /// step waits for it: a collective's round).
     pub(crate) fn send_oneway_now(self: &Arc<Self>, pid: u32, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
-        let conn = self.conn_for(pid)?;
-        conn.send_nowait(Header::new(Kind::Oneway, service, op, 0), meta, payload)?;
-        conn.flush();
-        Ok(())
+        self.conn_for(pid)?.send_now(Header::new(Kind::Oneway, service, op, 0), meta, payload)
     }
 
     /// Sends the response to request `h` on `conn`.

@@ -183,6 +183,8 @@ pub struct Collectives {
     /// not one per call (a hot loop of calls with long timeouts would
     /// pile up entries until they fire).
     sweeping: AtomicBool,
+    /// This machine's cores, read once (std reads cgroup files for it).
+    cores: usize,
 }
 
 /// How often running calls with a timeout are checked.
@@ -190,7 +192,7 @@ const SWEEP: Duration = Duration::from_millis(20);
 
 impl Collectives {
     pub fn new() -> Arc<Collectives> {
-        Arc::new(Collectives::default())
+        Arc::new(Collectives { cores: std::thread::available_parallelism().map_or(1, |c| c.get()), ..Collectives::default() })
     }
 
     /// Calls in progress or awaited (messages waiting for a local call).
@@ -479,8 +481,7 @@ impl CollectiveExt for Arc<Node> {
         let next = Arc::new(AtomicU32::new(0));
         // More participants than cores (all here, at worst): a waiter
         // yields now and then to the one it waits for.
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let out = out.following(next.clone(), ranks.len() > cores);
+        let out = out.following(next.clone(), ranks.len() > svc.cores);
         let n = ranks.len();
         let algorithm = Algorithm::choose(n, data.len());
         let mut blocks = vec![None; n];
