@@ -62,6 +62,15 @@ pub(crate) unsafe fn str_list(p: *const *const c_char, name: &str) -> Result<Opt
     }
 }
 
+/// Reads a NULL-terminated list of "NAME=value" entries (NULL: none).
+pub(crate) unsafe fn env_list(p: *const *const c_char, name: &str) -> Result<Vec<(String, String)>, Error> {
+    str_list(p, name)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| invalid(format!("{name} entry {kv:?} is not NAME=value"))))
+        .collect()
+}
+
 /// Borrows `len` bytes at `p`; NULL is allowed only when `len` is 0.
 pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8], Error> {
     if len == 0 {

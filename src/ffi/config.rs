@@ -157,10 +157,7 @@ pub(crate) unsafe fn launch_options_from(o: *const cluster_launch_options) -> Re
     let o = &*o;
     opts.program = opt_cstr(o.program, "program")?.map(Into::into);
     opts.args = str_list(o.argv, "argv")?;
-    for kv in str_list(o.env, "env")?.unwrap_or_default() {
-        let (k, v) = kv.split_once('=').ok_or_else(|| invalid(format!("env entry {kv:?} is not NAME=value")))?;
-        opts.env.push((k.to_string(), v.to_string()));
-    }
+    opts.env = env_list(o.env, "env")?;
     opts.dir = opt_cstr(o.dir, "dir")?.map(Into::into);
     Ok(opts)
 }

@@ -65,14 +65,6 @@ pub unsafe extern "C" fn cluster_slurm_options_init(options: *mut cluster_slurm_
     ))
 }
 
-unsafe fn pairs(p: *const *const c_char, name: &str) -> Result<Vec<(String, String)>, Error> {
-    str_list(p, name)?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| invalid(format!("{name} entry {kv:?} is not NAME=value"))))
-        .collect()
-}
-
 unsafe fn slurm_from(o: *const cluster_slurm_options) -> Result<(SlurmOptions, LaunchOptions), Error> {
     let mut opts = SlurmOptions::default();
     if o.is_null() {
@@ -86,10 +78,10 @@ unsafe fn slurm_from(o: *const cluster_slurm_options) -> Result<(SlurmOptions, L
         opts.srun = s.into();
     }
     opts.srun_args = str_list(o.srun_args, "srun_args")?.unwrap_or_default();
-    opts.srun_env = pairs(o.srun_env, "srun_env")?;
+    opts.srun_env = env_list(o.srun_env, "srun_env")?;
     opts.exename = opt_cstr(o.exename, "exename")?.map(Into::into);
     opts.args = str_list(o.argv, "argv")?;
-    opts.env = pairs(o.env, "env")?;
+    opts.env = env_list(o.env, "env")?;
     opts.worker_listen = opt_cstr(o.worker_listen, "worker_listen")?.map(Into::into);
     opts.head_addr = opt_cstr(o.head_addr, "head_addr")?.map(Into::into);
     let launch = LaunchOptions { startup_timeout: super::ssh::timeout_ms(o.startup_timeout_ms), ..Default::default() };

@@ -137,10 +137,7 @@ unsafe fn ssh_from(machines: *const cluster_machine, n: usize, o: *const cluster
         opts.exename = opt_cstr(o.exename, "exename")?.map(Into::into);
         opts.args = str_list(o.argv, "argv")?;
         opts.dir = opt_cstr(o.dir, "dir")?.map(Into::into);
-        for kv in str_list(o.env, "env")?.unwrap_or_default() {
-            let (k, v) = kv.split_once('=').ok_or_else(|| invalid(format!("env entry {kv:?} is not NAME=value")))?;
-            opts.env.push((k.to_string(), v.to_string()));
-        }
+        opts.env = env_list(o.env, "env")?;
     }
     Ok((ms, opts, launch))
 }

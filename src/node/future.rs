@@ -277,26 +277,28 @@ impl Promise {
 impl Node {
     /// A future completed by `merge` of every one of `futures`' values, or
     /// by the first of their errors.
-    pub(crate) fn join(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+    pub(crate) fn join(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static) -> Future {
         self.join_with(self.promise(pid), futures, merge)
     }
 
     /// `join` for a future only this library waits on (no host event).
-    pub(crate) fn join_quiet(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+    pub(crate) fn join_quiet(self: &Arc<Self>, pid: u32, futures: Vec<Future>, merge: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static) -> Future {
         self.join_with(self.promise_quiet(pid), futures, merge)
     }
 
-    fn join_with(self: &Arc<Self>, (f, p): (Future, Promise), futures: Vec<Future>, merge: fn(Vec<Vec<u8>>) -> Result<Vec<u8>>) -> Future {
+    fn join_with(self: &Arc<Self>, (f, p): (Future, Promise), futures: Vec<Future>, merge: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static) -> Future {
         if futures.is_empty() {
             p.complete(merge(Vec::new()));
             return f;
         }
+        type Merge = Box<dyn FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send>;
         struct Gather {
             got: Vec<Option<Vec<u8>>>,
             left: usize,
             promise: Option<Promise>,
+            merge: Option<Merge>,
         }
-        let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p) }));
+        let g = Arc::new(Mutex::new(Gather { got: vec![None; futures.len()], left: futures.len(), promise: Some(p), merge: Some(Box::new(merge)) }));
         let mut f = f;
         for (i, part) in futures.into_iter().enumerate() {
             let g = g.clone();
@@ -314,6 +316,7 @@ impl Node {
                         s.left -= 1;
                         if s.left == 0 {
                             let p = s.promise.take().expect("present");
+                            let merge = s.merge.take().expect("present");
                             let all = s.got.drain(..).map(|v| v.expect("every answer")).collect();
                             drop(s);
                             p.complete(merge(all));

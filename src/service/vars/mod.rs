@@ -23,7 +23,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Job;
 use crate::node::service::unknown_op;
-use crate::node::{Future, Incoming, Node, Promise, ReplyTo, Service};
+use crate::node::{Future, Incoming, Node, ReplyTo, Service};
 use crate::service::rpc::RpcExt;
 use crate::wire::{self, parts, ServiceId};
 use parking_lot::Mutex;
@@ -217,47 +217,8 @@ fn failed(node: &Arc<Node>, pid: u32, e: Error) -> Future {
 /// A future of every one of `answers` in the parts layout (`pids[i]`
 /// answered `answers[i]`), or the first failure.
 pub(crate) fn gather(node: &Arc<Node>, pids: &[u32], answers: Vec<Future>) -> Future {
-    struct Gather {
-        got: Vec<Option<Vec<u8>>>,
-        left: usize,
-        promise: Option<Promise>,
-    }
-    let (out, promise) = node.promise(node.myid());
-    let pids: Arc<[u32]> = Arc::from(pids);
-    let g = Arc::new(Mutex::new(Gather { got: vec![None; answers.len()], left: answers.len(), promise: Some(promise) }));
-    let mut out = out;
-    for (i, a) in answers.into_iter().enumerate() {
-        let (g, pids) = (g.clone(), pids.clone());
-        a.on_complete(move |r| {
-            let mut s = g.lock();
-            if s.promise.is_none() {
-                return;
-            }
-            match r {
-                Err(e) => {
-                    let p = s.promise.take().expect("present");
-                    drop(s);
-                    p.complete(Err(e.clone()));
-                }
-                Ok(v) => {
-                    s.got[i] = Some(v.clone());
-                    s.left -= 1;
-                    if s.left == 0 {
-                        let p = s.promise.take().expect("present");
-                        let got = std::mem::take(&mut s.got);
-                        drop(s);
-                        let mut all = Vec::with_capacity(got.iter().map(|v| 12 + v.as_ref().map_or(0, Vec::len)).sum());
-                        for (pid, v) in pids.iter().zip(got) {
-                            parts::push_part(&mut all, *pid, &v.expect("every answer"));
-                        }
-                        p.complete(Ok(all));
-                    }
-                }
-            }
-        });
-        out = out.keeping(a);
-    }
-    out
+    let pids = pids.to_vec();
+    node.join(node.myid(), answers, move |got| Ok(parts::encode_parts(pids.iter().copied().zip(got.iter().map(Vec::as_slice)))))
 }
 
 const WAIT: Option<Duration> = None;
