@@ -656,6 +656,7 @@ const GREETING_LEN: usize = 40;
 const PROOF_LEN: usize = 32;
 const ACCEPTED: u8 = 0;
 const REFUSED: u8 = 1;
+const ACCEPTED_TLS: u8 = 2;
 const LONG_COOKIE: [u8; 200] = [b'k'; 200];
 static COOKIES: [&[u8]; 4] = [b"fuzz-cookie", b"", b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", &LONG_COOKIE];
 /// The handshake's total deadline when the peer keeps the connection open.
@@ -664,7 +665,7 @@ const HELD: Duration = Duration::from_millis(40);
 const SLACK: Duration = Duration::from_secs(2);
 /// The gap between the bytes of a dripping peer: shorter than the deadline,
 /// so a deadline per read would never expire while the peer drips. A full
-/// handshake dripped (73 bytes) would then take 2.5 s, past `HELD + SLACK`.
+/// handshake dripped (74 bytes) would then take 2.5 s, past `HELD + SLACK`.
 const DRIP: Duration = Duration::from_millis(35);
 
 fn greeting_of(version_char: u8, nonce: &[u8]) -> Vec<u8> {
@@ -674,11 +675,13 @@ fn greeting_of(version_char: u8, nonce: &[u8]) -> Vec<u8> {
     g
 }
 
-fn proof(cookie: &[u8], role: Side, client_nonce: &[u8], server_nonce: &[u8]) -> [u8; PROOF_LEN] {
+/// A side's proof; `choice`: the client's TLS wish, the server's verdict.
+fn proof(cookie: &[u8], role: Side, client_nonce: &[u8], server_nonce: &[u8], choice: u8) -> [u8; PROOF_LEN] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie).expect("any key length");
     mac.update(if role == Side::Client { b"libcluster client" } else { b"libcluster server" });
     mac.update(client_nonce);
     mac.update(server_nonce);
+    mac.update(&[choice]);
     mac.finalize().into_bytes().into()
 }
 
@@ -732,25 +735,32 @@ fn model(side: Side, cookie: &[u8], own_nonce: &[u8], input: &[u8]) -> Model {
     let theirs = &g[8..];
     match side {
         Side::Server => {
+            // The client's proof and its TLS wish (0 or 1), inside the proof.
             let (cn, sn) = (theirs, own_nonce);
-            if input.len() < GREETING_LEN + PROOF_LEN {
+            let end = GREETING_LEN + PROOF_LEN + 1;
+            if input.len() < end {
                 return done(Expect::Incomplete, input.len(), vec![]);
             }
-            if input[GREETING_LEN..GREETING_LEN + PROOF_LEN] != proof(cookie, Side::Client, cn, sn) {
-                return done(Expect::Fail(ErrorKind::Auth, "failed to prove"), GREETING_LEN + PROOF_LEN, vec![REFUSED]);
+            let wish = input[end - 1];
+            if wish > 1 || input[GREETING_LEN..end - 1] != proof(cookie, Side::Client, cn, sn, wish) {
+                return done(Expect::Fail(ErrorKind::Auth, "failed to prove"), end, vec![REFUSED]);
             }
-            let mut w = vec![ACCEPTED];
-            w.extend_from_slice(&proof(cookie, Side::Server, cn, sn));
-            done(Expect::Accept, GREETING_LEN + PROOF_LEN, w)
+            // This server does not require TLS: the verdict follows the wish.
+            let verdict = if wish == 1 { ACCEPTED_TLS } else { ACCEPTED };
+            let mut w = vec![verdict];
+            w.extend_from_slice(&proof(cookie, Side::Server, cn, sn, verdict));
+            done(Expect::Accept, end, w)
         }
         Side::Client => {
+            // This client does not ask for TLS, and takes it when told.
             let (cn, sn) = (own_nonce, theirs);
-            let w = proof(cookie, Side::Client, cn, sn).to_vec();
+            let w = [&proof(cookie, Side::Client, cn, sn, 0)[..], &[0]].concat();
             if input.len() < GREETING_LEN + 1 {
                 return done(Expect::Incomplete, input.len(), w);
             }
-            match input[GREETING_LEN] {
-                ACCEPTED => {}
+            let verdict = input[GREETING_LEN];
+            match verdict {
+                ACCEPTED | ACCEPTED_TLS => {}
                 REFUSED => return done(Expect::Fail(ErrorKind::Auth, "refused this process's proof"), GREETING_LEN + 1, w),
                 _ => return done(Expect::Fail(ErrorKind::Protocol, "bad handshake verdict"), GREETING_LEN + 1, w),
             }
@@ -758,7 +768,7 @@ fn model(side: Side, cookie: &[u8], own_nonce: &[u8], input: &[u8]) -> Model {
             if input.len() < end {
                 return done(Expect::Incomplete, input.len(), w);
             }
-            if input[GREETING_LEN + 1..end] != proof(cookie, Side::Server, cn, sn) {
+            if input[GREETING_LEN + 1..end] != proof(cookie, Side::Server, cn, sn, verdict) {
                 return done(Expect::Fail(ErrorKind::Auth, "failed to prove"), end, w);
             }
             done(Expect::Accept, end, w)
@@ -810,7 +820,8 @@ fn script(mut rest: &[u8]) -> Vec<Step<'_>> {
             5 => Step::WrongCookie,
             6 => Step::Pause(b / 8 % 4 * 10),
             _ => Step::Verdict(match b / 8 % 4 {
-                0 | 1 => ACCEPTED,
+                0 => ACCEPTED,
+                1 => ACCEPTED_TLS,
                 2 => REFUSED,
                 _ => b / 32,
             }),
@@ -915,7 +926,7 @@ pub fn handshake(data: &[u8]) -> Report {
     let mut paused = Duration::ZERO;
     // Bytes the peer must have sent before the handshake may write more
     // than its greeting: a client's whole proof (server), a greeting (client).
-    let gate = if side == Side::Server { GREETING_LEN + PROOF_LEN } else { GREETING_LEN };
+    let gate = if side == Side::Server { GREETING_LEN + PROOF_LEN + 1 } else { GREETING_LEN };
     'steps: for step in &steps {
         // A held handshake that has ended reads nothing more: stop early.
         if hold && task.is_finished() {
@@ -929,15 +940,20 @@ pub fn handshake(data: &[u8]) -> Report {
                 let h = peer.hello();
                 let mine = nonce_of(&sent);
                 let (cn, sn) = if side == Side::Server { (&mine[..], &h[8..]) } else { (&h[8..], &mine[..]) };
+                // A client's proof carries its wish (asking for TLS on even
+                // nonces); a good verdict, the server's proof of it.
+                let wish = mine[0] & 1;
+                let verdict = if wish == 1 { ACCEPTED_TLS } else { ACCEPTED };
+                let choice = if side == Side::Server { wish } else { verdict };
                 let p = match step {
-                    Step::GoodProof => proof(cookie, other(side), cn, sn),
-                    Step::Reflected => proof(cookie, side, cn, sn),
-                    _ => proof(b"not the cookie", other(side), cn, sn),
+                    Step::GoodProof => proof(cookie, other(side), cn, sn, choice),
+                    Step::Reflected => proof(cookie, side, cn, sn, choice),
+                    _ => proof(b"not the cookie", other(side), cn, sn, choice),
                 };
-                if side == Side::Client && matches!(step, Step::GoodProof) {
-                    [&[ACCEPTED][..], &p].concat()
-                } else {
-                    p.to_vec()
+                match (side, step) {
+                    (Side::Client, Step::GoodProof) => [&[verdict][..], &p].concat(),
+                    (Side::Server, _) => [&p[..], &[wish]].concat(),
+                    _ => p.to_vec(),
                 }
             }
             Step::Pause(ms) => {

@@ -38,7 +38,7 @@ pub mod fuzzing;
 pub use cluster::Cluster;
 pub use error::{Error, ErrorKind, Result};
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
-pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
+pub use node::{Config, DispatchMode, TlsMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
 pub use service::channel::{Channel, ChannelRef, ChannelState};
 pub use service::dict::{Dict, DictKind, Members, Spec};
 pub use service::fork::{pfork, pfork_with, ForkChild, ForkOptions, Outcome as ForkOutcome};

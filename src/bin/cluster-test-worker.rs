@@ -395,6 +395,14 @@ pub fn register_test_functions(c: &Cluster) -> cluster::Result<()> {
         let v = call.node().remotecall_fetch(pid, "myid", &[]).map_err(|e| e.to_string())?;
         Ok(v.to_vec())
     })?;
+    c.register_fn("encrypted_to", |call| {
+        let pid = u32_arg(call)?;
+        Ok(vec![match call.node().connection_encrypted(pid) {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => 2,
+        }])
+    })?;
     c.register_fn("call_head_echo", |call| {
         let v = call.node().remotecall_fetch(1, "echo", call.args()).map_err(|e| e.to_string())?;
         Ok(v.to_vec())

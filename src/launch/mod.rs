@@ -95,6 +95,16 @@ impl LaunchSpec {
         self
     }
 
+    /// The worker asks for TLS as the head does (unless the caller's
+    /// environment for it says otherwise), so that connections between
+    /// workers on different hosts are encrypted too.
+    pub fn with_tls(mut self, mode: crate::TlsMode) -> LaunchSpec {
+        if mode != crate::TlsMode::Off && !self.env.iter().any(|(k, _)| k == crate::node::ENV_TLS) {
+            self.env.push((crate::node::ENV_TLS.into(), mode.as_str().into()));
+        }
+        self
+    }
+
     /// What a launcher writes to the worker's standard input: the cookie,
     /// then the launch key when there is one, a line each.
     pub fn stdin_secrets(&self) -> String {

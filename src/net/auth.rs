@@ -10,9 +10,14 @@
 //! ```text
 //! client -> server   "LCLUSTR" version(1) client-nonce(32)
 //! server -> client   "LCLUSTR" version(1) server-nonce(32)
-//! client -> server   client-proof(32)
-//! server -> client   verdict(1): 0 and server-proof(32), or 1 (refused)
+//! client -> server   client-proof(32) tls-wish(1)
+//! server -> client   verdict(1): 0 (plain) or 2 (TLS) and server-proof(32),
+//!                    or 1 (refused)
 //! ```
+//!
+//! The connection goes on under TLS (`tls.rs`) when either side wants it:
+//! the client's wish and the server's verdict are inside the proofs, so
+//! nobody without the cookie can talk two peers out of it.
 //!
 //! Both greetings are sent at once, so each side learns the other's
 //! version and refuses a different one with an error naming both. A peer
@@ -39,8 +44,8 @@ use std::time::{Duration, Instant};
 /// another version are refused. Version 1 had no verdict byte and no
 /// identity proofs; its greeting was "LCLUSTR1", as this scheme reads it.
 /// Version 2 carried the head's welcome in the meta (64 KiB at most); 3
-/// carries it in the payload.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// carries it in the payload; 4 negotiates TLS in the handshake.
+pub const PROTOCOL_VERSION: u8 = 4;
 
 const MAGIC: &[u8; 7] = b"LCLUSTR";
 const NONCE: usize = 32;
@@ -48,6 +53,7 @@ const GREETING: usize = MAGIC.len() + 1 + NONCE;
 const PROOF: usize = 32;
 const ACCEPTED: u8 = 0;
 const REFUSED: u8 = 1;
+const ACCEPTED_TLS: u8 = 2;
 
 /// The greeting of `version` with `nonce`: the version is written as the
 /// character `'0' + version`, so version 3 reads "LCLUSTR3".
@@ -70,7 +76,8 @@ fn hmac(key: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length")
 }
 
-fn proof(cookie: &[u8], side: Side, client_nonce: &[u8], server_nonce: &[u8]) -> Hmac<Sha256> {
+/// A side's proof; `choice` is the client's TLS wish or the server's verdict.
+fn proof(cookie: &[u8], side: Side, client_nonce: &[u8], server_nonce: &[u8], choice: u8) -> Hmac<Sha256> {
     let mut mac = hmac(cookie);
     mac.update(match side {
         Side::Client => b"libcluster client",
@@ -78,6 +85,7 @@ fn proof(cookie: &[u8], side: Side, client_nonce: &[u8], server_nonce: &[u8]) ->
     });
     mac.update(client_nonce);
     mac.update(server_nonce);
+    mac.update(&[choice]);
     mac
 }
 
@@ -97,6 +105,8 @@ pub fn derive(key: &[u8], label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 pub struct Transcript {
     pub client_nonce: [u8; NONCE],
     pub server_nonce: [u8; NONCE],
+    /// The connection goes on under TLS.
+    pub tls: bool,
 }
 
 impl Transcript {
@@ -157,6 +167,8 @@ pub struct Handshake {
     /// Set once the peer's greeting arrived.
     greeted: bool,
     version: u8,
+    /// Client: asks for TLS. Server: requires it. Then: what was agreed.
+    tls: bool,
 }
 
 fn hs_err(kind: ErrorKind, msg: impl Into<String>) -> Error {
@@ -166,6 +178,14 @@ fn hs_err(kind: ErrorKind, msg: impl Into<String>) -> Error {
 impl Handshake {
     pub fn new(cookie: &[u8], side: Side) -> Result<Handshake> {
         Handshake::with_version(cookie, side, PROTOCOL_VERSION)
+    }
+
+    /// A handshake that asks for TLS (client) or requires it (server);
+    /// either side asking is enough.
+    pub fn with_tls(cookie: &[u8], side: Side, tls: bool) -> Result<Handshake> {
+        let mut hs = Handshake::new(cookie, side)?;
+        hs.tls = tls;
+        Ok(hs)
     }
 
     /// A handshake greeting as `version` (tests of version refusal).
@@ -185,6 +205,7 @@ impl Handshake {
             stage: Stage::Greeting,
             greeted: false,
             version,
+            tls: false,
         })
     }
 
@@ -200,15 +221,16 @@ impl Handshake {
 
     fn nonces(&self) -> Transcript {
         match self.side {
-            Side::Client => Transcript { client_nonce: self.mine, server_nonce: self.theirs },
-            Side::Server => Transcript { client_nonce: self.theirs, server_nonce: self.mine },
+            Side::Client => Transcript { client_nonce: self.mine, server_nonce: self.theirs, tls: self.tls },
+            Side::Server => Transcript { client_nonce: self.theirs, server_nonce: self.mine, tls: self.tls },
         }
     }
 
     fn want(&self) -> usize {
         match self.stage {
             Stage::Greeting => GREETING,
-            Stage::ClientProof | Stage::ServerProof => PROOF,
+            Stage::ClientProof => PROOF + 1,
+            Stage::ServerProof => PROOF,
             Stage::Verdict => 1,
             Stage::Finish => 0,
         }
@@ -278,8 +300,10 @@ impl Handshake {
                     // computed with the cookie.
                     Side::Client => {
                         let t = self.nonces();
-                        let p = proof(&self.cookie, Side::Client, &t.client_nonce, &t.server_nonce).finalize().into_bytes();
+                        let wish = self.tls as u8;
+                        let p = proof(&self.cookie, Side::Client, &t.client_nonce, &t.server_nonce, wish).finalize().into_bytes();
                         self.out.extend_from_slice(&p);
+                        self.out.push(wish);
                         self.stage = Stage::Verdict;
                     }
                     Side::Server => self.stage = Stage::ClientProof,
@@ -287,19 +311,31 @@ impl Handshake {
             }
             Stage::ClientProof => {
                 let t = self.nonces();
-                if proof(&self.cookie, other, &t.client_nonce, &t.server_nonce).verify_slice(&self.inbuf[..PROOF]).is_err() {
+                let wish = self.inbuf[PROOF];
+                let proved = wish <= 1
+                    && proof(&self.cookie, other, &t.client_nonce, &t.server_nonce, wish).verify_slice(&self.inbuf[..PROOF]).is_ok();
+                if !proved {
                     // Tell the client, so it does not take this for a
                     // dropped connection and retry; the write is best effort.
                     self.out.push(REFUSED);
                     return Err(hs_err(ErrorKind::Auth, "the peer failed to prove the cluster cookie"));
                 }
-                let p = proof(&self.cookie, Side::Server, &t.client_nonce, &t.server_nonce).finalize().into_bytes();
-                self.out.push(ACCEPTED);
+                self.tls |= wish == 1;
+                let verdict = if self.tls { ACCEPTED_TLS } else { ACCEPTED };
+                let p = proof(&self.cookie, Side::Server, &t.client_nonce, &t.server_nonce, verdict).finalize().into_bytes();
+                self.out.push(verdict);
                 self.out.extend_from_slice(&p);
                 self.stage = Stage::Finish;
             }
             Stage::Verdict => match self.inbuf[0] {
-                ACCEPTED => self.stage = Stage::ServerProof,
+                ACCEPTED | ACCEPTED_TLS => {
+                    let tls = self.inbuf[0] == ACCEPTED_TLS;
+                    if self.tls && !tls {
+                        return Err(hs_err(ErrorKind::Auth, "the peer would not use TLS, which this process asked for"));
+                    }
+                    self.tls = tls;
+                    self.stage = Stage::ServerProof;
+                }
                 REFUSED => {
                     return Err(hs_err(ErrorKind::Auth, "the peer refused this process's proof of the cluster cookie (wrong cookie)"))
                 }
@@ -307,7 +343,8 @@ impl Handshake {
             },
             Stage::ServerProof => {
                 let t = self.nonces();
-                if proof(&self.cookie, other, &t.client_nonce, &t.server_nonce).verify_slice(&self.inbuf[..PROOF]).is_err() {
+                let verdict = if self.tls { ACCEPTED_TLS } else { ACCEPTED };
+                if proof(&self.cookie, other, &t.client_nonce, &t.server_nonce, verdict).verify_slice(&self.inbuf[..PROOF]).is_err() {
                     return Err(hs_err(ErrorKind::Auth, "the peer failed to prove the cluster cookie"));
                 }
                 self.stage = Stage::Finish;
@@ -340,7 +377,19 @@ pub fn handshake_until(
     deadline: Instant,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Transcript> {
-    let mut hs = Handshake::new(cookie, side)?;
+    handshake_tls_until(stream, cookie, side, false, deadline, check)
+}
+
+/// `handshake_until`, asking for (client) or requiring (server) TLS.
+pub fn handshake_tls_until(
+    stream: &mut TcpStream,
+    cookie: &[u8],
+    side: Side,
+    tls: bool,
+    deadline: Instant,
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<Transcript> {
+    let mut hs = Handshake::with_tls(cookie, side, tls)?;
     drive(&mut hs, stream, deadline, check)
 }
 
@@ -490,6 +539,47 @@ mod tests {
             },
         );
         assert_eq!(c.unwrap_err().kind, ErrorKind::Io);
+    }
+
+    #[test]
+    fn tls_is_agreed_when_either_side_wants_it() {
+        for (client, server) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (c, s) = pair_with(
+                move |s| handshake_tls_until(s, b"k", Side::Client, client, Instant::now() + Duration::from_secs(2), &mut || Ok(())),
+                move |s| handshake_tls_until(s, b"k", Side::Server, server, Instant::now() + Duration::from_secs(2), &mut || Ok(())),
+            );
+            let (c, s) = (c.unwrap(), s.unwrap());
+            assert_eq!(c, s);
+            assert_eq!(c.tls, client || server, "client {client}, server {server}");
+        }
+    }
+
+    /// A verdict flipped on the way (plain where the server said TLS) no
+    /// longer matches the server's proof.
+    #[test]
+    fn a_flipped_verdict_fails_the_proof() {
+        let (c, _) = pair_with(
+            |s| handshake(s, b"k", Side::Client, Duration::from_secs(2)),
+            |s| {
+                let mut hs = Handshake::with_tls(b"k", Side::Server, true)?;
+                let mut g = [0u8; GREETING];
+                s.read_exact(&mut g).unwrap();
+                s.write_all(&hs.out).unwrap();
+                hs.inbuf.copy_from_slice(&g);
+                hs.step()?;
+                let mut p = [0u8; PROOF + 1];
+                s.read_exact(&mut p).unwrap();
+                hs.inbuf[..PROOF + 1].copy_from_slice(&p);
+                hs.step()?;
+                let mut out = hs.out[GREETING..].to_vec();
+                assert_eq!(out[0], ACCEPTED_TLS);
+                out[0] = ACCEPTED;
+                s.write_all(&out).unwrap();
+                Ok(hs.nonces())
+            },
+        );
+        let e = c.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Auth, "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! marks itself the writer and waits for room with the lock released
 //! (its payload is never copied); others queue behind it meanwhile.
 
+use super::tls;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 use crate::wire::{self, FrameReader, Header, ReadOutcome};
@@ -92,6 +93,8 @@ pub struct Conn {
     pub(crate) deferred: AtomicBool,
     /// This process opened it (rather than accepted it).
     pub(crate) dialed: AtomicBool,
+    /// TLS under the frames, when the handshake agreed on it.
+    tls: Option<Box<tls::Session>>,
 }
 
 /// How a sender treats a full socket.
@@ -113,6 +116,11 @@ const BACKLOG_MAX: usize = 64 << 20;
 
 impl Conn {
     pub fn new(stream: TcpStream, max_payload: u64, flusher: Arc<Flusher>) -> Result<Arc<Conn>> {
+        Conn::with_tls(stream, max_payload, flusher, None)
+    }
+
+    /// A connection whose frames travel inside `tls` (when given).
+    pub fn with_tls(stream: TcpStream, max_payload: u64, flusher: Arc<Flusher>, tls: Option<tls::Session>) -> Result<Arc<Conn>> {
         stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
@@ -141,7 +149,34 @@ impl Conn {
             token: AtomicU64::new(0),
             deferred: AtomicBool::new(false),
             dialed: AtomicBool::new(false),
+            tls: tls.map(Box::new),
         }))
+    }
+
+    /// Its frames travel encrypted (TLS).
+    pub fn is_encrypted(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// One non-blocking write of `parts` from byte `skip` on: the bytes
+    /// taken, 0 when the socket is full.
+    fn write_out(&self, parts: &[&[u8]], skip: usize) -> std::io::Result<usize> {
+        match &self.tls {
+            None => sys::write_some_vectored(self.fd, parts, skip),
+            Some(t) => t.write(self.fd, parts, skip),
+        }
+    }
+
+    /// TLS records taken from earlier writes still wait for the socket.
+    pub(crate) fn cipher_waiting(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.pending_out())
+    }
+
+    fn read_from(&self, reader: &mut FrameReader) -> Result<ReadOutcome> {
+        match &self.tls {
+            None => reader.read_frame(self.fd),
+            Some(t) => reader.read_frame_from(&mut tls::Plain { session: t, fd: self.fd }),
+        }
     }
 
     pub fn fd(&self) -> RawFd {
@@ -281,7 +316,7 @@ impl Conn {
         self.corked_frames.store(0, Ordering::Relaxed);
         let parts: [&[u8]; 4] = [&corked, &hb, meta, payload];
         let total = corked.len() + frame_len;
-        let wrote = match sys::write_some_vectored(self.fd, &parts, 0) {
+        let wrote = match self.write_out(&parts, 0) {
             Ok(n) => n,
             Err(e) => {
                 drop(out);
@@ -289,7 +324,7 @@ impl Conn {
                 return Err(self.exited(e));
             }
         };
-        if wrote == total {
+        if wrote == total && !self.cipher_waiting() {
             out.buf = recycle_buf(corked);
             return Ok(());
         }
@@ -321,11 +356,11 @@ impl Conn {
     /// when the connection is closed (e.g. its peer was declared dead).
     fn write_rest(self: &Arc<Self>, parts: &[&[u8]], mut skip: usize) -> Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        while skip < total {
+        while skip < total || self.cipher_waiting() {
             if self.is_closed() {
                 return Err(Error::exited(self.peer()));
             }
-            match sys::write_some_vectored(self.fd, parts, skip) {
+            match self.write_out(parts, skip) {
                 Ok(0) => {
                     let _ = sys::poll_out(self.fd, Some(Duration::from_millis(100)));
                 }
@@ -366,11 +401,11 @@ impl Conn {
         let mut out = self.out.lock();
         self.has_corked.store(false, Ordering::Release);
         self.corked_frames.store(0, Ordering::Relaxed);
-        if out.buf.is_empty() || out.writer {
+        if out.writer || (out.buf.is_empty() && !self.cipher_waiting()) {
             return;
         }
-        match sys::write_some_vectored(self.fd, &[&out.buf], 0) {
-            Ok(n) if n == out.buf.len() => {
+        match self.write_out(&[&out.buf], 0) {
+            Ok(n) if n == out.buf.len() && !self.cipher_waiting() => {
                 out.buf.clear();
                 out.backlog = false;
                 self.out_cv.notify_all();
@@ -405,7 +440,12 @@ impl Conn {
     pub fn read_frame_blocking(&self, deadline: Instant) -> Result<wire::Frame> {
         let mut reader = self.read.lock();
         loop {
-            match reader.read_frame(self.fd)? {
+            // A TLS server's handshake answers (written in the reads) may
+            // not all have fit: nobody else writes yet.
+            if let Some(t) = &self.tls {
+                t.flush(self.fd).map_err(|e| Error::io("write", e))?;
+            }
+            match self.read_from(&mut reader)? {
                 ReadOutcome::Frame(f) => return Ok(f),
                 ReadOutcome::Closed => return Err(Error::new(ErrorKind::Io, "connection closed during setup")),
                 ReadOutcome::WouldBlock => {
@@ -413,6 +453,7 @@ impl Conn {
                     if left.is_zero() {
                         return Err(Error::new(ErrorKind::Timeout, "no first message in time"));
                     }
+                    let left = if self.cipher_waiting() { left.min(Duration::from_millis(10)) } else { left };
                     sys::poll_in(self.fd, Some(left)).map_err(|e| Error::io("poll", e))?;
                 }
             }
@@ -511,11 +552,11 @@ impl Conn {
             return Step::Closed(None);
         }
         let before = reader.bytes_read();
-        let r = reader.read_frame(self.fd);
+        let r = self.read_from(&mut reader);
         if reader.bytes_read() != before {
             self.last_recv.store(self.now_ns(), Ordering::Relaxed);
         }
-        match r {
+        let step = match r {
             // Dispatched under the reader's lock (on_frame is quick): frames of
             // one connection are dispatched in arrival order, whoever reads.
             Ok(ReadOutcome::Frame(f)) => {
@@ -534,7 +575,13 @@ impl Conn {
             Ok(ReadOutcome::WouldBlock) => Step::Empty,
             Ok(ReadOutcome::Closed) => Step::Closed(None),
             Err(e) => Step::Closed(Some(e)),
+        };
+        if self.cipher_waiting() {
+            // TLS records written by the read (a key update's answer)
+            // that the socket did not take.
+            self.flush_locked();
         }
+        step
     }
 
     /// Waits for `done()` by reading this connection on the caller's
@@ -636,7 +683,7 @@ impl Conn {
     /// to epoll, so the reactor must read them while the job runs (it may
     /// be long, or wait for one of them).
     fn watch_while_busy(self: &Arc<Self>) {
-        let buffered = self.read.try_lock().map(|r| r.has_buffered()).unwrap_or(true);
+        let buffered = self.read.try_lock().map(|r| r.has_buffered()).unwrap_or(true) || self.tls.as_ref().is_some_and(|t| t.plain_waiting());
         if buffered || self.deferred.load(Ordering::Acquire) {
             self.hand_to_reactor();
         }

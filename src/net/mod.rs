@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod conn;
 pub mod reactor;
+pub mod tls;
 
 pub use conn::{Conn, Dispatch, Flusher, Job};
 pub use reactor::{Reactor, ReactorParts};

@@ -280,7 +280,12 @@ fn run(weak: &Weak<Node>, listener: TcpListener) {
 }
 
 fn wants_write(e: &Entry) -> bool {
-    matches!(&e.state, State::Handshake { hs, .. } if hs.wants_write())
+    match &e.state {
+        State::Handshake { hs, .. } => hs.wants_write(),
+        // TLS handshake records the socket did not take yet.
+        State::First { conn, .. } => conn.cipher_waiting(),
+        _ => false,
+    }
 }
 
 fn close(e: Entry) {
@@ -317,7 +322,7 @@ impl Node {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let hs = match Handshake::new(self.cookie.as_bytes(), Side::Server) {
+        let hs = match Handshake::with_tls(self.cookie.as_bytes(), Side::Server, self.wants_tls(Some(addr.ip()))) {
             Ok(h) => h,
             Err(e) => return self.log.error(format!("handshake setup: {e}")),
         };
@@ -343,7 +348,7 @@ impl Node {
                     Ok(Progress::Done(transcript)) => {
                         let State::Handshake { stream, .. } = std::mem::replace(&mut e.state, State::Moved) else { unreachable!() };
                         let fd = stream.as_raw_fd();
-                        match self.new_conn(stream) {
+                        match self.accepted_conn(stream, &transcript) {
                             Ok(conn) => {
                                 // A JOIN or HELLO is small: a peer that holds the
                                 // cookie still cannot make admission hold a large

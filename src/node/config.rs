@@ -1,6 +1,7 @@
 //! What a node is started with.
 
 use crate::log::Level;
+pub use crate::net::tls::TlsMode;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub enum DispatchMode {
     /// Handlers run only inside `poll`, on the host's thread.
     Host,
 }
+
+/// Where a process reads its TLS setting (and launchers pass the head's).
+pub const ENV_TLS: &str = "LIBCLUSTER_TLS";
 
 #[derive(Clone)]
 pub struct Config {
@@ -49,6 +53,11 @@ pub struct Config {
     /// A new connection must authenticate and send its first message
     /// within this long in total, or it is closed (`LIBCLUSTER_HANDSHAKE_MS`).
     pub handshake_timeout: Duration,
+    /// Which connections this process asks to run under TLS (either end
+    /// asking is enough). Default from `LIBCLUSTER_TLS` (`off`, `on`:
+    /// connections not on loopback, `always`), else off. Launchers pass
+    /// the head's setting to its workers.
+    pub tls: TlsMode,
 }
 
 impl Default for Config {
@@ -75,6 +84,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_millis(
                 std::env::var("LIBCLUSTER_HANDSHAKE_MS").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(5000),
             ),
+            tls: std::env::var(ENV_TLS).ok().and_then(|v| TlsMode::parse(&v)).unwrap_or_default(),
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod service;
 pub(crate) mod slot;
 mod timer;
 
-pub use config::{Config, DispatchMode, Topology};
+pub use config::{Config, DispatchMode, TlsMode, Topology, ENV_TLS};
 pub use events::{Event, Lifecycle, LifecycleHook, Notify};
 pub use future::{Future, FutureRef, Promise, Value};
 pub use peer::Peer;
@@ -23,7 +23,8 @@ pub use service::{Departure, Incoming, ReplyTo, Service};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::Logger;
-use crate::net::auth::{self, Side};
+use crate::net::auth::{self, Side, Transcript};
+use crate::net::tls;
 use crate::net::{Conn, Dispatch, Flusher, Job, Reactor, ReactorParts};
 use crate::sys;
 use crate::wire::{self, Frame, Header, Kind, ServiceId};
@@ -135,6 +136,7 @@ pub struct Node {
     lifecycle: RwLock<Option<LifecycleHook>>,
     pub(crate) reactor: Arc<Reactor<Node>>,
     pub(crate) flusher: Arc<Flusher>,
+    tls_keys: OnceLock<Result<Arc<tls::Keys>>>,
     installing: Mutex<Services>,
     services: OnceLock<Services>,
     lender: OnceLock<Arc<dyn Lender>>,
@@ -251,6 +253,7 @@ impl Node {
             lifecycle: RwLock::new(None),
             reactor: Arc::new(Reactor::new(weak.clone(), parts)),
             flusher: Flusher::start(),
+            tls_keys: OnceLock::new(),
             installing: Mutex::new(Services::default()),
             services: OnceLock::new(),
             lender: OnceLock::new(),
@@ -473,6 +476,14 @@ impl Node {
     }
 
     /// The host process `pid` runs on, as membership told it (no message).
+    /// Whether this process's connection to `pid` runs under TLS; `None`
+    /// while there is none (a worker connects to another on first use).
+    pub fn connection_encrypted(&self, pid: u32) -> Option<bool> {
+        let peer = self.peer(pid)?;
+        let conn = peer.conn.lock().clone();
+        conn.map(|c| c.is_encrypted())
+    }
+
     pub fn host_of(&self, pid: u32) -> Result<String> {
         if pid == self.myid() {
             return Ok(self.hostname.clone());
@@ -630,6 +641,44 @@ impl Node {
         Conn::new(stream, self.cfg.max_message_bytes, self.flusher.clone())
     }
 
+    /// The cluster's TLS identity, derived from the cookie on first use.
+    fn tls_keys(&self) -> Result<Arc<tls::Keys>> {
+        self.tls_keys.get_or_init(|| tls::Keys::derive(self.cookie.as_bytes()).map(Arc::new)).clone()
+    }
+
+    /// Whether this process asks for TLS on a connection with `peer`.
+    pub(crate) fn wants_tls(&self, peer: Option<std::net::IpAddr>) -> bool {
+        self.cfg.tls.wants(peer)
+    }
+
+    /// Authenticates a stream this process opened (the cookie handshake,
+    /// asking for TLS as its setting says) by `deadline`.
+    pub(crate) fn dial_handshake(&self, s: &mut TcpStream, deadline: Instant, check: &mut dyn FnMut() -> Result<()>) -> Result<Transcript> {
+        let tls = self.wants_tls(s.peer_addr().ok().map(|a| a.ip()));
+        auth::handshake_tls_until(s, self.cookie.as_bytes(), Side::Client, tls, deadline, check)
+    }
+
+    /// The connection over a stream this process opened and authenticated:
+    /// under TLS, its handshake completed here by `deadline`.
+    pub(crate) fn dialed_conn(&self, stream: TcpStream, transcript: &Transcript, deadline: Instant) -> Result<Arc<Conn>> {
+        if !transcript.tls {
+            return self.new_conn(stream);
+        }
+        stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
+        let session = tls::Session::client(&*self.tls_keys()?, stream.as_raw_fd(), deadline.max(Instant::now() + Duration::from_millis(500)))?;
+        Conn::with_tls(stream, self.cfg.max_message_bytes, self.flusher.clone(), Some(session))
+    }
+
+    /// The connection over an accepted, authenticated stream: under TLS,
+    /// its handshake completes in the reads of the first frame.
+    pub(crate) fn accepted_conn(&self, stream: TcpStream, transcript: &Transcript) -> Result<Arc<Conn>> {
+        if !transcript.tls {
+            return self.new_conn(stream);
+        }
+        let session = tls::Session::server(&*self.tls_keys()?)?;
+        Conn::with_tls(stream, self.cfg.max_message_bytes, self.flusher.clone(), Some(session))
+    }
+
     /// The connection to `pid`, made now on a first worker-to-worker use.
     pub fn conn_for(self: &Arc<Self>, pid: u32) -> Result<Arc<Conn>> {
         self.check_open()?;
@@ -698,7 +747,7 @@ impl Node {
         let (s, transcript) = loop {
             let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
                 .map_err(|e| Error::at(ErrorKind::ProcessExited, pid, format!("cannot connect to worker {pid} at {addr}: {e}")))?;
-            match auth::handshake_until(&mut s, self.cookie.as_bytes(), Side::Client, deadline, &mut || Ok(())) {
+            match self.dial_handshake(&mut s, deadline, &mut || Ok(())) {
                 Ok(t) => break (s, t),
                 // A busy peer sheds connections still authenticating: again.
                 Err(e) if e.kind == ErrorKind::Io && Instant::now() + Duration::from_millis(20) < deadline => {
@@ -707,7 +756,9 @@ impl Node {
                 Err(e) => return Err(Error::at(e.kind, pid, format!("cannot connect to worker {pid} at {addr}: {}", e.message))),
             }
         };
-        let conn = self.new_conn(s)?;
+        let conn = self
+            .dialed_conn(s, &transcript, deadline)
+            .map_err(|e| Error::at(e.kind, pid, format!("cannot connect to worker {pid} at {addr}: {}", e.message)))?;
         conn.peer.store(pid, Ordering::Release);
         conn.dialed.store(true, Ordering::Release);
         let me = self.myid();

@@ -209,7 +209,7 @@ pub fn write_frame_after(fd: RawFd, before: &[u8], header: Header, meta: &[u8], 
 
 mod reader;
 pub mod parts;
-pub use reader::{FrameReader, ReadOutcome};
+pub use reader::{Fd, FrameReader, ReadOutcome, Source};
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,27 @@ use crate::error::{Error, Result};
 use crate::sys;
 use std::os::unix::io::RawFd;
 
+/// Where a frame reader's bytes come from: a socket, or a TLS session over one.
+pub trait Source {
+    /// Reads into `buf` without blocking: `Some(0)` at the end, `None`
+    /// when nothing can be had now.
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+    /// Appends up to `left` bytes to `v`, within its capacity; as `read_some`.
+    fn read_append(&mut self, v: &mut Vec<u8>, left: usize) -> std::io::Result<Option<usize>>;
+}
+
+/// A non-blocking socket's bytes.
+pub struct Fd(pub RawFd);
+
+impl Source for Fd {
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        sys::read_nonblocking(self.0, buf)
+    }
+    fn read_append(&mut self, v: &mut Vec<u8>, left: usize) -> std::io::Result<Option<usize>> {
+        sys::read_into_spare(self.0, v, left)
+    }
+}
+
 pub enum ReadOutcome {
     Frame(Frame),
     WouldBlock,
@@ -95,12 +116,17 @@ impl FrameReader {
 
     /// Reads the next whole frame if one can be had without blocking.
     pub fn read_frame(&mut self, fd: RawFd) -> Result<ReadOutcome> {
-        let r = self.read_frame_inner(fd);
+        self.read_frame_from(&mut Fd(fd))
+    }
+
+    /// `read_frame` from any source.
+    pub fn read_frame_from<S: Source>(&mut self, src: &mut S) -> Result<ReadOutcome> {
+        let r = self.read_frame_inner(src);
         self.drained = !matches!(r, Ok(ReadOutcome::Frame(_)));
         r
     }
 
-    fn read_frame_inner(&mut self, fd: RawFd) -> Result<ReadOutcome> {
+    fn read_frame_inner<S: Source>(&mut self, src: &mut S) -> Result<ReadOutcome> {
         loop {
             if let Some(p) = self.partial.as_mut() {
                 // Fill meta, then payload, from buffered bytes first.
@@ -123,7 +149,7 @@ impl FrameReader {
                     if need - n >= STAGING {
                         // Large remainder: read directly into the payload.
                         let left = want - p.payload.len();
-                        match sys::read_into_spare(fd, &mut p.payload, left) {
+                        match src.read_append(&mut p.payload, left) {
                             Ok(Some(0)) => return Ok(ReadOutcome::Closed),
                             Ok(Some(k)) => {
                                 self.bytes_read += k as u64;
@@ -150,7 +176,7 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            match sys::read_nonblocking(fd, &mut self.buf[self.end..]) {
+            match src.read_some(&mut self.buf[self.end..]) {
                 Ok(Some(0)) => return Ok(ReadOutcome::Closed),
                 Ok(Some(k)) => {
                     self.end += k;

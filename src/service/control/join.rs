@@ -4,7 +4,7 @@
 use super::{op, Control, Join, Welcome, ID};
 use crate::error::{Error, ErrorKind, Result};
 use crate::launch;
-use crate::net::auth::{self, Side, Transcript};
+use crate::net::auth::{self, Transcript};
 use crate::net::Conn;
 use crate::node::peer_state::{CONNECTED, LAUNCHING, READY};
 use crate::node::{resolve, Config, Node, HEAD_ID};
@@ -150,7 +150,7 @@ impl Control {
                 Err(e) => last = Some(Error::io("connect", e)),
                 Ok(mut s) => {
                     let until = (Instant::now() + cfg.handshake_timeout).min(deadline.max(Instant::now() + connect_timeout));
-                    match auth::handshake_until(&mut s, node.cookie().as_bytes(), Side::Client, until, &mut check) {
+                    match node.dial_handshake(&mut s, until, &mut check) {
                         Ok(t) => break (s, t),
                         // Dropped before the verdict (a busy head sheds
                         // connections still authenticating) or too slow:
@@ -167,7 +167,9 @@ impl Control {
         // Listening on every interface: tell the address on the one that
         // reaches the head.
         let reachable = crate::node::reachable_addr(node.address(), &stream);
-        let conn = node.new_conn(stream)?;
+        let conn = node
+            .dialed_conn(stream, &transcript, Instant::now() + cfg.handshake_timeout)
+            .map_err(|e| Error::new(e.kind, format!("joining the head at {head_addr}: {}", e.message)))?;
         conn.peer.store(HEAD_ID, Ordering::Release);
         let proof = match join_key {
             Some(k) if *id != 0 => transcript.prove(k, JOIN_LABEL, &[&id.to_le_bytes()]),
@@ -305,7 +307,7 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         // SAFETY: a stream socket, owned from here on by the TcpStream.
         let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
-        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
+        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32], tls: false };
         let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1 << 30, host: "h".into(), proof: [0; 32] };
         let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
         control.admit(&node, &conn, &f, &transcript).unwrap();
@@ -341,7 +343,7 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         // SAFETY: a stream socket, owned from here on by the TcpStream.
         let conn = node.new_conn(unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) }).unwrap();
-        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32] };
+        let transcript = Transcript { client_nonce: [1; 32], server_nonce: [2; 32], tls: false };
         let join = Join { id: 0, listen_addr: "127.0.0.1:9".into(), os_pid: 1, max_message: 1000, host: "h".into(), proof: [0; 32] };
         let f = Frame { header: Header::new(Kind::Request, ID, op::JOIN, 1), meta: wire::encode_meta(&join), payload: Vec::new() };
         assert_eq!(control.admit(&node, &conn, &f, &transcript).unwrap_err().kind, ErrorKind::Auth);

@@ -173,7 +173,7 @@ impl Control {
             ids.push(id);
             peers.push(node.add_peer(id, LAUNCHING));
             match LaunchSpec::new(id, opts, node.address(), node.cookie(), startup_timeout) {
-                Ok(spec) => specs.push(spec.with_join_key(self.join_key(id))),
+                Ok(spec) => specs.push(spec.with_join_key(self.join_key(id)).with_tls(node.config().tls)),
                 Err(e) => {
                     failures.push(e.to_string());
                     node.peer_lost(id);
