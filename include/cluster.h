@@ -275,6 +275,37 @@ typedef int32_t cluster_topology;
 #endif // __cplusplus
 
 /**
+ * `cluster_config.tls` values: which connections this process asks to
+ * run under TLS. Either end asking is enough; every member derives the
+ * same key from the cookie, so nothing else needs to be handed out.
+ */
+enum cluster_tls
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Asks for none (a peer may still ask).
+   */
+  CLUSTER_TLS_OFF = 0,
+  /**
+   * Connections that are not on loopback: those that cross hosts.
+   */
+  CLUSTER_TLS_CROSS_HOST = 1,
+  /**
+   * Every connection, loopback too.
+   */
+  CLUSTER_TLS_ALWAYS = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum cluster_tls cluster_tls;
+#else
+typedef int32_t cluster_tls;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * `cluster_config.dispatch` values: where handlers run.
  */
 enum cluster_dispatch
@@ -789,6 +820,13 @@ typedef struct {
    * Default 5000.
    */
   uint32_t handshake_timeout_ms;
+  /**
+   * A `cluster_tls` value: which connections this process asks to run
+   * under TLS. Default from LIBCLUSTER_TLS ("off", "on" for
+   * cross-host, "always"), else CLUSTER_TLS_OFF. A head passes its
+   * setting to the workers it launches.
+   */
+  int32_t tls;
 } cluster_config;
 
 /**
@@ -1549,6 +1587,18 @@ cluster_status cluster_procs(cluster_ctx *ctx, int32_t *out, size_t cap, size_t 
  * Threads: any.
  */
 cluster_status cluster_host_of(cluster_ctx *ctx, int32_t pid, cluster_buffer *out);
+
+/**
+ * Whether this process's connection to `pid` runs under TLS, into
+ * `*out`. CLUSTER_ERR_NOT_READY while there is no connection yet (a
+ * worker connects to another on first use); CLUSTER_ERR_PROCESS_EXITED /
+ * CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was.
+ *
+ * Ownership: `*out` is the caller's.
+ * Blocking: no.
+ * Threads: any.
+ */
+cluster_status cluster_connection_encrypted(cluster_ctx *ctx, int32_t pid, bool *out);
 
 /**
  * Every live process with its host name into `*out`, in the parts layout

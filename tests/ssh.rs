@@ -4,12 +4,15 @@
 //! addprocs to 3 hosts, calls across hosts and between workers on
 //! different hosts, hosts told apart, a worker killed on a remote host, a
 //! host whose sshd refuses the key, an unreachable host, tolerating a
-//! failed host, tunnel mode and multiplexing off. Skipped (with a message)
+//! failed host, tunnel mode and multiplexing off, TLS across hosts (and
+//! a plain client refused where it is required). Skipped (with a message)
 //! where the harness cannot run (not root, no sshd).
 
 use cluster::launch::{Count, Machine, SshLauncher, SshOptions};
 use cluster::prelude::*;
-use cluster::{Cluster, Config, ErrorKind, LaunchOptions, Topology};
+use cluster::net::auth::{self, Side};
+use cluster::{Cluster, Config, ErrorKind, LaunchOptions, TlsMode, Topology};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -202,6 +205,44 @@ fn tunnel_mode_and_multiplexing_off() {
     c.set_launcher(l).unwrap();
     let e = c.addprocs(1, &LaunchOptions::default()).unwrap_err();
     assert!(e.message.contains("cannot reach"), "{e}");
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn tls_on_every_connection_that_crosses_hosts() {
+    let Some(h) = Hosts::up("sslt", 2, None) else { return };
+    let c = Cluster::init(Config { listen_host: "0.0.0.0".into(), tls: TlsMode::CrossHost, ..Config::default() }).unwrap();
+    c.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
+    let l = Arc::new(SshLauncher::new(vec![h.machine(1), h.machine(2)], h.opts()).unwrap());
+    let ids = c.addprocs_with(l, 2, &LaunchOptions::default()).unwrap();
+    for &p in &ids {
+        assert_eq!(c.connection_encrypted(p), Some(true), "head to worker {p} on another host");
+        assert_eq!(c.remotecall_fetch(p, "env_var", b"LIBCLUSTER_TLS").unwrap().as_ref(), b"cross-host", "the worker was told");
+    }
+    let big: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(40503) >> 8) as u8).collect();
+    assert!(c.remotecall_fetch(ids[0], "echo", &big).unwrap().as_ref() == &big[..], "6 MiB across hosts under TLS came back changed");
+    // Worker to worker across hosts: encrypted on both ends.
+    assert_eq!(c.remotecall_fetch(ids[0], "call_peer", &ids[1].to_le_bytes()).unwrap().as_ref(), &ids[1].to_le_bytes());
+    assert_eq!(c.remotecall_fetch(ids[0], "encrypted_to", &ids[1].to_le_bytes()).unwrap().as_ref(), &[1]);
+    assert_eq!(c.remotecall_fetch(ids[1], "encrypted_to", &ids[0].to_le_bytes()).unwrap().as_ref(), &[1]);
+    // A client from across the bridge (not loopback) that holds the cookie
+    // but goes on in plain where the head requires TLS: refused.
+    let bridge = h.hosts[0].1.rsplit_once('.').unwrap().0.to_string() + ".1";
+    let port = c.address().rsplit_once(':').unwrap().1.to_string();
+    let before = c.admission_stats().refused;
+    let mut s = std::net::TcpStream::connect(format!("{bridge}:{port}")).unwrap();
+    let t = auth::handshake(&mut s, c.cookie().as_bytes(), Side::Client, Duration::from_secs(5)).unwrap();
+    assert!(t.tls, "the head did not require TLS from a peer across hosts");
+    use std::os::unix::io::AsRawFd;
+    cluster::wire::write_frame(s.as_raw_fd(), cluster::wire::Header::new(cluster::wire::Kind::Request, 0, 1, 1), b"plain", &[]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    let end = Instant::now() + Duration::from_secs(5);
+    while c.admission_stats().refused == before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(c.admission_stats().refused > before, "the plain connection was admitted");
+    assert_eq!(c.node().procs().len(), 3);
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
 

@@ -762,6 +762,8 @@ public:
     /// A cluster_log_level, or -1 for LIBCLUSTER_LOG.
     Config &log_level(std::int32_t level) { return c_.log_level = level, *this; }
     Config &exit_on_head_loss(bool v) { return c_.exit_on_head_loss = v, *this; }
+    /// Which connections this process asks to run under TLS.
+    Config &tls(cluster_tls t) { return c_.tls = static_cast<std::int32_t>(t), *this; }
 
     /// The C struct, with string fields pointing into this object.
     const cluster_config *get() const noexcept {
@@ -2735,6 +2737,14 @@ inline std::string host_of(const Cluster &c, std::int32_t pid) {
     Buffer b;
     check(cluster_host_of(c.get(), pid, b.out()));
     return b.str();
+}
+
+/// Whether this process's connection to `pid` runs under TLS
+/// (CLUSTER_ERR_NOT_READY while there is none yet).
+inline bool connection_encrypted(const Cluster &c, std::int32_t pid) {
+    bool enc = false;
+    check(cluster_connection_encrypted(c.get(), pid, &enc));
+    return enc;
 }
 
 /// Every live process with its host, ascending by id.

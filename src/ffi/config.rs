@@ -61,6 +61,11 @@ pub struct cluster_config {
     /// Total time a new connection has to authenticate and say who it is.
     /// Default 5000.
     pub handshake_timeout_ms: u32,
+    /// A `cluster_tls` value: which connections this process asks to run
+    /// under TLS. Default from LIBCLUSTER_TLS ("off", "on" for
+    /// cross-host, "always"), else CLUSTER_TLS_OFF. A head passes its
+    /// setting to the workers it launches.
+    pub tls: i32,
 }
 
 /// How `cluster_addprocs` starts workers on this machine. All fields may
@@ -105,6 +110,7 @@ pub unsafe extern "C" fn cluster_config_init(config: *mut cluster_config) -> clu
                 exit_on_head_loss: true,
                 heartbeat_timeout_ms: d.heartbeat_timeout.as_millis() as u32,
                 handshake_timeout_ms: d.handshake_timeout.as_millis() as u32,
+                tls: tls_code(d.tls) as i32,
             },
         )
     })
@@ -145,6 +151,7 @@ pub(crate) unsafe fn config_from(c: *const cluster_config) -> Result<Config, Err
         return Err(invalid("handshake_timeout_ms must be positive"));
     }
     cfg.handshake_timeout = Duration::from_millis(c.handshake_timeout_ms as u64);
+    cfg.tls = tls_from(c.tls)?;
     Ok(cfg)
 }
 

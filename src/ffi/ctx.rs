@@ -268,6 +268,31 @@ pub unsafe extern "C" fn cluster_host_of(ctx: *mut cluster_ctx, pid: i32, out: *
     })
 }
 
+/// Whether this process's connection to `pid` runs under TLS, into
+/// `*out`. CLUSTER_ERR_NOT_READY while there is no connection yet (a
+/// worker connects to another on first use); CLUSTER_ERR_PROCESS_EXITED /
+/// CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was.
+///
+/// Ownership: `*out` is the caller's.
+/// Blocking: no.
+/// Threads: any.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_connection_encrypted(ctx: *mut cluster_ctx, pid: i32, out: *mut bool) -> cluster_status {
+    ffi!([ctx => c] {
+        check_out(out, "out")?;
+        let pid = pid_arg(pid)?;
+        let node = c.node();
+        match node.connection_encrypted(pid) {
+            Some(e) => put(out, "out", e),
+            None => {
+                // Say why there is none: gone, unknown, or not yet connected.
+                node.host_of(pid)?;
+                Err(crate::Error::at(crate::ErrorKind::NotReady, pid, format!("no connection to process {pid} yet")))
+            }
+        }
+    })
+}
+
 /// Every live process with its host name into `*out`, in the parts layout
 /// (`cluster_parts_next`), ascending by id: what ClusterUtils'
 /// `describepids` groups, with no message.

@@ -3,7 +3,7 @@
 //! value is an error rather than undefined behaviour.
 
 use crate::log::Level;
-use crate::{Error, Lifecycle, Topology};
+use crate::{Error, Lifecycle, TlsMode, Topology};
 use std::ffi::{c_char, c_int, c_void};
 
 use super::args::invalid;
@@ -31,6 +31,37 @@ pub(crate) fn topology_from(t: i32) -> Result<Topology, Error> {
         0 => Ok(Topology::AllToAll),
         1 => Ok(Topology::MasterWorker),
         t => Err(invalid(format!("unknown topology {t}"))),
+    }
+}
+
+/// `cluster_config.tls` values: which connections this process asks to
+/// run under TLS. Either end asking is enough; every member derives the
+/// same key from the cookie, so nothing else needs to be handed out.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum cluster_tls {
+    /// Asks for none (a peer may still ask).
+    CLUSTER_TLS_OFF = 0,
+    /// Connections that are not on loopback: those that cross hosts.
+    CLUSTER_TLS_CROSS_HOST = 1,
+    /// Every connection, loopback too.
+    CLUSTER_TLS_ALWAYS = 2,
+}
+
+pub(crate) fn tls_from(t: i32) -> Result<TlsMode, Error> {
+    match t {
+        0 => Ok(TlsMode::Off),
+        1 => Ok(TlsMode::CrossHost),
+        2 => Ok(TlsMode::Always),
+        t => Err(invalid(format!("unknown TLS mode {t}"))),
+    }
+}
+
+pub(crate) fn tls_code(t: TlsMode) -> cluster_tls {
+    match t {
+        TlsMode::Off => cluster_tls::CLUSTER_TLS_OFF,
+        TlsMode::CrossHost => cluster_tls::CLUSTER_TLS_CROSS_HOST,
+        TlsMode::Always => cluster_tls::CLUSTER_TLS_ALWAYS,
     }
 }
 

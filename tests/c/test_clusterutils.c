@@ -90,11 +90,13 @@ static int32_t h_twice(void *ud, cluster_call *call) {
     const uint8_t *a;
     size_t n;
     cluster_call_args(call, &a, &n);
-    uint8_t buf[256];
-    if (n > 128) return cluster_call_fail(call, "too long");
+    uint8_t *buf = malloc(2 * n + 1);
+    if (!buf) return cluster_call_fail(call, "out of memory");
     memcpy(buf, a, n);
     memcpy(buf + n, a, n);
-    return cluster_call_reply(call, buf, 2 * n);
+    int32_t rc = cluster_call_reply(call, buf, 2 * n);
+    free(buf);
+    return rc;
 }
 
 static size_t ag_args(uint8_t *buf, uint64_t tag, int64_t timeout, uint32_t delay, const int32_t *pids, uint32_t np, const void *block, size_t blen) {
@@ -493,10 +495,44 @@ static void case_slurm(void) {
     if (system(cmd) != 0) harness_logf("test-slurm.sh down failed");
 }
 
+/* The head asks for TLS on every connection (CLUSTER_TLS_ALWAYS, set in
+ * main); its workers are told to ask too. */
+static void case_tls(void) {
+    int32_t ids[2];
+    REQUIRE_OK(cluster_addprocs(g_ctx, 2, NULL, ids));
+    for (int i = 0; i < 2; i++) {
+        bool enc = false;
+        EXPECT_OK(cluster_connection_encrypted(g_ctx, ids[i], &enc));
+        EXPECTF(enc, "the connection to worker %d is plain", ids[i]);
+    }
+    /* Payloads cross whole, small and over many TLS records. */
+    size_t big = 3u << 20;
+    uint8_t *in = malloc(big);
+    REQUIRE(in != NULL);
+    for (size_t i = 0; i < big; i++) in[i] = (uint8_t)(i * 7 + 3);
+    cluster_buffer out = {0};
+    EXPECT_OK(cluster_remotecall_fetch(g_ctx, ids[1], "twice", in, big, &out));
+    EXPECT(out.len == 2 * big && memcmp(out.data, in, big) == 0 && memcmp(out.data + big, in, big) == 0);
+    cluster_buffer_free(&out);
+    free(in);
+    bool enc = false;
+    EXPECT_ST(cluster_connection_encrypted(g_ctx, 99, &enc), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_connection_encrypted(g_ctx, ids[0], NULL), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_ST(cluster_connection_encrypted(NULL, ids[0], &enc), CLUSTER_ERR_BAD_HANDLE);
+    /* A mode that does not exist is refused. */
+    cluster_config c2;
+    REQUIRE_OK(cluster_config_init(&c2));
+    c2.tls = 7;
+    cluster_ctx *other = NULL;
+    EXPECT_ST(cluster_init(&c2, &other), CLUSTER_ERR_INVALID_ARGUMENT);
+    EXPECT_LAST_ERROR_HAS("TLS mode");
+    REQUIRE_OK(cluster_rmprocs(g_ctx, ids, 2, 10000));
+}
+
 static const struct {
     const char *name;
     void (*fn)(void);
-} cases[] = {{"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}, {"ssh", case_ssh}, {"slurm", case_slurm}};
+} cases[] = {{"tls", case_tls}, {"hosts", case_hosts}, {"vars", case_vars}, {"allgather", case_allgather}, {"kill", case_kill}, {"ssh", case_ssh}, {"slurm", case_slurm}};
 
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "";
@@ -505,7 +541,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (strcmp(which, cases[i].name) == 0) fn = cases[i].fn;
     if (!fn && getenv("LIBCLUSTER_HEAD") == NULL) {
-        fprintf(stderr, "usage: %s hosts|vars|allgather|kill|ssh|slurm\n", argv[0]);
+        fprintf(stderr, "usage: %s tls|hosts|vars|allgather|kill|ssh|slurm\n", argv[0]);
         return 2;
     }
     cluster_config cfg;
@@ -513,6 +549,7 @@ int main(int argc, char **argv) {
     cfg.startup_timeout_ms = 20000;
     /* Workers on other hosts reach the head on its bridge address. */
     if (strcmp(which, "ssh") == 0) cfg.listen_host = "0.0.0.0";
+    if (strcmp(which, "tls") == 0) cfg.tls = CLUSTER_TLS_ALWAYS;
     REQUIRE_OK(cluster_init(&cfg, &g_ctx));
     REQUIRE_OK(cluster_myid(g_ctx, &g_me));
     REQUIRE_OK(cluster_register(g_ctx, "ag", h_ag, NULL));

@@ -1063,6 +1063,14 @@ void case_clusterutils() {
     EXPECT(hosts.size() == 4 && hosts.count(1) == 1 && hosts[ids[0]] == hosts[1]);
     EXPECT(cluster::host_of(c, ids[2]) == hosts[1]);
     EXPECT_THROWS(cluster::host_of(c, 99), CLUSTER_ERR_NO_SUCH_PROCESS);
+    // Loopback connections stay plain unless TLS is asked for everywhere.
+    EXPECT(!cluster::connection_encrypted(c, ids[0]));
+    EXPECT_THROWS(cluster::connection_encrypted(c, 99), CLUSTER_ERR_NO_SUCH_PROCESS);
+    {
+        cluster::Config tcfg;
+        tcfg.tls(CLUSTER_TLS_ALWAYS);
+        EXPECT(tcfg.get()->tls == CLUSTER_TLS_ALWAYS);
+    }
     // Remote variables.
     cluster::Vars vars(c);
     std::vector<std::int32_t> all = {1, ids[0], ids[1], ids[2]};

@@ -114,6 +114,7 @@ struct ClusterConfig
     exit_on_head_loss::Bool
     heartbeat_timeout_ms::UInt32
     handshake_timeout_ms::UInt32
+    tls::Int32
 end
 
 "`cluster_launch_options`: every pointer borrowed for the duration of the call."

@@ -188,7 +188,7 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
                                  # serve loop's error, not the library's exit;
                                  # head loss later is an event (HEAD_LOST).
                                  role === :worker ? false : d.exit_on_head_loss,
-                                 d.heartbeat_timeout_ms, d.handshake_timeout_ms)
+                                 d.heartbeat_timeout_ms, d.handshake_timeout_ms, d.tls)
         # On a worker this blocks until it has joined its head (startup only).
         CAPI.check(CAPI.cluster_init(Ref(cfg), out))
         LOG_LEVEL[] = log_level === nothing ? log_level_from_env() : Int32(log_level)
