@@ -294,6 +294,30 @@ fn main() {
         d
     });
     rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
+
+    // What TLS costs on loopback: a worker that asks for it beside worker
+    // 2, in alternating blocks (the cross-host figure is in --hosts-only).
+    let tls = c.addprocs(1, &LaunchOptions { env: vec![("LIBCLUSTER_TLS".into(), "always".into())], ..own_args.clone() }).unwrap()[0];
+    assert_eq!(c.connection_encrypted(tls), Some(true));
+    let block_of = |p: u32| {
+        let t = Instant::now();
+        for _ in 0..rounds / 10 {
+            c.remotecall_fetch(p, "echo", &arg).unwrap();
+        }
+        t.elapsed().as_secs_f64() / (rounds / 10) as f64
+    };
+    for _ in 0..1000 {
+        c.remotecall_fetch(tls, "echo", &arg).unwrap();
+    }
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        on.push(block_of(tls));
+        off.push(block_of(2));
+    }
+    on.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    off.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows.push(Row::new("round trip under TLS, loopback (us)", us(on[5]), us(off[5]), "the same, plain", "its cost"));
+    c.rmprocs(&[tls], Duration::from_secs(10)).unwrap();
     c.shutdown(Duration::from_secs(10)).unwrap();
     print_rows(&rows);
 }
@@ -559,7 +583,7 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
         t.elapsed().as_secs_f64()
     };
     let base = bare();
-    let l = std::sync::Arc::new(SshLauncher::new(machines, opts).unwrap());
+    let l = std::sync::Arc::new(SshLauncher::new(machines.clone(), opts.clone()).unwrap());
     let t = Instant::now();
     let ids = c.addprocs_with(l.clone(), 3, &LaunchOptions::default()).unwrap();
     let first = t.elapsed().as_secs_f64();
@@ -618,9 +642,63 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     };
     let (ours, raw) = (median(ours_v), median(raw_v));
     rows.push(Row::new("round trip across a namespace (us)", us(ours), us(raw), "TCP busy-poll ping-pong across it", "<= 1.3x"));
+    tls_rows(c, &machines[0], &opts, ids[0], quick, rows);
     c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
     drop(l);
     let _ = Command::new(&script).args(["down", "bench"]).status();
+}
+
+/// What TLS costs across the namespace: a worker on host 1 that asks for
+/// TLS (either end asking is enough) beside the plain worker `plain` on
+/// the same host, timed in alternating blocks: round trip of 8 bytes, and
+/// an 8 MiB echo as throughput.
+fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::launch::SshOptions, plain: u32, quick: bool, rows: &mut Vec<Row>) {
+    use cluster::launch::SshLauncher;
+    let l = std::sync::Arc::new(SshLauncher::new(vec![machine.clone()], opts.clone()).unwrap());
+    let asks = LaunchOptions { env: vec![("LIBCLUSTER_TLS".into(), "on".into())], ..Default::default() };
+    let tls = c.addprocs_with(l, 1, &asks).unwrap()[0];
+    assert_eq!(c.connection_encrypted(tls), Some(true), "the TLS worker's connection is plain");
+    assert_eq!(c.connection_encrypted(plain), Some(false));
+    let arg = 42u64.to_le_bytes();
+    let rounds = if quick { 2_000 } else { 20_000 };
+    let block = rounds / 10;
+    let time_calls = |p: u32| {
+        let t = Instant::now();
+        for _ in 0..block {
+            c.remotecall_fetch(p, "echo", &arg).unwrap();
+        }
+        t.elapsed().as_secs_f64() / block as f64
+    };
+    for _ in 0..1000 {
+        c.remotecall_fetch(tls, "echo", &arg).unwrap();
+    }
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        on.push(time_calls(tls));
+        off.push(time_calls(plain));
+    }
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("tls blocks {:?}\nplain blocks {:?}", on.iter().map(|x| us(*x) as u32).collect::<Vec<_>>(), off.iter().map(|x| us(*x) as u32).collect::<Vec<_>>());
+    }
+    let big = vec![0x5au8; 8 << 20];
+    let time_echo = |p: u32| {
+        let t = Instant::now();
+        let v = c.remotecall_fetch(p, "echo", &big).unwrap();
+        assert_eq!(v.len(), big.len());
+        2.0 * big.len() as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let (mut bw_on, mut bw_off) = (Vec::new(), Vec::new());
+    for _ in 0..if quick { 3 } else { 7 } {
+        bw_on.push(time_echo(tls));
+        bw_off.push(time_echo(plain));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    rows.push(Row::new("  under TLS (us)", us(median(on)), us(median(off)), "the same, plain (same host)", "its cost"));
+    rows.push(Row::new("8 MiB echo across it under TLS (MB/s)", median(bw_on), median(bw_off), "the same, plain", "its cost"));
+    c.rmprocs(&[tls], Duration::from_secs(10)).unwrap();
 }
 
 /// 512 workers (64 with --quick) joining, with master_worker and then

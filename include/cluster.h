@@ -1592,7 +1592,8 @@ cluster_status cluster_host_of(cluster_ctx *ctx, int32_t pid, cluster_buffer *ou
  * Whether this process's connection to `pid` runs under TLS, into
  * `*out`. CLUSTER_ERR_NOT_READY while there is no connection yet (a
  * worker connects to another on first use); CLUSTER_ERR_PROCESS_EXITED /
- * CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was.
+ * CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was;
+ * CLUSTER_ERR_INVALID_ARGUMENT for this process's own id.
  *
  * Ownership: `*out` is the caller's.
  * Blocking: no.

@@ -271,7 +271,8 @@ pub unsafe extern "C" fn cluster_host_of(ctx: *mut cluster_ctx, pid: i32, out: *
 /// Whether this process's connection to `pid` runs under TLS, into
 /// `*out`. CLUSTER_ERR_NOT_READY while there is no connection yet (a
 /// worker connects to another on first use); CLUSTER_ERR_PROCESS_EXITED /
-/// CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was.
+/// CLUSTER_ERR_NO_SUCH_PROCESS for a process that left or never was;
+/// CLUSTER_ERR_INVALID_ARGUMENT for this process's own id.
 ///
 /// Ownership: `*out` is the caller's.
 /// Blocking: no.
@@ -282,6 +283,9 @@ pub unsafe extern "C" fn cluster_connection_encrypted(ctx: *mut cluster_ctx, pid
         check_out(out, "out")?;
         let pid = pid_arg(pid)?;
         let node = c.node();
+        if pid == node.myid() {
+            return Err(invalid("a process has no connection to itself"));
+        }
         match node.connection_encrypted(pid) {
             Some(e) => put(out, "out", e),
             None => {

@@ -387,8 +387,10 @@ impl Session {
     pub fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let mut inner = self.inner.lock();
         let r = self.read_inner(&mut inner, fd, buf);
-        let flushed = self.flush_inner(&mut inner, fd);
-        let waiting = inner.tls.process_new_packets().map(|s| s.plaintext_bytes_to_read() > 0).unwrap_or(false);
+        let flushed = if inner.tls.wants_write() { self.flush_inner(&mut inner, fd) } else { Ok(true) };
+        // Every whole record read was decrypted: plaintext is left only
+        // when it did not fit.
+        let waiting = matches!(r, Ok(Some(n)) if n > 0 && n == buf.len());
         self.plain_waiting.store(waiting, Ordering::Release);
         let r = r?;
         flushed?;
@@ -614,3 +616,4 @@ mod tests {
         assert!(!TlsMode::Off.wants(far));
     }
 }
+

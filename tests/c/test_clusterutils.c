@@ -517,6 +517,7 @@ static void case_tls(void) {
     free(in);
     bool enc = false;
     EXPECT_ST(cluster_connection_encrypted(g_ctx, 99, &enc), CLUSTER_ERR_NO_SUCH_PROCESS);
+    EXPECT_ST(cluster_connection_encrypted(g_ctx, 1, &enc), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_ST(cluster_connection_encrypted(g_ctx, ids[0], NULL), CLUSTER_ERR_INVALID_ARGUMENT);
     EXPECT_ST(cluster_connection_encrypted(NULL, ids[0], &enc), CLUSTER_ERR_BAD_HANDLE);
     /* A mode that does not exist is refused. */

@@ -401,7 +401,7 @@ impl Dicts {
         }
     }
 
-    /// Sends one-way messages without waiting: on the open connection
+    /// Sends one-way messages without waiting, at once: on the open connection
     /// (queued if the socket is full), else through the sending thread,
     /// which connects. Order between the two paths is not kept; nothing
     /// here needs it (a backup orders writes by their numbers).
@@ -415,7 +415,10 @@ impl Dicts {
             let conn = node.peer(s.to).and_then(|p| p.conn.lock().clone()).filter(|c| !c.is_closed());
             match conn {
                 Some(c) => {
-                    if let Err(e) = c.send_nowait(Header::new(Kind::Oneway, ID, s.op, 0), &meta, &s.payload) {
+                    // Written at once, never corked: every one of these is a
+                    // step another process waits for (a write's replication,
+                    // its acknowledgement, a reconfiguration's state).
+                    if let Err(e) = c.send_now(Header::new(Kind::Oneway, ID, s.op, 0), &meta, &s.payload) {
                         // Closed meanwhile: the sending thread connects again
                         // (a write waits for this message's answer).
                         node.log.debug(format!("dict message to {} not sent ({e}): through the sending thread", s.to));
