@@ -3,7 +3,7 @@
 # JULIA, PROJECT, `@progress`). This suite's own cluster runs plain on
 # loopback, so a head with `init(tls = :always)` runs in a child process
 # and prints what it saw as a `RESULT` line, tested here. (Across hosts,
-# `:cross_host`, is tests/ssh.rs's: namespaced hosts.)
+# cross-host, is launchers.jl's SSH test, with LIBCLUSTER_TLS=on.)
 
 const TLS_HEAD = raw"""
     using LibCluster, LibCluster.API
