@@ -97,9 +97,11 @@ impl LaunchSpec {
 
     /// The worker asks for TLS as the head does (unless the caller's
     /// environment for it says otherwise), so that connections between
-    /// workers on different hosts are encrypted too.
+    /// workers on different hosts are encrypted too. `off` is passed as
+    /// well: a worker that inherits the head's environment must not ask
+    /// for what its LIBCLUSTER_TLS says when the head's config overrode it.
     pub fn with_tls(mut self, mode: crate::TlsMode) -> LaunchSpec {
-        if mode != crate::TlsMode::Off && !self.env.iter().any(|(k, _)| k == crate::node::ENV_TLS) {
+        if !self.env.iter().any(|(k, _)| k == crate::node::ENV_TLS) {
             self.env.push((crate::node::ENV_TLS.into(), mode.as_str().into()));
         }
         self

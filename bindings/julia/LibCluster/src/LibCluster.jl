@@ -26,6 +26,7 @@ using .CAPI: ClusterError
 
 include("errors.jl")        # RemoteException, ProcessExitedException, status -> exception
 include("runtime.jl")       # init, event loop (cluster_poll), shutdown
+include("tls.jl")           # init's tls values, connection_encrypted
 include("fastwire.jl")      # compact encoding of common calls and values
 include("wire.jl")          # payload formats, Main globals shipped with closures
 include("futures.jl")       # Future: isready / wait / fetch, passing futures on

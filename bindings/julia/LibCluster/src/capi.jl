@@ -76,6 +76,11 @@ const CLUSTER_LOG_DEBUG = Int32(4)
 const CLUSTER_TOPOLOGY_ALL_TO_ALL = Int32(0)
 const CLUSTER_TOPOLOGY_MASTER_WORKER = Int32(1)
 
+# cluster_tls
+const CLUSTER_TLS_OFF = Int32(0)
+const CLUSTER_TLS_CROSS_HOST = Int32(1)     # connections not on loopback
+const CLUSTER_TLS_ALWAYS = Int32(2)
+
 # cluster_dispatch
 const CLUSTER_DISPATCH_THREADS = Int32(0)
 const CLUSTER_DISPATCH_HOST = Int32(1)
@@ -293,6 +298,8 @@ end
 @cfunc cluster_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
 @cfunc cluster_other_procs(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
 @cfunc cluster_other_workers(ctx::Ptr{Cvoid}, out::Ptr{Int32}, cap::Csize_t, count::Ptr{Csize_t})::Int32
+# Local: whether the connection to `pid` runs under TLS (NOT_READY: none yet).
+@cfunc cluster_connection_encrypted(ctx::Ptr{Cvoid}, pid::Int32, out::Ptr{Bool})::Int32
 # Futures at once: their values are the new ids (n little-endian Int32), or nothing.
 @cfunc cluster_addprocs_async(ctx::Ptr{Cvoid}, n::Csize_t, options::Ptr{LaunchOptions}, out::Ptr{Ptr{Cvoid}})::Int32
 @cfunc cluster_rmprocs_async(ctx::Ptr{Cvoid}, ids::Ptr{Int32}, n::Csize_t, timeout_ms::Int64, out::Ptr{Ptr{Cvoid}})::Int32

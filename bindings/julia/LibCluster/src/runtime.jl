@@ -105,20 +105,28 @@ end
 
 """
     LibCluster.init(; topology=:all_to_all, listen_host=nothing, log_level=nothing,
-                    max_message_bytes=nothing)
+                    max_message_bytes=nothing, tls=nothing)
 
 Starts this process as the head of a cluster (process 1). Called implicitly
 by the first use of the API; call it first to choose the default topology
 of `addprocs` (`:all_to_all` or `:master_worker`, enforced by libcluster for
-the life of the cluster), the listening address, or the largest message
+the life of the cluster), the listening address, the largest message
 (`max_message_bytes`, libcluster's default 1 GiB; the Julia workers get the
-same). A worker process calls [`LibCluster.serve`](@ref) instead. The cookie
-is `cluster_cookie(c)`'s if it was set, else a random one.
+same), or which connections run under TLS (`tls`: `:off`, `:cross_host` for
+those not on loopback, `:always`; `nothing` leaves libcluster's default,
+`LIBCLUSTER_TLS`, else off; the workers it launches get the same, see
+[`LibCluster.connection_encrypted`](@ref)). A worker process calls
+[`LibCluster.serve`](@ref) instead. The cookie is `cluster_cookie(c)`'s if
+it was set, else a random one. Once the cluster runs, `init` returns its
+context and changes nothing.
 """
 function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,AbstractString} = nothing,
-              log_level::Union{Nothing,Integer} = nothing, max_message_bytes::Union{Nothing,Integer} = nothing)
+              log_level::Union{Nothing,Integer} = nothing, max_message_bytes::Union{Nothing,Integer} = nothing,
+              tls = nothing)
     IN_FORK_CHILD[] && error("LibCluster: a pfork child cannot use the cluster (its parent owns the connections); " *
                              "return what it computed instead")
+    # Checked even when the cluster already runs: a misspelt value is an error, not ignored.
+    tls_mode = tls === nothing ? nothing : tls_code(tls)
     lock(INIT_LOCK) do
         RT.ctx != C_NULL && return RT.ctx
         RT.closed && error("LibCluster: the cluster of this process was shut down")
@@ -128,7 +136,7 @@ function init(; topology::Symbol = :all_to_all, listen_host::Union{Nothing,Abstr
         end
         max_message_bytes === nothing || (MAX_MESSAGE[] = Int(max_message_bytes))
         start!(:head; topology = topology, listen_host = listen_host, log_level = log_level,
-               cookie = COOKIE[], max_message = MAX_MESSAGE[])
+               cookie = COOKIE[], max_message = MAX_MESSAGE[], tls = tls_mode)
         TOPOLOGY[] = DEFAULT_TOPOLOGY[] = LIBRARY_TOPOLOGY[] = topology
         atexit(shutdown_at_exit)
         RT.ctx
@@ -164,7 +172,8 @@ topology_code(t::Symbol) =
     throw(ArgumentError("topology must be :all_to_all or :master_worker, got :$t"))
 
 function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = nothing, log_level = nothing,
-                cookie::Union{Nothing,String} = nothing, max_message::Union{Nothing,Int} = nothing)
+                cookie::Union{Nothing,String} = nothing, max_message::Union{Nothing,Int} = nothing,
+                tls::Union{Nothing,Int32} = nothing)
     CAPI.LIB_HANDLE[] == C_NULL && CAPI.load_library!()
     d = CAPI.config_init()
     # The Julia thread spins (event loop, fetch); library reader threads
@@ -188,7 +197,8 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
                                  # serve loop's error, not the library's exit;
                                  # head loss later is an event (HEAD_LOST).
                                  role === :worker ? false : d.exit_on_head_loss,
-                                 d.heartbeat_timeout_ms, d.handshake_timeout_ms, d.tls)
+                                 d.heartbeat_timeout_ms, d.handshake_timeout_ms,
+                                 tls === nothing ? d.tls : tls)
         # On a worker this blocks until it has joined its head (startup only).
         CAPI.check(CAPI.cluster_init(Ref(cfg), out))
         LOG_LEVEL[] = log_level === nothing ? log_level_from_env() : Int32(log_level)

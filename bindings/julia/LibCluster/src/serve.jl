@@ -267,6 +267,7 @@ function serve()
     RT.ctx == C_NULL || error("LibCluster.serve: this process already belongs to a cluster")
     max_message = tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_MAX_MESSAGE_BYTES", ""))
     lock(INIT_LOCK) do
+        # TLS: the library's default, LIBCLUSTER_TLS, which the launcher set to the head's.
         start!(:worker; max_message = max_message)
     end
     # What the head asked of this worker (worker_env), before any call runs.

@@ -73,6 +73,10 @@ const SSH_HEAD = raw"""
     R[:pwd] = [remotecall_fetch(pwd, p) for p in ids]
     R[:project] = remotecall_fetch(Base.active_project, ids[2]) == Base.active_project()
     R[:cross] = remotecall_fetch(q -> remotecall_fetch(gethostname, q), ids[1], ids[3])
+    # LIBCLUSTER_TLS=on (cross-host): every connection here crosses hosts.
+    R[:encrypted] = [LibCluster.connection_encrypted(p) for p in ids]
+    R[:cross_encrypted] = remotecall_fetch(q -> LibCluster.connection_encrypted(q), ids[1], ids[3])
+    R[:tls_env] = [remotecall_fetch(() -> get(ENV, "LIBCLUSTER_TLS", ""), p) for p in ids]
     # A worker's output reaches the head (its ssh session outlives addprocs).
     R[:printed] = remotecall_fetch(() -> (println("a line from ", gethostname()); flush(stdout); true), ids[1])
     R[:describe] = describepids(procs())
@@ -111,6 +115,8 @@ const TUNNEL_HEAD = raw"""
     R[:head] = LibCluster.head_address()[1]
     R[:hosts] = [remotecall_fetch(gethostname, p) for p in ids]
     R[:sum] = remotecall_fetch(+, ids[2], 1, 2)
+    # Loopback at both ends (ssh carries them, encrypted): plain under cross-host.
+    R[:encrypted] = [LibCluster.connection_encrypted(p) for p in ids]
     R[:listen] = remotecall_fetch(() -> LibCluster.head_address()[1], ids[1])
     R[:notunnel] = try
         addprocs(["root@$(ips[1])"]; sshflags = flags, exename = wrapper, topology = :master_worker); "no error"
@@ -172,7 +178,7 @@ const SLURM_HEAD = raw"""
         file = joinpath(workdir, "ssh_head.jl")
         write(file, SSH_HEAD)
         code, out = run_child(`$JULIA --startup-file=no --project=$PROJECT $file $dir $REMOTE_JULIA $workdir $slow`, 90;
-                              env = Dict("LIBCLUSTER_LISTEN" => "0.0.0.0"))
+                              env = Dict("LIBCLUSTER_LISTEN" => "0.0.0.0", "LIBCLUSTER_TLS" => "on"))
         R = child_result(out)
         (code == 0 && R !== nothing) || println(out)
         @test code == 0
@@ -186,6 +192,9 @@ const SLURM_HEAD = raw"""
             @test R[:pwd] == fill(workdir, 3)
             @test R[:project]
             @test R[:cross] == names[3]              # worker to worker, across hosts
+            @test R[:encrypted] == [true, true, true]   # TLS across hosts (LIBCLUSTER_TLS=on)
+            @test R[:cross_encrypted]
+            @test R[:tls_env] == fill("cross-host", 3)  # the head told them, over ssh
             @test R[:printed] && occursin("a line from $(names[1])", out)
             # describepids: one group per host, the head's on its own.
             @test sort(collect(values(R[:describe]))) == [[1], [2], [3], [4]]
@@ -215,7 +224,7 @@ const SLURM_HEAD = raw"""
         file = joinpath(workdir, "tunnel_head.jl")
         write(file, TUNNEL_HEAD)
         code, out = run_child(`$JULIA --startup-file=no --project=$PROJECT $file $dir $REMOTE_JULIA`, 60;
-                              env = Dict("LIBCLUSTER_LISTEN" => "127.0.0.1"))
+                              env = Dict("LIBCLUSTER_LISTEN" => "127.0.0.1", "LIBCLUSTER_TLS" => "on"))
         R = child_result(out)
         (code == 0 && R !== nothing) || println(out)
         @test code == 0
@@ -225,6 +234,7 @@ const SLURM_HEAD = raw"""
             @test R[:head] == "127.0.0.1"
             @test R[:hosts] == names[1:2]
             @test R[:sum] == 3
+            @test R[:encrypted] == [false, false]       # tunnelled: loopback at both ends
             # The workers listen on their own loopback: reached only through the head.
             @test R[:listen] == "127.0.0.1"
             @test occursin("cannot reach", R[:notunnel]) && occursin("listen_host", R[:notunnel])

@@ -985,6 +985,7 @@ include("ptools_shm.jl")      # LibCluster.PTools: shared memory, server tasks
 include("ptools_fork.jl")     # LibCluster.PTools: pfork, pfork_shm
 include("clusterutils.jl")    # LibCluster.ClusterUtils: sow/reap, topology, message dicts, save/load
 include("launchers.jl")       # addprocs over SSH to namespaced hosts, SlurmManager in a one-node Slurm
+include("tls.jl")             # init(tls = ...), connection_encrypted (after launchers.jl: its helpers)
 
 @testset "shutdown" begin
     @progress "shutdown"
