@@ -295,10 +295,11 @@ fn main() {
     });
     rows.push(Row::new("addprocs(4) until ready (ms)", add4 * 1e3, spawn4 * 1e3, "spawn+exit 4 processes", "<= 50 ms"));
 
-    // What TLS costs on loopback: a worker that asks for it beside worker
-    // 2, in alternating blocks (the cross-host figure is in --hosts-only).
+    // What TLS costs on loopback: a worker that asks for it beside a plain
+    // one, in alternating blocks (the cross-host figure is in --hosts-only).
     let tls = c.addprocs(1, &LaunchOptions { env: vec![("LIBCLUSTER_TLS".into(), "always".into())], ..own_args.clone() }).unwrap()[0];
-    assert_eq!(c.connection_encrypted(tls), Some(true));
+    let plain = c.addprocs(1, &own_args).unwrap()[0];
+    assert_eq!((c.connection_encrypted(tls), c.connection_encrypted(plain)), (Some(true), Some(false)));
     let block_of = |p: u32| {
         let t = Instant::now();
         for _ in 0..rounds / 10 {
@@ -312,12 +313,12 @@ fn main() {
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for _ in 0..10 {
         on.push(block_of(tls));
-        off.push(block_of(2));
+        off.push(block_of(plain));
     }
     on.sort_by(|a, b| a.partial_cmp(b).unwrap());
     off.sort_by(|a, b| a.partial_cmp(b).unwrap());
     rows.push(Row::new("round trip under TLS, loopback (us)", us(on[5]), us(off[5]), "the same, plain", "its cost"));
-    c.rmprocs(&[tls], Duration::from_secs(10)).unwrap();
+    c.rmprocs(&[tls, plain], Duration::from_secs(10)).unwrap();
     c.shutdown(Duration::from_secs(10)).unwrap();
     print_rows(&rows);
 }

@@ -16,9 +16,11 @@
 //! A `Session` sits under `Conn`: reads return plaintext, writes take
 //! plaintext and write records to the socket without ever waiting;
 //! ciphertext the socket did not take waits inside (`pending_out`) as a
-//! plain connection's backlog does. Both directions share one lock, held
-//! only for a non-blocking read or write and the crypto of at most
-//! `CHUNK` bytes.
+//! plain connection's backlog does. The parts of one write (a frame's
+//! header, meta and payload) go out as one record in one write. The
+//! socket is read without the session's lock (a reader spinning on an
+//! empty socket never holds up a writer); the lock is held for the crypto
+//! of what arrived or of at most `CHUNK` bytes written.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -231,19 +233,12 @@ impl ClientCertVerifier for Pinned {
 /// A non-blocking socket as `Read` / `Write`: "would block" as an error.
 struct Socket {
     fd: RawFd,
-    /// The first byte read, when it is asked for.
-    first: Option<u8>,
 }
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match sys::read_nonblocking(self.fd, buf)? {
-            Some(n) => {
-                if n > 0 && self.first.is_none() {
-                    self.first = Some(buf[0]);
-                }
-                Ok(n)
-            }
+            Some(n) => Ok(n),
             None => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
@@ -270,13 +265,27 @@ impl Write for Socket {
 
 struct Inner {
     tls: rustls::Connection,
+}
+
+/// Ciphertext read from the socket and not yet taken by rustls. Only the
+/// connection's one reader (who holds its frame reader) touches it, so
+/// the socket is read without the session's lock: a reader spinning on an
+/// empty socket never holds up a writer.
+struct Rx {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
     /// Server: the first byte from the peer was checked to start TLS.
     checked: bool,
 }
 
+/// Ciphertext read per socket read, at most.
+const RX: usize = 64 * 1024;
+
 /// One connection's TLS state.
 pub struct Session {
     inner: Mutex<Inner>,
+    rx: Mutex<Rx>,
     /// Decrypted bytes wait inside: epoll cannot see them.
     plain_waiting: AtomicBool,
     /// Ciphertext waits for room in the socket.
@@ -289,9 +298,15 @@ fn invalid(msg: String) -> io::Error {
 
 impl Session {
     fn new(tls: rustls::Connection, checked: bool) -> Session {
-        let mut inner = Inner { tls, checked };
+        let mut inner = Inner { tls };
         inner.tls.set_buffer_limit(Some(CHUNK));
-        Session { inner: Mutex::new(inner), plain_waiting: AtomicBool::new(false), cipher_waiting: AtomicBool::new(false) }
+        let rx = Rx { buf: vec![0u8; RX].into_boxed_slice(), start: 0, end: 0, checked };
+        Session {
+            inner: Mutex::new(inner),
+            rx: Mutex::new(rx),
+            plain_waiting: AtomicBool::new(false),
+            cipher_waiting: AtomicBool::new(false),
+        }
     }
 
     /// The server's side: its handshake completes in the reads of the
@@ -309,7 +324,7 @@ impl Session {
         let s = Session::new(c.into(), true);
         {
             let mut inner = s.inner.lock();
-            let mut sock = Socket { fd, first: None };
+            let mut sock = Socket { fd };
             loop {
                 while inner.tls.wants_write() {
                     match inner.tls.write_tls(&mut sock) {
@@ -361,7 +376,7 @@ impl Session {
 
     /// Writes waiting ciphertext; true when none is left.
     fn flush_inner(&self, inner: &mut Inner, fd: RawFd) -> io::Result<bool> {
-        let mut sock = Socket { fd, first: None };
+        let mut sock = Socket { fd };
         while inner.tls.wants_write() {
             match inner.tls.write_tls(&mut sock) {
                 Ok(_) => {}
@@ -385,45 +400,82 @@ impl Session {
     /// Reads plaintext into `buf` without blocking: `Some(0)` when the
     /// peer closed, `None` when nothing can be had now.
     pub fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let mut inner = self.inner.lock();
-        let r = self.read_inner(&mut inner, fd, buf);
-        let flushed = if inner.tls.wants_write() { self.flush_inner(&mut inner, fd) } else { Ok(true) };
-        // Every whole record read was decrypted: plaintext is left only
-        // when it did not fit.
-        let waiting = matches!(r, Ok(Some(n)) if n > 0 && n == buf.len());
-        self.plain_waiting.store(waiting, Ordering::Release);
-        let r = r?;
-        flushed?;
-        Ok(r)
-    }
-
-    fn read_inner(&self, inner: &mut Inner, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut rx = self.rx.lock();
         loop {
-            match inner.tls.reader().read(buf) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if self.plain_waiting.load(Ordering::Acquire) || rx.start < rx.end {
+                let before = (rx.start, rx.end);
+                let mut inner = self.inner.lock();
+                if let Some(n) = self.decrypt(&mut inner, &mut rx, fd, buf)? {
+                    return Ok(Some(n));
+                }
+                if rx.start < rx.end {
+                    if (rx.start, rx.end) == before {
+                        return Err(invalid("TLS: records the session would not take".into()));
+                    }
+                    continue;
+                }
             }
-            let mut sock = Socket { fd, first: None };
-            match inner.tls.read_tls(&mut sock) {
-                Ok(0) => return Ok(Some(0)),
-                Ok(_) => {
-                    if !inner.checked {
-                        inner.checked = true;
-                        if sock.first != Some(HANDSHAKE_RECORD) {
+            // Nothing decrypted waits: read the socket, without the session's lock.
+            let end = rx.end;
+            match sys::read_nonblocking(fd, &mut rx.buf[end..])? {
+                None => return Ok(None),
+                Some(0) => return Ok(Some(0)),
+                Some(k) => {
+                    if !rx.checked {
+                        rx.checked = true;
+                        if rx.buf[rx.start] != HANDSHAKE_RECORD {
                             return Err(invalid("the peer did not start TLS, which this connection requires".into()));
                         }
                     }
-                    if let Err(e) = inner.tls.process_new_packets() {
-                        // Tell the peer why (an alert), best effort.
-                        let _ = inner.tls.write_tls(&mut sock);
-                        return Err(invalid(format!("TLS: {e}")));
-                    }
+                    rx.end += k;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Hands rustls the ciphertext read, decrypts and answers what needs
+    /// an answer (the handshake, a key update); then copies out plaintext:
+    /// `None` when none came of it (a partial record).
+    fn decrypt(&self, inner: &mut Inner, rx: &mut Rx, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let state = loop {
+            // rustls takes a record's worth at a time and must process it
+            // before the next; it takes none while its plaintext is full.
+            let mut took = 0;
+            if rx.start < rx.end {
+                let mut staged = &rx.buf[rx.start..rx.end];
+                took = inner.tls.read_tls(&mut staged).unwrap_or(0);
+                rx.start += took;
+            }
+            let state = match inner.tls.process_new_packets() {
+                Ok(s) => s,
+                Err(e) => {
+                    // Tell the peer why (an alert), best effort.
+                    let _ = inner.tls.write_tls(&mut Socket { fd });
+                    return Err(invalid(format!("TLS: {e}")));
+                }
+            };
+            if took == 0 || rx.start == rx.end || state.plaintext_bytes_to_read() >= buf.len() {
+                break state;
+            }
+        };
+        if rx.start == rx.end {
+            rx.start = 0;
+            rx.end = 0;
+        }
+        let avail = state.plaintext_bytes_to_read();
+        let peer_closed = state.peer_has_closed();
+        if inner.tls.wants_write() {
+            self.flush_inner(inner, fd)?;
+        }
+        let n = if avail > 0 { inner.tls.reader().read(buf)? } else { 0 };
+        self.plain_waiting.store(avail > n, Ordering::Release);
+        if n > 0 {
+            return Ok(Some(n));
+        }
+        if peer_closed && avail == 0 {
+            return Ok(Some(0));
+        }
+        Ok(None)
     }
 
     /// Appends up to `left` plaintext bytes to `v`; as `read`.
@@ -444,26 +496,36 @@ impl Session {
     /// socket takes now: returns the plaintext bytes taken (0 when the
     /// socket is full). Ciphertext it did not take waits inside
     /// (`pending_out`) and goes first next time.
-    pub fn write(&self, fd: RawFd, parts: &[&[u8]], mut skip: usize) -> io::Result<usize> {
+    pub fn write(&self, fd: RawFd, parts: &[&[u8]], skip: usize) -> io::Result<usize> {
         let mut inner = self.inner.lock();
         if !self.flush_inner(&mut inner, fd)? {
             return Ok(0);
         }
+        let total: usize = parts.iter().map(|p| p.len()).sum::<usize>().saturating_sub(skip);
         let mut taken = 0;
-        for p in parts {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            let mut rest = &p[skip..];
-            skip = 0;
-            while !rest.is_empty() {
-                let n = inner.tls.writer().write(&rest[..rest.len().min(CHUNK)])?;
-                taken += n;
-                rest = &rest[n..];
-                if !self.flush_inner(&mut inner, fd)? || n == 0 {
-                    return Ok(taken);
+        while taken < total {
+            // All the parts of a step in one go: one record (a frame's
+            // header, meta and payload together), one write.
+            let mut slices: [io::IoSlice<'_>; 8] = [io::IoSlice::new(&[]); 8];
+            let (mut n, mut room, mut at) = (0, CHUNK, skip + taken);
+            for p in parts {
+                if at >= p.len() {
+                    at -= p.len();
+                    continue;
                 }
+                if n == slices.len() || room == 0 {
+                    break;
+                }
+                let piece = &p[at..(at + room).min(p.len())];
+                at = 0;
+                room -= piece.len();
+                slices[n] = io::IoSlice::new(piece);
+                n += 1;
+            }
+            let k = inner.tls.writer().write_vectored(&slices[..n])?;
+            taken += k;
+            if !self.flush_inner(&mut inner, fd)? || k == 0 {
+                break;
             }
         }
         Ok(taken)
