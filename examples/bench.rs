@@ -661,8 +661,8 @@ fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::lau
     assert_eq!(c.connection_encrypted(tls), Some(true), "the TLS worker's connection is plain");
     assert_eq!(c.connection_encrypted(plain), Some(false));
     let arg = 42u64.to_le_bytes();
-    let rounds = if quick { 2_000 } else { 20_000 };
-    let block = rounds / 10;
+    let rounds = if quick { 4_000 } else { 20_000 };
+    let block = rounds / 20;
     let time_calls = |p: u32| {
         let t = Instant::now();
         for _ in 0..block {
@@ -674,7 +674,7 @@ fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::lau
         c.remotecall_fetch(tls, "echo", &arg).unwrap();
     }
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
+    for _ in 0..20 {
         on.push(time_calls(tls));
         off.push(time_calls(plain));
     }
