@@ -78,7 +78,8 @@ const CLUSTER_TOPOLOGY_MASTER_WORKER = Int32(1)
 
 # cluster_tls
 const CLUSTER_TLS_OFF = Int32(0)
-const CLUSTER_TLS_CROSS_HOST = Int32(1)     # connections not on loopback
+# CROSS_HOST: the connections not on loopback.
+const CLUSTER_TLS_CROSS_HOST = Int32(1)
 const CLUSTER_TLS_ALWAYS = Int32(2)
 
 # cluster_dispatch
