@@ -49,8 +49,26 @@ fn answered(deferred: bool) -> Error {
     }
 }
 
+thread_local! {
+    /// The call whose C handler runs on this thread, with its handle: the
+    /// handler's own uses of it (args, reply) skip the handle table. Valid
+    /// as long as the table's entry is (the call's own state says whether
+    /// it was answered since).
+    static CURRENT: std::cell::RefCell<Option<(u64, Arc<CallObj>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The object of call handle `c`: the running handler's without a table
+/// lookup, any other through the table.
+fn call_object(c: *mut cluster_call) -> Result<Arc<CallObj>, Error> {
+    let mine = CURRENT.with(|cur| cur.borrow().as_ref().filter(|(h, _)| *h == c as u64).map(|(_, o)| o.clone()));
+    match mine {
+        Some(o) => Ok(o),
+        None => c.object(),
+    }
+}
+
 pub(crate) fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> Result<T, Error> {
-    let obj = c.object()?;
+    let obj = call_object(c)?;
     let st = obj.state.lock();
     match st.call.as_ref() {
         Some(call) => Ok(f(call)),
@@ -61,7 +79,7 @@ pub(crate) fn with_call<T>(c: *mut cluster_call, f: impl FnOnce(&Call) -> T) -> 
 /// Takes the call to answer it; a call not deferred loses its handle in
 /// the same step.
 fn take_call(c: *mut cluster_call) -> Result<Call, Error> {
-    let obj = c.object()?;
+    let obj = call_object(c)?;
     let mut st = obj.state.lock();
     let call = st.call.take().ok_or_else(|| answered(st.deferred))?;
     if !st.deferred {
@@ -86,14 +104,21 @@ pub(crate) fn run_c_handler(h: unsafe extern "C" fn(*mut c_void, *mut cluster_ca
             return;
         }
     };
+    // A handler may call into a handler of its own (a call to itself):
+    // the outer one's entry comes back after.
+    let outer = CURRENT.with(|cur| cur.replace(Some((handle as u64, obj.clone()))));
     // SAFETY: the host registered `h` with `ud`; the handle is valid for the call.
     let status = unsafe { h(ud.0, handle) };
+    CURRENT.with(|cur| *cur.borrow_mut() = outer);
     let rest = {
         let mut st = obj.state.lock();
         if st.deferred {
             return; // the host owns the handle now
         }
-        let _ = handle.remove(); // gone already if the handler answered
+        // Answered: `take_call` removed the handle already.
+        if st.call.is_some() {
+            let _ = handle.remove();
+        }
         st.call.take()
     };
     if let Some(call) = rest {
