@@ -300,24 +300,8 @@ fn main() {
     let tls = c.addprocs(1, &LaunchOptions { env: vec![("LIBCLUSTER_TLS".into(), "always".into())], ..own_args.clone() }).unwrap()[0];
     let plain = c.addprocs(1, &own_args).unwrap()[0];
     assert_eq!((c.connection_encrypted(tls), c.connection_encrypted(plain)), (Some(true), Some(false)));
-    let block_of = |p: u32| {
-        let t = Instant::now();
-        for _ in 0..rounds / 10 {
-            c.remotecall_fetch(p, "echo", &arg).unwrap();
-        }
-        t.elapsed().as_secs_f64() / (rounds / 10) as f64
-    };
-    for _ in 0..1000 {
-        c.remotecall_fetch(tls, "echo", &arg).unwrap();
-    }
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
-        on.push(block_of(tls));
-        off.push(block_of(plain));
-    }
-    on.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    off.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    rows.push(Row::new("round trip under TLS, loopback (us)", us(on[5]), us(off[5]), "the same, plain", "its cost"));
+    let (on, off) = alternating_round_trips(&c, tls, plain, rounds / 10, 10);
+    rows.push(Row::new("round trip under TLS, loopback (us)", us(on), us(off), "the same, plain", "its cost"));
     c.rmprocs(&[tls, plain], Duration::from_secs(10)).unwrap();
     c.shutdown(Duration::from_secs(10)).unwrap();
     print_rows(&rows);
@@ -649,6 +633,33 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     let _ = Command::new(&script).args(["down", "bench"]).status();
 }
 
+/// Round trips of an 8-byte echo to `a` and to `b` in `blocks` alternating
+/// blocks of `per_block` calls (so both see the same load): the median
+/// block of each, in seconds per call.
+fn alternating_round_trips(c: &Cluster, a: u32, b: u32, per_block: usize, blocks: usize) -> (f64, f64) {
+    let arg = 42u64.to_le_bytes();
+    let block_of = |p: u32| {
+        let t = Instant::now();
+        for _ in 0..per_block {
+            c.remotecall_fetch(p, "echo", &arg).unwrap();
+        }
+        t.elapsed().as_secs_f64() / per_block as f64
+    };
+    for _ in 0..1000 {
+        c.remotecall_fetch(a, "echo", &arg).unwrap();
+    }
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for _ in 0..blocks {
+        on_a.push(block_of(a));
+        on_b.push(block_of(b));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    (median(on_a), median(on_b))
+}
+
 /// What TLS costs across the namespace: a worker on host 1 that asks for
 /// TLS (either end asking is enough) beside the plain worker `plain` on
 /// the same host, timed in alternating blocks: round trip of 8 bytes, and
@@ -660,27 +671,8 @@ fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::lau
     let tls = c.addprocs_with(l, 1, &asks).unwrap()[0];
     assert_eq!(c.connection_encrypted(tls), Some(true), "the TLS worker's connection is plain");
     assert_eq!(c.connection_encrypted(plain), Some(false));
-    let arg = 42u64.to_le_bytes();
     let rounds = if quick { 4_000 } else { 20_000 };
-    let block = rounds / 20;
-    let time_calls = |p: u32| {
-        let t = Instant::now();
-        for _ in 0..block {
-            c.remotecall_fetch(p, "echo", &arg).unwrap();
-        }
-        t.elapsed().as_secs_f64() / block as f64
-    };
-    for _ in 0..1000 {
-        c.remotecall_fetch(tls, "echo", &arg).unwrap();
-    }
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
-        on.push(time_calls(tls));
-        off.push(time_calls(plain));
-    }
-    if std::env::var_os("BENCH_DEBUG").is_some() {
-        eprintln!("tls blocks {:?}\nplain blocks {:?}", on.iter().map(|x| us(*x) as u32).collect::<Vec<_>>(), off.iter().map(|x| us(*x) as u32).collect::<Vec<_>>());
-    }
+    let (on, off) = alternating_round_trips(c, tls, plain, rounds / 20, 20);
     let big = vec![0x5au8; 8 << 20];
     let time_echo = |p: u32| {
         let t = Instant::now();
@@ -697,7 +689,7 @@ fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::lau
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    rows.push(Row::new("  under TLS (us)", us(median(on)), us(median(off)), "the same, plain (same host)", "its cost"));
+    rows.push(Row::new("  under TLS (us)", us(on), us(off), "the same, plain (same host)", "its cost"));
     rows.push(Row::new("8 MiB echo across it under TLS (MB/s)", median(bw_on), median(bw_off), "the same, plain", "its cost"));
     c.rmprocs(&[tls], Duration::from_secs(10)).unwrap();
 }
