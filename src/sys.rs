@@ -27,6 +27,20 @@ pub fn poll_in(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     poll_one(fd, libc::POLLIN, timeout)
 }
 
+/// Sets a socket's send and receive buffer sizes (tests that need a
+/// socket to fill quickly).
+pub fn set_socket_buffers(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: `v` is a live c_int for the call; the kernel copies it.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, &v as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Waits until `fd` accepts writes or `timeout` passes.
 pub fn poll_out(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     poll_one(fd, libc::POLLOUT, timeout)

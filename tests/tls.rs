@@ -114,10 +114,11 @@ fn relay(head: String) -> (String, Arc<Mutex<Vec<u8>>>) {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
                 while let Ok(n) = from.read(&mut buf) {
+                    // Kept before it is passed on: seen by the time its answer is.
+                    s.lock().extend_from_slice(&buf[..n]);
                     if n == 0 || to.write_all(&buf[..n]).is_err() {
                         break;
                     }
-                    s.lock().extend_from_slice(&buf[..n]);
                 }
                 let _ = to.shutdown(std::net::Shutdown::Both);
             });
@@ -137,6 +138,7 @@ fn an_eavesdropper_sees_the_payloads_only_without_tls() {
         assert_eq!(c.connection_encrypted(2), Some(mode == TlsMode::Always));
         assert_eq!(c.remotecall_fetch(2, "echo", MARKER).unwrap().to_vec(), MARKER);
         let wire = seen.lock().clone();
+        assert!(wire.len() > MARKER.len() * 2, "{mode:?}: the relay saw {} bytes", wire.len());
         let found = wire.windows(MARKER.len()).any(|w| w == MARKER);
         assert_eq!(found, readable, "{mode:?}: the payload was {}readable on the wire ({} bytes seen)", if found { "" } else { "not " }, wire.len());
         c.rmprocs(&[2], Duration::from_secs(10)).unwrap();

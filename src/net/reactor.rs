@@ -550,7 +550,9 @@ impl Drainer {
         loop {
             let conns: Vec<Arc<Conn>> = {
                 let mut c = s.conns.lock();
-                c.retain(|x| !x.is_closed() && x.queued_bytes() > 0);
+                // TLS records the socket did not take wait in the session,
+                // with nothing queued: they are a backlog too.
+                c.retain(|x| !x.is_closed() && (x.queued_bytes() > 0 || x.cipher_waiting()));
                 if c.is_empty() || s.stopped.load(Ordering::Acquire) {
                     c.clear();
                     s.running.store(false, Ordering::Release);
@@ -631,6 +633,47 @@ mod tests {
         // It polls every 100 ms without progress; a spinning one polls
         // hundreds of thousands of times.
         assert!(rounds < 50, "the drainer polled {rounds} times in 300 ms with the socket full");
+    }
+
+    /// Review finding: a TLS frame taken whole by the session while the
+    /// socket took only part of its ciphertext left nothing queued, and the
+    /// drainer dropped the connection: the frame's end waited for
+    /// unrelated traffic (a worker-to-worker connection, forever).
+    #[test]
+    fn the_drainer_keeps_a_tls_connection_until_its_ciphertext_is_out() {
+        use std::os::unix::io::AsRawFd;
+        let (client, a, server, b) = crate::net::tls::tests::pair(b"k", b"k");
+        let client = client.unwrap();
+        sys::set_socket_buffers(a.as_raw_fd(), 32 << 10).unwrap();
+        sys::set_socket_buffers(b.as_raw_fd(), 32 << 10).unwrap();
+        let c = Conn::with_tls(b, 1 << 30, Flusher::start(), Some(server)).unwrap();
+        let w = Arc::new(ToDrainer(Drainer::new().unwrap()));
+        let weak: Weak<dyn Watcher> = Arc::downgrade(&w) as Weak<dyn Watcher>;
+        let _ = c.watcher.set(weak);
+        for size in [100_000usize, 300_000, 1 << 20] {
+            let payload = vec![7u8; size];
+            c.send_nowait(Header::new(Kind::Response, 1, 1, 1), &[], &payload).unwrap();
+            let want = wire::HEADER_LEN + size;
+            let (mut got, mut buf) = (0usize, vec![0u8; 16 << 10]);
+            let t = Instant::now();
+            while got < want {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "{size} B: stalled at {got} of {want} bytes (queued {}, TLS records waiting: {})",
+                    c.queued_bytes(),
+                    c.cipher_waiting()
+                );
+                match client.read(a.as_raw_fd(), &mut buf).unwrap() {
+                    Some(0) => panic!("closed"),
+                    Some(n) => got += n,
+                    None => {
+                        sys::poll_in(a.as_raw_fd(), Some(Duration::from_millis(20))).unwrap();
+                    }
+                }
+            }
+            assert_eq!(got, want);
+        }
+        w.0.stop();
     }
 
     /// Calls: op 1 waits until op 2 has started, op 2 until op 1 has

@@ -20,7 +20,9 @@
 //! header, meta and payload) go out as one record in one write. The
 //! socket is read without the session's lock (a reader spinning on an
 //! empty socket never holds up a writer); the lock is held for the crypto
-//! of what arrived or of at most `CHUNK` bytes written.
+//! of what arrived or of at most `CHUNK` bytes written. Ciphertext read
+//! but not yet taken by rustls (`staged`) and plaintext not yet read out
+//! (`plain_waiting`) are invisible to epoll: `Conn` asks `buffered`.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -369,6 +371,17 @@ impl Session {
         self.plain_waiting.load(Ordering::Acquire)
     }
 
+    /// Ciphertext read from the socket waits in the session, not taken by
+    /// rustls yet (the rest of a record, or the next frame's).
+    pub fn staged(&self) -> bool {
+        self.rx.try_lock().map(|r| r.start < r.end).unwrap_or(true)
+    }
+
+    /// Bytes the socket no longer holds wait inside: epoll cannot see them.
+    pub fn buffered(&self) -> bool {
+        self.plain_waiting() || self.staged()
+    }
+
     /// Ciphertext waits for room in the socket.
     pub fn pending_out(&self) -> bool {
         self.cipher_waiting.load(Ordering::Acquire)
@@ -497,13 +510,14 @@ impl Session {
     /// socket is full). Ciphertext it did not take waits inside
     /// (`pending_out`) and goes first next time.
     pub fn write(&self, fd: RawFd, parts: &[&[u8]], skip: usize) -> io::Result<usize> {
-        let mut inner = self.inner.lock();
-        if !self.flush_inner(&mut inner, fd)? {
-            return Ok(0);
-        }
         let total: usize = parts.iter().map(|p| p.len()).sum::<usize>().saturating_sub(skip);
         let mut taken = 0;
-        while taken < total {
+        loop {
+            // The lock for one chunk at a time: a reader gets in between.
+            let mut inner = self.inner.lock();
+            if !self.flush_inner(&mut inner, fd)? || taken == total {
+                return Ok(taken);
+            }
             // All the parts of a step in one go: one record (a frame's
             // header, meta and payload together), one write.
             let mut slices: [io::IoSlice<'_>; 8] = [io::IoSlice::new(&[]); 8];
@@ -525,10 +539,9 @@ impl Session {
             let k = inner.tls.writer().write_vectored(&slices[..n])?;
             taken += k;
             if !self.flush_inner(&mut inner, fd)? || k == 0 {
-                break;
+                return Ok(taken);
             }
         }
-        Ok(taken)
     }
 }
 
@@ -549,12 +562,14 @@ impl crate::wire::Source for Plain<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::io::AsRawFd;
 
-    fn pair(client_cookie: &'static [u8], server_cookie: &'static [u8]) -> (Result<Session>, TcpStream, Session, TcpStream) {
+    /// A client and a server session over loopback, their handshake done
+    /// (the server has read the client's first byte, "x").
+    pub(crate) fn pair(client_cookie: &'static [u8], server_cookie: &'static [u8]) -> (Result<Session>, TcpStream, Session, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
