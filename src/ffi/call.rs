@@ -264,6 +264,14 @@ pub extern "C" fn cluster_call_free(c: *mut cluster_call) -> cluster_status {
                 });
             }
             c.remove()?;
+            // Freed from inside its own handler: its later uses there are
+            // stale handles too.
+            CURRENT.with(|cur| {
+                let mut cur = cur.borrow_mut();
+                if cur.as_ref().is_some_and(|(h, _)| *h == c as u64) {
+                    *cur = None;
+                }
+            });
             st.call.take()
         };
         drop(rest); // an unanswered call fails for its caller

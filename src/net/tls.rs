@@ -661,6 +661,55 @@ pub(crate) mod tests {
         assert_eq!(&buf, b"reply");
     }
 
+    /// The server's side of the pinning: a client that accepts the
+    /// server's certificate but presents another key's is refused.
+    #[test]
+    fn a_client_presenting_another_certificate_is_refused_by_the_server() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let ours = ed25519_pkcs8(&super::super::auth::derive(b"cookie", KEY_LABEL, &[]));
+        let theirs = ed25519_pkcs8(&[9; 32]);
+        let provider = provider();
+        let pinned = Arc::new(Pinned { cert: certificate(&ours).unwrap(), provider: provider.clone() });
+        let mut cfg = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(pinned)
+            .with_client_auth_cert(vec![certificate(&theirs).unwrap()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(theirs.clone())))
+            .unwrap();
+        cfg.resumption = rustls::client::Resumption::disabled();
+        let mixed = Keys { client: Arc::new(cfg), server: Keys::derive(b"cookie").unwrap().server };
+        let server = Session::server(&Keys::derive(b"cookie").unwrap()).unwrap();
+        let bfd = b.as_raw_fd();
+        let refused = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let mut buf = [0u8; 16];
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(5) {
+                    match server.read(bfd, &mut buf) {
+                        Ok(None) => {
+                            let _ = sys::poll_in(bfd, Some(Duration::from_millis(20)));
+                        }
+                        Ok(Some(n)) => return Err(format!("the server accepted the client ({n} bytes)")),
+                        Err(e) => return Ok(e.to_string()),
+                    }
+                }
+                Err("no verdict in time".into())
+            });
+            // The client may finish its side; the server refuses its certificate.
+            if let Ok(c) = Session::client(&mixed, a.as_raw_fd(), Instant::now() + Duration::from_secs(5)) {
+                let _ = c.write(a.as_raw_fd(), &[b"x"], 0);
+            }
+            h.join().unwrap()
+        });
+        let why = refused.unwrap();
+        assert!(why.contains("TLS"), "{why}");
+    }
+
     #[test]
     fn another_cookie_cannot_complete_the_handshake() {
         let (client, ..) = pair(b"cookie", b"other cookie");
