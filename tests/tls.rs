@@ -172,22 +172,16 @@ fn a_client_that_does_not_start_tls_where_it_was_agreed_is_refused() {
     assert_eq!(c.nprocs(), 1);
 }
 
+/// Off too: else a local worker would follow the LIBCLUSTER_TLS it
+/// inherits from the head's environment, which the head's config may have
+/// overridden.
 #[test]
-fn a_worker_launched_by_a_tls_head_is_told_to_ask_too() {
-    let c = head(TlsMode::CrossHost);
-    let ids = c.addprocs(1, &opts()).unwrap();
-    let v = c.remotecall_fetch(ids[0], "env_var", b"LIBCLUSTER_TLS").unwrap().to_vec();
-    assert_eq!(String::from_utf8(v).unwrap(), "cross-host");
-    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
-}
-
-#[test]
-fn a_worker_launched_by_a_head_without_tls_is_told_so() {
-    // Else a local worker would follow the LIBCLUSTER_TLS it inherits from
-    // the head's environment, which the head's config may have overridden.
-    let c = head(TlsMode::Off);
-    let ids = c.addprocs(1, &opts()).unwrap();
-    let v = c.remotecall_fetch(ids[0], "env_var", b"LIBCLUSTER_TLS").unwrap().to_vec();
-    assert_eq!(String::from_utf8(v).unwrap(), "off");
-    c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+fn a_launched_worker_is_told_the_heads_mode() {
+    for (mode, told) in [(TlsMode::CrossHost, "cross-host"), (TlsMode::Off, "off")] {
+        let c = head(mode);
+        let ids = c.addprocs(1, &opts()).unwrap();
+        let v = c.remotecall_fetch(ids[0], "env_var", b"LIBCLUSTER_TLS").unwrap().to_vec();
+        assert_eq!(String::from_utf8(v).unwrap(), told);
+        c.rmprocs(&ids, Duration::from_secs(10)).unwrap();
+    }
 }

@@ -265,10 +265,6 @@ impl Write for Socket {
     }
 }
 
-struct Inner {
-    tls: rustls::Connection,
-}
-
 /// Ciphertext read from the socket and not yet taken by rustls. Only the
 /// connection's one reader (who holds its frame reader) touches it, so
 /// the socket is read without the session's lock: a reader spinning on an
@@ -286,7 +282,7 @@ const RX: usize = 64 * 1024;
 
 /// One connection's TLS state.
 pub struct Session {
-    inner: Mutex<Inner>,
+    tls: Mutex<rustls::Connection>,
     rx: Mutex<Rx>,
     /// Decrypted bytes wait inside: epoll cannot see them.
     plain_waiting: AtomicBool,
@@ -300,11 +296,11 @@ fn invalid(msg: String) -> io::Error {
 
 impl Session {
     fn new(tls: rustls::Connection, checked: bool) -> Session {
-        let mut inner = Inner { tls };
-        inner.tls.set_buffer_limit(Some(CHUNK));
+        let mut tls = tls;
+        tls.set_buffer_limit(Some(CHUNK));
         let rx = Rx { buf: vec![0u8; RX].into_boxed_slice(), start: 0, end: 0, checked };
         Session {
-            inner: Mutex::new(inner),
+            tls: Mutex::new(tls),
             rx: Mutex::new(rx),
             plain_waiting: AtomicBool::new(false),
             cipher_waiting: AtomicBool::new(false),
@@ -324,41 +320,34 @@ impl Session {
         let name = ServerName::try_from(NAME).map_err(|e| tls_err("setup", e))?;
         let c = ClientConnection::new(keys.client.clone(), name).map_err(|e| tls_err("setup", e))?;
         let s = Session::new(c.into(), true);
+        let wait = |out: bool| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(ErrorKind::Timeout, "the TLS handshake did not complete in time"));
+            }
+            let slice = Some(left.min(Duration::from_millis(50)));
+            let r = if out { sys::poll_out(fd, slice) } else { sys::poll_in(fd, slice) };
+            r.map(drop).map_err(|e| Error::io("poll", e))
+        };
         {
-            let mut inner = s.inner.lock();
-            let mut sock = Socket { fd };
+            let mut tls = s.tls.lock();
             loop {
-                while inner.tls.wants_write() {
-                    match inner.tls.write_tls(&mut sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                return Err(Error::new(ErrorKind::Timeout, "the TLS handshake did not complete in time"));
-                            }
-                            let _ = sys::poll_out(fd, Some(left.min(Duration::from_millis(50))));
-                        }
-                        Err(e) => return Err(tls_err("handshake", e)),
-                    }
+                if !s.flush_held(&mut tls, fd).map_err(|e| tls_err("handshake", e))? {
+                    wait(true)?;
+                    continue;
                 }
-                if !inner.tls.is_handshaking() {
+                if !tls.is_handshaking() {
                     break;
                 }
-                match inner.tls.read_tls(&mut sock) {
+                match tls.read_tls(&mut Socket { fd }) {
                     Ok(0) => return Err(tls_err("handshake", "the peer closed the connection (does it refuse TLS?)")),
                     Ok(_) => {
-                        if let Err(e) = inner.tls.process_new_packets() {
-                            let _ = inner.tls.write_tls(&mut sock);
+                        if let Err(e) = tls.process_new_packets() {
+                            let _ = tls.write_tls(&mut Socket { fd });
                             return Err(tls_err("handshake", e));
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Err(Error::new(ErrorKind::Timeout, "the TLS handshake did not complete in time"));
-                        }
-                        sys::poll_in(fd, Some(left.min(Duration::from_millis(50)))).map_err(|e| Error::io("poll", e))?;
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(false)?,
                     Err(e) => return Err(tls_err("handshake", e)),
                 }
             }
@@ -388,10 +377,10 @@ impl Session {
     }
 
     /// Writes waiting ciphertext; true when none is left.
-    fn flush_inner(&self, inner: &mut Inner, fd: RawFd) -> io::Result<bool> {
+    fn flush_held(&self, tls: &mut rustls::Connection, fd: RawFd) -> io::Result<bool> {
         let mut sock = Socket { fd };
-        while inner.tls.wants_write() {
-            match inner.tls.write_tls(&mut sock) {
+        while tls.wants_write() {
+            match tls.write_tls(&mut sock) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.cipher_waiting.store(true, Ordering::Release);
@@ -406,8 +395,8 @@ impl Session {
 
     /// Writes waiting ciphertext without blocking; true when none is left.
     pub fn flush(&self, fd: RawFd) -> io::Result<bool> {
-        let mut inner = self.inner.lock();
-        self.flush_inner(&mut inner, fd)
+        let mut tls = self.tls.lock();
+        self.flush_held(&mut tls, fd)
     }
 
     /// Reads plaintext into `buf` without blocking: `Some(0)` when the
@@ -417,8 +406,8 @@ impl Session {
         loop {
             if self.plain_waiting.load(Ordering::Acquire) || rx.start < rx.end {
                 let before = (rx.start, rx.end);
-                let mut inner = self.inner.lock();
-                if let Some(n) = self.decrypt(&mut inner, &mut rx, fd, buf)? {
+                let mut tls = self.tls.lock();
+                if let Some(n) = self.decrypt(&mut tls, &mut rx, fd, buf)? {
                     return Ok(Some(n));
                 }
                 if rx.start < rx.end {
@@ -449,21 +438,21 @@ impl Session {
     /// Hands rustls the ciphertext read, decrypts and answers what needs
     /// an answer (the handshake, a key update); then copies out plaintext:
     /// `None` when none came of it (a partial record).
-    fn decrypt(&self, inner: &mut Inner, rx: &mut Rx, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    fn decrypt(&self, tls: &mut rustls::Connection, rx: &mut Rx, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let state = loop {
             // rustls takes a record's worth at a time and must process it
             // before the next; it takes none while its plaintext is full.
             let mut took = 0;
             if rx.start < rx.end {
                 let mut staged = &rx.buf[rx.start..rx.end];
-                took = inner.tls.read_tls(&mut staged).unwrap_or(0);
+                took = tls.read_tls(&mut staged).unwrap_or(0);
                 rx.start += took;
             }
-            let state = match inner.tls.process_new_packets() {
+            let state = match tls.process_new_packets() {
                 Ok(s) => s,
                 Err(e) => {
                     // Tell the peer why (an alert), best effort.
-                    let _ = inner.tls.write_tls(&mut Socket { fd });
+                    let _ = tls.write_tls(&mut Socket { fd });
                     return Err(invalid(format!("TLS: {e}")));
                 }
             };
@@ -477,10 +466,10 @@ impl Session {
         }
         let avail = state.plaintext_bytes_to_read();
         let peer_closed = state.peer_has_closed();
-        if inner.tls.wants_write() {
-            self.flush_inner(inner, fd)?;
+        if tls.wants_write() {
+            self.flush_held(tls, fd)?;
         }
-        let n = if avail > 0 { inner.tls.reader().read(buf)? } else { 0 };
+        let n = if avail > 0 { tls.reader().read(buf)? } else { 0 };
         self.plain_waiting.store(avail > n, Ordering::Release);
         if n > 0 {
             return Ok(Some(n));
@@ -514,8 +503,8 @@ impl Session {
         let mut taken = 0;
         loop {
             // The lock for one chunk at a time: a reader gets in between.
-            let mut inner = self.inner.lock();
-            if !self.flush_inner(&mut inner, fd)? || taken == total {
+            let mut tls = self.tls.lock();
+            if !self.flush_held(&mut tls, fd)? || taken == total {
                 return Ok(taken);
             }
             // All the parts of a step in one go: one record (a frame's
@@ -536,9 +525,9 @@ impl Session {
                 slices[n] = io::IoSlice::new(piece);
                 n += 1;
             }
-            let k = inner.tls.writer().write_vectored(&slices[..n])?;
+            let k = tls.writer().write_vectored(&slices[..n])?;
             taken += k;
-            if !self.flush_inner(&mut inner, fd)? || k == 0 {
+            if !self.flush_held(&mut tls, fd)? || k == 0 {
                 return Ok(taken);
             }
         }

@@ -475,7 +475,6 @@ impl Node {
         *p.host.lock() = host;
     }
 
-    /// The host process `pid` runs on, as membership told it (no message).
     /// Whether this process's connection to `pid` runs under TLS; `None`
     /// while there is none (a worker connects to another on first use).
     pub fn connection_encrypted(&self, pid: u32) -> Option<bool> {
@@ -484,6 +483,7 @@ impl Node {
         conn.map(|c| c.is_encrypted())
     }
 
+    /// The host process `pid` runs on, as membership told it (no message).
     pub fn host_of(&self, pid: u32) -> Result<String> {
         if pid == self.myid() {
             return Ok(self.hostname.clone());
@@ -636,9 +636,14 @@ impl Node {
         self.reactor.register(conn);
     }
 
-    /// A new connection over an authenticated stream.
+    /// A new connection over an authenticated stream, in plain (tests).
+    #[cfg(test)]
     pub(crate) fn new_conn(&self, stream: TcpStream) -> Result<Arc<Conn>> {
-        Conn::new(stream, self.cfg.max_message_bytes, self.flusher.clone())
+        self.conn_over(stream, None)
+    }
+
+    fn conn_over(&self, stream: TcpStream, tls: Option<tls::Session>) -> Result<Arc<Conn>> {
+        Conn::with_tls(stream, self.cfg.max_message_bytes, self.flusher.clone(), tls)
     }
 
     /// The cluster's TLS identity, derived from the cookie on first use.
@@ -661,22 +666,21 @@ impl Node {
     /// The connection over a stream this process opened and authenticated:
     /// under TLS, its handshake completed here by `deadline`.
     pub(crate) fn dialed_conn(&self, stream: TcpStream, transcript: &Transcript, deadline: Instant) -> Result<Arc<Conn>> {
-        if !transcript.tls {
-            return self.new_conn(stream);
-        }
-        stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
-        let session = tls::Session::client(&*self.tls_keys()?, stream.as_raw_fd(), deadline.max(Instant::now() + Duration::from_millis(500)))?;
-        Conn::with_tls(stream, self.cfg.max_message_bytes, self.flusher.clone(), Some(session))
+        let session = match transcript.tls {
+            false => None,
+            true => {
+                stream.set_nonblocking(true).map_err(|e| Error::io("set_nonblocking", e))?;
+                Some(tls::Session::client(&*self.tls_keys()?, stream.as_raw_fd(), deadline.max(Instant::now() + Duration::from_millis(500)))?)
+            }
+        };
+        self.conn_over(stream, session)
     }
 
     /// The connection over an accepted, authenticated stream: under TLS,
     /// its handshake completes in the reads of the first frame.
     pub(crate) fn accepted_conn(&self, stream: TcpStream, transcript: &Transcript) -> Result<Arc<Conn>> {
-        if !transcript.tls {
-            return self.new_conn(stream);
-        }
-        let session = tls::Session::server(&*self.tls_keys()?)?;
-        Conn::with_tls(stream, self.cfg.max_message_bytes, self.flusher.clone(), Some(session))
+        let session = if transcript.tls { Some(tls::Session::server(&*self.tls_keys()?)?) } else { None };
+        self.conn_over(stream, session)
     }
 
     /// The connection to `pid`, made now on a first worker-to-worker use.
