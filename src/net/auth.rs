@@ -219,6 +219,15 @@ impl Handshake {
         self.written < self.out.len()
     }
 
+    /// The server's verdict on what was agreed.
+    fn verdict(&self) -> u8 {
+        if self.tls {
+            ACCEPTED_TLS
+        } else {
+            ACCEPTED
+        }
+    }
+
     fn nonces(&self) -> Transcript {
         match self.side {
             Side::Client => Transcript { client_nonce: self.mine, server_nonce: self.theirs, tls: self.tls },
@@ -321,7 +330,7 @@ impl Handshake {
                     return Err(hs_err(ErrorKind::Auth, "the peer failed to prove the cluster cookie"));
                 }
                 self.tls |= wish == 1;
-                let verdict = if self.tls { ACCEPTED_TLS } else { ACCEPTED };
+                let verdict = self.verdict();
                 let p = proof(&self.cookie, Side::Server, &t.client_nonce, &t.server_nonce, verdict).finalize().into_bytes();
                 self.out.push(verdict);
                 self.out.extend_from_slice(&p);
@@ -343,7 +352,7 @@ impl Handshake {
             },
             Stage::ServerProof => {
                 let t = self.nonces();
-                let verdict = if self.tls { ACCEPTED_TLS } else { ACCEPTED };
+                let verdict = self.verdict();
                 if proof(&self.cookie, other, &t.client_nonce, &t.server_nonce, verdict).verify_slice(&self.inbuf[..PROOF]).is_err() {
                     return Err(hs_err(ErrorKind::Auth, "the peer failed to prove the cluster cookie"));
                 }
