@@ -217,8 +217,12 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
             return true;
         }
         i += 1;
-        if i.is_multiple_of(16) && start.elapsed() >= budget {
-            return false;
+        if i.is_multiple_of(16) {
+            if start.elapsed() >= budget {
+                return false;
+            }
+            // The thread that completes it may be waiting for this CPU.
+            std::thread::yield_now();
         }
     }
 }

@@ -628,8 +628,15 @@ impl Conn {
                 Step::Busy | Step::Empty => std::hint::spin_loop(),
             }
             n += 1;
-            if n.is_multiple_of(8) && start.elapsed() >= spin {
-                break;
+            if n.is_multiple_of(8) {
+                if start.elapsed() >= spin {
+                    break;
+                }
+                // Let a thread waiting for this CPU run: with more spinning
+                // threads than cores (three processes of a replicated write
+                // on two, or any other load) the one this thread waits for
+                // may be it. Where a core is free this returns at once.
+                std::thread::yield_now();
             }
         }
         self.last_drive.store(self.now_ns(), Ordering::Relaxed);
