@@ -544,7 +544,8 @@ fn histories_of_concurrent_clients_stay_linearizable_through_a_members_death() {
     c.addprocs(4, &opts()).unwrap();
     let d = c.dict(&Spec::new(DictKind::Distributed, Members::Workers).named("h")).unwrap();
     let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("h{i}").into_bytes()).collect();
-    let rounds = 1500u32;
+    // Enough that the writers are still at it when a member is killed.
+    let rounds = 4000u32;
     let w2 = c.remotecall(2, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[..8].to_vec(), rounds))).unwrap();
     let w3 = c.remotecall(3, "dict_history_write", &encode_payload(&(d.to_bytes(), keys[8..].to_vec(), rounds))).unwrap();
     let r4 = c.remotecall(4, "dict_history_read", &encode_payload(&(d.to_bytes(), keys.clone(), 2500u32))).unwrap();

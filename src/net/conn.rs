@@ -545,6 +545,14 @@ impl Conn {
     }
 
     fn read_one<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>) -> Step {
+        self.read_one_corking(owner, &mut false)
+    }
+
+    /// `read_one` for a driver: when more bytes wait behind the frame read
+    /// (replies that came together), what handling it sends here is corked
+    /// (`*corking`) until the driver ends the burst (`end_burst`), so that
+    /// a map's next calls, sent as its replies come, go out in one write.
+    fn read_one_corking<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, corking: &mut bool) -> Step {
         let Some(mut reader) = self.read.try_lock() else {
             return Step::Busy;
         };
@@ -564,6 +572,10 @@ impl Conn {
                     // A reply came back: the next request follows an answer,
                     // so it is not pipelined and must not wait in a cork.
                     self.last_send.store(0, Ordering::Relaxed);
+                }
+                if !*corking && reader.has_buffered() {
+                    *corking = true;
+                    self.reader_active.store(true, Ordering::SeqCst);
                 }
                 let step = match owner.on_frame(self, f) {
                     Some(job) => Step::Job(job),
@@ -605,12 +617,17 @@ impl Conn {
         let mut finished = false;
         let mut served = false;
         let mut n = 0u32;
+        let mut corking = false;
         loop {
             if done() {
                 finished = true;
                 break;
             }
-            match self.read_one(owner) {
+            let step = self.read_one_corking(owner, &mut corking);
+            if corking && !(matches!(step, Step::Dispatched) && self.read.try_lock().is_some_and(|r| r.has_buffered())) {
+                self.end_burst(&mut corking);
+            }
+            match step {
                 Step::Job(job) => {
                     // Let the reactor serve this connection while this thread runs it.
                     self.drivers.fetch_sub(1, Ordering::AcqRel);
@@ -638,6 +655,9 @@ impl Conn {
                 // may be it. Where a core is free this returns at once.
                 std::thread::yield_now();
             }
+        }
+        if corking {
+            self.end_burst(&mut corking);
         }
         self.last_drive.store(self.now_ns(), Ordering::Relaxed);
         self.drivers.fetch_sub(1, Ordering::AcqRel);
@@ -676,6 +696,15 @@ impl Conn {
             self.watch_now();
         }
         (finished, served)
+    }
+
+    /// Ends a driver's burst (`read_one_corking`): what it corked goes out.
+    fn end_burst(self: &Arc<Self>, corking: &mut bool) {
+        *corking = false;
+        // Cleared before the flush: a sender that saw it set corked under
+        // the write lock, which the flush then takes.
+        self.reader_active.store(false, Ordering::SeqCst);
+        self.flush_locked();
     }
 
     /// Asks the reactor to look at this connection now if it left it
@@ -968,6 +997,36 @@ mod tests {
         c.drive(&d, Duration::from_secs(5), &|| d.jobs.load(Ordering::SeqCst) > 0);
         assert_eq!(d.jobs.load(Ordering::SeqCst), 1);
         assert!(d.seen_in_job.load(Ordering::SeqCst) >= 1, "the job ran with a frame buffered behind it and the reactor not told");
+    }
+
+    /// Replies read together (a map's, from one worker): the requests their
+    /// completions send go out in one write once the last is handled, not
+    /// one write each.
+    #[test]
+    fn a_driver_corks_what_replies_read_together_send_until_the_last_is_handled() {
+        let (c, mut peer) = pair();
+        let looks = watched(&c);
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let h = held.clone();
+        let d = owner(&looks, move |conn| {
+            h.lock().push(conn.queued_bytes());
+            conn.send(Header::new(Kind::Request, 1, 1, 9), &[], b"next").unwrap();
+        });
+        peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b")].concat()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 2));
+        assert_eq!(*held.lock(), vec![0, HEADER_LEN + 4], "the first reply's request should wait for the second reply");
+        assert_eq!(c.queued_bytes(), 0, "the burst's requests were not written at its end");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; 2 * (HEADER_LEN + 4)];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!((&got[HEADER_LEN..HEADER_LEN + 4], &got[2 * HEADER_LEN + 4..]), (&b"next"[..], &b"next"[..]));
+        // A lone reply's request is not held.
+        held.lock().clear();
+        peer.write_all(&frame(Kind::Response, 3, b"c")).unwrap();
+        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 3));
+        assert_eq!(*held.lock(), vec![0]);
+        assert_eq!(c.queued_bytes(), 0, "a lone reply's request should go out at once");
     }
 
     /// Review finding, the TLS form of the one above: the next frame's
