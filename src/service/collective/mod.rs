@@ -174,11 +174,17 @@ type Outgoing = (u32, u16, Vec<u8>, Vec<u8>);
 /// A call that ended: its promise and outcome.
 type Ended = Option<(Promise, Result<Vec<u8>>)>;
 
+/// This process's calls and the messages for them, under one lock.
+#[derive(Default)]
+struct Calls {
+    by_key: HashMap<Key, Instance>,
+    /// The next sequence number of each (tag, set) this process used.
+    seqs: HashMap<(u64, u64), u64>,
+}
+
 #[derive(Default)]
 pub struct Collectives {
-    calls: Mutex<HashMap<Key, Instance>>,
-    /// The next sequence number of each (tag, set) this process used.
-    seqs: Mutex<HashMap<(u64, u64), u64>>,
+    calls: Mutex<Calls>,
     /// A sweep for timed-out calls is scheduled: one timer for all calls,
     /// not one per call (a hot loop of calls with long timeouts would
     /// pile up entries until they fire).
@@ -197,7 +203,7 @@ impl Collectives {
 
     /// Calls in progress or awaited (messages waiting for a local call).
     pub fn in_progress(&self) -> usize {
-        self.calls.lock().len()
+        self.calls.lock().by_key.len()
     }
 
     /// Moves the call `key` as far as its messages allow; what to send and
@@ -262,9 +268,9 @@ impl Collectives {
     fn fail(&self, key: Key, e: Error) {
         let done = {
             let mut calls = self.calls.lock();
-            let p = calls.get_mut(&key).and_then(|i| i.running.as_mut()).and_then(|r| r.promise.take());
+            let p = calls.by_key.get_mut(&key).and_then(|i| i.running.as_mut()).and_then(|r| r.promise.take());
             if p.is_some() {
-                calls.remove(&key);
+                calls.by_key.remove(&key);
             }
             p
         };
@@ -275,7 +281,7 @@ impl Collectives {
 
     fn act(&self, node: &Arc<Node>, key: Key, sends: Vec<Outgoing>, outcome: Ended) {
         if let Some((p, r)) = outcome {
-            self.calls.lock().remove(&key);
+            self.calls.lock().by_key.remove(&key);
             p.complete(r);
         }
         for (to, op, meta, payload) in sends {
@@ -286,6 +292,52 @@ impl Collectives {
                 if op == op::DATA {
                     self.fail(key, e);
                 }
+            }
+        }
+    }
+}
+
+impl Calls {
+    /// Starts this process's next call with (tag, set): its key, what to
+    /// send and the outcome if it ended at once.
+    fn call(&mut self, tag: u64, set: u64, mut run: Running) -> (Key, Vec<Outgoing>, Ended) {
+        let next = self.seqs.entry((tag, set)).or_insert(0);
+        let key = Key { tag, set, seq: *next };
+        *next += 1;
+        run.expect_next();
+        let inst = self.by_key.entry(key).or_default();
+        if let Some(e) = inst.aborted.take() {
+            self.by_key.remove(&key);
+            return (key, Vec::new(), run.promise.take().map(|p| (p, Err(e))));
+        }
+        let first = (run.algorithm.rounds(run.ranks.len()) > 0).then(|| Collectives::send_round(&run, key));
+        inst.running = Some(run);
+        let (mut sends, outcome) = Collectives::advance(inst, key);
+        sends.splice(0..0, first);
+        (key, sends, outcome)
+    }
+
+    /// A round's message from `from`.
+    fn data(&mut self, from: u32, r: &Round, payload: Vec<u8>) -> Result<(Vec<Outgoing>, Ended)> {
+        let inst = self.by_key.entry(r.key).or_default();
+        if inst.early.insert(r.round, (from, r.algorithm, payload)).is_some() {
+            return Err(Error::at(ErrorKind::Protocol, from, format!("round {} of an all-gather twice", r.round)));
+        }
+        Ok(Collectives::advance(inst, r.key))
+    }
+
+    /// Another participant aborted call `key` with `e`.
+    fn abort(&mut self, key: Key, e: Error) -> Ended {
+        let inst = self.by_key.entry(key).or_default();
+        match inst.running.as_mut() {
+            None => {
+                inst.aborted = Some(e);
+                None
+            }
+            Some(run) => {
+                let p = run.promise.take();
+                self.by_key.remove(&key);
+                p.map(|p| (p, Err(e)))
             }
         }
     }
@@ -326,31 +378,14 @@ impl Service for Collectives {
         let r: Round = wire::decode_meta(&msg.meta)?;
         match msg.op() {
             op::DATA => {
-                let (sends, outcome) = {
-                    let mut calls = self.calls.lock();
-                    let inst = calls.entry(r.key).or_default();
-                    if inst.early.insert(r.round, (msg.from, r.algorithm, msg.payload)).is_some() {
-                        return Err(Error::at(ErrorKind::Protocol, msg.from, format!("round {} of an all-gather twice", r.round)));
-                    }
-                    Self::advance(inst, r.key)
-                };
+                let (sends, outcome) = self.calls.lock().data(msg.from, &r, msg.payload)?;
                 self.act(node, r.key, sends, outcome);
             }
             op::ABORT => {
                 let why = String::from_utf8_lossy(&msg.payload).into_owned();
                 let e = Error::at(ErrorKind::InvalidArgument, msg.from, format!("process {} aborted the all-gather: {why}", msg.from));
-                let early = {
-                    let mut calls = self.calls.lock();
-                    let inst = calls.entry(r.key).or_default();
-                    let early = inst.running.is_none();
-                    if early {
-                        inst.aborted = Some(e.clone());
-                    }
-                    early
-                };
-                if !early {
-                    self.fail(r.key, e);
-                }
+                let outcome = self.calls.lock().abort(r.key, e);
+                self.act(node, r.key, Vec::new(), outcome);
             }
             o => return Err(unknown_op("collective", o)),
         }
@@ -361,7 +396,7 @@ impl Service for Collectives {
         let failed: Vec<Promise> = {
             let mut calls = self.calls.lock();
             let mut out = Vec::new();
-            calls.retain(|_, inst| match inst.running.as_mut() {
+            calls.by_key.retain(|_, inst| match inst.running.as_mut() {
                 Some(run) if run.ranks.binary_search(&pid).is_ok() => {
                     out.extend(run.promise.take());
                     false
@@ -383,7 +418,7 @@ impl Service for Collectives {
     }
 
     fn on_close(&self, _node: &Node) {
-        let failed: Vec<Promise> = self.calls.lock().drain().filter_map(|(_, mut i)| i.running.as_mut().and_then(|r| r.promise.take())).collect();
+        let failed: Vec<Promise> = self.calls.lock().by_key.drain().filter_map(|(_, mut i)| i.running.as_mut().and_then(|r| r.promise.take())).collect();
         for p in failed {
             p.complete(Err(Error::new(ErrorKind::Shutdown, "the cluster closed during the all-gather")));
         }
@@ -401,7 +436,7 @@ fn sweep_later(node: &Arc<Node>, svc: &Arc<Collectives>) {
             let calls = svc.calls.lock();
             let mut expired = Vec::new();
             let mut more = false;
-            for (key, inst) in calls.iter() {
+            for (key, inst) in calls.by_key.iter() {
                 let Some(r) = inst.running.as_ref() else { continue };
                 let Some((at, t)) = r.deadline else { continue };
                 if at <= now {
@@ -422,7 +457,7 @@ fn sweep_later(node: &Arc<Node>, svc: &Arc<Collectives>) {
         }
         svc.sweeping.store(false, Ordering::Release);
         // A call armed between the scan and now found a sweep scheduled.
-        let armed = svc.calls.lock().values().any(|i| i.running.as_ref().is_some_and(|r| r.deadline.is_some()));
+        let armed = svc.calls.lock().by_key.values().any(|i| i.running.as_ref().is_some_and(|r| r.deadline.is_some()));
         if armed && !svc.sweeping.swap(true, Ordering::AcqRel) {
             sweep_later(&node, &svc);
         }
@@ -470,13 +505,6 @@ impl CollectiveExt for Arc<Node> {
             return Err(Error::at(ErrorKind::Topology, me, "all-gather between workers needs the all_to_all topology"));
         }
         let set = set_hash(&ranks);
-        let seq = {
-            let mut s = svc.seqs.lock();
-            let n = s.entry((tag, set)).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        let key = Key { tag, set, seq };
         let (out, promise) = self.promise(me);
         let next = Arc::new(AtomicU32::new(0));
         // More participants than cores (all here, at worst): a waiter
@@ -488,23 +516,7 @@ impl CollectiveExt for Arc<Node> {
         blocks[rank] = Some(data.to_vec());
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         let run = Running { ranks, me: rank, order: pids.to_vec(), algorithm, round: 0, blocks, promise: Some(promise), next, deadline };
-        run.expect_next();
-        let (sends, outcome) = {
-            let mut calls = svc.calls.lock();
-            let inst = calls.entry(key).or_default();
-            if let Some(e) = inst.aborted.take() {
-                calls.remove(&key);
-                drop(calls);
-                let mut run = run;
-                run.promise.take().expect("present").complete(Err(e));
-                return Ok(out);
-            }
-            let first = (algorithm.rounds(n) > 0).then(|| Collectives::send_round(&run, key));
-            inst.running = Some(run);
-            let (mut sends, outcome) = Collectives::advance(inst, key);
-            sends.splice(0..0, first);
-            (sends, outcome)
-        };
+        let (key, sends, outcome) = svc.calls.lock().call(tag, set, run);
         svc.act(self, key, sends, outcome);
         if timeout.is_some() && !svc.sweeping.swap(true, Ordering::AcqRel) {
             sweep_later(self, &svc);
