@@ -18,8 +18,8 @@ use crate::prelude::*;
 /// fails it with CLUSTER_ERR_TIMEOUT naming a process not heard from.
 /// Between workers it needs the all_to_all topology (CLUSTER_ERR_TOPOLOGY).
 /// Blocks under 64 KiB use recursive doubling or Bruck's algorithm,
-/// larger ones the ring; blocks of one call on either side of 64 KiB
-/// fail it everywhere with CLUSTER_ERR_INVALID_ARGUMENT.
+/// larger ones the ring; a call with blocks on either side of 64 KiB runs
+/// again round the ring (the first messages show it), as one call.
 ///
 /// Ownership: `data` is copied before return; `*out` is the caller's
 /// until `cluster_buffer_free`.

@@ -113,28 +113,12 @@ function to_bytes(x)
     take!(io)
 end
 
-# The library's all-gather runs blocks of at least this size round a ring
-# and smaller ones otherwise (include/cluster.h, cluster_allgather); a call
-# whose blocks straddle it fails on every participant.
-const RING_MIN_BLOCK = 64 * 1024
-
-"`bytes` behind its length (UInt64 LE), padded with zeros to at least `RING_MIN_BLOCK` bytes."
-function framed(bytes::Vector{UInt8})
-    out = zeros(UInt8, max(8 + length(bytes), RING_MIN_BLOCK))
-    out[1:8] = reinterpret(UInt8, [htol(UInt64(length(bytes)))])
-    copyto!(out, 9, bytes, 1, length(bytes))
-    out
-end
-
-unframed(b::Vector{UInt8}) = b[9:8+Int(ltoh(reinterpret(UInt64, b[1:8])[1]))]
-
 """
 On each participant: sends its own entry of dict `name` to the others and
 sets their entries from theirs. A participant whose entry cannot be read
 takes part all the same (with the reason): every one then fails, none
-waits for it. When the entries straddle the library's size classes the
-exchange fails everywhere, and runs again with every entry padded into the
-large class (the k-th call of a tag meets the k-th on the others).
+waits for it. Entries may be of any sizes (the library's all-gather runs
+entries on either side of its size classes as one call).
 """
 function swap_here(name::Symbol, pids::Vector{Int}, tag::UInt64, timeout_ms::Int64)
     me = myid()
@@ -146,12 +130,7 @@ function swap_here(name::Symbol, pids::Vector{Int}, tag::UInt64, timeout_ms::Int
     catch err
         to_bytes((false, sprint(showerror, err)))
     end
-    got = try
-        allgather(pids, tag, mine, timeout_ms)
-    catch err
-        (err isa CAPI.ClusterError && err.status == CAPI.CLUSTER_ERR_INVALID_ARGUMENT && length(pids) > 2) || rethrow()
-        [q => unframed(b) for (q, b) in allgather(pids, tag, framed(mine), timeout_ms)]
-    end
+    got = allgather(pids, tag, mine, timeout_ms)
     entries = Pair{Int,Any}[]
     for (q, bytes) in got
         ok, v = deserialize(IOBuffer(bytes))
