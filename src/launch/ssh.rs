@@ -414,7 +414,7 @@ fn read_started(stdout: ChildStdout, n: usize, timeout: Duration) -> std::result
         match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
             Ok(Ok(p)) => pids.push(p),
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(format!("the workers did not start within {timeout:?}")),
+            Err(_) => return Err(format!("the workers did not start within the startup timeout of {timeout:?}")),
         }
     }
     Ok(pids)
