@@ -1942,8 +1942,8 @@ cluster_status cluster_drive_ex(cluster_ctx *ctx,
  * (`cluster_call_reply`, `cluster_call_fail`) are held and written
  * together when corking ends: `on` false, or corking another process. A
  * host that answers a batch of calls read together then pays one write,
- * not one per reply. Held replies are written anyway within tens of
- * microseconds (by a library thread), so a slow host delays them no
+ * not one per reply. Held replies are written anyway within about a
+ * millisecond (by a library thread), so a slow host delays them no
  * longer. Without an open connection to `pid` nothing is held.
  *
  * Ownership: `ctx` stays the caller's.

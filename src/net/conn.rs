@@ -67,6 +67,9 @@ pub struct Conn {
     out: Mutex<Out>,
     out_cv: Condvar,
     has_corked: AtomicBool,
+    /// On the flusher's queue: one entry per connection, the earliest
+    /// deadline (a sender corking batch after batch adds no more).
+    flush_queued: AtomicBool,
     /// A reader is pumping this connection and will flush corked
     /// requests within microseconds: senders may cork small ones.
     reader_active: AtomicBool,
@@ -133,6 +136,7 @@ impl Conn {
             out: Mutex::new(Out { buf: Vec::new(), writer: false, backlog: false }),
             out_cv: Condvar::new(),
             has_corked: AtomicBool::new(false),
+            flush_queued: AtomicBool::new(false),
             reader_active: AtomicBool::new(false),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
@@ -266,12 +270,14 @@ impl Conn {
         // reader is pumping here (it writes them out on its next turn):
         // many small messages then cost one write, not one each.
         let mut schedule = false;
+        let mut delay = FLUSH_DELAY;
         let cork = match header.kind {
             _ if mode == Mode::Now => false,
             wire::Kind::Response if CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize => {
                 // A host thread's cork ends when it says so, or at the
                 // latest when the flusher comes by.
                 schedule = out.buf.is_empty() && host_corking(self);
+                delay = HOST_FLUSH_DELAY;
                 true
             }
             wire::Kind::Response => false,
@@ -290,7 +296,7 @@ impl Conn {
             self.has_corked.store(true, Ordering::Release);
             self.corked_frames.fetch_add(1, Ordering::Relaxed);
             if schedule {
-                self.flusher.schedule(self);
+                self.flusher.schedule(self, delay);
             }
             push_frame(&mut out.buf, &hb, meta, payload);
             return Ok(());
@@ -381,7 +387,7 @@ impl Conn {
         match self.watcher() {
             Some(w) => w.want_write(self),
             // Not watched (being set up): the flusher retries.
-            None => self.flusher.schedule(self),
+            None => self.flusher.schedule(self, FLUSH_DELAY),
         }
     }
 
@@ -775,8 +781,8 @@ thread_local! {
 
 /// A host thread corks the responses it sends on `conn` (`None`: it stops,
 /// and what it held is written). Held responses are also written by the
-/// flusher thread within `FLUSH_DELAY`, so a host that is slow to end the
-/// cork delays them by no more than that.
+/// flusher thread within `HOST_FLUSH_DELAY`, so a host that is slow to end
+/// the cork delays them by no more than that.
 pub(crate) fn host_cork(conn: Option<&Arc<Conn>>) {
     let prev = HOST_CORKED.with(|h| h.replace(conn.cloned()));
     CORKED.with(|c| c.set(conn.map(|c| Arc::as_ptr(c) as usize).unwrap_or(0)));
@@ -793,39 +799,53 @@ const CORK_FRAME_MAX: u64 = 4096;
 const CORK_MAX: usize = 256 * 1024;
 const CORK_FRAMES: u32 = 64;
 const BACK_TO_BACK_NS: u64 = 20_000;
+/// Corked requests of a sender that went on with other work.
 const FLUSH_DELAY: Duration = Duration::from_micros(30);
+/// A host's corked replies: the host ends the cork itself once it has
+/// served its batch, so this is rarely reached, and a longer delay saves
+/// the flusher's wake-ups while a host serves batch after batch.
+const HOST_FLUSH_DELAY: Duration = Duration::from_millis(1);
+/// The flusher keeps waking on its own this long after its last batch.
+const LINGER: Duration = Duration::from_millis(10);
 
-/// Writes out requests corked by senders that went on with other work.
-/// Its thread sleeps until a sender corks into an empty buffer, so the
-/// wake-up is paid once per batch, not per message.
+/// Writes out what senders corked and did not write themselves, each
+/// connection by its deadline. Its thread sleeps until one is due (and
+/// while nothing is queued), so the wake-up is paid once per batch, not
+/// per message, and a host's corks, which the host ends itself almost
+/// always, cost a wake-up only now and then.
 pub struct Flusher {
-    queue: Mutex<Vec<Weak<Conn>>>,
+    queue: Mutex<Vec<(Weak<Conn>, Instant)>>,
+    /// When the thread wakes next (ns since `epoch`; `u64::MAX`: parked
+    /// with nothing queued): an earlier deadline must wake it.
+    wakes_at: AtomicU64,
+    epoch: Instant,
     thread: Mutex<Option<std::thread::Thread>>,
     stop: AtomicBool,
 }
 
 impl Flusher {
     pub fn start() -> Arc<Flusher> {
-        let f = Arc::new(Flusher { queue: Mutex::new(Vec::new()), thread: Mutex::new(None), stop: AtomicBool::new(false) });
+        let f = Arc::new(Flusher {
+            queue: Mutex::new(Vec::new()),
+            wakes_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            thread: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
         let weak = Arc::downgrade(&f);
         let t = std::thread::Builder::new()
             .name("cluster-flush".into())
             .stack_size(128 * 1024)
-            .spawn(move || loop {
-                std::thread::park_timeout(Duration::from_millis(500));
-                let Some(f) = weak.upgrade() else { return };
-                if f.stop.load(Ordering::Acquire) {
-                    return;
-                }
+            .spawn(move || {
+                let mut wait = Duration::from_millis(500);
+                let mut last_busy = Instant::now();
                 loop {
-                    if f.queue.lock().is_empty() {
-                        break;
+                    std::thread::park_timeout(wait);
+                    let Some(f) = weak.upgrade() else { return };
+                    if f.stop.load(Ordering::Acquire) {
+                        return;
                     }
-                    std::thread::sleep(FLUSH_DELAY);
-                    let conns: Vec<_> = std::mem::take(&mut *f.queue.lock());
-                    for c in conns.iter().filter_map(|w| w.upgrade()) {
-                        c.flush();
-                    }
+                    wait = f.flush_due(&mut last_busy);
                 }
             })
             .expect("spawn flusher thread");
@@ -833,10 +853,56 @@ impl Flusher {
         f
     }
 
-    fn schedule(&self, conn: &Arc<Conn>) {
-        self.queue.lock().push(Arc::downgrade(conn));
-        if let Some(t) = self.thread.lock().as_ref() {
-            t.unpark();
+    /// Flushes the connections that are due; how long to sleep. While
+    /// batches keep coming (within `LINGER` of the last), it wakes every
+    /// `HOST_FLUSH_DELAY` on its own, so that a sender with a deadline no
+    /// earlier than that never needs to wake it.
+    fn flush_due(&self, last_busy: &mut Instant) -> Duration {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let wait = {
+            let mut q = self.queue.lock();
+            q.retain(|(c, at)| {
+                if *at <= now {
+                    due.push(c.clone());
+                }
+                *at > now
+            });
+            if !q.is_empty() || !due.is_empty() {
+                *last_busy = now;
+            }
+            let wait = match q.iter().map(|(_, at)| *at).min() {
+                Some(t) => Some(t.saturating_duration_since(now).min(HOST_FLUSH_DELAY)),
+                None if now.duration_since(*last_busy) < LINGER => Some(HOST_FLUSH_DELAY),
+                None => None,
+            };
+            let at = wait.map_or(u64::MAX, |w| (now + w).duration_since(self.epoch).as_nanos() as u64);
+            self.wakes_at.store(at, Ordering::Release);
+            wait
+        };
+        for c in due.iter().filter_map(|w| w.upgrade()) {
+            c.flush_queued.store(false, Ordering::Release);
+            c.flush();
+        }
+        wait.unwrap_or(Duration::from_millis(500))
+    }
+
+    /// Has `conn` flushed within `delay` (unless its sender does first).
+    fn schedule(&self, conn: &Arc<Conn>, delay: Duration) {
+        if conn.flush_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let at = Instant::now() + delay;
+        let at_ns = at.duration_since(self.epoch).as_nanos() as u64;
+        let wake = {
+            let mut q = self.queue.lock();
+            q.push((Arc::downgrade(conn), at));
+            self.wakes_at.fetch_min(at_ns, Ordering::AcqRel) > at_ns
+        };
+        if wake {
+            if let Some(t) = self.thread.lock().as_ref() {
+                t.unpark();
+            }
         }
     }
 
@@ -1027,6 +1093,32 @@ mod tests {
         assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 3));
         assert_eq!(*held.lock(), vec![0]);
         assert_eq!(c.queued_bytes(), 0, "a lone reply's request should go out at once");
+    }
+
+    /// A host that corks its replies and does not end the cork: the
+    /// flusher writes them (after `HOST_FLUSH_DELAY`); a connection corking
+    /// again meanwhile is on its queue once.
+    #[test]
+    fn the_flusher_writes_what_a_host_corked_and_queues_a_connection_once() {
+        let (c, mut peer) = pair();
+        host_cork(Some(&c));
+        c.send(Header::new(Kind::Response, 1, 1, 1), &[], b"held").unwrap();
+        assert_eq!(c.queued_bytes(), HEADER_LEN + 4, "a host's reply should be held while it corks");
+        c.flusher.schedule(&c, HOST_FLUSH_DELAY);
+        assert_eq!(c.flusher.queue.lock().len(), 1, "a connection already queued was queued again");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; HEADER_LEN + 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[HEADER_LEN..], b"held");
+        host_cork(None);
+        // Queued again once flushed.
+        let t = Instant::now();
+        while c.flush_queued.load(Ordering::Acquire) {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        c.flusher.schedule(&c, FLUSH_DELAY);
+        assert!(c.flush_queued.load(Ordering::Acquire));
     }
 
     /// Review finding, the TLS form of the one above: the next frame's

@@ -1039,8 +1039,8 @@ impl Node {
 
     /// Host-driven mode: from now on the responses this thread sends to
     /// `pid` are held and written together when `uncork` (or corking
-    /// another process) ends it, or by the flusher within tens of
-    /// microseconds; `None` ends it. No open connection: nothing is held.
+    /// another process) ends it, or by the flusher within about a
+    /// millisecond; `None` ends it. No open connection: nothing is held.
     pub fn cork_peer(self: &Arc<Self>, pid: Option<u32>) -> Result<()> {
         self.host_or_err()?;
         let conn = pid.and_then(|p| self.peer(p)).and_then(|p| p.conn.lock().clone());

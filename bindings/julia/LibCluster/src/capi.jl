@@ -357,7 +357,7 @@ end
 @cfunc cluster_drive_ex(ctx::Ptr{Cvoid}, pid::Int32, spin_us::UInt32, pending::Ptr{Bool}, served::Ptr{Bool})::Int32
 
 # Holds the replies this thread sends to `pid` until called again with
-# `on` false (or for tens of microseconds at most). Optional, as cluster_drive.
+# `on` false (or for about a millisecond at most). Optional, as cluster_drive.
 @cfunc cluster_cork(ctx::Ptr{Cvoid}, pid::Int32, on::Bool)::Int32
 
 # ---------------------------------------------- task queue (PTools' queued tasks)
