@@ -1925,7 +1925,11 @@ cluster_status cluster_drive(cluster_ctx *ctx, int32_t pid, uint32_t spin_us, bo
  * on the connection (requests the library's services answered on this
  * thread, such as dictionary reads): a host keeps reading after such
  * traffic as after a call, or the next request waits for a library
- * thread's wake-up.
+ * thread's wake-up. Unlike `cluster_drive`, work this call queues itself
+ * (an incoming call it read) signals neither the event fd nor the notify
+ * hook: when `*pending` is set the caller must call `cluster_poll` before
+ * it waits on them (an event loop polls then anyway; this saves it a
+ * system call and a wake-up per call).
  *
  * Ownership: `ctx` stays the caller's.
  * Blocking: no; busy for at most `spin_us`, never parks.

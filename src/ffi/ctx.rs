@@ -761,7 +761,11 @@ pub unsafe extern "C" fn cluster_drive(ctx: *mut cluster_ctx, pid: i32, spin_us:
 /// on the connection (requests the library's services answered on this
 /// thread, such as dictionary reads): a host keeps reading after such
 /// traffic as after a call, or the next request waits for a library
-/// thread's wake-up.
+/// thread's wake-up. Unlike `cluster_drive`, work this call queues itself
+/// (an incoming call it read) signals neither the event fd nor the notify
+/// hook: when `*pending` is set the caller must call `cluster_poll` before
+/// it waits on them (an event loop polls then anyway; this saves it a
+/// system call and a wake-up per call).
 ///
 /// Ownership: `ctx` stays the caller's.
 /// Blocking: no; busy for at most `spin_us`, never parks.
@@ -772,7 +776,7 @@ pub unsafe extern "C" fn cluster_drive_ex(ctx: *mut cluster_ctx, pid: i32, spin_
         check_out(pending, "pending")?;
         check_out(served, "served")?;
         let pid = u32::try_from(pid).map_err(|_| invalid(format!("bad process id {pid}")))?;
-        let (p, sv) = c.drive_peer_served(pid, Duration::from_micros(spin_us as u64))?;
+        let (p, sv) = c.drive_peer_served(pid, Duration::from_micros(spin_us as u64), true)?;
         put(pending, "pending", p)?;
         put(served, "served", sv)
     })

@@ -514,7 +514,11 @@ impl Conn {
     pub(crate) fn pump<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, frames: &mut usize, run_job: &mut dyn FnMut(&Arc<Conn>, Job) -> bool) -> PumpEnd {
         self.reader_active.store(true, Ordering::SeqCst);
         let end = loop {
-            self.flush();
+            // What the frames read together send goes out once they are
+            // handled (a map's next calls as its replies come), in one write.
+            if !self.read.try_lock().is_some_and(|r| r.has_buffered()) {
+                self.flush();
+            }
             match self.read_one(owner) {
                 Step::Dispatched => *frames += 1,
                 Step::Job(job) => {
@@ -1093,6 +1097,30 @@ mod tests {
         assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 3));
         assert_eq!(*held.lock(), vec![0]);
         assert_eq!(c.queued_bytes(), 0, "a lone reply's request should go out at once");
+    }
+
+    /// The reactor's form of the one above: a pump writes what frames read
+    /// together send once it has handled them all.
+    #[test]
+    fn a_pump_writes_what_frames_read_together_send_once_it_has_handled_them() {
+        let (c, mut peer) = pair();
+        let looks = watched(&c);
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let h = held.clone();
+        let d = owner(&looks, move |conn| {
+            h.lock().push(conn.queued_bytes());
+            conn.send(Header::new(Kind::Request, 1, 1, 9), &[], b"next").unwrap();
+        });
+        peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b"), frame(Kind::Response, 3, b"c")].concat()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut frames = 0;
+        assert!(matches!(c.pump(&d, &mut frames, &mut |_, job| { job(); true }), PumpEnd::Empty));
+        assert_eq!(frames, 3);
+        assert_eq!(*held.lock(), vec![0, HEADER_LEN + 4, 2 * (HEADER_LEN + 4)], "each reply's request should wait for the last reply");
+        assert_eq!(c.queued_bytes(), 0, "the requests were not written at the pump's end");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; 3 * (HEADER_LEN + 4)];
+        peer.read_exact(&mut got).unwrap();
     }
 
     /// A host that corks its replies and does not end the cork: the

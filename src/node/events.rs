@@ -110,7 +110,16 @@ pub struct HostQueue {
     items: Mutex<VecDeque<Item>>,
     efd: EventFd,
     signalled: AtomicBool,
+    /// The eventfd was written since the last `take` (else `take` need
+    /// not read it).
+    efd_written: AtomicBool,
     notify: RwLock<Option<Notify>>,
+}
+
+thread_local! {
+    /// The host's thread, in a drive that returns as soon as work is
+    /// pending and whose caller polls next (`HostQueue::polling_next`).
+    static POLLS_NEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl HostQueue {
@@ -119,6 +128,7 @@ impl HostQueue {
             items: Mutex::new(VecDeque::new()),
             efd: EventFd::new().map_err(|e| crate::error::Error::io("eventfd", e))?,
             signalled: AtomicBool::new(false),
+            efd_written: AtomicBool::new(false),
             notify: RwLock::new(None),
         })
     }
@@ -144,8 +154,23 @@ impl HostQueue {
         self.signal();
     }
 
+    /// Runs `f` on the host's thread, which polls (`take`) right after it
+    /// whenever something is pending: what `f` queues itself then needs
+    /// neither the eventfd nor the hook (their system call and the host
+    /// loop's wake-up for work it is about to take anyway).
+    pub(crate) fn polling_next<T>(&self, f: impl FnOnce() -> T) -> T {
+        let prev = POLLS_NEXT.with(|p| p.replace(true));
+        let r = f();
+        POLLS_NEXT.with(|p| p.set(prev));
+        r
+    }
+
     fn signal(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
+            if POLLS_NEXT.with(|p| p.get()) {
+                return;
+            }
+            self.efd_written.store(true, Ordering::Release);
             self.efd.signal();
             let n = self.notify.read().clone();
             if let Some(n) = n {
@@ -174,7 +199,9 @@ impl HostQueue {
     /// queued after this call signals again.
     pub(crate) fn take(&self, max_events: usize) -> (Vec<Task>, Vec<Event>) {
         self.signalled.store(false, Ordering::Release);
-        self.efd.drain();
+        if self.efd_written.swap(false, Ordering::AcqRel) {
+            self.efd.drain();
+        }
         let mut items = self.items.lock();
         let mut tasks = Vec::new();
         let mut events = Vec::new();
@@ -193,5 +220,33 @@ impl HostQueue {
             self.signal();
         }
         (tasks, events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::poll_in;
+    use std::time::Duration;
+
+    fn readable(q: &HostQueue) -> bool {
+        poll_in(q.event_fd(), Some(Duration::ZERO)).unwrap()
+    }
+
+    #[test]
+    fn work_queued_by_a_host_that_polls_next_signals_no_eventfd() {
+        let q = HostQueue::new().unwrap();
+        q.polling_next(|| q.push_task(Box::new(|| {})));
+        assert!(q.is_pending(), "the host must still see the work pending");
+        assert!(!readable(&q), "the eventfd was written for work its own host polls next");
+        assert_eq!(q.take(8).0.len(), 1);
+        // Other threads' work (and the host's outside such a drive) signals.
+        std::thread::scope(|s| {
+            s.spawn(|| q.polling_next(|| ()));
+            s.spawn(|| q.push_task(Box::new(|| {})));
+        });
+        assert!(readable(&q));
+        assert_eq!(q.take(8).0.len(), 1);
+        assert!(!readable(&q), "take drains what was written");
     }
 }

@@ -1014,14 +1014,18 @@ impl Node {
     /// parks and never connects: without an open connection to `pid` it
     /// returns at once. True when work is pending.
     pub fn drive_peer(self: &Arc<Self>, pid: u32, spin: Duration) -> Result<bool> {
-        self.drive_peer_served(pid, spin).map(|(pending, _)| pending)
+        self.drive_peer_served(pid, spin, false).map(|(pending, _)| pending)
     }
 
     /// `drive_peer`, also saying whether it served traffic on the
     /// connection (requests its services answered on this thread): a host
     /// keeps reading then, or the next such request needs a wake-up of
     /// the reactor.
-    pub fn drive_peer_served(self: &Arc<Self>, pid: u32, spin: Duration) -> Result<(bool, bool)> {
+    ///
+    /// `polls_next`: the caller polls whenever this returns pending, so
+    /// what the drive itself queues signals neither the eventfd nor the
+    /// notify hook (a host event loop waits on those only after polling).
+    pub fn drive_peer_served(self: &Arc<Self>, pid: u32, spin: Duration, polls_next: bool) -> Result<(bool, bool)> {
         let host = self.host_or_err()?;
         if host.is_pending() || spin.is_zero() {
             return Ok((host.is_pending(), false));
@@ -1029,7 +1033,8 @@ impl Node {
         match self.peer(pid).and_then(|p| p.conn.lock().clone()) {
             Some(c) if !c.is_closed() => {
                 HOST_DRIVING.with(|d| d.set(true));
-                let r = c.drive_served(self, spin, &|| host.is_pending());
+                let drive = || c.drive_served(self, spin, &|| host.is_pending());
+                let r = if polls_next { host.polling_next(drive) } else { drive() };
                 HOST_DRIVING.with(|d| d.set(false));
                 Ok(r)
             }
