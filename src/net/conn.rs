@@ -1069,12 +1069,11 @@ mod tests {
         assert!(d.seen_in_job.load(Ordering::SeqCst) >= 1, "the job ran with a frame buffered behind it and the reactor not told");
     }
 
-    /// Replies read together (a map's, from one worker): the requests their
-    /// completions send go out in one write once the last is handled, not
-    /// one write each.
-    #[test]
-    fn a_driver_corks_what_replies_read_together_send_until_the_last_is_handled() {
-        let (c, mut peer) = pair();
+    /// A connection whose owner sends a request for each response it
+    /// reads, noting how many bytes were held in the cork at that moment.
+    #[allow(clippy::type_complexity)]
+    fn answering_pair() -> (Arc<Conn>, TcpStream, Arc<Owner>, Arc<Mutex<Vec<usize>>>) {
+        let (c, peer) = pair();
         let looks = watched(&c);
         let held = Arc::new(Mutex::new(Vec::new()));
         let h = held.clone();
@@ -1082,6 +1081,15 @@ mod tests {
             h.lock().push(conn.queued_bytes());
             conn.send(Header::new(Kind::Request, 1, 1, 9), &[], b"next").unwrap();
         });
+        (c, peer, d, held)
+    }
+
+    /// Replies read together (a map's, from one worker): the requests their
+    /// completions send go out in one write once the last is handled, not
+    /// one write each.
+    #[test]
+    fn a_driver_corks_what_replies_read_together_send_until_the_last_is_handled() {
+        let (c, mut peer, d, held) = answering_pair();
         peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b")].concat()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 2));
@@ -1103,14 +1111,7 @@ mod tests {
     /// together send once it has handled them all.
     #[test]
     fn a_pump_writes_what_frames_read_together_send_once_it_has_handled_them() {
-        let (c, mut peer) = pair();
-        let looks = watched(&c);
-        let held = Arc::new(Mutex::new(Vec::new()));
-        let h = held.clone();
-        let d = owner(&looks, move |conn| {
-            h.lock().push(conn.queued_bytes());
-            conn.send(Header::new(Kind::Request, 1, 1, 9), &[], b"next").unwrap();
-        });
+        let (c, mut peer, d, held) = answering_pair();
         peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b"), frame(Kind::Response, 3, b"c")].concat()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut frames = 0;
