@@ -67,9 +67,10 @@ pub struct Conn {
     out: Mutex<Out>,
     out_cv: Condvar,
     has_corked: AtomicBool,
-    /// On the flusher's queue: one entry per connection, the earliest
-    /// deadline (a sender corking batch after batch adds no more).
-    flush_queued: AtomicBool,
+    /// The deadline of this connection on the flusher's queue (ns since
+    /// the flusher's epoch; `u64::MAX`: not queued): a sender corking
+    /// batch after batch adds an entry only for an earlier deadline.
+    flush_at: AtomicU64,
     /// A reader is pumping this connection and will flush corked
     /// requests within microseconds: senders may cork small ones.
     reader_active: AtomicBool,
@@ -136,7 +137,7 @@ impl Conn {
             out: Mutex::new(Out { buf: Vec::new(), writer: false, backlog: false }),
             out_cv: Condvar::new(),
             has_corked: AtomicBool::new(false),
-            flush_queued: AtomicBool::new(false),
+            flush_at: AtomicU64::new(u64::MAX),
             reader_active: AtomicBool::new(false),
             read: Mutex::new(FrameReader::new(max_payload)),
             drivers: AtomicU32::new(0),
@@ -555,14 +556,14 @@ impl Conn {
     }
 
     fn read_one<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>) -> Step {
-        self.read_one_corking(owner, &mut false)
+        self.read_one_corking(owner, None)
     }
 
     /// `read_one` for a driver: when more bytes wait behind the frame read
     /// (replies that came together), what handling it sends here is corked
     /// (`*corking`) until the driver ends the burst (`end_burst`), so that
     /// a map's next calls, sent as its replies come, go out in one write.
-    fn read_one_corking<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, corking: &mut bool) -> Step {
+    fn read_one_corking<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, corking: Option<&mut bool>) -> Step {
         let Some(mut reader) = self.read.try_lock() else {
             return Step::Busy;
         };
@@ -583,9 +584,11 @@ impl Conn {
                     // so it is not pipelined and must not wait in a cork.
                     self.last_send.store(0, Ordering::Relaxed);
                 }
-                if !*corking && reader.has_buffered() {
-                    *corking = true;
-                    self.reader_active.store(true, Ordering::SeqCst);
+                if let Some(corking) = corking {
+                    if !*corking && reader.has_buffered() {
+                        *corking = true;
+                        self.reader_active.store(true, Ordering::SeqCst);
+                    }
                 }
                 let step = match owner.on_frame(self, f) {
                     Some(job) => Step::Job(job),
@@ -633,7 +636,7 @@ impl Conn {
                 finished = true;
                 break;
             }
-            let step = self.read_one_corking(owner, &mut corking);
+            let step = self.read_one_corking(owner, Some(&mut corking));
             if corking && !(matches!(step, Step::Dispatched) && self.read.try_lock().is_some_and(|r| r.has_buffered())) {
                 self.end_burst(&mut corking);
             }
@@ -885,7 +888,7 @@ impl Flusher {
             wait
         };
         for c in due.iter().filter_map(|w| w.upgrade()) {
-            c.flush_queued.store(false, Ordering::Release);
+            c.flush_at.store(u64::MAX, Ordering::Release);
             c.flush();
         }
         wait.unwrap_or(Duration::from_millis(500))
@@ -893,11 +896,11 @@ impl Flusher {
 
     /// Has `conn` flushed within `delay` (unless its sender does first).
     fn schedule(&self, conn: &Arc<Conn>, delay: Duration) {
-        if conn.flush_queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let at = Instant::now() + delay;
         let at_ns = at.duration_since(self.epoch).as_nanos() as u64;
+        if conn.flush_at.fetch_min(at_ns, Ordering::AcqRel) <= at_ns {
+            return;
+        }
         let wake = {
             let mut q = self.queue.lock();
             q.push((Arc::downgrade(conn), at));
@@ -1107,6 +1110,26 @@ mod tests {
         assert_eq!(c.queued_bytes(), 0, "a lone reply's request should go out at once");
     }
 
+    /// Review finding: frames a driver dispatches after its wait ended
+    /// (read along with its reply) must not leave the connection corking
+    /// requests for a reader that is gone (nobody would write them).
+    #[test]
+    fn frames_dispatched_after_a_drive_leave_nothing_corked() {
+        let (c, mut peer, d, _held) = answering_pair();
+        peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b"), frame(Kind::Response, 3, b"c")].concat()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) >= 1));
+        assert_eq!(d.responses.load(Ordering::SeqCst), 3, "the frames behind the reply were not dispatched");
+        assert!(!c.reader_active.load(Ordering::SeqCst), "left corking with no reader to write");
+        assert_eq!(c.queued_bytes(), 0);
+        c.send(Header::new(Kind::Request, 1, 1, 10), &[], b"late").unwrap();
+        // Back to back with the others: corked for the flusher at most.
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; 4 * (HEADER_LEN + 4)];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[3 * (HEADER_LEN + 4) + HEADER_LEN..], b"late");
+    }
+
     /// The reactor's form of the one above: a pump writes what frames read
     /// together send once it has handled them all.
     #[test]
@@ -1142,12 +1165,16 @@ mod tests {
         host_cork(None);
         // Queued again once flushed.
         let t = Instant::now();
-        while c.flush_queued.load(Ordering::Acquire) {
+        while c.flush_at.load(Ordering::Acquire) != u64::MAX {
             assert!(t.elapsed() < Duration::from_secs(5));
             std::thread::sleep(Duration::from_millis(1));
         }
+        c.flusher.schedule(&c, HOST_FLUSH_DELAY);
+        let queued = c.flush_at.load(Ordering::Acquire);
+        assert_ne!(queued, u64::MAX);
+        // An earlier deadline (a corked request's) is queued too, and kept.
         c.flusher.schedule(&c, FLUSH_DELAY);
-        assert!(c.flush_queued.load(Ordering::Acquire));
+        assert!(c.flush_at.load(Ordering::Acquire) < queued, "a corked request would wait for a host's deadline");
     }
 
     /// Review finding, the TLS form of the one above: the next frame's
