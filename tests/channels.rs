@@ -278,3 +278,34 @@ fn in_host_mode_channel_futures_complete_without_poll_and_are_events() {
     assert!(ready, "no FUTURE_READY event for the take");
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+/// A put here that answers a worker's waiting take lingers for this
+/// thread's next write to that worker (the echo's request carries it): with
+/// none, and no wait either, the element still reaches the worker.
+#[test]
+fn an_async_put_that_answers_a_remote_take_reaches_it_with_nothing_following() {
+    let c = head();
+    c.addprocs(1, &opts()).unwrap();
+    let ch = c.channel(0, 1).unwrap();
+    let r = ch.export().unwrap();
+    let taker = c.remotecall(2, "chan_take", &with_u32(r, u32::MAX)).unwrap();
+    // Time for the worker's take to park here (if it comes later, it finds
+    // the element buffered: the test then still passes, less sharply).
+    std::thread::sleep(Duration::from_millis(300));
+    let put = ch.put_async(&7u32.to_le_bytes()).unwrap();
+    assert!(put.is_ready(), "a put into a channel with a waiting taker is done at once");
+    // No wait, no other message: the flusher writes the answer.
+    let t = std::time::Instant::now();
+    while !taker.is_ready() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the worker's take was never answered");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(outcome(taker.fetch(None).unwrap()).map(|v| u32_of(&v)), Ok(7));
+    // A blocking put answers at once (it flushes before it returns).
+    let taker = c.remotecall(2, "chan_take", &with_u32(r, u32::MAX)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    ch.put(&8u32.to_le_bytes()).unwrap();
+    assert_eq!(outcome(taker.fetch(Some(Duration::from_secs(5))).unwrap()).map(|v| u32_of(&v)), Ok(8));
+    drop(put);
+    c.shutdown(Duration::from_secs(10)).unwrap();
+}

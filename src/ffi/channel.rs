@@ -145,7 +145,12 @@ pub unsafe extern "C" fn cluster_channel_put(ch: *mut cluster_channel, data: *co
 
 /// `cluster_channel_put` as a future, returned at once; it completes (with
 /// no value) once the element is in the channel, or fails as the put does.
-/// Freeing the future does not withdraw the put.
+/// Freeing the future does not withdraw the put. Into a channel kept by
+/// this process, a put that answers another process's waiting take leaves
+/// that answer for this thread's next message to that process (a request
+/// that follows at once then carries it in the same write), or its next
+/// wait or `cluster_poll`, and at the latest about a millisecond later;
+/// `cluster_channel_put` sends it before it returns.
 ///
 /// Ownership: `data` is copied or written to the socket before return;
 /// `*out` receives a new future, released with `cluster_future_free`.

@@ -111,6 +111,9 @@ enum Mode {
     /// As `Queue`, and never corked: written at once (a protocol step the
     /// next step waits for).
     Now,
+    /// As `Queue`, held for this thread's next write to the connection or
+    /// next wait (`flush_lingering`), at the latest `HOST_FLUSH_DELAY`.
+    Linger,
 }
 
 /// Frames up to this size queue behind a waiting writer instead of waiting.
@@ -234,6 +237,14 @@ impl Conn {
         self.send_mode(header, meta, payload, Mode::Queue)
     }
 
+    /// `send_nowait`, held until this thread next writes to this
+    /// connection or waits for anything (`flush_lingering`), or at the
+    /// latest the flusher's `HOST_FLUSH_DELAY`: an answer that the
+    /// thread's next request to the same process is likely to carry.
+    pub fn send_lingering(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
+        self.send_mode(header, meta, payload, Mode::Linger)
+    }
+
     /// `send_nowait`, written out at once: never corked behind other
     /// frames (nor a flusher woken for it).
     pub fn send_now(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
@@ -274,6 +285,14 @@ impl Conn {
         let mut delay = FLUSH_DELAY;
         let cork = match header.kind {
             _ if mode == Mode::Now => false,
+            _ if mode == Mode::Linger => {
+                schedule = out.buf.is_empty();
+                delay = HOST_FLUSH_DELAY;
+                if schedule {
+                    LINGERING.with(|l| l.borrow_mut().push(Arc::downgrade(self)));
+                }
+                true
+            }
             wire::Kind::Response if CORKED.with(|c| c.get()) == Arc::as_ptr(self) as usize => {
                 // A host thread's cork ends when it says so, or at the
                 // latest when the flusher comes by.
@@ -618,6 +637,7 @@ impl Conn {
     /// `drive`, also saying whether it served any frame (traffic handled
     /// on this thread, e.g. requests of a service answered inline).
     pub fn drive_served<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> (bool, bool) {
+        flush_lingering();
         self.flush();
         // A caller that waits between requests is not pipelining: its next
         // request goes out at once.
@@ -777,7 +797,21 @@ fn recycle_buf(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// Writes what this thread's lingering answers left corked (`send_lingering`):
+/// before it waits for anything, or its host polls.
+pub(crate) fn flush_lingering() {
+    let conns = LINGERING.with(|l| {
+        let mut l = l.borrow_mut();
+        (!l.is_empty()).then(|| std::mem::take(&mut *l))
+    });
+    for c in conns.into_iter().flatten().filter_map(|w| w.upgrade()) {
+        c.flush();
+    }
+}
+
 thread_local! {
+    /// Connections this thread left lingering answers on.
+    static LINGERING: std::cell::RefCell<Vec<Weak<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The connection whose responses this thread corks, while it serves
     /// a batch of requests read together.
     static CORKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -1145,6 +1179,35 @@ mod tests {
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut got = vec![0u8; 3 * (HEADER_LEN + 4)];
         peer.read_exact(&mut got).unwrap();
+    }
+
+    /// A lingering answer goes out with this thread's next request to the
+    /// same process (one write), or when the thread waits; and the flusher
+    /// writes one nobody follows.
+    #[test]
+    fn a_lingering_answer_rides_with_the_next_request_or_the_next_wait() {
+        let (c, mut peer) = pair();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_lingering(Header::new(Kind::Response, 1, 1, 1), &[], b"ans1").unwrap();
+        assert_eq!(c.queued_bytes(), HEADER_LEN + 4, "the answer should linger");
+        c.send(Header::new(Kind::Request, 1, 1, 2), &[], b"req1").unwrap();
+        assert_eq!(c.queued_bytes(), 0, "the request should carry the lingering answer");
+        let mut got = vec![0u8; 2 * (HEADER_LEN + 4)];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!((&got[HEADER_LEN..HEADER_LEN + 4], &got[2 * HEADER_LEN + 4..]), (&b"ans1"[..], &b"req1"[..]));
+        // A wait of this thread sends it.
+        c.send_lingering(Header::new(Kind::Response, 1, 1, 3), &[], b"ans2").unwrap();
+        assert_eq!(c.queued_bytes(), HEADER_LEN + 4);
+        flush_lingering();
+        assert_eq!(c.queued_bytes(), 0, "flush_lingering left it corked");
+        let mut got = vec![0u8; HEADER_LEN + 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[HEADER_LEN..], b"ans2");
+        // Nobody follows (another thread's answer): the flusher writes it.
+        let c2 = c.clone();
+        std::thread::spawn(move || c2.send_lingering(Header::new(Kind::Response, 1, 1, 4), &[], b"ans3").unwrap()).join().unwrap();
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[HEADER_LEN..], b"ans3");
     }
 
     /// A host that corks its replies and does not end the cork: the

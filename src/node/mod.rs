@@ -47,6 +47,20 @@ thread_local! {
     static HOST_DRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// This thread answered a request (`respond`) since it was cleared.
     static RESPONDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Answers this thread sends now linger for its next write (`lingering`).
+    static LINGER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the answers it sends held until this thread next writes
+/// to their connection or waits (`Conn::send_lingering`): a local
+/// operation that answers another process's parked request (a put into a
+/// channel kept here that a remote take waits on), which the caller's next
+/// request to that process then carries in the same write.
+pub(crate) fn lingering<T>(f: impl FnOnce() -> T) -> T {
+    let prev = LINGER.with(|l| l.replace(true));
+    let r = f();
+    LINGER.with(|l| l.set(prev));
+    r
 }
 
 pub const HEAD_ID: u32 = 1;
@@ -887,8 +901,9 @@ impl Node {
             r.aux = if e.pid != 0 { e.pid } else { self.myid() };
             conn.send(r, &[], e.message.as_bytes())
         };
+        let linger = LINGER.with(|l| l.get());
         let sent = match outcome {
-            Ok(v) => match conn.send(r, &[], v) {
+            Ok(v) => match if linger { conn.send_lingering(r, &[], v) } else { conn.send(r, &[], v) } {
                 // The value is too large for the caller: tell it so.
                 Err(e) if e.kind == ErrorKind::TooLarge => {
                     let max = conn.peer_max.load(Ordering::Relaxed);
@@ -918,6 +933,8 @@ impl Node {
         if slot.is_done() {
             return true;
         }
+        // A thread that waits sends what it left lingering first.
+        crate::net::conn::flush_lingering();
         let spin = self.cfg.spin;
         let done = match conn {
             Some(c) => c.drive(self, spin, &|| slot.is_done()),
@@ -967,6 +984,7 @@ impl Node {
 
     /// `wait_slot` for a future `drive_following` reads for.
     pub(crate) fn wait_slot_following(self: &Arc<Self>, slot: &Arc<Slot>, next: &AtomicU32, share: bool, deadline: Option<Instant>) -> bool {
+        crate::net::conn::flush_lingering();
         if self.drive_following(slot, next, share, self.cfg.spin) {
             return true;
         }
@@ -976,6 +994,7 @@ impl Node {
     /// Parks until `slot` is done or `deadline`, lending what this thread
     /// holds meanwhile.
     fn park_slot(self: &Arc<Self>, slot: &Arc<Slot>, deadline: Option<Instant>) -> bool {
+        crate::net::conn::flush_lingering();
         let lender = self.lender.get().filter(|l| l.lend(self));
         let done = slot.park_until(deadline);
         if let Some(l) = lender {
@@ -994,6 +1013,7 @@ impl Node {
     /// thread, delivers held log records and lifecycle hooks, and returns
     /// up to `max_events` events. Never blocks.
     pub fn poll(self: &Arc<Self>, max_events: usize) -> Result<Vec<Event>> {
+        crate::net::conn::flush_lingering();
         let host = self.host_or_err()?;
         let (tasks, events) = host.take(max_events);
         for t in tasks {

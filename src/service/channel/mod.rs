@@ -315,7 +315,9 @@ impl Channels {
         node.check_open()?;
         let (f, slot) = node.local_future(node.myid());
         let req = slot.id;
-        self.handle(node, node.myid(), op, m, req, payload, ReplyTo::Local(slot))?;
+        // A put here that answers another process's take goes out with the
+        // caller's next request to it (an echo's `put!; take!`), in one write.
+        crate::node::lingering(|| self.handle(node, node.myid(), op, m, req, payload, ReplyTo::Local(slot)))?;
         Ok(f)
     }
 
@@ -499,7 +501,10 @@ impl Channel {
 
     /// Puts `data` (copied or sent before this returns); the future
     /// completes once it is in the channel. A dropped future does not
-    /// withdraw the put.
+    /// withdraw the put. Into a channel kept here, the answer to another
+    /// process's waiting take lingers for this thread's next message to it
+    /// or its next wait (at most about a millisecond; `put` sends it before
+    /// it returns).
     pub fn put_async(&self, data: &[u8]) -> Result<Future> {
         self.call(op::PUT, 0, data)
     }
@@ -509,7 +514,11 @@ impl Channel {
     }
     /// `put`, giving up after `timeout` (Timeout: the element did not go in).
     pub fn put_timeout(&self, data: &[u8], timeout: Option<Duration>) -> Result<()> {
-        self.finish(self.put_async(data)?, timeout).map(drop)
+        let r = self.finish(self.put_async(data)?, timeout).map(drop);
+        // A blocking put has answered a waiting taker once it returns (the
+        // async form leaves the answer for this thread's next write there).
+        crate::net::conn::flush_lingering();
+        r
     }
 
     /// Puts `data` and asks for no answer (as `remote_do` is to
