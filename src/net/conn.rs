@@ -289,7 +289,15 @@ impl Conn {
                 schedule = out.buf.is_empty();
                 delay = HOST_FLUSH_DELAY;
                 if schedule {
-                    LINGERING.with(|l| l.borrow_mut().push(Arc::downgrade(self)));
+                    // Once per connection: a thread that never waits must
+                    // not grow its list put after put.
+                    let me = Arc::downgrade(self);
+                    LINGERING.with(|l| {
+                        let mut l = l.borrow_mut();
+                        if !l.iter().any(|w| w.ptr_eq(&me)) {
+                            l.push(me);
+                        }
+                    });
                 }
                 true
             }
@@ -1203,11 +1211,26 @@ mod tests {
         let mut got = vec![0u8; HEADER_LEN + 4];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[HEADER_LEN..], b"ans2");
+        // A thread that never waits lists a connection once.
+        for _ in 0..3 {
+            c.send_lingering(Header::new(Kind::Response, 1, 1, 5), &[], b"more").unwrap();
+            flush_now_for_test(&c);
+        }
+        assert_eq!(LINGERING.with(|l| l.borrow().len()), 1);
+        flush_lingering();
+        let mut more = vec![0u8; 3 * (HEADER_LEN + 4)];
+        peer.read_exact(&mut more).unwrap();
         // Nobody follows (another thread's answer): the flusher writes it.
         let c2 = c.clone();
         std::thread::spawn(move || c2.send_lingering(Header::new(Kind::Response, 1, 1, 4), &[], b"ans3").unwrap()).join().unwrap();
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[HEADER_LEN..], b"ans3");
+    }
+
+    /// Writes what `c` holds, as the flusher would, without touching this
+    /// thread's list of lingering connections.
+    fn flush_now_for_test(c: &Arc<Conn>) {
+        c.flush_locked();
     }
 
     /// A host that corks its replies and does not end the cork: the
