@@ -569,16 +569,7 @@ pub(crate) mod tests {
         // The server reads (and answers the handshake) until the client is done.
         let srv = std::thread::scope(|s| {
             let h = s.spawn(|| {
-                let mut buf = [0u8; 16];
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(5) {
-                    match server.read(bfd, &mut buf) {
-                        Ok(None) => {
-                            let _ = sys::poll_in(bfd, Some(Duration::from_millis(20)));
-                        }
-                        _ => break,
-                    }
-                }
+                let _ = serve_until_verdict(&server, bfd);
             });
             let c = Session::client(&Keys::derive(client_cookie).unwrap(), a.as_raw_fd(), Instant::now() + Duration::from_secs(5));
             // Wake the server's loop: something to read, or the end.
@@ -591,6 +582,23 @@ pub(crate) mod tests {
             c
         });
         (srv, a, server, b)
+    }
+
+    /// The server reads (answering the handshake) until the client's first
+    /// byte or a failure: what it read then, `None` after 5 s.
+    fn serve_until_verdict(server: &Session, fd: RawFd) -> Option<std::io::Result<usize>> {
+        let mut buf = [0u8; 16];
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            match server.read(fd, &mut buf) {
+                Ok(None) => {
+                    let _ = sys::poll_in(fd, Some(Duration::from_millis(20)));
+                }
+                Ok(Some(n)) => return Some(Ok(n)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
     }
 
     #[test]
@@ -675,19 +683,10 @@ pub(crate) mod tests {
         let server = Session::server(&Keys::derive(b"cookie").unwrap()).unwrap();
         let bfd = b.as_raw_fd();
         let refused = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                let mut buf = [0u8; 16];
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(5) {
-                    match server.read(bfd, &mut buf) {
-                        Ok(None) => {
-                            let _ = sys::poll_in(bfd, Some(Duration::from_millis(20)));
-                        }
-                        Ok(Some(n)) => return Err(format!("the server accepted the client ({n} bytes)")),
-                        Err(e) => return Ok(e.to_string()),
-                    }
-                }
-                Err("no verdict in time".into())
+            let h = s.spawn(|| match serve_until_verdict(&server, bfd) {
+                Some(Ok(n)) => Err(format!("the server accepted the client ({n} bytes)")),
+                Some(Err(e)) => Ok(e.to_string()),
+                None => Err("no verdict in time".to_string()),
             });
             // The client may finish its side; the server refuses its certificate.
             if let Ok(c) = Session::client(&mixed, a.as_raw_fd(), Instant::now() + Duration::from_secs(5)) {
