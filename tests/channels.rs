@@ -45,6 +45,14 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Worker `pid`'s take of channel `r` with no timeout, given time to park
+/// on the channel's owner (if it comes later, it finds what was put).
+fn parked_take(c: &Cluster, pid: u32, r: ChannelRef) -> cluster::Future {
+    let f = c.remotecall(pid, "chan_take", &with_u32(r, u32::MAX)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f
+}
+
 fn kill_worker(c: &Cluster, id: u32) {
     let os_pid = u32_of(&c.remotecall_fetch(id, "getpid", &[]).unwrap());
     cluster::sys::kill(os_pid, cluster::sys::SIGKILL);
@@ -196,8 +204,7 @@ fn a_dead_reader_parked_on_a_channel_never_takes_an_element() {
     c.addprocs(1, &opts()).unwrap();
     let ch = c.channel(0, 1).unwrap();
     let r = ch.export().unwrap();
-    let _parked = c.remotecall(2, "chan_take", &with_u32(r, u32::MAX)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let _parked = parked_take(&c, 2, r);
     kill_worker(&c, 2);
     assert!(wait_until(Duration::from_secs(3), || c.procs() == vec![1]));
     ch.put(b"kept").unwrap();
@@ -288,22 +295,14 @@ fn an_async_put_that_answers_a_remote_take_reaches_it_with_nothing_following() {
     c.addprocs(1, &opts()).unwrap();
     let ch = c.channel(0, 1).unwrap();
     let r = ch.export().unwrap();
-    let taker = c.remotecall(2, "chan_take", &with_u32(r, u32::MAX)).unwrap();
-    // Time for the worker's take to park here (if it comes later, it finds
-    // the element buffered: the test then still passes, less sharply).
-    std::thread::sleep(Duration::from_millis(300));
+    let taker = parked_take(&c, 2, r);
     let put = ch.put_async(&7u32.to_le_bytes()).unwrap();
     assert!(put.is_ready(), "a put into a channel with a waiting taker is done at once");
     // No wait, no other message: the flusher writes the answer.
-    let t = std::time::Instant::now();
-    while !taker.is_ready() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the worker's take was never answered");
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    assert!(wait_until(Duration::from_secs(5), || taker.is_ready()), "the worker's take was never answered");
     assert_eq!(outcome(taker.fetch(None).unwrap()).map(|v| u32_of(&v)), Ok(7));
     // A blocking put answers at once (it flushes before it returns).
-    let taker = c.remotecall(2, "chan_take", &with_u32(r, u32::MAX)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let taker = parked_take(&c, 2, r);
     ch.put(&8u32.to_le_bytes()).unwrap();
     assert_eq!(outcome(taker.fetch(Some(Duration::from_secs(5))).unwrap()).map(|v| u32_of(&v)), Ok(8));
     drop(put);
