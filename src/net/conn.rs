@@ -111,9 +111,6 @@ enum Mode {
     /// As `Queue`, and never corked: written at once (a protocol step the
     /// next step waits for).
     Now,
-    /// As `Queue`, held for this thread's next write to the connection or
-    /// next wait (`flush_lingering`), at the latest `HOST_FLUSH_DELAY`.
-    Linger,
 }
 
 /// Frames up to this size queue behind a waiting writer instead of waiting.
@@ -237,14 +234,6 @@ impl Conn {
         self.send_mode(header, meta, payload, Mode::Queue)
     }
 
-    /// `send_nowait`, held until this thread next writes to this
-    /// connection or waits for anything (`flush_lingering`), or at the
-    /// latest the flusher's `HOST_FLUSH_DELAY`: an answer that the
-    /// thread's next request to the same process is likely to carry.
-    pub fn send_lingering(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
-        self.send_mode(header, meta, payload, Mode::Linger)
-    }
-
     /// `send_nowait`, written out at once: never corked behind other
     /// frames (nor a flusher woken for it).
     pub fn send_now(self: &Arc<Self>, header: Header, meta: &[u8], payload: &[u8]) -> Result<()> {
@@ -285,19 +274,12 @@ impl Conn {
         let mut delay = FLUSH_DELAY;
         let cork = match header.kind {
             _ if mode == Mode::Now => false,
-            _ if mode == Mode::Linger => {
+            wire::Kind::Response if LINGER.with(|l| l.get()) => {
+                // Held for this thread's next write here or its next wait.
                 schedule = out.buf.is_empty();
                 delay = HOST_FLUSH_DELAY;
                 if schedule {
-                    // Once per connection: a thread that never waits must
-                    // not grow its list put after put.
-                    let me = Arc::downgrade(self);
-                    LINGERING.with(|l| {
-                        let mut l = l.borrow_mut();
-                        if !l.iter().any(|w| w.ptr_eq(&me)) {
-                            l.push(me);
-                        }
-                    });
+                    note_lingering(self);
                 }
                 true
             }
@@ -805,7 +787,32 @@ fn recycle_buf(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
-/// Writes what this thread's lingering answers left corked (`send_lingering`):
+/// Runs `f` with the responses this thread sends held until its next
+/// write to their connection or its next wait (`flush_lingering`), at the
+/// latest `HOST_FLUSH_DELAY`: a local operation that answers another
+/// process's parked request (a put into a channel kept here that a remote
+/// take waits on), which the caller's next request to that process then
+/// carries in the same write.
+pub(crate) fn lingering<T>(f: impl FnOnce() -> T) -> T {
+    let prev = LINGER.with(|l| l.replace(true));
+    let r = f();
+    LINGER.with(|l| l.set(prev));
+    r
+}
+
+/// Lists `conn` for this thread's next `flush_lingering`, once: a thread
+/// that never waits must not grow its list put after put.
+fn note_lingering(conn: &Arc<Conn>) {
+    let me = Arc::downgrade(conn);
+    LINGERING.with(|l| {
+        let mut l = l.borrow_mut();
+        if !l.iter().any(|w| w.ptr_eq(&me)) {
+            l.push(me);
+        }
+    });
+}
+
+/// Writes what this thread's lingering answers left corked (`lingering`):
 /// before it waits for anything, or its host polls.
 pub(crate) fn flush_lingering() {
     let conns = LINGERING.with(|l| {
@@ -818,6 +825,8 @@ pub(crate) fn flush_lingering() {
 }
 
 thread_local! {
+    /// Responses this thread sends now linger (`lingering`).
+    static LINGER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Connections this thread left lingering answers on.
     static LINGERING: std::cell::RefCell<Vec<Weak<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The connection whose responses this thread corks, while it serves
@@ -855,7 +864,7 @@ const FLUSH_DELAY: Duration = Duration::from_micros(30);
 /// the flusher's wake-ups while a host serves batch after batch.
 const HOST_FLUSH_DELAY: Duration = Duration::from_millis(1);
 /// The flusher keeps waking on its own this long after its last batch.
-const LINGER: Duration = Duration::from_millis(10);
+const TICKING_FOR: Duration = Duration::from_millis(10);
 
 /// Writes out what senders corked and did not write themselves, each
 /// connection by its deadline. Its thread sleeps until one is due (and
@@ -903,7 +912,7 @@ impl Flusher {
     }
 
     /// Flushes the connections that are due; how long to sleep. While
-    /// batches keep coming (within `LINGER` of the last), it wakes every
+    /// batches keep coming (within `TICKING_FOR` of the last), it wakes every
     /// `HOST_FLUSH_DELAY` on its own, so that a sender with a deadline no
     /// earlier than that never needs to wake it.
     fn flush_due(&self, last_busy: &mut Instant) -> Duration {
@@ -922,7 +931,7 @@ impl Flusher {
             }
             let wait = match q.iter().map(|(_, at)| *at).min() {
                 Some(t) => Some(t.saturating_duration_since(now).min(HOST_FLUSH_DELAY)),
-                None if now.duration_since(*last_busy) < LINGER => Some(HOST_FLUSH_DELAY),
+                None if now.duration_since(*last_busy) < TICKING_FOR => Some(HOST_FLUSH_DELAY),
                 None => None,
             };
             let at = wait.map_or(u64::MAX, |w| (now + w).duration_since(self.epoch).as_nanos() as u64);
@@ -1196,7 +1205,7 @@ mod tests {
     fn a_lingering_answer_rides_with_the_next_request_or_the_next_wait() {
         let (c, mut peer) = pair();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.send_lingering(Header::new(Kind::Response, 1, 1, 1), &[], b"ans1").unwrap();
+        lingering(|| c.send(Header::new(Kind::Response, 1, 1, 1), &[], b"ans1")).unwrap();
         assert_eq!(c.queued_bytes(), HEADER_LEN + 4, "the answer should linger");
         c.send(Header::new(Kind::Request, 1, 1, 2), &[], b"req1").unwrap();
         assert_eq!(c.queued_bytes(), 0, "the request should carry the lingering answer");
@@ -1204,7 +1213,7 @@ mod tests {
         peer.read_exact(&mut got).unwrap();
         assert_eq!((&got[HEADER_LEN..HEADER_LEN + 4], &got[2 * HEADER_LEN + 4..]), (&b"ans1"[..], &b"req1"[..]));
         // A wait of this thread sends it.
-        c.send_lingering(Header::new(Kind::Response, 1, 1, 3), &[], b"ans2").unwrap();
+        lingering(|| c.send(Header::new(Kind::Response, 1, 1, 3), &[], b"ans2")).unwrap();
         assert_eq!(c.queued_bytes(), HEADER_LEN + 4);
         flush_lingering();
         assert_eq!(c.queued_bytes(), 0, "flush_lingering left it corked");
@@ -1213,7 +1222,7 @@ mod tests {
         assert_eq!(&got[HEADER_LEN..], b"ans2");
         // A thread that never waits lists a connection once.
         for _ in 0..3 {
-            c.send_lingering(Header::new(Kind::Response, 1, 1, 5), &[], b"more").unwrap();
+            lingering(|| c.send(Header::new(Kind::Response, 1, 1, 5), &[], b"more")).unwrap();
             flush_now_for_test(&c);
         }
         assert_eq!(LINGERING.with(|l| l.borrow().len()), 1);
@@ -1222,7 +1231,7 @@ mod tests {
         peer.read_exact(&mut more).unwrap();
         // Nobody follows (another thread's answer): the flusher writes it.
         let c2 = c.clone();
-        std::thread::spawn(move || c2.send_lingering(Header::new(Kind::Response, 1, 1, 4), &[], b"ans3").unwrap()).join().unwrap();
+        std::thread::spawn(move || lingering(|| c2.send(Header::new(Kind::Response, 1, 1, 4), &[], b"ans3")).unwrap()).join().unwrap();
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[HEADER_LEN..], b"ans3");
     }

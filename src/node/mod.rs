@@ -47,20 +47,6 @@ thread_local! {
     static HOST_DRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// This thread answered a request (`respond`) since it was cleared.
     static RESPONDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Answers this thread sends now linger for its next write (`lingering`).
-    static LINGER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with the answers it sends held until this thread next writes
-/// to their connection or waits (`Conn::send_lingering`): a local
-/// operation that answers another process's parked request (a put into a
-/// channel kept here that a remote take waits on), which the caller's next
-/// request to that process then carries in the same write.
-pub(crate) fn lingering<T>(f: impl FnOnce() -> T) -> T {
-    let prev = LINGER.with(|l| l.replace(true));
-    let r = f();
-    LINGER.with(|l| l.set(prev));
-    r
 }
 
 pub const HEAD_ID: u32 = 1;
@@ -901,9 +887,8 @@ impl Node {
             r.aux = if e.pid != 0 { e.pid } else { self.myid() };
             conn.send(r, &[], e.message.as_bytes())
         };
-        let linger = LINGER.with(|l| l.get());
         let sent = match outcome {
-            Ok(v) => match if linger { conn.send_lingering(r, &[], v) } else { conn.send(r, &[], v) } {
+            Ok(v) => match conn.send(r, &[], v) {
                 // The value is too large for the caller: tell it so.
                 Err(e) if e.kind == ErrorKind::TooLarge => {
                     let max = conn.peer_max.load(Ordering::Relaxed);
@@ -994,7 +979,6 @@ impl Node {
     /// Parks until `slot` is done or `deadline`, lending what this thread
     /// holds meanwhile.
     fn park_slot(self: &Arc<Self>, slot: &Arc<Slot>, deadline: Option<Instant>) -> bool {
-        crate::net::conn::flush_lingering();
         let lender = self.lender.get().filter(|l| l.lend(self));
         let done = slot.park_until(deadline);
         if let Some(l) = lender {

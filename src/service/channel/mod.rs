@@ -317,7 +317,7 @@ impl Channels {
         let req = slot.id;
         // A put here that answers another process's take goes out with the
         // caller's next request to it (an echo's `put!; take!`), in one write.
-        crate::node::lingering(|| self.handle(node, node.myid(), op, m, req, payload, ReplyTo::Local(slot)))?;
+        crate::net::conn::lingering(|| self.handle(node, node.myid(), op, m, req, payload, ReplyTo::Local(slot)))?;
         Ok(f)
     }
 
