@@ -200,6 +200,35 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 
 /// Spins until `done()` or `budget` elapses; true when `done()` held.
 /// Used before parking, since a wake-up here costs tens of microseconds.
+/// Spin rounds between yields while others want this CPU, and at most
+/// while none do.
+const YIELD_EVERY_MIN: u32 = 8;
+const YIELD_EVERY_MAX: u32 = 256;
+/// A yield that took this long let another thread run.
+const YIELD_RAN_OTHERS: Duration = Duration::from_micros(4);
+
+thread_local! {
+    static YIELD_EVERY: std::cell::Cell<u32> = const { std::cell::Cell::new(YIELD_EVERY_MIN) };
+}
+
+/// Called once per round of a spin (`round` counts from 1): now and then
+/// gives the CPU to a thread waiting for it, which with more spinning
+/// threads than cores may be the one this thread waits for. Each yield is
+/// a syscall the spinner pays in delay when its bytes arrive meanwhile, so
+/// yields that let nobody run space out (per thread), to every 256th
+/// round; one that did brings them back to every 8th.
+pub fn spin_yield(round: u32) {
+    YIELD_EVERY.with(|every| {
+        let n = every.get();
+        if round & (n - 1) != 0 {
+            return;
+        }
+        let t = Instant::now();
+        std::thread::yield_now();
+        every.set(if t.elapsed() >= YIELD_RAN_OTHERS { YIELD_EVERY_MIN } else { (n * 2).min(YIELD_EVERY_MAX) });
+    });
+}
+
 pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
     if done() {
         return true;
@@ -217,13 +246,11 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
             return true;
         }
         i += 1;
-        if i.is_multiple_of(16) {
-            if start.elapsed() >= budget {
-                return false;
-            }
-            // The thread that completes it may be waiting for this CPU.
-            std::thread::yield_now();
+        if i.is_multiple_of(16) && start.elapsed() >= budget {
+            return false;
         }
+        // The thread that completes it may be waiting for this CPU.
+        spin_yield(i);
     }
 }
 

@@ -95,6 +95,11 @@ pub struct Conn {
     pub(crate) token: AtomicU64,
     /// The reactor left it unwatched because a driver was reading it.
     pub(crate) deferred: AtomicBool,
+    /// Whether the reactor's epoll holds the socket (serialises its adds
+    /// and deletes). Out of epoll while read directly (hot, or left to a
+    /// driver): a socket on an epoll's wait queue costs every arriving
+    /// segment a wake-up call, disarmed or not (0.5 us a round trip here).
+    pub(crate) in_epoll: Mutex<bool>,
     /// This process opened it (rather than accepted it).
     pub(crate) dialed: AtomicBool,
     /// TLS under the frames, when the handshake agreed on it.
@@ -153,6 +158,7 @@ impl Conn {
             watcher: OnceLock::new(),
             token: AtomicU64::new(0),
             deferred: AtomicBool::new(false),
+            in_epoll: Mutex::new(false),
             dialed: AtomicBool::new(false),
             tls: tls.map(Box::new),
         }))
@@ -198,6 +204,12 @@ impl Conn {
 
     pub(crate) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Whether a driver stopped reading it less than `ns` ago.
+    pub(crate) fn driven_lately(&self, ns: u64) -> bool {
+        let last = self.last_drive.load(Ordering::Relaxed);
+        last != 0 && self.now_ns().saturating_sub(last) < ns
     }
 
     /// How long the peer has shown no sign of life: nothing received,
@@ -668,21 +680,20 @@ impl Conn {
                 Step::Busy | Step::Empty => std::hint::spin_loop(),
             }
             n += 1;
-            if n.is_multiple_of(8) {
-                if start.elapsed() >= spin {
-                    break;
-                }
-                // Let a thread waiting for this CPU run: with more spinning
-                // threads than cores (three processes of a replicated write
-                // on two, or any other load) the one this thread waits for
-                // may be it. Where a core is free this returns at once.
-                std::thread::yield_now();
+            if n.is_multiple_of(8) && start.elapsed() >= spin {
+                break;
             }
+            // Let a thread waiting for this CPU run: with more spinning
+            // threads than cores (three processes of a replicated write on
+            // two, or any other load) the one this thread waits for may be it.
+            sys::spin_yield(n);
         }
         if corking {
             self.end_burst(&mut corking);
         }
-        self.last_drive.store(self.now_ns(), Ordering::Relaxed);
+        // A driver whose wait is over is likely back soon (its next call);
+        // one that gives up to park is not.
+        self.last_drive.store(if finished { self.now_ns() } else { 0 }, Ordering::Relaxed);
         self.drivers.fetch_sub(1, Ordering::AcqRel);
         // Frames read along with the reply may sit in the buffer, where
         // epoll cannot see them: dispatch them now.

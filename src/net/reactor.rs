@@ -11,6 +11,9 @@
 //! caller and watched again once the caller has been gone a while.
 //!
 //! Connections use EPOLLONESHOT: whoever reads one to empty re-arms it.
+//! One read directly (hot while the role spins, or left to a caller) is
+//! out of epoll meanwhile: a socket on an epoll's wait queue pays epoll's
+//! callback on every segment that arrives, armed or not.
 //! Bytes a socket did not take are written by the drainer thread, which
 //! polls only connections that have such a backlog.
 
@@ -22,10 +25,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 const WAKE: u64 = 0;
+/// How a connection is watched: oneshot, re-armed by whoever reads it to empty.
+const WATCH: u32 = sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLONESHOT;
 const RESCUE_AFTER: Duration = Duration::from_millis(2);
-/// A connection left to a caller is watched again after this long
-/// without one.
-const DRIVER_QUIET_NS: u64 = 1_000_000;
+/// A connection left to a caller is watched again once the caller has
+/// been gone this long (it is checked every millisecond). A caller that
+/// gives up reading (to park) hands it back at once.
+const DRIVER_QUIET_NS: u64 = 200_000;
 /// After this long without events, large buffers kept for reuse go back.
 const IDLE: Duration = Duration::from_millis(250);
 /// At most this many connections are read directly while spinning.
@@ -137,7 +143,12 @@ impl<D: Dispatch> Reactor<D> {
             self.start_rescuer();
         }
         // Frames may already be buffered (read during setup): look now.
-        if self.epoll.add(conn.fd(), token, sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLONESHOT).is_err() {
+        let added = {
+            let mut in_epoll = conn.in_epoll.lock();
+            *in_epoll = self.epoll.add(conn.fd(), token, WATCH).is_ok();
+            *in_epoll
+        };
+        if !added {
             self.forget(conn);
             if let Some(owner) = self.owner.upgrade() {
                 conn.fail(&owner, None);
@@ -172,15 +183,36 @@ impl<D: Dispatch> Reactor<D> {
             .expect("spawn reactor thread");
     }
 
+    /// Watches `conn` through epoll again (oneshot): re-arms it, or adds
+    /// it back if it was taken out.
     fn arm(&self, conn: &Conn) {
+        let mut in_epoll = conn.in_epoll.lock();
+        // Read under the lock: `forget` clears the token before it takes it.
         let token = conn.token.load(Ordering::Acquire);
-        if token != 0 && !conn.is_failed() {
-            let _ = self.epoll.modify(conn.fd(), token, sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLONESHOT);
+        if token == 0 || conn.is_failed() {
+            return;
+        }
+        if *in_epoll {
+            let _ = self.epoll.modify(conn.fd(), token, WATCH);
+        } else {
+            // Level-triggered at the add: bytes that came meanwhile are reported.
+            *in_epoll = self.epoll.add(conn.fd(), token, WATCH).is_ok();
+        }
+    }
+
+    /// Takes `conn` out of epoll while it is read directly (hot, or by a
+    /// driver), so its arriving segments skip epoll's wake-up callback.
+    fn unwatch(&self, conn: &Conn) {
+        let mut in_epoll = conn.in_epoll.lock();
+        if *in_epoll {
+            self.epoll.delete(conn.fd());
+            *in_epoll = false;
         }
     }
 
     fn defer(&self, conn: &Arc<Conn>) {
         if !conn.deferred.swap(true, Ordering::AcqRel) {
+            self.unwatch(conn);
             self.deferred.lock().push(conn.clone());
         }
     }
@@ -204,9 +236,8 @@ impl<D: Dispatch> Reactor<D> {
             let spin = owner.spin();
             // Connections to look at now, and those callers left a while ago.
             let mut work: Vec<Arc<Conn>> = std::mem::take(&mut *self.look_now.lock());
-            let now = self.now_ns();
             self.deferred.lock().retain(|c| {
-                let quiet = c.drivers.load(Ordering::Acquire) == 0 && now.saturating_sub(c.last_drive.load(Ordering::Relaxed)) >= DRIVER_QUIET_NS;
+                let quiet = c.drivers.load(Ordering::Acquire) == 0 && !c.driven_lately(DRIVER_QUIET_NS);
                 if quiet || c.is_closed() {
                     c.deferred.store(false, Ordering::Release);
                     work.push(c.clone());
@@ -219,8 +250,17 @@ impl<D: Dispatch> Reactor<D> {
             let mut spinning = last_traffic.is_some_and(|t| t.elapsed() < spin);
             if spinning {
                 // Read the hot connections directly; epoll only now and then.
-                let hot: Vec<Arc<Conn>> = self.hot.lock().clone();
-                for c in &hot {
+                // Copied out (serving one may change the list), on the stack:
+                // no allocation per round of the spin.
+                let mut hot: [Option<Arc<Conn>>; HOT_MAX] = Default::default();
+                let count = {
+                    let list = self.hot.lock();
+                    for (to, c) in hot.iter_mut().zip(list.iter()) {
+                        *to = Some(c.clone());
+                    }
+                    list.len().min(HOT_MAX)
+                };
+                for c in hot.iter().flatten() {
                     if c.drivers.load(Ordering::Acquire) > 0 {
                         continue;
                     }
@@ -231,7 +271,7 @@ impl<D: Dispatch> Reactor<D> {
                     }
                 }
                 spins += 1;
-                if !hot.is_empty() && !spins.is_multiple_of(8) {
+                if count > 0 && !spins.is_multiple_of(8) {
                     std::hint::spin_loop();
                     continue;
                 }
@@ -263,7 +303,7 @@ impl<D: Dispatch> Reactor<D> {
                     // Let a thread waiting for this CPU run (on a machine
                     // with fewer cores than spinning threads, the peer this
                     // thread waits for may be the one).
-                    std::thread::yield_now();
+                    sys::spin_yield(spins as u32);
                 } else if timeout == Some(IDLE) {
                     self.idle();
                 }
@@ -339,8 +379,18 @@ impl<D: Dispatch> Reactor<D> {
                 *self.current.lock() = None;
                 let mut hot = self.hot.lock();
                 let is_hot = hot.iter().any(|c| Arc::ptr_eq(c, conn));
-                if !is_hot && may_stay_hot && frames > 0 && hot.len() < HOT_MAX {
+                if may_stay_hot && conn.driven_lately(DRIVER_QUIET_NS) {
+                    // A caller read it just now and is likely back with its
+                    // next call: left to it, as while it reads. Armed, the
+                    // socket would wake this thread for each reply the
+                    // caller reads, preempting a spinning thread each time.
+                    hot.retain(|c| !Arc::ptr_eq(c, conn));
+                    drop(hot);
+                    self.defer(conn);
+                } else if !is_hot && may_stay_hot && frames > 0 && hot.len() < HOT_MAX {
                     hot.push(conn.clone());
+                    drop(hot);
+                    self.unwatch(conn);
                 } else if !is_hot {
                     drop(hot);
                     self.arm(conn);
@@ -397,7 +447,7 @@ impl<D: Dispatch> Reactor<D> {
             s.conns.drain(..).flatten().collect()
         };
         for c in &all {
-            self.epoll.delete(c.fd());
+            self.unwatch(c);
         }
         self.deferred.lock().clear();
         self.look_now.lock().clear();
@@ -474,7 +524,7 @@ impl<D: Dispatch> Watcher for Reactor<D> {
         if token == 0 {
             return;
         }
-        self.epoll.delete(conn.fd());
+        self.unwatch(conn);
         let mut s = self.conns.lock();
         let idx = token as usize - 1;
         if let Some(slot) = s.conns.get_mut(idx) {
@@ -807,6 +857,95 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "a connection of the batch was never read: {} of 2 jobs ran", slow.done.load(Ordering::SeqCst));
             std::thread::sleep(Duration::from_millis(5));
         }
+        r.stop();
+    }
+
+    /// Counts the frames it is given.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicU32);
+
+    impl Dispatch for Count {
+        fn on_frame(self: &Arc<Self>, _conn: &Arc<Conn>, _frame: wire::Frame) -> Option<Job> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            None
+        }
+        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
+        fn spin(&self) -> Duration {
+            Duration::from_micros(50)
+        }
+        fn is_shutting_down(&self) -> bool {
+            false
+        }
+    }
+
+    /// A connection a caller keeps reading (one call after another) stays
+    /// the caller's: the reactor leaves it until the caller has been gone
+    /// `DRIVER_QUIET_NS` (200 us). It compared its own clock with the connection's,
+    /// whose epoch is later, so a connection made after the reactor always
+    /// looked quiet: re-armed at once, it woke the reactor for replies its
+    /// caller read (a wake-up and a preempted spinner per call).
+    #[test]
+    fn a_connection_its_caller_keeps_reading_stays_the_callers() {
+        let count = Arc::new(Count::default());
+        let r = Arc::new(Reactor::new(Arc::downgrade(&count), ReactorParts::new().unwrap()));
+        // The reactor's clock runs well ahead of the connection's.
+        std::thread::sleep(Duration::from_millis(50));
+        let (c, mut peer) = pair();
+        r.register(&c);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut conclusive = 0;
+        for round in 1..=20u64 {
+            // A caller is reading: the frame that comes is left to it.
+            c.drivers.fetch_add(1, Ordering::AcqRel);
+            peer.write_all(&frame(Kind::Oneway, 3, round)).unwrap();
+            let t = Instant::now();
+            while !c.deferred.load(Ordering::Acquire) {
+                assert!(t.elapsed() < Duration::from_secs(5), "the reactor never looked at the connection");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // Its call ends, and more follow, 50 us apart, for 20 ms.
+            c.last_drive.store(c.now_ns(), Ordering::Relaxed);
+            c.drivers.fetch_sub(1, Ordering::AcqRel);
+            let (mut gap, mut last) = (Duration::ZERO, Instant::now());
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(20) {
+                c.last_drive.store(c.now_ns(), Ordering::Relaxed);
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            let read_meanwhile = count.0.load(Ordering::SeqCst) >= round as u32;
+            // The caller is gone: the reactor reads the frame.
+            let t = Instant::now();
+            while count.0.load(Ordering::SeqCst) < round as u32 {
+                assert!(t.elapsed() < Duration::from_secs(5), "the frame was never read once the caller left");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // A stalled test thread leaves the connection quiet for real.
+            if gap < Duration::from_nanos(DRIVER_QUIET_NS * 3 / 4) {
+                assert!(!read_meanwhile, "round {round}: the reactor read a connection its caller was still reading");
+                conclusive += 1;
+                if conclusive == 3 {
+                    break;
+                }
+            }
+        }
+        assert!(conclusive > 0, "this thread never ran 50 us sleeps within 150 us: nothing tested");
+        r.stop();
+    }
+
+    /// A caller whose wait ended is taken to be back soon; one that gave
+    /// up reading (to park) is not, so the reactor reads for it at once.
+    #[test]
+    fn a_caller_that_gives_up_hands_the_connection_back() {
+        let count = Arc::new(Count::default());
+        let r = Arc::new(Reactor::new(Arc::downgrade(&count), ReactorParts::new().unwrap()));
+        let (c, _peer) = pair();
+        r.register(&c);
+        assert!(c.drive(&count, Duration::from_millis(5), &|| true));
+        assert!(c.driven_lately(DRIVER_QUIET_NS), "a finished wait counts as a caller about to come back");
+        assert!(!c.drive(&count, Duration::from_micros(200), &|| false));
+        assert!(!c.driven_lately(DRIVER_QUIET_NS), "a caller that gave up still holds the connection");
         r.stop();
     }
 }
