@@ -645,6 +645,19 @@ mod tests {
         Header::new(kind, 1, op, id).encode().to_vec()
     }
 
+    /// The rest of a test dispatcher: nothing on close, a 50 us spin.
+    macro_rules! dispatch_rest {
+        () => {
+            fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
+            fn spin(&self) -> Duration {
+                Duration::from_micros(50)
+            }
+            fn is_shutting_down(&self) -> bool {
+                false
+            }
+        };
+    }
+
     /// Hands backlogs to a drainer of its own.
     struct ToDrainer(Drainer);
 
@@ -756,13 +769,7 @@ mod tests {
                 }
             }
         }
-        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
-        fn spin(&self) -> Duration {
-            Duration::from_micros(50)
-        }
-        fn is_shutting_down(&self) -> bool {
-            false
-        }
+        dispatch_rest!();
     }
 
     /// Model: `finds_pre_fix_job_since_clobbered`. A rescued holder ending
@@ -820,13 +827,7 @@ mod tests {
                 }),
             })
         }
-        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
-        fn spin(&self) -> Duration {
-            Duration::from_micros(50)
-        }
-        fn is_shutting_down(&self) -> bool {
-            false
-        }
+        dispatch_rest!();
     }
 
     /// Two connections ready in one epoll batch, the first running a long
@@ -869,21 +870,16 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             None
         }
-        fn on_closed(self: &Arc<Self>, _conn: &Arc<Conn>, _why: Option<Error>) {}
-        fn spin(&self) -> Duration {
-            Duration::from_micros(50)
-        }
-        fn is_shutting_down(&self) -> bool {
-            false
-        }
+        dispatch_rest!();
     }
 
     /// A connection a caller keeps reading (one call after another) stays
     /// the caller's: the reactor leaves it until the caller has been gone
-    /// `DRIVER_QUIET_NS` (200 us). It compared its own clock with the connection's,
-    /// whose epoch is later, so a connection made after the reactor always
-    /// looked quiet: re-armed at once, it woke the reactor for replies its
-    /// caller read (a wake-up and a preempted spinner per call).
+    /// `DRIVER_QUIET_NS` (200 us). It compared its own clock with the
+    /// connection's, whose epoch is later, so a connection made after the
+    /// reactor always looked quiet: re-armed at once, it woke the reactor
+    /// for replies its caller read (a wake-up and a preempted spinner per
+    /// call).
     #[test]
     fn a_connection_its_caller_keeps_reading_stays_the_callers() {
         let count = Arc::new(Count::default());
