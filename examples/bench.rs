@@ -236,11 +236,7 @@ fn main() {
         a.close().unwrap();
     }
     drop(pipes);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let (rtt_here, ours_chan, ours_chan_acked) = (median(&mut t_rtt), median(&mut t_chan), median(&mut t_acked));
+    let (rtt_here, ours_chan, ours_chan_acked) = (median(t_rtt), median(t_chan), median(t_acked));
     rows.push(Row::new("RemoteChannel put+take round trip, 8 B", us(ours_chan), us(rtt_here), "remotecall_fetch, interleaved", "<= 1.2x"));
     rows.push(Row::new("same, echo's put acknowledged", us(ours_chan_acked), us(rtt_here), "remotecall_fetch, interleaved", ""));
     if let Some(jl) = julia_channel_rtt(rounds.min(5000)) {
@@ -620,33 +616,13 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     if let Some(ip) = head_ip {
         let l = TcpListener::bind((ip.as_str(), 0)).unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let mut child = Command::new("ip").args(["netns", "exec", "lc-bench-h1"]).arg(self_exe()).env("BENCH_ROLE", "tcp-echo").env("BENCH_ADDR", &addr).spawn().unwrap();
-        let (mut sock, _) = l.accept().unwrap();
-        sock.set_nodelay(true).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        let mut b = [7u8; 8];
-        let mut one = || {
-            cluster::sys::write_all_vectored(sock.as_raw_fd(), &[&b.clone()]).unwrap();
-            assert!(read_exact_spin(&mut sock, &mut b));
-        };
-        for _ in 0..1000 {
-            one();
-        }
-        let block = rounds / 10;
+        let child = Command::new("ip").args(["netns", "exec", "lc-bench-h1"]).arg(self_exe()).env("BENCH_ROLE", "tcp-echo").env("BENCH_ADDR", &addr).spawn().unwrap();
+        let mut ping = PingPong::accept(&l, child);
+        ping.per_round(1000);
         for _ in 0..10 {
-            let t = Instant::now();
-            for _ in 0..block {
-                one();
-            }
-            raw_v.push(t.elapsed().as_secs_f64() / block as f64);
+            raw_v.push(ping.per_round(rounds / 10));
         }
-        drop(sock);
-        let _ = child.wait();
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let (ours, raw) = (median(ours_v), median(raw_v));
     rows.push(Row::new("round trip across a namespace (us)", us(ours), us(raw), "TCP busy-poll ping-pong across it", "<= 1.3x"));
     tls_rows(c, &machines[0], &opts, ids[0], quick, rows);
@@ -675,10 +651,6 @@ fn alternating_round_trips(c: &Cluster, a: u32, b: u32, per_block: usize, blocks
         on_a.push(block_of(a));
         on_b.push(block_of(b));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        v[v.len() / 2]
-    };
     (median(on_a), median(on_b))
 }
 
@@ -707,10 +679,6 @@ fn tls_rows(c: &Cluster, machine: &cluster::launch::Machine, opts: &cluster::lau
         bw_on.push(time_echo(tls));
         bw_off.push(time_echo(plain));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
     rows.push(Row::new("  under TLS (us)", us(on), us(off), "the same, plain (same host)", "its cost"));
     rows.push(Row::new("8 MiB echo across it under TLS (MB/s)", median(bw_on), median(bw_off), "the same, plain", "its cost"));
     c.rmprocs(&[tls], Duration::from_secs(10)).unwrap();
@@ -839,10 +807,6 @@ fn fork_rows(quick: bool, rows: &mut Vec<Row>) {
         let d = t.elapsed().as_secs_f64();
         assert!(r.iter().all(|x| x.as_ref().is_ok_and(|v| v.len() == 8)));
         d
-    };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
     };
     let rounds = if quick { 300 } else { 1000 };
     let (mut b2, mut o2) = (Vec::new(), Vec::new());
@@ -995,9 +959,7 @@ fn mib(b: u64) -> f64 {
 }
 
 fn median_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..n).map(|_| f()).collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    median((0..n).map(|_| f()).collect())
 }
 
 fn self_exe() -> std::path::PathBuf {
@@ -1008,13 +970,18 @@ fn spawn_role(role: &str, addr: &str) -> std::process::Child {
     Command::new(self_exe()).env("BENCH_ROLE", role).env("BENCH_ADDR", addr).spawn().unwrap()
 }
 
-/// Busy-polls `fd` until `buf` is full.
-fn read_exact_spin(s: &mut TcpStream, buf: &mut [u8]) -> bool {
-    let mut got = 0;
+/// Busy-polls `s` until `buf` is full; false at its end. With
+/// `block_after`, it blocks once it polled that long in vain.
+fn read_exact_spin(s: &TcpStream, buf: &mut [u8], block_after: Option<Duration>) -> bool {
+    let (mut got, mut since) = (0, Instant::now());
     while got < buf.len() {
         match cluster::sys::read_nonblocking(s.as_raw_fd(), &mut buf[got..]) {
             Ok(Some(0)) | Err(_) => return false,
             Ok(Some(n)) => got += n,
+            Ok(None) if block_after.is_some_and(|d| since.elapsed() > d) => {
+                let _ = cluster::sys::poll_in(s.as_raw_fd(), None);
+                since = Instant::now();
+            }
             Ok(None) => std::hint::spin_loop(),
         }
     }
@@ -1029,20 +996,7 @@ fn tcp_echo(addr: &str) {
     s.set_nodelay(true).unwrap();
     s.set_nonblocking(true).unwrap();
     let mut b = [0u8; 8];
-    loop {
-        let mut got = 0;
-        let mut since = Instant::now();
-        while got < b.len() {
-            match cluster::sys::read_nonblocking(s.as_raw_fd(), &mut b[got..]) {
-                Ok(Some(0)) | Err(_) => return,
-                Ok(Some(n)) => got += n,
-                Ok(None) if since.elapsed() > Duration::from_micros(50) => {
-                    let _ = cluster::sys::poll_in(s.as_raw_fd(), None);
-                    since = Instant::now();
-                }
-                Ok(None) => std::hint::spin_loop(),
-            }
-        }
+    while read_exact_spin(&s, &mut b, Some(Duration::from_micros(50))) {
         cluster::sys::write_all_vectored(s.as_raw_fd(), &[&b]).unwrap();
     }
 }
@@ -1072,9 +1026,15 @@ struct PingPong {
 }
 
 impl PingPong {
+    /// With an echo process of this binary on loopback.
     fn start() -> PingPong {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let child = spawn_role("tcp-echo", &l.local_addr().unwrap().to_string());
+        PingPong::accept(&l, child)
+    }
+
+    /// With `child`, an echo connecting to `l`.
+    fn accept(l: &TcpListener, child: std::process::Child) -> PingPong {
         let (sock, _) = l.accept().unwrap();
         sock.set_nodelay(true).unwrap();
         sock.set_nonblocking(true).unwrap();
@@ -1085,15 +1045,13 @@ impl PingPong {
     /// the echo up).
     fn per_round(&mut self, rounds: usize) -> f64 {
         let mut b = [7u8; 8];
-        for _ in 0..100 {
+        let mut one = || {
             cluster::sys::write_all_vectored(self.sock.as_raw_fd(), &[&b.clone()]).unwrap();
-            assert!(read_exact_spin(&mut self.sock, &mut b));
-        }
+            assert!(read_exact_spin(&self.sock, &mut b, None));
+        };
+        (0..100).for_each(|_| one());
         let t = Instant::now();
-        for _ in 0..rounds {
-            cluster::sys::write_all_vectored(self.sock.as_raw_fd(), &[&b.clone()]).unwrap();
-            assert!(read_exact_spin(&mut self.sock, &mut b));
-        }
+        (0..rounds).for_each(|_| one());
         t.elapsed().as_secs_f64() / rounds.max(1) as f64
     }
 }
@@ -1105,9 +1063,10 @@ impl Drop for PingPong {
     }
 }
 
+/// The median of `v` (NaN when empty).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn tcp_one_way(bytes: usize, reps: usize) -> f64 {

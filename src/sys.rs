@@ -198,8 +198,6 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Spins until `done()` or `budget` elapses; true when `done()` held.
-/// Used before parking, since a wake-up here costs tens of microseconds.
 /// Spin rounds between yields while others want this CPU, and at most
 /// while none do.
 const YIELD_EVERY_MIN: u32 = 8;
@@ -229,6 +227,8 @@ pub fn spin_yield(round: u32) {
     });
 }
 
+/// Spins until `done()` or `budget` elapses; true when `done()` held.
+/// Used before parking, since a wake-up here costs tens of microseconds.
 pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
     if done() {
         return true;

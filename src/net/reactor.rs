@@ -210,9 +210,12 @@ impl<D: Dispatch> Reactor<D> {
         }
     }
 
+    /// Leaves `conn` to the caller reading it, out of epoll, until the
+    /// caller is gone (`left_to_caller`).
     fn defer(&self, conn: &Arc<Conn>) {
+        // Also when already listed: it may have been armed since.
+        self.unwatch(conn);
         if !conn.deferred.swap(true, Ordering::AcqRel) {
-            self.unwatch(conn);
             self.deferred.lock().push(conn.clone());
         }
     }
@@ -237,7 +240,7 @@ impl<D: Dispatch> Reactor<D> {
             // Connections to look at now, and those callers left a while ago.
             let mut work: Vec<Arc<Conn>> = std::mem::take(&mut *self.look_now.lock());
             self.deferred.lock().retain(|c| {
-                let quiet = c.drivers.load(Ordering::Acquire) == 0 && !c.driven_lately(DRIVER_QUIET_NS);
+                let quiet = !left_to_caller(c);
                 if quiet || c.is_closed() {
                     c.deferred.store(false, Ordering::Release);
                     work.push(c.clone());
@@ -379,7 +382,7 @@ impl<D: Dispatch> Reactor<D> {
                 *self.current.lock() = None;
                 let mut hot = self.hot.lock();
                 let is_hot = hot.iter().any(|c| Arc::ptr_eq(c, conn));
-                if may_stay_hot && conn.driven_lately(DRIVER_QUIET_NS) {
+                if may_stay_hot && left_to_caller(conn) {
                     // A caller read it just now and is likely back with its
                     // next call: left to it, as while it reads. Armed, the
                     // socket would wake this thread for each reply the
@@ -503,6 +506,12 @@ impl<D: Dispatch> Reactor<D> {
             .expect("spawn rescuer thread");
         *self.rescuer.lock() = Some(t.thread().clone());
     }
+}
+
+/// Whether a caller reads `conn`, or read it less than `DRIVER_QUIET_NS`
+/// ago and is likely back with its next call.
+fn left_to_caller(conn: &Conn) -> bool {
+    conn.drivers.load(Ordering::Acquire) > 0 || conn.driven_lately(DRIVER_QUIET_NS)
 }
 
 enum Served {
