@@ -57,8 +57,24 @@ run_config() {
     cmake --build "$dir" --parallel "$(nproc 2>/dev/null || echo 2)"
     step "C/C++ ($name): ctest"
     local start=$SECONDS
-    (cd "$dir" && ctest --output-on-failure --timeout "$timeout" --parallel "$jobs" "${ctest_args[@]}")
+    if ! (cd "$dir" && ctest --output-on-failure --timeout "$timeout" --parallel "$jobs" "${ctest_args[@]}"); then
+        report_failures "$dir"
+        return 1
+    fi
     echo "C/C++ ($name): passed in $((SECONDS - start)) s"
+}
+
+# Prints the output of each failed test again, last: with tests run in
+# parallel, a failure's output sits mid-log, where a truncated CI log
+# loses it.
+report_failures() {
+    local dir=$1 failed=$1/Testing/Temporary/LastTestsFailed.log
+    [ -f "$failed" ] || return 0
+    step "C/C++: output of the failed tests"
+    cut -d: -f2- "$failed" | while read -r t; do
+        awk -v t="$t" '$0 ~ "Testing: " t "$" {on=1} on {print} on && /^"[^"]*" end time:/ {exit}' \
+            "$dir/Testing/Temporary/LastTest.log" | tail -n 80
+    done
 }
 
 if [ "$run_release" -eq 1 ]; then
