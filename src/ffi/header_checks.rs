@@ -9,11 +9,13 @@
 //!   bindings/julia/LibCluster/src/capi.jl;
 //! - every function's doc states its ownership, whether it blocks, and
 //!   from which threads it may be called, on lines starting `Ownership:`,
-//!   `Blocking:` and `Threads:`.
+//!   `Blocking:` and `Threads:`;
+//! - every function is wrapped by capi.jl or listed there as deliberately
+//!   not wrapped (its blocking forms, and what the package builds in Julia).
 
 use super::status::c_name;
 use crate::ErrorKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn read(rel: &str) -> String {
     let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
@@ -316,4 +318,48 @@ fn the_doc_check_catches_a_missing_line() {
     let undocumented = h.replacen("cluster_status cluster_ready(cluster_ctx *ctx);", "cluster_status cluster_ready(cluster_ctx *ctx);\nint cluster_extra(void);", 1);
     let extra = functions(&undocumented).into_iter().find(|(n, _)| n == "cluster_extra").expect("parsed");
     assert!(extra.1.is_empty(), "a function without its own doc comment has none");
+}
+
+/// The names of a `const NAME = (:a, :b, ...)` tuple of capi.jl.
+fn julia_symbol_tuple(src: &str, name: &str) -> BTreeSet<String> {
+    let start = src.find(&format!("const {name} = (")).unwrap_or_else(|| panic!("capi.jl defines {name}"));
+    let body = &src[start..];
+    let body = &body[body.find('(').unwrap() + 1..body.find(')').expect("the tuple ends")];
+    body.split(',').map(|s| s.trim().trim_start_matches(':').to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// The functions capi.jl wraps (`@cfunc name(...)`) and those it lists as
+/// deliberately not wrapped.
+fn julia_coverage(src: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let wrapped = src.lines().filter_map(|l| l.strip_prefix("@cfunc ")).map(|l| l[..l.find('(').expect("@cfunc name(")].trim().to_string()).collect();
+    let mut listed = julia_symbol_tuple(src, "NOT_WRAPPED_BLOCKING");
+    listed.extend(julia_symbol_tuple(src, "NOT_WRAPPED_BUILT_IN_JULIA"));
+    (wrapped, listed)
+}
+
+fn coverage_gaps(h: &str, src: &str) -> Vec<String> {
+    let header: BTreeSet<String> = functions(h).into_iter().map(|(n, _)| n).collect();
+    let (wrapped, listed) = julia_coverage(src);
+    let mut gaps = Vec::new();
+    gaps.extend(header.iter().filter(|f| !wrapped.contains(*f) && !listed.contains(*f)).map(|f| format!("{f}: neither wrapped nor listed as not wrapped")));
+    gaps.extend(wrapped.intersection(&listed).map(|f| format!("{f}: wrapped and listed as not wrapped")));
+    gaps.extend(wrapped.union(&listed).filter(|f| !header.contains(*f)).map(|f| format!("{f}: not in include/cluster.h")));
+    gaps
+}
+
+#[test]
+fn every_c_function_is_wrapped_in_julia_or_listed_as_left_out() {
+    let gaps = coverage_gaps(&header(), &read("bindings/julia/LibCluster/src/capi.jl"));
+    assert!(gaps.is_empty(), "capi.jl and include/cluster.h disagree:\n{}", gaps.join("\n"));
+}
+
+#[test]
+fn the_coverage_check_catches_a_function_left_out() {
+    let src = read("bindings/julia/LibCluster/src/capi.jl");
+    let h = header();
+    let dropped = src.replacen(":cluster_serve,", "", 1);
+    assert_ne!(dropped, src);
+    assert!(coverage_gaps(&h, &dropped).iter().any(|g| g.starts_with("cluster_serve: neither")));
+    let both = src.replacen(":cluster_serve,", ":cluster_serve, :cluster_remotecall,", 1);
+    assert!(coverage_gaps(&h, &both).iter().any(|g| g.starts_with("cluster_remotecall: wrapped and listed")));
 }
