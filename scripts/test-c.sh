@@ -72,7 +72,8 @@ report_failures() {
     [ -f "$failed" ] || return 0
     step "C/C++: output of the failed tests"
     cut -d: -f2- "$failed" | while read -r t; do
-        awk -v t="$t" '$0 ~ "Testing: " t "$" {on=1} on {print} on && /^"[^"]*" end time:/ {exit}' \
+        awk -v t="$t" '!on && / Testing: / && substr($0, index($0, " Testing: ") + 10) == t {on=1}
+                       on {print} on && /^"[^"]*" end time:/ {exit}' \
             "$dir/Testing/Temporary/LastTest.log" | tail -n 80
     done
 }

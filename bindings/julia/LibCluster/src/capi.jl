@@ -48,42 +48,6 @@ const CLUSTER_ERR_CHANNEL_CLOSED = Int32(22)
 const CLUSTER_ERR_NOT_FOUND = Int32(23)
 const CLUSTER_ERR_CORRUPT = Int32(24)
 
-# The C functions of include/cluster.h this file deliberately does not wrap
-# (a test over the header checks that every function is wrapped below or
-# listed here, and nothing else):
-#   - the blocking forms: the package calls the `_async` form (or
-#     `cluster_remotecall`) and waits on the future as a task, so a ccall
-#     never blocks Julia's scheduler;
-#   - objects the package builds in Julia over remote calls, carrying
-#     serialized Julia values rather than bytes (WorkerSet, QueuedTasks,
-#     server tasks, remote variables, pools and pmap, @everywhere, ValueF,
-#     channel state, shared-memory specs), and batched dict sets, which
-#     ClusterDicts does not have.
-const NOT_WRAPPED_BLOCKING = (
-    :cluster_addprocs, :cluster_addprocs_slurm, :cluster_addprocs_ssh, :cluster_allgather,
-    :cluster_channel_bind, :cluster_channel_close, :cluster_channel_fetch, :cluster_channel_put,
-    :cluster_channel_take, :cluster_channel_wait, :cluster_dict_create, :cluster_dict_delete,
-    :cluster_dict_get, :cluster_dict_get_or_insert, :cluster_dict_haskey, :cluster_dict_length,
-    :cluster_dict_list, :cluster_dict_pop, :cluster_dict_release, :cluster_dict_set,
-    :cluster_dict_set_with, :cluster_everywhere, :cluster_future_wait, :cluster_pool_take,
-    :cluster_remotecall_fetch, :cluster_remotecall_wait, :cluster_rmprocs, :cluster_serve,
-    :cluster_shm_create, :cluster_shm_unlink, :cluster_shutdown,
-    :cluster_taskqueue_prep_remotes, :cluster_vars_apply, :cluster_vars_get, :cluster_vars_set
-)
-const NOT_WRAPPED_BUILT_IN_JULIA = (
-    :cluster_channel_isempty, :cluster_channel_isopen, :cluster_channel_isready,
-    :cluster_dict_register_value_fn, :cluster_dict_set_many, :cluster_dict_set_many_async,
-    :cluster_everywhere_async, :cluster_pmap_run, :cluster_pool_remote_do,
-    :cluster_pool_remotecall, :cluster_pool_remotecall_fetch, :cluster_pool_remotecall_wait,
-    :cluster_stask_state, :cluster_stasks_count, :cluster_stasks_free, :cluster_stasks_pids,
-    :cluster_stasks_pmap, :cluster_stasks_pmap_async, :cluster_stasks_start,
-    :cluster_stasks_start_async, :cluster_stasks_stop, :cluster_stasks_stop_async,
-    :cluster_taskqueue_dequeue_if, :cluster_taskqueue_execute, :cluster_taskqueue_set_priority,
-    :cluster_value_set, :cluster_vars_delete, :cluster_workerset_free, :cluster_workerset_new,
-    :cluster_workerset_remotecall, :cluster_workerset_remotecall_fetch,
-    :cluster_workerset_remotecall_wait
-)
-
 const STATUS_NAMES = Dict{Int32,Symbol}(
     0 => :CLUSTER_OK, 1 => :CLUSTER_ERR_INVALID_ARGUMENT, 2 => :CLUSTER_ERR_BAD_HANDLE,
     3 => :CLUSTER_ERR_NOT_HEAD, 4 => :CLUSTER_ERR_NO_SUCH_PROCESS, 5 => :CLUSTER_ERR_REMOTE,
@@ -310,6 +274,42 @@ macro cfunc(sig)
         end
     end
 end
+
+# The C functions of include/cluster.h this file deliberately does not wrap
+# (a test over the header checks that every function is wrapped below or
+# listed here, and nothing else):
+#   - the blocking forms: the package calls the `_async` form (or
+#     `cluster_remotecall`) and waits on the future as a task, so a ccall
+#     never blocks Julia's scheduler;
+#   - objects the package builds in Julia over remote calls, carrying
+#     serialized Julia values rather than bytes (WorkerSet, QueuedTasks,
+#     server tasks, remote variables, pools and pmap, @everywhere, ValueF,
+#     channel state, shared-memory specs), and batched dict sets, which
+#     ClusterDicts does not have.
+const NOT_WRAPPED_BLOCKING = (
+    :cluster_addprocs, :cluster_addprocs_slurm, :cluster_addprocs_ssh, :cluster_allgather,
+    :cluster_channel_bind, :cluster_channel_close, :cluster_channel_fetch, :cluster_channel_put,
+    :cluster_channel_take, :cluster_channel_wait, :cluster_dict_create, :cluster_dict_delete,
+    :cluster_dict_get, :cluster_dict_get_or_insert, :cluster_dict_haskey, :cluster_dict_length,
+    :cluster_dict_list, :cluster_dict_pop, :cluster_dict_release, :cluster_dict_set,
+    :cluster_dict_set_with, :cluster_everywhere, :cluster_future_wait, :cluster_pool_take,
+    :cluster_remotecall_fetch, :cluster_remotecall_wait, :cluster_rmprocs, :cluster_serve,
+    :cluster_shm_create, :cluster_shm_unlink, :cluster_shutdown,
+    :cluster_taskqueue_prep_remotes, :cluster_vars_apply, :cluster_vars_get, :cluster_vars_set
+)
+const NOT_WRAPPED_BUILT_IN_JULIA = (
+    :cluster_channel_isempty, :cluster_channel_isopen, :cluster_channel_isready,
+    :cluster_dict_register_value_fn, :cluster_dict_set_many, :cluster_dict_set_many_async,
+    :cluster_everywhere_async, :cluster_pmap_run, :cluster_pool_remote_do,
+    :cluster_pool_remotecall, :cluster_pool_remotecall_fetch, :cluster_pool_remotecall_wait,
+    :cluster_stask_state, :cluster_stasks_count, :cluster_stasks_free, :cluster_stasks_pids,
+    :cluster_stasks_pmap, :cluster_stasks_pmap_async, :cluster_stasks_start,
+    :cluster_stasks_start_async, :cluster_stasks_stop, :cluster_stasks_stop_async,
+    :cluster_taskqueue_dequeue_if, :cluster_taskqueue_execute, :cluster_taskqueue_set_priority,
+    :cluster_value_set, :cluster_vars_delete, :cluster_workerset_free, :cluster_workerset_new,
+    :cluster_workerset_remotecall, :cluster_workerset_remotecall_fetch,
+    :cluster_workerset_remotecall_wait
+)
 
 @cfunc cluster_version()::UInt32
 @cfunc cluster_version_string()::Ptr{UInt8}
