@@ -390,6 +390,21 @@ impl Dicts {
         self.held.read().get(&id).cloned()
     }
 
+    /// The configuration of dict `id` this process holds (a member) or
+    /// keeps (the head), whichever is newer.
+    fn known_config(&self, id: u64) -> Option<Arc<DictConfig>> {
+        let held = self.held(id).map(|h| h.cfg());
+        let kept = {
+            let reg = self.registry.lock();
+            reg.names.get(&id).and_then(|n| reg.by_name.get(n)).map(|e| e.cfg.clone())
+        };
+        match (held, kept) {
+            (Some(h), Some(k)) if k.epoch > h.epoch => Some(Arc::new(k)),
+            (Some(h), _) => Some(h),
+            (None, k) => k.map(Arc::new),
+        }
+    }
+
     fn compute(&self, node: &Arc<Node>, f: &str, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
         if f == EACH {
             return each_value(node.myid(), args);
@@ -1028,8 +1043,7 @@ impl Dicts {
                         sends.push(Outgoing { to: b, op: op::STATE, m: Msg { id: new.id, epoch: new.epoch, part: i, arg: seq }, payload: payload.clone() });
                     }
                 } else {
-                    p.fail_all(&why, &mut out);
-                    p.awaiting = true;
+                    p.become_backup(&why, &mut out);
                 }
             }
         }
@@ -1355,13 +1369,26 @@ impl Dict {
     pub fn kind(&self) -> DictKind {
         self.0.kind
     }
-    /// The members now (the survivors, after a member died).
+    /// The members now (the survivors, after a member died), as far as
+    /// this process knows: see `config`.
     pub fn members(&self) -> Vec<u32> {
-        self.cfg().members.clone()
+        self.config().members.clone()
     }
-    /// The newest configuration this handle knows.
+    /// The newest configuration this process knows: the handle's, or the
+    /// one this process holds as a member or keeps as the head, when newer
+    /// (a handle learns of a new epoch only when an operation meets it).
     pub fn config(&self) -> Arc<DictConfig> {
-        self.cfg()
+        let cfg = self.cfg();
+        match self.0.svc.known_config(cfg.id) {
+            Some(newer) if newer.epoch > cfg.epoch => {
+                let mut c = self.0.cfg.write();
+                if newer.epoch > c.epoch {
+                    *c = newer;
+                }
+                c.clone()
+            }
+            _ => cfg,
+        }
     }
     fn cfg(&self) -> Arc<DictConfig> {
         self.0.cfg.read().clone()
@@ -2102,6 +2129,13 @@ mod tests {
         send(&n, &d, 5, op::INSTALLED, Msg { id: 2, ..Msg::default() }, &[], &out);
         send(&n, &d, 6, op::INSTALLED, Msg { id: 2, ..Msg::default() }, &[], &out);
         let cfg2 = cfg_of(pop(&out).unwrap());
+        // And one over [5, 6], of which this process (the head) is no member.
+        let spec3 = Spec::new(DictKind::Global, Members::Pids(vec![5, 6])).named("r3");
+        send(&n, &d, 7, op::CREATE, Msg::default(), &wire::encode_payload(&spec3), &out);
+        send(&n, &d, 5, op::INSTALLED, Msg { id: 3, ..Msg::default() }, &[], &out);
+        send(&n, &d, 6, op::INSTALLED, Msg { id: 3, ..Msg::default() }, &[], &out);
+        let not_mine = n.open_dict(&wire::encode_payload(&cfg_of(pop(&out).unwrap()))).unwrap();
+        let held_here = n.open_dict(&wire::encode_payload(&cfg2)).unwrap();
         let shared = (0..PARTITIONS).find(|&p| cfg2.replicas(p) == [1, 5]).unwrap();
         let k = (0..).map(|i| format!("s{i}").into_bytes()).find(|k| partition(k) == shared).unwrap();
         let m = |part: u32, arg: u64| Msg { id: 2, epoch: 1, part, arg };
@@ -2109,6 +2143,10 @@ mod tests {
         send(&n, &d, 5, op::ACK, m(shared, 1), &[], &out);
         assert!(pop(&out).is_ok());
         leave(&n, &d, 5);
+        // Handles know the new epoch without an operation: from the
+        // configuration held here, and from the head's registry.
+        assert_eq!(held_here.members(), vec![1, 6]);
+        assert_eq!(not_mine.members(), vec![6]);
         let e = dict.index(&key_on(&cfg, 5, 0)).unwrap_err();
         assert_eq!((e.kind, e.pid), (ErrorKind::ProcessExited, 5));
         assert!(e.message.contains("lost with process 5"), "{e}");

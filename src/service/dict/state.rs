@@ -384,6 +384,18 @@ impl Part {
         (self.store.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), self.seq)
     }
 
+    /// Stays or becomes a backup of a new configuration under a new
+    /// primary, whose state is on its way. What the old primary sent
+    /// beyond a gap goes: it was never acknowledged (this replica had not
+    /// applied it), and the new primary numbers its own writes from its
+    /// state's number on, so an old write kept here would take the place
+    /// of the new one with that number.
+    pub fn become_backup(&mut self, why: &Error, out: &mut Vec<Answer>) {
+        self.fail_all(why, out);
+        self.ahead.clear();
+        self.awaiting = true;
+    }
+
     /// Primary: backup `from` installed the state up to write `seq`: it
     /// holds every write up to there.
     pub fn state_acked(&mut self, from: u32, seq: u64, out: &mut Vec<Answer>) {
@@ -659,5 +671,34 @@ mod tests {
         b.state_acked(4, 2, &mut a);
         assert_eq!(sent(std::mem::take(&mut a)).len(), 1);
         assert_eq!(b.waiting(), 1);
+    }
+
+    #[test]
+    fn a_backup_under_a_new_primary_drops_what_the_old_one_sent_beyond_a_gap() {
+        // Backup 4 applied 1, missed 2, holds 3 and 4 from the dead primary.
+        let mut b = Part::default();
+        b.replicate(1, set("k", "1"), &none);
+        b.replicate(3, set("k", "old 3"), &none);
+        b.replicate(4, set("j", "old 4"), &none);
+        assert_eq!(b.ahead(), 2);
+        // The new primary had applied 1 and 2 only: its state ends at 2.
+        let mut p = Part::default();
+        p.replicate(1, set("k", "1"), &none);
+        p.replicate(2, set("k", "2"), &none);
+        let mut a = Vec::new();
+        let (pairs, seq) = p.become_primary(&[4], &mut a);
+        assert_eq!(seq, 2);
+        let why = Error::new(ErrorKind::InvalidArgument, "reconfigured");
+        b.become_backup(&why, &mut a);
+        assert_eq!(b.ahead(), 0, "the old primary's writes beyond the gap go");
+        let out: Out = Arc::default();
+        p.write(set("k", "new 3"), &none, ReplyTo::Capture(out.clone()), vec![], &[4], &mut a);
+        p.write(set("x", "new 4"), &none, ReplyTo::Capture(out.clone()), vec![], &[4], &mut a);
+        // The new primary's write 3 may come before its state; both apply.
+        assert!(b.replicate(3, set("k", "new 3"), &none).is_empty(), "waits for the state");
+        assert_eq!(b.install_state(seq, pairs, &none), vec![(3, None)]);
+        assert_eq!(b.replicate(4, set("x", "new 4"), &none), vec![(4, None)], "applied, not taken for a duplicate");
+        assert_eq!(b.store, p.store, "the replicas agree");
+        assert!(!b.store.contains_key(&b"j"[..]));
     }
 }
