@@ -335,6 +335,46 @@ fn concurrent_writers_leave_identical_replicas_and_concurrent_get_inserts_agree(
     c.shutdown(Duration::from_secs(10)).unwrap();
 }
 
+/// Writes process `pid` answered as a backup for their primary.
+fn answered_on(c: &Cluster, pid: u32) -> u64 {
+    u64::from_le_bytes(c.remotecall_fetch(pid, "dict_answered", &[]).unwrap()[..8].try_into().unwrap())
+}
+
+#[test]
+fn a_non_members_set_is_answered_by_the_backup_and_a_read_after_it_sees_it() {
+    let c = head();
+    c.addprocs(3, &opts()).unwrap();
+    let d = c.dict(&Spec::new(DictKind::Distributed, Members::Pids(vec![2, 3])).named("answered")).unwrap();
+    let backup_of = |key: &[u8]| if d.owner(key) == 2 { 3 } else { 2 };
+    // Blocking sets from here (a non-member), each read back at once:
+    // the read goes to the primary, which may not have heard from the
+    // backup yet, and must still see the write.
+    for i in 0..200 {
+        d.set(&k(i), &(i as u32).to_le_bytes()).unwrap();
+        assert_eq!(d.index(&k(i)).unwrap(), (i as u32).to_le_bytes(), "read after the answer of {i}");
+    }
+    let by_backup = |c: &Cluster| (answered_on(c, 2), answered_on(c, 3));
+    let (two, three) = by_backup(&c);
+    assert_eq!(two + three, 200, "every set answered by its backup");
+    let expect_two = (0..200).filter(|&i| backup_of(&k(i)) == 2).count() as u64;
+    assert_eq!((two, three), (expect_two, 200 - expect_two));
+    // Pipelined: every future completes, each set once.
+    let fs: Vec<_> = (0..200).map(|i| d.set_async(&k(i), b"again").unwrap()).collect();
+    for f in fs {
+        f.wait(Some(Duration::from_secs(10))).unwrap();
+    }
+    assert!((0..200).all(|i| d.index(&k(i)).unwrap() == b"again"));
+    assert_eq!(by_backup(&c), (2 * expect_two, 400 - 2 * expect_two));
+    // A member's own write (here the backup's) goes the primary's way;
+    // every key's copies agree.
+    let key = (0..).map(k).find(|key| d.owner(key) == 3).unwrap();
+    assert_eq!(op_on(&c, 2, &d, "set", &key, b"from the backup"), Ok(Vec::new()));
+    assert_eq!(by_backup(&c), (2 * expect_two, 400 - 2 * expect_two), "answered by its primary");
+    assert_eq!(d.index(&key).unwrap(), b"from the backup");
+    let held = copies_on(&c, &d, &[2, 3]);
+    assert!(held.values().all(|vs| vs.len() == 2 && vs[0] == vs[1]), "the replicas agree");
+}
+
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -486,6 +526,8 @@ fn a_member_killed_under_replication_2_loses_no_acknowledged_write() {
     assert_eq!(d.length().unwrap(), 5 * n as usize);
     assert_eq!(d.members(), vec![2, 3, 4], "the handle follows the new epoch");
     assert_eq!(g.members(), vec![2, 3, 4], "the head, a non-member, knows the new epoch without an operation on g");
+    // The backups answered this process's sets (a non-member) through the kill.
+    assert!([2, 3, 4].iter().map(|&p| answered_on(&c, p)).sum::<u64>() > 0);
     assert!(d.config().epoch >= 2);
     // Replication 1: the keys that lived on 5 are reported lost, naming it.
     let mut lost = 0;

@@ -167,6 +167,10 @@ fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
         let d = call.node().service::<cluster::service::dict::Dicts>().ok_or("no dict service")?;
         Ok(format!("{:?}", d.parked()).into_bytes())
     })?;
+    c.register_fn("dict_answered", |call| {
+        let d = call.node().service::<cluster::service::dict::Dicts>().ok_or("no dict service")?;
+        Ok(d.answered_for_primaries().to_le_bytes().to_vec())
+    })?;
     // args: (handle, keys, rounds): each round sets every key to
     // "<myid>:<round>", the round's sets pipelined; the outcome.
     c.register_fn("dict_write_many", |call| {

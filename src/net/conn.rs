@@ -415,6 +415,14 @@ impl Conn {
 
     /// Writes queued bytes that the socket takes now; never waits. The
     /// unlocked check is only for threads that corked themselves.
+    /// Its caller waits for an answer (that comes on another connection):
+    /// what it sent goes out now, and its next request is not taken for
+    /// one of a pipelined burst.
+    pub(crate) fn waited_on(self: &Arc<Self>) {
+        self.last_send.store(0, Ordering::Relaxed);
+        self.flush();
+    }
+
     pub fn flush(self: &Arc<Self>) {
         if !self.has_corked.load(Ordering::Acquire) && !self.out.try_lock().is_some_and(|o| o.backlog) {
             return;

@@ -43,6 +43,9 @@ pub struct Future {
     pub(crate) node: Arc<Node>,
     pub(crate) slot: Arc<Slot>,
     conn: OnceLock<Arc<Conn>>,
+    /// The connection the request went out on, when another one brings
+    /// the answer (`conn`): flushed, and told its caller waits, before a wait.
+    sent_on: OnceLock<Arc<Conn>>,
     /// The value this future refers to, when it is a reference to another
     /// process's value; services use it to pass the reference on.
     pub(crate) source: Option<FutureRef>,
@@ -90,6 +93,7 @@ impl Future {
             node: node.clone(),
             slot,
             conn: cell,
+            sent_on: OnceLock::new(),
             source: None,
             start_pending: AtomicBool::new(false),
             start: Mutex::new(None),
@@ -118,9 +122,7 @@ impl Future {
     /// Keeps `other` alive (and its connection driven) as long as this one:
     /// a future completed by another's completion.
     pub(crate) fn keeping(mut self, other: Future) -> Future {
-        if let Some(c) = other.conn.get() {
-            let _ = self.conn.set(c.clone());
-        }
+        self.take_conns_of(&other);
         if self.following.is_none() {
             self.following = other.following.clone();
         }
@@ -136,10 +138,31 @@ impl Future {
 
     /// Waiters read `other`'s connection: its answer completes this one.
     pub(crate) fn keeping_conn_of(self, other: &Future) -> Future {
+        self.take_conns_of(other);
+        self
+    }
+
+    fn take_conns_of(&self, other: &Future) {
         if let Some(c) = other.conn.get() {
             let _ = self.conn.set(c.clone());
         }
+        if let Some(c) = other.sent_on.get() {
+            let _ = self.sent_on.set(c.clone());
+        }
+    }
+
+    /// The request went out on `conn`, and its answer comes on another
+    /// (`set_conn`): waiters flush `conn` first, where the request may
+    /// be corked as one of a pipelined burst.
+    pub(crate) fn sent_on(self, conn: Arc<Conn>) -> Future {
+        let _ = self.sent_on.set(conn);
         self
+    }
+
+    fn flush_request(&self) {
+        if let Some(c) = self.sent_on.get() {
+            c.waited_on();
+        }
     }
 
     pub(crate) fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Future {
@@ -194,6 +217,7 @@ impl Future {
     /// Waits for completion; the request's own failure is returned as the error.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
         self.start();
+        self.flush_request();
         let deadline = timeout.map(|t| Instant::now() + t);
         let done = match &self.following {
             Some((next, share)) => self.node.wait_slot_following(&self.slot, next, *share, deadline),
@@ -216,6 +240,7 @@ impl Future {
         if self.slot.is_done() {
             return true;
         }
+        self.flush_request();
         let done = || self.slot.is_done();
         if let Some((next, share)) = &self.following {
             return self.node.drive_following(&self.slot, next, *share, spin);

@@ -828,6 +828,22 @@ impl Node {
         Ok(Future::new(self, slot, Some(conn)))
     }
 
+    /// The open connection to `pid`, if there is one (none is made).
+    pub(crate) fn open_conn(&self, pid: u32) -> Option<Arc<Conn>> {
+        self.peer(pid).and_then(|p| p.conn.lock().clone()).filter(|c| !c.is_closed())
+    }
+
+    /// `request_quiet` to `pid` whose response may come from `also` instead,
+    /// over `also_conn` (its open connection), which waiters then read (a
+    /// dict write its backup answers).
+    pub(crate) fn request_quiet_answered_by(self: &Arc<Self>, pid: u32, also: u32, also_conn: Arc<Conn>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+        let conn = self.conn_for(pid)?;
+        let slot = Arc::new(Slot::new(self.next_request_id(), pid));
+        slot.also_answered_by(also);
+        self.send_request(&conn, &slot, service, op, meta, payload)?;
+        Ok(Future::new(self, slot, Some(also_conn)).sent_on(conn))
+    }
+
     /// Sends a request for `slot` on `conn`: registered as pending first,
     /// removed and failed if it cannot be sent.
     pub(crate) fn send_request(&self, conn: &Arc<Conn>, slot: &Arc<Slot>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
@@ -877,6 +893,18 @@ impl Node {
 
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
+        self.respond_how(conn, h, outcome, false)
+    }
+
+    /// `respond`, written out at once, never corked: an answer given for
+    /// another process (a dict backup's for its primary), outside any
+    /// batch this thread serves.
+    pub(crate) fn respond_now(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
+        self.respond_how(conn, h, outcome, true)
+    }
+
+    fn respond_how(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>, now: bool) {
+        let send = |r: Header, p: &[u8]| if now { conn.send_now(r, &[], p) } else { conn.send(r, &[], p) };
         if self.host.is_some() {
             // Read by on_frame's nudge (host mode only).
             RESPONDED.with(|r| r.set(true));
@@ -885,10 +913,10 @@ impl Node {
         let send_err = |mut r: Header, e: &Error| {
             r.status = e.kind as u8;
             r.aux = if e.pid != 0 { e.pid } else { self.myid() };
-            conn.send(r, &[], e.message.as_bytes())
+            send(r, e.message.as_bytes())
         };
         let sent = match outcome {
-            Ok(v) => match conn.send(r, &[], v) {
+            Ok(v) => match send(r, v) {
                 // The value is too large for the caller: tell it so.
                 Err(e) if e.kind == ErrorKind::TooLarge => {
                     let max = conn.peer_max.load(Ordering::Relaxed);

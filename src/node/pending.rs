@@ -27,12 +27,13 @@ impl PendingTable {
         self.shard(slot.id).lock().insert(slot.id, slot.clone());
     }
 
-    /// Takes the slot of request `id` if `from` is the process it was sent to:
-    /// a peer cannot complete another peer's request.
+    /// Takes the slot of request `id` if `from` is the process it was sent to
+    /// (or one it named to answer for it): a peer cannot complete another
+    /// peer's request.
     pub fn take(&self, id: u64, from: u32) -> Option<Arc<Slot>> {
         let mut s = self.shard(id).lock();
         match s.get(&id) {
-            Some(slot) if slot.pid == from => s.remove(&id),
+            Some(slot) if slot.answered_by(from) => s.remove(&id),
             _ => None,
         }
     }

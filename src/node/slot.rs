@@ -14,6 +14,9 @@ pub struct Slot {
     pub id: u64,
     /// The process computing the value.
     pub pid: u32,
+    /// Another process whose response is taken as this one's (0: none):
+    /// a dict backup answering for its primary.
+    also: AtomicU32,
     done: AtomicBool,
     value: OnceLock<Result<Vec<u8>>>,
     parked: AtomicU32,
@@ -27,6 +30,7 @@ impl Slot {
         Slot {
             id,
             pid,
+            also: AtomicU32::new(0),
             done: AtomicBool::new(false),
             value: OnceLock::new(),
             parked: AtomicU32::new(0),
@@ -34,6 +38,16 @@ impl Slot {
             cv: Condvar::new(),
             continuations: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Takes a response from `pid` too (see `also`).
+    pub fn also_answered_by(&self, pid: u32) {
+        self.also.store(pid, Ordering::Relaxed);
+    }
+
+    /// Whether a response from `pid` completes this slot.
+    pub fn answered_by(&self, pid: u32) -> bool {
+        pid == self.pid || (pid != 0 && pid == self.also.load(Ordering::Relaxed))
     }
 
     pub fn is_done(&self) -> bool {

@@ -51,6 +51,18 @@
 //! | STATE_ACK     | one-way, backup  | the state of `part` up to write `arg` is installed |
 //! | LOOKUP        | request to head  | answered with dict `id`'s current configuration |
 //! | SET_MANY      | request, primary | payload: pairs (`encode_pairs`) of keys this process is primary of; each is a SET, answered once all are on every replica |
+//! | REPLICATE_ANSWER | one-way, primary | REPLICATE, whose writer the (only) backup answers once it applied it; payload: (`Effect`, `BackupAnswer`) |
+//! | ACK_ANSWERED  | one-way, backup  | ACK of a REPLICATE_ANSWER: the backup answered the writer |
+//!
+//! **The backup answers.** A SET or SET_F from a process other than its
+//! partition's two replicas (replication 2) names the backup in `arg`
+//! when the writer has a connection to it, and takes the backup's answer
+//! as the primary's. The primary then sends REPLICATE_ANSWER, and the
+//! backup answers the writer as soon as it applied the write, telling the
+//! primary (ACK_ANSWERED): three hops, not four. The primary keeps the
+//! write's reply until then and answers it itself when the backup dies
+//! (or could not answer: no connection to the writer). Its reads of the
+//! key still wait for the ACK, so a read after the answer sees the write.
 //!
 //! **Who waits where.** A client's request has an ordinary future in the
 //! node's pending table (failed with ProcessExited naming the process if
@@ -101,7 +113,7 @@
 mod state;
 
 pub use state::{fnv1a, partition, DictConfig, DictKind, Effect, Members, Spec, PARTITIONS};
-use state::{Answer, Part};
+use state::{Answer, BackupAnswer, Part};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Job;
@@ -141,7 +153,9 @@ pub mod op {
     pub const STATE_ACK: u16 = 20;
     pub const LOOKUP: u16 = 21;
     pub const SET_MANY: u16 = 22;
-    pub const LAST: u16 = SET_MANY;
+    pub const REPLICATE_ANSWER: u16 = 23;
+    pub const ACK_ANSWERED: u16 = 24;
+    pub const LAST: u16 = ACK_ANSWERED;
 }
 
 /// The meta of every dict message.
@@ -345,6 +359,8 @@ pub struct Dicts {
     registry: Mutex<Registry>,
     functions: RwLock<HashMap<String, ValueFn>>,
     housekeeping: Housekeeper,
+    /// Writes this process answered as backup for their primary.
+    answered: std::sync::atomic::AtomicU64,
 }
 
 impl Dicts {
@@ -354,6 +370,7 @@ impl Dicts {
             registry: Mutex::new(Registry::default()),
             functions: RwLock::new(HashMap::new()),
             housekeeping: Housekeeper::new("cluster-dict", ID),
+            answered: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -379,6 +396,13 @@ impl Dicts {
             }
         }
         v
+    }
+
+    /// Writes this process answered as a backup, for their primary (a
+    /// gauge for tests: see "The backup answers").
+    #[doc(hidden)]
+    pub fn answered_for_primaries(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Dicts in the registry (the head).
@@ -682,6 +706,14 @@ impl Dicts {
             }
         }
         let backups: Vec<u32> = cfg.replicas(part).iter().copied().filter(|&p| p != me).collect();
+        // A writer that takes its answer from the backup (see "The backup answers").
+        let backup_answers = |reply: &ReplyTo| match reply {
+            ReplyTo::Remote { conn, header } if m.arg != 0 && backups.len() == 1 && u64::from(backups[0]) == m.arg && u64::from(conn.peer()) != m.arg => {
+                Some(BackupAnswer { to: conn.peer(), request: header.id, op: header.op, result: Vec::new() })
+            }
+            _ => None,
+        };
+        let mut answer = None;
         {
             match op {
                 // At the primary, a read of a key whose last write is not on
@@ -700,6 +732,7 @@ impl Dicts {
                 op::SET => {
                     let e = Effect::Set { key, value: decode_kv(&payload)?.1.to_vec() };
                     effect = (!backups.is_empty()).then(|| e.clone());
+                    answer = backup_answers(&reply);
                     seq = p.write(e, &compute, reply, Vec::new(), &backups, &mut out);
                 }
                 op::SET_F => {
@@ -712,6 +745,7 @@ impl Dicts {
                     match e {
                         Ok(e) => {
                             effect = (!backups.is_empty()).then(|| e.clone());
+                            answer = backup_answers(&reply);
                             seq = p.write(e, &compute, reply, Vec::new(), &backups, &mut out);
                         }
                         Err(msg) => out.push(Answer(reply, Err(Error::at(ErrorKind::Remote, me, msg)))),
@@ -741,10 +775,20 @@ impl Dicts {
         drop(p);
         if let (Some(seq), Some(e)) = (seq, effect) {
             if !backups.is_empty() {
-                let payload = wire::encode_payload(&e);
+                let (op, payload) = match answer {
+                    Some(a) => (op::REPLICATE_ANSWER, wire::encode_payload(&(e, a))),
+                    None => (op::REPLICATE, wire::encode_payload(&e)),
+                };
                 let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: seq };
-                let sends = backups.iter().map(|&to| Outgoing { to, op: op::REPLICATE, m, payload: payload.clone() }).collect();
+                let sends = backups.iter().map(|&to| Outgoing { to, op, m, payload: payload.clone() }).collect();
                 self.send_all(node, sends);
+                if op == op::REPLICATE_ANSWER {
+                    // The next step is the backup's, and this process has
+                    // none until the writer's next request: the CPU is
+                    // better spent on the backup, if it waits for one
+                    // (three spinning processes on two cores).
+                    std::thread::yield_now();
+                }
             }
         }
         deliver(node, out);
@@ -848,6 +892,53 @@ impl Dicts {
         }
     }
 
+    /// Splits the writes a backup just applied into those it acknowledges
+    /// and those whose writers it answers (`answer_after`).
+    #[allow(clippy::type_complexity)]
+    fn owed_answers(p: &mut Part, applied: Vec<(u64, Option<String>)>) -> (Vec<(u64, Option<String>)>, Vec<(u64, Option<String>, BackupAnswer)>) {
+        let mut acks = Vec::new();
+        let mut answers = Vec::new();
+        for (seq, err) in applied {
+            match p.take_answer(seq) {
+                Some(a) => answers.push((seq, err, a)),
+                None => acks.push((seq, err)),
+            }
+        }
+        (acks, answers)
+    }
+
+    /// Backup: answers the writers it owes an answer (first: they wait
+    /// for it) and tells the primary `from`, then acknowledges the other
+    /// writes applied. A writer it has no connection to is left to the
+    /// primary (an ordinary ACK).
+    fn acknowledge(&self, node: &Arc<Node>, from: u32, m: Msg, acks: Vec<(u64, Option<String>)>, answers: Vec<(u64, Option<String>, BackupAnswer)>) {
+        let me = node.myid();
+        let ack = |seq: u64, err: Option<String>| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() };
+        let mut sends = Vec::with_capacity(acks.len() + answers.len());
+        let answered = !answers.is_empty();
+        for (seq, err, a) in answers {
+            match node.open_conn(a.to) {
+                Some(conn) => {
+                    let outcome = match &err {
+                        None => Ok(&a.result[..]),
+                        Some(msg) => Err(Error::at(ErrorKind::Remote, me, msg.clone())),
+                    };
+                    node.respond_now(&conn, &Header::new(Kind::Request, ID, a.op, a.request), outcome);
+                    self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    sends.push(Outgoing { to: from, op: op::ACK_ANSWERED, m: Msg { arg: seq, ..m }, payload: Vec::new() });
+                }
+                None => sends.push(ack(seq, err)),
+            }
+        }
+        sends.extend(acks.into_iter().map(|(seq, err)| ack(seq, err)));
+        self.send_all(node, sends);
+        if answered {
+            // The writer's next step (its next request) is its own and its
+            // primary's: as at the primary, the CPU goes to them.
+            std::thread::yield_now();
+        }
+    }
+
     /// One message, from a peer or from this process.
     fn handle(&self, node: &Arc<Node>, from: u32, op: u16, m: Msg, payload: Vec<u8>, reply: ReplyTo) -> Result<()> {
         let me = node.myid();
@@ -900,14 +991,19 @@ impl Dicts {
                 };
                 deliver(node, vec![Answer(reply, r)]);
             }
-            op::REPLICATE => {
-                let e: Effect = wire::decode_payload(&payload)?;
+            op::REPLICATE | op::REPLICATE_ANSWER => {
+                let (e, answer) = if op == op::REPLICATE {
+                    (wire::decode_payload::<Effect>(&payload)?, None)
+                } else {
+                    let (e, a) = wire::decode_payload::<(Effect, BackupAnswer)>(&payload)?;
+                    (e, Some(a))
+                };
                 let part = m.part;
                 if part >= PARTITIONS {
                     return Err(Error::new(ErrorKind::Protocol, format!("no dict partition {part}")));
                 }
-                let acks: Vec<(u64, Option<String>)> = match self.held(m.id) {
-                    None => vec![(m.arg, Some(format!("dict {:#x} is not held on process {me}", m.id)))],
+                let (acks, answers) = match self.held(m.id) {
+                    None => (vec![(m.arg, Some(format!("dict {:#x} is not held on process {me}", m.id)))], Vec::new()),
                     Some(h) => {
                         let compute = |f: &str, a: &[u8]| self.compute(node, f, a);
                         let mut p = h.parts[part as usize].lock();
@@ -923,23 +1019,29 @@ impl Dicts {
                             // the new primary's state supersedes it.
                             return Ok(());
                         }
-                        p.replicate(m.arg, e, &compute)
+                        if let Some(a) = answer {
+                            p.answer_after(m.arg, a);
+                        }
+                        let applied = p.replicate(m.arg, e, &compute);
+                        Self::owed_answers(&mut p, applied)
                     }
                 };
-                let sends = acks
-                    .into_iter()
-                    .map(|(seq, err)| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() })
-                    .collect();
-                self.send_all(node, sends);
+                self.acknowledge(node, from, m, acks, answers);
             }
-            op::ACK => {
+            op::ACK | op::ACK_ANSWERED => {
                 let Some(h) = self.held(m.id) else { return Ok(()) };
                 if m.part >= PARTITIONS {
                     return Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part)));
                 }
-                let err = (!payload.is_empty()).then(|| Error::at(ErrorKind::Remote, from, String::from_utf8_lossy(&payload).into_owned()));
                 let mut out = Vec::new();
-                h.parts[m.part as usize].lock().ack(m.arg, from, err, &mut out);
+                let mut p = h.parts[m.part as usize].lock();
+                if op == op::ACK_ANSWERED {
+                    p.ack_answered(m.arg, from, &mut out);
+                } else {
+                    let err = (!payload.is_empty()).then(|| Error::at(ErrorKind::Remote, from, String::from_utf8_lossy(&payload).into_owned()));
+                    p.ack(m.arg, from, err, &mut out);
+                }
+                drop(p);
                 deliver(node, out);
             }
             op::STATE => {
@@ -961,10 +1063,10 @@ impl Dicts {
                     return Ok(());
                 }
                 let applied = p.install_state(m.arg, pairs, &compute);
+                let (acks, answers) = Self::owed_answers(&mut p, applied);
                 drop(p);
-                let mut sends = vec![Outgoing { to: from, op: op::STATE_ACK, m, payload: Vec::new() }];
-                sends.extend(applied.into_iter().map(|(seq, err)| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() }));
-                self.send_all(node, sends);
+                self.send_all(node, vec![Outgoing { to: from, op: op::STATE_ACK, m, payload: Vec::new() }]);
+                self.acknowledge(node, from, m, acks, answers);
             }
             op::STATE_ACK => {
                 let Some(h) = self.held(m.id) else { return Ok(()) };
@@ -1227,8 +1329,11 @@ pub fn decode(op: u16, meta: &[u8], payload: &[u8]) -> Result<()> {
         op::SET_MANY => decode_pairs(payload).map(drop),
         op::SET_F => wire::decode_payload::<(Vec<u8>, String, Vec<u8>)>(payload).map(drop),
         op::ENTRIES if m.arg > 2 => Err(Error::new(ErrorKind::Protocol, format!("unknown dict listing {}", m.arg))),
-        op::REPLICATE | op::ACK | op::STATE | op::STATE_ACK if m.part >= PARTITIONS => Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part))),
+        op::REPLICATE | op::REPLICATE_ANSWER | op::ACK | op::ACK_ANSWERED | op::STATE | op::STATE_ACK if m.part >= PARTITIONS => {
+            Err(Error::new(ErrorKind::Protocol, format!("no dict partition {}", m.part)))
+        }
         op::REPLICATE => wire::decode_payload::<Effect>(payload).map(drop),
+        op::REPLICATE_ANSWER => wire::decode_payload::<(Effect, BackupAnswer)>(payload).map(drop),
         op::STATE => wire::decode_payload::<Vec<(Vec<u8>, Vec<u8>)>>(payload).map(drop),
         _ => Ok(()),
     }
@@ -1484,7 +1589,19 @@ impl Dict {
             return Err(e);
         }
         let p = cfg.primary(part);
-        self.0.svc.request_quiet(&self.0.node, p, op, Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 }, payload)
+        let node = &self.0.node;
+        let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 };
+        // The backup answers a set (see "The backup answers" above).
+        if let (op::SET | op::SET_F, &[primary, backup]) = (op, cfg.replicas(part)) {
+            let me = node.myid();
+            if me != primary && me != backup {
+                if let Some(conn) = node.open_conn(backup) {
+                    let m = Msg { arg: backup as u64, ..m };
+                    return node.request_quiet_answered_by(p, backup, conn, ID, op, &wire::encode_meta(&m), &payload);
+                }
+            }
+        }
+        self.0.svc.request_quiet(node, p, op, m, payload)
     }
 
     /// The `_async` form of an operation: `attempt` sends it (a raw
@@ -1911,7 +2028,7 @@ mod tests {
     }
 
     fn is_request(op: u16) -> bool {
-        !matches!(op, op::INSTALL | op::INSTALLED | op::DROP | op::DROPPED | op::REPLICATE | op::ACK | op::RECONFIG | op::STATE | op::STATE_ACK)
+        !matches!(op, op::INSTALL | op::INSTALLED | op::DROP | op::DROPPED | op::REPLICATE | op::REPLICATE_ANSWER | op::ACK | op::ACK_ANSWERED | op::RECONFIG | op::STATE | op::STATE_ACK)
     }
 
     fn send(n: &Arc<Node>, d: &Dicts, from: u32, op: u16, m: Msg, payload: &[u8], out: &Out) {

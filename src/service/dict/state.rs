@@ -215,6 +215,18 @@ pub type Compute<'a> = &'a dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String>;
 pub(crate) struct Answer(pub ReplyTo, pub Result<Vec<u8>, Error>);
 
 /// A write applied here as primary, waiting for its backups.
+/// A write's answer that its only backup gives the writer, for the
+/// primary, once it applied the write: the writer's request (process, id,
+/// op) and what it is answered with. This saves the primary's answer its
+/// hop (the writer hears from the backup when the primary would hear).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupAnswer {
+    pub to: u32,
+    pub request: u64,
+    pub op: u16,
+    pub result: Vec<u8>,
+}
+
 struct Waiting {
     reply: ReplyTo,
     /// What the writer is answered with once every backup applied it.
@@ -238,6 +250,8 @@ pub(crate) struct Part {
     pub seq: u64,
     /// Backup: writes that arrived ahead of their turn, by sequence number.
     ahead: BTreeMap<u64, Effect>,
+    /// Backup: the answers it gives once it applied those writes.
+    answers: BTreeMap<u64, BackupAnswer>,
     /// Primary: the keys with a write not acknowledged yet, and its number.
     unacked: HashMap<Vec<u8>, u64>,
     /// Primary: reads of such keys, with their answers, parked until that
@@ -356,6 +370,29 @@ impl Part {
         }
     }
 
+    /// Primary: backup `from` applied write `seq` and answered its writer
+    /// itself (`BackupAnswer`): done here, with nothing more to answer.
+    pub fn ack_answered(&mut self, seq: u64, from: u32, out: &mut Vec<Answer>) {
+        if let Some(w) = self.waiting.get_mut(&seq) {
+            if w.outstanding.contains(&from) {
+                w.reply = ReplyTo::Nobody;
+            }
+        }
+        self.ack(seq, from, None, out);
+    }
+
+    /// Backup: once it applies write `seq`, it answers `a` (see `take_answer`).
+    pub fn answer_after(&mut self, seq: u64, a: BackupAnswer) {
+        if self.awaiting || seq > self.seq {
+            self.answers.insert(seq, a);
+        }
+    }
+
+    /// Backup: the answer write `seq` (just applied) owes, if any.
+    pub fn take_answer(&mut self, seq: u64) -> Option<BackupAnswer> {
+        self.answers.remove(&seq)
+    }
+
     /// Primary: only `backups` are this partition's backups now (one died,
     /// or a new configuration came): the writes stop waiting for any other,
     /// and those every remaining backup applied are answered. They are on
@@ -379,6 +416,7 @@ impl Part {
     /// state to send the backups: the pairs and the last write number.
     pub fn become_primary(&mut self, backups: &[u32], out: &mut Vec<Answer>) -> (Pairs, u64) {
         self.ahead.clear();
+        self.answers.clear();
         self.awaiting = false;
         self.keep_backups(backups, out);
         (self.store.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), self.seq)
@@ -393,6 +431,7 @@ impl Part {
     pub fn become_backup(&mut self, why: &Error, out: &mut Vec<Answer>) {
         self.fail_all(why, out);
         self.ahead.clear();
+        self.answers.clear();
         self.awaiting = true;
     }
 
@@ -413,6 +452,7 @@ impl Part {
         self.seq = seq;
         self.awaiting = false;
         self.ahead = std::mem::take(&mut self.ahead).split_off(&(seq + 1));
+        self.answers = std::mem::take(&mut self.answers).split_off(&(seq + 1));
         let mut done = Vec::new();
         while let Some(e) = self.ahead.remove(&(self.seq + 1)) {
             self.seq += 1;
@@ -426,6 +466,7 @@ impl Part {
         self.fail_all(why, out);
         self.store.clear();
         self.ahead.clear();
+        self.answers.clear();
         self.seq = 0;
         self.awaiting = false;
     }
@@ -700,5 +741,50 @@ mod tests {
         assert_eq!(b.replicate(4, set("x", "new 4"), &none), vec![(4, None)], "applied, not taken for a duplicate");
         assert_eq!(b.store, p.store, "the replicas agree");
         assert!(!b.store.contains_key(&b"j"[..]));
+    }
+
+    #[test]
+    fn a_backup_answers_the_writes_it_owes_once_applied_and_the_primary_then_answers_nothing() {
+        let answer = |request: u64| BackupAnswer { to: 9, request, op: 7, result: vec![] };
+        // The backup: write 1 applies at once; 3 waits for 2, then both apply.
+        let mut b = Part::default();
+        b.answer_after(1, answer(11));
+        assert_eq!(b.replicate(1, set("k", "1"), &none), vec![(1, None)]);
+        assert_eq!(b.take_answer(1), Some(answer(11)));
+        b.answer_after(3, answer(13));
+        assert!(b.replicate(3, set("k", "3"), &none).is_empty(), "3 waits, its answer kept");
+        let done = b.replicate(2, set("k", "2"), &none);
+        assert_eq!(done.iter().map(|d| d.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!((b.take_answer(2), b.take_answer(3)), (None, Some(answer(13))));
+        // A write seen before owes nothing again (its primary answers it if the first answer was lost).
+        b.answer_after(3, answer(13));
+        assert_eq!(b.take_answer(3), None);
+        // A new primary's state supersedes what the old one's writes owed.
+        b.answer_after(5, answer(15));
+        b.become_backup(&Error::new(ErrorKind::InvalidArgument, "reconfigured"), &mut Vec::new());
+        assert_eq!(b.take_answer(5), None);
+        b.answer_after(5, answer(25));
+        b.replicate(5, set("k", "5"), &none);
+        assert!(b.install_state(4, vec![], &none) == vec![(5, None)]);
+        assert_eq!(b.take_answer(5), Some(answer(25)), "a write after the state keeps its answer");
+
+        // The primary: ACK_ANSWERED finishes the write without answering
+        // the writer, but answers a read parked on it.
+        let out: Out = Arc::default();
+        let mut p = Part::default();
+        let mut a = Vec::new();
+        p.write(set("k", "v"), &none, ReplyTo::Capture(out.clone()), vec![], &[5], &mut a);
+        p.read(b"k", ReplyTo::Capture(out.clone()), b"v".to_vec(), &mut a);
+        assert!(a.is_empty());
+        p.ack_answered(1, 5, &mut a);
+        assert_eq!(p.waiting(), 0);
+        let replies: Vec<_> = a.into_iter().filter(|Answer(r, _)| matches!(r, ReplyTo::Capture(_))).collect();
+        assert_eq!(sent(replies), vec![Ok(b"v".to_vec())], "only the read is answered here");
+        // Its backup dying first: the primary answers the writer itself.
+        let mut a = Vec::new();
+        p.write(set("k", "w"), &none, ReplyTo::Capture(out.clone()), vec![], &[5], &mut a);
+        p.keep_backups(&[], &mut a);
+        assert_eq!(sent(a), vec![Ok(vec![])]);
+        p.ack_answered(2, 5, &mut Vec::new());
     }
 }
