@@ -172,6 +172,10 @@ fn main() {
         }
         ours_v.push(t.elapsed().as_secs_f64() / (rounds / blocks) as f64);
     }
+    if std::env::var_os("BENCH_BLOCKS").is_some() {
+        let show = |v: &[f64]| v.iter().map(|x| format!("{:.2}", x * 1e6)).collect::<Vec<_>>().join(" ");
+        eprintln!("round trip blocks (us): {}\nping-pong blocks (us): {}", show(&ours_v), show(&tcp_v));
+    }
     let (ours_rtt, tcp_rtt) = (median(ours_v), median(tcp_v));
     rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(tcp_rtt), "TCP ping-pong, busy-poll", "<= 1.3x"));
     // From C: runs of the C program (its own head and worker), each between
@@ -188,6 +192,11 @@ fn main() {
         rows.push(Row::new("same, from C (cluster_remotecall_fetch)", median(c_v), us(median(tcp_v)), "TCP ping-pong, busy-poll", "<= 1.3x"));
     }
     drop(ping);
+    if std::env::args().any(|a| a == "--rtt-only") {
+        c.shutdown(Duration::from_secs(10)).unwrap();
+        print_rows(&rows);
+        return;
+    }
     if let Some(jl) = julia_rtt(rounds.min(5000)) {
         rows.push(Row::new("remotecall_fetch round trip, 8 B", us(ours_rtt), us(jl), "Julia Distributed", "<= 1x"));
     }

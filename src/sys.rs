@@ -205,8 +205,17 @@ const YIELD_EVERY_MAX: u32 = 256;
 /// A yield that took this long let another thread run.
 const YIELD_RAN_OTHERS: Duration = Duration::from_micros(4);
 
+/// Yields in a row that let another thread run before a spinner looks for
+/// an idle CPU to move to (a few more for some threads than others, so
+/// that of two spinners sharing a CPU one moves first).
+const SHARED_YIELDS_BEFORE_MOVE: u32 = 16;
+/// A thread moves at most this often.
+const MOVE_EVERY: Duration = Duration::from_millis(20);
+
 thread_local! {
     static YIELD_EVERY: std::cell::Cell<u32> = const { std::cell::Cell::new(YIELD_EVERY_MIN) };
+    /// Yields in a row that let another thread run, and when this thread last moved.
+    static SHARED: std::cell::Cell<(u32, Option<Instant>)> = const { std::cell::Cell::new((0, None)) };
 }
 
 /// Called once per round of a spin (`round` counts from 1): now and then
@@ -223,8 +232,96 @@ pub fn spin_yield(round: u32) {
         }
         let t = Instant::now();
         std::thread::yield_now();
-        every.set(if t.elapsed() >= YIELD_RAN_OTHERS { YIELD_EVERY_MIN } else { (n * 2).min(YIELD_EVERY_MAX) });
+        let ran_others = t.elapsed() >= YIELD_RAN_OTHERS;
+        every.set(if ran_others { YIELD_EVERY_MIN } else { (n * 2).min(YIELD_EVERY_MAX) });
+        note_shared_cpu(ran_others);
     });
+}
+
+/// Two spinners the scheduler placed on one CPU take turns on it by their
+/// yields (a round trip's caller and the reactor of the process it calls,
+/// woken beside it) while another CPU idles: each step then waits for the
+/// other's yield. After yields in a row that let another thread run, a
+/// spinner moves to another CPU, but only when one is idle (no more
+/// runnable threads than CPUs): with more spinners than CPUs (three
+/// processes of a replicated write on two) moving helps nobody.
+fn note_shared_cpu(ran_others: bool) {
+    SHARED.with(|shared| {
+        let (n, moved) = shared.get();
+        if !ran_others {
+            shared.set((0, moved));
+            return;
+        }
+        let before = SHARED_YIELDS_BEFORE_MOVE + (thread_tag() % 4) * 4;
+        if n + 1 < before {
+            shared.set((n + 1, moved));
+            return;
+        }
+        if moved.is_some_and(|m| m.elapsed() < MOVE_EVERY) {
+            shared.set((0, moved));
+            return;
+        }
+        let now = Instant::now();
+        shared.set((0, Some(now)));
+        if let (Some(cpus), Some(running)) = (allowed_cpus(), runnable_threads()) {
+            if cpus.len() >= 2 && running <= cpus.len() {
+                move_off_this_cpu(&cpus);
+            }
+        }
+    });
+}
+
+/// A number that differs between threads (their kernel id).
+fn thread_tag() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads the set within its bounds.
+    Some((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// Threads runnable now, on the whole machine (this one included): the
+/// fourth field of /proc/loadavg, `running/total`.
+fn runnable_threads() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
+}
+
+/// Moves this thread off its CPU now: allowed every CPU of `cpus` but
+/// this one (the kernel migrates it at once), then all of them again (it
+/// stays where it went).
+fn move_off_this_cpu(cpus: &[usize]) {
+    // SAFETY: sched_getcpu has no arguments.
+    let here = unsafe { libc::sched_getcpu() };
+    if here < 0 {
+        return;
+    }
+    let set_of = |skip: Option<usize>| {
+        // SAFETY: as in allowed_cpus; CPU_SET writes within the set for c < CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in cpus.iter().filter(|&&c| Some(c) != skip) {
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        set
+    };
+    let away = set_of(Some(here as usize));
+    let all = set_of(None);
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: both sets are valid cpu_set_t values of `size` bytes.
+    unsafe {
+        if libc::sched_setaffinity(0, size, &away) == 0 {
+            libc::sched_setaffinity(0, size, &all);
+        }
+    }
 }
 
 /// Spins until `done()` or `budget` elapses; true when `done()` held.
@@ -506,4 +603,26 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_off_this_cpu_changes_the_cpu_and_keeps_the_affinity() {
+        let cpus = allowed_cpus().expect("sched_getaffinity");
+        // SAFETY: sched_getcpu has no arguments.
+        let here = unsafe { libc::sched_getcpu() } as usize;
+        assert!(cpus.contains(&here), "{here} not in {cpus:?}");
+        assert!(runnable_threads().is_some_and(|n| n >= 1), "this thread runs");
+        if cpus.len() < 2 {
+            return;
+        }
+        move_off_this_cpu(&cpus);
+        // SAFETY: as above.
+        let now = unsafe { libc::sched_getcpu() } as usize;
+        assert_ne!(now, here, "moved at once");
+        assert_eq!(allowed_cpus().unwrap(), cpus, "every CPU allowed again");
+    }
 }
