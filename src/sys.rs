@@ -271,6 +271,27 @@ fn note_shared_cpu(ran_others: bool) {
     });
 }
 
+thread_local! {
+    /// A handler asked this thread to yield once what it reads is read out.
+    static YIELD_ASKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Asks this thread to yield its CPU once, when it has read every frame
+/// waiting on its connection (`yield_if_asked`): a step of a protocol
+/// whose next step is another process's, which may be waiting for a CPU.
+/// Within a burst of frames (pipelined requests) it reads on first.
+pub fn yield_when_read_out() {
+    YIELD_ASKED.with(|y| y.set(true));
+}
+
+/// Yields if a handler asked (`yield_when_read_out`); a connection's
+/// reader calls it when nothing more is buffered.
+pub fn yield_if_asked() {
+    if YIELD_ASKED.with(|y| y.replace(false)) {
+        std::thread::yield_now();
+    }
+}
+
 /// A number that differs between threads (their kernel id).
 fn thread_tag() -> u32 {
     // SAFETY: gettid has no arguments and cannot fail.

@@ -346,30 +346,33 @@ fn a_non_members_set_is_answered_by_the_backup_and_a_read_after_it_sees_it() {
     c.addprocs(3, &opts()).unwrap();
     let d = c.dict(&Spec::new(DictKind::Distributed, Members::Pids(vec![2, 3])).named("answered")).unwrap();
     let backup_of = |key: &[u8]| if d.owner(key) == 2 { 3 } else { 2 };
-    // Blocking sets from here (a non-member), each read back at once:
-    // the read goes to the primary, which may not have heard from the
-    // backup yet, and must still see the write.
+    // Sets from here (a non-member), each read back at once (at the
+    // primary, which may not have heard from the backup yet). Waited for
+    // with a timeout: an answer lost must fail the test, not hang it.
+    let ten = Some(Duration::from_secs(10));
     for i in 0..200 {
-        d.set(&k(i), &(i as u32).to_le_bytes()).unwrap();
-        assert_eq!(d.index(&k(i)).unwrap(), (i as u32).to_le_bytes(), "read after the answer of {i}");
+        d.set_async(&k(i), &(i as u32).to_le_bytes()).unwrap().wait(ten).unwrap();
+        assert_eq!(d.get_async(&k(i)).unwrap().fetch(ten).unwrap(), (i as u32).to_le_bytes(), "read after the answer of {i}");
     }
     let by_backup = |c: &Cluster| (answered_on(c, 2), answered_on(c, 3));
     let (two, three) = by_backup(&c);
     assert_eq!(two + three, 200, "every set answered by its backup");
     let expect_two = (0..200).filter(|&i| backup_of(&k(i)) == 2).count() as u64;
     assert_eq!((two, three), (expect_two, 200 - expect_two));
-    // Pipelined: every future completes, each set once.
+    // Pipelined (others in flight): answered by their primaries, whose
+    // answers travel corked together; every future completes.
     let fs: Vec<_> = (0..200).map(|i| d.set_async(&k(i), b"again").unwrap()).collect();
     for f in fs {
-        f.wait(Some(Duration::from_secs(10))).unwrap();
+        f.wait(ten).unwrap();
     }
     assert!((0..200).all(|i| d.index(&k(i)).unwrap() == b"again"));
-    assert_eq!(by_backup(&c), (2 * expect_two, 400 - 2 * expect_two));
+    let (two, three) = by_backup(&c);
+    assert!(two + three < 300, "{} of 200 pipelined sets answered by their backup", two + three - 200);
     // A member's own write (here the backup's) goes the primary's way;
     // every key's copies agree.
     let key = (0..).map(k).find(|key| d.owner(key) == 3).unwrap();
     assert_eq!(op_on(&c, 2, &d, "set", &key, b"from the backup"), Ok(Vec::new()));
-    assert_eq!(by_backup(&c), (2 * expect_two, 400 - 2 * expect_two), "answered by its primary");
+    assert_eq!(by_backup(&c), (two, three), "answered by its primary");
     assert_eq!(d.index(&key).unwrap(), b"from the backup");
     let held = copies_on(&c, &d, &[2, 3]);
     assert!(held.values().all(|vs| vs.len() == 2 && vs[0] == vs[1]), "the replicas agree");

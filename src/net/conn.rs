@@ -413,8 +413,6 @@ impl Conn {
         }
     }
 
-    /// Writes queued bytes that the socket takes now; never waits. The
-    /// unlocked check is only for threads that corked themselves.
     /// Its caller waits for an answer (that comes on another connection):
     /// what it sent goes out now, and its next request is not taken for
     /// one of a pipelined burst.
@@ -423,6 +421,8 @@ impl Conn {
         self.flush();
     }
 
+    /// Writes queued bytes that the socket takes now; never waits. The
+    /// unlocked check is only for threads that corked themselves.
     pub fn flush(self: &Arc<Self>) {
         if !self.has_corked.load(Ordering::Acquire) && !self.out.try_lock().is_some_and(|o| o.backlog) {
             return;
@@ -581,6 +581,9 @@ impl Conn {
         // set corked under the write lock, which the flush then takes.
         self.reader_active.store(false, Ordering::SeqCst);
         self.flush_locked();
+        if matches!(end, PumpEnd::Empty) {
+            sys::yield_if_asked();
+        }
         end
     }
 
@@ -685,7 +688,11 @@ impl Conn {
                     self.fail(owner, why);
                     return (done(), served);
                 }
-                Step::Busy | Step::Empty => std::hint::spin_loop(),
+                Step::Empty => {
+                    sys::yield_if_asked();
+                    std::hint::spin_loop()
+                }
+                Step::Busy => std::hint::spin_loop(),
             }
             n += 1;
             if n.is_multiple_of(8) && start.elapsed() >= spin {

@@ -893,17 +893,18 @@ impl Node {
 
     /// Sends the response to request `h` on `conn`.
     pub(crate) fn respond(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
-        self.respond_how(conn, h, outcome, false)
+        self.respond_how(conn, h, outcome, false);
     }
 
     /// `respond`, written out at once, never corked: an answer given for
     /// another process (a dict backup's for its primary), outside any
     /// batch this thread serves.
-    pub(crate) fn respond_now(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) {
+    /// True when the answer was written or queued on `conn`.
+    pub(crate) fn respond_now(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) -> bool {
         self.respond_how(conn, h, outcome, true)
     }
 
-    fn respond_how(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>, now: bool) {
+    fn respond_how(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>, now: bool) -> bool {
         let send = |r: Header, p: &[u8]| if now { conn.send_now(r, &[], p) } else { conn.send(r, &[], p) };
         if self.host.is_some() {
             // Read by on_frame's nudge (host mode only).
@@ -927,8 +928,12 @@ impl Node {
             },
             Err(e) => send_err(r, &e),
         };
-        if let Err(e) = sent {
-            self.log.debug(format!("response to process {} not sent: {e}", conn.peer()));
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                self.log.debug(format!("response to process {} not sent: {e}", conn.peer()));
+                false
+            }
         }
     }
 

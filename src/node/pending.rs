@@ -47,7 +47,9 @@ impl PendingTable {
         let mut failed = Vec::new();
         for s in &self.shards {
             s.lock().retain(|_, slot| {
-                if slot.pid == pid {
+                // A process named to answer for another fails its requests
+                // too: the one asked may have left the answer to it.
+                if slot.answered_by(pid) {
                     failed.push(slot.clone());
                     false
                 } else {
@@ -103,5 +105,22 @@ mod tests {
         assert_eq!(a.get().unwrap().as_ref().unwrap_err().kind, ErrorKind::ProcessExited);
         assert!(!b.is_done());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_process_named_to_answer_completes_the_request_and_its_loss_fails_it() {
+        let t = PendingTable::new();
+        let s = Arc::new(Slot::new(7, 3));
+        s.also_answered_by(5);
+        t.insert(&s);
+        assert!(t.take(7, 4).is_none(), "nor may another");
+        assert!(t.take(7, 5).is_some(), "5 answers for 3");
+        // Process 5 leaving fails it: 3 may have left the answer to 5.
+        let s = Arc::new(Slot::new(8, 3));
+        s.also_answered_by(5);
+        t.insert(&s);
+        t.fail_peer(5, || Error::exited(5));
+        assert_eq!(s.get().unwrap().as_ref().unwrap_err().pid, 5);
+        assert_eq!(t.len(), 0);
     }
 }

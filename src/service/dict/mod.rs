@@ -55,14 +55,19 @@
 //! | ACK_ANSWERED  | one-way, backup  | ACK of a REPLICATE_ANSWER: the backup answered the writer |
 //!
 //! **The backup answers.** A SET or SET_F from a process other than its
-//! partition's two replicas (replication 2) names the backup in `arg`
+//! partition's two replicas (replication 2), with no other such write of
+//! that process in flight (pipelined, the primary's answers go corked
+//! together), names the backup in `arg`
 //! when the writer has a connection to it, and takes the backup's answer
 //! as the primary's. The primary then sends REPLICATE_ANSWER, and the
 //! backup answers the writer as soon as it applied the write, telling the
 //! primary (ACK_ANSWERED): three hops, not four. The primary keeps the
 //! write's reply until then and answers it itself when the backup dies
-//! (or could not answer: no connection to the writer). Its reads of the
-//! key still wait for the ACK, so a read after the answer sees the write.
+//! (or could not answer: no connection to the writer); the writer's
+//! request fails when the backup leaves (it takes the backup's answer,
+//! so its loss too), and is retried. The primary's reads of the key
+//! still wait for the backup's word, so that no reader sees a write the
+//! primary's death could still take back.
 //!
 //! **Who waits where.** A client's request has an ordinary future in the
 //! node's pending table (failed with ProcessExited naming the process if
@@ -361,6 +366,8 @@ pub struct Dicts {
     housekeeping: Housekeeper,
     /// Writes this process answered as backup for their primary.
     answered: std::sync::atomic::AtomicU64,
+    /// This process's writes in flight that their backup answers.
+    answered_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Dicts {
@@ -371,6 +378,7 @@ impl Dicts {
             functions: RwLock::new(HashMap::new()),
             housekeeping: Housekeeper::new("cluster-dict", ID),
             answered: std::sync::atomic::AtomicU64::new(0),
+            answered_in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -784,10 +792,11 @@ impl Dicts {
                 self.send_all(node, sends);
                 if op == op::REPLICATE_ANSWER {
                     // The next step is the backup's, and this process has
-                    // none until the writer's next request: the CPU is
-                    // better spent on the backup, if it waits for one
-                    // (three spinning processes on two cores).
-                    std::thread::yield_now();
+                    // none until the writer's next request: once this
+                    // reader has nothing more to read, the CPU is better
+                    // spent on the backup, if it waits for one (three
+                    // spinning processes on two cores).
+                    crate::sys::yield_when_read_out();
                 }
             }
         }
@@ -917,17 +926,17 @@ impl Dicts {
         let mut sends = Vec::with_capacity(acks.len() + answers.len());
         let answered = !answers.is_empty();
         for (seq, err, a) in answers {
-            match node.open_conn(a.to) {
-                Some(conn) => {
-                    let outcome = match &err {
-                        None => Ok(&a.result[..]),
-                        Some(msg) => Err(Error::at(ErrorKind::Remote, me, msg.clone())),
-                    };
-                    node.respond_now(&conn, &Header::new(Kind::Request, ID, a.op, a.request), outcome);
-                    self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    sends.push(Outgoing { to: from, op: op::ACK_ANSWERED, m: Msg { arg: seq, ..m }, payload: Vec::new() });
-                }
-                None => sends.push(ack(seq, err)),
+            let outcome = match &err {
+                None => Ok(&a.result[..]),
+                Some(msg) => Err(Error::at(ErrorKind::Remote, me, msg.clone())),
+            };
+            // Not sent (no connection, or it closed): the primary answers.
+            let sent = node.open_conn(a.to).is_some_and(|conn| node.respond_now(&conn, &Header::new(Kind::Request, ID, a.op, a.request), outcome));
+            if sent {
+                self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sends.push(Outgoing { to: from, op: op::ACK_ANSWERED, m: Msg { arg: seq, ..m }, payload: Vec::new() });
+            } else {
+                sends.push(ack(seq, err));
             }
         }
         sends.extend(acks.into_iter().map(|(seq, err)| ack(seq, err)));
@@ -935,7 +944,7 @@ impl Dicts {
         if answered {
             // The writer's next step (its next request) is its own and its
             // primary's: as at the primary, the CPU goes to them.
-            std::thread::yield_now();
+            crate::sys::yield_when_read_out();
         }
     }
 
@@ -1591,13 +1600,22 @@ impl Dict {
         let p = cfg.primary(part);
         let node = &self.0.node;
         let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 };
-        // The backup answers a set (see "The backup answers" above).
+        // The backup answers a set (see "The backup answers" above), one
+        // at a time: with others in flight (pipelined), the primary's
+        // answers travel corked together, and its batches are cheaper.
         if let (op::SET | op::SET_F, &[primary, backup]) = (op, cfg.replicas(part)) {
             let me = node.myid();
-            if me != primary && me != backup {
+            let svc = &self.0.svc;
+            if me != primary && me != backup && svc.answered_in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 if let Some(conn) = node.open_conn(backup) {
                     let m = Msg { arg: backup as u64, ..m };
-                    return node.request_quiet_answered_by(p, backup, conn, ID, op, &wire::encode_meta(&m), &payload);
+                    let f = node.request_quiet_answered_by(p, backup, conn, ID, op, &wire::encode_meta(&m), &payload)?;
+                    svc.answered_in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let svc = svc.clone();
+                    f.on_complete(move |_| {
+                        svc.answered_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    });
+                    return Ok(f);
                 }
             }
         }

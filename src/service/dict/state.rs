@@ -214,7 +214,6 @@ pub type Compute<'a> = &'a dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String>;
 /// An answer to send once the partition's lock is released.
 pub(crate) struct Answer(pub ReplyTo, pub Result<Vec<u8>, Error>);
 
-/// A write applied here as primary, waiting for its backups.
 /// A write's answer that its only backup gives the writer, for the
 /// primary, once it applied the write: the writer's request (process, id,
 /// op) and what it is answered with. This saves the primary's answer its
@@ -227,6 +226,7 @@ pub struct BackupAnswer {
     pub result: Vec<u8>,
 }
 
+/// A write applied here as primary, waiting for its backups.
 struct Waiting {
     reply: ReplyTo,
     /// What the writer is answered with once every backup applied it.
