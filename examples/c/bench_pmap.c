@@ -9,7 +9,13 @@
  *   noise_pct               the same measure between two runs without it:
  *                           how much this machine's noise alone gives
  *   progress_cb_share_pct   the share of a map's time spent inside callbacks
- *   progress_calls          callbacks per run with it */
+ *   progress_calls          callbacks per run with it
+ *   progress_fast_overhead_pct, fast_noise_pct, progress_fast_calls
+ *                           the same with a report every 1 ms
+ *   progress_bound_pct      what reports can cost at the default rate: the
+ *                           1 ms figure plus its noise, scaled by the
+ *                           reports' ratio (a report's cost is far below
+ *                           the noise at the default rate) */
 #include <cluster.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +53,7 @@ static void on_progress(void *ud, size_t done, size_t failed, size_t total) {
 }
 
 static cluster_ctx *ctx;
+static uint32_t g_interval_ms; /* 0: the default */
 static cluster_bytes *items;
 
 /* Seconds for one map of n elements. */
@@ -55,6 +62,7 @@ static double run(size_t n, uint32_t depth, bool progress) {
     cluster_pmap_options_init(&o);
     if (depth) o.max_in_flight = depth;
     if (progress) o.progress = on_progress;
+    if (progress && g_interval_ms) o.progress_interval_ms = g_interval_ms;
     cluster_pmap *m = NULL;
     double t0 = now_s();
     if (cluster_pmap_run(ctx, NULL, "noop", items, n, &o, CLUSTER_FOREVER, &m) != CLUSTER_OK) {
@@ -90,7 +98,7 @@ int main(int argc, char **argv) {
     }
     items = calloc(n, sizeof *items); /* n empty elements */
     run(n / 10 + 1, 0, false);        /* warm up */
-    double t[64], ratio[64];
+    double t[64];
     for (uint32_t depth = 0; depth <= 2; depth++) {
         for (int r = 0; r < reps; r++) t[r] = run(n, depth, false);
         qsort(t, (size_t)reps, sizeof t[0], cmp);
@@ -99,30 +107,44 @@ int main(int argc, char **argv) {
         else
             printf("pmap_d%u %.0f\n", depth, (double)n / t[reps / 2]);
     }
-    size_t calls = 0;
-    double share = 0, noise[64];
     /* Short maps in A B B A quads (A without the callback, B with it), so
      * the machine's slow drifts cancel: B's time over A's, and A's second
-     * run over its first as the noise floor. */
+     * run over its first as the noise floor; at the default report rate,
+     * then with a report every 1 ms. */
     size_t m = n / 2 > 1000 ? n / 2 : n;
     int quads = reps * 4 > 63 ? 63 : reps * 4;
-    for (int r = 0; r < quads; r++) {
-        double a1 = run(m, 0, false);
-        g_calls = 0;
-        g_cb_time = 0;
-        double b1 = run(m, 0, true);
-        double b2 = run(m, 0, true);
-        calls = g_calls / 2;
-        share += g_cb_time / (b1 + b2);
-        double a2 = run(m, 0, false);
-        ratio[r] = (b1 + b2) / (a1 + a2);
-        noise[r] = a2 / a1 > 1 ? a2 / a1 : a1 / a2;
+    double over[2], floor_[2], calls[2], share = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        g_interval_ms = pass == 0 ? 0 : 1;
+        double ratio[64], noise[64];
+        size_t total_calls = 0;
+        for (int r = 0; r < quads; r++) {
+            double a1 = run(m, 0, false);
+            g_calls = 0;
+            g_cb_time = 0;
+            double b1 = run(m, 0, true);
+            double b2 = run(m, 0, true);
+            total_calls += g_calls;
+            if (pass == 0) share += g_cb_time / (b1 + b2);
+            double a2 = run(m, 0, false);
+            ratio[r] = (b1 + b2) / (a1 + a2);
+            noise[r] = a2 / a1 > 1 ? a2 / a1 : a1 / a2;
+        }
+        qsort(ratio, (size_t)quads, sizeof ratio[0], cmp);
+        qsort(noise, (size_t)quads, sizeof noise[0], cmp);
+        over[pass] = (ratio[quads / 2] - 1) * 100;
+        floor_[pass] = (noise[quads / 2] - 1) * 100;
+        calls[pass] = (double)total_calls / (2.0 * quads);
     }
-    reps = quads;
-    printf("progress_overhead_pct %.3f\n", (ratio[reps / 2] - 1) * 100);
-    printf("noise_pct %.3f\n", (noise[reps / 2] - 1) * 100);
-    printf("progress_cb_share_pct %.5f\n", share / reps * 100);
-    printf("progress_calls %zu\n", calls);
+    printf("progress_overhead_pct %.3f\n", over[0]);
+    printf("noise_pct %.3f\n", floor_[0]);
+    printf("progress_cb_share_pct %.5f\n", share / quads * 100);
+    printf("progress_calls %.1f\n", calls[0]);
+    printf("progress_fast_overhead_pct %.3f\n", over[1]);
+    printf("fast_noise_pct %.3f\n", floor_[1]);
+    printf("progress_fast_calls %.1f\n", calls[1]);
+    double fast = over[1] > 0 ? over[1] : 0;
+    printf("progress_bound_pct %.4f\n", (fast + floor_[1]) * calls[0] / (calls[1] > 1 ? calls[1] : 1));
     free(items);
     cluster_shutdown(ctx, 10000);
     return cluster_free(ctx) == CLUSTER_OK ? 0 : 1;

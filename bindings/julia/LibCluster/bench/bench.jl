@@ -50,28 +50,35 @@ function pmap_rate(pm, pool, n, reps = 3; kw...)
 end
 
 """
-Overhead of a progress callback: LibCluster's pmap without and with one,
-run back to back `rounds` times (the order swapped each round); the median
-of the rounds' ratios, in % (pairs see the same machine load, which moves
-the figures by far more than 1% from one map to the next).
+Overhead of a progress callback: LibCluster's pmap without (A) and with (B)
+one, in A B B A quads (the machine's drifts cancel), `rounds` of them;
+reports every `interval` seconds. Returns the median of the quads' B/A in
+%, the noise (the median of A's second run against its first, in %), the
+best rate and the reports per map.
 """
-function progress_overhead(pool, n, rounds = 9)
+function progress_overhead(pool, n; rounds = 7, interval = 0.1)
     calls = Ref(0)
     cb = (done, total) -> (calls[] += 1; nothing)
-    ratios = Float64[]
+    prev = LibCluster.PROGRESS_INTERVAL[]
+    LibCluster.PROGRESS_INTERVAL[] = interval
+    ratios, noise = Float64[], Float64[]
     best = Inf
-    for r in 1:rounds
-        if isodd(r)
-            a = @elapsed LibCluster.pmap(noop1, pool, 1:n)
-            b = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
-        else
-            b = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
-            a = @elapsed LibCluster.pmap(noop1, pool, 1:n)
+    try
+        LibCluster.pmap(noop1, pool, 1:1000; progress = cb)
+        calls[] = 0
+        for _ in 1:rounds
+            a1 = @elapsed LibCluster.pmap(noop1, pool, 1:n)
+            b1 = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
+            b2 = @elapsed LibCluster.pmap(noop1, pool, 1:n; progress = cb)
+            a2 = @elapsed LibCluster.pmap(noop1, pool, 1:n)
+            push!(ratios, (b1 + b2) / (a1 + a2))
+            push!(noise, max(a1, a2) / min(a1, a2))
+            best = min(best, a1, a2)
         end
-        push!(ratios, b / a)
-        best = min(best, a)
+    finally
+        LibCluster.PROGRESS_INTERVAL[] = prev
     end
-    100 * (median(ratios) - 1), n / best, calls[]
+    100 * (median(ratios) - 1), 100 * (median(noise) - 1), n / best, calls[] / (2rounds)
 end
 
 function time_addprocs(add, rm)
@@ -233,7 +240,12 @@ dpool = Distributed.WorkerPool(dids)
 lpool = LibCluster.WorkerPool(lids)
 pm_dist = pmap_rate(Distributed.pmap, dpool, max(1000, PMAP_ITEMS ÷ 5))
 pm_lc = pmap_rate(LibCluster.pmap, lpool, PMAP_ITEMS)
-prog_pct, prog_rate, prog_calls = progress_overhead(lpool, PMAP_ITEMS)
+# At the default rate (10 reports a second) a report's cost is far below
+# this machine's noise; at 1 ms it is 100x as often, and the cost a report
+# can have (what that A/B shows, plus its noise) bounds the default's.
+prog_pct, prog_noise, prog_rate, prog_calls = progress_overhead(lpool, PMAP_ITEMS)
+fast_pct, fast_noise, _, fast_calls = progress_overhead(lpool, PMAP_ITEMS; interval = 0.001)
+prog_bound = (max(fast_pct, 0) + fast_noise) * prog_calls / max(fast_calls, 1)
 
 # PTools' pfork (issue 9) from this process (a head with LibCluster's and
 # Distributed's workers): pfork(n) with Int results beside n bare forks that
@@ -317,7 +329,11 @@ c2 = row("RemoteChannel put!+take!, both here", ch_lc[2], ch_dist[2], "µs")
 c1r = row("  same, interleaved with remotecall_fetch", minimum(ch_pair), minimum(ch_pair_rt), "µs (target <= 1.2x)")
 rp = row("pmap no-op, 2 workers, batch 1 (k items/s)", pm_lc / 1000, pm_dist / 1000, "k/s (target >= 10x)")
 @printf("%-44s %12.2f %12s %10s  %s\n", "pmap progress callback overhead (%)", prog_pct, "", "",
-        @sprintf("at %.0fk items/s, %d reports (target <= 1%%)", prog_rate / 1000, prog_calls))
+        @sprintf("at %.0fk items/s, %.1f reports a map, noise %.2f%% (target <= 1%%)", prog_rate / 1000, prog_calls, prog_noise))
+@printf("%-44s %12.2f %12s %10s  %s\n", "  same, a report every 1 ms (%)", fast_pct, "", "",
+        @sprintf("%.1f reports a map, noise %.2f%%", fast_calls, fast_noise))
+@printf("%-44s %12.3f %12s %10s  %s\n", "  so at the default rate at most (%)", prog_bound, "", "",
+        "(1 ms figure + its noise) x reports / reports at 1 ms")
 r2 = row("addprocs(2) until ready, first in process", t_lc1, t_dist1, "s (target <= 1x)")
 row("addprocs(2) until ready, again", t_lc2, t_dist2, "s")
 
@@ -345,7 +361,8 @@ println("pipelined target (>= 300k/s): ", pl_lc >= 300_000 ? "met" : "NOT met", 
 println("RemoteChannel target (<= 0.33x Distributed): ", c1 <= 0.33 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1))
 println("RemoteChannel target (<= 1.2x remotecall_fetch): ", c1r <= 1.2 ? "met" : "NOT met", @sprintf(" (%.2fx)", c1r))
 println("pmap target (>= 10x):         ", rp >= 10 ? "met" : "NOT met", @sprintf(" (%.1fx, %.0fk/s)", rp, pm_lc / 1000))
-println("progress target (<= 1%):      ", prog_pct <= 1 ? "met" : "NOT met", @sprintf(" (%.2f%%)", prog_pct))
+println("progress target (<= 1%):      ", prog_bound <= 1 ? "met" : "NOT met",
+        @sprintf(" (at most %.3f%% from reports at 1 ms; %.2f%% in the direct A/B, noise %.2f%%)", prog_bound, prog_pct, prog_noise))
 println("addprocs target (<= 1x):      ", r2 <= 1.0 ? "met" : "NOT met", @sprintf(" (%.2fx)", r2))
 println("dict get target (<= 1.5x):    ", dg <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", dg))
 println("dict set target (<= 1.5x, replication 1): ", ds1 <= 1.5 ? "met" : "NOT met", @sprintf(" (%.2fx)", ds1))
