@@ -44,8 +44,10 @@ use std::time::{Duration, Instant};
 /// another version are refused. Version 1 had no verdict byte and no
 /// identity proofs; its greeting was "LCLUSTR1", as this scheme reads it.
 /// Version 2 carried the head's welcome in the meta (64 KiB at most); 3
-/// carries it in the payload; 4 negotiates TLS in the handshake.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// carries it in the payload; 4 negotiates TLS in the handshake; 5 adds
+/// the dict service's REPLICATE_ANSWER and ACK_ANSWERED (a backup
+/// answering for its primary), which a peer of 4 would refuse.
+pub const PROTOCOL_VERSION: u8 = 5;
 
 const MAGIC: &[u8; 7] = b"LCLUSTR";
 const NONCE: usize = 32;
