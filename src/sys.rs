@@ -216,6 +216,15 @@ thread_local! {
     static YIELD_EVERY: std::cell::Cell<u32> = const { std::cell::Cell::new(YIELD_EVERY_MIN) };
     /// Yields in a row that let another thread run, and when this thread last moved.
     static SHARED: std::cell::Cell<(u32, Option<Instant>)> = const { std::cell::Cell::new((0, None)) };
+    /// This thread's count of such yields before it moves (its kernel id
+    /// picks one of four, once).
+    static MOVE_AFTER: u32 = {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        SHARED_YIELDS_BEFORE_MOVE + (tid % 4) * 4
+    };
+    /// A handler asked this thread to yield once what it reads is read out.
+    static YIELD_ASKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Called once per round of a spin (`round` counts from 1): now and then
@@ -252,8 +261,7 @@ fn note_shared_cpu(ran_others: bool) {
             shared.set((0, moved));
             return;
         }
-        let before = SHARED_YIELDS_BEFORE_MOVE + (thread_tag() % 4) * 4;
-        if n + 1 < before {
+        if n + 1 < MOVE_AFTER.with(|m| *m) {
             shared.set((n + 1, moved));
             return;
         }
@@ -271,11 +279,6 @@ fn note_shared_cpu(ran_others: bool) {
     });
 }
 
-thread_local! {
-    /// A handler asked this thread to yield once what it reads is read out.
-    static YIELD_ASKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Asks this thread to yield its CPU once, when it has read every frame
 /// waiting on its connection (`yield_if_asked`): a step of a protocol
 /// whose next step is another process's, which may be waiting for a CPU.
@@ -290,12 +293,6 @@ pub fn yield_if_asked() {
     if YIELD_ASKED.with(|y| y.replace(false)) {
         std::thread::yield_now();
     }
-}
-
-/// A number that differs between threads (their kernel id).
-fn thread_tag() -> u32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() as u32 }
 }
 
 /// The CPUs this thread may run on.

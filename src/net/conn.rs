@@ -413,12 +413,12 @@ impl Conn {
         }
     }
 
-    /// Its caller waits for an answer (that comes on another connection):
-    /// what it sent goes out now, and its next request is not taken for
-    /// one of a pipelined burst.
+    /// Its caller waits for an answer (on this connection or another):
+    /// what it sent goes out now, and, not pipelining, its next request
+    /// goes out at once too.
     pub(crate) fn waited_on(self: &Arc<Self>) {
-        self.last_send.store(0, Ordering::Relaxed);
         self.flush();
+        self.last_send.store(0, Ordering::Relaxed);
     }
 
     /// Writes queued bytes that the socket takes now; never waits. The
@@ -651,10 +651,7 @@ impl Conn {
     /// on this thread, e.g. requests of a service answered inline).
     pub fn drive_served<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> (bool, bool) {
         flush_lingering();
-        self.flush();
-        // A caller that waits between requests is not pipelining: its next
-        // request goes out at once.
-        self.last_send.store(0, Ordering::Relaxed);
+        self.waited_on();
         if spin.is_zero() || self.is_closed() {
             return (done(), false);
         }

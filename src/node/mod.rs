@@ -838,8 +838,7 @@ impl Node {
     /// dict write its backup answers).
     pub(crate) fn request_quiet_answered_by(self: &Arc<Self>, pid: u32, also: u32, also_conn: Arc<Conn>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
         let conn = self.conn_for(pid)?;
-        let slot = Arc::new(Slot::new(self.next_request_id(), pid));
-        slot.also_answered_by(also);
+        let slot = Arc::new(Slot::new(self.next_request_id(), pid).also_answered_by(also));
         self.send_request(&conn, &slot, service, op, meta, payload)?;
         Ok(Future::new(self, slot, Some(also_conn)).sent_on(conn))
     }
@@ -898,8 +897,7 @@ impl Node {
 
     /// `respond`, written out at once, never corked: an answer given for
     /// another process (a dict backup's for its primary), outside any
-    /// batch this thread serves.
-    /// True when the answer was written or queued on `conn`.
+    /// batch this thread serves. True when it was written or queued.
     pub(crate) fn respond_now(&self, conn: &Arc<Conn>, h: &Header, outcome: std::result::Result<&[u8], Error>) -> bool {
         self.respond_how(conn, h, outcome, true)
     }

@@ -110,14 +110,12 @@ mod tests {
     #[test]
     fn a_process_named_to_answer_completes_the_request_and_its_loss_fails_it() {
         let t = PendingTable::new();
-        let s = Arc::new(Slot::new(7, 3));
-        s.also_answered_by(5);
+        let s = Arc::new(Slot::new(7, 3).also_answered_by(5));
         t.insert(&s);
         assert!(t.take(7, 4).is_none(), "nor may another");
         assert!(t.take(7, 5).is_some(), "5 answers for 3");
         // Process 5 leaving fails it: 3 may have left the answer to 5.
-        let s = Arc::new(Slot::new(8, 3));
-        s.also_answered_by(5);
+        let s = Arc::new(Slot::new(8, 3).also_answered_by(5));
         t.insert(&s);
         t.fail_peer(5, || Error::exited(5));
         assert_eq!(s.get().unwrap().as_ref().unwrap_err().pid, 5);

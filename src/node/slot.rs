@@ -16,7 +16,7 @@ pub struct Slot {
     pub pid: u32,
     /// Another process whose response is taken as this one's (0: none):
     /// a dict backup answering for its primary.
-    also: AtomicU32,
+    also: u32,
     done: AtomicBool,
     value: OnceLock<Result<Vec<u8>>>,
     parked: AtomicU32,
@@ -30,7 +30,7 @@ impl Slot {
         Slot {
             id,
             pid,
-            also: AtomicU32::new(0),
+            also: 0,
             done: AtomicBool::new(false),
             value: OnceLock::new(),
             parked: AtomicU32::new(0),
@@ -41,13 +41,14 @@ impl Slot {
     }
 
     /// Takes a response from `pid` too (see `also`).
-    pub fn also_answered_by(&self, pid: u32) {
-        self.also.store(pid, Ordering::Relaxed);
+    pub fn also_answered_by(mut self, pid: u32) -> Slot {
+        self.also = pid;
+        self
     }
 
     /// Whether a response from `pid` completes this slot.
     pub fn answered_by(&self, pid: u32) -> bool {
-        pid == self.pid || (pid != 0 && pid == self.also.load(Ordering::Relaxed))
+        pid == self.pid || (pid != 0 && pid == self.also)
     }
 
     pub fn is_done(&self) -> bool {

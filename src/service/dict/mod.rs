@@ -118,7 +118,7 @@
 mod state;
 
 pub use state::{fnv1a, partition, DictConfig, DictKind, Effect, Members, Spec, PARTITIONS};
-use state::{Answer, BackupAnswer, Part};
+use state::{Answer, Applied, BackupAnswer, Part};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Job;
@@ -129,6 +129,7 @@ use crate::wire::{self, Header, Kind, ServiceId};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,6 +316,9 @@ struct Early {
     payload: Vec<u8>,
 }
 
+/// A write a backup applied, with the answer it owes the writer.
+type Owed = (u64, Option<String>, BackupAnswer);
+
 /// A dict this process is a member of: its configuration and partitions.
 /// A new configuration is installed holding every partition's lock.
 struct Held {
@@ -365,9 +369,9 @@ pub struct Dicts {
     functions: RwLock<HashMap<String, ValueFn>>,
     housekeeping: Housekeeper,
     /// Writes this process answered as backup for their primary.
-    answered: std::sync::atomic::AtomicU64,
+    answered: AtomicU64,
     /// This process's writes in flight that their backup answers.
-    answered_in_flight: std::sync::atomic::AtomicUsize,
+    answered_in_flight: AtomicUsize,
 }
 
 impl Dicts {
@@ -377,8 +381,8 @@ impl Dicts {
             registry: Mutex::new(Registry::default()),
             functions: RwLock::new(HashMap::new()),
             housekeeping: Housekeeper::new("cluster-dict", ID),
-            answered: std::sync::atomic::AtomicU64::new(0),
-            answered_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            answered_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -410,7 +414,7 @@ impl Dicts {
     /// gauge for tests: see "The backup answers").
     #[doc(hidden)]
     pub fn answered_for_primaries(&self) -> u64 {
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Dicts in the registry (the head).
@@ -459,8 +463,7 @@ impl Dicts {
                 let _ = self.handle(node, s.to, s.op, s.m, s.payload, ReplyTo::Nobody);
                 continue;
             }
-            let conn = node.peer(s.to).and_then(|p| p.conn.lock().clone()).filter(|c| !c.is_closed());
-            match conn {
+            match node.open_conn(s.to) {
                 Some(c) => {
                     // Written at once, never corked: every one of these is a
                     // step another process waits for (a write's replication,
@@ -903,8 +906,7 @@ impl Dicts {
 
     /// Splits the writes a backup just applied into those it acknowledges
     /// and those whose writers it answers (`answer_after`).
-    #[allow(clippy::type_complexity)]
-    fn owed_answers(p: &mut Part, applied: Vec<(u64, Option<String>)>) -> (Vec<(u64, Option<String>)>, Vec<(u64, Option<String>, BackupAnswer)>) {
+    fn owed_answers(p: &mut Part, applied: Vec<Applied>) -> (Vec<Applied>, Vec<Owed>) {
         let mut acks = Vec::new();
         let mut answers = Vec::new();
         for (seq, err) in applied {
@@ -920,7 +922,7 @@ impl Dicts {
     /// for it) and tells the primary `from`, then acknowledges the other
     /// writes applied. A writer it has no connection to is left to the
     /// primary (an ordinary ACK).
-    fn acknowledge(&self, node: &Arc<Node>, from: u32, m: Msg, acks: Vec<(u64, Option<String>)>, answers: Vec<(u64, Option<String>, BackupAnswer)>) {
+    fn acknowledge(&self, node: &Arc<Node>, from: u32, m: Msg, acks: Vec<Applied>, answers: Vec<Owed>) {
         let me = node.myid();
         let ack = |seq: u64, err: Option<String>| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() };
         let mut sends = Vec::with_capacity(acks.len() + answers.len());
@@ -933,7 +935,7 @@ impl Dicts {
             // Not sent (no connection, or it closed): the primary answers.
             let sent = node.open_conn(a.to).is_some_and(|conn| node.respond_now(&conn, &Header::new(Kind::Request, ID, a.op, a.request), outcome));
             if sent {
-                self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.answered.fetch_add(1, Ordering::Relaxed);
                 sends.push(Outgoing { to: from, op: op::ACK_ANSWERED, m: Msg { arg: seq, ..m }, payload: Vec::new() });
             } else {
                 sends.push(ack(seq, err));
@@ -1597,29 +1599,33 @@ impl Dict {
         if let Some(e) = self.lost(&cfg, part) {
             return Err(e);
         }
-        let p = cfg.primary(part);
-        let node = &self.0.node;
         let m = Msg { id: cfg.id, epoch: cfg.epoch, part, arg: 0 };
-        // The backup answers a set (see "The backup answers" above), one
-        // at a time: with others in flight (pipelined), the primary's
-        // answers travel corked together, and its batches are cheaper.
-        if let (op::SET | op::SET_F, &[primary, backup]) = (op, cfg.replicas(part)) {
-            let me = node.myid();
-            let svc = &self.0.svc;
-            if me != primary && me != backup && svc.answered_in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                if let Some(conn) = node.open_conn(backup) {
-                    let m = Msg { arg: backup as u64, ..m };
-                    let f = node.request_quiet_answered_by(p, backup, conn, ID, op, &wire::encode_meta(&m), &payload)?;
-                    svc.answered_in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let svc = svc.clone();
-                    f.on_complete(move |_| {
-                        svc.answered_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    });
-                    return Ok(f);
-                }
-            }
+        if let Some(f) = self.answered_by_backup(op, &cfg, m, &payload) {
+            return f;
         }
-        self.0.svc.request_quiet(node, p, op, m, payload)
+        self.0.svc.request_quiet(&self.0.node, cfg.primary(m.part), op, m, payload)
+    }
+
+    /// A set (see "The backup answers" above) from a process that is
+    /// neither of its partition's two replicas and has a connection to the
+    /// backup, one at a time: with others in flight (pipelined), the
+    /// primary's answers travel corked together. None: not such a set.
+    fn answered_by_backup(&self, op: u16, cfg: &DictConfig, m: Msg, payload: &[u8]) -> Option<Result<Future>> {
+        let (node, svc) = (&self.0.node, &self.0.svc);
+        let &[primary, backup] = cfg.replicas(m.part) else { return None };
+        let me = node.myid();
+        if !matches!(op, op::SET | op::SET_F) || me == primary || me == backup || svc.answered_in_flight.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let conn = node.open_conn(backup)?;
+        let m = Msg { arg: u64::from(backup), ..m };
+        Some(node.request_quiet_answered_by(primary, backup, conn, ID, op, &wire::encode_meta(&m), payload).inspect(|f| {
+            svc.answered_in_flight.fetch_add(1, Ordering::Relaxed);
+            let svc = svc.clone();
+            f.on_complete(move |_| {
+                svc.answered_in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }))
     }
 
     /// The `_async` form of an operation: `attempt` sends it (a raw
@@ -2064,7 +2070,7 @@ mod tests {
     }
 
     fn leave(n: &Arc<Node>, d: &Dicts, pid: u32) {
-        n.peer(pid).unwrap().state.store(3, std::sync::atomic::Ordering::Release);
+        n.peer(pid).unwrap().state.store(3, Ordering::Release);
         d.on_peer_left(n, pid, Departure { graceful: false, was_ready: true });
     }
 

@@ -214,6 +214,10 @@ pub type Compute<'a> = &'a dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String>;
 /// An answer to send once the partition's lock is released.
 pub(crate) struct Answer(pub ReplyTo, pub Result<Vec<u8>, Error>);
 
+/// A write a backup applied: its number, and why its value function
+/// failed there, if it did.
+pub type Applied = (u64, Option<String>);
+
 /// A write's answer that its only backup gives the writer, for the
 /// primary, once it applied the write: the writer's request (process, id,
 /// op) and what it is answered with. This saves the primary's answer its
@@ -447,7 +451,7 @@ impl Part {
     /// Backup: the primary's state, up to write `seq`. Replaces what is
     /// here; the writes buffered after it are applied in order and
     /// returned (to acknowledge).
-    pub fn install_state(&mut self, seq: u64, pairs: Pairs, compute: Compute) -> Vec<(u64, Option<String>)> {
+    pub fn install_state(&mut self, seq: u64, pairs: Pairs, compute: Compute) -> Vec<Applied> {
         self.store = pairs.into_iter().collect();
         self.seq = seq;
         self.awaiting = false;
@@ -491,7 +495,7 @@ impl Part {
     /// one after it in sequence order; returns the writes applied now with
     /// the failure of each (to acknowledge). A write seen before is
     /// acknowledged again, not applied twice.
-    pub fn replicate(&mut self, seq: u64, e: Effect, compute: Compute) -> Vec<(u64, Option<String>)> {
+    pub fn replicate(&mut self, seq: u64, e: Effect, compute: Compute) -> Vec<Applied> {
         if self.awaiting {
             self.ahead.insert(seq, e);
             return Vec::new();
