@@ -707,10 +707,13 @@ impl Conn {
         // one that gives up to park is not.
         self.last_drive.store(if finished { self.now_ns() } else { 0 }, Ordering::Relaxed);
         self.drivers.fetch_sub(1, Ordering::AcqRel);
-        // Frames read along with the reply may sit in the buffer, where
-        // epoll cannot see them: dispatch them now.
+        // Frames read along with the reply may sit in the buffer (or, under
+        // TLS, in the session), where epoll cannot see them: dispatch them
+        // now. Not when nothing is buffered: what waits in the socket is
+        // read by whoever reads next, and a read to find the socket empty
+        // would cost every round trip a system call.
         loop {
-            match self.read.try_lock().map(|r| r.may_have_frames()) {
+            match self.read.try_lock().map(|r| r.has_buffered() || (self.tls.is_some() && r.may_have_frames())) {
                 Some(true) => {}
                 Some(false) => break,
                 None => {
@@ -1182,6 +1185,19 @@ mod tests {
         assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 3));
         assert_eq!(*held.lock(), vec![0]);
         assert_eq!(c.queued_bytes(), 0, "a lone reply's request should go out at once");
+    }
+
+    /// A drive whose reply was read leaves the socket alone: with nothing
+    /// buffered behind the reply, one more read would only find it empty,
+    /// a system call on every round trip.
+    #[test]
+    fn a_drive_makes_one_read_for_a_reply_that_is_already_there() {
+        let (c, mut peer, d, _held) = answering_pair();
+        peer.write_all(&frame(Kind::Response, 1, b"a")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let before = c.read.lock().reads();
+        assert!(c.drive(&d, Duration::from_secs(5), &|| d.responses.load(Ordering::SeqCst) == 1));
+        assert_eq!(c.read.lock().reads() - before, 1, "the drive read the socket again after its reply");
     }
 
     /// Review finding: frames a driver dispatches after its wait ended

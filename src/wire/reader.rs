@@ -56,6 +56,8 @@ pub struct FrameReader {
     spare: Vec<u8>,
     /// Bytes read from the socket so far.
     bytes_read: u64,
+    /// Reads from the source so far (system calls, for a plain socket).
+    reads: u64,
 }
 
 /// Payloads from this size up are read straight from the socket.
@@ -70,7 +72,7 @@ impl FrameReader {
     }
 
     pub fn new(max_payload: u64) -> FrameReader {
-        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new(), bytes_read: 0 }
+        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new(), bytes_read: 0, reads: 0 }
     }
 
     /// Keeps `v` for the next large payload, if it is worth keeping.
@@ -97,6 +99,11 @@ impl FrameReader {
     /// Bytes read from the socket so far (progress, for liveness).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
+    }
+
+    /// How many reads from the source it has made.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// True while part of a frame has arrived and the rest has not.
@@ -149,6 +156,7 @@ impl FrameReader {
                     if need - n >= STAGING {
                         // Large remainder: read directly into the payload.
                         let left = want - p.payload.len();
+                        self.reads += 1;
                         match src.read_append(&mut p.payload, left) {
                             Ok(Some(0)) => return Ok(ReadOutcome::Closed),
                             Ok(Some(k)) => {
@@ -176,6 +184,7 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
+            self.reads += 1;
             match src.read_some(&mut self.buf[self.end..]) {
                 Ok(Some(0)) => return Ok(ReadOutcome::Closed),
                 Ok(Some(k)) => {
