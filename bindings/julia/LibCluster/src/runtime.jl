@@ -230,9 +230,6 @@ function start!(role::Symbol; topology::Symbol = :all_to_all, listen_host = noth
     RT.closed = false
     RT.stopping = false
     register_builtin_handlers(ctx)
-    # Wake-ups: libuv watches the eventfd the library signals when
-    # cluster_poll has work (no library thread calls into Julia or libuv).
-    RT.watcher = FDWatcher(RawFD(efd[]), true, false)
     RT.ctx = ctx
     RT.loop = @async event_loop()
     ctx
@@ -252,6 +249,13 @@ no wake-up of any thread. Then it parks until the library's eventfd is
 readable.
 """
 function event_loop()
+    # Wake-ups: libuv watches the eventfd the library signals when
+    # cluster_poll has work (no library thread calls into Julia or libuv).
+    # Made here, not in `start!`: its first use compiles for some 50 ms,
+    # which a worker would otherwise spend before it is ready and a head
+    # before it launches its first workers. The library queues meanwhile
+    # (the eventfd stays readable), and the loop polls first.
+    RT.closed || (RT.watcher = FDWatcher(RawFD(RT.event_fd), true, false))
     evs = Vector{CAPI.Event}(undef, POLL_CAP)
     cnt = Ref{Csize_t}(0)
     pending = Ref(false)
