@@ -154,8 +154,12 @@ impl Services {
         self.by_id.get(id as usize).and_then(|s| s.as_ref())
     }
 
+    /// Found by type first, then cloned: cloning each one tried would
+    /// touch the count of every service before it (a shared cache line
+    /// per service, on every call).
     pub fn get<S: Service>(&self) -> Option<Arc<S>> {
-        self.typed.iter().find_map(|s| s.clone().downcast::<S>().ok())
+        let s = self.typed.iter().find(|s| (***s).is::<S>())?;
+        s.clone().downcast::<S>().ok()
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
