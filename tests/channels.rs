@@ -77,7 +77,7 @@ fn elements_go_between_processes_in_order_and_a_full_channel_makes_its_producer_
     for i in 0..20 {
         assert_eq!(u32_of(&ch.take().unwrap()), i, "FIFO");
     }
-    assert!(outcome(&producer.fetch(Some(Duration::from_secs(5))).unwrap()).is_ok());
+    assert!(outcome(producer.fetch(Some(Duration::from_secs(5))).unwrap()).is_ok());
     assert!(ch.is_empty().unwrap());
     // Closing: a waiting take fails, puts fail, what is buffered is still taken.
     ch.put(b"left").unwrap();
@@ -145,7 +145,7 @@ fn waiters_on_a_dead_owner_fail_naming_it() {
     assert_eq!(e.kind, ErrorKind::ProcessExited);
     assert_eq!(e.pid, 2);
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
-    let (kind, pid, msg) = outcome(&there.fetch(Some(Duration::from_secs(5))).unwrap()).unwrap_err();
+    let (kind, pid, msg) = outcome(there.fetch(Some(Duration::from_secs(5))).unwrap()).unwrap_err();
     assert_eq!(kind, ErrorKind::ProcessExited as u8, "{msg}");
     assert_eq!(pid, 2);
     // Later operations fail the same way.
@@ -272,8 +272,8 @@ fn in_host_mode_channel_futures_complete_without_poll_and_are_events() {
     // The worker puts into the head's channel: served by the library's
     // threads, not by poll (no handler of the head runs).
     let p = c.remotecall(2, "chan_produce", &with_u32(r, 1)).unwrap();
-    assert_eq!(u32_of(&f.fetch(Some(Duration::from_secs(5))).unwrap()), 0);
-    assert!(outcome(&p.fetch(Some(Duration::from_secs(5))).unwrap()).is_ok());
+    assert_eq!(u32_of(f.fetch(Some(Duration::from_secs(5))).unwrap()), 0);
+    assert!(outcome(p.fetch(Some(Duration::from_secs(5))).unwrap()).is_ok());
     let mut ready = false;
     for _ in 0..100 {
         ready |= c.poll(64).unwrap().iter().any(|e| e.is(events::core::SERVICE, events::core::FUTURE_READY) && e.id == f.id());

@@ -62,7 +62,7 @@ fn tasks_keep_their_state_across_calls_and_fail_alone() {
 fn a_lone_head_runs_its_one_task_itself() {
     let c = Cluster::init(Config::default()).unwrap();
     c.register_fn("count_here", |call| {
-        let t = cluster::task_of(&call).ok_or("not a server task")?;
+        let t = cluster::task_of(call).ok_or("not a server task")?;
         let mut st = t.task.state.lock();
         let n = st.get_or_insert_with(|| Box::new(0u32)).downcast_mut::<u32>().unwrap();
         *n += 1;

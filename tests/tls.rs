@@ -92,7 +92,7 @@ fn loopback_stays_plain_unless_asked_for() {
 fn either_end_asking_is_enough() {
     // The head does not ask; the joining worker does.
     let c = head(TlsMode::Off);
-    let mut child = elastic(&c.address(), &c.cookie(), Some("always"));
+    let mut child = elastic(c.address(), c.cookie(), Some("always"));
     assert!(wait_until(Duration::from_secs(10), || c.nprocs() == 2));
     assert_eq!(c.connection_encrypted(2), Some(true));
     assert_eq!(c.remotecall_fetch(2, "echo", b"asked").unwrap().to_vec(), b"asked");
@@ -133,7 +133,7 @@ fn an_eavesdropper_sees_the_payloads_only_without_tls() {
     for (mode, readable) in [(TlsMode::Off, true), (TlsMode::Always, false)] {
         let c = head(mode);
         let (addr, seen) = relay(c.address().to_string());
-        let mut child = elastic(&addr, &c.cookie(), None);
+        let mut child = elastic(&addr, c.cookie(), None);
         assert!(wait_until(Duration::from_secs(10), || c.nprocs() == 2), "{mode:?}: the worker did not join through the relay");
         assert_eq!(c.connection_encrypted(2), Some(mode == TlsMode::Always));
         assert_eq!(c.remotecall_fetch(2, "echo", MARKER).unwrap().to_vec(), MARKER);

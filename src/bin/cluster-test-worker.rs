@@ -276,21 +276,21 @@ fn register_shm_functions(c: &Cluster) -> cluster::Result<()> {
 /// task 1; "stask_free" empties the state (answering what it held).
 pub fn register_stask_functions(c: &Cluster) -> cluster::Result<()> {
     c.register_fn("stask_count", |call| {
-        let t = cluster::task_of(&call).ok_or("not a server task")?;
+        let t = cluster::task_of(call).ok_or("not a server task")?;
         let mut st = t.task.state.lock();
         let n = st.get_or_insert_with(|| Box::new(0u32)).downcast_mut::<u32>().ok_or("state is not a count")?;
         *n += 1;
         Ok(encode_payload(&(t.task.index as u32, *n, t.args.to_vec())))
     })?;
     c.register_fn("stask_fail", |call| {
-        let t = cluster::task_of(&call).ok_or("not a server task")?;
+        let t = cluster::task_of(call).ok_or("not a server task")?;
         if t.task.index == 1 {
             return Err("task 1 fails on purpose".into());
         }
         Ok(Vec::new())
     })?;
     c.register_fn("stask_free", |call| {
-        let t = cluster::task_of(&call).ok_or("not a server task")?;
+        let t = cluster::task_of(call).ok_or("not a server task")?;
         let held = t.task.state.lock().take().and_then(|b| b.downcast::<u32>().ok()).map_or(0, |b| *b);
         Ok(held.to_le_bytes().to_vec())
     })?;

@@ -250,7 +250,7 @@ impl Launcher for SlurmLauncher {
         match exited {
             Some(status) => {
                 let text = String::from_utf8_lossy(&said);
-                let last = text.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or("").trim().to_string();
+                let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
                 fail_all(Error::new(ErrorKind::Launch, format!("srun exited before its tasks started ({status}): {last}")))
             }
             None => {

@@ -339,7 +339,7 @@ impl SshLauncher {
                 let _ = child.kill();
                 let status = child.wait().ok();
                 let said = std::fs::read_to_string(&log).unwrap_or_default();
-                let said = said.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_string();
+                let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
                 let how = match status.and_then(|s| s.code()) {
                     Some(255) => "ssh failed".to_string(),
                     Some(96) => "the remote script got no secrets".to_string(),

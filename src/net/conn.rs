@@ -1063,12 +1063,14 @@ mod tests {
 
     /// Requests become jobs that note how many looks the reactor was
     /// asked for by the time they run; a response runs `on_response`.
+    type OnResponse = Box<dyn Fn(&Arc<Conn>) + Send + Sync>;
+
     struct Owner {
         looks: Arc<Looks>,
         seen_in_job: AtomicU32,
         jobs: AtomicU32,
         responses: AtomicU32,
-        on_response: Box<dyn Fn(&Arc<Conn>) + Send + Sync>,
+        on_response: OnResponse,
     }
 
     impl Dispatch for Owner {

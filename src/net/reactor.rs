@@ -748,11 +748,14 @@ mod tests {
         w.0.stop();
     }
 
+    /// One side sends once, the other waits for it.
+    type Signal = (Mutex<Option<mpsc::Sender<()>>>, Mutex<Option<mpsc::Receiver<()>>>);
+
     /// Calls: op 1 waits until op 2 has started, op 2 until op 1 has
     /// ended, op 3 is noted.
     struct Calls {
-        b_started: (Mutex<Option<mpsc::Sender<()>>>, Mutex<Option<mpsc::Receiver<()>>>),
-        a_ended: (Mutex<Option<mpsc::Sender<()>>>, Mutex<Option<mpsc::Receiver<()>>>),
+        b_started: Signal,
+        a_ended: Signal,
         third: AtomicBool,
     }
 

@@ -833,10 +833,11 @@ impl Node {
         self.peer(pid).and_then(|p| p.conn.lock().clone()).filter(|c| !c.is_closed())
     }
 
-    /// `request_quiet` to `pid` whose response may come from `also` instead,
-    /// over `also_conn` (its open connection), which waiters then read (a
-    /// dict write its backup answers).
-    pub(crate) fn request_quiet_answered_by(self: &Arc<Self>, pid: u32, also: u32, also_conn: Arc<Conn>, service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+    /// `request_quiet` to `pid` whose response may come from the process
+    /// `also` names instead, over its open connection, which waiters then
+    /// read (a dict write its backup answers).
+    pub(crate) fn request_quiet_answered_by(self: &Arc<Self>, pid: u32, also: (u32, Arc<Conn>), service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+        let (also, also_conn) = also;
         let conn = self.conn_for(pid)?;
         let slot = Arc::new(Slot::new(self.next_request_id(), pid).also_answered_by(also));
         self.send_request(&conn, &slot, service, op, meta, payload)?;

@@ -308,7 +308,7 @@ mod tests {
             self.next += 1;
             f(&mut self.c, ReplyTo::Capture(self.out.clone()), req, &mut answers);
             for Answer(reply, r) in answers {
-                let _ = match reply {
+                match reply {
                     ReplyTo::Capture(v) => v.lock().push(r),
                     _ => unreachable!(),
                 };

@@ -643,11 +643,14 @@ mod tests {
     /// Participants of one call, as the service runs them (`Calls`, what
     /// `on_message` and `allgather_async` call), over FIFO links between
     /// each pair, delivered in an order the test picks.
+    /// Messages in flight from one rank to another: (op, meta, payload).
+    type Link = std::collections::VecDeque<(u16, Vec<u8>, Vec<u8>)>;
+
     struct Sim {
         ranks: Vec<u32>,
         blocks: Vec<Vec<u8>>,
         calls: Vec<Calls>,
-        links: BTreeMap<(usize, usize), std::collections::VecDeque<(u16, Vec<u8>, Vec<u8>)>>,
+        links: BTreeMap<(usize, usize), Link>,
         outs: Vec<Option<Result<Vec<u8>>>>,
         node: Arc<Node>,
     }

@@ -19,6 +19,10 @@ fn control(node: &Node) -> Result<Arc<Control>> {
     node.service::<Control>().ok_or_else(|| Error::new(ErrorKind::WrongMode, "no control service on this node"))
 }
 
+/// Builds, on a library thread, the launcher of an `addprocs_with_async`
+/// and says how many workers to start.
+pub type MakeLauncher = Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>;
+
 /// Membership operations, on any node with the control service.
 pub trait ControlExt {
     /// Starts `n` workers and returns their ids once all are ready.
@@ -33,7 +37,7 @@ pub trait ControlExt {
     /// `addprocs_with` on a thread of the library; `make` builds the
     /// launcher there (it may ask hosts their core counts) and says how
     /// many workers to start. The value: the new ids, 4 bytes each.
-    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future>;
+    fn addprocs_with_async(&self, make: MakeLauncher, opts: &LaunchOptions) -> Result<Future>;
     /// Stops workers: asks them to leave, then terminates, then kills,
     /// each after a share of `timeout`. Returns once all are gone.
     fn rmprocs(&self, ids: &[u32], timeout: Duration) -> Result<()>;
@@ -79,7 +83,7 @@ impl ControlExt for Arc<Node> {
     fn addprocs_with(&self, launcher: Arc<dyn Launcher>, n: usize, opts: &LaunchOptions) -> Result<Vec<u32>> {
         control(self)?.addprocs(self, launcher, n, opts)
     }
-    fn addprocs_with_async(&self, make: Box<dyn FnOnce() -> Result<(Arc<dyn Launcher>, usize)> + Send>, opts: &LaunchOptions) -> Result<Future> {
+    fn addprocs_with_async(&self, make: MakeLauncher, opts: &LaunchOptions) -> Result<Future> {
         self.require_head()?;
         let (c, opts) = (control(self)?, opts.clone());
         on_thread(self, "cluster-addprocs", move |node| {

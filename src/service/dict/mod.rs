@@ -1619,7 +1619,7 @@ impl Dict {
         }
         let conn = node.open_conn(backup)?;
         let m = Msg { arg: u64::from(backup), ..m };
-        Some(node.request_quiet_answered_by(primary, backup, conn, ID, op, &wire::encode_meta(&m), payload).inspect(|f| {
+        Some(node.request_quiet_answered_by(primary, (backup, conn), ID, op, &wire::encode_meta(&m), payload).inspect(|f| {
             svc.answered_in_flight.fetch_add(1, Ordering::Relaxed);
             let svc = svc.clone();
             f.on_complete(move |_| {
