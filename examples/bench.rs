@@ -10,8 +10,8 @@
 //! TCP peers of the baselines (chosen by BENCH_ROLE).
 
 use cluster::prelude::*;
-use cluster::{Channel, ChannelRef, Cluster, Config, Dict, DictKind, LaunchOptions, Members, Spec};
 use cluster::service::pool::{Items, PmapOptions};
+use cluster::{Channel, ChannelRef, Cluster, Config, Dict, DictKind, LaunchOptions, Members, Spec};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
@@ -40,8 +40,7 @@ fn main() {
         c.register_fn("echo", |call| Ok(call.args().to_vec())).unwrap();
         c.register_fn("noop", |_| Ok(Vec::new())).unwrap();
         c.register_fn("len", |call| Ok((call.args().len() as u64).to_le_bytes().to_vec())).unwrap();
-        c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec()))
-            .unwrap();
+        c.register_fn("rss", |_| Ok(cluster::sys::resident_bytes(std::process::id()).unwrap_or(0).to_le_bytes().to_vec())).unwrap();
         c.register_fn("threads", |_| Ok((cluster::sys::thread_count().unwrap_or(0) as u64).to_le_bytes().to_vec())).unwrap();
         c.register_fn("call_all", |call| {
             let node = call.node();
@@ -61,8 +60,7 @@ fn main() {
         })
         .unwrap();
         c.register_fn("dict_flood", |call| {
-            let (handle, prefix, n, batch, window): (Vec<u8>, String, u32, u32, u32) =
-                cluster::wire::decode_payload(call.args()).map_err(|e| e.to_string())?;
+            let (handle, prefix, n, batch, window): (Vec<u8>, String, u32, u32, u32) = cluster::wire::decode_payload(call.args()).map_err(|e| e.to_string())?;
             let d = call.node().open_dict(&handle).map_err(|e| e.to_string())?;
             dict_flood(&d, &prefix, n, batch, window).map_err(|e| e.to_string())?;
             Ok(Vec::new())
@@ -238,7 +236,11 @@ fn main() {
                 a.put(&arg).unwrap();
                 assert_eq!(b.take().unwrap().len(), 8);
             });
-            if i == 0 { t_chan.push(t) } else { t_acked.push(t) }
+            if i == 0 {
+                t_chan.push(t)
+            } else {
+                t_acked.push(t)
+            }
         }
     }
     for (a, _) in &pipes {
@@ -528,11 +530,8 @@ fn collective_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
             let set = &ids[..n];
             let args = cluster::wire::encode_payload(&(set.to_vec(), size, reps));
             let fs: Vec<_> = set.iter().map(|&p| c.remotecall(p, "ag_loop", &args).unwrap()).collect();
-            let ours = fs
-                .iter()
-                .map(|f| u64::from_le_bytes(f.fetch(Some(Duration::from_secs(120))).expect("ag_loop")[..8].try_into().unwrap()))
-                .max()
-                .unwrap() as f64
+            let ours = fs.iter().map(|f| u64::from_le_bytes(f.fetch(Some(Duration::from_secs(120))).expect("ag_loop")[..8].try_into().unwrap())).max().unwrap()
+                as f64
                 / 1e3;
             let base = mpi.as_ref().and_then(|exe| mpi_allgather_us(exe, n, size, reps));
             let name = leak(format!("all-gather {n} procs, {} (us)", if size == 8 { "8 B".to_string() } else { "1 KiB".to_string() }));
@@ -584,7 +583,8 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     let hosts: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().nth(1).map(String::from)).collect();
     assert_eq!(hosts.len(), 3, "test-hosts.sh up: {}", String::from_utf8_lossy(&out.stderr));
     let cfg = "/tmp/lc-hosts-bench/ssh_config";
-    let opts = SshOptions { ssh_flags: vec!["-F".into(), cfg.into()], exename: Some(self_exe().display().to_string()), args: Some(vec![]), ..Default::default() };
+    let opts =
+        SshOptions { ssh_flags: vec!["-F".into(), cfg.into()], exename: Some(self_exe().display().to_string()), args: Some(vec![]), ..Default::default() };
     let machines: Vec<Machine> = hosts.iter().map(|h| Machine::parse(&format!("root@{h}")).unwrap()).collect();
     let bare = || {
         let t = Instant::now();
@@ -612,7 +612,9 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     for _ in 0..1000 {
         c.remotecall_fetch(ids[0], "echo", &arg).unwrap();
     }
-    let head_ip = std::fs::read_to_string("/tmp/lc-hosts-bench/env").ok().and_then(|e| e.lines().find_map(|l| l.strip_prefix("HEAD_IP=").map(|v| v.trim_matches('"').to_string())));
+    let head_ip = std::fs::read_to_string("/tmp/lc-hosts-bench/env")
+        .ok()
+        .and_then(|e| e.lines().find_map(|l| l.strip_prefix("HEAD_IP=").map(|v| v.trim_matches('"').to_string())));
     let (mut ours_v, mut raw_v) = (Vec::new(), Vec::new());
     for _ in 0..10 {
         let block = rounds / 10;
@@ -625,7 +627,8 @@ fn hosts_rows(c: &Cluster, quick: bool, rows: &mut Vec<Row>) {
     if let Some(ip) = head_ip {
         let l = TcpListener::bind((ip.as_str(), 0)).unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let child = Command::new("ip").args(["netns", "exec", "lc-bench-h1"]).arg(self_exe()).env("BENCH_ROLE", "tcp-echo").env("BENCH_ADDR", &addr).spawn().unwrap();
+        let child =
+            Command::new("ip").args(["netns", "exec", "lc-bench-h1"]).arg(self_exe()).env("BENCH_ROLE", "tcp-echo").env("BENCH_ADDR", &addr).spawn().unwrap();
         let mut ping = PingPong::accept(&l, child);
         ping.per_round(1000);
         for _ in 0..10 {
@@ -750,9 +753,8 @@ fn redis_set_rate(n: usize) -> Option<f64> {
         std::thread::sleep(Duration::from_millis(10));
         TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
     });
-    let out = up.then(|| {
-        Command::new("redis-benchmark").args(["-p", &port, "-t", "set", "-n", &n.to_string(), "-P", "16", "-q"]).stderr(Stdio::null()).output().ok()
-    });
+    let out = up
+        .then(|| Command::new("redis-benchmark").args(["-p", &port, "-t", "set", "-n", &n.to_string(), "-P", "16", "-q"]).stderr(Stdio::null()).output().ok());
     let _ = server.kill();
     let _ = server.wait();
     let text = String::from_utf8_lossy(&out??.stdout).into_owned();
@@ -843,10 +845,7 @@ fn fork_rows(quick: bool, rows: &mut Vec<Row>) {
 fn print_rows(rows: &[Row]) {
     println!("\n{:<38} {:>12} {:>12}  {:>7}  {:<26} target", "figure", "libcluster", "baseline", "ratio", "baseline is");
     for r in rows {
-        println!(
-            "{:<38} {:>12.2} {:>12.2}  {:>6.2}x  {:<26} {}",
-            r.name, r.ours, r.base, r.ours / r.base, r.base_name, r.target
-        );
+        println!("{:<38} {:>12.2} {:>12.2}  {:>6.2}x  {:<26} {}", r.name, r.ours, r.base, r.ours / r.base, r.base_name, r.target);
     }
 }
 

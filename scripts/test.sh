@@ -11,6 +11,10 @@ step() { printf '\n==== %s ====\n' "$*"; }
 step "dependencies"
 ./scripts/install-deps.sh
 
+step "Rust: format (rustfmt.toml) and lints"
+if cargo fmt --version >/dev/null 2>&1; then cargo fmt --check; else echo "rustfmt not installed: skipped"; fi
+if cargo clippy --version >/dev/null 2>&1; then cargo clippy --all-targets --quiet -- -D warnings; else echo "clippy not installed: skipped"; fi
+
 step "Rust: unit and multi-process integration tests"
 cargo test --all-targets 2>&1
 

@@ -75,8 +75,7 @@ pub enum Decoded {
 /// longer than what was read, and decoding to itself.
 fn recanon<T: Serialize + DeserializeOwned>(v: &T, read: usize, payload: bool) -> Vec<u8> {
     type Codec<T> = (fn(&T) -> Vec<u8>, fn(&[u8]) -> Result<T>);
-    let (enc, dec): Codec<T> =
-        if payload { (wire::encode_payload::<T>, wire::decode_payload::<T>) } else { (wire::encode_meta::<T>, wire::decode_meta::<T>) };
+    let (enc, dec): Codec<T> = if payload { (wire::encode_payload::<T>, wire::decode_payload::<T>) } else { (wire::encode_meta::<T>, wire::decode_meta::<T>) };
     let c = enc(v);
     assert!(c.len() <= read, "a decoded value re-encodes longer ({} bytes) than its {read} input bytes", c.len());
     let again = dec(&c).unwrap_or_else(|e| panic!("a canonical encoding does not decode: {e}"));
@@ -260,7 +259,16 @@ pub type Target = fn(&[u8]) -> Report;
 /// (`fuzz/seeds/<name>`) have.
 #[doc(hidden)]
 pub fn targets() -> &'static [(&'static str, Target)] {
-    &[("frame", frame), ("handshake", handshake), ("session", session), ("control", control), ("refs", refs), ("rpc", rpc), ("channel", channel), ("dict", dict)]
+    &[
+        ("frame", frame),
+        ("handshake", handshake),
+        ("session", session),
+        ("control", control),
+        ("refs", refs),
+        ("rpc", rpc),
+        ("channel", channel),
+        ("dict", dict),
+    ]
 }
 
 fn byte(data: &[u8], i: usize) -> u8 {
@@ -418,7 +426,11 @@ fn check_header(b: &[u8], max_payload: u64) -> Result<Header> {
 /// The reference parse: what the next frame at `pos` of `stream[..avail]` is.
 #[derive(Debug)]
 enum Next {
-    Frame { header: Header, meta: std::ops::Range<usize>, payload: std::ops::Range<usize> },
+    Frame {
+        header: Header,
+        meta: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    },
     /// Not all of it has arrived.
     Incomplete,
     Bad(ErrorKind),
@@ -534,10 +546,7 @@ impl FrameRun<'_> {
                 Ok(ReadOutcome::WouldBlock) => {
                     assert!(!eof, "the reader would wait on a channel that is closed");
                     let next = next_frame(self.stream, self.pos, self.written, self.max_payload);
-                    assert!(
-                        matches!(next, Next::Incomplete),
-                        "the reader waits for more bytes while it holds {next:?}: a caller that polls now hangs"
-                    );
+                    assert!(matches!(next, Next::Incomplete), "the reader waits for more bytes while it holds {next:?}: a caller that polls now hangs");
                     assert!(!self.reader.may_have_frames(), "may_have_frames after WouldBlock");
                     return;
                 }
@@ -1021,12 +1030,7 @@ pub fn handshake(data: &[u8]) -> Report {
     assert!(after.len() <= sent.len() && sent.ends_with(&after), "the handshake's stream holds bytes the peer did not send");
     let consumed = sent.len() - after.len();
     let full = model(side, cookie, &own[8..], &sent);
-    assert!(
-        consumed <= full.consumed,
-        "the handshake ({}) read {consumed} bytes, past the {} of its messages",
-        side_name(side),
-        full.consumed
-    );
+    assert!(consumed <= full.consumed, "the handshake ({}) read {consumed} bytes, past the {} of its messages", side_name(side), full.consumed);
     // What the handshake did is what the protocol says of the bytes it read.
     let m = model(side, cookie, &own[8..], &sent[..consumed]);
     let what = || format!("the handshake ({}) on {} peer bytes ({consumed} read) gave {:?}", side_name(side), sent.len(), result.as_ref().map(drop));
@@ -1316,10 +1320,7 @@ pub fn rpc(data: &[u8]) -> Report {
         Ok(other) => panic!("decode_rpc gave {other:?}"),
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::Protocol);
-            assert!(
-                !matches!(op, rpc::op::CALL | rpc::op::CALL_BATCH) || std::str::from_utf8(meta).is_err(),
-                "a call named by valid UTF-8 was refused: {e}"
-            );
+            assert!(!matches!(op, rpc::op::CALL | rpc::op::CALL_BATCH) || std::str::from_utf8(meta).is_err(), "a call named by valid UTF-8 was refused: {e}");
             assert!(op != rpc::op::INTERRUPT, "an interrupt was refused: {e}");
         }
     }
@@ -1387,7 +1388,11 @@ pub fn dict(data: &[u8]) -> Report {
     }
     let routed = decode_frame(&frame_of(Kind::Request, dict::ID, op, 1, meta, payload), 2);
     assert_eq!(decoded_tag(&routed), decoded_tag(&r));
-    Report { signature: mix(op as u64, decoded_tag(&r) ^ (payload.len().min(40) as u64) << 8), alloc_bound: wire::payload_decode_limit(payload.len()), outcome: decoded_note(&r) }
+    Report {
+        signature: mix(op as u64, decoded_tag(&r) ^ (payload.len().min(40) as u64) << 8),
+        alloc_bound: wire::payload_decode_limit(payload.len()),
+        outcome: decoded_note(&r),
+    }
 }
 
 // ---- seeds ------------------------------------------------------------
@@ -1465,8 +1470,14 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let ready = frame_bytes(Kind::Oneway, c, control_op::READY, 0, &[], &[]);
             let call = frame_bytes(Kind::Request, r, rpc::op::CALL, 7, b"sum", b"\x01\x02\x03");
             let (rq, ow) = (Kind::Request, Kind::Oneway);
-            all.push([&[6u8 | 32, 0x33, b3[0], b3[1], b3[2]][..], &call, &big(rq, r, rpc::op::CALL, 200_000), &ready, &big(ow, r, rpc::op::CALL, 70_000), &session].concat());
-            all.push([&[7u8 | 32 | 8, 0x44, b3[0], b3[1], b3[2]][..], &big(rq, r, rpc::op::CALL, 3 << 19), &ready, &big(rq, r, rpc::op::CALL, 1_100_000), &call].concat());
+            all.push(
+                [&[6u8 | 32, 0x33, b3[0], b3[1], b3[2]][..], &call, &big(rq, r, rpc::op::CALL, 200_000), &ready, &big(ow, r, rpc::op::CALL, 70_000), &session]
+                    .concat(),
+            );
+            all.push(
+                [&[7u8 | 32 | 8, 0x44, b3[0], b3[1], b3[2]][..], &big(rq, r, rpc::op::CALL, 3 << 19), &ready, &big(rq, r, rpc::op::CALL, 1_100_000), &call]
+                    .concat(),
+            );
             let mut many = vec![7u8 | 32 | 16, 0x55, b3[0], b3[1], b3[2]];
             for i in 0..100u64 {
                 many.extend_from_slice(&big(ow, r, rpc::op::CALL, 700 + i * 20));

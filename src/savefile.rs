@@ -408,8 +408,7 @@ fn read_container(r: &mut impl Read, name: &str, file_len: Option<u64>) -> Resul
     let mut data = Vec::new();
     if file_len.is_some() {
         // Checked against the file's length above: not a damaged header's figure.
-        data.try_reserve_exact(payload_len)
-            .map_err(|_| Error::new(ErrorKind::TooLarge, format!("{name}: no memory for a payload of {payload_len} bytes")))?;
+        data.try_reserve_exact(payload_len).map_err(|_| Error::new(ErrorKind::TooLarge, format!("{name}: no memory for a payload of {payload_len} bytes")))?;
     }
     while data.len() < payload_len {
         let start = data.len();
@@ -431,7 +430,10 @@ fn read_container(r: &mut impl Read, name: &str, file_len: Option<u64>) -> Resul
         return Err(corrupt(format!("trailing bytes: expected {total} bytes, found more")));
     }
     if hash.finalize()[..] != digest[..] {
-        return Err(corrupt(format!("checksum mismatch: the SHA-256 of its first {} bytes is not the one it records (the file is damaged)", total - DIGEST_LEN as u64)));
+        return Err(corrupt(format!(
+            "checksum mismatch: the SHA-256 of its first {} bytes is not the one it records (the file is damaged)",
+            total - DIGEST_LEN as u64
+        )));
     }
     // Checked after the checksum: a damaged byte is reported as damage.
     let content_type = std::str::from_utf8(&rest[..ct_len])
@@ -518,7 +520,8 @@ mod tests {
     fn round_trips_empty_small_and_10_mb_payloads() {
         let d = TempDir::new();
         let big = pattern(10 << 20);
-        let cases: [(&str, &[u8]); 5] = [("", b""), ("x", b"\x00"), ("julia.serialization", b""), ("application/octet-stream", &big), (&"t".repeat(255), b"\xff")];
+        let cases: [(&str, &[u8]); 5] =
+            [("", b""), ("x", b"\x00"), ("julia.serialization", b""), ("application/octet-stream", &big), (&"t".repeat(255), b"\xff")];
         for temp in BOTH {
             for (i, (ct, data)) in cases.iter().enumerate() {
                 let p = d.join(&format!("f{i}"));

@@ -33,7 +33,9 @@ pub fn set_socket_buffers(fd: RawFd, bytes: usize) -> io::Result<()> {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
         // SAFETY: `v` is a live c_int for the call; the kernel copies it.
-        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, &v as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        let rc = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, &v as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -175,9 +177,7 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes into the unfilled tail of a live slice.
-        let rc = unsafe {
-            libc::getrandom(buf[filled..].as_mut_ptr() as *mut libc::c_void, buf.len() - filled, 0)
-        };
+        let rc = unsafe { libc::getrandom(buf[filled..].as_mut_ptr() as *mut libc::c_void, buf.len() - filled, 0) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -553,11 +553,8 @@ pub fn open_fds() -> Option<usize> {
 /// Waits until `fds[..first_out]` are readable or `fds[first_out..]`
 /// writable, or `timeout` passes.
 pub fn poll_many_out(fds: &[RawFd], first_out: usize, timeout: Option<Duration>) -> io::Result<usize> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .enumerate()
-        .map(|(i, &fd)| libc::pollfd { fd, events: if i < first_out { libc::POLLIN } else { libc::POLLOUT }, revents: 0 })
-        .collect();
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().enumerate().map(|(i, &fd)| libc::pollfd { fd, events: if i < first_out { libc::POLLIN } else { libc::POLLOUT }, revents: 0 }).collect();
     let ms = match timeout {
         None => -1,
         Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,

@@ -1,8 +1,8 @@
 //! Multi-process integration tests of the core: real worker processes
 //! (src/bin/cluster-test-worker.rs) on loopback.
 
-use cluster::prelude::*;
 use cluster::node::events;
+use cluster::prelude::*;
 use cluster::{Cluster, Config, DispatchMode, ErrorKind, LaunchOptions, Lifecycle, Topology, ANY_WORKER};
 use parking_lot::Mutex;
 use std::io::{BufRead, Read, Write};
@@ -34,8 +34,7 @@ fn u32_of(v: &[u8]) -> u32 {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+    std::path::Path::new(&format!("/proc/{pid}")).exists() && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -226,7 +225,7 @@ fn interrupt_cancels_running_calls_only() {
     two.env.push(("TEST_HANDLER_THREADS".into(), "2".into()));
     c.addprocs(1, &two).unwrap();
     c.interrupt(&[2]).unwrap(); // idle: ignored...
-    // ...and not carried over to the next call, which runs to its end.
+                                // ...and not carried over to the next call, which runs to its end.
     assert_eq!(&*c.remotecall_fetch(2, "wait_cancel_ms", &200u32.to_le_bytes()).unwrap(), b"not cancelled");
     let f = c.remotecall(2, "wait_cancel", &[]).unwrap();
     // Interrupt only once the call runs there (the probe itself is the other one).
@@ -486,21 +485,12 @@ fn elastic_workers_join_with_the_cookie() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
     c.set_lifecycle_hook(Some(Arc::new(move |pid, e| ev.lock().push((pid, e)))));
-    let mut child = Command::new(WORKER)
-        .env("LIBCLUSTER_HEAD", c.address())
-        .env("LIBCLUSTER_COOKIE", c.cookie())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(WORKER).env("LIBCLUSTER_HEAD", c.address()).env("LIBCLUSTER_COOKIE", c.cookie()).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(10), || c.nprocs() == 2));
     assert!(events.lock().contains(&(2, Lifecycle::Started)));
     assert_eq!(u32_of(&c.remotecall_fetch(2, "myid", &[]).unwrap()), 2);
     // A wrong cookie does not join.
-    let mut intruder = Command::new(WORKER)
-        .env("LIBCLUSTER_HEAD", c.address())
-        .env("LIBCLUSTER_COOKIE", "wrong")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut intruder = Command::new(WORKER).env("LIBCLUSTER_HEAD", c.address()).env("LIBCLUSTER_COOKIE", "wrong").stderr(Stdio::null()).spawn().unwrap();
     let st = intruder.wait().unwrap();
     assert!(!st.success());
     assert_eq!(c.nprocs(), 2);
@@ -512,12 +502,7 @@ fn elastic_workers_join_with_the_cookie() {
 fn workers_exit_when_the_head_dies() {
     let dir = std::env::temp_dir().join(format!("libcluster-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut head = Command::new(WORKER)
-        .env("TEST_AS_HEAD", "1")
-        .env("TEST_SERVE_RESULT_DIR", &dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut head = Command::new(WORKER).env("TEST_AS_HEAD", "1").env("TEST_SERVE_RESULT_DIR", &dir).stdout(Stdio::piped()).spawn().unwrap();
     let out = std::io::BufReader::new(head.stdout.take().unwrap());
     let mut pids = Vec::new();
     for line in out.lines() {
@@ -747,7 +732,6 @@ fn an_authenticated_peer_that_never_finishes_its_first_frame_is_dropped() {
     assert!(wait_until(Duration::from_secs(2), || c.admission_stats().timed_out >= 1), "{:?}", c.admission_stats());
 }
 
-
 #[test]
 fn an_authenticated_peer_cannot_announce_a_large_first_frame() {
     let c = head();
@@ -854,13 +838,8 @@ fn workers_exit_when_their_launcher_dies_while_they_join() {
         l.local_addr().unwrap()
     };
     let addrs = format!("{},{},{}", silent.local_addr().unwrap(), mute.local_addr().unwrap(), closed);
-    let mut launcher = Command::new(WORKER)
-        .env("TEST_AS_LAUNCHER", addrs)
-        .env_remove("LIBCLUSTER_HEAD")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut launcher =
+        Command::new(WORKER).env("TEST_AS_LAUNCHER", addrs).env_remove("LIBCLUSTER_HEAD").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let out = std::io::BufReader::new(launcher.stdout.take().unwrap());
     let mut pids = Vec::new();
     for line in out.lines() {

@@ -22,7 +22,10 @@ fn opts_on_host(host: &str) -> (LaunchOptions, &'static str) {
     let uts = std::process::Command::new("unshare").args(["--uts", "true"]).status().is_ok_and(|s| s.success());
     if uts {
         let script = format!("hostname {host} && exec {WORKER}");
-        (LaunchOptions { program: Some("unshare".into()), args: Some(vec!["--uts".into(), "sh".into(), "-c".into(), script]), ..Default::default() }, "a UTS namespace")
+        (
+            LaunchOptions { program: Some("unshare".into()), args: Some(vec!["--uts".into(), "sh".into(), "-c".into(), script]), ..Default::default() },
+            "a UTS namespace",
+        )
     } else {
         (LaunchOptions { env: vec![("LIBCLUSTER_HOSTNAME".into(), host.into())], ..opts() }, "LIBCLUSTER_HOSTNAME")
     }
@@ -34,10 +37,8 @@ fn opts_on_host(host: &str) -> (LaunchOptions, &'static str) {
 type Gathered = Result<Vec<(u32, Vec<u8>)>, (u8, u32, String)>;
 
 fn allgather_on(c: &Cluster, ids: &[u32], set: &[u32], tag: u64, data: impl Fn(u32) -> Vec<u8>, timeout_ms: i64, delay: impl Fn(u32) -> u32) -> Vec<Gathered> {
-    let calls: Vec<_> = ids
-        .iter()
-        .map(|&p| c.remotecall(p, "ag_run", &encode_payload(&(set.to_vec(), tag, data(p), timeout_ms, 1u32, delay(p)))).unwrap())
-        .collect();
+    let calls: Vec<_> =
+        ids.iter().map(|&p| c.remotecall(p, "ag_run", &encode_payload(&(set.to_vec(), tag, data(p), timeout_ms, 1u32, delay(p)))).unwrap()).collect();
     calls
         .iter()
         .map(|f| {

@@ -507,13 +507,9 @@ fn committed_seeds_are_current() {
                     .collect()
             })
             .unwrap_or_default();
-        assert!(
-            have == want,
-            "fuzz/seeds/{name} is stale: run LIBCLUSTER_WRITE_SEEDS=1 cargo test --test fuzz committed_seeds_are_current and commit it"
-        );
+        assert!(have == want, "fuzz/seeds/{name} is stale: run LIBCLUSTER_WRITE_SEEDS=1 cargo test --test fuzz committed_seeds_are_current and commit it");
     }
 }
-
 
 // ---- faults in the core the targets found -------------------------------
 //

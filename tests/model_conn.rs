@@ -553,10 +553,7 @@ struct M {
 impl M {
     fn new(sc: &Scenario, code: Code) -> Arc<M> {
         let w = World::new();
-        let peer = Peer {
-            script: sc.peer_script.iter().enumerate().map(|(i, &kind)| InFrame { id: SCRIPT_ID + i as u32, kind }).collect(),
-            ..Peer::default()
-        };
+        let peer = Peer { script: sc.peer_script.iter().enumerate().map(|(i, &kind)| InFrame { id: SCRIPT_ID + i as u32, kind }).collect(), ..Peer::default() };
         Arc::new(M {
             code,
             sc: sc.clone(),
@@ -729,11 +726,7 @@ impl M {
         let corked = std::mem::take(&mut out.buf);
         self.has_corked.store(false);
         self.corked_frames.store(0);
-        let parts: Vec<Unit> = if self.code.write_skips_queue {
-            frame.into_iter().chain(corked).collect()
-        } else {
-            corked.into_iter().chain(frame).collect()
-        };
+        let parts: Vec<Unit> = if self.code.write_skips_queue { frame.into_iter().chain(corked).collect() } else { corked.into_iter().chain(frame).collect() };
         let total = parts.len();
         let wrote = self.write_some(&parts);
         if wrote == total {
@@ -1103,11 +1096,7 @@ impl M {
             }
             // `epoll.wait`: an event, a wake-up (look_now), or the 1 ms
             // timeout while a deferred connection's callers are gone.
-            let woke = self.w.sleep_until(|| {
-                *self.look_now.lock() > 0
-                    || self.epoll_ready()
-                    || (*self.deferred_list.lock() > 0 && self.drivers.load() == 0)
-            });
+            let woke = self.w.sleep_until(|| *self.look_now.lock() > 0 || self.epoll_ready() || (*self.deferred_list.lock() > 0 && self.drivers.load() == 0));
             if !woke {
                 return;
             }
@@ -1383,10 +1372,7 @@ impl M {
         for (a, ra) in sent.iter().enumerate() {
             for (b, rb) in sent.iter().enumerate() {
                 if ra.ret < rb.start && pos(a) > pos(b) {
-                    self.fail(format!(
-                        "frame {b} ({:?}, {} units) overtook frame {a} ({:?}, {} units) sent before it",
-                        rb.kind, rb.units, ra.kind, ra.units
-                    ));
+                    self.fail(format!("frame {b} ({:?}, {} units) overtook frame {a} ({:?}, {} units) sent before it", rb.kind, rb.units, ra.kind, ra.units));
                 }
             }
         }
@@ -1464,7 +1450,6 @@ fn execution(sc: &Scenario, code: Code) {
         m.check();
     }
 }
-
 
 // ---------------------------------------------------------------------------
 // Running it.
@@ -1554,11 +1539,7 @@ fn reader_role() -> Scenario {
 /// A handler that waits for a message arriving after its call, with a
 /// caller driving the connection.
 fn blocking_handler() -> Scenario {
-    Scenario {
-        callers: vec![(Wait::Drive, vec![vec![SMALL]])],
-        peer_script: vec![InKind::Request { block_on: Some(1) }, InKind::Ping],
-        ..Scenario::default()
-    }
+    Scenario { callers: vec![(Wait::Drive, vec![vec![SMALL]])], peer_script: vec![InKind::Request { block_on: Some(1) }, InKind::Ping], ..Scenario::default() }
 }
 
 /// Calls the reactor runs one after another, any of which may run long
@@ -1573,12 +1554,7 @@ fn rescues() -> Scenario {
 
 /// A caller that never reads sends as the reactor leaves its loop.
 fn reader_leaving() -> Scenario {
-    Scenario {
-        callers: vec![(Wait::Poll, vec![vec![SMALL], vec![SMALL]])],
-        oneways: 2,
-        peer_script: vec![InKind::Ping, InKind::Ping],
-        ..Scenario::default()
-    }
+    Scenario { callers: vec![(Wait::Poll, vec![vec![SMALL], vec![SMALL]])], oneways: 2, peer_script: vec![InKind::Ping, InKind::Ping], ..Scenario::default() }
 }
 
 /// A driver stops with frames buffered while a thread that does not read

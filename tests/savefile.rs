@@ -161,10 +161,7 @@ fn a_write_failing_midway_leaves_the_old_file_and_no_temporary_file() {
         let s = Scene::new(&format!("fsize-{temp}"));
         // A file-size limit of 1 or 2 MiB (ulimit's blocks are 512 or 1024
         // bytes); SIGXFSZ ignored, so the write fails with EFBIG instead.
-        let out = child(&s.target, 8 << 20, temp, "io", Some("trap '' XFSZ; ulimit -f 2048 || exit 99"))
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
+        let out = child(&s.target, 8 << 20, temp, "io", Some("trap '' XFSZ; ulimit -f 2048 || exit 99")).stderr(Stdio::piped()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{temp}: {}\n{err}", out.status);
         assert!(err.contains("the save failed as expected") && err.contains("write: File too large"), "{temp}: {err}");

@@ -97,12 +97,8 @@ fn a_killed_clusters_segment_is_an_orphan_and_a_live_ones_is_not() {
     let c = Cluster::init(Config::default()).unwrap();
     let mine = c.shm_create(&ShmSpec::new("live", 0, 1, &[128]).prefixed(&pfx), None).unwrap();
     // Another cluster whose worker made a segment; then its head and worker are SIGKILLed.
-    let mut head = std::process::Command::new(WORKER)
-        .env("TEST_SHM_HEAD", &pfx)
-        .env("LIBCLUSTER_LOG", "off")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut head =
+        std::process::Command::new(WORKER).env("TEST_SHM_HEAD", &pfx).env("LIBCLUSTER_LOG", "off").stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(head.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let theirs = line.trim().to_string();

@@ -9,8 +9,8 @@
 //! where the harness cannot run (not root, no sshd).
 
 use cluster::launch::{Count, Machine, SshLauncher, SshOptions};
-use cluster::prelude::*;
 use cluster::net::auth::{self, Side};
+use cluster::prelude::*;
 use cluster::{Cluster, Config, ErrorKind, LaunchOptions, TlsMode, Topology};
 use std::io::Read;
 use std::path::PathBuf;
@@ -253,12 +253,7 @@ fn ssh_head_child() {
     let Ok(dir) = std::env::var("SSH_TEST_HEAD") else { return };
     let ip = std::env::var("SSH_TEST_HOST").unwrap();
     let c = head(Topology::AllToAll, "0.0.0.0");
-    let opts = SshOptions {
-        ssh_flags: vec!["-F".into(), format!("{dir}/ssh_config")],
-        exename: Some(WORKER.into()),
-        args: Some(vec![]),
-        ..Default::default()
-    };
+    let opts = SshOptions { ssh_flags: vec!["-F".into(), format!("{dir}/ssh_config")], exename: Some(WORKER.into()), args: Some(vec![]), ..Default::default() };
     let l = Arc::new(SshLauncher::new(vec![Machine::parse(&format!("root@{ip}")).unwrap().with_count(Count::N(2))], opts).unwrap());
     c.set_launcher(l).unwrap();
     let ids = c.addprocs(2, &LaunchOptions::default()).unwrap();

@@ -21,12 +21,8 @@ fn threads_do_not_grow_with_peers() {
     // cores may be silent for seconds.
     let c = Cluster::init(Config { heartbeat_timeout: Duration::from_secs(60), ..Config::default() }).unwrap();
     let base = cluster::sys::thread_count().unwrap();
-    let opts = LaunchOptions {
-        program: Some(WORKER.into()),
-        args: Some(vec![]),
-        env: vec![("LIBCLUSTER_HEARTBEAT_MS".into(), "60000".into())],
-        ..Default::default()
-    };
+    let opts =
+        LaunchOptions { program: Some(WORKER.into()), args: Some(vec![]), env: vec![("LIBCLUSTER_HEARTBEAT_MS".into(), "60000".into())], ..Default::default() };
     let ids = c.addprocs(n, &opts).unwrap();
     // Worker 2 calls every other worker: it holds a connection to each.
     let called = u32_of(&c.remotecall_fetch(ids[0], "call_all", &[]).unwrap());

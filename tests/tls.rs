@@ -164,11 +164,7 @@ fn a_client_that_does_not_start_tls_where_it_was_agreed_is_refused() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(wait_until(Duration::from_secs(5), || c.admission_stats().refused > before), "the plain connection was not refused");
-    assert!(
-        wait_until(Duration::from_secs(5), || seen.lock().iter().any(|m| m.contains("did not start TLS"))),
-        "the head did not say why: {:?}",
-        seen.lock()
-    );
+    assert!(wait_until(Duration::from_secs(5), || seen.lock().iter().any(|m| m.contains("did not start TLS"))), "the head did not say why: {:?}", seen.lock());
     assert_eq!(c.nprocs(), 1);
 }
 

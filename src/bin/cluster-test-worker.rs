@@ -238,9 +238,11 @@ fn register_dict_functions(c: &Cluster) -> cluster::Result<()> {
         let (h, keys): (Vec<u8>, Vec<Vec<u8>>) = decode_payload(call.args()).map_err(|e| e.to_string())?;
         let d = call.node().open_dict(&h).map_err(|e| e.to_string())?;
         let me = call.node().myid().to_le_bytes();
-        let r = keys.iter().map(|k| d.get_or_insert_async(k, &me)).collect::<cluster::Result<Vec<_>>>().and_then(|fs| {
-            fs.iter().map(|f| f.fetch(Some(Duration::from_secs(20))).map(|v| v.to_vec())).collect::<cluster::Result<Vec<Vec<u8>>>>()
-        });
+        let r = keys
+            .iter()
+            .map(|k| d.get_or_insert_async(k, &me))
+            .collect::<cluster::Result<Vec<_>>>()
+            .and_then(|fs| fs.iter().map(|f| f.fetch(Some(Duration::from_secs(20))).map(|v| v.to_vec())).collect::<cluster::Result<Vec<Vec<u8>>>>());
         Ok(outcome(r.map(|v| encode_payload(&v))))
     })?;
     Ok(())
@@ -324,8 +326,7 @@ fn register_clusterutils_functions(c: &Cluster) -> cluster::Result<()> {
     // sleeps delay_ms, then runs `reps` all-gathers; answers the last result
     // (parts layout) and the mean time per call in ns, or the error.
     c.register_fn("ag_run", |call| {
-        let (pids, tag, data, timeout_ms, reps, delay_ms): (Vec<u32>, u64, Vec<u8>, i64, u32, u32) =
-            decode_payload(call.args()).map_err(|e| e.to_string())?;
+        let (pids, tag, data, timeout_ms, reps, delay_ms): (Vec<u32>, u64, Vec<u8>, i64, u32, u32) = decode_payload(call.args()).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(delay_ms as u64));
         let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
         let node = call.node();
@@ -549,11 +550,7 @@ fn main() {
         if std::env::var("TEST_AS_HEAD").as_deref() == Ok("slow-workers") {
             // A head for the orphan test: launches two workers slow to
             // start, says so, and is killed during its addprocs.
-            let opts = cluster::LaunchOptions {
-                args: Some(vec![]),
-                env: vec![("TEST_WORKER_DELAY_MS".into(), "800".into())],
-                ..Default::default()
-            };
+            let opts = cluster::LaunchOptions { args: Some(vec![]), env: vec![("TEST_WORKER_DELAY_MS".into(), "800".into())], ..Default::default() };
             let f = c.addprocs_async(2, &opts).expect("addprocs_async");
             println!("launching");
             let _ = f.wait(Some(Duration::from_secs(60)));

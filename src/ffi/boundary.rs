@@ -86,11 +86,8 @@ pub(crate) fn run<R: Boundary>(body: impl FnOnce() -> R::Body) -> R {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(b) => R::finish(b),
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what =
+                p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
             set_last_error(&Error::new(ErrorKind::Panic, format!("internal panic: {what}")));
             R::panicked()
         }

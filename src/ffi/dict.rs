@@ -3,16 +3,16 @@
 //! creator asks for; `cluster_dict_entries`, a listing (keys, values or
 //! pairs); `cluster_value`, where a value function puts what it computed.
 
-use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from_vec, cluster_buffer};
 use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
-use super::pmap::cluster_bytes;
 use super::handles::{self, Kind};
+use super::pmap::cluster_bytes;
 use super::status::cluster_status;
 use super::UserData;
+use crate::prelude::*;
 use crate::service::dict::{decode_list, decode_pairs, Entries};
 use crate::{Dict, DictKind, Error, Members, Spec};
 use parking_lot::Mutex;
@@ -361,7 +361,14 @@ pub unsafe extern "C" fn cluster_dict_set(d: *mut cluster_dict, key: *const u8, 
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_dict_set_async(d: *mut cluster_dict, key: *const u8, klen: usize, value: *const u8, vlen: usize, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_dict_set_async(
+    d: *mut cluster_dict,
+    key: *const u8,
+    klen: usize,
+    value: *const u8,
+    vlen: usize,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([d => dict] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(dict.set_async(bytes(key, klen, "key")?, bytes(value, vlen, "value")?)?)?)
@@ -426,7 +433,14 @@ pub unsafe extern "C" fn cluster_dict_set_many_async(
 /// Blocking: as `cluster_dict_set`.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_dict_set_with(d: *mut cluster_dict, key: *const u8, klen: usize, fname: *const c_char, args: *const u8, len: usize) -> cluster_status {
+pub unsafe extern "C" fn cluster_dict_set_with(
+    d: *mut cluster_dict,
+    key: *const u8,
+    klen: usize,
+    fname: *const c_char,
+    args: *const u8,
+    len: usize,
+) -> cluster_status {
     ffi!([d => dict] dict.set_with(bytes(key, klen, "key")?, cstr(fname, "fname")?, bytes(args, len, "args")?))
 }
 
@@ -479,7 +493,13 @@ pub unsafe extern "C" fn cluster_dict_get(d: *mut cluster_dict, key: *const u8, 
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_dict_get_local(d: *mut cluster_dict, key: *const u8, klen: usize, held: *mut bool, out: *mut cluster_buffer) -> cluster_status {
+pub unsafe extern "C" fn cluster_dict_get_local(
+    d: *mut cluster_dict,
+    key: *const u8,
+    klen: usize,
+    held: *mut bool,
+    out: *mut cluster_buffer,
+) -> cluster_status {
     ffi!([d => dict] {
         check_out(held, "held")?;
         check_out(out, "out")?;
@@ -558,7 +578,14 @@ pub unsafe extern "C" fn cluster_dict_haskey_async(d: *mut cluster_dict, key: *c
 /// Blocking: as `cluster_dict_set`.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_dict_get_or_insert(d: *mut cluster_dict, key: *const u8, klen: usize, default: *const u8, dlen: usize, out: *mut cluster_buffer) -> cluster_status {
+pub unsafe extern "C" fn cluster_dict_get_or_insert(
+    d: *mut cluster_dict,
+    key: *const u8,
+    klen: usize,
+    default: *const u8,
+    dlen: usize,
+    out: *mut cluster_buffer,
+) -> cluster_status {
     ffi!([d => dict] {
         check_out(out, "out")?;
         let v = dict.get_or_insert(bytes(key, klen, "key")?, bytes(default, dlen, "default")?)?;
@@ -863,7 +890,12 @@ pub extern "C" fn cluster_dict_entries_free(e: *mut cluster_dict_entries) -> clu
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_dict_register_value_fn(ctx: *mut cluster_ctx, name: *const c_char, f: cluster_value_fn, user_data: *mut c_void) -> cluster_status {
+pub unsafe extern "C" fn cluster_dict_register_value_fn(
+    ctx: *mut cluster_ctx,
+    name: *const c_char,
+    f: cluster_value_fn,
+    user_data: *mut c_void,
+) -> cluster_status {
     ffi!([ctx => c] {
         let name = cstr(name, "name")?;
         let f = f.ok_or_else(|| null_arg("f"))?;

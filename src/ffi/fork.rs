@@ -75,10 +75,7 @@ static CURRENT_CHILD: AtomicUsize = AtomicUsize::new(0);
 /// CLUSTER_ERR_WRONG_MODE in a pfork child (handles, cluster_init, pfork).
 pub(crate) fn refuse_in_child(what: &str) -> Result<(), Error> {
     if IN_CHILD.load(Ordering::Relaxed) {
-        return Err(Error::new(
-            ErrorKind::WrongMode,
-            format!("{what} cannot be used in a cluster_pfork child (only cluster_fork_return / cluster_fork_fail)"),
-        ));
+        return Err(Error::new(ErrorKind::WrongMode, format!("{what} cannot be used in a cluster_pfork child (only cluster_fork_return / cluster_fork_fail)")));
     }
     Ok(())
 }
@@ -160,10 +157,7 @@ pub unsafe extern "C" fn cluster_pfork(
             }
         });
         let first_error = kids.iter().find_map(ForkChild::error);
-        let messages = kids
-            .iter()
-            .map(|k| CString::new(k.error().map(|e| e.message).unwrap_or_default().replace('\0', " ")).unwrap_or_default())
-            .collect();
+        let messages = kids.iter().map(|k| CString::new(k.error().map(|e| e.message).unwrap_or_default().replace('\0', " ")).unwrap_or_default()).collect();
         let h = handles::insert(Kind::ForkResults, Arc::new(ResultsObj { kids, messages }))?;
         put(out, "out", h as *mut cluster_fork_results)?;
         first_error.map_or(Ok(()), Err)
@@ -227,12 +221,7 @@ fn child_of(o: &ResultsObj, index: usize) -> Result<&ForkChild, Error> {
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_fork_results_get(
-    r: *mut cluster_fork_results,
-    index: usize,
-    data: *mut *const u8,
-    len: *mut usize,
-) -> cluster_status {
+pub unsafe extern "C" fn cluster_fork_results_get(r: *mut cluster_fork_results, index: usize, data: *mut *const u8, len: *mut usize) -> cluster_status {
     ffi!([r => o] {
         check_out(data, "data")?;
         check_out(len, "len")?;

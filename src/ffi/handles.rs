@@ -122,10 +122,7 @@ impl Table {
             Some(i) => i as usize,
             None => {
                 if self.entries.len() >= self.max_slots {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!("no {} handle left: {} slots live or retired", kind.name(), self.entries.len()),
-                    ));
+                    return Err(Error::new(ErrorKind::TooLarge, format!("no {} handle left: {} slots live or retired", kind.name(), self.entries.len())));
                 }
                 self.entries.push(Entry { gen: 0, kind, obj: None });
                 self.entries.len() - 1

@@ -282,10 +282,7 @@ fn the_julia_check_catches_a_difference() {
 
 /// The doc's text lines, without the leading ` * `.
 fn doc_lines(doc: &str) -> Vec<String> {
-    doc.lines()
-        .map(|l| l.trim_start().trim_start_matches('*').trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    doc.lines().map(|l| l.trim_start().trim_start_matches('*').trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
 #[test]
@@ -309,13 +306,10 @@ fn every_function_states_ownership_blocking_and_threads() {
 #[test]
 fn the_doc_check_catches_a_missing_line() {
     let h = header().replacen(" * Blocking:", " * Waits:", 1);
-    let bad: Vec<String> = functions(&h)
-        .into_iter()
-        .filter(|(_, d)| !doc_lines(d).iter().any(|l| l.starts_with("Blocking:")))
-        .map(|(n, _)| n)
-        .collect();
+    let bad: Vec<String> = functions(&h).into_iter().filter(|(_, d)| !doc_lines(d).iter().any(|l| l.starts_with("Blocking:"))).map(|(n, _)| n).collect();
     assert_eq!(bad.len(), 1, "{bad:?}");
-    let undocumented = h.replacen("cluster_status cluster_ready(cluster_ctx *ctx);", "cluster_status cluster_ready(cluster_ctx *ctx);\nint cluster_extra(void);", 1);
+    let undocumented =
+        h.replacen("cluster_status cluster_ready(cluster_ctx *ctx);", "cluster_status cluster_ready(cluster_ctx *ctx);\nint cluster_extra(void);", 1);
     let extra = functions(&undocumented).into_iter().find(|(n, _)| n == "cluster_extra").expect("parsed");
     assert!(extra.1.is_empty(), "a function without its own doc comment has none");
 }

@@ -2,7 +2,6 @@
 //! `ShmCfg` and `pmap_shm_create`); `cluster_shm_spec`, what a creator
 //! asks for; the orphan cleaner.
 
-use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from_vec, cluster_buffer};
@@ -10,6 +9,7 @@ use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
+use crate::prelude::*;
 use crate::service::shm::{self, Segment};
 use crate::{Error, ErrorKind, ShmSpec};
 use std::ffi::{c_char, c_void};
@@ -118,7 +118,13 @@ fn names_buffer(names: Vec<String>, count: *mut usize) -> Result<cluster_buffer,
 /// Blocking: yes, a round trip to each process that maps it.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_shm_create(ctx: *mut cluster_ctx, spec: *const cluster_shm_spec, pids: *const i32, npids: usize, out: *mut *mut cluster_shm) -> cluster_status {
+pub unsafe extern "C" fn cluster_shm_create(
+    ctx: *mut cluster_ctx,
+    spec: *const cluster_shm_spec,
+    pids: *const i32,
+    npids: usize,
+    out: *mut *mut cluster_shm,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         let procs = procs_arg(pids, npids)?;
@@ -211,7 +217,14 @@ pub unsafe extern "C" fn cluster_shm_data(s: *mut cluster_shm, data: *mut *mut c
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_shm_info(s: *mut cluster_shm, elem_type: *mut i32, elem_size: *mut u32, dims: *mut u64, cap: usize, ndims: *mut usize) -> cluster_status {
+pub unsafe extern "C" fn cluster_shm_info(
+    s: *mut cluster_shm,
+    elem_type: *mut i32,
+    elem_size: *mut u32,
+    dims: *mut u64,
+    cap: usize,
+    ndims: *mut usize,
+) -> cluster_status {
     ffi!([s => seg] {
         let sp = seg.spec();
         if !elem_type.is_null() {
@@ -265,7 +278,12 @@ pub unsafe extern "C" fn cluster_shm_unlink(ctx: *mut cluster_ctx, name: *const 
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_shm_unlink_async(ctx: *mut cluster_ctx, name: *const c_char, prefix: *const c_char, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_shm_unlink_async(
+    ctx: *mut cluster_ctx,
+    name: *const c_char,
+    prefix: *const c_char,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(c.shm_unlink_async(cstr(name, "name")?, opt_cstr(prefix, "prefix")?.unwrap_or(""))?)?)

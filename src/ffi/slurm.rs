@@ -134,7 +134,12 @@ pub unsafe extern "C" fn cluster_addprocs_slurm(
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_addprocs_slurm_async(ctx: *mut cluster_ctx, n: usize, options: *const cluster_slurm_options, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_addprocs_slurm_async(
+    ctx: *mut cluster_ctx,
+    n: usize,
+    options: *const cluster_slurm_options,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(start(c.node(), n, options)?)?)

@@ -134,7 +134,13 @@ unsafe fn args_arg<'a>(args: *const cluster_bytes, n: usize) -> Result<Vec<&'a [
 /// Blocking: no (only while large arguments are written).
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_stasks_pmap_async(h: *mut cluster_stasks, fname: *const c_char, args: *const cluster_bytes, n: usize, futures: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_stasks_pmap_async(
+    h: *mut cluster_stasks,
+    fname: *const c_char,
+    args: *const cluster_bytes,
+    n: usize,
+    futures: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([h => t] {
         let args = args_arg(args, n)?;
         if futures.is_null() {
@@ -234,11 +240,18 @@ pub unsafe extern "C" fn cluster_stasks_stop_async(h: *mut cluster_stasks, fname
 /// Blocking: no.
 /// Threads: the handler's, during the call.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_stask_state(call: *mut cluster_call, task: *mut usize, args: *mut *const u8, len: *mut usize, state: *mut *mut *mut c_void) -> cluster_status {
+pub unsafe extern "C" fn cluster_stask_state(
+    call: *mut cluster_call,
+    task: *mut usize,
+    args: *mut *const u8,
+    len: *mut usize,
+    state: *mut *mut *mut c_void,
+) -> cluster_status {
     ffi!({
         type Found = (usize, *const u8, usize, *mut *mut c_void);
         let found: Result<Found, Error> = super::call::with_call(call, |c| {
-            let t = crate::task_of(c).ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "this call is not a server task's (cluster_stasks_pmap makes them)"))?;
+            let t =
+                crate::task_of(c).ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "this call is not a server task's (cluster_stasks_pmap makes them)"))?;
             let mut g = t.task.state.lock();
             if g.as_ref().is_none_or(|b| !b.is::<Slot>()) {
                 *g = Some(Box::new(Slot(std::ptr::null_mut())));

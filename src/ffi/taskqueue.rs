@@ -2,16 +2,16 @@
 //! `queue_worker_task`, `execute_worker_task`, `dequeue_worker_task`,
 //! `set_priorities`, `prep_remotes`, `num_remotes`) over registered names.
 
-use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
 use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
+use super::gate::Gate;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
-use super::gate::Gate;
 use super::UserData;
+use crate::prelude::*;
 use crate::service::pool::{QueueKey, Target, TaskDone, TaskInfo, TaskQueue, TaskSpec};
 use crate::Error;
 use std::ffi::{c_char, c_void, CString};
@@ -177,7 +177,8 @@ unsafe fn spec_from(gate: &Arc<Gate>, s: *const cluster_task_spec) -> Result<Tas
             if s.hosts.is_null() {
                 return Err(null_arg("hosts"));
             }
-            let hosts = std::slice::from_raw_parts(s.hosts, s.nhosts).iter().map(|&h| cstr(h, "hosts[i]").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
+            let hosts =
+                std::slice::from_raw_parts(s.hosts, s.nhosts).iter().map(|&h| cstr(h, "hosts[i]").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
             if hosts.len() == 1 {
                 Target::Host(hosts[0].clone())
             } else {
@@ -291,7 +292,12 @@ pub unsafe extern "C" fn cluster_taskqueue_num_remotes(tq: *mut cluster_taskqueu
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_taskqueue_queue(tq: *mut cluster_taskqueue, spec: *const cluster_task_spec, id: *mut u64, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_taskqueue_queue(
+    tq: *mut cluster_taskqueue,
+    spec: *const cluster_task_spec,
+    id: *mut u64,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([tq => q] {
         check_out(id, "id")?;
         let spec = spec_from(&q.gate, spec)?;
@@ -313,7 +319,12 @@ pub unsafe extern "C" fn cluster_taskqueue_queue(tq: *mut cluster_taskqueue, spe
 /// queued on timeout).
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_taskqueue_execute(tq: *mut cluster_taskqueue, spec: *const cluster_task_spec, timeout_ms: i64, out: *mut cluster_buffer) -> cluster_status {
+pub unsafe extern "C" fn cluster_taskqueue_execute(
+    tq: *mut cluster_taskqueue,
+    spec: *const cluster_task_spec,
+    timeout_ms: i64,
+    out: *mut cluster_buffer,
+) -> cluster_status {
     ffi!([tq => q] {
         check_out(out, "out")?;
         let f = q.execute(spec_from(&q.gate, spec)?)?;
@@ -348,7 +359,12 @@ pub unsafe extern "C" fn cluster_taskqueue_dequeue(tq: *mut cluster_taskqueue, i
 /// Blocking: no, apart from `filter`.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_taskqueue_dequeue_if(tq: *mut cluster_taskqueue, filter: cluster_task_filter_fn, user_data: *mut c_void, count: *mut usize) -> cluster_status {
+pub unsafe extern "C" fn cluster_taskqueue_dequeue_if(
+    tq: *mut cluster_taskqueue,
+    filter: cluster_task_filter_fn,
+    user_data: *mut c_void,
+    count: *mut usize,
+) -> cluster_status {
     ffi!([tq => q] {
         let f = filter.ok_or_else(|| null_arg("filter"))?;
         let n = q.dequeue_if(|i| with_info(i, |c| unsafe { f(user_data, c) }));

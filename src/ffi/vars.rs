@@ -18,7 +18,14 @@ use std::ffi::c_char;
 /// Blocking: yes, a round trip to each process (at once).
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_vars_set(ctx: *mut cluster_ctx, pids: *const i32, npids: usize, name: *const c_char, value: *const u8, len: usize) -> cluster_status {
+pub unsafe extern "C" fn cluster_vars_set(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    npids: usize,
+    name: *const c_char,
+    value: *const u8,
+    len: usize,
+) -> cluster_status {
     ffi!([ctx => c] c.node().set_var(&pid_list(pids, npids)?, cstr(name, "name")?, bytes(value, len, "value")?))
 }
 
@@ -54,7 +61,13 @@ pub unsafe extern "C" fn cluster_vars_set_async(
 /// Blocking: yes, a round trip to each process (at once).
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_vars_get(ctx: *mut cluster_ctx, pids: *const i32, npids: usize, name: *const c_char, out: *mut cluster_buffer) -> cluster_status {
+pub unsafe extern "C" fn cluster_vars_get(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    npids: usize,
+    name: *const c_char,
+    out: *mut cluster_buffer,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         let v = c.node().get_var_async(&pid_list(pids, npids)?, cstr(name, "name")?)?.value()?;
@@ -69,7 +82,13 @@ pub unsafe extern "C" fn cluster_vars_get(ctx: *mut cluster_ctx, pids: *const i3
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_vars_get_async(ctx: *mut cluster_ctx, pids: *const i32, npids: usize, name: *const c_char, out: *mut *mut cluster_future) -> cluster_status {
+pub unsafe extern "C" fn cluster_vars_get_async(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    npids: usize,
+    name: *const c_char,
+    out: *mut *mut cluster_future,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         put(out, "out", new_future_handle(c.node().get_var_async(&pid_list(pids, npids)?, cstr(name, "name")?)?)?)

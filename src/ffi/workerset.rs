@@ -1,6 +1,5 @@
 //! `cluster_workerset`: PTools' `WorkerSet`, round robin or first free.
 
-use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
@@ -8,6 +7,7 @@ use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
+use crate::prelude::*;
 use crate::service::pool::{WorkerSet, WsMode};
 use std::ffi::c_char;
 
@@ -39,7 +39,13 @@ c_handle!(cluster_workerset, Kind::WorkerSet, WorkerSet);
 /// Blocking: no.
 /// Threads: any.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_workerset_new(ctx: *mut cluster_ctx, pids: *const i32, n: usize, mode: i32, out: *mut *mut cluster_workerset) -> cluster_status {
+pub unsafe extern "C" fn cluster_workerset_new(
+    ctx: *mut cluster_ctx,
+    pids: *const i32,
+    n: usize,
+    mode: i32,
+    out: *mut *mut cluster_workerset,
+) -> cluster_status {
     ffi!([ctx => c] {
         check_out(out, "out")?;
         let mode = match mode {

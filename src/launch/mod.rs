@@ -170,9 +170,8 @@ impl Launcher for LocalLauncher {
         if let Some(d) = &spec.dir {
             cmd.current_dir(d);
         }
-        let child = cmd.spawn().map_err(|e| {
-            Error::at(ErrorKind::Launch, spec.id, format!("worker {}: cannot start {}: {e}", spec.id, spec.program.display()))
-        })?;
+        let child =
+            cmd.spawn().map_err(|e| Error::at(ErrorKind::Launch, spec.id, format!("worker {}: cannot start {}: {e}", spec.id, spec.program.display())))?;
         drop(cmd);
         let os_pid = child.id();
         // A failed write means the child closed its stdin or exited; the

@@ -171,7 +171,6 @@ impl Drop for SlurmLauncher {
     }
 }
 
-
 impl Launcher for SlurmLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
         self.launch_all(std::slice::from_ref(spec)).pop().expect("one result")

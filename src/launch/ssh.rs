@@ -247,7 +247,10 @@ impl SshLauncher {
         if head.ip().is_loopback() {
             return Err(Error::new(
                 ErrorKind::Launch,
-                format!("host {}: the head listens on {head}, which other hosts cannot reach: listen on an interface (Config::listen_host, e.g. 0.0.0.0)", m.label()),
+                format!(
+                    "host {}: the head listens on {head}, which other hosts cannot reach: listen on an interface (Config::listen_host, e.g. 0.0.0.0)",
+                    m.label()
+                ),
             ));
         }
         // Wildcard: the local address of the route to the host (a UDP
@@ -439,7 +442,6 @@ fn parallel<T: Sync, R: Send>(width: usize, items: Vec<T>, f: impl Fn(&T) -> R +
     results.into_inner().into_iter().map(|r| r.expect("every item ran")).collect()
 }
 
-
 impl Launcher for SshLauncher {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
         self.launch_all(std::slice::from_ref(spec)).pop().expect("one result")
@@ -448,7 +450,8 @@ impl Launcher for SshLauncher {
     fn launch_all(&self, specs: &[LaunchSpec]) -> Vec<Result<Launched>> {
         self.reap();
         // Each worker to the next machine slot, round the machines' counts.
-        let slots: Vec<usize> = self.machines.iter().enumerate().flat_map(|(i, m)| std::iter::repeat_n(i, if let Count::N(n) = m.count { n } else { 0 })).collect();
+        let slots: Vec<usize> =
+            self.machines.iter().enumerate().flat_map(|(i, m)| std::iter::repeat_n(i, if let Count::N(n) = m.count { n } else { 0 })).collect();
         if slots.is_empty() {
             return specs.iter().map(|_| Err(Error::new(ErrorKind::InvalidArgument, "every machine has a count of 0"))).collect();
         }

@@ -323,8 +323,7 @@ impl Handshake {
             Stage::ClientProof => {
                 let t = self.nonces();
                 let wish = self.inbuf[PROOF];
-                let proved = wish <= 1
-                    && proof(&self.cookie, other, &t.client_nonce, &t.server_nonce, wish).verify_slice(&self.inbuf[..PROOF]).is_ok();
+                let proved = wish <= 1 && proof(&self.cookie, other, &t.client_nonce, &t.server_nonce, wish).verify_slice(&self.inbuf[..PROOF]).is_ok();
                 if !proved {
                     // Tell the client, so it does not take this for a
                     // dropped connection and retry; the write is best effort.
@@ -347,9 +346,7 @@ impl Handshake {
                     self.tls = tls;
                     self.stage = Stage::ServerProof;
                 }
-                REFUSED => {
-                    return Err(hs_err(ErrorKind::Auth, "the peer refused this process's proof of the cluster cookie (wrong cookie)"))
-                }
+                REFUSED => return Err(hs_err(ErrorKind::Auth, "the peer refused this process's proof of the cluster cookie (wrong cookie)")),
                 b => return Err(hs_err(ErrorKind::Protocol, format!("bad handshake verdict {b}"))),
             },
             Stage::ServerProof => {
@@ -381,13 +378,7 @@ pub fn handshake(stream: &mut TcpStream, cookie: &[u8], side: Side, timeout: Dur
 /// Runs the handshake on a blocking stream until `deadline`, calling
 /// `check` at least every 50 ms (an error from it ends the handshake).
 /// The stream is blocking again afterwards.
-pub fn handshake_until(
-    stream: &mut TcpStream,
-    cookie: &[u8],
-    side: Side,
-    deadline: Instant,
-    check: &mut dyn FnMut() -> Result<()>,
-) -> Result<Transcript> {
+pub fn handshake_until(stream: &mut TcpStream, cookie: &[u8], side: Side, deadline: Instant, check: &mut dyn FnMut() -> Result<()>) -> Result<Transcript> {
     handshake_tls_until(stream, cookie, side, false, deadline, check)
 }
 

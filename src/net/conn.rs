@@ -1230,7 +1230,13 @@ mod tests {
         peer.write_all(&[frame(Kind::Response, 1, b"a"), frame(Kind::Response, 2, b"b"), frame(Kind::Response, 3, b"c")].concat()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut frames = 0;
-        assert!(matches!(c.pump(&d, &mut frames, &mut |_, job| { job(); true }), PumpEnd::Empty));
+        assert!(matches!(
+            c.pump(&d, &mut frames, &mut |_, job| {
+                job();
+                true
+            }),
+            PumpEnd::Empty
+        ));
         assert_eq!(frames, 3);
         assert_eq!(*held.lock(), vec![0, HEADER_LEN + 4, 2 * (HEADER_LEN + 4)], "each reply's request should wait for the last reply");
         assert_eq!(c.queued_bytes(), 0, "the requests were not written at the pump's end");

@@ -176,11 +176,7 @@ impl<D: Dispatch> Reactor<D> {
     fn spawn_role(self: &Arc<Self>, gen: u64) {
         let r = self.clone();
         self.threads_started.fetch_add(1, Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name("cluster-reactor".into())
-            .stack_size(512 * 1024)
-            .spawn(move || r.run(gen))
-            .expect("spawn reactor thread");
+        std::thread::Builder::new().name("cluster-reactor".into()).stack_size(512 * 1024).spawn(move || r.run(gen)).expect("spawn reactor thread");
     }
 
     /// Watches `conn` through epoll again (oneshot): re-arms it, or adds
@@ -592,11 +588,7 @@ impl Drainer {
         }
         if !s.running.swap(true, Ordering::AcqRel) {
             let s = s.clone();
-            std::thread::Builder::new()
-                .name("cluster-drain".into())
-                .stack_size(128 * 1024)
-                .spawn(move || Drainer::run(&s))
-                .expect("spawn drain thread");
+            std::thread::Builder::new().name("cluster-drain".into()).stack_size(128 * 1024).spawn(move || Drainer::run(&s)).expect("spawn drain thread");
         }
     }
 

@@ -197,11 +197,21 @@ impl ServerCertVerifier for Pinned {
         self.check(end_entity, intermediates).map(|_| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         self.signature(message, cert, dss)
     }
 
@@ -215,15 +225,30 @@ impl ClientCertVerifier for Pinned {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], _now: UnixTime) -> std::result::Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
         self.check(end_entity, intermediates).map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         self.signature(message, cert, dss)
     }
 
@@ -299,12 +324,7 @@ impl Session {
         let mut tls = tls;
         tls.set_buffer_limit(Some(CHUNK));
         let rx = Rx { buf: vec![0u8; RX].into_boxed_slice(), start: 0, end: 0, checked };
-        Session {
-            tls: Mutex::new(tls),
-            rx: Mutex::new(rx),
-            plain_waiting: AtomicBool::new(false),
-            cipher_waiting: AtomicBool::new(false),
-        }
+        Session { tls: Mutex::new(tls), rx: Mutex::new(rx), plain_waiting: AtomicBool::new(false), cipher_waiting: AtomicBool::new(false) }
     }
 
     /// The server's side: its handshake completes in the reads of the
@@ -730,4 +750,3 @@ pub(crate) mod tests {
         assert!(!TlsMode::Off.wants(far));
     }
 }
-

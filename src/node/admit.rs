@@ -93,12 +93,24 @@ struct Entry {
 }
 
 enum State {
-    Handshake { stream: TcpStream, hs: Box<Handshake> },
+    Handshake {
+        stream: TcpStream,
+        hs: Box<Handshake>,
+    },
     /// Authenticated; `fd` is the connection's socket, polled until its
     /// first message is in.
-    First { conn: Arc<Conn>, fd: RawFd, transcript: Transcript },
+    First {
+        conn: Arc<Conn>,
+        fd: RawFd,
+        transcript: Transcript,
+    },
     /// A HELLO for an id the head has not announced (yet).
-    Hello { conn: Arc<Conn>, frame: Frame, transcript: Transcript, until: Instant },
+    Hello {
+        conn: Arc<Conn>,
+        frame: Frame,
+        transcript: Transcript,
+        until: Instant,
+    },
     /// Only while a state is moved out.
     Moved,
 }
@@ -133,11 +145,7 @@ enum Outcome {
 
 pub(super) fn spawn(node: &Arc<Node>, listener: TcpListener) {
     let weak = Arc::downgrade(node);
-    std::thread::Builder::new()
-        .name("cluster-accept".into())
-        .stack_size(256 * 1024)
-        .spawn(move || run(&weak, listener))
-        .expect("spawn accept thread");
+    std::thread::Builder::new().name("cluster-accept".into()).stack_size(256 * 1024).spawn(move || run(&weak, listener)).expect("spawn accept thread");
 }
 
 fn run(weak: &Weak<Node>, listener: TcpListener) {
@@ -231,9 +239,7 @@ fn run(weak: &Weak<Node>, listener: TcpListener) {
         let shed = node.admission.shed.load(Ordering::Acquire);
         if shed > shed_logged && shed_logged_at.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(5)) {
             // Every few seconds under a flood, not once per connection.
-            node.log.warn(format!(
-                "more than {MAX_ADMITTING} connections were authenticating at once: closed the oldest ({shed} so far)"
-            ));
+            node.log.warn(format!("more than {MAX_ADMITTING} connections were authenticating at once: closed the oldest ({shed} so far)"));
             shed_logged = shed;
             shed_logged_at = Some(Instant::now());
         }
@@ -390,10 +396,7 @@ impl Node {
                         Verdict::Refused(err) => Outcome::Refused(err),
                         Verdict::Wait if Instant::now() >= *until => {
                             let id = session::decode_hello(&frame.meta).map(|h| h.id).unwrap_or(0);
-                            Outcome::Refused(Error::new(
-                                ErrorKind::Auth,
-                                format!("a peer claimed to be process {id}, which the head has not announced"),
-                            ))
+                            Outcome::Refused(Error::new(ErrorKind::Auth, format!("a peer claimed to be process {id}, which the head has not announced")))
                         }
                         Verdict::Wait => Outcome::Keep,
                     };

@@ -72,15 +72,11 @@ impl Default for Config {
             handler_threads: 1,
             startup_timeout: Duration::from_secs(60),
             max_message_bytes: 1 << 30,
-            spin: Duration::from_micros(
-                std::env::var("LIBCLUSTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100),
-            ),
+            spin: Duration::from_micros(std::env::var("LIBCLUSTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100)),
             log_level: None,
             exit_on_head_loss: true,
             join: None,
-            heartbeat_timeout: Duration::from_millis(
-                std::env::var("LIBCLUSTER_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
-            ),
+            heartbeat_timeout: Duration::from_millis(std::env::var("LIBCLUSTER_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000)),
             handshake_timeout: Duration::from_millis(
                 std::env::var("LIBCLUSTER_HANDSHAKE_MS").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(5000),
             ),

@@ -64,7 +64,9 @@ impl Event {
 pub enum Lifecycle {
     Started,
     /// The worker left: `graceful` when asked to, false when it died.
-    Exited { graceful: bool },
+    Exited {
+        graceful: bool,
+    },
 }
 
 impl Lifecycle {

@@ -296,7 +296,6 @@ impl Promise {
     pub fn complete(&self, outcome: Result<Vec<u8>>) -> bool {
         self.slot.complete(outcome)
     }
-
 }
 
 impl Node {
@@ -311,7 +310,12 @@ impl Node {
         self.join_with(self.promise_quiet(pid), futures, merge)
     }
 
-    fn join_with(self: &Arc<Self>, (f, p): (Future, Promise), futures: Vec<Future>, merge: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static) -> Future {
+    fn join_with(
+        self: &Arc<Self>,
+        (f, p): (Future, Promise),
+        futures: Vec<Future>,
+        merge: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static,
+    ) -> Future {
         if futures.is_empty() {
             p.complete(merge(Vec::new()));
             return f;

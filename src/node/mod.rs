@@ -687,11 +687,7 @@ impl Node {
     pub fn conn_for(self: &Arc<Self>, pid: u32) -> Result<Arc<Conn>> {
         self.check_open()?;
         if !self.head && pid != HEAD_ID && self.topology() == Topology::MasterWorker {
-            return Err(Error::at(
-                ErrorKind::Topology,
-                pid,
-                format!("worker {} cannot call worker {pid}: topology is master_worker", self.myid()),
-            ));
+            return Err(Error::at(ErrorKind::Topology, pid, format!("worker {} cannot call worker {pid}: topology is master_worker", self.myid())));
         }
         let peer = self.peer(pid).ok_or_else(|| self.unknown_process(pid))?;
         if peer.is_gone() {
@@ -836,7 +832,15 @@ impl Node {
     /// `request_quiet` to `pid` whose response may come from the process
     /// `also` names instead, over its open connection, which waiters then
     /// read (a dict write its backup answers).
-    pub(crate) fn request_quiet_answered_by(self: &Arc<Self>, pid: u32, also: (u32, Arc<Conn>), service: ServiceId, op: u16, meta: &[u8], payload: &[u8]) -> Result<Future> {
+    pub(crate) fn request_quiet_answered_by(
+        self: &Arc<Self>,
+        pid: u32,
+        also: (u32, Arc<Conn>),
+        service: ServiceId,
+        op: u16,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<Future> {
         let (also, also_conn) = also;
         let conn = self.conn_for(pid)?;
         let slot = Arc::new(Slot::new(self.next_request_id(), pid).also_answered_by(also));

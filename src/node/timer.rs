@@ -62,11 +62,7 @@ impl Timers {
         if !s.running {
             s.running = true;
             let inner = self.inner.clone();
-            std::thread::Builder::new()
-                .name("cluster-timer".into())
-                .stack_size(128 * 1024)
-                .spawn(move || Timers::run(&inner))
-                .expect("spawn timer thread");
+            std::thread::Builder::new().name("cluster-timer".into()).stack_size(128 * 1024).spawn(move || Timers::run(&inner)).expect("spawn timer thread");
         }
         if sooner {
             cv.notify_one();

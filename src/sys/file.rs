@@ -104,10 +104,7 @@ impl Dir {
         let from = proc_fd_path(file.as_raw_fd());
         let to = c_name(name)?;
         // SAFETY: both names are NUL-terminated and outlive the call.
-        retry(|| {
-            cvt(unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), self.0.as_raw_fd(), to.as_ptr(), libc::AT_SYMLINK_FOLLOW) })
-        })
-        .map(drop)
+        retry(|| cvt(unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), self.0.as_raw_fd(), to.as_ptr(), libc::AT_SYMLINK_FOLLOW) })).map(drop)
     }
 
     /// Renames `from` to `to`, both here, replacing `to` atomically.

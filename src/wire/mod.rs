@@ -82,21 +82,9 @@ impl Header {
         };
         let payload_len = u64_at(24);
         if payload_len > max_payload {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!("frame of {payload_len} bytes exceeds the maximum of {max_payload}"),
-            ));
+            return Err(Error::new(ErrorKind::TooLarge, format!("frame of {payload_len} bytes exceeds the maximum of {max_payload}")));
         }
-        Ok(Header {
-            kind,
-            status: b[5],
-            service: u16_at(6),
-            op: u16_at(8),
-            meta_len: u16_at(10),
-            aux: u32_at(12),
-            id: u64_at(16),
-            payload_len,
-        })
+        Ok(Header { kind, status: b[5], service: u16_at(6), op: u16_at(8), meta_len: u16_at(10), aux: u32_at(12), id: u64_at(16), payload_len })
     }
 }
 
@@ -123,9 +111,7 @@ pub fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode_meta<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    bincode::serde::decode_from_slice(bytes, bincode_config())
-        .map(|(v, _)| v)
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
+    bincode::serde::decode_from_slice(bytes, bincode_config()).map(|(v, _)| v).map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed message: {e}")))
 }
 
 /// A value too large for a meta, or that grows with the cluster (a list of
@@ -178,10 +164,7 @@ pub fn payload_decode_limit(len: usize) -> usize {
 /// frames). Large or growing data goes in the payload.
 pub fn frame_header(mut header: Header, meta: &[u8], payload: &[u8]) -> Result<Header> {
     if meta.len() > MAX_META {
-        return Err(Error::new(
-            ErrorKind::TooLarge,
-            format!("a message's meta of {} bytes exceeds the frame limit of {MAX_META} bytes", meta.len()),
-        ));
+        return Err(Error::new(ErrorKind::TooLarge, format!("a message's meta of {} bytes exceeds the frame limit of {MAX_META} bytes", meta.len())));
     }
     header.meta_len = meta.len() as u16;
     header.payload_len = payload.len() as u64;
@@ -189,9 +172,7 @@ pub fn frame_header(mut header: Header, meta: &[u8], payload: &[u8]) -> Result<H
 }
 
 fn io_header(header: Header, meta: &[u8], payload: &[u8]) -> std::io::Result<[u8; HEADER_LEN]> {
-    frame_header(header, meta, payload)
-        .map(|h| h.encode())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.message))
+    frame_header(header, meta, payload).map(|h| h.encode()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.message))
 }
 
 /// Writes one frame with a single vectored write; `payload` is not copied.
@@ -207,8 +188,8 @@ pub fn write_frame_after(fd: RawFd, before: &[u8], header: Header, meta: &[u8], 
     sys::write_all_vectored(fd, &[before, &h, meta, payload])
 }
 
-mod reader;
 pub mod parts;
+mod reader;
 pub use reader::{Fd, FrameReader, ReadOutcome, Source};
 
 #[cfg(test)]

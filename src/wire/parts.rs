@@ -30,7 +30,8 @@ pub fn next_part<'a>(data: &'a [u8], offset: &mut usize) -> Result<Option<(u32, 
     let head = rest.get(..12).ok_or_else(|| bad("a part's header is cut short"))?;
     let pid = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
-    let end = usize::try_from(len).ok().and_then(|l| l.checked_add(12)).filter(|&e| e <= rest.len()).ok_or_else(|| bad("a part is longer than what holds it"))?;
+    let end =
+        usize::try_from(len).ok().and_then(|l| l.checked_add(12)).filter(|&e| e <= rest.len()).ok_or_else(|| bad("a part is longer than what holds it"))?;
     *offset += end;
     Ok(Some((pid, &rest[12..end])))
 }

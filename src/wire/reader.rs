@@ -72,7 +72,17 @@ impl FrameReader {
     }
 
     pub fn new(max_payload: u64) -> FrameReader {
-        FrameReader { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, partial: None, max_payload, drained: true, spare: Vec::new(), bytes_read: 0, reads: 0 }
+        FrameReader {
+            buf: vec![0u8; STAGING].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            partial: None,
+            max_payload,
+            drained: true,
+            spare: Vec::new(),
+            bytes_read: 0,
+            reads: 0,
+        }
     }
 
     /// Keeps `v` for the next large payload, if it is worth keeping.

@@ -280,7 +280,8 @@ impl Channels {
                         let e = node.unknown_process(pid);
                         if e.kind == ErrorKind::ProcessExited {
                             // Bound to a process already gone: closed at once.
-                            let why = Error::at(ErrorKind::ChannelClosed, pid, format!("{} was closed: process {pid}, to which it was bound, has left", c.name));
+                            let why =
+                                Error::at(ErrorKind::ChannelClosed, pid, format!("{} was closed: process {pid}, to which it was bound, has left", c.name));
                             c.close(why, out);
                             out.push(Answer(reply, Ok(Vec::new())));
                         } else {

@@ -80,11 +80,7 @@ impl ChannelState {
         }
         let n = u64::from_le_bytes(b[..8].try_into().ok()?);
         let c = u64::from_le_bytes(b[8..16].try_into().ok()?);
-        Some(ChannelState {
-            n_avail: usize::try_from(n).unwrap_or(usize::MAX),
-            capacity: usize::try_from(c).unwrap_or(usize::MAX),
-            open: b[16] == 1,
-        })
+        Some(ChannelState { n_avail: usize::try_from(n).unwrap_or(usize::MAX), capacity: usize::try_from(c).unwrap_or(usize::MAX), open: b[16] == 1 })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -114,17 +110,7 @@ pub(crate) struct Chan {
 
 impl Chan {
     pub fn new(name: String, capacity: usize, refs: Holders) -> Chan {
-        Chan {
-            name,
-            capacity,
-            items: VecDeque::new(),
-            readers: VecDeque::new(),
-            writers: VecDeque::new(),
-            closed: None,
-            bound: Vec::new(),
-            refs,
-            freed: false,
-        }
+        Chan { name, capacity, items: VecDeque::new(), readers: VecDeque::new(), writers: VecDeque::new(), closed: None, bound: Vec::new(), refs, freed: false }
     }
 
     pub fn is_open(&self) -> bool {

@@ -246,7 +246,11 @@ impl Collectives {
             let failure = if algorithm != run.algorithm {
                 Some(Error::at(ErrorKind::Protocol, from, format!("round {} came as {algorithm:?}, not {:?}", run.round, run.algorithm)))
             } else if from != run.ranks[expect_from] {
-                Some(Error::at(ErrorKind::Protocol, from, format!("round {} came from process {from}, not {}: the participants disagree on the set", run.round, run.ranks[expect_from])))
+                Some(Error::at(
+                    ErrorKind::Protocol,
+                    from,
+                    format!("round {} came from process {from}, not {}: the participants disagree on the set", run.round, run.ranks[expect_from]),
+                ))
             } else {
                 Self::merge(run, &payload).err()
             };
@@ -607,7 +611,17 @@ mod tests {
         for (r, inst) in insts.iter_mut().enumerate() {
             let mut blocks = vec![None; n];
             blocks[r] = Some(vec![r as u8; r + 1]);
-            let run = Running { ranks: ranks.clone(), me: r, order: ranks.clone(), algorithm, round: 0, blocks, promise: Some(node.promise(1).1), next: Arc::default(), deadline: None };
+            let run = Running {
+                ranks: ranks.clone(),
+                me: r,
+                order: ranks.clone(),
+                algorithm,
+                round: 0,
+                blocks,
+                promise: Some(node.promise(1).1),
+                next: Arc::default(),
+                deadline: None,
+            };
             if algorithm.rounds(n) > 0 {
                 wire.push((r, Collectives::send_round(&run, key, false)));
             } else {
@@ -690,7 +704,17 @@ mod tests {
             blocks[r] = Some(self.blocks[r].clone());
             let algorithm = Algorithm::choose(n, self.blocks[r].len());
             let promise = Some(self.node.promise(1).1);
-            let run = Running { ranks: self.ranks.clone(), me: r, order: self.ranks.clone(), algorithm, round: 0, blocks, promise, next: Arc::default(), deadline: None };
+            let run = Running {
+                ranks: self.ranks.clone(),
+                me: r,
+                order: self.ranks.clone(),
+                algorithm,
+                round: 0,
+                blocks,
+                promise,
+                next: Arc::default(),
+                deadline: None,
+            };
             let (_key, sends, outcome) = self.calls[r].call(1, set_hash(&self.ranks), run);
             self.took(r, sends, outcome);
         }
@@ -700,9 +724,9 @@ mod tests {
             let (op, meta, payload) = self.links.get_mut(&(from, to)).and_then(|l| l.pop_front()).expect("a message on the link");
             let r: Round = wire::decode_meta(&meta).unwrap();
             let (sends, outcome) = match op {
-                op::DATA => self.calls[to].data(self.ranks[from], &r, payload).unwrap_or_else(|e| {
-                    panic!("rank {to}: {e}: the node closes the connection to rank {from} on that, losing what is in flight on it")
-                }),
+                op::DATA => self.calls[to]
+                    .data(self.ranks[from], &r, payload)
+                    .unwrap_or_else(|e| panic!("rank {to}: {e}: the node closes the connection to rank {from} on that, losing what is in flight on it")),
                 _ => (Vec::new(), self.calls[to].abort(r.key, Error::new(ErrorKind::InvalidArgument, String::from_utf8_lossy(&payload)))),
             };
             self.took(to, sends, outcome);

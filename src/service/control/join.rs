@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 /// What this process is in its cluster.
 #[derive(Clone, Debug)]
 pub enum Role {
-    Head { cookie: String },
+    Head {
+        cookie: String,
+    },
     Worker {
         head_addr: String,
         /// The id the head launched it as; 0 for an elastic worker.
@@ -55,11 +57,8 @@ impl Role {
             return Err(Error::new(ErrorKind::Auth, "no cookie: set it in the config or LIBCLUSTER_COOKIE"));
         };
         let parent = if launched { std::env::var(launch::ENV_PARENT).ok().and_then(|v| v.parse().ok()) } else { None };
-        let join_key = if launched && from_stdin && std::env::var(launch::ENV_JOIN_KEY_STDIN).is_ok() {
-            Some(launch::read_join_key_from_stdin()?)
-        } else {
-            None
-        };
+        let join_key =
+            if launched && from_stdin && std::env::var(launch::ENV_JOIN_KEY_STDIN).is_ok() { Some(launch::read_join_key_from_stdin()?) } else { None };
         Ok(Role::Worker { head_addr, id: if launched { launched_id.unwrap_or(0) } else { 0 }, cookie, parent, join_key })
     }
 
@@ -101,10 +100,7 @@ impl ParentWatch {
 
     fn check(&self) -> Result<()> {
         if self.gone() {
-            return Err(Error::new(
-                ErrorKind::Launch,
-                format!("the process that launched this worker (pid {}) is gone", self.pid.unwrap_or(0)),
-            ));
+            return Err(Error::new(ErrorKind::Launch, format!("the process that launched this worker (pid {}) is gone", self.pid.unwrap_or(0))));
         }
         Ok(())
     }
@@ -141,10 +137,7 @@ impl Control {
             check()?;
             if Instant::now() >= deadline {
                 let why = last.map(|e| e.message).unwrap_or_else(|| "no attempt completed".into());
-                return Err(Error::new(
-                    ErrorKind::Launch,
-                    format!("could not reach the head at {head_addr} within {:?}: {why}", cfg.startup_timeout),
-                ));
+                return Err(Error::new(ErrorKind::Launch, format!("could not reach the head at {head_addr} within {:?}: {why}", cfg.startup_timeout)));
             }
             match TcpStream::connect_timeout(&addr, connect_timeout) {
                 Err(e) => last = Some(Error::io("connect", e)),
@@ -243,7 +236,8 @@ impl Control {
         *peer.conn.lock() = Some(conn.clone());
         peer.state.store(CONNECTED, Ordering::Release);
         let peers = node.peers_where(|p| p.is_ready()).iter().map(|p| self.introduce(p, peer.id)).collect();
-        let welcome = Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes, head_host: node.hostname().to_string() };
+        let welcome =
+            Welcome { id: peer.id, topology: node.topology(), peers, max_message: node.config().max_message_bytes, head_host: node.hostname().to_string() };
         // The welcome lists every ready worker: it goes in the payload,
         // which the worker's maximum message size bounds, not in the meta
         // (64 KiB: about 1,100 workers).

@@ -155,9 +155,7 @@ impl Service for Control {
                 node.log.info("asked to stop");
                 node.request_stop();
             }
-            _ => {
-                return Err(Error::new(crate::error::ErrorKind::Protocol, format!("control op {} from process {} refused", msg.op(), msg.from)))
-            }
+            _ => return Err(Error::new(crate::error::ErrorKind::Protocol, format!("control op {} from process {} refused", msg.op(), msg.from))),
         }
         Ok(None)
     }

@@ -327,17 +327,9 @@ pub(super) struct Reaper(Arc<ReaperShared>);
 
 impl Reaper {
     fn start(node: Weak<Node>) -> Reaper {
-        let shared = Arc::new(ReaperShared {
-            children: Mutex::new(Vec::new()),
-            wake: sys::EventFd::new().expect("eventfd"),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(ReaperShared { children: Mutex::new(Vec::new()), wake: sys::EventFd::new().expect("eventfd"), stop: AtomicBool::new(false) });
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("cluster-reap".into())
-            .stack_size(128 * 1024)
-            .spawn(move || Reaper::run(&s, &node))
-            .expect("spawn reaper thread");
+        std::thread::Builder::new().name("cluster-reap".into()).stack_size(128 * 1024).spawn(move || Reaper::run(&s, &node)).expect("spawn reaper thread");
         Reaper(shared)
     }
 

@@ -553,7 +553,9 @@ impl Dicts {
                     match e.phase {
                         Phase::Ready => out.push(Answer(reply, Ok(wire::encode_payload(&e.cfg)))),
                         Phase::Installing => e.replies.push(reply),
-                        Phase::Releasing => out.push(Answer(reply, Err(Error::new(ErrorKind::InvalidArgument, format!("{} is being released", name_of(&e.cfg)))))),
+                        Phase::Releasing => {
+                            out.push(Answer(reply, Err(Error::new(ErrorKind::InvalidArgument, format!("{} is being released", name_of(&e.cfg))))))
+                        }
                     }
                 }
             } else {
@@ -924,7 +926,12 @@ impl Dicts {
     /// primary (an ordinary ACK).
     fn acknowledge(&self, node: &Arc<Node>, from: u32, m: Msg, acks: Vec<Applied>, answers: Vec<Owed>) {
         let me = node.myid();
-        let ack = |seq: u64, err: Option<String>| Outgoing { to: from, op: op::ACK, m: Msg { arg: seq, ..m }, payload: err.map(String::into_bytes).unwrap_or_default() };
+        let ack = |seq: u64, err: Option<String>| Outgoing {
+            to: from,
+            op: op::ACK,
+            m: Msg { arg: seq, ..m },
+            payload: err.map(String::into_bytes).unwrap_or_default(),
+        };
         let mut sends = Vec::with_capacity(acks.len() + answers.len());
         let answered = !answers.is_empty();
         for (seq, err, a) in answers {
@@ -1262,7 +1269,12 @@ impl Service for Dicts {
                         if p == me {
                             reconfigure_here.push(e.cfg.clone());
                         } else {
-                            sends.push(Outgoing { to: p, op: op::RECONFIG, m: Msg { id: e.cfg.id, epoch: e.cfg.epoch, ..Msg::default() }, payload: payload.clone() });
+                            sends.push(Outgoing {
+                                to: p,
+                                op: op::RECONFIG,
+                                m: Msg { id: e.cfg.id, epoch: e.cfg.epoch, ..Msg::default() },
+                                payload: payload.clone(),
+                            });
                         }
                     }
                     continue;
@@ -1273,13 +1285,22 @@ impl Service for Dicts {
                 e.waiting.retain(|&p| p != pid);
                 match e.phase {
                     Phase::Installing => {
-                        let why = Error::at(ErrorKind::ProcessExited, pid, format!("process {pid}, a member of {}, left while it was being created", name_of(&e.cfg)));
+                        let why = Error::at(
+                            ErrorKind::ProcessExited,
+                            pid,
+                            format!("process {pid}, a member of {}, left while it was being created", name_of(&e.cfg)),
+                        );
                         out.extend(std::mem::take(&mut e.replies).into_iter().map(|r| Answer(r, Err(why.clone()))));
                         for &p in e.cfg.members.iter().filter(|&&p| p != pid) {
                             if p == me {
                                 drop_here.push(e.cfg.id);
                             } else {
-                                sends.push(Outgoing { to: p, op: op::DROP, m: Msg { id: e.cfg.id, epoch: e.cfg.epoch, ..Msg::default() }, payload: Vec::new() });
+                                sends.push(Outgoing {
+                                    to: p,
+                                    op: op::DROP,
+                                    m: Msg { id: e.cfg.id, epoch: e.cfg.epoch, ..Msg::default() },
+                                    payload: Vec::new(),
+                                });
                             }
                         }
                         done.push((name.clone(), e.cfg.id));
@@ -1585,11 +1606,7 @@ impl Dict {
     fn lost(&self, cfg: &DictConfig, part: u32) -> Option<Error> {
         let pid = cfg.lost.get(part as usize).copied().unwrap_or(0);
         (pid != 0).then(|| {
-            Error::at(
-                ErrorKind::ProcessExited,
-                pid,
-                format!("the keys of partition {part} of {} {LOST} with process {pid} (replication 1)", name_of(cfg)),
-            )
+            Error::at(ErrorKind::ProcessExited, pid, format!("the keys of partition {part} of {} {LOST} with process {pid} (replication 1)", name_of(cfg)))
         })
     }
 
@@ -1750,7 +1767,9 @@ impl Dict {
         let node = &self.0.node;
         let futures = by_primary
             .iter()
-            .map(|(&p, batch)| self.0.svc.request_quiet(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch)))
+            .map(|(&p, batch)| {
+                self.0.svc.request_quiet(node, p, op::SET_MANY, Msg { id: cfg.id, epoch: cfg.epoch, part: 0, arg: 0 }, wire::encode_payload(batch))
+            })
             .collect::<Result<Vec<Future>>>()?;
         let pid = by_primary.keys().next().copied().unwrap_or(node.myid());
         Ok(node.join_quiet(pid, futures, |_| Ok(Vec::new())))
@@ -2052,7 +2071,20 @@ mod tests {
     }
 
     fn is_request(op: u16) -> bool {
-        !matches!(op, op::INSTALL | op::INSTALLED | op::DROP | op::DROPPED | op::REPLICATE | op::REPLICATE_ANSWER | op::ACK | op::ACK_ANSWERED | op::RECONFIG | op::STATE | op::STATE_ACK)
+        !matches!(
+            op,
+            op::INSTALL
+                | op::INSTALLED
+                | op::DROP
+                | op::DROPPED
+                | op::REPLICATE
+                | op::REPLICATE_ANSWER
+                | op::ACK
+                | op::ACK_ANSWERED
+                | op::RECONFIG
+                | op::STATE
+                | op::STATE_ACK
+        )
     }
 
     fn send(n: &Arc<Node>, d: &Dicts, from: u32, op: u16, m: Msg, payload: &[u8], out: &Out) {
@@ -2148,7 +2180,8 @@ mod tests {
         assert!(e.message.contains("process 6"), "{e}");
         assert!(d.local_dicts().is_empty() && d.registered() == 0, "undone");
         // Under master_worker, two workers cannot be members together.
-        let mw = Node::detached(Config { heartbeat_timeout: Duration::ZERO, topology: crate::node::Topology::MasterWorker, ..Config::default() }, true).unwrap();
+        let mw =
+            Node::detached(Config { heartbeat_timeout: Duration::ZERO, topology: crate::node::Topology::MasterWorker, ..Config::default() }, true).unwrap();
         let md = Dicts::new();
         mw.install(md.clone()).unwrap();
         mw.start().unwrap();

@@ -195,14 +195,25 @@ impl DictConfig {
 /// A write as the primary ordered it, applied on every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
-    Set { key: Vec<u8>, value: Vec<u8> },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// The value is `f(args)` computed on each replica (a Global dict's
     /// ValueF).
-    SetF { key: Vec<u8>, f: String, args: Vec<u8> },
-    Delete { key: Vec<u8> },
+    SetF {
+        key: Vec<u8>,
+        f: String,
+        args: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Many sets of one partition as one write (a batch's pairs at their
     /// primary): one number, one message to each backup.
-    SetMany { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    SetMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// A partition's pairs, as a state transfer carries them.

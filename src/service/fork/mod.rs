@@ -165,9 +165,7 @@ impl ForkChild {
                 ErrorKind::ProcessExited,
                 format!("{who} was killed by signal {signal} ({}){}", os::signal_name(*signal), if *core_dumped { ", core dumped" } else { "" }),
             ),
-            Outcome::TimedOut(t) => {
-                (ErrorKind::Timeout, format!("{who} was still running after the timeout of {} ms: killed with SIGKILL", t.as_millis()))
-            }
+            Outcome::TimedOut(t) => (ErrorKind::Timeout, format!("{who} was still running after the timeout of {} ms: killed with SIGKILL", t.as_millis())),
             Outcome::NoResult(why) => (ErrorKind::ProcessExited, format!("{who} exited with status 0 without a complete result: {why}")),
             Outcome::NotStarted(why) => (ErrorKind::Io, format!("child {} was not started: {why}", self.index)),
         };

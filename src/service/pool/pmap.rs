@@ -745,12 +745,15 @@ impl Engine {
             Act::Send(pid, chunk) => self.send(pid, chunk),
             Act::Take => {
                 let me = self.clone();
-                self.pool.take_with(self.owner, Box::new(move |r| {
-                    me.post(match r {
-                        Ok(pid) => Ev::Granted(pid),
-                        Err(e) => Ev::TakeFailed(e),
-                    })
-                }));
+                self.pool.take_with(
+                    self.owner,
+                    Box::new(move |r| {
+                        me.post(match r {
+                            Ok(pid) => Ev::Granted(pid),
+                            Err(e) => Ev::TakeFailed(e),
+                        })
+                    }),
+                );
             }
             Act::CancelTake => {
                 self.pool.cancel_take(self.owner);
@@ -896,13 +899,8 @@ mod tests {
         for bs in [BatchSize::Fixed(1), BatchSize::Fixed(4), BatchSize::Auto] {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let s = seen.clone();
-            let opts = PmapOptions {
-                batch_size: bs,
-                on_error: true,
-                max_in_flight: 3,
-                progress: Some(Arc::new(move |p| s.lock().push(p))),
-                ..PmapOptions::default()
-            };
+            let opts =
+                PmapOptions { batch_size: bs, on_error: true, max_in_flight: 3, progress: Some(Arc::new(move |p| s.lock().push(p))), ..PmapOptions::default() };
             let m = n.pmap(None, "sq", items(50), opts).unwrap();
             m.wait(Some(Duration::from_secs(20))).unwrap();
             let r = u32s(&m);
@@ -933,10 +931,12 @@ mod tests {
         // The worker comes back as its last call's completion is handled,
         // which may trail the map's own failure by a moment.
         let pool = n.default_pool().unwrap();
-        let back = (0..500).find_map(|_| pool.try_take().unwrap().or_else(|| {
-            std::thread::sleep(Duration::from_millis(10));
-            None
-        }));
+        let back = (0..500).find_map(|_| {
+            pool.try_take().unwrap().or_else(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            })
+        });
         assert_eq!(back, Some(1));
         n.close();
     }
@@ -1015,10 +1015,12 @@ mod tests {
         // The worker comes back as its last call's completion is handled,
         // which may trail the map's own failure by a moment.
         let pool = n.default_pool().unwrap();
-        let back = (0..500).find_map(|_| pool.try_take().unwrap().or_else(|| {
-            std::thread::sleep(Duration::from_millis(10));
-            None
-        }));
+        let back = (0..500).find_map(|_| {
+            pool.try_take().unwrap().or_else(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            })
+        });
         assert_eq!(back, Some(1));
         n.close();
     }

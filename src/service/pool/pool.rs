@@ -203,9 +203,12 @@ impl WorkerPool {
     pub fn take_async(&self) -> Result<Future> {
         let node = self.node()?;
         let (fut, promise) = node.promise(node.myid());
-        self.take_with(new_owner(), Box::new(move |r| {
-            promise.complete(r.map(|p| p.to_le_bytes().to_vec()));
-        }));
+        self.take_with(
+            new_owner(),
+            Box::new(move |r| {
+                promise.complete(r.map(|p| p.to_le_bytes().to_vec()));
+            }),
+        );
         Ok(fut)
     }
 
@@ -217,9 +220,12 @@ impl WorkerPool {
         let node = self.node()?;
         let (fut, promise) = node.promise(node.myid());
         let owner = new_owner();
-        self.take_with(owner, Box::new(move |r| {
-            promise.complete(r.map(|p| p.to_le_bytes().to_vec()));
-        }));
+        self.take_with(
+            owner,
+            Box::new(move |r| {
+                promise.complete(r.map(|p| p.to_le_bytes().to_vec()));
+            }),
+        );
         match fut.fetch(timeout) {
             Ok(v) => Ok(u32::from_le_bytes(v[..4].try_into().unwrap())),
             Err(e) if e.kind == ErrorKind::Timeout => {
@@ -374,14 +380,17 @@ impl WorkerPool {
         }
         let (fut, promise) = node.promise(0);
         let (name, args, pool, n) = (name.to_string(), args.to_vec(), self.clone(), node.clone());
-        self.take_with(new_owner(), Box::new(move |r| match r {
-            Err(e) => {
-                promise.complete(Err(e));
-            }
-            Ok(pid) => pool.call_on(&n, pid, &name, &args, move |r| {
-                promise.complete(r);
+        self.take_with(
+            new_owner(),
+            Box::new(move |r| match r {
+                Err(e) => {
+                    promise.complete(Err(e));
+                }
+                Ok(pid) => pool.call_on(&n, pid, &name, &args, move |r| {
+                    promise.complete(r);
+                }),
             }),
-        }));
+        );
         Ok(fut)
     }
 

@@ -205,10 +205,7 @@ impl St {
     /// The entry worker `p` runs next: the lowest priority, then the
     /// oldest, over the queues it serves.
     fn next_for(&self, p: u32, worker: bool) -> Option<(QueueKey, Entry)> {
-        self.keys_for(p, worker)
-            .into_iter()
-            .filter_map(|k| self.queues.get(&k).and_then(|q| q.first().copied()).map(|e| (k, e)))
-            .min_by(|a, b| a.1.cmp(&b.1))
+        self.keys_for(p, worker).into_iter().filter_map(|k| self.queues.get(&k).and_then(|q| q.first().copied()).map(|e| (k, e))).min_by(|a, b| a.1.cmp(&b.1))
     }
 
     /// Takes entry `e` of queue `key` to run: the task's only entry taken
@@ -514,10 +511,13 @@ impl TaskQueue {
             let st = self.st.lock();
             st.tasks.iter().flat_map(|(&id, t)| t.entries.iter().map(move |e| Self::info(id, t, e))).collect()
         };
-        let new: Vec<(TaskInfo, f64)> = all.into_iter().map(|i| {
-            let p = calc(&i);
-            (i, p)
-        }).collect();
+        let new: Vec<(TaskInfo, f64)> = all
+            .into_iter()
+            .map(|i| {
+                let p = calc(&i);
+                (i, p)
+            })
+            .collect();
         let mut st = self.st.lock();
         for (i, p) in new {
             if p.is_nan() {
@@ -570,7 +570,10 @@ impl TaskQueue {
             if t.failures.is_empty() {
                 Ok(Vec::new())
             } else {
-                Err(Error::new(ErrorKind::Composite, format!("{} of {} runs failed: {}", t.failures.len(), t.started.max(t.failures.len()), t.failures.join("; "))))
+                Err(Error::new(
+                    ErrorKind::Composite,
+                    format!("{} of {} runs failed: {}", t.failures.len(), t.started.max(t.failures.len()), t.failures.join("; ")),
+                ))
             }
         } else {
             t.value.clone().unwrap_or_else(|| Err(no_worker()))
@@ -772,7 +775,13 @@ mod tests {
     #[test]
     fn lower_priority_first_and_fifo_among_equals() {
         let inf = f64::INFINITY;
-        let mut st = st_with(&[(1, inf, vec![QueueKey::Any], false), (2, 5.0, vec![QueueKey::Any], false), (3, inf, vec![QueueKey::Any], false), (4, 5.0, vec![QueueKey::Any], false), (5, -1.0, vec![QueueKey::Pid(2)], false)]);
+        let mut st = st_with(&[
+            (1, inf, vec![QueueKey::Any], false),
+            (2, 5.0, vec![QueueKey::Any], false),
+            (3, inf, vec![QueueKey::Any], false),
+            (4, 5.0, vec![QueueKey::Any], false),
+            (5, -1.0, vec![QueueKey::Pid(2)], false),
+        ]);
         let order: Vec<u64> = std::iter::from_fn(|| run_next(&mut st, 2)).collect();
         assert_eq!(order, vec![5, 2, 4, 1, 3]);
     }

@@ -111,11 +111,7 @@ impl Call {
         let Some(call) = self.inner.take() else { return };
         self.rpc.running.lock().remove(&call.token);
         let outcome = if call.cancel.load(Ordering::Acquire) {
-            Err(Error::at(
-                ErrorKind::Interrupted,
-                self.node.myid(),
-                format!("call to {} interrupted on process {}", call.name, self.node.myid()),
-            ))
+            Err(Error::at(ErrorKind::Interrupted, self.node.myid(), format!("call to {} interrupted on process {}", call.name, self.node.myid())))
         } else {
             outcome
         };
@@ -208,10 +204,7 @@ impl Rpc {
             IN_HANDLER.with(|h| h.set(outer));
             if let Some(next) = self.dispatcher.finish() {
                 let (rpc, n) = (self.clone(), node.clone());
-                std::thread::Builder::new()
-                    .name("cluster-local".into())
-                    .spawn(move || rpc.run_calls(&n, next))
-                    .map_err(|e| Error::io("spawn", e))?;
+                std::thread::Builder::new().name("cluster-local".into()).spawn(move || rpc.run_calls(&n, next)).map_err(|e| Error::io("spawn", e))?;
             }
         }
         Ok(())
@@ -293,11 +286,7 @@ impl Rpc {
             }
             Some(h) => {
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call))) {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
                     node.log.error(format!("a handler panicked: {what}"));
                 }
             }
@@ -591,14 +580,7 @@ fn all_of(node: &Arc<Node>, parts: Vec<(u32, Result<Future>)>, timeout: Option<D
     let (fut, promise) = node.promise(node.myid());
     let total = parts.len();
     let targets: Vec<u32> = parts.iter().map(|(p, _)| *p).collect();
-    let g = Arc::new(Gather {
-        left: Mutex::new(total + 1),
-        failures: Mutex::new(Vec::new()),
-        done: Mutex::new(vec![false; total]),
-        targets,
-        total,
-        promise,
-    });
+    let g = Arc::new(Gather { left: Mutex::new(total + 1), failures: Mutex::new(Vec::new()), done: Mutex::new(vec![false; total]), targets, total, promise });
     fn finish_one(g: &Gather) {
         let mut left = g.left.lock();
         *left -= 1;
@@ -724,13 +706,16 @@ mod tests {
         })
         .unwrap();
         // An element answered later, from another thread.
-        n.register("later", Arc::new(|c: Call| {
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                let v = c.args().to_vec();
-                c.reply(&v);
-            });
-        }))
+        n.register(
+            "later",
+            Arc::new(|c: Call| {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let v = c.args().to_vec();
+                    c.reply(&v);
+                });
+            }),
+        )
         .unwrap();
         let out: Out = Arc::default();
         let items: Vec<&[u8]> = vec![&[2], &[3], &[], &[4]];
@@ -783,13 +768,8 @@ mod tests {
         let seen = Arc::new(AtomicBool::new(false));
         let s = seen.clone();
         n.register_fn("watch", move |c| {
-            let oneway = Incoming {
-                from: 1,
-                header: Header::new(Kind::Oneway, ID, op::INTERRUPT, 0),
-                meta: Vec::new(),
-                payload: Vec::new(),
-                reply: ReplyTo::Nobody,
-            };
+            let oneway =
+                Incoming { from: 1, header: Header::new(Kind::Oneway, ID, op::INTERRUPT, 0), meta: Vec::new(), payload: Vec::new(), reply: ReplyTo::Nobody };
             let node = c.node().clone();
             node.service::<Rpc>().unwrap().on_message(&node, oneway).unwrap();
             s.store(c.is_cancelled(), Ordering::SeqCst);

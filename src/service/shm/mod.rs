@@ -188,11 +188,7 @@ impl SegmentName {
 /// only, when given).
 pub fn orphans(prefix: Option<&str>) -> Result<Vec<SegmentName>> {
     let all = os::list().map_err(|e| Error::new(ErrorKind::Io, format!("cannot list {}: {e}", os::SHM_DIR)))?;
-    Ok(all
-        .iter()
-        .filter_map(|n| SegmentName::parse(n))
-        .filter(|s| prefix.is_none_or(|p| s.prefix == p) && !s.stamp.alive())
-        .collect())
+    Ok(all.iter().filter_map(|n| SegmentName::parse(n)).filter(|s| prefix.is_none_or(|p| s.prefix == p) && !s.stamp.alive()).collect())
 }
 
 /// Unlinks the orphans `orphans` finds; returns their OS names.
@@ -387,9 +383,9 @@ impl Service for Shm {
                 self.mapped.lock().remove(&name);
                 Ok(Vec::new())
             }
-            op::IDENTITY if node.is_head() => {
-                self.stamp(node).map(|s| [&s.head_pid.to_le_bytes()[..], &s.head_start.to_le_bytes(), &s.cluster.to_le_bytes(), &s.machine.to_le_bytes()].concat())
-            }
+            op::IDENTITY if node.is_head() => self
+                .stamp(node)
+                .map(|s| [&s.head_pid.to_le_bytes()[..], &s.head_start.to_le_bytes(), &s.cluster.to_le_bytes(), &s.machine.to_le_bytes()].concat()),
             op::IDENTITY => Err(Error::at(ErrorKind::NotHead, me, "the head knows the cluster's stamp")),
             o => return Err(unknown_op("shm", o)),
         };
@@ -523,7 +519,8 @@ impl ShmExt for Arc<Node> {
 
     fn shm_create(&self, spec: &ShmSpec, procs: Option<&[u32]>) -> Result<Segment> {
         let f = self.shm_create_async(spec, procs)?;
-        let name = String::from_utf8(f.fetch(Some(Duration::from_secs(60)))?.to_vec()).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8"))?;
+        let name =
+            String::from_utf8(f.fetch(Some(Duration::from_secs(60)))?.to_vec()).map_err(|_| Error::new(ErrorKind::Protocol, "a segment name is UTF-8"))?;
         shm(self)?.mapped.lock().get(&name).cloned().ok_or_else(|| Error::new(ErrorKind::NotFound, format!("shared segment {name} was unlinked meanwhile")))
     }
 
@@ -569,8 +566,12 @@ impl ShmExt for Arc<Node> {
             svc.mapped.lock().remove(n);
         }
         let me = self.myid();
-        let futures: Vec<Future> =
-            self.procs().into_iter().filter(|&p| p != me).flat_map(|p| names.iter().filter_map(move |n| self.request(p, ID, op::UNMAP, &[], n.as_bytes()).ok()).collect::<Vec<_>>()).collect();
+        let futures: Vec<Future> = self
+            .procs()
+            .into_iter()
+            .filter(|&p| p != me)
+            .flat_map(|p| names.iter().filter_map(move |n| self.request(p, ID, op::UNMAP, &[], n.as_bytes()).ok()).collect::<Vec<_>>())
+            .collect();
         // Complete once every process answered or left (a process that left
         // has dropped its mappings anyway).
         let (f, promise) = self.promise(me);
@@ -617,7 +618,15 @@ mod tests {
         let p = SegmentName::parse(&n).unwrap();
         assert_eq!((p.stamp, p.creator_pid, p.prefix.as_str(), p.name.as_str()), (stamp, 77, "my.job", "svar_1"));
         assert_eq!(SegmentName::parse(&os_name(stamp, 1, "", "x")).unwrap().prefix, "");
-        for foreign in ["julia_x_svar", "lcshm.1.2.3", "lcshm.a-1-1.2.p.n", "lcshm.1-1.2.p.n", "lcshm.1-1-1-1-1.2.p.n", "lcshm.1-1-1-zz.2.p.n", "lcshm.1-1-1.2.p.bad.name!"] {
+        for foreign in [
+            "julia_x_svar",
+            "lcshm.1.2.3",
+            "lcshm.a-1-1.2.p.n",
+            "lcshm.1-1.2.p.n",
+            "lcshm.1-1-1-1-1.2.p.n",
+            "lcshm.1-1-1-zz.2.p.n",
+            "lcshm.1-1-1.2.p.bad.name!",
+        ] {
             assert!(SegmentName::parse(foreign).is_none(), "{foreign}");
         }
     }

@@ -168,10 +168,7 @@ impl ServerTasks {
 
     fn check_args(&self, n: usize) -> Result<()> {
         if n != self.pids.len() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("pmap_stasks: {n} argument(s) for {} server task(s): one per task", self.pids.len()),
-            ));
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("pmap_stasks: {n} argument(s) for {} server task(s): one per task", self.pids.len())));
         }
         Ok(())
     }
