@@ -10,8 +10,8 @@
 //! TCP peers of the baselines (chosen by BENCH_ROLE).
 
 use cluster::prelude::*;
-use cluster::service::pool::{Items, PmapOptions};
 use cluster::{Channel, ChannelRef, Cluster, Config, Dict, DictKind, LaunchOptions, Members, Spec};
+use cluster::service::pool::{Items, PmapOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;

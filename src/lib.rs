@@ -18,16 +18,16 @@
 //! A `Cluster` owns all of its state: there are no process globals in the
 //! core.
 
-pub mod cluster;
 pub mod error;
-pub mod launch;
 pub mod log;
+pub mod sys;
+pub mod savefile;
+pub mod wire;
 pub mod net;
 pub mod node;
-pub mod savefile;
+pub mod launch;
 pub mod service;
-pub mod sys;
-pub mod wire;
+pub mod cluster;
 
 pub mod ffi;
 
@@ -38,7 +38,7 @@ pub mod fuzzing;
 pub use cluster::Cluster;
 pub use error::{Error, ErrorKind, Result};
 pub use launch::{LaunchOptions, LaunchSpec, Launched, Launcher, LocalLauncher};
-pub use node::{Config, DispatchMode, Event, Future, FutureRef, Lifecycle, Node, TlsMode, Topology, Value, HEAD_ID};
+pub use node::{Config, DispatchMode, TlsMode, Event, Future, FutureRef, Lifecycle, Node, Topology, Value, HEAD_ID};
 pub use service::channel::{Channel, ChannelRef, ChannelState};
 pub use service::dict::{Dict, DictKind, Members, Spec};
 pub use service::fork::{pfork, pfork_with, ForkChild, ForkOptions, Outcome as ForkOutcome};
@@ -48,10 +48,7 @@ pub use service::stasks::{task_of, ServerTasks};
 
 /// The services' operations on a node: `use cluster::prelude::*`.
 pub mod prelude {
-    /// `savefile::save` / `savefile::load` (plain functions, no node needed).
-    pub use crate::savefile;
     pub use crate::service::channel::ChannelExt;
-    pub use crate::service::collective::CollectiveExt;
     pub use crate::service::control::ControlExt;
     pub use crate::service::dict::DictExt;
     pub use crate::service::pool::PoolExt;
@@ -60,6 +57,9 @@ pub mod prelude {
     pub use crate::service::shm::ShmExt;
     pub use crate::service::stasks::StasksExt;
     pub use crate::service::vars::VarsExt;
+    pub use crate::service::collective::CollectiveExt;
+    /// `savefile::save` / `savefile::load` (plain functions, no node needed).
+    pub use crate::savefile;
 }
 
 /// The header cbindgen generated in this build, to check the committed copy.

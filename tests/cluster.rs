@@ -1,8 +1,8 @@
 //! Multi-process integration tests of the core: real worker processes
 //! (src/bin/cluster-test-worker.rs) on loopback.
 
-use cluster::node::events;
 use cluster::prelude::*;
+use cluster::node::events;
 use cluster::{Cluster, Config, DispatchMode, ErrorKind, LaunchOptions, Lifecycle, Topology, ANY_WORKER};
 use parking_lot::Mutex;
 use std::io::{BufRead, Read, Write};

@@ -9,8 +9,8 @@
 //! where the harness cannot run (not root, no sshd).
 
 use cluster::launch::{Count, Machine, SshLauncher, SshOptions};
-use cluster::net::auth::{self, Side};
 use cluster::prelude::*;
+use cluster::net::auth::{self, Side};
 use cluster::{Cluster, Config, ErrorKind, LaunchOptions, TlsMode, Topology};
 use std::io::Read;
 use std::path::PathBuf;

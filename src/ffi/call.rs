@@ -11,9 +11,9 @@
 
 use super::args::*;
 use super::boundary::Handle;
-use super::gate::Gate;
 use super::handles::{self, Kind};
 use super::status::{cluster_status, cluster_status_str};
+use super::gate::Gate;
 use super::UserData;
 use crate::{Call, Error};
 use parking_lot::Mutex;

@@ -2,6 +2,7 @@
 //! by one process and used from any process; `cluster_channel_ref`, its
 //! copyable form for other processes; `cluster_channel_state`, a snapshot.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
@@ -9,7 +10,6 @@ use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
-use crate::prelude::*;
 use crate::{Channel, ChannelRef, ChannelState, Error, ErrorKind};
 use std::sync::Arc;
 

@@ -2,19 +2,19 @@
 //! membership, launching and removing workers, callbacks and logging,
 //! registering functions, remote calls, and host-driven polling.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
 use super::call::run_c_handler;
 use super::config::{cluster_config, cluster_launch_options, config_from, launch_options_from};
 use super::future::{cluster_future, new_future_handle};
-use super::gate::Gate;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
 use super::types::*;
+use super::gate::Gate;
 use super::UserData;
 use crate::log::Level;
-use crate::prelude::*;
 use crate::{Call, Cluster, Lifecycle};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;

@@ -3,16 +3,16 @@
 //! creator asks for; `cluster_dict_entries`, a listing (keys, values or
 //! pairs); `cluster_value`, where a value function puts what it computed.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from_vec, cluster_buffer};
 use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
-use super::handles::{self, Kind};
 use super::pmap::cluster_bytes;
+use super::handles::{self, Kind};
 use super::status::cluster_status;
 use super::UserData;
-use crate::prelude::*;
 use crate::service::dict::{decode_list, decode_pairs, Entries};
 use crate::{Dict, DictKind, Error, Members, Spec};
 use parking_lot::Mutex;

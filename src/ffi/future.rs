@@ -1,12 +1,12 @@
 //! `cluster_future`, a pending or completed call result, and
 //! `cluster_future_ref`, its copyable form for other processes.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::ctx::cluster_ctx;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
-use crate::prelude::*;
 use crate::{Error, ErrorKind, Future, FutureRef};
 use std::ffi::{c_char, CString};
 use std::sync::{Arc, OnceLock};

@@ -2,6 +2,7 @@
 //! `pmap` over an array of byte buffers, and `@distributed` over a range —
 //! with its future, results and progress; `cluster_splitrange`.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::ctx::cluster_ctx;
@@ -10,7 +11,6 @@ use super::handles::{self, Kind};
 use super::pool::cluster_pool;
 use super::status::cluster_status;
 use super::UserData;
-use crate::prelude::*;
 use crate::service::pool::{split, BatchSize, Items, Pmap, PmapOptions, Progress, Retry};
 use crate::{Error, ErrorKind};
 use parking_lot::Mutex;

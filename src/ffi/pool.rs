@@ -1,5 +1,6 @@
 //! `cluster_pool`: Distributed's `WorkerPool`, in the process that made it.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
@@ -7,7 +8,6 @@ use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
-use crate::prelude::*;
 use crate::service::pool::WorkerPool;
 use std::ffi::c_char;
 use std::sync::Arc;

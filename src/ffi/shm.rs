@@ -2,6 +2,7 @@
 //! `ShmCfg` and `pmap_shm_create`); `cluster_shm_spec`, what a creator
 //! asks for; the orphan cleaner.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from_vec, cluster_buffer};
@@ -9,7 +10,6 @@ use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
 use super::handles::{self, Kind};
 use super::status::cluster_status;
-use crate::prelude::*;
 use crate::service::shm::{self, Segment};
 use crate::{Error, ErrorKind, ShmSpec};
 use std::ffi::{c_char, c_void};

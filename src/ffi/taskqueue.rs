@@ -2,16 +2,16 @@
 //! `queue_worker_task`, `execute_worker_task`, `dequeue_worker_task`,
 //! `set_priorities`, `prep_remotes`, `num_remotes`) over registered names.
 
+use crate::prelude::*;
 use super::args::*;
 use super::boundary::Handle;
 use super::buffer::{buffer_from, cluster_buffer};
 use super::ctx::cluster_ctx;
 use super::future::{cluster_future, new_future_handle};
-use super::gate::Gate;
 use super::handles::{self, Kind};
 use super::status::cluster_status;
+use super::gate::Gate;
 use super::UserData;
-use crate::prelude::*;
 use crate::service::pool::{QueueKey, Target, TaskDone, TaskInfo, TaskQueue, TaskSpec};
 use crate::Error;
 use std::ffi::{c_char, c_void, CString};

@@ -188,8 +188,8 @@ pub fn write_frame_after(fd: RawFd, before: &[u8], header: Header, meta: &[u8], 
     sys::write_all_vectored(fd, &[before, &h, meta, payload])
 }
 
-pub mod parts;
 mod reader;
+pub mod parts;
 pub use reader::{Fd, FrameReader, ReadOutcome, Source};
 
 #[cfg(test)]

@@ -12,8 +12,8 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::Job;
 use crate::node::service::unknown_op;
-use crate::node::slot::Slot;
 use crate::node::{Departure, Future, FutureRef, Incoming, Node, Service};
+use crate::node::slot::Slot;
 use crate::service::holders::{Holders, Housekeeper};
 use crate::wire::{self, ServiceId};
 use parking_lot::Mutex;
