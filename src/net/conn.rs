@@ -644,12 +644,19 @@ impl Conn {
     /// Waits for `done()` by reading this connection on the caller's
     /// thread for up to `spin`; false when it is still not done.
     pub fn drive<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> bool {
-        self.drive_served(owner, spin, done).0
+        self.drive_inner(owner, spin, done, false).0
     }
 
-    /// `drive`, also saying whether it served any frame (traffic handled
-    /// on this thread, e.g. requests of a service answered inline).
+    /// `drive` for a host's event loop, also saying whether it served any
+    /// frame (traffic handled on this thread, e.g. requests of a service
+    /// answered inline).
     pub fn drive_served<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool) -> (bool, bool) {
+        self.drive_inner(owner, spin, done, true)
+    }
+
+    /// `host`: the driver is a host's loop, whose wait ends when work is
+    /// queued for it, not when a reply of its own came.
+    fn drive_inner<D: Dispatch>(self: &Arc<Self>, owner: &Arc<D>, spin: Duration, done: &dyn Fn() -> bool, host: bool) -> (bool, bool) {
         flush_lingering();
         self.waited_on();
         if spin.is_zero() || self.is_closed() {
@@ -707,13 +714,18 @@ impl Conn {
         // one that gives up to park is not.
         self.last_drive.store(if finished { self.now_ns() } else { 0 }, Ordering::Relaxed);
         self.drivers.fetch_sub(1, Ordering::AcqRel);
-        // Frames read along with the reply may sit in the buffer (or, under
-        // TLS, in the session), where epoll cannot see them: dispatch them
-        // now. Not when nothing is buffered: what waits in the socket is
-        // read by whoever reads next, and a read to find the socket empty
-        // would cost every round trip a system call.
+        // Frames read along with the last one may sit in the buffer (or,
+        // under TLS, in the session), where epoll cannot see them: dispatch
+        // them now, and read on while frames come. Except when a wait
+        // ended with its reply: then only what is buffered, since what
+        // waits in the socket is read by whoever reads next, and a read to
+        // find it empty would cost every round trip a system call. A host's
+        // loop, or a wait that ran out of time, reads on: the replies and
+        // requests of a burst then go on together (a Julia pmap: 7-10%
+        // fewer elements a second otherwise).
+        let replied = finished && !host && self.read.try_lock().is_some_and(|r| r.last_kind() == Some(wire::Kind::Response));
         loop {
-            match self.read.try_lock().map(|r| r.has_buffered() || (self.tls.is_some() && r.may_have_frames())) {
+            match self.read.try_lock().map(|r| r.has_buffered() || (r.may_have_frames() && (self.tls.is_some() || !replied))) {
                 Some(true) => {}
                 Some(false) => break,
                 None => {
