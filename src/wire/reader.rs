@@ -1,6 +1,6 @@
 //! Incremental frame reader over a non-blocking socket.
 
-use super::{Frame, Header, Kind, HEADER_LEN};
+use super::{Frame, Header, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::sys;
 use std::os::unix::io::RawFd;
@@ -58,8 +58,6 @@ pub struct FrameReader {
     bytes_read: u64,
     /// Reads from the source so far (system calls, for a plain socket).
     reads: u64,
-    /// The kind of the frame returned last.
-    last_kind: Option<Kind>,
 }
 
 /// Payloads from this size up are read straight from the socket.
@@ -84,7 +82,6 @@ impl FrameReader {
             spare: Vec::new(),
             bytes_read: 0,
             reads: 0,
-            last_kind: None,
         }
     }
 
@@ -119,11 +116,6 @@ impl FrameReader {
         self.reads
     }
 
-    /// The kind of the last frame returned, if any.
-    pub fn last_kind(&self) -> Option<Kind> {
-        self.last_kind
-    }
-
     /// True while part of a frame has arrived and the rest has not.
     pub fn mid_frame(&self) -> bool {
         self.partial.is_some() || self.end > self.start
@@ -148,9 +140,6 @@ impl FrameReader {
     pub fn read_frame_from<S: Source>(&mut self, src: &mut S) -> Result<ReadOutcome> {
         let r = self.read_frame_inner(src);
         self.drained = !matches!(r, Ok(ReadOutcome::Frame(_)));
-        if let Ok(ReadOutcome::Frame(f)) = &r {
-            self.last_kind = Some(f.header.kind);
-        }
         r
     }
 
