@@ -446,9 +446,17 @@ this task (the others run): its value is the new ids. A failure is an
 """
 function await_ids(start::F) where {F}
     out = Ref{Ptr{Cvoid}}(C_NULL)
+    st = start(out)
+    # A dynamic call: the code that waits compiles once the workers start,
+    # not before (compiling a method compiles its static callees first).
+    Base.invokelatest(await_ids, st, out[])::Vector{Int}
+end
+
+"Waits for the addprocs future `h` its start returned with status `st`."
+function await_ids(st::Int32, h::Ptr{Cvoid})
     bytes = try
-        CAPI.check(start(out))
-        await_op(out[])
+        CAPI.check(st)
+        await_op(h)
     catch err
         err isa CAPI.ClusterError || rethrow()
         err.status == CAPI.CLUSTER_ERR_NOT_HEAD && error("Only process 1 can add and remove workers")

@@ -264,6 +264,15 @@ serves calls until the head asks it to stop (or goes away), then returns.
 Julia workers run `julia -e 'using LibCluster, LibCluster.API; LibCluster.serve()'`.
 """
 function serve()
+    join_head()
+    # A dynamic call: the code that serves and shuts down compiles once the
+    # head knows this worker, not before (compiling a method compiles its
+    # static callees first, and the head waits for this worker meanwhile).
+    Base.invokelatest(serve_joined)
+end
+
+"A worker's start: joins the head, applies what it asked (`worker_env`), tells it this worker is ready."
+function join_head()
     RT.ctx == C_NULL || error("LibCluster.serve: this process already belongs to a cluster")
     max_message = tryparse(Int, get(ENV, "LIBCLUSTER_JULIA_MAX_MESSAGE_BYTES", ""))
     lock(INIT_LOCK) do
@@ -277,6 +286,11 @@ function serve()
         delete!(ENV, k)
     end
     CAPI.check(CAPI.cluster_ready(RT.ctx))
+    nothing
+end
+
+"A joined worker: serves until the head asks it to stop (or goes away), then shuts down."
+function serve_joined()
     @async warmup()
     lock(RT.stop)
     try
