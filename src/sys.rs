@@ -169,6 +169,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The monotonic clock as the kernel last ticked it (a few milliseconds
+/// behind at most), in nanoseconds: a quarter of `monotonic_ns`'s cost, for
+/// marks read on every message and compared in seconds (liveness).
+pub fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub const SIGTERM: libc::c_int = libc::SIGTERM;
 pub const SIGKILL: libc::c_int = libc::SIGKILL;
 

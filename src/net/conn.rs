@@ -81,7 +81,7 @@ pub struct Conn {
     closed: AtomicBool,
     failed: AtomicBool,
     epoch: Instant,
-    /// When bytes last arrived (ns since `epoch`): liveness.
+    /// When bytes last arrived (`liveness_ns`).
     last_recv: AtomicU64,
     /// When a large frame or a backlog last went out in part: the peer
     /// is reading, though it cannot answer a ping queued behind it.
@@ -150,7 +150,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             epoch,
-            last_recv: AtomicU64::new(1),
+            last_recv: AtomicU64::new(liveness_ns()),
             last_out: AtomicU64::new(0),
             last_send: AtomicU64::new(0),
             corked_frames: AtomicU32::new(0),
@@ -216,7 +216,7 @@ impl Conn {
     /// and no large write to it making progress.
     pub fn silent_for(&self) -> Duration {
         let last = self.last_recv.load(Ordering::Relaxed).max(self.last_out.load(Ordering::Relaxed));
-        Duration::from_nanos(self.now_ns().saturating_sub(last))
+        Duration::from_nanos(liveness_ns().saturating_sub(last))
     }
 
     /// True while part of a frame has arrived and the rest has not.
@@ -394,7 +394,7 @@ impl Conn {
                 }
                 Ok(n) => {
                     skip += n;
-                    self.last_out.store(self.now_ns(), Ordering::Relaxed);
+                    self.last_out.store(liveness_ns(), Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.close();
@@ -448,7 +448,7 @@ impl Conn {
             }
             Ok(n) => {
                 if n > 0 && out.backlog {
-                    self.last_out.store(self.now_ns(), Ordering::Relaxed);
+                    self.last_out.store(liveness_ns(), Ordering::Relaxed);
                 }
                 out.buf.drain(..n);
                 out.backlog = true;
@@ -605,7 +605,7 @@ impl Conn {
         let before = reader.bytes_read();
         let r = self.read_from(&mut reader);
         if reader.bytes_read() != before {
-            self.last_recv.store(self.now_ns(), Ordering::Relaxed);
+            self.last_recv.store(liveness_ns(), Ordering::Relaxed);
         }
         let step = match r {
             // Dispatched under the reader's lock (on_frame is quick): frames of
@@ -792,6 +792,12 @@ impl Conn {
             w.rearm(self);
         }
     }
+}
+
+/// The clock of the liveness marks, read on every read with data: coarse
+/// (milliseconds), as the heartbeat timeouts it serves are seconds.
+fn liveness_ns() -> u64 {
+    sys::coarse_monotonic_ns()
 }
 
 fn push_frame(buf: &mut Vec<u8>, h: &[u8], meta: &[u8], payload: &[u8]) {

@@ -50,8 +50,12 @@ pub struct Reactor<D: Dispatch> {
     conns: Mutex<Slab>,
     /// The role's generation: a thread whose generation is stale ends.
     gen: AtomicU64,
-    /// When the role holder started its current job (ns since `epoch`), 0 when not.
+    /// The number of the role holder's current job (from `jobs`), 0 when
+    /// none runs. The rescuer times how long one number stays: no clock is
+    /// read per job.
     job_since: AtomicU64,
+    /// Jobs started, ever.
+    jobs: AtomicU64,
     /// The connection the role holder is reading.
     current: Mutex<Option<Arc<Conn>>>,
     deferred: Mutex<Vec<Arc<Conn>>>,
@@ -68,7 +72,6 @@ pub struct Reactor<D: Dispatch> {
     epoch: Instant,
     rescuer: Mutex<Option<std::thread::Thread>>,
     rescuer_idle: AtomicBool,
-    last_job: AtomicU64,
     drainer: Drainer,
     /// Threads that ever held the role (for tests and figures).
     pub threads_started: AtomicU32,
@@ -100,6 +103,7 @@ impl<D: Dispatch> Reactor<D> {
             conns: Mutex::new(Slab::default()),
             gen: AtomicU64::new(0),
             job_since: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
             current: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
             look_now: Mutex::new(Vec::new()),
@@ -110,7 +114,6 @@ impl<D: Dispatch> Reactor<D> {
             epoch: Instant::now(),
             rescuer: Mutex::new(None),
             rescuer_idle: AtomicBool::new(true),
-            last_job: AtomicU64::new(0),
             drainer,
             threads_started: AtomicU32::new(0),
         }
@@ -414,7 +417,7 @@ impl<D: Dispatch> Reactor<D> {
 
     /// Runs a job under the role; false when the role was handed on meanwhile.
     fn run_job(&self, job: Job, gen: u64) -> bool {
-        let since = self.now_ns();
+        let since = self.jobs.fetch_add(1, Ordering::Relaxed) + 1;
         self.job_since.store(since, Ordering::Release);
         if self.rescuer_idle.load(Ordering::Acquire) {
             if let Some(t) = self.rescuer.lock().as_ref() {
@@ -422,7 +425,6 @@ impl<D: Dispatch> Reactor<D> {
             }
         }
         job();
-        self.last_job.store(self.now_ns(), Ordering::Relaxed);
         // Clear only this job's mark: a holder that was rescued must not
         // clear the mark of the job its successor runs now (that job would
         // then look rescued too, and its thread leave with nobody taking
@@ -461,43 +463,56 @@ impl<D: Dispatch> Reactor<D> {
         let t = std::thread::Builder::new()
             .name("cluster-rescue".into())
             .stack_size(128 * 1024)
-            .spawn(move || loop {
-                let Some(r) = weak.upgrade() else { return };
-                if r.stopped.load(Ordering::Acquire) {
-                    return;
-                }
-                let since = r.job_since.load(Ordering::Acquire);
-                let now = r.now_ns();
-                if since == 0 {
-                    let quiet = now.saturating_sub(r.last_job.load(Ordering::Relaxed)) > 100_000_000;
-                    if quiet {
-                        r.rescuer_idle.store(true, Ordering::Release);
-                        if r.job_since.load(Ordering::Acquire) == 0 {
-                            drop(r);
-                            std::thread::park_timeout(Duration::from_millis(500));
-                            continue;
+            .spawn(move || {
+                // The job seen running, and since when; the job count, and
+                // when it last changed.
+                let (mut seen, mut seen_at) = (0u64, 0u64);
+                let (mut count, mut count_at) = (0u64, 0u64);
+                loop {
+                    let Some(r) = weak.upgrade() else { return };
+                    if r.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let since = r.job_since.load(Ordering::Acquire);
+                    let now = r.now_ns();
+                    let jobs = r.jobs.load(Ordering::Relaxed);
+                    if jobs != count {
+                        (count, count_at) = (jobs, now);
+                    }
+                    if since != seen {
+                        (seen, seen_at) = (since, now);
+                    }
+                    if since == 0 {
+                        let quiet = now.saturating_sub(count_at) > 100_000_000;
+                        if quiet {
+                            r.rescuer_idle.store(true, Ordering::Release);
+                            if r.job_since.load(Ordering::Acquire) == 0 {
+                                drop(r);
+                                std::thread::park_timeout(Duration::from_millis(500));
+                                continue;
+                            }
                         }
+                    } else if now.saturating_sub(seen_at) >= RESCUE_AFTER.as_nanos() as u64 * 3 / 4
+                        && r.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                    {
+                        // The holder is stuck in a long job: a fresh thread takes the role.
+                        let gen = r.gen.fetch_add(1, Ordering::AcqRel) + 1;
+                        if let Some(c) = r.current.lock().take() {
+                            c.flush();
+                            r.look_now.lock().push(c);
+                        }
+                        // The stuck thread's hot connections are nobody's now,
+                        // nor the rest of its batch (their events are spent).
+                        let hot: Vec<Arc<Conn>> = std::mem::take(&mut *r.hot.lock());
+                        r.look_now.lock().extend(hot);
+                        let rest: Vec<Arc<Conn>> = r.batch.lock().drain(..).collect();
+                        r.look_now.lock().extend(rest);
+                        r.spawn_role(gen);
                     }
-                } else if now.saturating_sub(since) >= RESCUE_AFTER.as_nanos() as u64
-                    && r.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                {
-                    // The holder is stuck in a long job: a fresh thread takes the role.
-                    let gen = r.gen.fetch_add(1, Ordering::AcqRel) + 1;
-                    if let Some(c) = r.current.lock().take() {
-                        c.flush();
-                        r.look_now.lock().push(c);
-                    }
-                    // The stuck thread's hot connections are nobody's now,
-                    // nor the rest of its batch (their events are spent).
-                    let hot: Vec<Arc<Conn>> = std::mem::take(&mut *r.hot.lock());
-                    r.look_now.lock().extend(hot);
-                    let rest: Vec<Arc<Conn>> = r.batch.lock().drain(..).collect();
-                    r.look_now.lock().extend(rest);
-                    r.spawn_role(gen);
+                    r.rescuer_idle.store(false, Ordering::Release);
+                    drop(r);
+                    std::thread::park_timeout(RESCUE_AFTER);
                 }
-                r.rescuer_idle.store(false, Ordering::Release);
-                drop(r);
-                std::thread::park_timeout(RESCUE_AFTER);
             })
             .expect("spawn rescuer thread");
         *self.rescuer.lock() = Some(t.thread().clone());

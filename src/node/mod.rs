@@ -10,6 +10,7 @@ mod config;
 pub mod events;
 mod future;
 mod peer;
+pub(crate) mod fast_map;
 mod pending;
 pub mod service;
 pub(crate) mod slot;
@@ -35,7 +36,7 @@ use pending::PendingTable;
 use serde::{Deserialize, Serialize};
 use service::Services;
 use slot::Slot;
-use std::collections::HashMap;
+use fast_map::FastMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -120,7 +121,7 @@ pub struct Node {
     listener: Mutex<Option<TcpListener>>,
     listener_fd: i32,
     topology: AtomicU8,
-    peers: RwLock<HashMap<u32, Arc<Peer>>>,
+    peers: RwLock<FastMap<u32, Arc<Peer>>>,
     /// The largest process id this node has known: an unknown id at or
     /// below it belonged to a process that has left.
     max_known: AtomicU32,
@@ -239,7 +240,7 @@ impl Node {
             hostname: crate::sys::host_name(),
             listener_fd: listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1),
             listener: Mutex::new(listener),
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(fast_map::new()),
             max_known: AtomicU32::new(HEAD_ID),
             next_req: AtomicU64::new(1),
             pending: PendingTable::new(),

@@ -3,7 +3,7 @@
 use super::slot::Slot;
 use crate::error::Error;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use super::fast_map::{self, FastMap};
 use std::sync::Arc;
 
 const SHARDS: usize = 16;
@@ -11,15 +11,15 @@ const SHARDS: usize = 16;
 /// Request id -> (the process asked, its slot). Sharded by id so callers
 /// on different threads rarely share a lock.
 pub(crate) struct PendingTable {
-    shards: [Mutex<HashMap<u64, Arc<Slot>>>; SHARDS],
+    shards: [Mutex<FastMap<u64, Arc<Slot>>>; SHARDS],
 }
 
 impl PendingTable {
     pub fn new() -> PendingTable {
-        PendingTable { shards: std::array::from_fn(|_| Mutex::new(HashMap::new())) }
+        PendingTable { shards: std::array::from_fn(|_| Mutex::new(fast_map::new())) }
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Slot>>> {
+    fn shard(&self, id: u64) -> &Mutex<FastMap<u64, Arc<Slot>>> {
         &self.shards[(id as usize) % SHARDS]
     }
 

@@ -57,7 +57,7 @@ use crate::service::holders::{Holders, Housekeeper};
 use crate::wire::{self, ServiceId};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use crate::node::fast_map::{self, FastMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,14 +163,14 @@ type Shared = Arc<Mutex<Chan>>;
 
 /// The channel service of one node: the channels it owns.
 pub struct Channels {
-    chans: RwLock<HashMap<u64, Shared>>,
+    chans: RwLock<FastMap<u64, Shared>>,
     next: AtomicU64,
     housekeeping: Housekeeper,
 }
 
 impl Channels {
     pub fn new() -> Arc<Channels> {
-        Arc::new(Channels { chans: RwLock::new(HashMap::new()), next: AtomicU64::new(1), housekeeping: Housekeeper::new("cluster-chan", ID) })
+        Arc::new(Channels { chans: RwLock::new(fast_map::new()), next: AtomicU64::new(1), housekeeping: Housekeeper::new("cluster-chan", ID) })
     }
 
     /// Channels this process keeps (for references held here or elsewhere).

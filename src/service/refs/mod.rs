@@ -17,7 +17,7 @@ use crate::node::slot::Slot;
 use crate::service::holders::{Holders, Housekeeper};
 use crate::wire::{self, ServiceId};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use crate::node::fast_map::{self, FastMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,14 +37,14 @@ struct Owned {
 }
 
 pub struct Refs {
-    owned: Mutex<HashMap<u64, Owned>>,
+    owned: Mutex<FastMap<u64, Owned>>,
     /// Messages that must not block their sender (finalizers, imports).
     housekeeping: Housekeeper,
 }
 
 impl Refs {
     pub fn new() -> Arc<Refs> {
-        Arc::new(Refs { owned: Mutex::new(HashMap::new()), housekeeping: Housekeeper::new("cluster-refs", ID) })
+        Arc::new(Refs { owned: Mutex::new(fast_map::new()), housekeeping: Housekeeper::new("cluster-refs", ID) })
     }
 
     fn defer(&self, node: &Arc<Node>, owner: u32, op: u16, id: u64) {

@@ -13,7 +13,7 @@ use crate::wire::{self, ServiceId};
 use dispatch::Dispatcher;
 use parking_lot::{Mutex, RwLock};
 use std::cell::Cell;
-use std::collections::HashMap;
+use crate::node::fast_map::{self, FastMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,8 +146,8 @@ thread_local! {
 
 /// The rpc service of one node.
 pub struct Rpc {
-    functions: RwLock<HashMap<String, Handler>>,
-    running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    functions: RwLock<FastMap<String, Handler>>,
+    running: Mutex<FastMap<u64, Arc<AtomicBool>>>,
     dispatcher: Dispatcher<Work>,
     next_token: AtomicU64,
     host_mode: bool,
@@ -157,8 +157,8 @@ pub struct Rpc {
 impl Rpc {
     pub fn new(handler_threads: usize, host_mode: bool) -> Arc<Rpc> {
         Arc::new(Rpc {
-            functions: RwLock::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
+            functions: RwLock::new(fast_map::new()),
+            running: Mutex::new(fast_map::new()),
             dispatcher: Dispatcher::new(handler_threads),
             next_token: AtomicU64::new(1),
             host_mode,
