@@ -526,7 +526,7 @@ struct M {
     armed: TBool,
     // ---- Reactor
     gen: TU64,
-    job_since: TU64,
+    running_job: TU64,
     current: TMutex<bool>,
     deferred_list: TMutex<usize>,
     look_now: TMutex<usize>,
@@ -569,7 +569,7 @@ impl M {
             sock_out: TMutex::new(&w, VecDeque::new()),
             armed: TBool::new(&w, false),
             gen: TU64::new(&w, 0),
-            job_since: TU64::new(&w, 0),
+            running_job: TU64::new(&w, 0),
             current: TMutex::new(&w, false),
             deferred_list: TMutex::new(&w, 0),
             look_now: TMutex::new(&w, 0),
@@ -1143,16 +1143,16 @@ impl M {
 
     /// `Reactor::run_job`.
     fn run_job(self: &Arc<Self>, ctx: &Ctx, job: Job, gen: u64) -> bool {
-        // `job_since = now`: unique per job.
+        // The job's number (`Reactor::jobs`): unique per job.
         let token = self.next_job.fetch_add(1, StdOrd::SeqCst);
-        self.job_since.store(token);
+        self.running_job.store(token);
         self.job(ctx, job);
         let mine = if self.code.pre_fix_job_since_clobbered {
-            self.job_since.swap(0) != 0
+            self.running_job.swap(0) != 0
         } else {
             // Only this job's mark: a rescued holder must not clear the
             // mark of the job its successor runs now.
-            self.job_since.compare_exchange(token, 0)
+            self.running_job.compare_exchange(token, 0)
         };
         mine && self.gen.load() == gen
     }
@@ -1161,16 +1161,16 @@ impl M {
     fn rescuer_run(self: &Arc<Self>, ctx: &Ctx) {
         let mut spins = 0;
         loop {
-            let since = self.job_since.load();
+            let since = self.running_job.load();
             if since == 0 {
-                if !self.w.sleep_until(|| self.job_since.load() != 0) {
+                if !self.w.sleep_until(|| self.running_job.load() != 0) {
                     return;
                 }
                 continue;
             }
             // `now - since >= RESCUE_AFTER`: the schedule decides how long
             // the job runs; one that never ends is rescued sooner or later.
-            if thread_rng().gen_bool(0.3) && self.job_since.compare_exchange(since, 0) {
+            if thread_rng().gen_bool(0.3) && self.running_job.compare_exchange(since, 0) {
                 let gen = self.gen.fetch_add(1) + 1;
                 let had = std::mem::replace(&mut *self.current.lock(), false);
                 self.trace(ctx, || format!("job too long: role to generation {gen} (was reading: {had})"));

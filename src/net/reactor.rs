@@ -53,7 +53,7 @@ pub struct Reactor<D: Dispatch> {
     /// The number of the role holder's current job (from `jobs`), 0 when
     /// none runs. The rescuer times how long one number stays: no clock is
     /// read per job.
-    job_since: AtomicU64,
+    running_job: AtomicU64,
     /// Jobs started, ever.
     jobs: AtomicU64,
     /// The connection the role holder is reading.
@@ -102,7 +102,7 @@ impl<D: Dispatch> Reactor<D> {
             wake,
             conns: Mutex::new(Slab::default()),
             gen: AtomicU64::new(0),
-            job_since: AtomicU64::new(0),
+            running_job: AtomicU64::new(0),
             jobs: AtomicU64::new(0),
             current: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
@@ -417,8 +417,8 @@ impl<D: Dispatch> Reactor<D> {
 
     /// Runs a job under the role; false when the role was handed on meanwhile.
     fn run_job(&self, job: Job, gen: u64) -> bool {
-        let since = self.jobs.fetch_add(1, Ordering::Relaxed) + 1;
-        self.job_since.store(since, Ordering::Release);
+        let job_number = self.jobs.fetch_add(1, Ordering::Relaxed) + 1;
+        self.running_job.store(job_number, Ordering::Release);
         if self.rescuer_idle.load(Ordering::Acquire) {
             if let Some(t) = self.rescuer.lock().as_ref() {
                 t.unpark();
@@ -429,7 +429,7 @@ impl<D: Dispatch> Reactor<D> {
         // clear the mark of the job its successor runs now (that job would
         // then look rescued too, and its thread leave with nobody taking
         // the role).
-        let mine = self.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        let mine = self.running_job.compare_exchange(job_number, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
         mine && self.gen.load(Ordering::Acquire) == gen
     }
 
@@ -473,29 +473,31 @@ impl<D: Dispatch> Reactor<D> {
                     if r.stopped.load(Ordering::Acquire) {
                         return;
                     }
-                    let since = r.job_since.load(Ordering::Acquire);
+                    let running = r.running_job.load(Ordering::Acquire);
                     let now = r.now_ns();
                     let jobs = r.jobs.load(Ordering::Relaxed);
                     if jobs != count {
                         (count, count_at) = (jobs, now);
                     }
-                    if since != seen {
-                        (seen, seen_at) = (since, now);
+                    if running != seen {
+                        (seen, seen_at) = (running, now);
                     }
-                    if since == 0 {
+                    if running == 0 {
                         let quiet = now.saturating_sub(count_at) > 100_000_000;
                         if quiet {
                             r.rescuer_idle.store(true, Ordering::Release);
-                            if r.job_since.load(Ordering::Acquire) == 0 {
+                            if r.running_job.load(Ordering::Acquire) == 0 {
                                 drop(r);
                                 std::thread::park_timeout(Duration::from_millis(500));
                                 continue;
                             }
                         }
                     } else if now.saturating_sub(seen_at) >= RESCUE_AFTER.as_nanos() as u64 * 3 / 4
-                        && r.job_since.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                        && r.running_job.compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
                     {
-                        // The holder is stuck in a long job: a fresh thread takes the role.
+                        // Still the job a tick before saw (3/4 of a tick: a
+                        // park may end a little early), 2-4 ms into it: the
+                        // holder is stuck in a long job, a fresh thread takes the role.
                         let gen = r.gen.fetch_add(1, Ordering::AcqRel) + 1;
                         if let Some(c) = r.current.lock().take() {
                             c.flush();
@@ -793,7 +795,7 @@ mod tests {
 
     /// Model: `finds_pre_fix_job_since_clobbered`. A rescued holder ending
     /// its call while its successor ran another cleared the successor's
-    /// mark (`job_since.swap(0)`); the successor then took itself for
+    /// mark (`running_job.swap(0)`); the successor then took itself for
     /// replaced and left, and no thread held the role: nothing was read
     /// any more.
     #[test]
